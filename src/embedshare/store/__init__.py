@@ -1,0 +1,19 @@
+"""Storage: the LMDB embedding cache, the memory-mapped tool index, the store layout."""
+
+from .cache import CacheError, CacheFullError, EmbeddingCache, cache_key
+from .index import SearchResult, ToolIndex, ToolIndexError, UnknownToolError, build_index, open_or_build_index
+from .layout import StoreLayout
+
+__all__ = [
+    "CacheError",
+    "CacheFullError",
+    "EmbeddingCache",
+    "SearchResult",
+    "StoreLayout",
+    "ToolIndex",
+    "ToolIndexError",
+    "UnknownToolError",
+    "build_index",
+    "cache_key",
+    "open_or_build_index",
+]

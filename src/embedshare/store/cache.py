@@ -1,0 +1,280 @@
+"""The persistent embedding cache: LMDB, shared by every process of a machine.
+
+Why LMDB: readers in any number of processes read the same memory map with no lock and no
+copy, writers commit whole transactions (a process killed mid-write leaves the last committed
+state), and a get in a read transaction costs about a microsecond.
+
+- Key: 16-byte blake2b of ``model_id`` and the text, so vectors of one model are never found
+  for another. Value: the raw float32 bytes of one L2-normalised vector. A value of the wrong
+  length (another dimension) is treated as a miss, never returned.
+- Reads are zero-copy: ``np.frombuffer`` straight on the map inside a read transaction, copied
+  once into the caller's result array (a buffer must not outlive its transaction: LMDB reuses
+  freed pages).
+- After ``fork`` the child must not use its parent's environment (LMDB's rule); every call
+  checks the PID and reopens.
+- When the map is full it grows (doubling) instead of failing; other processes adopt the new
+  size when LMDB tells them (``MapResizedError``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import lmdb
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB of address space; the file only grows as data is written
+DEFAULT_MAX_MAP_SIZE = 1 << 40
+DEFAULT_MAX_READERS = 4096  # slots for concurrent read transactions: processes x threads
+
+
+class CacheError(RuntimeError):
+    """The cache could not be opened or written; the message says why."""
+
+
+class CacheFullError(CacheError):
+    """The cache reached its size limit or the disk is full. Nothing was corrupted."""
+
+
+def cache_key(model_id: str, text: str) -> bytes:
+    """The LMDB key of ``text`` embedded by ``model_id``."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(model_id.encode("utf-8"))
+    h.update(b"\x00")
+    h.update(text.encode("utf-8", "surrogatepass"))
+    return h.digest()
+
+
+class _TxnGuard:
+    """Lets any number of transactions run, or one map resize, never both.
+
+    LMDB requires that no transaction of this process is open while the map size changes;
+    py-lmdb does not check it, so we do.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._resizing = False
+
+    @contextmanager
+    def txn(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                if not self._active:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._resizing = True
+            while self._active:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+class EmbeddingCache:
+    """A process- and thread-safe cache of vectors for one model.
+
+    ``readonly=True`` opens it for readers only (workers of a shared service, which never
+    write); the service or a local manager opens it read-write.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        model_id: str,
+        dim: int,
+        *,
+        readonly: bool = False,
+        map_size: int = DEFAULT_MAP_SIZE,
+        max_map_size: int = DEFAULT_MAX_MAP_SIZE,
+        max_readers: int = DEFAULT_MAX_READERS,
+        durable: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.model_id = model_id
+        self.dim = int(dim)
+        self.readonly = readonly
+        self._nbytes = self.dim * 4
+        self._map_size = map_size
+        self._max_map_size = max_map_size
+        self._max_readers = max_readers
+        self._durable = durable
+        self._guard = _TxnGuard()
+        self._open_lock = threading.Lock()
+        self._env: lmdb.Environment | None = None
+        self._pid = -1
+        self._env_for_this_process()
+
+    # -- opening -------------------------------------------------------------------------
+
+    def _env_for_this_process(self) -> lmdb.Environment:
+        env = self._env
+        if env is not None and self._pid == os.getpid():
+            return env
+        with self._open_lock:
+            if self._env is not None and self._pid == os.getpid():
+                return self._env
+            if self._env is not None:
+                # Inherited through fork: LMDB forbids using it here. Closing it in the child
+                # releases nothing of the parent's (its reader slots carry the parent's PID and
+                # fcntl locks are not inherited), and py-lmdb refuses a second open otherwise.
+                self._env.close()
+                self._guard = _TxnGuard()
+            self._env = self._open()
+            self._pid = os.getpid()
+            return self._env
+
+    def _open(self) -> lmdb.Environment:
+        try:
+            if not self.readonly:
+                self.path.mkdir(parents=True, exist_ok=True)
+            env = lmdb.open(
+                str(self.path),
+                map_size=self._map_size,
+                max_readers=self._max_readers,
+                readonly=self.readonly,
+                lock=True,
+                sync=self._durable,
+                metasync=self._durable,
+                readahead=False,
+                max_dbs=0,
+            )
+        except lmdb.Error as exc:
+            raise CacheError(f"cannot open embedding cache at {self.path}: {exc}") from None
+        env.reader_check()  # free reader slots left by processes that died
+        return env
+
+    def close(self) -> None:
+        with self._open_lock:
+            if self._env is not None and self._pid == os.getpid():
+                self._env.close()
+            self._env = None
+
+    def __enter__(self) -> "EmbeddingCache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def key(self, text: str) -> bytes:
+        return cache_key(self.model_id, text)
+
+    def get(self, text: str) -> np.ndarray | None:
+        """The cached vector of ``text`` (a fresh array), or ``None``."""
+        out = np.empty((1, self.dim), dtype=np.float32)
+        found = self.get_many_into([self.key(text)], out)
+        return out[0] if found[0] else None
+
+    def get_many(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Look up many texts: ``(vectors (n, dim), found (n,) bool)``; rows not found are 0."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        found = self.get_many_into([self.key(t) for t in texts], out)
+        return out, found
+
+    def get_many_into(self, keys: Sequence[bytes], out: np.ndarray) -> np.ndarray:
+        """Copy the vectors of ``keys`` straight from the map into rows of ``out``."""
+        found = np.zeros(len(keys), dtype=bool)
+        nbytes = self._nbytes
+        with self._transaction(write=False) as txn:
+            for i, key in enumerate(keys):
+                value = txn.get(key)
+                if value is not None and len(value) == nbytes:
+                    out[i] = np.frombuffer(value, dtype=np.float32)
+                    found[i] = True
+        return found
+
+    def __contains__(self, text: str) -> bool:
+        with self._transaction(write=False) as txn:
+            value = txn.get(self.key(text))
+        return value is not None and len(value) == self._nbytes
+
+    def count(self) -> int:
+        """Entries in the whole cache file (all models)."""
+        with self._transaction(write=False) as txn:
+            return txn.stat()["entries"]
+
+    # -- writing -------------------------------------------------------------------------
+
+    def put_many(self, texts: Sequence[str], vectors: np.ndarray) -> int:
+        """Store vectors for texts in one transaction; returns how many were new."""
+        return self.put_many_keys([self.key(t) for t in texts], vectors)
+
+    def put_many_keys(self, keys: Sequence[bytes], vectors: np.ndarray) -> int:
+        if self.readonly:
+            raise CacheError("this cache handle is read-only (writes go through the service)")
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(keys), self.dim):
+            raise CacheError(f"vectors of shape {vectors.shape} for {len(keys)} keys of dim {self.dim}")
+        while True:
+            try:
+                with self._transaction(write=True) as txn:
+                    added = 0
+                    for key, row in zip(keys, vectors):
+                        added += txn.put(key, row.tobytes(), overwrite=False)
+                    return added
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.Error as exc:
+                if "No space left" in str(exc) or "ENOSPC" in str(exc):
+                    raise CacheFullError(f"embedding cache at {self.path}: disk full ({exc})") from None
+                raise CacheError(f"cannot write embedding cache at {self.path}: {exc}") from None
+
+    def _grow(self) -> None:
+        env = self._env_for_this_process()
+        current = env.info()["map_size"]
+        if current >= self._max_map_size:
+            raise CacheFullError(
+                f"embedding cache at {self.path} reached its size limit "
+                f"({current >> 20} MiB); raise max_map_size or clear the cache"
+            )
+        new_size = min(current * 2, self._max_map_size)
+        with self._guard.exclusive():
+            env.set_mapsize(new_size)
+        log.info("embedding cache map grown to %d MiB", new_size >> 20)
+
+    # -- transactions --------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self, write: bool) -> Iterator[lmdb.Transaction]:
+        env = self._env_for_this_process()
+        guard = self._guard
+        for _ in range(10):
+            with guard.txn():
+                try:
+                    txn = env.begin(write=write, buffers=True)
+                except lmdb.MapResizedError:
+                    txn = None
+                if txn is not None:
+                    with txn:
+                        yield txn
+                    return
+            # Another process grew the map: adopt its size (no transaction of ours is open).
+            with guard.exclusive():
+                env.set_mapsize(0)
+        raise CacheError(f"embedding cache at {self.path} keeps being resized; giving up")

@@ -1,0 +1,352 @@
+"""The tool index: a folder of memory-mapped arrays that every process searches in place.
+
+Layout of one index folder (written once, atomically, then only read)::
+
+    manifest.json        model_id, dim, count, registry hash, categories, file sizes + sha256
+    vectors.npy          (n, dim) float32   combined, normalised tool vectors (searched)
+    fields.npy           (n, F, dim) float32 per-field vectors (for the reasons), 0 if absent
+    weights.npy          (n, F) float32     each tool's field weights (0 if absent)
+    categories.npy       (n,) int32         index into manifest["categories"]
+    names_sorted.npy     (n,) bytes         tool names, sorted, for binary search by name
+    rows_by_name.npy     (n,) int64         the row of each sorted name
+    tools.jsonl          one tool's JSON per line; tool_offsets.npy (n+1,) int64 byte offsets
+
+Everything is opened with ``np.load(mmap_mode="r")``: N processes share the same physical
+pages, and nothing in a process grows with the number of tools (a Python dict of a million
+names would cost every worker ~100 MB).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..registry import FIELDS, Registry, field_texts, field_weights
+from ..registry.loader import tool_protocol
+
+FORMAT_VERSION = 1
+ARRAY_FILES = ("vectors.npy", "fields.npy", "weights.npy", "categories.npy",
+               "names_sorted.npy", "rows_by_name.npy", "tool_offsets.npy")
+DATA_FILES = ARRAY_FILES + ("tools.jsonl",)
+
+EmbedFn = Callable[[list[str]], np.ndarray]
+
+
+class ToolIndexError(ValueError):
+    """An index folder is missing, corrupt, or does not match what was asked for."""
+
+
+class UnknownToolError(KeyError):
+    """A tool name is not in the index."""
+
+    def __str__(self) -> str:  # KeyError would show the repr of the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One search hit: which tool, how close, and why."""
+
+    name: str
+    score: float
+    category: str
+    reason: str
+    protocol: dict[str, Any] = field(repr=False)
+    field_scores: dict[str, float] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def index_folder_name(registry_hash: str, model_id: str) -> str:
+    """Folder name of the index for this registry content and model."""
+    model_tag = hashlib.blake2b(model_id.encode(), digest_size=4).hexdigest()
+    return f"{registry_hash[:16]}-{model_tag}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_index(
+    registry: Registry,
+    embed: EmbedFn,
+    model_id: str,
+    dim: int,
+    destination: str | Path,
+    progress: Callable[[int, int], None] | None = None,
+    batch_size: int = 256,
+) -> Path:
+    """Embed every field of every tool and write the index folder at ``destination``.
+
+    Written into a temporary folder beside it and renamed into place, so a reader never sees
+    half an index; when another process finished the same index first, its copy is kept.
+    """
+    destination = Path(destination)
+    tools = registry.tools
+    n = len(tools)
+    per_tool = [field_texts(t) for t in tools]
+    unique = sorted({text for texts in per_tool for text in texts.values()})
+    vectors_of: dict[str, np.ndarray] = {}
+    for start in range(0, len(unique), batch_size):
+        chunk = unique[start : start + batch_size]
+        vecs = np.asarray(embed(chunk), dtype=np.float32)
+        if vecs.shape != (len(chunk), dim):
+            raise ToolIndexError(f"embedder returned shape {vecs.shape}, expected ({len(chunk)}, {dim})")
+        vectors_of.update(zip(chunk, vecs))
+        if progress:
+            progress(min(start + batch_size, len(unique)), len(unique))
+
+    fields = np.zeros((n, len(FIELDS), dim), dtype=np.float32)
+    weights = np.zeros((n, len(FIELDS)), dtype=np.float32)
+    for row, texts in enumerate(per_tool):
+        for name, weight in field_weights(texts).items():
+            col = FIELDS.index(name)
+            fields[row, col] = vectors_of[texts[name]]
+            weights[row, col] = weight
+    combined = np.einsum("nf,nfd->nd", weights, fields)
+    combined /= np.linalg.norm(combined, axis=1, keepdims=True)
+
+    categories = sorted({t.category for t in tools})
+    category_codes = np.array([categories.index(t.category) for t in tools], dtype=np.int32)
+    names = np.array([t.name.encode("utf-8") for t in tools])
+    order = np.argsort(names, kind="stable")
+
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=destination.parent))
+    try:
+        offsets = [0]
+        with open(tmp / "tools.jsonl", "wb") as f:
+            for tool in tools:
+                line = json.dumps(tool.raw, ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n"
+                f.write(line)
+                offsets.append(offsets[-1] + len(line))
+        arrays = {
+            "vectors.npy": combined.astype(np.float32),
+            "fields.npy": fields,
+            "weights.npy": weights,
+            "categories.npy": category_codes,
+            "names_sorted.npy": names[order],
+            "rows_by_name.npy": order.astype(np.int64),
+            "tool_offsets.npy": np.array(offsets, dtype=np.int64),
+        }
+        for fname, array in arrays.items():
+            np.save(tmp / fname, array)
+        manifest = {
+            "format": FORMAT_VERSION,
+            "model_id": model_id,
+            "dim": dim,
+            "count": n,
+            "registry_hash": registry.content_hash,
+            "registry_source": registry.source,
+            "fields": list(FIELDS),
+            "categories": categories,
+            "files": {
+                fname: {"bytes": (tmp / fname).stat().st_size, "sha256": _sha256(tmp / fname)}
+                for fname in DATA_FILES
+            },
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        for path in tmp.iterdir():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        try:
+            os.rename(tmp, destination)
+        except OSError:
+            if not (destination / "manifest.json").exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # built concurrently by someone else
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return destination
+
+
+class ToolIndex:
+    """A read-only, memory-mapped tool index. Thread-safe (nothing in it changes)."""
+
+    def __init__(self, path: str | Path, *, verify: bool = False) -> None:
+        self.path = Path(path)
+        manifest_path = self.path / "manifest.json"
+        try:
+            self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        except FileNotFoundError:
+            raise ToolIndexError(f"no tool index at {self.path} (manifest.json missing)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ToolIndexError(f"tool index {self.path}: manifest.json is not valid JSON ({exc})") from None
+        m = self.manifest
+        try:
+            if m["format"] != FORMAT_VERSION:
+                raise ToolIndexError(f"tool index {self.path}: format {m['format']}, expected {FORMAT_VERSION}")
+            self.model_id: str = m["model_id"]
+            self.dim: int = int(m["dim"])
+            self.count: int = int(m["count"])
+            self.categories: list[str] = list(m["categories"])
+            files = m["files"]
+            for fname in DATA_FILES:
+                expected = int(files[fname]["bytes"])
+                try:
+                    actual = (self.path / fname).stat().st_size
+                except FileNotFoundError:
+                    raise ToolIndexError(f"tool index {self.path}: {fname} is missing") from None
+                if actual != expected:
+                    raise ToolIndexError(
+                        f"tool index {self.path}: {fname} has {actual} bytes, manifest says {expected}"
+                    )
+                if verify and _sha256(self.path / fname) != files[fname]["sha256"]:
+                    raise ToolIndexError(f"tool index {self.path}: {fname} does not match its checksum")
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, ToolIndexError):
+                raise
+            raise ToolIndexError(f"tool index {self.path}: manifest.json is incomplete ({exc!r})") from None
+
+        def load(fname: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+            try:
+                array = np.load(self.path / fname, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError) as exc:
+                raise ToolIndexError(f"tool index {self.path}: cannot read {fname} ({exc})") from None
+            if array.shape != shape or array.dtype.kind != np.dtype(dtype).kind:
+                raise ToolIndexError(
+                    f"tool index {self.path}: {fname} has shape {array.shape} {array.dtype}, "
+                    f"expected {shape} {dtype}"
+                )
+            return array
+
+        n, dim, nf = self.count, self.dim, len(FIELDS)
+        self.vectors = load("vectors.npy", (n, dim), "float32")
+        self.fields = load("fields.npy", (n, nf, dim), "float32")
+        self.weights = load("weights.npy", (n, nf), "float32")
+        self.category_codes = load("categories.npy", (n,), "int32")
+        self.names_sorted = load("names_sorted.npy", (n,), "S")
+        self.rows_by_name = load("rows_by_name.npy", (n,), "int64")
+        self.tool_offsets = load("tool_offsets.npy", (n + 1,), "int64")
+        with open(self.path / "tools.jsonl", "rb") as f:
+            self._tools_map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __repr__(self) -> str:
+        return f"ToolIndex({str(self.path)!r}, count={self.count}, model_id={self.model_id!r})"
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def tool(self, row: int) -> dict[str, Any]:
+        """The tool JSON of ``row``, parsed from the mapped file (nothing kept in memory)."""
+        start, end = int(self.tool_offsets[row]), int(self.tool_offsets[row + 1])
+        return json.loads(self._tools_map[start:end])
+
+    def row_of(self, name: str) -> int:
+        key = name.encode("utf-8", "surrogatepass")
+        pos = int(np.searchsorted(self.names_sorted, key))
+        if pos < self.count and self.names_sorted[pos] == key:
+            return int(self.rows_by_name[pos])
+        raise UnknownToolError(f"unknown tool {name!r}")
+
+    def name_of(self, row: int) -> str:
+        return self.tool(row)["name"]
+
+    def category_of(self, row: int) -> str:
+        return self.categories[int(self.category_codes[row])]
+
+    def protocol(self, row: int) -> dict[str, Any]:
+        return tool_protocol(self.tool(row))
+
+    def protocols(self, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """MCP protocols of the named tools; an unknown name is an error naming all of them."""
+        rows, unknown = {}, []
+        for name in names:
+            try:
+                rows[name] = self.row_of(name)
+            except UnknownToolError:
+                unknown.append(name)
+        if unknown:
+            raise UnknownToolError(f"unknown tool(s): {', '.join(map(repr, unknown))}")
+        return {name: self.protocol(row) for name, row in rows.items()}
+
+    # -- search ----------------------------------------------------------------------------
+
+    def search_vector(
+        self,
+        query: np.ndarray,
+        k: int = 5,
+        category: str | None = None,
+        threshold: float = 0.0,
+        exclude_row: int | None = None,
+    ) -> list[SearchResult]:
+        """The ``k`` tools closest to ``query`` (a unit vector), best first."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        query = np.asarray(query, dtype=np.float32).reshape(-1)
+        if query.shape[0] != self.dim:
+            raise ValueError(f"query vector has {query.shape[0]} dims, the index has {self.dim}")
+        scores = self.vectors @ query
+        eligible = scores >= threshold
+        if category is not None:
+            if category not in self.categories:
+                return []
+            eligible &= self.category_codes == self.categories.index(category)
+        if exclude_row is not None:
+            eligible[exclude_row] = False
+        candidates = np.flatnonzero(eligible)
+        if candidates.size > k:
+            top = np.argpartition(-scores[candidates], k - 1)[:k]
+            candidates = candidates[top]
+        # best first; ties broken by row so the order is the same in every process
+        order = np.lexsort((candidates, -scores[candidates]))
+        return [self._result(int(row), float(scores[row]), query) for row in candidates[order]]
+
+    def _result(self, row: int, score: float, query: np.ndarray) -> SearchResult:
+        sims = self.fields[row] @ query
+        weights = self.weights[row]
+        present = [(FIELDS[i], float(sims[i]), float(weights[i])) for i in range(len(FIELDS)) if weights[i] > 0]
+        present.sort(key=lambda x: -x[1] * x[2])
+        reason = " + ".join(f"{name} match {sim:.2f}" for name, sim, _ in present)
+        return SearchResult(
+            name=self.name_of(row),
+            score=score,
+            category=self.category_of(row),
+            reason=reason,
+            protocol=self.protocol(row),
+            field_scores={name: sim for name, sim, _ in present},
+        )
+
+    def similar(self, name: str, k: int = 5, same_category_only: bool = False) -> list[SearchResult]:
+        """Tools whose combined vectors are closest to tool ``name`` (itself excluded)."""
+        row = self.row_of(name)
+        category = self.category_of(row) if same_category_only else None
+        return self.search_vector(
+            np.array(self.vectors[row]), k=k, category=category, threshold=-1.0, exclude_row=row
+        )
+
+
+def open_or_build_index(
+    root: str | Path,
+    registry: Registry,
+    embed: EmbedFn,
+    model_id: str,
+    dim: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> ToolIndex:
+    """Open the index of this registry and model under ``root``, building it if needed."""
+    path = Path(root) / index_folder_name(registry.content_hash, model_id)
+    if not (path / "manifest.json").exists():
+        build_index(registry, embed, model_id, dim, path, progress=progress)
+    index = ToolIndex(path, verify=True)
+    if index.model_id != model_id or index.manifest["registry_hash"] != registry.content_hash:
+        raise ToolIndexError(f"tool index {path} was built for another model or registry")
+    return index
