@@ -7,9 +7,20 @@
 
 from __future__ import annotations
 
+from .access import get_embedding_manager, reset_embedding_manager
 from .embedders import create_embedder
 from .manager import EmbeddingManager
+from .service import EmbeddingService, ServiceUnavailable, SharedEmbeddingManager
 
 __version__ = "0.1.0"
 
-__all__ = ["EmbeddingManager", "create_embedder", "__version__"]
+__all__ = [
+    "EmbeddingManager",
+    "EmbeddingService",
+    "ServiceUnavailable",
+    "SharedEmbeddingManager",
+    "create_embedder",
+    "get_embedding_manager",
+    "reset_embedding_manager",
+    "__version__",
+]

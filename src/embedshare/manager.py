@@ -104,6 +104,11 @@ class ManagerBase:
     # -- tool search -------------------------------------------------------------------------
 
     @property
+    def index_path(self) -> str | None:
+        """Folder of the loaded tool index, or None."""
+        return str(self._index.path) if self._index is not None else None
+
+    @property
     def index(self) -> ToolIndex:
         if self._index is None:
             raise NoIndexError(
@@ -166,7 +171,7 @@ class ManagerBase:
             model_id=self.model_id,
             dim=self.dim,
             pid=os.getpid(),
-            index=str(self._index.path) if self._index is not None else None,
+            index=self.index_path,
             tools=len(self._index) if self._index is not None else 0,
         )
         return counters
@@ -192,13 +197,18 @@ class EmbeddingManager(ManagerBase):
         search_cache_size: int = 1024,
         embedder_options: dict[str, Any] | None = None,
         cache_options: dict[str, Any] | None = None,
+        cache: EmbeddingCache | None = None,
     ) -> None:
         super().__init__(search_cache_size=search_cache_size)
         self.layout = StoreLayout(store or default_store())
         self.embedder = create_embedder(model, **(embedder_options or {}))
         self.model_id = self.embedder.model_id
         self.dim = int(self.embedder.dim)
-        self.cache = EmbeddingCache(self.layout.cache, self.model_id, self.dim, **(cache_options or {}))
+        if cache is not None and (cache.model_id, cache.dim) != (self.model_id, self.dim):
+            raise ValueError(f"cache is for {cache.model_id!r}, the model is {self.model_id!r}")
+        self.cache = cache or EmbeddingCache(
+            self.layout.cache, self.model_id, self.dim, **(cache_options or {})
+        )
         self._inflight: dict[bytes, Future] = {}
         self._inflight_lock = threading.Lock()
         self._cache_full_warned = False

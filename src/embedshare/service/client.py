@@ -1,0 +1,221 @@
+"""``SharedEmbeddingManager``: the worker's side of the shared service.
+
+Same API as ``EmbeddingManager``. Cache hits are read from the LMDB map and searches run on
+the memory-mapped index, inside the worker, with no IPC; only cache misses go to the
+service, all misses of one call in one request.
+
+When the service goes away, ``on_failure`` decides:
+
+- ``restart``: reconnect, starting the service again if nobody has (the store's lock makes
+  sure only one process does), then retry the request. The default in a process that owns
+  the service, and in pool workers.
+- ``local``: switch this process to a local manager on the same store and model, once, with
+  a warning. The default elsewhere.
+- ``error``: raise :class:`ServiceUnavailable`.
+
+A call never returns ``None`` or a vector of another model: every reconnect checks the
+model id again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..embedders import create_embedder
+from ..manager import EmbeddingManager, ManagerBase
+from ..store import EmbeddingCache, StoreLayout, ToolIndex
+from . import protocol
+from .connection import ServiceConnection, ServiceUnavailable
+from .server import read_state
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("restart", "local", "error")
+ENV_ON_FAILURE = "EMBEDSHARE_ON_FAILURE"
+MAX_REQUEST_TEXTS = 4096
+MAX_REQUEST_CHARS = 8 << 20
+
+
+class SharedEmbeddingManager(ManagerBase):
+    """A client of the store's service, with the API of :class:`EmbeddingManager`."""
+
+    mode = "shared"
+
+    def __init__(
+        self,
+        address: str | Path,
+        model: str | None = None,
+        *,
+        on_failure: str | None = None,
+        request_timeout: float = 600.0,
+        connect_timeout: float = 5.0,
+        search_cache_size: int = 1024,
+    ) -> None:
+        super().__init__(search_cache_size=search_cache_size)
+        on_failure = on_failure or os.environ.get(ENV_ON_FAILURE) or "local"
+        if on_failure not in POLICIES:
+            raise ValueError(f"on_failure must be one of {', '.join(POLICIES)}, got {on_failure!r}")
+        self.address = str(address)
+        self.on_failure = on_failure
+        self.request_timeout = request_timeout
+        self.connect_timeout = connect_timeout
+        self._wanted_model_id = create_embedder(model).model_id if model else None
+        self._conn_lock = threading.Lock()
+        self._conn: ServiceConnection | None = None
+        self._fallback: EmbeddingManager | None = None
+        self._warned = False
+        self._counters.update(service_requests=0, service_texts=0, reconnects=0, restarts=0)
+
+        hello = self._connect()
+        self.model_id: str = hello["model_id"]
+        self.dim: int = int(hello["dim"])
+        self.store = Path(hello["cache"]).parent
+        self.cache = EmbeddingCache(hello["cache"], self.model_id, self.dim)
+        if hello.get("index"):
+            self._index = ToolIndex(hello["index"])
+
+    def __repr__(self) -> str:
+        return f"SharedEmbeddingManager(address={self.address!r}, model={self.model_id!r})"
+
+    # -- connection -----------------------------------------------------------------------
+
+    def _connect(self) -> dict[str, Any]:
+        conn = ServiceConnection(self.address, connect_timeout=self.connect_timeout)
+        try:
+            hello = conn.request("hello", timeout=self.request_timeout, model_id=self._wanted_model_id)
+        except protocol.RemoteError as exc:
+            conn.close()
+            raise ValueError(exc.remote_message) from None
+        except BaseException:
+            conn.close()
+            raise
+        known = getattr(self, "model_id", None)
+        if known is not None and hello["model_id"] != known:
+            conn.close()
+            raise ServiceUnavailable(
+                f"the service at {self.address} now embeds with {hello['model_id']!r}, not {known!r}"
+            )
+        self._conn = conn
+        return hello
+
+    def _connection(self) -> ServiceConnection:
+        conn = self._conn
+        if conn is not None and conn.alive:
+            return conn
+        with self._conn_lock:
+            if self._conn is not None and self._conn.alive:
+                return self._conn
+            if self._conn is not None:
+                self._conn.close()  # dead, or inherited through fork (the parent keeps its own)
+                self._conn = None
+                self._count(reconnects=1)
+            self._connect()
+            return self._conn  # type: ignore[return-value]
+
+    # -- the miss path --------------------------------------------------------------------
+
+    def _compute(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
+        if self._fallback is not None:
+            return self._fallback._compute(keys, texts)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start, end in _chunks(texts):
+            out[start:end] = self._request_vectors(texts[start:end])
+        return out
+
+    def _request_vectors(self, texts: list[str]) -> np.ndarray:
+        failures = 0
+        while True:
+            if self._fallback is not None:
+                return self._fallback.get_embeddings(texts)
+            try:
+                reply = self._connection().request("embed", timeout=self.request_timeout, texts=texts)
+            except ServiceUnavailable as exc:
+                failures += 1
+                self._handle_failure(exc, failures)
+                continue
+            self._count(service_requests=1, service_texts=len(texts))
+            vectors = np.frombuffer(reply["vectors"], dtype=np.float32)
+            if reply.get("dim") != self.dim or vectors.size != len(texts) * self.dim:
+                raise protocol.RemoteError("bad_reply", f"expected {len(texts)} vectors of {self.dim} dims")
+            return vectors.reshape(len(texts), self.dim)
+
+    def _handle_failure(self, exc: ServiceUnavailable, failures: int) -> None:
+        """Apply the failure policy; returns to retry, raises to give up."""
+        if self.on_failure == "error" or failures > 5:
+            raise exc
+        if self.on_failure == "local":
+            self._switch_to_local(exc)
+            return
+        with self._conn_lock:
+            try:
+                if self._conn is not None:
+                    self._conn.close()
+                self._connect()  # someone else may have restarted it already
+                self._count(reconnects=1)
+                return
+            except ServiceUnavailable:
+                pass
+            from .launcher import EmbeddingService
+
+            self._say_once(f"embedshare service lost ({exc}); restarting it")
+            EmbeddingService.from_state(self.store, export_env=False, detach=True).start()
+            self._count(restarts=1)
+            self._connect()
+
+    def _switch_to_local(self, exc: Exception) -> None:
+        with self._conn_lock:
+            if self._fallback is not None:
+                return
+            self._say_once(f"embedshare service unavailable ({exc}); this process now uses a local manager")
+            spec = read_state(StoreLayout(self.store)).get("model") or "local"
+            embedder = create_embedder(spec)
+            if embedder.model_id != self.model_id:
+                raise ServiceUnavailable(
+                    f"cannot fall back: the local model is {embedder.model_id!r}, "
+                    f"the service's was {self.model_id!r}"
+                ) from exc
+            # The same LMDB handle: py-lmdb allows one per path and process.
+            fallback = EmbeddingManager(self.store, model=embedder, cache=self.cache)
+            fallback._index = self._index
+            self._fallback = fallback
+
+    def _say_once(self, message: str) -> None:
+        if not self._warned:
+            log.warning(message)
+            self._warned = True
+
+    # -- extras ---------------------------------------------------------------------------
+
+    def service_stats(self) -> dict[str, Any]:
+        """The service's own counters (every client's requests, batches, latency)."""
+        return self._connection().request("stats", timeout=self.request_timeout)["stats"]
+
+    def stats(self) -> dict[str, Any]:
+        stats = super().stats()
+        stats["address"] = self.address
+        stats["fallback"] = self._fallback is not None
+        return stats
+
+    def close(self) -> None:
+        with self._conn_lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def _chunks(texts: list[str]) -> list[tuple[int, int]]:
+    """Split a long list into requests under the frame limits."""
+    bounds, start, chars = [], 0, 0
+    for i, text in enumerate(texts):
+        if i > start and (i - start >= MAX_REQUEST_TEXTS or chars + len(text) > MAX_REQUEST_CHARS):
+            bounds.append((start, i))
+            start, chars = i, 0
+        chars += len(text)
+    bounds.append((start, len(texts)))
+    return bounds

@@ -1,0 +1,119 @@
+"""One client connection to the service, shared by every thread of a process.
+
+Requests carry ids and replies are matched by a reader thread, so a hundred threads can each
+have a request in flight over one socket, and the service batches them together.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import threading
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+from typing import Any
+
+from . import protocol
+
+
+class ServiceUnavailable(ConnectionError):
+    """The service cannot be reached, went away, or did not answer in time."""
+
+
+class ServiceConnection:
+    def __init__(self, address: str | Path, connect_timeout: float = 5.0) -> None:
+        self.address = str(address)
+        self.pid = os.getpid()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(connect_timeout)
+        try:
+            sock.connect(self.address)
+        except OSError as exc:
+            sock.close()
+            raise ServiceUnavailable(f"no embedshare service at {self.address}: {exc.strerror or exc}") from None
+        sock.settimeout(None)
+        self._sock = sock
+        self._ids = itertools.count(1)
+        self._pending: dict[int, Future] = {}
+        self._lock = threading.Lock()
+        self._closed: str | None = None
+        self._reader = threading.Thread(target=self._read_loop, name="embedshare-client-reader", daemon=True)
+        self._reader.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._closed is None and self.pid == os.getpid()
+
+    def request(self, op: str, timeout: float | None = None, **fields: Any) -> dict[str, Any]:
+        """Send one request and wait for its reply; a service error raises RemoteError."""
+        future: Future = Future()
+        with self._lock:
+            if self._closed is not None:
+                raise ServiceUnavailable(self._closed)
+            request_id = next(self._ids)
+            self._pending[request_id] = future
+            try:
+                self._sock.sendall(protocol.pack({"v": protocol.VERSION, "id": request_id, "op": op, **fields}))
+            except OSError as exc:
+                self._pending.pop(request_id, None)
+                self._fail_all(f"lost the embedshare service at {self.address}: {exc}")
+                raise ServiceUnavailable(self._closed) from None
+        try:
+            reply = future.result(timeout)
+        except FutureTimeout:
+            with self._lock:
+                self._pending.pop(request_id, None)
+            raise ServiceUnavailable(
+                f"the embedshare service at {self.address} did not answer {op!r} within {timeout} s"
+            ) from None
+        if not reply.get("ok"):
+            error = reply.get("error") or {}
+            raise protocol.RemoteError(str(error.get("code")), str(error.get("message")))
+        return reply
+
+    def _read_loop(self) -> None:
+        sock = self._sock
+        try:
+            while True:
+                header = _recv_exactly(sock, protocol.HEADER.size)
+                body = _recv_exactly(sock, protocol.frame_length(header))
+                reply = protocol.unpack(body)
+                with self._lock:
+                    future = self._pending.pop(reply.get("id"), None)
+                if future is not None:
+                    future.set_result(reply)
+        except (OSError, EOFError, protocol.ProtocolError) as exc:
+            reason = "closed the connection" if isinstance(exc, EOFError) else str(exc)
+            with self._lock:
+                self._fail_all(f"lost the embedshare service at {self.address}: {reason}")
+
+    def _fail_all(self, reason: str) -> None:
+        """Called with the lock held: every waiting request gets ServiceUnavailable."""
+        if self._closed is None:
+            self._closed = reason
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(ServiceUnavailable(reason))
+
+    def close(self) -> None:
+        with self._lock:
+            self._fail_all("connection closed by the client")
+        if self.pid == os.getpid():
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._sock.close()
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return bytes(buf)

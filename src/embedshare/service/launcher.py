@@ -1,0 +1,253 @@
+"""Start, find and stop the service of a store. (The seed's ``SharedResourceManager``.)
+
+The service always runs in a fresh interpreter started with ``subprocess`` (never forked:
+a fork of a process that loaded torch inherits its threads' locks in whatever state they
+were). It tells us on a pipe when it answers, so starting waits for a fact, not a timer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..manager import default_store
+from ..store import StoreLayout
+from .connection import ServiceConnection, ServiceUnavailable
+from .server import ServiceConfig, read_state
+
+log = logging.getLogger(__name__)
+
+ENV_ADDRESS = "EMBEDSHARE_ADDRESS"
+ENV_STORE = "EMBEDSHARE_STORE"
+
+
+class ServiceStartError(RuntimeError):
+    """The service process exited or failed before it answered."""
+
+
+class EmbeddingService:
+    """A handle on the store's service: starts it (or joins the running one) and stops it.
+
+    ::
+
+        with EmbeddingService(store, model="local", registry="bundled", preload=common) as svc:
+            ... # every process started here inherits EMBEDSHARE_ADDRESS and finds it
+
+    Exiting stops the service only if this handle started it and ``detach`` is false.
+    """
+
+    def __init__(
+        self,
+        store: str | Path | None = None,
+        model: str = "local",
+        registry: str | Path | None = None,
+        *,
+        preload: list[str] | tuple[str, ...] = (),
+        max_batch: int = 64,
+        max_wait_ms: float = 2.0,
+        threads: int | None = None,
+        detach: bool = False,
+        start_timeout: float = 300.0,
+        export_env: bool = True,
+        verbose: bool = False,
+    ) -> None:
+        self.layout = StoreLayout(store or default_store())
+        registry_arg = None
+        if registry is not None:
+            registry_arg = str(registry) if str(registry) == "bundled" else str(Path(registry).resolve())
+        self.config = ServiceConfig(
+            store=str(self.layout.root), model=model, registry=registry_arg,
+            max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads, preload=list(preload),
+        )
+        self.detach = detach
+        self.start_timeout = start_timeout
+        self.export_env = export_env
+        self.verbose = verbose
+        self.pid: int | None = None
+        self.owned = False
+        self._process: subprocess.Popen | None = None
+        self._saved_env: dict[str, str | None] = {}
+
+    @classmethod
+    def from_state(cls, store: str | Path, **overrides: Any) -> "EmbeddingService":
+        """A handle configured as the store's last service was (to restart it)."""
+        layout = StoreLayout(store)
+        config = read_state(layout).get("config")
+        if not config:
+            raise ServiceStartError(f"no service has run on {layout.root}; cannot restart one")
+        kwargs = {k: config[k] for k in ("model", "registry", "max_batch", "max_wait_ms", "threads") if k in config}
+        return cls(layout.root, **{**kwargs, **overrides})
+
+    @property
+    def address(self) -> str:
+        return str(self.layout.socket)
+
+    # -- start and stop -------------------------------------------------------------------
+
+    def start(self) -> "EmbeddingService":
+        """Start the service, or join the one already running; return once it answers."""
+        self.layout.make_private_run_dir()
+        args = [sys.executable, "-m", "embedshare.service", *self.config.argv()]
+        if self.config.preload:
+            preload_file = self.layout.run / f"preload-{os.getpid()}.txt"
+            preload_file.write_text("\n".join(t.replace("\n", " ") for t in self.config.preload))
+            args += ["--preload-file", str(preload_file)]
+        if self.verbose:
+            args.append("-v")
+        read_fd, write_fd = os.pipe()
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        env.pop(ENV_ADDRESS, None)
+        with open(self.layout.log, "ab") as log_file:
+            os.chmod(self.layout.log, 0o600)
+            self._process = subprocess.Popen(
+                args + ["--ready-fd", str(write_fd)],
+                pass_fds=(write_fd,),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                env=env,
+                start_new_session=True,  # a Ctrl-C in the terminal goes to the pool, not here
+            )
+        os.close(write_fd)
+        try:
+            line = self._read_ready_line(read_fd)
+        finally:
+            os.close(read_fd)
+        status, _, detail = line.partition(" ")
+        if status == "ready":
+            self.pid, self.owned = int(detail), True
+        elif status == "already":
+            self._process.wait(timeout=30)
+            self._process = None
+            self.pid, self.owned = self._join_running()
+        else:
+            raise ServiceStartError(f"the embedshare service did not start: {detail or 'it exited'}\n{self.log_tail()}")
+        if self.export_env:
+            self._export({ENV_ADDRESS: self.address, ENV_STORE: str(self.layout.root)})
+        return self
+
+    def _read_ready_line(self, fd: int) -> str:
+        deadline = time.monotonic() + self.start_timeout
+        data = b""
+        while not data.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._kill_own_process()
+                raise ServiceStartError(f"the embedshare service did not answer within {self.start_timeout} s")
+            readable, _, _ = select.select([fd], [], [], remaining)
+            if readable:
+                chunk = os.read(fd, 4096)
+                if not chunk:  # the process exited without a word
+                    self._process.wait(timeout=30)  # type: ignore[union-attr]
+                    return f"error exit code {self._process.returncode}"  # type: ignore[union-attr]
+                data += chunk
+        return data.decode().strip()
+
+    def _join_running(self) -> tuple[int, bool]:
+        """Another service holds the store: wait until it answers ``hello`` and check its model."""
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            try:
+                conn = ServiceConnection(self.address)
+                try:
+                    hello = conn.request("hello", timeout=max(1.0, deadline - time.monotonic()))
+                finally:
+                    conn.close()
+                break
+            except ServiceUnavailable:
+                # It holds the lock but has not bound its socket yet (a few ms at start).
+                if time.monotonic() > deadline:
+                    raise ServiceStartError(f"a service holds {self.layout.lock} but never answered") from None
+                time.sleep(0.02)
+        from ..embedders import create_embedder
+
+        wanted = create_embedder(self.config.model).model_id
+        if hello["model_id"] != wanted:
+            raise ServiceStartError(
+                f"the service running on {self.layout.root} embeds with {hello['model_id']!r}, "
+                f"not {wanted!r}; stop it (embedshare stop --store ...) or use its model"
+            )
+        log.info("joined the running embedshare service (pid %s)", hello["pid"])
+        return int(hello["pid"]), False
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the service if this handle started it (a restarted successor included)."""
+        if self.export_env:
+            self._restore_env()
+        if not self.owned:
+            return
+        try:
+            conn = ServiceConnection(self.address, connect_timeout=2.0)
+            try:
+                conn.request("shutdown", timeout=timeout)
+            finally:
+                conn.close()
+        except (ServiceUnavailable, OSError):
+            pass
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._kill_own_process()
+        self.owned = False
+
+    def _kill_own_process(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGKILL)
+            self._process.wait()
+
+    def __enter__(self) -> "EmbeddingService":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.detach:
+            self.stop()
+        elif self.export_env:
+            self._restore_env()
+
+    # -- inspection -----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        conn = ServiceConnection(self.address)
+        try:
+            return conn.request("stats", timeout=30)["stats"]
+        finally:
+            conn.close()
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.layout.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    # -- environment ----------------------------------------------------------------------
+
+    def _export(self, values: dict[str, str]) -> None:
+        for key, value in values.items():
+            self._saved_env.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+
+    def _restore_env(self) -> None:
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env.clear()
+
+
+def service_state(store: str | Path) -> dict[str, Any]:
+    """What ``run/service.json`` says of the store's (last) service."""
+    return read_state(StoreLayout(store))
+
+
+def format_state(state: dict[str, Any]) -> str:
+    return json.dumps(state, indent=2, sort_keys=True)

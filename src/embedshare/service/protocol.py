@@ -1,0 +1,113 @@
+"""The wire protocol between workers and the service: length-prefixed msgpack frames.
+
+Why msgpack and not pickle: a peer can write anything on the socket, and unpickling runs
+code. msgpack only ever yields plain data (maps, lists, strings, numbers, bytes), and we
+check every field we read.
+
+A frame is a 4-byte big-endian length, then one msgpack map. Requests::
+
+    {"v": 1, "id": 7, "op": "embed", "texts": ["..."]}
+
+``op`` is one of hello, embed, preload, stats, ping, shutdown. Replies carry the same ``id``::
+
+    {"id": 7, "ok": true, "vectors": <float32 bytes>, "n": 1, "dim": 384}
+    {"id": 7, "ok": false, "error": {"code": "bad_request", "message": "texts[0] must be a str"}}
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+
+VERSION = 1
+HEADER = struct.Struct(">I")
+MAX_FRAME = 64 << 20  # 64 MiB: 100k texts of ~600 characters, or 40k vectors of 384 dims
+MAX_TEXTS_PER_REQUEST = 100_000
+OPS = ("hello", "embed", "preload", "stats", "ping", "shutdown")
+
+
+class ProtocolError(ValueError):
+    """A frame or request is malformed; ``code`` is the error code sent back."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RemoteError(RuntimeError):
+    """The service answered a request with an error."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"service error ({code}): {message}")
+        self.code = code
+        self.remote_message = message
+
+
+def pack(message: dict[str, Any]) -> bytes:
+    """One frame: header and msgpack body."""
+    body = msgpack.packb(message, use_bin_type=True)
+    if len(body) > MAX_FRAME:
+        raise ProtocolError("too_large", f"frame of {len(body)} bytes exceeds {MAX_FRAME}")
+    return HEADER.pack(len(body)) + body
+
+
+def frame_length(header: bytes) -> int:
+    """Length of the body announced by a header; too large is a ProtocolError."""
+    (length,) = HEADER.unpack(header)
+    if length > MAX_FRAME:
+        raise ProtocolError("too_large", f"frame of {length} bytes exceeds the limit of {MAX_FRAME}")
+    return length
+
+
+def unpack(body: bytes) -> dict[str, Any]:
+    """Decode one frame body into a map, or raise ProtocolError naming the problem."""
+    try:
+        message = msgpack.unpackb(
+            body,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+        )
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("bad_request", f"a string is not valid UTF-8 ({exc.reason})") from None
+    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError, TypeError) as exc:
+        raise ProtocolError("bad_request", f"frame is not valid msgpack ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # msgpack raises a few other types on garbage
+        raise ProtocolError("bad_request", f"frame is not valid msgpack ({type(exc).__name__})") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("bad_request", f"a frame must hold a map, got {type(message).__name__}")
+    return message
+
+
+def check_request(message: dict[str, Any]) -> tuple[int, str]:
+    """Validate the envelope of a request: returns ``(id, op)``."""
+    request_id = message.get("id", 0)
+    if not isinstance(request_id, int) or isinstance(request_id, bool):
+        raise ProtocolError("bad_request", "field 'id' must be an integer")
+    version = message.get("v")
+    if version != VERSION:
+        raise ProtocolError(
+            "version", f"protocol version {version!r} is not supported; this service speaks {VERSION}"
+        )
+    op = message.get("op")
+    if op not in OPS:
+        raise ProtocolError("unknown_op", f"unknown op {op!r}; expected one of {', '.join(OPS)}")
+    return request_id, op
+
+
+def request_texts(message: dict[str, Any]) -> list[str]:
+    """The ``texts`` field of an embed or preload request, checked."""
+    texts = message.get("texts")
+    if not isinstance(texts, list):
+        raise ProtocolError("bad_request", f"field 'texts' must be a list, got {type(texts).__name__}")
+    if len(texts) > MAX_TEXTS_PER_REQUEST:
+        raise ProtocolError(
+            "too_large", f"{len(texts)} texts in one request; the limit is {MAX_TEXTS_PER_REQUEST}"
+        )
+    return texts
+
+
+def error_reply(request_id: int, code: str, message: str) -> dict[str, Any]:
+    return {"id": request_id, "ok": False, "error": {"code": code, "message": message}}

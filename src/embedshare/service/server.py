@@ -1,0 +1,487 @@
+"""The embedding service: one process per store that owns the model, cache writes and index.
+
+Run it as its own interpreter (``embedshare serve`` or ``python -m embedshare.service.server``),
+never forked from a process that imported torch. It:
+
+- holds an exclusive ``flock`` on ``run/service.lock`` for its whole life, so a second service on
+  the same store cannot start a rival (it reports the running one), and a socket left by a
+  killed service is known to be stale (nobody holds the lock) and replaced;
+- listens on ``run/service.sock`` (folder 0700, socket 0600) and only answers peers of its own
+  uid (``SO_PEERCRED``);
+- gathers embed requests from every client for up to ``max_wait_ms`` or ``max_batch`` texts,
+  de-duplicates them, computes each batch once in a model thread (off the event loop), writes
+  the cache and answers. A text already queued or being computed is awaited, not computed
+  again: single-flight across every process of the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..embedders import InvalidTextError, create_embedder, validate_text
+from ..manager import EmbeddingManager
+from ..store import CacheFullError, StoreLayout
+from . import protocol
+from .metrics import ServiceMetrics
+
+log = logging.getLogger("embedshare.service")
+
+
+@dataclass
+class ServiceConfig:
+    """How to run a service; also written to ``run/service.json`` so a client can restart it."""
+
+    store: str
+    model: str = "local"
+    registry: str | None = None
+    max_batch: int = 64
+    max_wait_ms: float = 2.0
+    threads: int | None = None
+    preload: list[str] = field(default_factory=list)
+
+    def argv(self) -> list[str]:
+        args = ["--store", self.store, "--model", self.model,
+                "--max-batch", str(self.max_batch), "--max-wait-ms", str(self.max_wait_ms)]
+        if self.registry:
+            args += ["--registry", self.registry]
+        if self.threads:
+            args += ["--threads", str(self.threads)]
+        return args
+
+
+class AlreadyRunning(RuntimeError):
+    def __init__(self, pid: int | None) -> None:
+        super().__init__(f"a service already runs on this store (pid {pid})")
+        self.pid = pid
+
+
+def acquire_service_lock(layout: StoreLayout) -> int:
+    """Take the store's service lock or raise :class:`AlreadyRunning`; returns the fd."""
+    layout.make_private_run_dir()
+    fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AlreadyRunning(read_state(layout).get("pid")) from None
+    return fd
+
+
+def read_state(layout: StoreLayout) -> dict[str, Any]:
+    try:
+        return json.loads(layout.state.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """``(pid, uid, gid)`` of the process at the other end of a Unix socket."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)
+
+
+class Batcher:
+    """Gathers texts from every client and computes each distinct text once."""
+
+    def __init__(self, manager: EmbeddingManager, metrics: ServiceMetrics,
+                 max_batch: int, max_wait_ms: float) -> None:
+        self.manager = manager
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self._queue: dict[bytes, str] = {}  # waiting to be computed, in arrival order
+        self._inflight: dict[bytes, asyncio.Future] = {}  # queued or being computed
+        self._wakeup = asyncio.Event()
+        self._full = asyncio.Event()
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedshare-model")
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def embed(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
+        """Vectors for (unique) keys that missed the cache."""
+        loop = asyncio.get_running_loop()
+        futures = []
+        for key, text in zip(keys, texts):
+            future = self._inflight.get(key)
+            if future is None:
+                future = self._inflight[key] = loop.create_future()
+                self._queue[key] = text
+            else:
+                self.metrics.add(joined_inflight=1)
+            futures.append(future)
+        self.metrics.set_queue_depth(len(self._queue))
+        if self._queue:
+            self._wakeup.set()
+            if len(self._queue) >= self.max_batch:
+                self._full.set()
+        return np.stack(await asyncio.gather(*futures))
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            if len(self._queue) < self.max_batch and self.max_wait > 0:
+                try:  # gather more texts for a moment, unless the batch fills first
+                    await asyncio.wait_for(self._full.wait(), self.max_wait)
+                except asyncio.TimeoutError:
+                    pass
+            keys = list(self._queue)[: self.max_batch]
+            texts = [self._queue.pop(k) for k in keys]
+            if len(self._queue) < self.max_batch:
+                self._full.clear()
+            if not self._queue:
+                self._wakeup.clear()
+            self.metrics.set_queue_depth(len(self._queue))
+            if not keys:
+                continue
+            try:
+                vectors = await loop.run_in_executor(self._model_thread, self._compute, keys, texts)
+            except Exception as exc:  # the model failed: every waiter gets the error, we go on
+                log.error("embedding batch of %d failed: %s", len(keys), exc)
+                for key in keys:
+                    future = self._inflight.pop(key)
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for key, vector in zip(keys, vectors):
+                future = self._inflight.pop(key)
+                if not future.done():
+                    future.set_result(vector)
+
+    def _compute(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
+        """In the model thread: embed one batch and write it to the cache."""
+        started = time.perf_counter()
+        vectors = self.manager.embedder.embed(texts)
+        self.metrics.observe_batch(len(texts), time.perf_counter() - started)
+        try:
+            self.manager.cache.put_many_keys(keys, vectors)
+        except CacheFullError as exc:
+            self.metrics.add(cache_write_failures=1)
+            log.warning("cache write failed, serving uncached vectors: %s", exc)
+        return vectors
+
+    def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+        self._model_thread.shutdown(wait=False, cancel_futures=True)
+
+
+class EmbeddingServer:
+    """The asyncio server. One per store; see the module docstring."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.layout = StoreLayout(config.store)
+        self.metrics = ServiceMetrics()
+        self.clients: dict[int, dict[str, Any]] = {}
+        self._next_client = 0
+        self._stop: asyncio.Event | None = None
+        self._ready: asyncio.Event | None = None
+        self.manager: EmbeddingManager | None = None
+
+    def prepare(self) -> None:
+        """Load the model, open or build the index and preload texts (before listening)."""
+        options = {"threads": self.config.threads} if self.config.threads and self.config.model.startswith("local") else {}
+        embedder = create_embedder(self.config.model, **options)
+        self.manager = EmbeddingManager(self.layout.root, model=embedder)
+        load = getattr(embedder, "load", None)
+        if load:
+            load()
+        if self.config.registry:
+            self.manager.load_registry(self.config.registry)
+        if self.config.preload:
+            self.manager.preload(self.config.preload)
+
+    async def serve(self, ready: Any = None) -> None:
+        """Listen at once, load the model and index in a thread, answer until stopped.
+
+        The socket exists from the start so that clients arriving while the model loads (after
+        a restart, say) wait inside ``hello`` instead of polling for the socket.
+        """
+        self._stop = asyncio.Event()
+        self._ready = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+
+        path = self.layout.socket
+        if path.exists() or path.is_symlink():
+            path.unlink()  # we hold the lock, so whoever made this socket is gone
+        old_umask = os.umask(0o177)  # the socket is born 0600: no window where others can connect
+        try:
+            server = await asyncio.start_unix_server(self._handle, path=str(path), limit=protocol.MAX_FRAME)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        try:
+            async with server:
+                await loop.run_in_executor(None, self.prepare)
+                assert self.manager is not None
+                self.batcher = Batcher(self.manager, self.metrics, self.config.max_batch, self.config.max_wait_ms)
+                self.batcher.start()
+                self._write_state()
+                self._ready.set()
+                log.info("serving %s on %s (pid %d)", self.manager.model_id, path, os.getpid())
+                if ready is not None:
+                    ready(f"ready {os.getpid()}")
+                await self._stop.wait()
+                self.batcher.close()
+        finally:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+
+    def _write_state(self) -> None:
+        assert self.manager is not None
+        state = {
+            "pid": os.getpid(),
+            "socket": str(self.layout.socket),
+            "model": self.config.model,
+            "model_id": self.manager.model_id,
+            "dim": self.manager.dim,
+            "index": self.manager.index_path,
+            "config": self.config.__dict__ | {"preload": []},
+            "started": time.time(),
+            "protocol": protocol.VERSION,
+        }
+        tmp = self.layout.state.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, self.layout.state)
+
+    # -- connections ----------------------------------------------------------------------
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        pid, uid, _ = peer_credentials(sock)
+        if uid != os.getuid():
+            self.metrics.add(refused_peers=1)
+            log.warning("refused a connection from uid %d (pid %d)", uid, pid)
+            writer.close()
+            return
+        self._next_client += 1
+        client_id = self._next_client
+        self.clients[client_id] = {"pid": pid, "connected": time.time(), "requests": 0}
+        self.metrics.add(connections_total=1)
+        tasks: set[asyncio.Task] = set()
+        try:
+            while True:
+                try:
+                    header = await reader.readexactly(protocol.HEADER.size)
+                except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+                    return  # the client left, or we are shutting down
+                try:
+                    length = protocol.frame_length(header)
+                except protocol.ProtocolError as exc:
+                    # We cannot find the next frame boundary: answer, then drop this connection.
+                    self.metrics.add(requests=1, errors=1)
+                    writer.write(protocol.pack(protocol.error_reply(0, exc.code, str(exc))))
+                    await writer.drain()
+                    return
+                try:
+                    body = await reader.readexactly(length)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                self.clients[client_id]["requests"] += 1
+                task = asyncio.create_task(self._answer(body, writer))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        finally:
+            for task in tasks:
+                task.cancel()
+            self.clients.pop(client_id, None)
+            writer.close()
+
+    async def _answer(self, body: bytes, writer: asyncio.StreamWriter) -> None:
+        started = time.perf_counter()
+        request_id = 0
+        self.metrics.add(requests=1)
+        try:
+            message = protocol.unpack(body)
+            request_id, op = protocol.check_request(message)
+            reply = await getattr(self, f"_op_{op}")(message)
+            reply["id"] = request_id
+            reply["ok"] = True
+        except protocol.ProtocolError as exc:
+            self.metrics.add(errors=1)
+            reply = protocol.error_reply(request_id, exc.code, str(exc))
+        except InvalidTextError as exc:
+            self.metrics.add(errors=1)
+            reply = protocol.error_reply(request_id, "invalid_text", str(exc))
+        except Exception as exc:  # a failing model or cache must not take the service down
+            self.metrics.add(errors=1)
+            log.exception("request failed")
+            reply = protocol.error_reply(request_id, "internal", f"{type(exc).__name__}: {exc}")
+        try:
+            frame = protocol.pack(reply)
+        except protocol.ProtocolError as exc:
+            frame = protocol.pack(protocol.error_reply(request_id, exc.code, str(exc)))
+        if not writer.is_closing():
+            writer.write(frame)
+            try:
+                await writer.drain()
+            except ConnectionError:
+                pass
+        self.metrics.observe_request(time.perf_counter() - started)
+
+    # -- operations -----------------------------------------------------------------------
+
+    async def _op_hello(self, message: dict[str, Any]) -> dict[str, Any]:
+        await self._ready.wait()  # a client that comes while the model loads waits here
+        assert self.manager is not None
+        wanted = message.get("model_id")
+        if wanted is not None and wanted != self.manager.model_id:
+            raise protocol.ProtocolError(
+                "model_mismatch",
+                f"this service embeds with {self.manager.model_id!r}, the client asked for {wanted!r}",
+            )
+        return {
+            "version": protocol.VERSION,
+            "model_id": self.manager.model_id,
+            "dim": self.manager.dim,
+            "cache": str(self.layout.cache),
+            "index": self.manager.index_path,
+            "pid": os.getpid(),
+            "max_texts": protocol.MAX_TEXTS_PER_REQUEST,
+        }
+
+    async def _embed_texts(self, message: dict[str, Any]) -> tuple[np.ndarray, int]:
+        assert self.manager is not None
+        texts = [validate_text(t, f"texts[{i}]") for i, t in enumerate(protocol.request_texts(message))]
+        cache = self.manager.cache
+        keys = [cache.key(t) for t in texts]
+        out = np.empty((len(texts), self.manager.dim), dtype=np.float32)
+        found = cache.get_many_into(keys, out) if texts else np.zeros(0, dtype=bool)
+        missing = np.flatnonzero(~found)
+        self.metrics.add(embed_requests=1, texts=len(texts), hits=len(texts) - missing.size,
+                         misses=missing.size)
+        if missing.size:
+            unique: dict[bytes, str] = {}
+            for i in missing:
+                unique.setdefault(keys[i], texts[i])
+            vectors = await self.batcher.embed(list(unique), list(unique.values()))
+            row_of = {key: row for row, key in enumerate(unique)}
+            for i in missing:
+                out[i] = vectors[row_of[keys[i]]]
+        return out, int(missing.size)
+
+    async def _op_embed(self, message: dict[str, Any]) -> dict[str, Any]:
+        await self._ready.wait()
+        vectors, _ = await self._embed_texts(message)
+        return {"n": vectors.shape[0], "dim": vectors.shape[1], "vectors": vectors.tobytes()}
+
+    async def _op_preload(self, message: dict[str, Any]) -> dict[str, Any]:
+        await self._ready.wait()
+        _, computed = await self._embed_texts(message)
+        return {"new": computed}
+
+    async def _op_stats(self, message: dict[str, Any]) -> dict[str, Any]:
+        await self._ready.wait()
+        assert self.manager is not None
+        return {"stats": self.stats()}
+
+    async def _op_ping(self, message: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    async def _op_shutdown(self, message: dict[str, Any]) -> dict[str, Any]:
+        assert self._stop is not None
+        asyncio.get_running_loop().call_soon(self._stop.set)
+        return {}
+
+    def stats(self) -> dict[str, Any]:
+        assert self.manager is not None
+        return {
+            **self.metrics.snapshot(),
+            "pid": os.getpid(),
+            "model_id": self.manager.model_id,
+            "dim": self.manager.dim,
+            "store": str(self.layout.root),
+            "index": self.manager.index_path,
+            "tools": self.manager.stats()["tools"],
+            "max_batch": self.config.max_batch,
+            "max_wait_ms": self.config.max_wait_ms,
+            "clients": [{"id": cid, **info} for cid, info in self.clients.items()],
+        }
+
+
+def run_service(config: ServiceConfig, ready_fd: int | None = None) -> int:
+    """Run a service in this process until SIGTERM, SIGINT or a shutdown request.
+
+    ``ready_fd``: a pipe on which one line is written once the service answers
+    (``ready PID``), or why it did not start (``already PID`` or ``error MESSAGE``).
+    """
+
+    def tell(line: str) -> None:
+        if ready_fd is not None:
+            try:
+                os.write(ready_fd, (line + "\n").encode())
+                os.close(ready_fd)
+            except OSError:
+                pass
+
+    layout = StoreLayout(config.store)
+    try:
+        lock_fd = acquire_service_lock(layout)
+    except AlreadyRunning as exc:
+        tell(f"already {exc.pid}")
+        log.info("%s", exc)
+        return 0
+    try:
+        server = EmbeddingServer(config)
+        asyncio.run(server.serve(ready=tell))
+    except Exception as exc:
+        tell(f"error {type(exc).__name__}: {exc}")
+        raise
+    finally:
+        os.close(lock_fd)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m embedshare.service")
+    parser.add_argument("--store", required=True)
+    parser.add_argument("--model", default="local")
+    parser.add_argument("--registry")
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--preload-file", help="a file of texts, one per line, to embed at start")
+    parser.add_argument("--ready-fd", type=int)
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    preload = []
+    if args.preload_file:
+        preload = [line for line in Path(args.preload_file).read_text().splitlines() if line.strip()]
+    config = ServiceConfig(
+        store=args.store, model=args.model, registry=args.registry, max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms, threads=args.threads, preload=preload,
+    )
+    return run_service(config, ready_fd=args.ready_fd)
+
+
