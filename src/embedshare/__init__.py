@@ -3,24 +3,41 @@
     from embedshare import get_embedding_manager
     manager = get_embedding_manager()          # shared client if a service runs, else local
     manager.search("read a CSV file", k=5)
+
+Names are imported on first use (PEP 562), so a worker that only needs the client does not
+pay for the pool, the CLI or the server in memory.
 """
 
 from __future__ import annotations
 
-from .access import get_embedding_manager, reset_embedding_manager
-from .embedders import create_embedder
-from .manager import EmbeddingManager
-from .service import EmbeddingService, ServiceUnavailable, SharedEmbeddingManager
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "EmbeddingManager",
-    "EmbeddingService",
-    "ServiceUnavailable",
-    "SharedEmbeddingManager",
-    "create_embedder",
-    "get_embedding_manager",
-    "reset_embedding_manager",
-    "__version__",
-]
+_EXPORTS = {
+    "get_embedding_manager": "embedshare.access",
+    "set_embedding_manager": "embedshare.access",
+    "reset_embedding_manager": "embedshare.access",
+    "EmbeddingManager": "embedshare.manager",
+    "create_embedder": "embedshare.embedders",
+    "SharedEmbeddingManager": "embedshare.service.client",
+    "ServiceUnavailable": "embedshare.service.connection",
+    "EmbeddingService": "embedshare.service.launcher",
+    "SharedPool": "embedshare.pool.shared",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'embedshare' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -18,7 +18,7 @@ from pathlib import Path
 from .manager import DEFAULT_MODEL, EmbeddingManager, ManagerBase, default_store
 from .service.client import SharedEmbeddingManager
 from .service.connection import ServiceUnavailable
-from .service.launcher import ENV_ADDRESS
+from .service.state import ENV_ADDRESS
 from .store import StoreLayout
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,13 @@ def get_embedding_manager(
         _instance = _create(model or os.environ.get(ENV_MODEL), store, registry, on_failure)
         _instance_pid = pid
         return _instance
+
+
+def set_embedding_manager(manager: ManagerBase) -> None:
+    """Make ``manager`` what ``get_embedding_manager()`` returns in this process."""
+    global _instance, _instance_pid
+    with _lock:
+        _instance, _instance_pid = manager, os.getpid()
 
 
 def reset_embedding_manager() -> None:

@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 
 from .embedders import Embedder, create_embedder, validate_text, validate_texts
+from .latency import Histogram
 from .registry import Registry, load_registry
-from .store import EmbeddingCache, ToolIndex, CacheFullError, open_or_build_index
+from .store import CacheFullError, EmbeddingCache, ToolIndex, open_or_build_index
+from .store.index import Hits, SearchResult
 from .store.layout import StoreLayout
 
 log = logging.getLogger(__name__)
@@ -55,13 +57,21 @@ class ManagerBase:
 
     def __init__(self, search_cache_size: int = 1024) -> None:
         self._index: ToolIndex | None = None
-        self._search_cache: OrderedDict[tuple, list] = OrderedDict()
+        # Compact hits (rows, scores), not result objects: ~100 bytes an entry.
+        self._search_cache: OrderedDict[tuple, Hits] = OrderedDict()
         self._search_cache_size = search_cache_size
         self._lock = threading.Lock()
         self._counters: dict[str, int] = {
             "embed_calls": 0, "texts": 0, "hits": 0, "misses": 0,
             "searches": 0, "search_cache_hits": 0, "similar_calls": 0,
         }
+        # Wall time of each public call in this process, for the pool's report.
+        self._latency = {"get_embeddings": Histogram(), "search": Histogram(), "find_similar_tools": Histogram()}
+
+    def _observe(self, call: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        with self._lock:
+            self._latency[call].observe(elapsed)
 
     # -- what subclasses provide -------------------------------------------------------------
 
@@ -78,6 +88,7 @@ class ManagerBase:
 
     def get_embeddings(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors of many texts, ``(n, dim)`` float32; cache misses are computed once."""
+        started = time.perf_counter()
         clean = validate_texts(list(texts) if not isinstance(texts, (str, bytes)) else texts)
         keys = [self.cache.key(t) for t in clean]
         out = np.empty((len(clean), self.dim), dtype=np.float32)
@@ -92,6 +103,7 @@ class ManagerBase:
             row_of = {key: row for row, key in enumerate(unique)}
             for i in missing:
                 out[i] = vectors[row_of[keys[i]]]
+        self._observe("get_embeddings", started)
         return out
 
     def preload(self, texts: Sequence[str]) -> int:
@@ -119,8 +131,9 @@ class ManagerBase:
 
     def search(
         self, query: str, k: int = 5, category: str | None = None, threshold: float = 0.0
-    ) -> list:
+    ) -> list[SearchResult]:
         """The ``k`` tools that best match ``query``, with score, category, protocol, reason."""
+        started = time.perf_counter()
         query = validate_text(query, "query")
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
@@ -129,25 +142,29 @@ class ManagerBase:
         key = (norm, k, category, float(threshold), index.path)
         self._count(searches=1)
         with self._lock:
-            cached = self._search_cache.get(key)
-            if cached is not None:
+            hits = self._search_cache.get(key)
+            if hits is not None:
                 self._search_cache.move_to_end(key)
                 self._counters["search_cache_hits"] += 1
-                return list(cached)
-        vector = self.get_embedding(norm)
-        results = index.search_vector(vector, k=k, category=category, threshold=threshold)
-        with self._lock:
-            self._search_cache[key] = results
-            if len(self._search_cache) > self._search_cache_size:
-                self._search_cache.popitem(last=False)
-        return list(results)
+        if hits is None:
+            hits = index.search_hits(self.get_embedding(norm), k=k, category=category, threshold=threshold)
+            with self._lock:
+                self._search_cache[key] = hits
+                if len(self._search_cache) > self._search_cache_size:
+                    self._search_cache.popitem(last=False)
+        results = index.results(hits)
+        self._observe("search", started)
+        return results
 
-    def find_similar_tools(self, name: str, k: int = 5, same_category_only: bool = False) -> list:
+    def find_similar_tools(self, name: str, k: int = 5, same_category_only: bool = False) -> list[SearchResult]:
         """The ``k`` tools closest to tool ``name`` (itself excluded)."""
         if not isinstance(name, str):
             raise TypeError(f"tool name must be a str, got {type(name).__name__}")
+        started = time.perf_counter()
         self._count(similar_calls=1)
-        return self.index.similar(name, k=k, same_category_only=same_category_only)
+        results = self.index.similar(name, k=k, same_category_only=same_category_only)
+        self._observe("find_similar_tools", started)
+        return results
 
     def get_tool_protocols(self, names: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The MCP protocols of the named tools, keyed by name."""
@@ -162,10 +179,13 @@ class ManagerBase:
             for name, amount in amounts.items():
                 self._counters[name] = self._counters.get(name, 0) + int(amount)
 
-    def stats(self) -> dict[str, Any]:
-        """Counters of this manager (this process), plus what it is attached to."""
+    def stats(self, latency_samples: bool = False) -> dict[str, Any]:
+        """Counters of this manager (this process), latencies, and what it is attached to."""
         with self._lock:
             counters = dict(self._counters)
+            counters["latency"] = {
+                call: hist.summary(with_samples=latency_samples) for call, hist in self._latency.items()
+            }
         counters.update(
             mode=self.mode,
             model_id=self.model_id,

@@ -8,11 +8,11 @@ enough for tests, CI and benchmarks that must not depend on a model.
 
 from __future__ import annotations
 
-import hashlib
 import re
 
 import numpy as np
 
+from ..digests import blake2b
 from .base import check_vectors
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -34,7 +34,7 @@ class HashingEmbedder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for row, text in enumerate(texts):
             for feature, weight in _features(text):
-                digest = hashlib.blake2b(feature.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+                digest = blake2b(feature.encode("utf-8", "surrogatepass"), digest_size=8).digest()
                 value = int.from_bytes(digest, "little")
                 sign = 1.0 if value & 1 else -1.0
                 out[row, (value >> 1) % self.dim] += sign * weight

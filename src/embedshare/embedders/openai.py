@@ -134,11 +134,13 @@ class OpenAIEmbedder:
                 )
             self.api_version: str | None = api_version or DEFAULT_AZURE_API_VERSION
             self.base_url = root.rstrip("/")
-            self._url = f"{self.base_url}/openai/deployments/{quote(self.deployment, safe='')}/embeddings"
+            deployment_path = quote(self.deployment, safe="")
+            self._url = f"{self.base_url}/openai/deployments/{deployment_path}/embeddings"
             self._params: dict[str, str] = {"api-version": self.api_version}
         else:
             self.api_version = api_version
-            self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+            root = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+            self.base_url = root.rstrip("/")
             self._url = f"{self.base_url}/embeddings"
             self._params = {"api-version": api_version} if api_version else {}
 

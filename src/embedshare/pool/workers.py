@@ -46,7 +46,7 @@ import time
 import traceback
 import weakref
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.reduction import ForkingPickler
@@ -691,3 +691,11 @@ def _failure(index: int, err: dict[str, str], attempts: int, pid: int | None) ->
         error_type=err["type"],
         traceback=err.get("traceback") or None,
     )
+
+
+def timed_call(payload: tuple[Callable[[Any], Any], Any]) -> tuple[Any, float]:
+    """Run ``fn(item)`` and time it in the worker (for the pool's task latency report)."""
+    fn, item = payload
+    started = time.perf_counter()
+    value = fn(item)
+    return value, time.perf_counter() - started

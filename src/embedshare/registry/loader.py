@@ -7,12 +7,12 @@ invalid JSON names its line and column. Fields we do not know are kept as they a
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from ..digests import sha256
 
 
 class RegistryError(ValueError):
@@ -85,7 +85,7 @@ BUNDLED_REGISTRY = "bundled"
 
 def bundled_registry_path() -> Path:
     """The example registry shipped in the package (see ``registry/data/tools.json``)."""
-    return Path(str(resources.files("embedshare.registry") / "data" / "tools.json"))
+    return Path(__file__).parent / "data" / "tools.json"
 
 
 def load_registry(source: str | Path | list | dict) -> Registry:
@@ -140,7 +140,7 @@ def parse_registry(data: Any, origin: str = "<data>") -> Registry:
         tools.append(tool)
 
     canonical = json.dumps([t.raw for t in tools], sort_keys=True, ensure_ascii=False)
-    content_hash = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    content_hash = sha256(canonical.encode("utf-8")).hexdigest()
     return Registry(tools=tuple(tools), content_hash=content_hash, source=origin)
 
 

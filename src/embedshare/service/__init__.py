@@ -1,8 +1,3 @@
-"""The shared service (server), its wire protocol, and the worker-side client."""
-
-from .client import SharedEmbeddingManager
-from .connection import ServiceUnavailable
-from .launcher import EmbeddingService, ServiceStartError
-from .protocol import RemoteError
-
-__all__ = ["EmbeddingService", "RemoteError", "ServiceStartError", "ServiceUnavailable", "SharedEmbeddingManager"]
+"""The shared service: server (service process), protocol (wire format), client (workers),
+launcher (start, join, stop). Import the submodule you need; nothing is imported here so
+that a worker's client does not load the server's asyncio machinery."""

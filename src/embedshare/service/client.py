@@ -32,7 +32,7 @@ from ..manager import EmbeddingManager, ManagerBase
 from ..store import EmbeddingCache, StoreLayout, ToolIndex
 from . import protocol
 from .connection import ServiceConnection, ServiceUnavailable
-from .server import read_state
+from .state import read_state
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +196,8 @@ class SharedEmbeddingManager(ManagerBase):
         """The service's own counters (every client's requests, batches, latency)."""
         return self._connection().request("stats", timeout=self.request_timeout)["stats"]
 
-    def stats(self) -> dict[str, Any]:
-        stats = super().stats()
+    def stats(self, latency_samples: bool = False) -> dict[str, Any]:
+        stats = super().stats(latency_samples)
         stats["address"] = self.address
         stats["fallback"] = self._fallback is not None
         return stats

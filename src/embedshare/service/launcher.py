@@ -21,12 +21,10 @@ from typing import Any
 from ..manager import default_store
 from ..store import StoreLayout
 from .connection import ServiceConnection, ServiceUnavailable
-from .server import ServiceConfig, read_state
+from .state import ENV_ADDRESS, ENV_STORE, ServiceConfig, read_state
 
 log = logging.getLogger(__name__)
 
-ENV_ADDRESS = "EMBEDSHARE_ADDRESS"
-ENV_STORE = "EMBEDSHARE_STORE"
 
 
 class ServiceStartError(RuntimeError):

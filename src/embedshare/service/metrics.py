@@ -1,49 +1,12 @@
-"""Counters and a latency histogram for the service's ``stats``.
-
-A fixed, log-spaced histogram (no per-request growth, cheap to export to Prometheus) plus a
-bounded window of recent latencies for exact recent percentiles.
-"""
+"""Counters and latency histograms for the service's ``stats``."""
 
 from __future__ import annotations
 
-import bisect
 import threading
 import time
-from collections import deque
 from typing import Any
 
-import numpy as np
-
-# Upper bounds in seconds: 10 us .. ~100 s, 4 buckets per decade.
-LATENCY_BUCKETS: tuple[float, ...] = tuple(10 ** (e / 4) * 1e-5 for e in range(29))
-
-
-class Histogram:
-    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS, window: int = 10_000) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.total = 0.0
-        self.count = 0
-        self.recent: deque[float] = deque(maxlen=window)
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
-        self.count += 1
-        self.recent.append(value)
-
-    def summary(self) -> dict[str, Any]:
-        recent = np.fromiter(self.recent, dtype=np.float64) if self.recent else None
-        pct = (lambda q: float(np.percentile(recent, q))) if recent is not None else (lambda q: None)
-        return {
-            "count": self.count,
-            "mean_s": self.total / self.count if self.count else None,
-            "p50_s": pct(50),
-            "p90_s": pct(90),
-            "p99_s": pct(99),
-            "max_recent_s": float(recent.max()) if recent is not None else None,
-            "buckets": {f"{b:.6g}": c for b, c in zip(self.bounds + (float("inf"),), self.counts)},
-        }
+from ..latency import Histogram
 
 
 class ServiceMetrics:

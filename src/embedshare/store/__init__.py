@@ -1,7 +1,14 @@
 """Storage: the LMDB embedding cache, the memory-mapped tool index, the store layout."""
 
 from .cache import CacheError, CacheFullError, EmbeddingCache, cache_key
-from .index import SearchResult, ToolIndex, ToolIndexError, UnknownToolError, build_index, open_or_build_index
+from .index import (
+    SearchResult,
+    ToolIndex,
+    ToolIndexError,
+    UnknownToolError,
+    build_index,
+    open_or_build_index,
+)
 from .layout import StoreLayout
 
 __all__ = [

@@ -18,7 +18,6 @@ state), and a get in a read transaction costs about a microsecond.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import lmdb
 import numpy as np
+
+from ..digests import blake2b
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class CacheFullError(CacheError):
 
 def cache_key(model_id: str, text: str) -> bytes:
     """The LMDB key of ``text`` embedded by ``model_id``."""
-    h = hashlib.blake2b(digest_size=16)
+    h = blake2b(digest_size=16)
     h.update(model_id.encode("utf-8"))
     h.update(b"\x00")
     h.update(text.encode("utf-8", "surrogatepass"))
@@ -235,8 +236,17 @@ class EmbeddingCache:
             try:
                 with self._transaction(write=True) as txn:
                     added = 0
+                    nbytes = self._nbytes
                     for key, row in zip(keys, vectors):
-                        added += txn.put(key, row.tobytes(), overwrite=False)
+                        if txn.put(key, row.tobytes(), overwrite=False):
+                            added += 1
+                            continue
+                        # A value of the wrong length (written for another dimension) is a
+                        # miss for every reader; replace it, or that text misses forever.
+                        existing = txn.get(key)
+                        if existing is None or len(existing) != nbytes:
+                            txn.put(key, row.tobytes())
+                            added += 1
                     return added
             except lmdb.MapFullError:
                 self._grow()

@@ -18,12 +18,10 @@ names would cost every worker ~100 MB).
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import mmap
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..digests import blake2b, sha256
 from ..registry import FIELDS, Registry, field_texts, field_weights
 from ..registry.loader import tool_protocol
 
@@ -54,6 +53,15 @@ class UnknownToolError(KeyError):
 
 
 @dataclass(frozen=True)
+class Hits:
+    """What a search found, compactly (kept by the managers' search-result caches)."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    field_sims: np.ndarray  # (k, F): each hit's similarity per field
+
+
+@dataclass(frozen=True)
 class SearchResult:
     """One search hit: which tool, how close, and why."""
 
@@ -70,12 +78,12 @@ class SearchResult:
 
 def index_folder_name(registry_hash: str, model_id: str) -> str:
     """Folder name of the index for this registry content and model."""
-    model_tag = hashlib.blake2b(model_id.encode(), digest_size=4).hexdigest()
+    model_tag = blake2b(model_id.encode(), digest_size=4).hexdigest()
     return f"{registry_hash[:16]}-{model_tag}"
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
+    h = sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
@@ -96,6 +104,9 @@ def build_index(
     Written into a temporary folder beside it and renamed into place, so a reader never sees
     half an index; when another process finished the same index first, its copy is kept.
     """
+    import shutil
+    import tempfile
+
     destination = Path(destination)
     tools = registry.tools
     n = len(tools)
@@ -236,6 +247,8 @@ class ToolIndex:
         self.tool_offsets = load("tool_offsets.npy", (n + 1,), "int64")
         with open(self.path / "tools.jsonl", "rb") as f:
             self._tools_map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        # Parsed name and protocol of recently returned rows: bounded, whatever the index size.
+        self._row_info = functools.lru_cache(maxsize=512)(self._parse_row)
 
     def __len__(self) -> int:
         return self.count
@@ -250,6 +263,10 @@ class ToolIndex:
         start, end = int(self.tool_offsets[row]), int(self.tool_offsets[row + 1])
         return json.loads(self._tools_map[start:end])
 
+    def _parse_row(self, row: int) -> tuple[str, dict[str, Any]]:
+        raw = self.tool(row)
+        return raw["name"], tool_protocol(raw)
+
     def row_of(self, name: str) -> int:
         key = name.encode("utf-8", "surrogatepass")
         pos = int(np.searchsorted(self.names_sorted, key))
@@ -258,13 +275,14 @@ class ToolIndex:
         raise UnknownToolError(f"unknown tool {name!r}")
 
     def name_of(self, row: int) -> str:
-        return self.tool(row)["name"]
+        return self._row_info(row)[0]
 
     def category_of(self, row: int) -> str:
         return self.categories[int(self.category_codes[row])]
 
     def protocol(self, row: int) -> dict[str, Any]:
-        return tool_protocol(self.tool(row))
+        """The MCP protocol of ``row`` (shared with other results: treat it as read-only)."""
+        return self._row_info(row)[1]
 
     def protocols(self, names: Sequence[str]) -> dict[str, dict[str, Any]]:
         """MCP protocols of the named tools; an unknown name is an error naming all of them."""
@@ -280,15 +298,15 @@ class ToolIndex:
 
     # -- search ----------------------------------------------------------------------------
 
-    def search_vector(
+    def search_hits(
         self,
         query: np.ndarray,
         k: int = 5,
         category: str | None = None,
         threshold: float = 0.0,
         exclude_row: int | None = None,
-    ) -> list[SearchResult]:
-        """The ``k`` tools closest to ``query`` (a unit vector), best first."""
+    ) -> Hits:
+        """The ``k`` rows closest to ``query`` (a unit vector), best first, compactly."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         query = np.asarray(query, dtype=np.float32).reshape(-1)
@@ -298,8 +316,9 @@ class ToolIndex:
         eligible = scores >= threshold
         if category is not None:
             if category not in self.categories:
-                return []
-            eligible &= self.category_codes == self.categories.index(category)
+                eligible[:] = False
+            else:
+                eligible &= self.category_codes == self.categories.index(category)
         if exclude_row is not None:
             eligible[exclude_row] = False
         candidates = np.flatnonzero(eligible)
@@ -307,23 +326,32 @@ class ToolIndex:
             top = np.argpartition(-scores[candidates], k - 1)[:k]
             candidates = candidates[top]
         # best first; ties broken by row so the order is the same in every process
-        order = np.lexsort((candidates, -scores[candidates]))
-        return [self._result(int(row), float(scores[row]), query) for row in candidates[order]]
+        rows = candidates[np.lexsort((candidates, -scores[candidates]))]
+        field_sims = np.einsum("kfd,d->kf", self.fields[rows], query) if rows.size else np.zeros((0, len(FIELDS)), np.float32)
+        return Hits(rows=rows, scores=scores[rows], field_sims=field_sims)
 
-    def _result(self, row: int, score: float, query: np.ndarray) -> SearchResult:
-        sims = self.fields[row] @ query
-        weights = self.weights[row]
-        present = [(FIELDS[i], float(sims[i]), float(weights[i])) for i in range(len(FIELDS)) if weights[i] > 0]
-        present.sort(key=lambda x: -x[1] * x[2])
-        reason = " + ".join(f"{name} match {sim:.2f}" for name, sim, _ in present)
-        return SearchResult(
-            name=self.name_of(row),
-            score=score,
-            category=self.category_of(row),
-            reason=reason,
-            protocol=self.protocol(row),
-            field_scores={name: sim for name, sim, _ in present},
-        )
+    def results(self, hits: Hits) -> list[SearchResult]:
+        """Full results (name, category, protocol, reason) for compact hits."""
+        out = []
+        for row, score, sims in zip(hits.rows.tolist(), hits.scores.tolist(), hits.field_sims.tolist()):
+            weights = self.weights[row]
+            present = [(FIELDS[i], sims[i], float(weights[i])) for i in range(len(FIELDS)) if weights[i] > 0]
+            present.sort(key=lambda x: -x[1] * x[2])
+            positive = [p for p in present if p[1] > 0] or present[:1]
+            out.append(SearchResult(
+                name=self.name_of(row),
+                score=score,
+                category=self.category_of(row),
+                reason=" + ".join(f"{name} match {sim:.2f}" for name, sim, _ in positive),
+                protocol=self.protocol(row),
+                field_scores={name: sim for name, sim, _ in present},
+            ))
+        return out
+
+    def search_vector(self, query: np.ndarray, k: int = 5, category: str | None = None,
+                      threshold: float = 0.0, exclude_row: int | None = None) -> list[SearchResult]:
+        """The ``k`` tools closest to ``query`` (a unit vector), best first."""
+        return self.results(self.search_hits(query, k, category, threshold, exclude_row))
 
     def similar(self, name: str, k: int = 5, same_category_only: bool = False) -> list[SearchResult]:
         """Tools whose combined vectors are closest to tool ``name`` (itself excluded)."""

@@ -1,0 +1,34 @@
+# One command each, on a fresh machine: `make demo` and `make test` build .venv themselves.
+# The venv is rebuilt only when pyproject.toml changes (the stamp file records that).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.embedshare-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: venv test test-fast demo bench clean
+
+venv: $(STAMP)
+
+# torch==2.13.0 first: it is the CPU build this machine keeps on disk; any other version
+# (asked for by sentence-transformers' open range) would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[local,openai,dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not model and not slow"
+
+demo: $(STAMP)
+	$(VENV)/bin/embedshare demo --workers 25 --tasks 2000
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,287 @@
+"""The ``embedshare`` command line.
+
+Every command takes ``--store`` (default ``$EMBEDSHARE_STORE`` or ``~/.cache/embedshare``) and
+``--model`` (default ``$EMBEDSHARE_MODEL`` or ``local``). Commands that read use the store's
+service when one runs, else a local manager. Errors are one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import click
+
+# Only click and the standard library at import time: pool workers spawned from this command
+# re-import it as their __main__, and whatever it imports costs memory in every worker.
+DEFAULT_MODEL = "local"
+
+
+def _layout(store: Path | None) -> Any:
+    from .manager import default_store
+    from .store.layout import StoreLayout
+
+    return StoreLayout(store or default_store())
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a user can get wrong: shown as one line, never as a traceback."""
+    from .embedders import EmbedderError, InvalidTextError, UnknownModelError
+    from .manager import NoIndexError
+    from .registry import RegistryError
+    from .service.connection import ServiceUnavailable
+    from .service.launcher import ServiceStartError
+    from .service.protocol import RemoteError
+    from .store import CacheError, ToolIndexError, UnknownToolError
+
+    return (EmbedderError, InvalidTextError, UnknownModelError, NoIndexError, RegistryError,
+            RemoteError, ServiceStartError, ServiceUnavailable, CacheError, ToolIndexError,
+            UnknownToolError, FileNotFoundError, ValueError)
+
+
+@contextmanager
+def _errors_as_messages() -> Iterator[None]:
+    try:
+        yield
+    except _user_errors() as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+store_option = click.option(
+    "--store", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Store folder (cache, indexes, service socket). Default: $EMBEDSHARE_STORE or ~/.cache/embedshare.",
+)
+model_option = click.option(
+    "--model", default=lambda: os.environ.get("EMBEDSHARE_MODEL", DEFAULT_MODEL), show_default="local",
+    help="Embedder spec: local, hash:<dim>, openai:<model>.",
+)
+registry_option = click.option(
+    "--registry", default="bundled", show_default=True,
+    help="Tool registry JSON file, or 'bundled' for the example registry shipped with embedshare.",
+)
+
+
+def _progress(description: str):
+    """A tqdm callback for long builds (to stderr, hidden when not a terminal)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, desc=description, unit="text", file=sys.stderr, disable=not sys.stderr.isatty())
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def _manager(store: Path | None, model: str, registry: str | None) -> Any:
+    """The store's service if one answers (with the same model), else a local manager."""
+    from .manager import EmbeddingManager
+    from .service.client import SharedEmbeddingManager
+    from .service.connection import ServiceUnavailable
+
+    layout = _layout(store)
+    if layout.socket.exists():
+        try:
+            return SharedEmbeddingManager(layout.socket, model=model, on_failure="error")
+        except ServiceUnavailable:
+            pass
+    manager = EmbeddingManager(layout.root, model=model)
+    if registry:
+        manager.load_registry(registry, progress=_progress("embedding tools"))
+    return manager
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.version_option(package_name="embedshare")
+def main(verbose: int) -> None:
+    """Share one embedding model, cache and tool index between all the processes of a machine."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+@main.command()
+@store_option
+@model_option
+@click.option("--registry", default=None, help="Tool registry to index and serve ('bundled' for the example).")
+@click.option("--max-batch", default=64, show_default=True, help="Most texts per model call.")
+@click.option("--max-wait-ms", default=2.0, show_default=True, help="How long to gather requests into a batch.")
+@click.option("--threads", type=int, default=None, help="Torch threads for the local model.")
+@click.option("--detach", is_flag=True, help="Start in the background and return once it answers.")
+def serve(store: Path | None, model: str, registry: str | None, max_batch: int, max_wait_ms: float,
+          threads: int | None, detach: bool) -> None:
+    """Run the store's embedding service (one per store; a second one reports the first)."""
+    from .service.launcher import EmbeddingService
+    from .service.server import run_service
+    from .service.state import ServiceConfig
+
+    with _errors_as_messages():
+        if detach:
+            service = EmbeddingService(store, model=model, registry=registry, max_batch=max_batch,
+                                       max_wait_ms=max_wait_ms, threads=threads, detach=True,
+                                       export_env=False).start()
+            verb = "started" if service.owned else "already running"
+            click.echo(f"embedshare service {verb}: pid {service.pid}, socket {service.address}")
+            return
+        config = ServiceConfig(store=str(_layout(store).root), model=model,
+                               registry=registry, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                               threads=threads)
+        click.echo(f"embedshare service for {config.store} (model {model}); Ctrl-C to stop", err=True)
+        sys.exit(run_service(config))
+
+
+@main.command()
+@store_option
+def stop(store: Path | None) -> None:
+    """Stop the store's service."""
+    from .service.connection import ServiceConnection
+
+    layout = _layout(store)
+    with _errors_as_messages():
+        conn = ServiceConnection(layout.socket)
+        try:
+            conn.request("shutdown", timeout=30)
+        finally:
+            conn.close()
+        click.echo("stopped")
+
+
+@main.group()
+def index() -> None:
+    """Build and inspect tool indexes."""
+
+
+@index.command("build")
+@click.argument("registry")
+@store_option
+@model_option
+def index_build(registry: str, store: Path | None, model: str) -> None:
+    """Embed every tool of REGISTRY (a JSON file, or 'bundled') and write its index."""
+    from .manager import EmbeddingManager, default_store
+
+    with _errors_as_messages():
+        manager = EmbeddingManager(store or default_store(), model=model)
+        idx = manager.load_registry(registry, progress=_progress("embedding tools"))
+        click.echo(f"index of {len(idx)} tools ({idx.model_id}, {idx.dim} dims) at {idx.path}")
+
+
+@main.command()
+@click.argument("query")
+@click.option("-k", default=5, show_default=True, help="How many tools.")
+@click.option("--category", default=None, help="Only tools of this category.")
+@click.option("--threshold", default=0.0, show_default=True, help="Lowest score to return.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@store_option
+@model_option
+@registry_option
+def search(query: str, k: int, category: str | None, threshold: float, as_json: bool,
+           store: Path | None, model: str, registry: str) -> None:
+    """Find the tools that best match QUERY."""
+    with _errors_as_messages():
+        manager = _manager(store, model, registry)
+        results = manager.search(query, k=k, category=category, threshold=threshold)
+        if as_json:
+            click.echo(json.dumps([r.to_dict() for r in results], indent=2))
+            return
+        for rank, r in enumerate(results, 1):
+            click.echo(f"{rank}. {r.name:<28} {r.score:.3f}  [{r.category}]  {r.reason}")
+        if not results:
+            click.echo("no tool matches")
+
+
+@main.command()
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the vectors as JSON.")
+@store_option
+@model_option
+def embed(texts: tuple[str, ...], as_json: bool, store: Path | None, model: str) -> None:
+    """Embed TEXTS (through the cache) and print their vectors."""
+    with _errors_as_messages():
+        manager = _manager(store, model, None)
+        vectors = manager.get_embeddings(list(texts))
+        if as_json:
+            click.echo(json.dumps({"model_id": manager.model_id, "vectors": vectors.tolist()}))
+            return
+        import numpy as np
+
+        with np.printoptions(precision=4, threshold=8, edgeitems=3, suppress=True):
+            for text, vector in zip(texts, vectors):
+                click.echo(f"{text[:40]!r}: {vector}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@store_option
+def stats(as_json: bool, store: Path | None) -> None:
+    """Counters of the store's service: requests, hits, batches, latency, clients."""
+    from .service.connection import ServiceConnection
+
+    layout = _layout(store)
+    with _errors_as_messages():
+        conn = ServiceConnection(layout.socket)
+        try:
+            data = conn.request("stats", timeout=30)["stats"]
+        finally:
+            conn.close()
+        if as_json:
+            click.echo(json.dumps(data, indent=2))
+            return
+        click.echo(_format_stats(data))
+
+
+def _format_stats(s: dict[str, Any]) -> str:
+    lat = s["request_latency"]
+    batch = s["batch_size"]
+    ms = lambda v: f"{v * 1000:.2f} ms" if v is not None else "-"  # noqa: E731
+    lines = [
+        f"service pid {s['pid']}  model {s['model_id']} ({s['dim']} dims)  up {s['uptime_s']:.0f} s",
+        f"store {s['store']}  tools {s['tools']}",
+        f"requests {s['requests']}  errors {s['errors']}  texts {s['texts']}  "
+        f"hits {s['hits']}  misses {s['misses']}  joined in-flight {s['joined_inflight']}",
+        f"model calls {s['model_calls']}  texts embedded {s['texts_embedded']}  "
+        f"mean batch {batch['mean'] or 0:.1f}  queue {s['queue_depth']} (max {s['max_queue_depth']})",
+        f"latency p50 {ms(lat['p50'])}  p99 {ms(lat['p99'])}",
+        f"clients {len(s['clients'])}: " + ", ".join(str(c["pid"]) for c in s["clients"]),
+    ]
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option("--workers", default=25, show_default=True, help="Worker processes.")
+@click.option("--tasks", default=2000, show_default=True, help="Tasks (each ~2 searches, ~2 find_similar_tools).")
+@model_option
+@registry_option
+@store_option
+@click.option("--naive/--no-naive", default=True, show_default=True,
+              help="Also run the same tasks with per-process managers and compare.")
+@click.option("--naive-workers", type=int, default=None, help="Workers for the per-process run (default: --workers).")
+@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the measurements as JSON.")
+def demo(workers: int, tasks: int, model: str, registry: str, store: Path | None, naive: bool,
+         naive_workers: int | None, json_out: Path | None) -> None:
+    """Run the user's workload on N workers with a shared service, and measure the naive design."""
+    from .pool.demo import run_demo
+
+    with _errors_as_messages():
+        result = run_demo(workers=workers, tasks=tasks, model=model, registry=registry, store=store,
+                          naive=naive, naive_workers=naive_workers, progress=sys.stderr.isatty())
+        click.echo(result.format())
+        if json_out:
+            json_out.write_text(json.dumps(result.as_dict(), indent=2))
+
+
+if __name__ == "__main__":
+    main()

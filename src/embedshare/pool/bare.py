@@ -1,0 +1,13 @@
+"""The body of the baseline process of memory reports: numpy imported, nothing else.
+
+A module of its own so that the baseline imports nothing of embedshare's beyond this file.
+"""
+
+from typing import Any
+
+
+def bare_worker(conn: Any) -> None:
+    import numpy  # noqa: F401  (the baseline is an interpreter that has numpy)
+
+    conn.send("ready")
+    conn.recv()  # wait until measured

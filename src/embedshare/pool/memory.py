@@ -1,0 +1,66 @@
+"""Memory as PSS: each shared page is split between the processes that map it.
+
+RSS counts a shared page in full in every process (25 workers mapping the same 90 MB index
+would "use" 2.2 GB); PSS divides it, so summing PSS over every process of a run gives the
+real total. Read from ``/proc/PID/smaps_rollup`` through psutil.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from dataclasses import dataclass
+
+import psutil
+
+from .bare import bare_worker
+
+MB = 1024 * 1024
+
+
+def pss_bytes(pid: int) -> int | None:
+    """PSS of a process, or None if it is gone or not ours to read."""
+    try:
+        return int(psutil.Process(pid).memory_full_info().pss)
+    except (psutil.Error, AttributeError):
+        return None
+
+
+@dataclass(frozen=True)
+class ProcessMemory:
+    role: str
+    pid: int
+    pss: int | None
+
+    @property
+    def pss_mb(self) -> float | None:
+        return self.pss / MB if self.pss is not None else None
+
+
+def measure(roles: dict[str, list[int]]) -> list[ProcessMemory]:
+    """PSS of every pid, labelled by role (``{"service": [pid], "worker": [...]}``)."""
+    return [ProcessMemory(role, pid, pss_bytes(pid)) for role, pids in roles.items() for pid in pids]
+
+
+class BareInterpreter:
+    """A spawned worker process that imported numpy and waits: what a worker costs anyway.
+
+    Started through ``multiprocessing`` (spawn), like pool workers, so it carries the same
+    interpreter and multiprocessing machinery; what a worker uses beyond it is embedshare's.
+    Measured in the same run, at the same moment, as the workers it is compared with.
+    """
+
+    def __enter__(self) -> "BareInterpreter":
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=bare_worker, args=(child,), daemon=True)
+        self.process.start()
+        child.close()
+        self._conn.recv()  # it has imported numpy
+        return self
+
+    def pss(self) -> int | None:
+        return pss_bytes(self.process.pid)  # type: ignore[arg-type]
+
+    def __exit__(self, *exc: object) -> None:
+        self._conn.send("done")
+        self.process.join(timeout=30)

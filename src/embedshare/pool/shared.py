@@ -1,0 +1,251 @@
+"""``SharedPool``: N worker processes that share one service, with progress and a report.
+
+    with SharedPool(workers=25, store=store, model="local", registry="bundled") as pool:
+        results = pool.map(run_task, tasks)      # task code calls get_embedding_manager()
+    print(pool.report.format())
+
+It starts the store's service (or joins the running one), starts workers that attach to it
+before their first task, runs tasks on the crash-safe ``WorkerPool`` (a crashed worker's task
+is re-run, none lost), shows a progress bar, and measures what the run cost: PSS of every
+process, cache hits and misses, model calls, batch sizes and latencies.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from ..latency import percentiles
+from ..manager import default_store
+from ..service.client import ENV_ON_FAILURE
+from ..service.launcher import EmbeddingService
+from ..service.state import ENV_ADDRESS, ENV_STORE
+from .attach import attach_worker, worker_stats
+from .memory import BareInterpreter, ProcessMemory, measure
+from .workers import TaskFailed, TaskOutcome, WorkerCrash, WorkerPool, timed_call
+
+
+@dataclass
+class PoolReport:
+    """What a run cost, measured. ``format()`` renders it for a terminal."""
+
+    label: str
+    workers: int
+    tasks: int
+    failed: int
+    wall_seconds: float
+    startup_seconds: float
+    memory: list[ProcessMemory]
+    bare_interpreter_pss: int | None
+    worker_stats: list[dict[str, Any]]
+    service_stats: dict[str, Any] | None
+    crashes: list[WorkerCrash] = field(default_factory=list)
+    task_seconds: list[float] = field(default_factory=list)
+
+    def pss_total(self, role: str | None = None) -> int:
+        return sum(m.pss or 0 for m in self.memory if role is None or m.role == role)
+
+    def count(self, name: str) -> int:
+        return sum(int(s.get(name, 0)) for s in self.worker_stats)
+
+    def model_calls(self) -> int:
+        if self.service_stats is not None:
+            return int(self.service_stats["model_calls"])
+        return self.count("model_calls")
+
+    def texts_embedded(self) -> int:
+        if self.service_stats is not None:
+            return int(self.service_stats["texts_embedded"])
+        return self.count("texts_embedded")
+
+    def latency(self, call: str) -> dict[str, float | None]:
+        samples = [x for s in self.worker_stats for x in s["latency"][call].get("samples", [])]
+        return percentiles(samples)
+
+    def as_dict(self) -> dict[str, Any]:
+        workers_pss = [m.pss for m in self.memory if m.role == "worker" and m.pss]
+        return {
+            "label": self.label,
+            "workers": self.workers,
+            "tasks": self.tasks,
+            "failed": self.failed,
+            "wall_seconds": self.wall_seconds,
+            "startup_seconds": self.startup_seconds,
+            "pss_total_mb": self.pss_total() / 2**20,
+            "pss_by_role_mb": {r: self.pss_total(r) / 2**20 for r in sorted({m.role for m in self.memory})},
+            "pss_per_worker_mb": (sum(workers_pss) / len(workers_pss) / 2**20) if workers_pss else None,
+            "bare_interpreter_pss_mb": self.bare_interpreter_pss / 2**20 if self.bare_interpreter_pss else None,
+            "hits": self.count("hits"),
+            "misses": self.count("misses"),
+            "model_calls": self.model_calls(),
+            "texts_embedded": self.texts_embedded(),
+            "mean_batch": (self.service_stats or {}).get("batch_size", {}).get("mean"),
+            "attach_seconds": percentiles([s["attach_seconds"] for s in self.worker_stats if s.get("attach_seconds")]),
+            "task_seconds": percentiles(self.task_seconds),
+            "search_seconds": self.latency("search"),
+            "similar_seconds": self.latency("find_similar_tools"),
+            "embed_seconds": self.latency("get_embeddings"),
+            "crashes": [c.describe() for c in self.crashes],
+        }
+
+    def format(self) -> str:
+        d = self.as_dict()
+        ms = lambda v: f"{v * 1e3:.3f} ms" if v is not None else "-"  # noqa: E731
+        lines = [
+            f"== {self.label}: {self.workers} workers, {self.tasks} tasks "
+            f"({self.failed} failed), wall {self.wall_seconds:.1f} s, start-up {self.startup_seconds:.1f} s",
+            f"   memory (PSS, summed over every process): {d['pss_total_mb']:.0f} MB  "
+            + "  ".join(f"{role} {mb:.0f} MB" for role, mb in d["pss_by_role_mb"].items()),
+        ]
+        if d["pss_per_worker_mb"] is not None:
+            bare = d["bare_interpreter_pss_mb"]
+            lines.append(
+                f"   per worker: {d['pss_per_worker_mb']:.1f} MB"
+                + (f" (a bare spawned worker with numpy: {bare:.1f} MB, so +{d['pss_per_worker_mb'] - bare:.1f} MB)" if bare else "")
+            )
+        lines += [
+            f"   cache: {d['hits']} hits, {d['misses']} misses;  model calls {d['model_calls']} "
+            f"for {d['texts_embedded']} texts" + (f" (mean batch {d['mean_batch']:.1f})" if d["mean_batch"] else ""),
+            f"   attach p50 {ms(d['attach_seconds']['p50'])}  p99 {ms(d['attach_seconds']['p99'])};  "
+            f"task p50 {ms(d['task_seconds']['p50'])}  p99 {ms(d['task_seconds']['p99'])}",
+            f"   search p50 {ms(d['search_seconds']['p50'])}  p99 {ms(d['search_seconds']['p99'])};  "
+            f"find_similar_tools p50 {ms(d['similar_seconds']['p50'])}  p99 {ms(d['similar_seconds']['p99'])}",
+        ]
+        if self.crashes:
+            lines.append(f"   worker crashes: {len(self.crashes)} (tasks re-run): " + "; ".join(d["crashes"][:5]))
+        return "\n".join(lines)
+
+
+class SharedPool:
+    """A process pool whose workers share the store's embedding service. See module doc."""
+
+    def __init__(
+        self,
+        workers: int = 25,
+        store: str | Path | None = None,
+        model: str = "local",
+        registry: str | Path | None = "bundled",
+        *,
+        preload: Sequence[str] = (),
+        start_method: str | None = "spawn",
+        max_retries: int = 2,
+        progress: bool = True,
+        max_batch: int = 64,
+        max_wait_ms: float = 2.0,
+        label: str = "embedshare (shared service)",
+    ) -> None:
+        self.workers = workers
+        self.store = Path(store) if store else default_store()
+        self.model = model
+        self.start_method = start_method
+        self.max_retries = max_retries
+        self.progress = progress
+        self.label = label
+        self.service = EmbeddingService(
+            self.store, model=model, registry=registry, preload=list(preload),
+            max_batch=max_batch, max_wait_ms=max_wait_ms,
+        )
+        self._pool: WorkerPool | None = None
+        self._started = 0.0
+        self._startup = 0.0
+        self.outcomes: list[TaskOutcome] = []
+        self.report: PoolReport | None = None
+
+    def __enter__(self) -> "SharedPool":
+        self._started = time.perf_counter()
+        self.service.start()
+        env = {
+            ENV_ADDRESS: self.service.address,
+            ENV_STORE: str(self.service.layout.root),
+            ENV_ON_FAILURE: "restart",  # the pool owns the service: a worker brings it back
+            "EMBEDSHARE_MODEL": self.model,
+            "HF_HUB_OFFLINE": "1",
+        }
+        try:
+            self._pool = WorkerPool(
+                self.workers, initializer=attach_worker, start_method=self.start_method,
+                max_retries=self.max_retries, env=env,
+            )
+        except BaseException:
+            self.service.stop()
+            raise
+        self._startup = time.perf_counter() - self._started
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._pool is not None:
+                self._pool.close()
+        finally:
+            self.service.stop()
+
+    @property
+    def worker_pool(self) -> WorkerPool:
+        if self._pool is None:
+            raise RuntimeError("use SharedPool as a context manager: with SharedPool(...) as pool")
+        return self._pool
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], *, raise_on_failure: bool = True) -> list[Any]:
+        """Run ``fn(item)`` in the workers; results in order. Measures the run for ``report``."""
+        pool = self.worker_pool
+        items = list(items)
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(items), desc="tasks", unit="task", dynamic_ncols=True)
+        started = time.perf_counter()
+        try:
+            self.outcomes = pool.map(
+                timed_call, [(fn, item) for item in items],
+                on_result=(lambda i, o: bar.update(1)) if bar is not None else None,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        wall = time.perf_counter() - started
+        self.report = self._measure(wall)
+        failures = [o for o in self.outcomes if not o.ok]
+        if failures and raise_on_failure:
+            raise TaskFailed(f"{len(failures)} of {len(items)} tasks failed; first: {failures[0].error}", failures)
+        return [o.value[0] if o.ok else None for o in self.outcomes]
+
+    def _measure(self, wall: float) -> PoolReport:
+        from ..service.launcher import service_state
+
+        service_pid = service_state(self.service.layout.root).get("pid")  # a restarted one too
+        try:
+            service_stats = self.service.stats()
+        except (OSError, ConnectionError):
+            service_stats = None
+        return measure_run(self.label, self.worker_pool, self.outcomes, wall, self._startup,
+                           service_pid=service_pid, service_stats=service_stats)
+
+
+def measure_run(
+    label: str,
+    pool: WorkerPool,
+    outcomes: list[TaskOutcome],
+    wall: float,
+    startup: float,
+    service_pid: int | None = None,
+    service_stats: dict[str, Any] | None = None,
+) -> PoolReport:
+    """Measure a finished run while its workers are still alive (they hold their memory)."""
+    with BareInterpreter() as bare:
+        memory = measure({
+            "service": [service_pid] if service_pid else [],
+            "worker": pool.worker_pids(),
+            "parent": [os.getpid()],
+        })
+        bare_pss = bare.pss()
+    return PoolReport(
+        label=label, workers=pool.size, tasks=len(outcomes),
+        failed=sum(not o.ok for o in outcomes), wall_seconds=wall,
+        startup_seconds=startup, memory=memory, bare_interpreter_pss=bare_pss,
+        worker_stats=pool.collect(worker_stats), service_stats=service_stats,
+        crashes=list(pool.crashes), task_seconds=[o.value[1] for o in outcomes if o.ok],
+    )
