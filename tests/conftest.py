@@ -1,0 +1,44 @@
+"""Shared fixtures. Every test gets an environment with no embedshare variables, so nothing
+reaches ~/.cache or a service of another test."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))  # helper modules for spawned processes
+
+ENV_VARS = ("EMBEDSHARE_ADDRESS", "EMBEDSHARE_STORE", "EMBEDSHARE_MODEL", "EMBEDSHARE_REGISTRY",
+            "EMBEDSHARE_ON_FAILURE")
+
+
+@pytest.fixture(autouse=True)
+def clean_embedshare_env(monkeypatch, tmp_path):
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    # Anything that falls back to the default store lands in this test's tmp dir.
+    monkeypatch.setenv("EMBEDSHARE_STORE", str(tmp_path / "default-store"))
+    from embedshare.access import reset_embedding_manager
+
+    reset_embedding_manager()
+    yield
+    reset_embedding_manager()
+
+
+@pytest.fixture
+def store(tmp_path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def hash_service(store):
+    """A running service with the hashing embedder and the bundled registry."""
+    from embedshare.service.launcher import EmbeddingService
+
+    with EmbeddingService(store, model="hash:64", registry="bundled", start_timeout=60) as service:
+        yield service

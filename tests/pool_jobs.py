@@ -1,0 +1,49 @@
+"""Task functions for SharedPool tests (importable in spawned workers)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+
+def search_task(query: str) -> dict:
+    from embedshare import get_embedding_manager
+
+    manager = get_embedding_manager()
+    return {
+        "query": query,
+        "vector": manager.get_embedding(query).tobytes(),
+        "top": [r.name for r in manager.search(query, k=3)],
+        "mode": manager.stats()["mode"],
+    }
+
+
+def crash_once_then_search(args: tuple[str, str]) -> dict:
+    """SIGKILL this worker the first time a marked query is seen (marker file), then work."""
+    query, marker_dir = args
+    marker = Path(marker_dir) / (query.replace(" ", "_") + ".crashed")
+    if query.startswith("crash") and not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return search_task(query)
+
+
+def kill_service_once_then_search(args: tuple[str, str]) -> dict:
+    """The first task to get here SIGKILLs the service (a marker file makes it once)."""
+    query, marker_dir = args
+    marker = Path(marker_dir) / "service.killed"
+    if query == "kill the service":
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pass
+        else:
+            from embedshare.service.state import read_state
+            from embedshare.store.layout import StoreLayout
+
+            pid = read_state(StoreLayout(os.environ["EMBEDSHARE_STORE"]))["pid"]
+            os.write(fd, str(pid).encode())
+            os.close(fd)
+            os.kill(pid, signal.SIGKILL)
+    return search_task(query)
