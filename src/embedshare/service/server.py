@@ -359,14 +359,22 @@ class EmbeddingServer:
 
     def stats(self) -> dict[str, Any]:
         assert self.manager is not None
+        snapshot = self.metrics.snapshot()
+        # Texts the service embedded for itself (the index build, preloads) count as well:
+        # the model calls of a whole run are the batcher's plus these.
+        own = self.manager.stats()
+        snapshot["model_calls"] += own["model_calls"]
+        snapshot["texts_embedded"] += own["texts_embedded"]
+        snapshot["startup_model_calls"] = own["model_calls"]
+        snapshot["startup_texts_embedded"] = own["texts_embedded"]
         return {
-            **self.metrics.snapshot(),
+            **snapshot,
             "pid": os.getpid(),
             "model_id": self.manager.model_id,
             "dim": self.manager.dim,
             "store": str(self.layout.root),
             "index": self.manager.index_path,
-            "tools": self.manager.stats()["tools"],
+            "tools": own["tools"],
             "max_batch": self.config.max_batch,
             "max_wait_ms": self.config.max_wait_ms,
             "clients": [{"id": cid, **info} for cid, info in self.clients.items()],
