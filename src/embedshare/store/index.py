@@ -323,10 +323,13 @@ class ToolIndex:
             eligible[exclude_row] = False
         candidates = np.flatnonzero(eligible)
         if candidates.size > k:
-            top = np.argpartition(-scores[candidates], k - 1)[:k]
-            candidates = candidates[top]
+            # keep every candidate at least as good as the k-th best, ties included, so that
+            # the tie-break below (by row) also decides which tied rows make the cut
+            # (argpartition alone keeps an arbitrary subset of the rows tied at the k-th score)
+            kth = np.partition(scores[candidates], candidates.size - k)[candidates.size - k]
+            candidates = candidates[scores[candidates] >= kth]
         # best first; ties broken by row so the order is the same in every process
-        rows = candidates[np.lexsort((candidates, -scores[candidates]))]
+        rows = candidates[np.lexsort((candidates, -scores[candidates]))[:k]]
         field_sims = np.einsum("kfd,d->kf", self.fields[rows], query) if rows.size else np.zeros((0, len(FIELDS)), np.float32)
         return Hits(rows=rows, scores=scores[rows], field_sims=field_sims)
 
