@@ -412,3 +412,31 @@ def test_many_threads_read_concurrently(tmp_path, max_readers):
             t.join(DEADLINE)
         assert not any(t.is_alive() for t in threads)
         assert errors == []
+
+
+def test_too_many_concurrent_readers_is_a_clear_cache_error(tmp_path):
+    import threading
+
+    from embedshare.store.cache import CacheError, EmbeddingCache
+
+    cache = EmbeddingCache(tmp_path / "c", "m", 4, max_readers=2)
+    cache.put_many(["a"], np.ones((1, 4), dtype=np.float32))
+    inside, release = threading.Barrier(3), threading.Event()
+
+    def hold_a_read_transaction():
+        with cache._transaction(write=False):
+            inside.wait(timeout=30)
+            release.wait(timeout=30)
+
+    holders = [threading.Thread(target=hold_a_read_transaction) for _ in range(2)]
+    for t in holders:
+        t.start()
+    inside.wait(timeout=30)  # both slots are taken now
+    try:
+        with pytest.raises(CacheError, match="max_readers=2"):
+            cache.get("a")
+    finally:
+        release.set()
+        for t in holders:
+            t.join(timeout=30)
+    assert cache.get("a") is not None

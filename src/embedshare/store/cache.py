@@ -340,6 +340,11 @@ class EmbeddingCache:
                     txn = env.begin(write=write, buffers=True)
                 except lmdb.MapResizedError:
                     txn = None
+                except lmdb.ReadersFullError:
+                    raise CacheError(
+                        f"embedding cache at {self.path}: more concurrent readers than "
+                        f"max_readers={self._max_readers} (processes x threads); raise max_readers"
+                    ) from None
                 if txn is not None:
                     with txn:
                         yield txn
