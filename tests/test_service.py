@@ -307,3 +307,23 @@ def test_error_policy_raises_but_cache_hits_still_work(store):
     with pytest.raises(ServiceUnavailable):
         client.get_embedding("needs the service")
     assert np.array_equal(client.get_embedding("cached before the crash"), cached)
+
+
+def test_serve_on_a_served_store_reports_the_running_service(hash_service, store):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "embedshare.cli", "serve", "--store", str(store), "--model", "hash:64"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0
+    assert f"already runs on this store (pid {hash_service.pid})" in out.stderr
+    assert hash_service.stats()["pid"] == hash_service.pid
+
+
+def test_the_owner_s_clients_default_to_restart_and_others_to_local(store, monkeypatch):
+    with EmbeddingService(store, model="hash:64") as service:
+        assert SharedEmbeddingManager(service.address).on_failure == "restart"
+        monkeypatch.delenv("EMBEDSHARE_ON_FAILURE")  # a process that did not start it
+        assert SharedEmbeddingManager(service.address).on_failure == "local"

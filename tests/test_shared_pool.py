@@ -109,3 +109,16 @@ def test_demo_measures_both_designs_in_one_run(store):
     # every naive worker embeds the whole registry and its own queries again
     assert naive["texts_embedded"] > 2 * shared["texts_embedded"]
     assert "per-process managers" in result.format()
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_with_the_local_model_workers_stay_small_and_the_model_lives_once(store):
+    with SharedPool(workers=4, store=store, model="local", progress=False) as pool:
+        results = pool.map(pool_jobs.search_task, QUERIES[:40])
+    assert [r["query"] for r in results] == QUERIES[:40]
+    report = pool.report
+    service = [m.pss for m in report.memory if m.role == "service"][0]
+    extra_mb = [(m.pss - report.bare_interpreter_pss) / 2**20 for m in report.memory if m.role == "worker"]
+    assert max(extra_mb) < 5.0, f"per-worker PSS beyond a bare worker: {sorted(extra_mb)}"
+    assert service > 200 * 2**20  # the model (torch and weights) is in the service, only there

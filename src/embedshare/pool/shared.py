@@ -20,9 +20,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..latency import percentiles
 from ..manager import default_store
-from ..service.client import ENV_ON_FAILURE
 from ..service.launcher import EmbeddingService
-from ..service.state import ENV_ADDRESS, ENV_STORE
+from ..service.state import ENV_ADDRESS, ENV_ON_FAILURE, ENV_STORE
 from .attach import attach_worker, worker_stats
 from .memory import BareInterpreter, ProcessMemory, measure
 from .workers import TaskFailed, TaskOutcome, WorkerCrash, WorkerPool, timed_call

@@ -32,12 +32,11 @@ from ..manager import EmbeddingManager, ManagerBase
 from ..store import EmbeddingCache, StoreLayout, ToolIndex
 from . import protocol
 from .connection import ServiceConnection, ServiceUnavailable
-from .state import read_state
+from .state import ENV_ON_FAILURE, read_state
 
 log = logging.getLogger(__name__)
 
 POLICIES = ("restart", "local", "error")
-ENV_ON_FAILURE = "EMBEDSHARE_ON_FAILURE"
 MAX_REQUEST_TEXTS = 4096
 MAX_REQUEST_CHARS = 8 << 20
 

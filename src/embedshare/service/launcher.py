@@ -20,7 +20,7 @@ from typing import Any
 from ..manager import default_store
 from ..store import StoreLayout
 from .connection import ServiceConnection, ServiceUnavailable
-from .state import ENV_ADDRESS, ENV_STORE, ServiceConfig, read_state
+from .state import ENV_ADDRESS, ENV_ON_FAILURE, ENV_STORE, ServiceConfig, read_state
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,10 @@ class EmbeddingService:
         else:
             raise ServiceStartError(f"the embedshare service did not start: {detail or 'it exited'}\n{self.log_tail()}")
         if self.export_env:
-            self._export({ENV_ADDRESS: self.address, ENV_STORE: str(self.layout.root)})
+            values = {ENV_ADDRESS: self.address, ENV_STORE: str(self.layout.root)}
+            if self.owned and ENV_ON_FAILURE not in os.environ:
+                values[ENV_ON_FAILURE] = "restart"  # we own it: bring it back if it dies
+            self._export(values)
         return self
 
     def _read_ready_line(self, fd: int) -> str:

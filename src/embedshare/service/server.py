@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import struct
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -401,7 +402,8 @@ def run_service(config: ServiceConfig, ready_fd: int | None = None) -> int:
         lock_fd = acquire_service_lock(layout)
     except AlreadyRunning as exc:
         tell(f"already {exc.pid}")
-        log.info("%s", exc)
+        if ready_fd is None:  # run by hand (`embedshare serve`): say so where the user looks
+            print(f"embedshare: {exc}; not starting another", file=sys.stderr)
         return 0
     try:
         server = EmbeddingServer(config)

@@ -16,6 +16,7 @@ from ..store.layout import StoreLayout
 
 ENV_ADDRESS = "EMBEDSHARE_ADDRESS"  # the socket of the service; inherited by child processes
 ENV_STORE = "EMBEDSHARE_STORE"
+ENV_ON_FAILURE = "EMBEDSHARE_ON_FAILURE"  # restart | local | error: what a client does if it dies
 
 @dataclass
 class ServiceConfig:
