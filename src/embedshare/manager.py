@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from abc import ABC, abstractmethod
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -48,7 +49,7 @@ class NoIndexError(RuntimeError):
     """A search was asked of a manager that has no tool registry loaded."""
 
 
-class ManagerBase:
+class ManagerBase(ABC):
     """Everything the local and the shared manager have in common. Thread-safe."""
 
     cache: EmbeddingCache
@@ -75,9 +76,9 @@ class ManagerBase:
 
     # -- what subclasses provide -------------------------------------------------------------
 
+    @abstractmethod
     def _compute(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
         """Vectors for texts the cache did not have (unique keys)."""
-        raise NotImplementedError
 
     # -- embeddings --------------------------------------------------------------------------
 
