@@ -84,8 +84,17 @@ class ManagerBase(ABC):
 
     def get_embedding(self, text: str) -> np.ndarray:
         """The vector of one text: float32, shape ``(dim,)``, unit length."""
-        validate_text(text)
-        return self.get_embeddings([text])[0]
+        started = time.perf_counter()
+        vector = self.cache.get_one(self.cache.key(validate_text(text)))
+        if vector is None:  # a miss: the general path computes it once
+            return self.get_embeddings([text])[0]
+        with self._lock:
+            counters = self._counters
+            counters["embed_calls"] += 1
+            counters["texts"] += 1
+            counters["hits"] += 1
+            self._latency["get_embeddings"].observe(time.perf_counter() - started)
+        return vector
 
     def get_embeddings(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors of many texts, ``(n, dim)`` float32; cache misses are computed once."""

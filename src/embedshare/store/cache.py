@@ -159,6 +159,8 @@ class EmbeddingCache:
         self.dim = int(dim)
         self.readonly = readonly
         self._nbytes = self.dim * 4
+        # The model half of every key, hashed once: a key is then one copy, update and digest.
+        self._key_prefix = blake2b(model_id.encode("utf-8") + b"\x00", digest_size=16)
         self._map_size = map_size
         self._max_map_size = max_map_size
         self._max_readers = max_readers
@@ -244,13 +246,58 @@ class EmbeddingCache:
     # -- reading -------------------------------------------------------------------------
 
     def key(self, text: str) -> bytes:
-        return cache_key(self.model_id, text)
+        h = self._key_prefix.copy()
+        h.update(text.encode("utf-8", "surrogatepass"))
+        return h.digest()
+
+    def get_one(self, key: bytes) -> np.ndarray | None:
+        """The vector of one key (a fresh array), or None: the hot path of a cache hit.
+
+        What :meth:`get_many_into` does for one key, written out without context managers
+        (they cost more than the LMDB lookup itself).
+        """
+        env = self._env
+        if env is None or self._pid != os.getpid():
+            env = self._env_for_this_process()
+        guard = self._guard
+        vector, resized = None, False
+        with guard._cond:
+            while guard._resizing:
+                guard._cond.wait()
+            guard._active += 1
+        try:
+            try:
+                txn = env.begin(buffers=True)
+            except lmdb.MapResizedError:
+                resized = True
+            except lmdb.ReadersFullError:
+                raise self._readers_full() from None
+            else:
+                try:
+                    value = txn.get(key)
+                    if value is not None and len(value) == self._nbytes:
+                        vector = np.frombuffer(value, dtype=np.float32).copy()
+                finally:
+                    txn.abort()
+        finally:
+            with guard._cond:
+                guard._active -= 1
+                if not guard._active and guard._resizing:
+                    guard._cond.notify_all()
+        if resized:  # another process grew the map: the general path adopts its size
+            out = np.empty((1, self.dim), dtype=np.float32)
+            return out[0] if self.get_many_into([key], out)[0] else None
+        return vector
+
+    def _readers_full(self) -> CacheError:
+        return CacheError(
+            f"embedding cache at {self.path}: more concurrent readers than "
+            f"max_readers={self._max_readers} (processes x threads); raise max_readers"
+        )
 
     def get(self, text: str) -> np.ndarray | None:
         """The cached vector of ``text`` (a fresh array), or ``None``."""
-        out = np.empty((1, self.dim), dtype=np.float32)
-        found = self.get_many_into([self.key(text)], out)
-        return out[0] if found[0] else None
+        return self.get_one(self.key(text))
 
     def get_many(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Look up many texts: ``(vectors (n, dim), found (n,) bool)``; rows not found are 0."""
@@ -341,10 +388,7 @@ class EmbeddingCache:
                 except lmdb.MapResizedError:
                     txn = None
                 except lmdb.ReadersFullError:
-                    raise CacheError(
-                        f"embedding cache at {self.path}: more concurrent readers than "
-                        f"max_readers={self._max_readers} (processes x threads); raise max_readers"
-                    ) from None
+                    raise self._readers_full() from None
                 if txn is not None:
                     with txn:
                         yield txn
