@@ -1,0 +1,191 @@
+"""``embedshare top``: a live view of the store's service, refreshed every second.
+
+One frame shows the service (pid, model, uptime, PSS), its rates (requests/s, texts/s, the
+hit rate of the texts that reached it, the mean batch, model calls), the latency p50/p99 of
+its recent requests, its queue, and every connected client with its PID and PSS.
+
+Rates are differences between two snapshots of the service's counters, over the service's
+own clock (``uptime_s``); the first frame (and ``--once``) shows averages since the service
+started. Workers answer their cache hits themselves, from the memory map, so those never
+reach the service: its hit rate is that of the texts workers sent it (mostly 0% in a
+steady run; high when workers race each other to the same new texts).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .service.connection import ServiceConnection, ServiceUnavailable
+from .service.observe import with_memory
+from .service.protocol import RemoteError
+
+MB = 1024 * 1024
+
+
+def fetch_stats(conn: ServiceConnection) -> dict[str, Any]:
+    """The service's stats, with PSS of the service and of each client (read here)."""
+    return with_memory(conn.request("stats", timeout=10)["stats"])
+
+
+@dataclass
+class Rates:
+    """What changed between two snapshots, per second of the service's clock."""
+
+    seconds: float
+    since_start: bool
+    requests_per_s: float
+    texts_per_s: float
+    hit_rate: float | None
+    mean_batch: float | None
+    model_calls: int  # in the interval
+
+    @classmethod
+    def between(cls, before: dict[str, Any] | None, now: dict[str, Any]) -> Rates:
+        zero = {"requests": 0, "texts": 0, "hits": 0, "misses": 0, "model_calls": 0,
+                "uptime_s": 0.0, "batch_size": {"count": 0, "sum": 0.0}}
+        since_start = before is None
+        before = zero if before is None else before
+        seconds = max(float(now["uptime_s"]) - float(before["uptime_s"]), 1e-9)
+        delta = {k: int(now.get(k, 0)) - int(before.get(k, 0)) for k in ("requests", "texts", "hits", "misses", "model_calls")}
+        looked_up = delta["hits"] + delta["misses"]
+        batches = now["batch_size"]["count"] - before["batch_size"]["count"]
+        batched = _batch_sum(now) - _batch_sum(before)
+        return cls(
+            seconds=seconds,
+            since_start=since_start,
+            requests_per_s=delta["requests"] / seconds,
+            texts_per_s=delta["texts"] / seconds,
+            hit_rate=delta["hits"] / looked_up if looked_up else None,
+            mean_batch=batched / batches if batches else None,
+            model_calls=delta["model_calls"],
+        )
+
+
+def _batch_sum(stats: dict[str, Any]) -> float:
+    summary = stats["batch_size"]
+    if summary.get("sum") is not None:
+        return float(summary["sum"])
+    return float(summary.get("mean") or 0.0) * summary["count"]
+
+
+def _mb(value: int | None) -> str:
+    return f"{value / MB:.1f} MB" if value is not None else "-"
+
+
+def _ms(value: float | None) -> str:
+    return f"{value * 1000:.2f} ms" if value is not None else "-"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+def render(stats: dict[str, Any], rates: Rates) -> Any:
+    """One frame (a rich renderable) for a stats snapshot (with PSS) and its rates."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    head = Text()
+    head.append("embedshare top", style="bold")
+    head.append(f"  service pid {stats['pid']}  {stats['model_id']} ({stats['dim']} dims)  "
+                f"up {_duration(stats['uptime_s'])}  PSS {_mb(stats.get('pss'))}\n")
+    head.append(f"store {stats['store']}  tools {stats.get('tools', 0)}")
+    if stats.get("http"):
+        head.append(f"  http {stats['http']}")
+
+    basis = "averages since start" if rates.since_start else f"over the last {rates.seconds:.1f} s"
+    summary = Table(title=f"rates {basis}", title_justify="left", expand=False)
+    for column in ("requests/s", "texts/s", "hit rate", "mean batch", "model calls",
+                   "p50", "p99", "queue", "errors"):
+        summary.add_column(column, justify="right")
+    latency = stats["request_latency"]
+    summary.add_row(
+        f"{rates.requests_per_s:.1f}",
+        f"{rates.texts_per_s:.1f}",
+        f"{rates.hit_rate:.1%}" if rates.hit_rate is not None else "-",
+        f"{rates.mean_batch:.1f}" if rates.mean_batch is not None else "-",
+        f"{stats['model_calls']} (+{rates.model_calls})",
+        _ms(latency.get("p50")),
+        _ms(latency.get("p99")),
+        f"{stats['queue_depth']} (max {stats['max_queue_depth']})",
+        str(stats["errors"]),
+    )
+
+    clients = Table(title=f"clients {len(stats['clients'])}", title_justify="left", expand=False)
+    for column, justify in (("PID", "right"), ("PSS", "right"), ("requests", "right"), ("connected", "right"), ("", "left")):
+        clients.add_column(column, justify=justify)  # type: ignore[arg-type]
+    now = time.time()
+    for client in sorted(stats["clients"], key=lambda c: c["pid"]):
+        note = "this command" if client["pid"] == os.getpid() else ""
+        clients.add_row(str(client["pid"]), _mb(client.get("pss")), str(client["requests"]),
+                        _duration(max(0.0, now - client["connected"])), note)
+    foot = Text("p50/p99: the service's last 10,000 requests.  hit rate: of the texts that reached "
+                "the service (workers answer their own cache hits).  requests include this view's "
+                "own, one a refresh.", style="dim")
+    return Group(head, summary, clients, foot)
+
+
+def render_error(address: str, exc: Exception) -> Any:
+    from rich.text import Text
+
+    return Text(f"embedshare top: no service at {address}: {exc}\nretrying every second; Ctrl-C to quit",
+                style="bold red")
+
+
+def run_top(address: str | Path, *, once: bool = False, interval: float = 1.0, console: Any = None) -> int:
+    """Show the live view until Ctrl-C (exit code 0), or one frame with ``once``.
+
+    ``once`` with no service raises :class:`ServiceUnavailable`; the live view instead says
+    so and keeps trying, so it survives a restart of the service.
+    """
+    from rich.console import Console
+    from rich.live import Live
+
+    address = str(address)
+    if console is None:
+        wide = {} if sys.stdout.isatty() or "COLUMNS" in os.environ else {"width": 140}
+        console = Console(highlight=False, **wide)  # a pipe gets whole lines, not 80 columns
+    if once:
+        conn = ServiceConnection(address, connect_timeout=5.0)
+        try:
+            stats = fetch_stats(conn)
+        finally:
+            conn.close()
+        console.print(render(stats, Rates.between(None, stats)))
+        return 0
+
+    conn: ServiceConnection | None = None
+    previous: dict[str, Any] | None = None
+    try:
+        with Live(console=console, auto_refresh=False, screen=False) as live:
+            while True:
+                try:
+                    if conn is None or not conn.alive:
+                        conn = ServiceConnection(address, connect_timeout=2.0)
+                    stats = fetch_stats(conn)
+                    if previous is not None and previous["pid"] != stats["pid"]:
+                        previous = None  # a new service: its counters start again
+                    frame = render(stats, Rates.between(previous, stats))
+                    previous = stats
+                except (ServiceUnavailable, RemoteError, OSError) as exc:
+                    if conn is not None:
+                        conn.close()
+                    conn, previous = None, None
+                    frame = render_error(address, exc)
+                live.update(frame, refresh=True)
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if conn is not None:
+            conn.close()
+    return 0

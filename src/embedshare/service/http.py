@@ -1,0 +1,433 @@
+"""The service's optional OpenAI-compatible HTTP endpoint, and its Prometheus ``/metrics``.
+
+Off by default; ``embedshare serve --http 127.0.0.1:8080`` (or ``EmbeddingService(http=...)``)
+turns it on. It is a Starlette app served by uvicorn *inside the service's own asyncio loop*
+(``uvicorn.Server.serve()`` runs as one more task), so an HTTP request takes exactly the path a
+socket request takes: the LMDB cache, then the one ``Batcher`` shared by every client
+(batching across clients, single-flight). An HTTP client and 25 socket clients asking for the
+same new text cause one model call.
+
+Routes:
+
+- ``POST /v1/embeddings``: OpenAI's request and response. ``input`` is a string or a list of
+  strings (token arrays are refused: there is no tokenizer to decode them). ``encoding_format``
+  is ``float`` (default) or ``base64`` (little-endian float32, as OpenAI sends it).
+  ``dimensions`` is accepted only when it equals the model's own dimension: our models cannot
+  shorten their vectors, and a silently different size is worse than a clear 400.
+- ``GET /v1/models`` and ``GET /v1/models/{id}``: the one model this service embeds with. Its
+  id is the model id of the cache (``hash:64:v1``, ``local:all-MiniLM-L6-v2:v1``); requests
+  may also name the service's model spec (``hash:64``, ``local``). Any other model is a 404
+  ``model_not_found``: vectors of another model are never returned under its name.
+- ``GET /metrics``: Prometheus text format, read from the service's counters at scrape time
+  (see ``observe.py``).
+
+Every error has OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+
+Usage counts (``prompt_tokens``, ``total_tokens``) are an estimate: one token per word and per
+punctuation mark (the regex ``\\w+|[^\\w\\s]``), counted on the text as embedded (after the
+8,192-character cut). embedshare bills nothing; the numbers are there for clients that read
+them and to show volumes. Our hashing model has no tokenizer at all, and the local model's
+word-piece tokenizer is not thread-safe to call beside the model thread, so one rule serves
+both; for English it is close to what BPE tokenizers count.
+
+Security: the endpoint binds to loopback unless given another host explicitly, and while it
+is on loopback it answers only requests whose ``Host`` is a loopback name (which defeats DNS
+rebinding from a web page). ``POST`` bodies must be JSON (``Content-Type: application/json``),
+so a page cannot send one as a "simple" cross-site request. There is no authentication: the
+Unix socket checks the peer's uid, HTTP cannot; any local user can embed through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import re
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+try:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "the HTTP endpoint needs starlette, uvicorn and prometheus-client: "
+        "pip install 'embedshare[http]'"
+    ) from exc
+
+from ..embedders import EmbedderError, InvalidTextError, validate_text
+from . import protocol
+from .http_address import is_loopback, parse_http_address
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .server import EmbeddingServer
+
+log = logging.getLogger("embedshare.service.http")
+
+MAX_BODY_BYTES = 32 << 20  # 2,048 inputs of 8,192 characters fit, with JSON escapes to spare
+MAX_INPUTS = 2048  # OpenAI's own limit per request
+OFFLOAD_VALUES = 200_000  # encode replies with more floats than this in a thread, off the loop
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+# -- the address ---------------------------------------------------------------------------------
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket, so the port is known (port 0) and taken before we say ready."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot resolve HTTP host {host!r}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen for HTTP on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+# -- errors in OpenAI's shape -------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",  # noqa: A002
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+        return error_response(self.status, self.message, type=self.type, param=self.param,
+                              code=self.code, headers=headers)
+
+
+def error_response(status: int, message: str, *, type: str = "invalid_request_error",  # noqa: A002
+                   param: str | None = None, code: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+_STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    message = {404: f"no route {request.method} {request.url.path}",
+               405: f"method {request.method} is not allowed on {request.url.path}"}.get(status, str(exc.detail))
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return error_response(status, message, type=kind, code=_STATUS_CODES.get(status),
+                          headers=dict(exc.headers or {}))
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    return error_response(500, "internal error", type="server_error", code="internal_error")
+
+
+# -- the app ------------------------------------------------------------------------------------
+
+
+def count_tokens(texts: list[str]) -> int:
+    """The usage estimate: words and punctuation marks (see the module docstring)."""
+    return sum(sum(1 for _ in _TOKEN.finditer(text)) for text in texts)
+
+
+def create_app(service: EmbeddingServer) -> Any:
+    """The ASGI app over a running :class:`EmbeddingServer` (its cache, batcher and metrics)."""
+
+    metrics = service.metrics
+
+    async def ready() -> None:
+        assert service._ready is not None
+        await service._ready.wait()  # like a socket request: wait while the model loads
+
+    def model_ids() -> tuple[str, set[str]]:
+        assert service.manager is not None
+        canonical = service.manager.model_id
+        return canonical, {canonical, service.config.model}
+
+    def model_object() -> dict[str, Any]:
+        canonical, _ = model_ids()
+        return {"id": canonical, "object": "model", "created": int(metrics.started),
+                "owned_by": "embedshare"}
+
+    async def counted(handler: Any, request: Request) -> Response:
+        """Count an API request like a socket request: requests, errors, latency."""
+        started = time.perf_counter()
+        metrics.add(requests=1, http_requests=1)
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            metrics.add(errors=1)
+            return exc.response()
+        except Exception:  # a failing model or cache must not take the endpoint down
+            metrics.add(errors=1)
+            log.exception("HTTP request %s %s failed", request.method, request.url.path)
+            return error_response(500, "internal error; see the service log", type="server_error",
+                                  code="internal_error")
+        finally:
+            metrics.observe_request(time.perf_counter() - started)
+
+    async def embeddings(request: Request) -> Response:
+        return await counted(_embeddings, request)
+
+    async def _embeddings(request: Request) -> Response:
+        body = await _read_json(request)
+        await ready()
+        canonical, accepted = model_ids()
+        dim = service.manager.dim  # type: ignore[union-attr]
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise ApiError(400, "you must give 'model', a string; GET /v1/models lists it",
+                           param="model", code="missing_required_parameter" if model is None else "invalid_type")
+        if model not in accepted:
+            raise ApiError(404, f"The model '{model}' does not exist: this service embeds with "
+                                f"'{canonical}' only", param="model", code="model_not_found")
+        texts = _inputs(body.get("input"))
+        encoding = body.get("encoding_format", "float")
+        if encoding is None:
+            encoding = "float"
+        if encoding not in ("float", "base64"):
+            raise ApiError(400, f"'encoding_format' must be 'float' or 'base64', got {encoding!r}",
+                           param="encoding_format", code="invalid_value")
+        dimensions = body.get("dimensions")
+        if dimensions is not None:
+            if isinstance(dimensions, bool) or not isinstance(dimensions, int):
+                raise ApiError(400, f"'dimensions' must be an integer, got {dimensions!r}",
+                               param="dimensions", code="invalid_type")
+            if dimensions != dim:
+                raise ApiError(400, f"model '{canonical}' cannot change its output size: 'dimensions' "
+                                    f"must be {dim} (its own) or left out, got {dimensions}",
+                               param="dimensions", code="invalid_value")
+        try:
+            vectors, _ = await service._embed_texts({"texts": texts})
+        except InvalidTextError as exc:
+            raise ApiError(400, str(exc), param="input", code="invalid_value") from None
+        except protocol.ProtocolError as exc:
+            raise ApiError(400, str(exc), param="input", code=exc.code) from None
+        except EmbedderError as exc:
+            log.error("embedding failed: %s", exc)
+            raise ApiError(502, f"the model failed: {exc}", type="server_error", code="model_error") from None
+        if vectors.size > OFFLOAD_VALUES:
+            payload = await asyncio.to_thread(_reply, vectors, texts, encoding, canonical)
+        else:
+            payload = _reply(vectors, texts, encoding, canonical)
+        return Response(payload, media_type="application/json")
+
+    async def list_models(request: Request) -> Response:
+        async def handler(request: Request) -> Response:
+            await ready()
+            return JSONResponse({"object": "list", "data": [model_object()]})
+
+        return await counted(handler, request)
+
+    async def get_model(request: Request) -> Response:
+        async def handler(request: Request) -> Response:
+            await ready()
+            wanted = request.path_params["model"]
+            canonical, accepted = model_ids()
+            if wanted not in accepted:
+                raise ApiError(404, f"The model '{wanted}' does not exist: this service embeds with "
+                                    f"'{canonical}' only", param="model", code="model_not_found")
+            return JSONResponse(model_object())
+
+        return await counted(handler, request)
+
+    async def prometheus(request: Request) -> Response:
+        # Scrapes are not API requests: they do not move the counters they read.
+        from .observe import CONTENT_TYPE, render_prometheus
+
+        await ready()
+        stats = service.stats()  # in the loop: a consistent snapshot
+        body = await asyncio.to_thread(render_prometheus, stats)  # PSS reads take ~1 ms a process
+        return Response(body, headers={"content-type": CONTENT_TYPE})
+
+    app = Starlette(
+        routes=[
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/models", list_models, methods=["GET"]),
+            Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+            Route("/metrics", prometheus, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: _http_exception, 500: _server_error},
+    )
+    return app
+
+
+async def _read_json(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object, read up to MAX_BODY_BYTES."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise ApiError(415, "send the body as JSON with 'Content-Type: application/json'",
+                       code="unsupported_media_type")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes", code="request_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes", code="request_too_large")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    try:
+        body = await asyncio.to_thread(json.loads, raw) if size > (1 << 20) else json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the body must be a JSON object, got {type(body).__name__}", code="invalid_json")
+    return body
+
+
+def _inputs(value: Any) -> list[str]:
+    """``input`` as a list of checked texts (each cut to 8,192 characters, as everywhere)."""
+    if value is None:
+        raise ApiError(400, "you must give 'input': a string or a list of strings",
+                       param="input", code="missing_required_parameter")
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ApiError(400, f"'input' must be a string or a list of strings, got {type(value).__name__}",
+                       param="input", code="invalid_type")
+    if not items:
+        raise ApiError(400, "'input' must not be an empty list", param="input", code="invalid_value")
+    if len(items) > MAX_INPUTS:
+        raise ApiError(400, f"'input' has {len(items)} items; the limit is {MAX_INPUTS} per request",
+                       param="input", code="invalid_value")
+    texts = []
+    for i, item in enumerate(items):
+        if isinstance(item, (int, list)) and not isinstance(item, bool):
+            raise ApiError(400, "token arrays are not supported: send 'input' as text",
+                           param="input", code="invalid_type")
+        where = "input" if isinstance(value, str) else f"input[{i}]"
+        try:
+            texts.append(validate_text(item, where))
+        except InvalidTextError as exc:
+            raise ApiError(400, str(exc), param="input", code="invalid_value") from None
+    return texts
+
+
+def _reply(vectors: np.ndarray, texts: list[str], encoding: str, model: str) -> bytes:
+    if encoding == "base64":
+        little = vectors.astype("<f4", copy=False)
+        items = [base64.b64encode(row.tobytes()).decode("ascii") for row in little]
+    else:
+        items = vectors.tolist()  # exact: every float32 is a float64, and JSON keeps its digits
+    tokens = count_tokens(texts)
+    body = {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": item} for i, item in enumerate(items)],
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+# -- host check ---------------------------------------------------------------------------------
+
+
+class LoopbackHostOnly:
+    """ASGI middleware: refuse a request whose ``Host`` header is not a loopback name.
+
+    A page on a rebinding DNS name can make a browser talk to 127.0.0.1, but the browser still
+    sends that name as ``Host``; checking it keeps such pages out.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            host = ""
+            for name, value in scope.get("headers", []):
+                if name == b"host":
+                    host = value.decode("latin-1")
+                    break
+            if host and not is_loopback(_host_name(host)):
+                response = error_response(421, f"this endpoint answers loopback names only, not {host!r}",
+                                          code="misdirected_request")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _host_name(host: str) -> str:
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+# -- running it inside the service's loop -------------------------------------------------------
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its signal handling: the service owns SIGTERM and SIGINT."""
+
+    def capture_signals(self) -> Any:  # type: ignore[override]
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+class HttpEndpoint:
+    """The endpoint of one service: a bound socket and a uvicorn task in the service's loop."""
+
+    def __init__(self, url: str, server: _EmbeddedServer, task: asyncio.Task) -> None:
+        self.url = url
+        self._server = server
+        self._task = task
+
+    @classmethod
+    async def start(cls, service: EmbeddingServer, address: str) -> HttpEndpoint:
+        """Bind ``address`` (raising OSError at once if it is taken) and start serving."""
+        host, port = parse_http_address(address)
+        sock = _bind(host, port)
+        app: Any = create_app(service)
+        if is_loopback(host):
+            app = LoopbackHostOnly(app)
+        else:
+            log.warning("the HTTP endpoint listens on %s, beyond loopback, without authentication", host)
+        config = uvicorn.Config(
+            app, lifespan="off", log_config=None, access_log=False, proxy_headers=False,
+            ws="none", timeout_graceful_shutdown=5, server_header=False,
+        )
+        server = _EmbeddedServer(config)
+        task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]), name="embedshare-http")
+        task.add_done_callback(_report_crash)
+        endpoint = cls(_url(sock), server, task)
+        log.info("OpenAI-compatible HTTP endpoint on %s/v1 (metrics on %s/metrics)", endpoint.url, endpoint.url)
+        return endpoint
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting, let running requests finish (up to 5 s), then return. Idempotent."""
+        if self._task.done():
+            return
+        self._server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except (asyncio.TimeoutError, Exception):
+            self._task.cancel()
+
+
+def _report_crash(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the HTTP endpoint stopped: %r", task.exception())

@@ -1,0 +1,143 @@
+"""What the service looks like from outside: memory (PSS) of it and its clients, and the
+Prometheus exposition of its counters.
+
+Nothing here counts anything. The Prometheus collector reads the ``stats()`` snapshot the
+service already keeps (``ServiceMetrics`` plus its clients) at scrape time, so the numbers of
+``/metrics``, ``embedshare stats`` and ``embedshare top`` are the same numbers.
+
+prometheus-client is imported only when metrics are rendered (the ``http`` extra); the PSS
+helpers need psutil only (a core dependency).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import psutil
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # the classic text format
+
+# Counters of the stats snapshot -> (Prometheus name without _total, help).
+COUNTERS: dict[str, tuple[str, str]] = {
+    "requests": ("embedshare_requests", "Requests answered, socket and HTTP (metric scrapes excluded)."),
+    "http_requests": ("embedshare_http_requests", "Requests answered on the HTTP endpoint."),
+    "errors": ("embedshare_errors", "Requests answered with an error."),
+    "embed_requests": ("embedshare_embed_requests", "Embed and preload requests."),
+    "texts": ("embedshare_texts", "Texts asked for in embed and preload requests."),
+    "hits": ("embedshare_cache_hits", "Texts the service found in the cache."),
+    "misses": ("embedshare_cache_misses", "Texts the service did not find in the cache."),
+    "joined_inflight": ("embedshare_joined_inflight", "Texts that joined one already queued or computing (single-flight)."),
+    "model_calls": ("embedshare_model_calls", "Calls to the model, the service's own index build and preload included."),
+    "texts_embedded": ("embedshare_texts_embedded", "Texts the model embedded."),
+    "cache_write_failures": ("embedshare_cache_write_failures", "Batches whose vectors could not be cached."),
+    "connections_total": ("embedshare_connections", "Socket connections accepted."),
+    "refused_peers": ("embedshare_refused_peers", "Socket connections refused (another uid)."),
+}
+
+HISTOGRAMS: dict[str, tuple[str, str]] = {
+    "request_latency": ("embedshare_request_latency_seconds", "Time to answer a request, in seconds."),
+    "batch_size": ("embedshare_batch_size_texts", "Texts per model call of the batcher."),
+    "model_call_seconds": ("embedshare_model_call_seconds", "Duration of the batcher's model calls, in seconds."),
+}
+
+
+def pss_bytes(pid: int) -> int | None:
+    """PSS of a process (shared pages split between their users), or None if unreadable."""
+    try:
+        return int(psutil.Process(pid).memory_full_info().pss)
+    except (psutil.Error, AttributeError, OSError):
+        return None
+
+
+def with_memory(stats: dict[str, Any]) -> dict[str, Any]:
+    """``stats`` with ``pss`` (bytes or None) for the service and for every client.
+
+    Read where this runs: the service's clients are processes of this machine and this user,
+    so a CLI next to the service reads their ``/proc`` as well as the service would, and the
+    service's event loop is not held up by it.
+    """
+    out = dict(stats)
+    out["pss"] = pss_bytes(int(stats["pid"]))
+    out["clients"] = [{**client, "pss": pss_bytes(int(client["pid"]))} for client in stats.get("clients", [])]
+    return out
+
+
+def _bucket_pairs(summary: dict[str, Any]) -> list[tuple[str, float]]:
+    """Cumulative ``(le, count)`` pairs from a latency.Histogram summary (its fixed buckets)."""
+    from prometheus_client.utils import floatToGoString
+
+    bounds = sorted((float(le), count) for le, count in summary["buckets"].items())
+    pairs, running = [], 0
+    for bound, count in bounds:
+        running += count
+        pairs.append((floatToGoString(bound), float(running)))
+    return pairs
+
+
+class ServiceCollector:
+    """A prometheus-client collector over a function that returns the service's ``stats()``.
+
+    ``collect()`` calls it on every scrape; ``with_memory`` adds the PSS gauges.
+    """
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]], memory: bool = True) -> None:
+        self._snapshot = snapshot
+        self._memory = memory
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+            InfoMetricFamily,
+        )
+
+        stats = self._snapshot()
+        if self._memory:
+            stats = with_memory(stats)
+        info = InfoMetricFamily("embedshare_service", "The service: model, dimension, store, pid.")
+        info.add_metric([], {"model_id": str(stats["model_id"]), "dim": str(stats["dim"]),
+                             "store": str(stats["store"]), "pid": str(stats["pid"])})
+        yield info
+        for key, (name, doc) in COUNTERS.items():
+            yield CounterMetricFamily(name, doc, value=float(stats.get(key, 0)))
+        for key, (name, doc) in HISTOGRAMS.items():
+            summary = stats[key]
+            total = summary.get("sum")
+            if total is None:
+                total = (summary.get("mean") or 0.0) * summary["count"]
+            yield HistogramMetricFamily(name, doc, buckets=_bucket_pairs(summary), sum_value=float(total))
+        gauges = {
+            "embedshare_queue_depth": ("Texts waiting for the model now.", stats["queue_depth"]),
+            "embedshare_queue_depth_max": ("Most texts ever waiting for the model.", stats["max_queue_depth"]),
+            "embedshare_clients": ("Connected socket clients.", len(stats["clients"])),
+            "embedshare_uptime_seconds": ("Seconds since the service started.", stats["uptime_s"]),
+            "embedshare_tools": ("Tools in the service's index.", stats.get("tools") or 0),
+        }
+        for name, (doc, value) in gauges.items():
+            yield GaugeMetricFamily(name, doc, value=float(value))
+        if self._memory:
+            if stats.get("pss") is not None:
+                yield GaugeMetricFamily("embedshare_process_pss_bytes", "PSS of the service process.",
+                                        value=float(stats["pss"]))
+            pss = GaugeMetricFamily("embedshare_client_pss_bytes", "PSS of each connected client process.",
+                                    labels=["pid"])
+            for client in stats["clients"]:
+                if client.get("pss") is not None:
+                    pss.add_metric([str(client["pid"])], float(client["pss"]))
+            yield pss
+        requests = CounterMetricFamily("embedshare_client_requests", "Requests of each connected client.",
+                                       labels=["pid", "client"])
+        for client in stats["clients"]:
+            requests.add_metric([str(client["pid"]), str(client["id"])], float(client["requests"]))
+        yield requests
+
+
+def render_prometheus(stats: dict[str, Any]) -> bytes:
+    """The Prometheus text exposition of one stats snapshot (plus process CPU, RSS, fds)."""
+    from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServiceCollector(lambda: stats))  # type: ignore[arg-type]
+    ProcessCollector(registry=registry)
+    return generate_latest(registry)

@@ -1,0 +1,230 @@
+"""Watching the service: ``embedshare stats`` and ``embedshare top`` (clients with PID and PSS,
+rates, latency), the service's ``-v``, progress bars on a terminal, and no print() in
+library code."""
+
+from __future__ import annotations
+
+import ast
+import fcntl
+import json
+import os
+import pty
+import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import embedshare
+from embedshare.cli import main
+from embedshare.service.connection import ServiceConnection
+from embedshare.service.launcher import EmbeddingService
+
+pytestmark = pytest.mark.timeout(120)
+
+CLIENT = """
+import sys
+from embedshare.service.client import SharedEmbeddingManager
+client = SharedEmbeddingManager(sys.argv[1])
+client.get_embeddings(["first text", "second text", "third text"])
+print("ready", flush=True)
+sys.stdin.read()  # stay connected until the test closes our stdin
+"""
+
+
+@pytest.fixture
+def service(tmp_path):
+    with EmbeddingService(tmp_path / "store", model="hash:64", export_env=False, start_timeout=60) as svc:
+        yield svc
+
+
+@pytest.fixture
+def other_client(service):
+    """Another process, connected to the service, that embedded 3 texts (3 misses)."""
+    child = subprocess.Popen([sys.executable, "-c", CLIENT, service.address], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        # one hit at the service: a text it has, sent without looking in the cache first
+        conn = ServiceConnection(service.address)
+        conn.request("embed", timeout=30, texts=["first text"])
+        conn.close()
+        yield child.pid
+    finally:
+        child.stdin.close()
+        child.wait(timeout=30)
+
+
+def run_in_pty(argv: list[str], until: re.Pattern, timeout: float = 60.0, env=None):
+    """Start argv on a terminal; return (process, master fd, output so far) once ``until`` shows."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 150, 0, 0))  # a 150x40 terminal
+    process = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True, env=env,
+                               start_new_session=True)
+    os.close(slave)
+    output = read_pty(master, until, timeout)
+    return process, master, output
+
+
+def read_pty(master: int, until: re.Pattern | None, timeout: float) -> str:
+    """Read until the pattern shows (or, with None, until the other end closes)."""
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        text = b"".join(chunks).decode(errors="replace")
+        if until is not None and until.search(text):
+            return text
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"timed out waiting for {until!r}; got:\n{text}")
+        ready, _, _ = select.select([master], [], [], remaining)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the other end closed
+                chunk = b""
+            if not chunk:
+                if until is None:
+                    return text
+                raise AssertionError(f"ended before {until!r}; got:\n{text}")
+            chunks.append(chunk)
+
+
+# -- stats -------------------------------------------------------------------------------------
+
+
+def test_stats_shows_clients_with_pid_and_pss(service, other_client):
+    store = str(service.layout.root)
+    data = json.loads(CliRunner().invoke(main, ["stats", "--json", "--store", store]).stdout)
+    clients = {c["pid"]: c for c in data["clients"]}
+    assert clients[other_client]["pss"] > 1_000_000
+    assert clients[other_client]["requests"] >= 2  # hello and its embed
+    assert data["pss"] > 1_000_000 and data["pid"] == service.pid
+
+    text = CliRunner().invoke(main, ["stats", "--store", store]).stdout
+    line = next(l for l in text.splitlines() if f"pid {other_client:>7}" in l)
+    assert re.search(r"PSS \d+\.\d MB", line), line
+    assert re.search(rf"service pid {service.pid} .* PSS \d+\.\d MB", text)
+
+
+# -- top ---------------------------------------------------------------------------------------
+
+
+def test_top_once_prints_one_frame(service, other_client):
+    result = CliRunner().invoke(main, ["top", "--once", "--store", str(service.layout.root)])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    stats = service.stats()
+    assert f"service pid {service.pid}" in out and "hash:64:v1" in out
+    for column in ("requests/s", "texts/s", "hit rate", "mean batch", "model calls", "p50", "p99", "PID", "PSS"):
+        assert column in out, column
+    assert "averages since start" in out
+    row = next(l for l in out.splitlines() if re.search(rf"\b{other_client}\b", l))
+    assert re.search(r"\d+\.\d MB", row), row  # the client's PSS
+    # 4 texts reached the service, 1 was in its cache: 25% hits; 3 embedded in 1-3 batches
+    assert "25.0%" in out
+    assert f"{stats['model_calls']} (+{stats['model_calls']})" in out
+    assert re.search(r"\d+\.\d\d ms", out)  # latency percentiles
+
+
+def test_top_once_without_a_service_is_a_one_line_error(tmp_path):
+    result = CliRunner().invoke(main, ["top", "--once", "--store", str(tmp_path / "nothing")])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: no embedshare service at") and len(result.stderr.splitlines()) == 1
+
+
+def test_top_refreshes_live_and_exits_cleanly_on_ctrl_c(service, other_client):
+    argv = [sys.executable, "-m", "embedshare.cli", "top", "--interval", "0.2", "--store", str(service.layout.root)]
+    process, master, output = run_in_pty(argv, re.compile(r"rates over the last"))
+    try:
+        assert "rates averages since start" in output  # the first frame, then a refresh
+        assert str(other_client) in output
+        os.kill(process.pid, signal.SIGINT)  # what Ctrl-C sends
+        rest = read_pty(master, None, timeout=30)
+        assert process.wait(timeout=30) == 0
+    finally:
+        os.close(master)
+        if process.poll() is None:
+            process.kill()
+    assert "Traceback" not in output + rest and "KeyboardInterrupt" not in output + rest
+
+
+# -- logging and progress -----------------------------------------------------------------------
+
+
+def test_the_service_logs_with_v_and_is_quiet_without(tmp_path):
+    quiet = tmp_path / "quiet"
+    started = subprocess.run([sys.executable, "-m", "embedshare.cli", "serve", "--detach", "--store", str(quiet),
+                              "--model", "hash:64"], capture_output=True, text=True, timeout=90)
+    assert started.returncode == 0, started.stderr
+    subprocess.run([sys.executable, "-m", "embedshare.cli", "stop", "--store", str(quiet)], timeout=60)
+    assert " INFO " not in (quiet / "run" / "service.log").read_text()
+
+    loud = tmp_path / "loud"
+    started = subprocess.run([sys.executable, "-m", "embedshare.cli", "-v", "serve", "--detach", "--store",
+                              str(loud), "--model", "hash:64"], capture_output=True, text=True, timeout=90)
+    assert started.returncode == 0, started.stderr
+    subprocess.run([sys.executable, "-m", "embedshare.cli", "stop", "--store", str(loud)], timeout=60)
+    assert re.search(r"embedshare.service INFO serving hash:64:v1", (loud / "run" / "service.log").read_text())
+
+
+def test_a_foreground_service_logs_to_stderr_with_v(tmp_path):
+    store = tmp_path / "fg"
+    process = subprocess.Popen([sys.executable, "-m", "embedshare.cli", "-v", "serve", "--store", str(store),
+                                "--model", "hash:64"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        lines = []
+        for line in process.stderr:  # bounded by the test timeout
+            lines.append(line)
+            if "INFO embedshare.service: serving hash:64:v1" in line:
+                break
+        else:
+            raise AssertionError("".join(lines))
+        conn = ServiceConnection(store / "run" / "service.sock")
+        conn.request("shutdown", timeout=30)
+        conn.close()
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_index_build_shows_a_progress_bar_on_a_terminal(tmp_path):
+    argv = [sys.executable, "-m", "embedshare.cli", "index", "build", "bundled", "--store", str(tmp_path / "s"),
+            "--model", "hash:64"]
+    process, master, output = run_in_pty(argv, re.compile(r"index of \d+ tools"))
+    try:
+        assert process.wait(timeout=60) == 0
+    finally:
+        os.close(master)
+    assert re.search(r"embedding tools: 100%.*\d+/\d+", output), output
+
+
+def test_library_code_never_prints_or_configures_logging():
+    """Only command lines write to the terminal or set up logging: cli.py, and the ``main()``
+    of a module run with ``python -m``. The library logs, quiet unless the app opts in."""
+    root = Path(embedshare.__file__).parent
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root).as_posix()
+        if relative == "cli.py":
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        entry_points = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == "main"
+                        for n in ast.walk(f)}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call) or id(node) in entry_points:
+                continue
+            func = node.func
+            if isinstance(func, ast.Name) and func.id == "print":
+                offenders.append(f"{relative}:{node.lineno} print()")
+            if isinstance(func, ast.Attribute) and func.attr == "basicConfig":
+                offenders.append(f"{relative}:{node.lineno} logging.basicConfig()")
+    assert not offenders, offenders
