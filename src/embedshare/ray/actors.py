@@ -1,0 +1,593 @@
+"""The Ray actors of embedshare: one service per node, and the cluster's coordinator.
+
+``NodeService`` (one per node, named ``embedshare-service-<node_id>``, pinned to its node with
+a hard node affinity) starts and owns the node's ordinary embedshare service: a separate
+interpreter that listens on a Unix socket in a node-local store, holds the model and writes
+the node's LMDB cache. Workers of the node attach to that socket exactly as on one machine
+(zero-copy cache reads, misses batched across workers). The actor adds what one machine
+does not need:
+
+- ``compute(texts)``: texts this node *owns* (rendezvous hashing of the cache key over the
+  ring of nodes), asked for by other nodes; its service computes each once and caches it.
+- ``fetch(texts)``: misses of this node's workers that another node owns: asked of the owner
+  once per text (single-flight on the node), written into this node's cache, returned.
+
+``ClusterCoordinator`` (one per cluster, named ``embedshare-cluster``) holds the settings and
+the ring, starts node services on demand (``get_if_exists``: whoever asks first creates it,
+nobody creates two), restarts a dead one, and builds the tool index once, through the owners,
+and puts it into Ray's object store (it owns that object, so it lives as long as the
+deployment, not as long as one driver).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from ray.exceptions import ActorUnschedulableError, GetTimeoutError, RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from ..service.connection import ServiceConnection, ServiceUnavailable
+from ..service.state import ENV_ADDRESS, ServiceConfig
+from ..store import EmbeddingCache, StoreLayout
+from .config import COORDINATOR_NAME, node_store, owner_of, service_name
+
+log = logging.getLogger("embedshare.ray")
+
+# Failures after which asking again (a new or restarted actor) can succeed.
+RETRYABLE = (RayActorError, ActorUnschedulableError)
+NODE_CONCURRENCY = 128  # threads of a node actor: worker fetches and other nodes' computes
+CHUNK = 4096  # texts per request to a service (its frame limits)
+
+
+class NodeGone(RuntimeError):
+    """The node is not alive in the cluster: its service cannot be (re)started."""
+
+
+def alive_nodes() -> dict[str, dict[str, Any]]:
+    """Alive nodes of the cluster by node id (from the GCS)."""
+    return {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
+
+
+def default_ring() -> list[str]:
+    """The nodes that compute texts for the cluster: every alive node with CPUs."""
+    return sorted(nid for nid, n in alive_nodes().items() if n.get("Resources", {}).get("CPU", 0) > 0)
+
+
+def make_settings(
+    model: str = "local",
+    *,
+    store_root: str,
+    namespace: str,
+    ring: list[str] | None = None,
+    max_batch: int = 64,
+    max_wait_ms: float = 2.0,
+    threads: int | None = None,
+    start_timeout: float = 600.0,
+) -> dict[str, Any]:
+    ring = sorted(ring) if ring else default_ring()
+    if not ring:
+        raise RuntimeError("the Ray cluster has no alive node with CPUs to run embedshare services on")
+    return {
+        "model": model, "store_root": str(store_root), "namespace": namespace, "ring": ring,
+        "max_batch": int(max_batch), "max_wait_ms": float(max_wait_ms), "threads": threads,
+        "start_timeout": float(start_timeout),
+    }
+
+
+def get_coordinator(namespace: str) -> Any:
+    """The cluster's coordinator handle; ValueError if none runs."""
+    return ray.get_actor(COORDINATOR_NAME, namespace=namespace)
+
+
+def create_coordinator(settings: dict[str, Any], registry: Any) -> Any:
+    """Get or create the cluster's coordinator (one per namespace; whoever comes first wins)."""
+    here = ray.get_runtime_context().get_node_id()
+    return ClusterCoordinator.options(
+        name=COORDINATOR_NAME, namespace=settings["namespace"], get_if_exists=True,
+        lifetime="detached", num_cpus=0, max_concurrency=NODE_CONCURRENCY,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
+    ).remote(settings, registry)
+
+
+def _vectors(reply: dict[str, Any], n: int) -> np.ndarray:
+    dim = int(reply["dim"])
+    vectors = np.frombuffer(reply["vectors"], dtype=np.float32)
+    if vectors.size != n * dim:
+        raise ServiceUnavailable(f"the service answered {vectors.size} floats for {n} texts of {dim} dims")
+    return vectors.reshape(n, dim)
+
+
+@ray.remote
+class NodeService:
+    """This node's embedshare service (see the module doc). Created by the coordinator."""
+
+    def __init__(self, node_id: str, settings: dict[str, Any]) -> None:
+        here = ray.get_runtime_context().get_node_id()
+        if here != node_id:  # the hard node affinity makes this impossible; say so if it is not
+            raise RuntimeError(f"the service of node {node_id} was placed on node {here}")
+        self.node_id = node_id
+        self.settings = settings
+        self.ring: list[str] = list(settings["ring"])
+        self.layout = StoreLayout(node_store(settings["store_root"], node_id))
+        self.config = ServiceConfig(
+            store=str(self.layout.root), model=settings["model"], registry=None,
+            max_batch=settings["max_batch"], max_wait_ms=settings["max_wait_ms"], threads=settings["threads"],
+        )
+        self.incarnation = uuid.uuid4().hex[:12]
+        self._lock = threading.RLock()  # starts and restarts of the service process
+        self._process: subprocess.Popen | None = None
+        self._lifeline: int | None = None
+        self._conn: ServiceConnection | None = None
+        self._hello: dict[str, Any] = {}
+        self._cache: EmbeddingCache | None = None
+        self._owners: dict[str, Any] = {}
+        self._inflight: dict[bytes, Future] = {}
+        self._inflight_lock = threading.Lock()
+        self._counters_lock = threading.Lock()
+        self.counters = {
+            "service_starts": 0, "fetch_requests": 0, "fetch_texts": 0, "fetch_cache_hits": 0,
+            "fetch_joined": 0, "asked_owners": 0, "owner_retries": 0, "owner_failovers": 0,
+            "compute_requests": 0, "compute_texts": 0,
+        }
+        self._start_service()
+
+    # -- the service process --------------------------------------------------------------
+
+    def _count(self, **amounts: int) -> None:
+        with self._counters_lock:
+            for name, amount in amounts.items():
+                self.counters[name] += amount
+
+    def _start_service(self) -> None:
+        """Start the node's service process and connect to it (with the lock held)."""
+        self._close_service()
+        layout = self.layout
+        layout.make_private_run_dir()
+        deadline = time.monotonic() + float(self.settings["start_timeout"])
+        while True:
+            status, detail = self._spawn(deadline)
+            if status == "ready":
+                break
+            if status == "already":
+                # The service of an actor that just died on this node stops when its lifeline
+                # closes, which happened already; wait for that process to exit, then start.
+                self._wait_exit(int(detail), deadline)
+                continue
+            raise RuntimeError(f"the embedshare service of node {self.node_id} did not start: {detail}\n"
+                               f"{self._log_tail()}")
+        conn = ServiceConnection(layout.socket, connect_timeout=10.0)
+        self._hello = conn.request("hello", timeout=max(1.0, deadline - time.monotonic()))
+        self._conn = conn
+        if self._cache is None:
+            self._cache = EmbeddingCache(self._hello["cache"], self._hello["model_id"], int(self._hello["dim"]))
+        self._count(service_starts=1)
+        log.info("node %s: embedshare service pid %s on %s", self.node_id[:8], self._process.pid, layout.socket)
+
+    def _spawn(self, deadline: float) -> tuple[str, str]:
+        life_read, life_write = os.pipe()
+        ready_read, ready_write = os.pipe()
+        args = [sys.executable, "-m", "embedshare.ray._service", "--lifeline-fd", str(life_read),
+                *self.config.argv(), "--ready-fd", str(ready_write)]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        env.pop(ENV_ADDRESS, None)
+        with open(self.layout.log, "ab") as log_file:
+            os.chmod(self.layout.log, 0o600)
+            process = subprocess.Popen(
+                args, pass_fds=(life_read, ready_write), stdin=subprocess.DEVNULL,
+                stdout=log_file, stderr=log_file, env=env, start_new_session=True,
+            )
+        os.close(life_read)
+        os.close(ready_write)
+        line = b""
+        try:
+            while not line.endswith(b"\n"):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    process.kill()
+                    process.wait()
+                    os.close(life_write)
+                    return "error", "it did not answer in time"
+                readable, _, _ = select.select([ready_read], [], [], remaining)
+                if readable:
+                    chunk = os.read(ready_read, 4096)
+                    if not chunk:
+                        break
+                    line += chunk
+        finally:
+            os.close(ready_read)
+        status, _, detail = line.decode().strip().partition(" ")
+        if status != "ready":
+            os.close(life_write)
+            process.wait(timeout=60)
+            return (status or "error"), (detail or f"exit code {process.returncode}")
+        self._process, self._lifeline = process, life_write
+        return "ready", detail
+
+    @staticmethod
+    def _wait_exit(pid: int, deadline: float) -> None:
+        import psutil
+
+        try:
+            psutil.Process(pid).wait(timeout=max(1.0, deadline - time.monotonic()))
+        except psutil.NoSuchProcess:
+            pass
+        except psutil.TimeoutExpired:
+            raise RuntimeError(f"another embedshare service (pid {pid}) keeps the node's store") from None
+
+    def _log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.layout.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def _close_service(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._lifeline is not None:
+            os.close(self._lifeline)  # the service stops on its own
+            self._lifeline = None
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+
+    def _service_alive(self) -> bool:
+        if self._process is None or self._process.poll() is not None:
+            return False
+        conn = self._conn
+        if conn is None or not conn.alive:
+            return False
+        try:
+            conn.request("ping", timeout=10.0)
+        except ServiceUnavailable:
+            return False
+        return True
+
+    def ensure(self) -> dict[str, Any]:
+        """Make sure the service process answers (start it again if not); returns ``info()``."""
+        with self._lock:
+            if not self._service_alive():
+                log.warning("node %s: embedshare service lost; starting it again", self.node_id[:8])
+                self._start_service()
+        return self.info()
+
+    def info(self) -> dict[str, Any]:
+        process = self._process
+        return {
+            "node_id": self.node_id, "address": str(self.layout.socket), "store": str(self.layout.root),
+            "actor_pid": os.getpid(), "service_pid": process.pid if process else None,
+            "model_id": self._hello.get("model_id"), "dim": self._hello.get("dim"),
+            "incarnation": self.incarnation, "ring": self.ring,
+        }
+
+    def stop(self) -> None:
+        """Stop the service process gracefully (before the actor is killed)."""
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.request("shutdown", timeout=30.0)
+                except ServiceUnavailable:
+                    pass
+            self._close_service()
+            if self._cache is not None:
+                self._cache.close()
+                self._cache = None
+
+    # -- texts this node owns -------------------------------------------------------------
+
+    def _request(self, texts: list[str]) -> np.ndarray:
+        """Vectors from this node's service (which computes each text once and caches it)."""
+        out = np.empty((len(texts), int(self._hello["dim"])), dtype=np.float32)
+        for start in range(0, len(texts), CHUNK):
+            chunk = texts[start:start + CHUNK]
+            for attempt in range(4):
+                conn = self._conn
+                try:
+                    if conn is None:
+                        raise ServiceUnavailable("the service is being restarted")
+                    reply = conn.request("embed", timeout=600.0, texts=chunk)
+                    break
+                except ServiceUnavailable:
+                    if attempt == 3:
+                        raise
+                    self.ensure()
+            out[start:start + len(chunk)] = _vectors(reply, len(chunk))
+        return out
+
+    def compute(self, texts: list[str]) -> np.ndarray:
+        """Vectors of texts this node owns, for the coordinator or another node's ``fetch``."""
+        self._count(compute_requests=1, compute_texts=len(texts))
+        return self._request(list(texts))
+
+    # -- texts other nodes own ------------------------------------------------------------
+
+    def fetch(self, texts: list[str]) -> np.ndarray:
+        """Vectors of this node's workers' misses that other nodes own; cached here after."""
+        assert self._cache is not None
+        cache = self._cache
+        texts = list(texts)
+        keys = [cache.key(t) for t in texts]
+        out = np.empty((len(texts), cache.dim), dtype=np.float32)
+        found = cache.get_many_into(keys, out)  # another worker of this node may have fetched them
+        self._count(fetch_requests=1, fetch_texts=len(texts), fetch_cache_hits=int(found.sum()))
+        mine: dict[bytes, tuple[str, Future]] = {}
+        waiting: list[tuple[int, Future]] = []
+        rows_of: dict[bytes, list[int]] = {}
+        with self._inflight_lock:
+            for i in np.flatnonzero(~found):
+                key = keys[i]
+                if key in mine:
+                    rows_of[key].append(int(i))
+                    continue
+                future = self._inflight.get(key)
+                if future is not None:
+                    waiting.append((int(i), future))
+                    continue
+                future = self._inflight[key] = Future()
+                mine[key] = (texts[i], future)
+                rows_of[key] = [int(i)]
+        self._count(fetch_joined=len(waiting))
+        if mine:
+            try:
+                vectors = self._ask_owners(list(mine), [t for t, _ in mine.values()])
+                cache.put_many_keys(list(mine), vectors)
+            except BaseException as exc:
+                for _, future in mine.values():
+                    future.set_exception(exc)
+                raise
+            finally:
+                with self._inflight_lock:
+                    for key in mine:
+                        self._inflight.pop(key, None)
+            for (key, (_, future)), vector in zip(mine.items(), vectors):
+                future.set_result(vector)
+                for i in rows_of[key]:
+                    out[i] = vector
+        for i, future in waiting:
+            out[i] = future.result()
+        return out
+
+    def _ask_owners(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
+        """Each text from the node that owns it, all owners at once."""
+        by_owner: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            by_owner.setdefault(owner_of(key, self.ring), []).append(i)
+        out = np.empty((len(texts), int(self._hello["dim"])), dtype=np.float32)
+        pending = {}
+        for owner, rows in by_owner.items():
+            chunk = [texts[i] for i in rows]
+            if owner == self.node_id:  # only if the ring changed under a worker; compute here
+                out[rows] = self._request(chunk)
+                continue
+            pending[owner] = (rows, chunk, self._owner(owner).compute.remote(chunk))
+        self._count(asked_owners=len(pending))
+        for owner, (rows, chunk, ref) in pending.items():
+            out[rows] = self._from_owner(owner, chunk, ref)
+        return out
+
+    def _from_owner(self, owner: str, chunk: list[str], ref: Any) -> np.ndarray:
+        for attempt in range(5):
+            try:
+                return np.asarray(ray.get(ref), dtype=np.float32)
+            except RETRYABLE as exc:
+                self._count(owner_retries=1)
+                log.warning("node %s: the service of node %s failed (%s); asking again",
+                            self.node_id[:8], owner[:8], type(exc).__name__)
+                try:
+                    ref = self._owner(owner, restart=True).compute.remote(chunk)
+                except NodeGone:
+                    break
+        # The owner's node is gone (or keeps failing): compute here. Counted, never silent.
+        self._count(owner_failovers=1)
+        log.warning("node %s: node %s cannot compute its texts; computing %d of them here",
+                    self.node_id[:8], owner[:8], len(chunk))
+        return self._request(chunk)
+
+    def _owner(self, node_id: str, restart: bool = False) -> Any:
+        handle = None if restart else self._owners.get(node_id)
+        if handle is None:
+            coordinator = get_coordinator(self.settings["namespace"])
+            handle = ray.get(coordinator.node.remote(node_id, restart=restart))["handle"]
+            self._owners[node_id] = handle
+        return handle
+
+    # -- inspection -----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        service: dict[str, Any] | None
+        try:
+            service = self._conn.request("stats", timeout=30.0)["stats"] if self._conn else None
+        except ServiceUnavailable:
+            service = None
+        with self._counters_lock:
+            counters = dict(self.counters)
+        return {**self.info(), "actor": counters, "service": service}
+
+    def node_memory(self, roles: dict[int, str] | None = None) -> dict[str, Any]:
+        """PSS of every process of this node (the raylet and all it started), by role.
+
+        ``roles`` names pids the caller knows (the task workers, the coordinator).
+        """
+        import psutil
+
+        from ..pool.memory import pss_bytes
+
+        roles = dict(roles or {})
+        roles[os.getpid()] = "embedshare node actor"
+        if self._process is not None:
+            roles[self._process.pid] = "embedshare service"
+        raylet = psutil.Process(os.getppid())
+        processes = [raylet, *raylet.children(recursive=True)]
+        out: list[dict[str, Any]] = []
+        for p in processes:
+            try:
+                name = p.name()
+            except psutil.Error:
+                continue
+            role = roles.get(p.pid)
+            if role is None:
+                if p.pid == raylet.pid:
+                    role = "raylet"
+                elif name.startswith(("ray::DashboardAgent", "ray::RuntimeEnvAgent")):
+                    role = "ray agents"
+                elif name.startswith("ray::"):
+                    role = "other ray workers"
+                else:
+                    role = "other"
+            out.append({"pid": p.pid, "role": role, "name": name, "pss": pss_bytes(p.pid)})
+        return {"node_id": self.node_id, "processes": out}
+
+
+@ray.remote
+class ClusterCoordinator:
+    """The cluster's settings, ring, node services and tool index (see the module doc)."""
+
+    def __init__(self, settings: dict[str, Any], registry: Any) -> None:
+        self.settings = settings
+        self.registry = registry
+        self._nodes: dict[str, Any] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+        self._index_lock = threading.Lock()
+        self._index_ref: Any = None
+        self.index_builds = 0
+        self.node_starts: dict[str, int] = {}  # actors started per node (a restart adds one)
+        self._incarnations: dict[str, set[str]] = {}
+
+    def get_settings(self) -> dict[str, Any]:
+        return {**self.settings, "registry": self.registry if isinstance(self.registry, (str, type(None))) else "<data>"}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def _node_lock(self, node_id: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._locks.setdefault(node_id, threading.Lock())
+
+    def node(self, node_id: str, restart: bool = False) -> dict[str, Any]:
+        """The service of ``node_id``, started if none runs; ``restart``: make sure it answers.
+
+        Returns its ``info()`` and ``handle``. Raises NodeGone if the node is not alive.
+        """
+        with self._node_lock(node_id):
+            handle = self._nodes.get(node_id)
+            for attempt in range(8):
+                if handle is None:
+                    if node_id not in alive_nodes():
+                        self._nodes.pop(node_id, None)
+                        raise NodeGone(f"node {node_id} is not alive in the Ray cluster")
+                    handle = NodeService.options(
+                        name=service_name(node_id), namespace=self.settings["namespace"],
+                        get_if_exists=True, lifetime="detached", num_cpus=0,
+                        max_concurrency=NODE_CONCURRENCY, max_restarts=-1,
+                        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+                    ).remote(node_id, self.settings)
+                try:
+                    call = handle.ensure.remote() if restart or attempt else handle.info.remote()
+                    info = ray.get(call, timeout=float(self.settings["start_timeout"]))
+                except RETRYABLE as exc:
+                    if getattr(exc, "actor_init_failed", False):  # it cannot start: say why
+                        raise RuntimeError(f"the embedshare service of node {node_id} failed to start: {exc}") from None
+                    # Dead (killed, or its process crashed): the GCS frees its name, and the
+                    # next get_if_exists starts a new one on the node.
+                    log.warning("the embedshare service of node %s is gone (%s); starting a new one",
+                                node_id[:8], type(exc).__name__)
+                    handle = None
+                    time.sleep(min(0.05 * 2**attempt, 2.0))  # let the GCS mark it dead
+                    continue
+                except GetTimeoutError:
+                    raise RuntimeError(f"the embedshare service of node {node_id} did not start in time") from None
+                seen = self._incarnations.setdefault(node_id, set())
+                if info["incarnation"] not in seen:
+                    seen.add(info["incarnation"])
+                    self.node_starts[node_id] = len(seen)
+                self._nodes[node_id] = handle
+                return {**info, "handle": handle}
+            raise RuntimeError(f"the embedshare service of node {node_id} keeps failing")
+
+    def attach(self, node_id: str) -> dict[str, Any]:
+        """What a worker on ``node_id`` needs: its node's service and the index."""
+        info = self.node(node_id)
+        return {**info, "index": self.index(), "namespace": self.settings["namespace"]}
+
+    def index(self) -> list[Any]:
+        """``[ref]`` of the tool index in the object store (built once, on first use), or []."""
+        if self.registry is None:
+            return []
+        with self._index_lock:
+            if self._index_ref is None:
+                self._index_ref = ray.put(self._build_index())
+                self.index_builds += 1
+            return [self._index_ref]
+
+    def _build_index(self) -> dict[str, Any]:
+        from ..registry import load_registry
+        from ..store.cache import cache_key
+        from ..store.index import build_index, index_folder_name
+        from .index import index_payload
+
+        registry = load_registry(self.registry)
+        ring = list(self.settings["ring"])
+        first = self.node(ring[0])
+        model_id, dim = first["model_id"], int(first["dim"])
+
+        def embed(texts: list[str]) -> np.ndarray:
+            by_owner: dict[str, list[int]] = {}
+            for i, text in enumerate(texts):
+                by_owner.setdefault(owner_of(cache_key(model_id, text), ring), []).append(i)
+            out = np.empty((len(texts), dim), dtype=np.float32)
+            refs = {owner: self.node(owner)["handle"].compute.remote([texts[i] for i in rows])
+                    for owner, rows in by_owner.items()}
+            for owner, ref in refs.items():
+                out[by_owner[owner]] = ray.get(ref)
+            return out
+
+        with tempfile.TemporaryDirectory(prefix="embedshare-ray-index-") as tmp:
+            folder = Path(tmp) / index_folder_name(registry.content_hash, model_id)
+            build_index(registry, embed, model_id, dim, folder, batch_size=1024)
+            return index_payload(folder)
+
+    def nodes(self) -> dict[str, Any]:
+        return dict(self._nodes)
+
+    def stats(self) -> dict[str, Any]:
+        """Every node service's stats, and the coordinator's own counters."""
+        refs = {nid: handle.stats.remote() for nid, handle in self._nodes.items()}
+        nodes = {}
+        for nid, ref in refs.items():
+            try:
+                nodes[nid] = ray.get(ref, timeout=60)
+            except (*RETRYABLE, GetTimeoutError) as exc:
+                nodes[nid] = {"error": f"{type(exc).__name__}: {exc}"}
+        return {"nodes": nodes, "index_builds": self.index_builds, "node_starts": dict(self.node_starts),
+                "ring": list(self.settings["ring"]), "coordinator_pid": os.getpid()}
+
+    def shutdown(self) -> None:
+        """Stop every node's service and its actor."""
+        handles = dict(self._nodes)
+        refs = [h.stop.remote() for h in handles.values()]
+        for ref in refs:
+            try:
+                ray.get(ref, timeout=60)
+            except (*RETRYABLE, GetTimeoutError):
+                pass
+        for h in handles.values():
+            ray.kill(h)
+        self._nodes.clear()

@@ -1,0 +1,63 @@
+"""Names, settings and the text-to-node partition of embedshare on Ray. Imports no Ray.
+
+Kept free of Ray so that the node's service process (``_service.py``) and unit tests can use
+it, and so that ``import embedshare`` costs nothing in a process that never uses Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..digests import blake2b
+
+NAMESPACE = "embedshare"  # the Ray namespace of every embedshare actor
+COORDINATOR_NAME = "embedshare-cluster"
+SERVICE_PREFIX = "embedshare-service-"
+
+ENV_NAMESPACE = "EMBEDSHARE_RAY_NAMESPACE"
+ENV_STORE_ROOT = "EMBEDSHARE_RAY_STORE"  # the node-local folder that holds each node's store
+ENV_DISABLE = "EMBEDSHARE_RAY"  # "0": get_embedding_manager() ignores Ray in this process
+
+
+def namespace() -> str:
+    return os.environ.get(ENV_NAMESPACE) or NAMESPACE
+
+
+def service_name(node_id: str) -> str:
+    """The Ray actor name of a node's service."""
+    return f"{SERVICE_PREFIX}{node_id}"
+
+
+def default_store_root() -> str:
+    """Node-local by default: a folder under the node's temporary directory."""
+    return os.environ.get(ENV_STORE_ROOT) or str(Path(tempfile.gettempdir()) / "embedshare-ray")
+
+
+def node_store(store_root: str | Path, node_id: str) -> Path:
+    """The store folder of one node (short: a Unix socket path has at most 107 bytes)."""
+    return Path(store_root).expanduser() / f"node-{node_id[:16]}"
+
+
+def owner_ranking(key: bytes, ring: Sequence[str]) -> list[str]:
+    """Ring nodes in the order they own ``key``: rendezvous (highest random weight) hashing.
+
+    The first is the owner. Every process computes the same order from the same ring, a node
+    leaving moves only the keys it owned (to their second choice), and no table is kept.
+    """
+    def weight(node_id: str) -> bytes:
+        return blake2b(key + node_id.encode(), digest_size=8).digest()
+
+    return sorted(ring, key=weight, reverse=True)
+
+
+def owner_of(key: bytes, ring: Sequence[str]) -> str:
+    """The ring node that computes ``key``'s vector for the whole cluster."""
+    best, best_weight = "", b""
+    for node_id in ring:
+        w = blake2b(key + node_id.encode(), digest_size=8).digest()
+        if w > best_weight:
+            best, best_weight = node_id, w
+    return best

@@ -1,0 +1,426 @@
+"""The user's workload on Ray: memory per node and model calls, measured in one run.
+
+    python -m embedshare.ray.demo --nodes 3 --in-flight 25 --tasks 2000 --model local --compare
+    python -m embedshare.ray.demo --address auto ...      # on a real cluster (ray start ...)
+
+Without ``--address`` it starts a local cluster of ``--nodes`` simulated nodes (processes of
+this machine, on loopback), with the ``--in-flight`` CPUs split between them. It deploys
+embedshare (a service per node, the index in the object store), lets ``--in-flight`` workers
+attach at once, runs the tasks of ``pool/workload.py`` with ``--in-flight`` tasks in flight
+(``run_task`` unchanged: it calls ``get_embedding_manager()``), then holds that many workers
+alive while every node measures the PSS of its own processes. ``--compare`` first runs the
+same tasks on one machine (``embedshare demo --no-naive``) in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+MB = 2**20
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RayDemoReport:
+    """What the run on Ray cost, measured; ``format()`` renders it."""
+
+    tasks: int
+    failed: int
+    in_flight: int
+    model: str
+    wall_seconds: float
+    noop_wall_seconds: float  # as many empty Ray tasks, same window: Ray's own share of the wall time
+    deploy_seconds: float
+    attach_seconds: list[float]
+    task_seconds: list[float]
+    nodes: dict[str, dict[str, Any]]  # node id -> processes, workers, stats
+    head: list[dict[str, Any]]  # head-only processes of a local cluster (gcs, monitors), the driver
+    texts_embedded: int
+    model_calls: int
+    distinct_texts: int
+    index_builds: int
+    results: list[Any] = field(default_factory=list, repr=False)
+    single_machine: dict[str, Any] | None = None
+    agreement: float | None = None
+
+    def _node_dict(self, nid: str, node: dict[str, Any]) -> dict[str, Any]:
+        roles: dict[str, float] = {}
+        for p in node["processes"]:
+            if p["role"] != "bare ray worker":  # the demo's baseline probe, not part of the run
+                roles[p["role"]] = roles.get(p["role"], 0.0) + (p["pss"] or 0) / MB
+        workers = [p["pss"] / MB for p in node["processes"] if p["role"] == "workers" and p["pss"]]
+        bare = [p["pss"] / MB for p in node["processes"] if p["role"] == "bare ray worker" and p["pss"]]
+        service = node["stats"].get("service") or {}
+        return {
+            "pss_total_mb": sum(roles.values()),
+            "pss_by_role_mb": roles,
+            "workers": len(workers),
+            "pss_per_worker_mb": sum(workers) / len(workers) if workers else None,
+            "bare_ray_worker_mb": bare[0] if bare else None,
+            "texts_embedded": int(service.get("texts_embedded", 0)),
+            "model_calls": int(service.get("model_calls", 0)),
+            "fetched_from_owners": int(node["stats"]["actor"]["fetch_texts"]),
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        from ..latency import percentiles
+
+        nodes = {nid: self._node_dict(nid, node) for nid, node in self.nodes.items()}
+        head = sum((p["pss"] or 0) for p in self.head) / MB
+        return {
+            "label": "embedshare on Ray", "tasks": self.tasks, "failed": self.failed,
+            "in_flight": self.in_flight, "model": self.model, "wall_seconds": self.wall_seconds,
+            "noop_wall_seconds": self.noop_wall_seconds,
+            "deploy_seconds": self.deploy_seconds,
+            "attach_seconds": percentiles(self.attach_seconds), "task_seconds": percentiles(self.task_seconds),
+            "nodes": nodes, "head_pss_mb": head,
+            "head_processes": [{k: p[k] for k in ("name", "pss")} for p in self.head],
+            "pss_total_mb": sum(n["pss_total_mb"] for n in nodes.values()) + head,
+            "texts_embedded": self.texts_embedded, "model_calls": self.model_calls,
+            "distinct_texts": self.distinct_texts, "index_builds": self.index_builds,
+            "single_machine": self.single_machine, "agreement": self.agreement,
+        }
+
+    def format(self) -> str:
+        d = self.as_dict()
+        ms = lambda v: f"{v * 1e3:.1f} ms" if v is not None else "-"
+        lines = [
+            (f"== embedshare on Ray: {len(d['nodes'])} nodes, {d['in_flight']} tasks in flight, "
+             f"{d['tasks']} tasks ({d['failed']} failed), model {d['model']}"),
+            (f"   deploy (a service per node, index into the object store) {d['deploy_seconds']:.1f} s; "
+             f"workers attach p50 {ms(d['attach_seconds']['p50'])} p99 {ms(d['attach_seconds']['p99'])}; "
+             f"wall time of the tasks {d['wall_seconds']:.1f} s (as many empty Ray tasks: "
+             f"{d['noop_wall_seconds']:.1f} s)"),
+            (f"   texts embedded across the cluster: {d['texts_embedded']} (distinct texts: {d['distinct_texts']}) "
+             f"in {d['model_calls']} model calls; index built {d['index_builds']} time(s)"),
+        ]
+        for i, (nid, n) in enumerate(sorted(d["nodes"].items())):
+            roles = "  ".join(f"{role} {mb:.0f}" for role, mb in sorted(n["pss_by_role_mb"].items()))
+            per = f"{n['pss_per_worker_mb']:.1f} MB" if n["pss_per_worker_mb"] else "-"
+            bare = f"{n['bare_ray_worker_mb']:.1f} MB" if n["bare_ray_worker_mb"] else "-"
+            lines.append(
+                f"   node {i} ({nid[:8]}): PSS {n['pss_total_mb']:.0f} MB [{roles}]; {n['workers']} workers, "
+                f"{per} each (a bare Ray worker: {bare}); embedded {n['texts_embedded']} texts, "
+                f"fetched {n['fetched_from_owners']} from their owners"
+            )
+        lines.append(f"   head-only processes and the driver: {d['head_pss_mb']:.0f} MB; "
+                     f"all nodes and head: {d['pss_total_mb']:.0f} MB")
+        if self.single_machine:
+            s = self.single_machine
+            lines += [
+                f"== one machine (embedshare demo --no-naive), same tasks, {s['workers']} workers, same run:",
+                f"   PSS {s['pss_total_mb']:.0f} MB ("
+                + ", ".join(f"{r} {mb:.0f}" for r, mb in s["pss_by_role_mb"].items())
+                + f"), per worker {s['pss_per_worker_mb']:.1f} MB; texts embedded {s['texts_embedded']} "
+                f"in {s['model_calls']} model calls; wall {s['wall_seconds']:.1f} s",
+                f"   identical top-5 results on Ray and on one machine: {self.agreement:.1%}",
+            ]
+        return "\n".join(lines)
+
+
+def _distinct_texts(task_list: list[dict[str, Any]], registry: str) -> int:
+    from ..manager import normalise_query
+    from ..registry import field_texts, load_registry
+
+    texts = {t for tool in load_registry(registry).tools for t in field_texts(tool).values()}
+    texts |= {normalise_query(q) for task in task_list for q in task["searches"]}
+    return len(texts)
+
+
+def _wait_holding_cpu(ref: Any) -> Any:
+    """Wait for ``ref`` in a task without lending its CPU (``ray.get`` would): so that the
+    ``in_flight`` tasks at a barrier are ``in_flight`` distinct workers, one per CPU."""
+    return ref.future().result()
+
+
+def _define_remotes(ray: Any) -> tuple[Any, ...]:
+    @ray.remote(num_cpus=0)
+    class Barrier:
+        def __init__(self) -> None:
+            import asyncio
+
+            self.arrivals: list[dict[str, Any]] = []
+            self.changed = asyncio.Condition()
+            self.opened = asyncio.Event()
+
+        async def arrive(self, info: dict[str, Any]) -> None:
+            async with self.changed:
+                self.arrivals.append(info)
+                self.changed.notify_all()
+            await self.opened.wait()
+
+        async def wait_for(self, n: int) -> list[dict[str, Any]]:
+            async with self.changed:
+                await self.changed.wait_for(lambda: len(self.arrivals) >= n)
+            return list(self.arrivals)
+
+        async def open(self) -> None:
+            self.opened.set()
+
+    @ray.remote
+    def attach(barrier: Any) -> dict[str, Any]:
+        from embedshare import get_embedding_manager
+
+        started = time.perf_counter()
+        get_embedding_manager()
+        seconds = time.perf_counter() - started
+        _wait_holding_cpu(barrier.arrive.remote({"pid": os.getpid()}))
+        return {"seconds": seconds, "pid": os.getpid()}
+
+    @ray.remote
+    def timed(task: dict[str, Any]) -> tuple[Any, float]:
+        from embedshare.pool.workload import run_task
+
+        started = time.perf_counter()
+        result = run_task(task)  # the user's task code, unchanged
+        return result, time.perf_counter() - started
+
+    @ray.remote
+    def noop(task: dict[str, Any]) -> tuple[Any, float]:
+        return None, 0.0
+
+    @ray.remote
+    def hold(barrier: Any) -> dict[str, Any]:
+        from embedshare import get_embedding_manager
+
+        get_embedding_manager()
+        _wait_holding_cpu(barrier.arrive.remote({"pid": os.getpid()}))
+        return {"pid": os.getpid()}
+
+    @ray.remote(num_cpus=0)
+    class Bare:
+        """A Ray worker that imports nothing of embedshare: the baseline of a worker's PSS."""
+
+        def pid(self) -> int:
+            return os.getpid()
+
+    return Barrier, attach, timed, noop, hold, Bare
+
+
+def _barrier_wait(ray: Any, barrier: Any, n: int, timeout: float = 900.0) -> list[dict[str, Any]]:
+    try:
+        return ray.get(barrier.wait_for.remote(n), timeout=timeout)
+    except ray.exceptions.GetTimeoutError:
+        raise RuntimeError(f"{n} tasks could not run at once within {timeout:.0f} s: "
+                           "the cluster needs at least --in-flight CPUs") from None
+
+
+def _windowed(ray: Any, fn: Any, items: list[Any], in_flight: int, bar: Any) -> tuple[float, list[Any], list[float], int]:
+    """Run ``fn`` on every item with ``in_flight`` tasks in flight: (wall, results, seconds, failed)."""
+    began = time.perf_counter()
+    results: list[Any] = [None] * len(items)
+    seconds: list[float] = []
+    failed = 0
+    first_error = [""]
+    pending: dict[Any, int] = {}
+    next_item = 0
+    while next_item < len(items) or pending:
+        while next_item < len(items) and len(pending) < in_flight:
+            pending[fn.remote(items[next_item])] = next_item
+            next_item += 1
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            i = pending.pop(ref)
+            try:
+                results[i], took = ray.get(ref)
+                seconds.append(took)
+            except ray.exceptions.RayError as exc:
+                failed += 1
+                if failed == 1:
+                    first_error[0] = f"{type(exc).__name__}: {exc}"
+            if bar:
+                bar.update(1)
+    if failed:
+        log.warning("%d of %d tasks failed; the first: %s", failed, len(items), first_error[0])
+    return time.perf_counter() - began, results, seconds, failed
+
+
+def _head_processes(memory: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """This driver and the processes of a local cluster that belong to no node (GCS, monitors)."""
+    import psutil
+
+    from ..pool.memory import pss_bytes
+
+    on_nodes = {p["pid"] for node in memory.values() for p in node["processes"]}
+    me = psutil.Process()
+    out = [{"pid": me.pid, "name": "driver", "pss": pss_bytes(me.pid)}]
+    for p in me.children(recursive=True):
+        if p.pid in on_nodes:
+            continue
+        try:
+            if p.name() == "raylet":  # a node without a service (none in the demo)
+                continue
+            out.append({"pid": p.pid, "name": p.name(), "pss": pss_bytes(p.pid)})
+        except psutil.Error:
+            continue
+    return out
+
+
+def start_local_cluster(nodes: int, cpus: int, object_store_mb: int = 100) -> Any:
+    """A cluster of ``nodes`` simulated nodes on this machine (loopback only)."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every address on loopback
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray runs workers at nice 15 (under its own daemons). On a real node that changes nothing;
+    # on a machine shared with other work it would starve them, and --compare's single-machine
+    # run is at nice 0: give both designs the same priority.
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    from ray.cluster_utils import Cluster
+
+    per_node = [cpus // nodes + (1 if i < cpus % nodes else 0) for i in range(nodes)]
+    args = {"object_store_memory": object_store_mb * MB}
+    cluster = Cluster(initialize_head=True, head_node_args={**args, "num_cpus": per_node[0], "include_dashboard": False})
+    for n in per_node[1:]:
+        cluster.add_node(**args, num_cpus=n)
+    cluster.wait_for_nodes()
+    return cluster
+
+
+def run_ray_demo(
+    address: str | None = None,
+    nodes: int = 3,
+    in_flight: int = 25,
+    tasks: int = 2000,
+    model: str = "local",
+    registry: str = "bundled",
+    *,
+    service_threads: int | None = None,
+    progress: bool = True,
+    compare: bool = False,
+) -> RayDemoReport:
+    """Run the workload on Ray and measure it (see the module doc)."""
+    from ..pool.workload import make_tasks
+
+    task_list = make_tasks(tasks, registry)
+    single = None
+    single_results = None
+    if compare:  # first, with nothing of Ray running: the single-machine design, same tasks
+        from ..pool.shared import SharedPool
+        from ..pool.workload import run_task
+
+        store = tempfile.mkdtemp(prefix="embedshare-demo-")
+        try:
+            with SharedPool(in_flight, store, model=model, registry=registry, progress=progress) as pool:
+                single_results = pool.map(run_task, task_list)
+                single = pool.report.as_dict()  # type: ignore[union-attr]
+        finally:
+            shutil.rmtree(store, ignore_errors=True)
+
+    if address is None:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    from . import api
+
+    cluster = start_local_cluster(nodes, in_flight) if address is None else None
+    ray.init(address=cluster.address if cluster else address, logging_level="WARNING", log_to_driver=False)
+    root = tempfile.mkdtemp(prefix="esr-demo-", dir="/tmp")
+    deployment = None
+    try:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        Barrier, attach, timed, noop, hold, Bare = _define_remotes(ray)
+        started = time.perf_counter()
+        deployment = api.init(model=model, registry=registry, store_root=root, threads=service_threads)
+        deploy_seconds = time.perf_counter() - started
+
+        barrier = Barrier.remote()
+        attached = [attach.remote(barrier) for _ in range(in_flight)]
+        _barrier_wait(ray, barrier, in_flight)
+        ray.get(barrier.open.remote())
+        attach_info = ray.get(attached)
+
+        # Ray's own cost of as many tasks, same window, same warm workers: empty tasks.
+        noop_wall, _, _, _ = _windowed(ray, noop, task_list, in_flight, None)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(task_list), desc="tasks on Ray", unit="task")
+        wall, results, seconds, failed = _windowed(ray, timed, task_list, in_flight, bar)
+        if bar:
+            bar.close()
+
+        # Hold `in_flight` workers (attached) while every node measures its processes.
+        holder = Barrier.remote()
+        held = [hold.remote(holder) for _ in range(in_flight)]
+        arrivals = _barrier_wait(ray, holder, in_flight)
+        stats = deployment.stats()
+        bare = [Bare.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nid, soft=False)).remote()
+                for nid in stats["nodes"]]
+        roles: dict[int, str] = {stats["coordinator_pid"]: "embedshare coordinator"}
+        roles.update({pid: "bare ray worker" for pid in ray.get([b.pid.remote() for b in bare])})
+        roles.update({a["pid"]: "workers" for a in arrivals})
+        memory = deployment.node_memory(roles)
+        ray.get(holder.open.remote())
+        ray.get(held)
+        for b in bare:
+            ray.kill(b)
+
+        head = _head_processes(memory)
+        nodes_out = {nid: {"processes": memory[nid]["processes"], "stats": stats["nodes"][nid]}
+                     for nid in memory}
+        texts = deployment.texts_embedded(stats)
+        calls = deployment.model_calls(stats)
+        report = RayDemoReport(
+            tasks=len(task_list), failed=failed, in_flight=in_flight, model=model, wall_seconds=wall,
+            noop_wall_seconds=noop_wall,
+            deploy_seconds=deploy_seconds, attach_seconds=[a["seconds"] for a in attach_info],
+            task_seconds=seconds, nodes=nodes_out, head=head, texts_embedded=texts, model_calls=calls,
+            distinct_texts=_distinct_texts(task_list, registry), index_builds=stats["index_builds"],
+            results=results, single_machine=single,
+        )
+        if single_results is not None:
+            from ..pool.demo import _agreement
+
+            report.agreement = _agreement(results, single_results)
+        return report
+    finally:
+        try:
+            if deployment is not None:
+                deployment.shutdown()
+        finally:
+            ray.shutdown()
+            if cluster is not None:
+                cluster.shutdown()
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m embedshare.ray.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--address", help="a running cluster (e.g. auto); default: start a local one")
+    parser.add_argument("--nodes", type=int, default=3, help="simulated nodes of a local cluster")
+    parser.add_argument("--in-flight", type=int, default=25, help="tasks in flight (and CPUs of a local cluster)")
+    parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--model", default=os.environ.get("EMBEDSHARE_MODEL", "local"))
+    parser.add_argument("--registry", default="bundled")
+    parser.add_argument("--service-threads", type=int, help="torch threads of each node's service")
+    parser.add_argument("--compare", action="store_true", help="first run the same tasks on one machine")
+    parser.add_argument("--json-out", help="write the measurements to this file")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    report = run_ray_demo(
+        address=args.address, nodes=args.nodes, in_flight=args.in_flight, tasks=args.tasks,
+        model=args.model, registry=args.registry, service_threads=args.service_threads,
+        progress=not args.no_progress, compare=args.compare,
+    )
+    print(report.format())
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(report.as_dict(), f, indent=2, default=str)
+    return 1 if report.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
