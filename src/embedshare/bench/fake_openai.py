@@ -1,0 +1,497 @@
+"""A real local HTTP server speaking the OpenAI embeddings protocol, for tests and benchmarks.
+
+(A copy of ``tests/openai_server.py``, so that ``embedshare bench`` runs from an installed
+package; the tests keep their own module because some patch its globals. Added here:
+:func:`serve_in_process`, which runs the server in its own process for the benchmarks.)
+
+Why a real server rather than mocking httpx: the embedder's retries, timeouts, headers, URL
+building and JSON handling all go through the genuine network stack this way.
+
+    with FakeOpenAIServer(dim=64, api_key="sk-test") as server:
+        embedder = OpenAIEmbedder("m", base_url=server.base_url, dim=64)
+        server.fail_next(429, retry_after=0.1)      # the next request is rate limited
+        embedder.embed(["hello"])
+        server.requests                              # everything it received, in order
+
+Vectors are deterministic: :meth:`FakeOpenAIServer.vector` (a seeded hash of the text, cut to
+``dimensions`` and renormalised, as OpenAI's v3 models do). The server binds to loopback only,
+caps request bodies, and runs in a daemon thread. Paths served: ``{anything}/embeddings``
+(OpenAI style, e.g. ``/v1/embeddings``) and ``/openai/deployments/{name}/embeddings`` with an
+``api-version`` query (Azure style).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+
+__all__ = ["FAULTS", "FakeOpenAIServer", "RecordedRequest", "ServerProcess", "serve_in_process"]
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+# Scripted misbehaviours besides plain HTTP status codes (see FakeOpenAIServer.fail_next).
+FAULTS = frozenset(
+    {
+        "malformed_json",  # 200 with a truncated JSON body
+        "no_data",  # 200 with a JSON object lacking "data"
+        "wrong_count",  # one embedding fewer than inputs
+        "wrong_dim",  # every vector one element short
+        "nan",  # a NaN in the first vector
+        "non_numeric",  # a string in the first vector
+        "missing_index",  # the first item has no "index"
+        "duplicate_index",  # every item claims index 0
+        "disconnect",  # close the connection without answering
+        "delay",  # sleep `delay` seconds, then answer normally (for client timeouts)
+    }
+)
+
+_AZURE_PATH = re.compile(r"^/openai/deployments/([^/]+)/embeddings$")
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    429: "rate_limit_exceeded",
+}
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the server saw it. ``time`` is ``time.monotonic()`` on arrival."""
+
+    time: float
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-cased names
+    body: Any  # decoded JSON, or None if it was not JSON
+    inputs: list[str]
+    status: int  # what the server answered (0 for a dropped connection)
+
+
+@dataclass
+class _Fault:
+    kind: int | str
+    retry_after: float | str | None = None
+    message: str | None = None
+    delay: float = 0.0
+
+
+@dataclass
+class _State:
+    requests: list[RecordedRequest] = field(default_factory=list)
+    faults: deque[_Fault] = field(default_factory=deque)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class FakeOpenAIServer:
+    """OpenAI-compatible embeddings server on ``127.0.0.1`` with an ephemeral port.
+
+    ``dim`` is the native output size (``dimensions`` in a request may shrink it);
+    ``api_key``, when set, is required as ``Authorization: Bearer`` or ``api-key``;
+    ``latency`` adds a fixed delay to every request; ``reverse_order`` returns ``data`` items
+    in reverse (with correct ``index`` values) to test that clients sort by index.
+    """
+
+    def __init__(
+        self,
+        dim: int = 64,
+        *,
+        api_key: str | None = None,
+        latency: float = 0.0,
+        reverse_order: bool = False,
+        host: str = "127.0.0.1",
+    ) -> None:
+        if not ipaddress.ip_address(host).is_loopback:
+            raise ValueError(f"FakeOpenAIServer only serves loopback, not {host!r}")
+        self.dim = dim
+        self.api_key = api_key
+        self.latency = latency
+        self.reverse_order = reverse_order
+        self._host = host
+        self._state = _State()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> FakeOpenAIServer:
+        handler = type("Handler", (_Handler,), {"fake": self})
+        httpd = ThreadingHTTPServer((self._host, 0), handler)
+        httpd.daemon_threads = True
+        httpd.block_on_close = False  # idle keep-alive connections must not block stop()
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
+            name="fake-openai-server",
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None, "server not started"
+        return self._httpd.server_address[1]
+
+    @property
+    def root_url(self) -> str:
+        """``http://127.0.0.1:PORT`` — the Azure ``base_url`` (endpoint)."""
+        return f"http://{self._host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT/v1`` — the OpenAI-style ``base_url``."""
+        return f"{self.root_url}/v1"
+
+    # ---------------------------------------------------------------- scripting
+
+    def fail_next(
+        self,
+        kind: int | str,
+        times: int = 1,
+        *,
+        retry_after: float | str | None = None,
+        message: str | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        """Misbehave on the next ``times`` requests (queued after any earlier faults).
+
+        ``kind`` is an HTTP status (answered with an OpenAI-shaped error, plus a
+        ``Retry-After`` header when ``retry_after`` is given, as seconds or an HTTP date) or
+        one of :data:`FAULTS`. ``message`` overrides the error message; ``delay`` is for
+        ``"delay"``. Faults are consumed only by requests the server would otherwise answer
+        with 200, so a request rejected for a bad key or path leaves the queue alone.
+        """
+        if isinstance(kind, str) and kind not in FAULTS:
+            raise ValueError(
+                f"unknown fault {kind!r}; expected a status code or one of {sorted(FAULTS)}"
+            )
+        with self._state.lock:
+            for _ in range(times):
+                self._state.faults.append(_Fault(kind, retry_after, message, delay))
+
+    def clear_faults(self) -> None:
+        with self._state.lock:
+            self._state.faults.clear()
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """A snapshot of every request answered so far, sorted by arrival time.
+
+        A request is recorded when its answer is sent, so one held up by ``latency`` or a
+        ``"delay"`` fault appears only once that wait is over.
+        """
+        with self._state.lock:
+            return sorted(self._state.requests, key=lambda r: r.time)
+
+    def reset(self) -> None:
+        """Forget recorded requests and pending faults."""
+        with self._state.lock:
+            self._state.requests.clear()
+            self._state.faults.clear()
+
+    # ---------------------------------------------------------------- vectors
+
+    def vector(self, text: str, dimensions: int | None = None) -> np.ndarray:
+        """The unit-length float64 vector this server returns for ``text``."""
+        digest = hashlib.sha256(text.encode("utf-8")).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        full = rng.standard_normal(self.dim)
+        cut = full[: dimensions or self.dim]
+        return cut / np.linalg.norm(cut)
+
+    # ---------------------------------------------------------------- internals
+
+    def _take_fault(self) -> _Fault | None:
+        with self._state.lock:
+            return self._state.faults.popleft() if self._state.faults else None
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._state.lock:
+            self._state.requests.append(request)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeOpenAIServer  # set on the per-server subclass
+    protocol_version = "HTTP/1.1"  # keep-alive, like the real API
+    timeout = 10  # idle keep-alive connections end on their own
+    disable_nagle_algorithm = True  # headers and body go out in two writes; avoid 40 ms stalls
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass  # quiet: tests inspect .requests instead
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        self._answer_error(405, "Only POST is supported")
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+        arrived = time.monotonic()
+        split = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(split.query).items()}
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True
+            self._finish(arrived, split.path, query, headers, None, [], 413,
+                         _error(413, "Request body too large"))
+            return
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        inputs = _inputs(body)
+        fake = self.fake
+        if fake.latency:
+            time.sleep(fake.latency)
+
+        status, payload, extra = self._route(split.path, query, headers, body, inputs)
+        fault = fake._take_fault() if status == 200 else None
+        if fault is not None:
+            if fault.kind == "disconnect":
+                fake._record(
+                    RecordedRequest(arrived, "POST", split.path, query, headers, body, inputs, 0)
+                )
+                self.close_connection = True
+                return
+            if fault.kind == "delay":
+                time.sleep(fault.delay)
+            elif isinstance(fault.kind, int):
+                status = fault.kind
+                payload = _error(status, fault.message or f"Scripted HTTP {status}")
+                if fault.retry_after is not None:
+                    extra = {"Retry-After": str(fault.retry_after)}
+            else:
+                payload = _corrupt(fault.kind, payload)
+        self._finish(arrived, split.path, query, headers, body, inputs, status, payload, extra)
+
+    def _route(
+        self,
+        path: str,
+        query: dict[str, str],
+        headers: dict[str, str],
+        body: Any,
+        inputs: list[str],
+    ) -> tuple[int, Any, dict[str, str]]:
+        """The well-behaved answer: (status, JSON payload or raw bytes, extra headers)."""
+        fake = self.fake
+        azure = _AZURE_PATH.match(path)
+        if azure:
+            if "api-version" not in query:
+                return 404, _error(404, "Resource not found (missing api-version)"), {}
+            given = headers.get("api-key")
+        elif path.endswith("/embeddings"):
+            auth = headers.get("authorization", "")
+            given = auth[7:] if auth.startswith("Bearer ") else None
+        else:
+            return 404, _error(404, f"Unknown path {path}"), {}
+        if fake.api_key is not None and given != fake.api_key:
+            return 401, _error(401, "Incorrect API key provided."), {}
+        if not isinstance(body, dict) or not inputs:
+            return 400, _error(400, "'input' must be a non-empty string or list of strings"), {}
+        if not azure and not isinstance(body.get("model"), str):
+            return 400, _error(400, "you must provide a model parameter"), {}
+        dimensions = body.get("dimensions")
+        if dimensions is not None and (
+            not isinstance(dimensions, int) or not 1 <= dimensions <= fake.dim
+        ):
+            return 400, _error(400, f"dimensions must be between 1 and {fake.dim}"), {}
+        fmt = body.get("encoding_format", "float")
+        items = []
+        for i, text in enumerate(inputs):
+            vec = fake.vector(text, dimensions)
+            emb: Any
+            if fmt == "base64":
+                emb = base64.b64encode(vec.astype("<f4").tobytes()).decode("ascii")
+            else:
+                emb = vec.tolist()
+            items.append({"object": "embedding", "index": i, "embedding": emb})
+        if fake.reverse_order:
+            items.reverse()
+        payload = {
+            "object": "list",
+            "data": items,
+            "model": body.get("model", azure.group(1) if azure else ""),
+            "usage": {"prompt_tokens": sum(len(t.split()) for t in inputs),
+                      "total_tokens": sum(len(t.split()) for t in inputs)},
+        }
+        return 200, payload, {}
+
+    def _answer_error(self, status: int, message: str) -> None:
+        split = urlsplit(self.path)
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        payload = _error(status, message)
+        self._finish(time.monotonic(), split.path, {}, headers, None, [], status, payload)
+
+    def _finish(
+        self,
+        arrived: float,
+        path: str,
+        query: dict[str, str],
+        headers: dict[str, str],
+        body: Any,
+        inputs: list[str],
+        status: int,
+        payload: Any,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        # Record before answering, so a client that has its answer always finds it recorded.
+        self.fake._record(
+            RecordedRequest(arrived, self.command, path, query, headers, body, inputs, status)
+        )
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode("utf-8")
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in (extra or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client gave up (e.g. timed out)
+
+
+def _inputs(body: Any) -> list[str]:
+    if not isinstance(body, dict):
+        return []
+    value = body.get("input")
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    return []
+
+
+def _error(status: int, message: str) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": message,
+            "type": _ERROR_TYPES.get(
+                status, "server_error" if status >= 500 else "invalid_request_error"
+            ),
+            "param": None,
+            "code": None,
+        }
+    }
+
+
+def _corrupt(kind: str, payload: Any) -> Any:
+    """Apply a body-level fault to a good payload."""
+    if kind == "malformed_json":
+        return json.dumps(payload).encode("utf-8")[:40]
+    if kind == "no_data":
+        return {"object": "list", "model": payload.get("model")}
+    data = payload["data"]
+    if kind == "wrong_count":
+        payload["data"] = data[:-1]
+    elif kind == "wrong_dim":
+        for item in data:
+            item["embedding"] = item["embedding"][:-1]
+    elif kind == "nan":
+        data[0]["embedding"][0] = float("nan")
+    elif kind == "non_numeric":
+        data[0]["embedding"][0] = "0.5"
+    elif kind == "missing_index":
+        del data[0]["index"]
+    elif kind == "duplicate_index":
+        for item in data:
+            item["index"] = 0
+    return payload
+
+
+# ---------------------------------------------------------------- a server in its own process
+
+
+def _usage(requests: list[RecordedRequest]) -> dict[str, int]:
+    """What the API served: requests answered with 200, the inputs they held, distinct ones."""
+    ok = [r for r in requests if r.status == 200]
+    distinct = {hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+                for r in ok for t in r.inputs}
+    return {"requests": len(ok), "inputs": sum(len(r.inputs) for r in ok), "distinct_inputs": len(distinct)}
+
+
+def _server_process(conn: Any, dim: int, api_key: str | None, latency: float) -> None:
+    """Body of :class:`ServerProcess`: serve until told to stop; answer usage questions."""
+    with FakeOpenAIServer(dim=dim, api_key=api_key, latency=latency) as server:
+        conn.send(server.base_url)
+        while True:
+            try:
+                command = conn.recv()
+            except EOFError:
+                return
+            if command == "usage":
+                conn.send(_usage(server.requests))
+            elif command == "stop":
+                conn.send("stopped")
+                return
+
+
+class ServerProcess:
+    """A :class:`FakeOpenAIServer` in a process of its own (spawned), so that its threads do
+    not compete with the GIL of the process that measures. ``usage()`` asks what it served."""
+
+    def __init__(self, dim: int, api_key: str | None = None, latency: float = 0.0) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_server_process, args=(child, dim, api_key, latency),
+                                   daemon=True, name="fake-openai-server")
+        self.process.start()
+        child.close()
+        self.base_url: str = self._conn.recv()
+
+    def usage(self) -> dict[str, int]:
+        self._conn.send("usage")
+        return self._conn.recv()
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            try:
+                self._conn.send("stop")
+                self._conn.recv()
+            except (EOFError, OSError):
+                pass
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self._conn.close()
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve_in_process(dim: int, api_key: str | None = None, latency: float = 0.0) -> ServerProcess:
+    """Start a fake OpenAI server in its own process; use as a context manager."""
+    return ServerProcess(dim, api_key=api_key, latency=latency)
