@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[local,openai,dev]'
+	$(PY) -m pip install --quiet -e '.[local,openai,http,langchain,ray,bench,dev]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -29,6 +29,10 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/embedshare demo --workers 25 --tasks 2000
+
+# Every design of the seed's note and embedshare, 1/8/25 workers, three models, the index sweep.
+bench: $(STAMP)
+	$(VENV)/bin/embedshare bench --out bench/results
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

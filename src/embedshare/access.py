@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -81,9 +82,13 @@ def reset_embedding_manager() -> None:
 
 def _create(model: str | None, store: str | Path | None, registry: str | Path | None,
             on_failure: str | None) -> ManagerBase:
+    if store is None:  # inside a Ray task or actor: its node's service (embedshare.ray)
+        ray_manager = _ray_node_manager(model, on_failure)
+        if ray_manager is not None:
+            return ray_manager
     store_path = Path(store).expanduser() if store else default_store()
     address = os.environ.get(ENV_ADDRESS) or str(StoreLayout(store_path).socket)
-    if Path(address).exists():
+    if address.startswith("tcp://") or Path(address).exists():
         try:
             return SharedEmbeddingManager(address, model=model, on_failure=on_failure)
         except ServiceUnavailable as exc:
@@ -99,3 +104,18 @@ def _create(model: str | None, store: str | Path | None, registry: str | Path | 
     return EmbeddingManager(
         store_path, model=model or DEFAULT_MODEL, registry=registry or os.environ.get(ENV_REGISTRY)
     )
+
+
+def _ray_node_manager(model: str | None, on_failure: str | None) -> ManagerBase | None:
+    """The node's manager in a Ray worker (a task or an actor), else None.
+
+    Ray is never imported here: a process that has not imported it is not a Ray worker, and
+    pays nothing. ``EMBEDSHARE_RAY=0`` turns this off.
+    """
+    if "ray" not in sys.modules or os.environ.get("EMBEDSHARE_RAY") == "0":
+        return None
+    from .ray.worker import RayEmbeddingManager, in_ray_worker
+
+    if not in_ray_worker():
+        return None
+    return RayEmbeddingManager(model=model, on_failure=on_failure)

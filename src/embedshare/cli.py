@@ -121,8 +121,11 @@ def main(verbose: int) -> None:
 @click.option("--max-wait-ms", default=2.0, show_default=True, help="How long to gather requests into a batch.")
 @click.option("--threads", type=int, default=None, help="Torch threads for the local model.")
 @click.option("--detach", is_flag=True, help="Start in the background and return once it answers.")
+@click.option("--http", "http", metavar="HOST:PORT", default=None,
+              help="Also serve an OpenAI-compatible /v1/embeddings and /metrics (off by default; "
+                   "a bare PORT listens on 127.0.0.1).")
 def serve(store: Path | None, model: str, registry: str | None, max_batch: int, max_wait_ms: float,
-          threads: int | None, detach: bool) -> None:
+          threads: int | None, detach: bool, http: str | None) -> None:
     """Run the store's embedding service (one per store; a second one reports the first)."""
     from .service.launcher import EmbeddingService
     from .service.server import run_service
@@ -130,15 +133,21 @@ def serve(store: Path | None, model: str, registry: str | None, max_batch: int, 
 
     with _errors_as_messages():
         if detach:
+            verbose = click.get_current_context().find_root().params.get("verbose", 0)
             service = EmbeddingService(store, model=model, registry=registry, max_batch=max_batch,
                                        max_wait_ms=max_wait_ms, threads=threads, detach=True,
-                                       export_env=False).start()
+                                       export_env=False, verbose=verbose, http=http).start()
             verb = "started" if service.owned else "already running"
-            click.echo(f"embedshare service {verb}: pid {service.pid}, socket {service.address}")
+            click.echo(f"embedshare service {verb}: pid {service.pid}, socket {service.address}"
+                       + (f", http {service.http_url}/v1" if service.http_url else ""))
             return
+        if http:
+            from .service.http_address import normalise_http_address
+
+            http = normalise_http_address(http)
         config = ServiceConfig(store=str(_layout(store).root), model=model,
                                registry=registry, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                               threads=threads)
+                               threads=threads, http=http)
         click.echo(f"embedshare service for {config.store} (model {model}); Ctrl-C to stop", err=True)
         sys.exit(run_service(config))
 
@@ -236,10 +245,17 @@ def stats(as_json: bool, store: Path | None) -> None:
             data = conn.request("stats", timeout=30)["stats"]
         finally:
             conn.close()
+        from .service.observe import with_memory
+
+        data = with_memory(data)  # PSS of the service and of each client, read here
         if as_json:
             click.echo(json.dumps(data, indent=2))
             return
         click.echo(_format_stats(data))
+
+
+def _pss_mb(value: int | None) -> str:
+    return f"{value / 2**20:.1f} MB" if value is not None else "-"
 
 
 def _format_stats(s: dict[str, Any]) -> str:
@@ -247,15 +263,20 @@ def _format_stats(s: dict[str, Any]) -> str:
     batch = s["batch_size"]
     ms = lambda v: f"{v * 1000:.2f} ms" if v is not None else "-"  # noqa: E731
     lines = [
-        f"service pid {s['pid']}  model {s['model_id']} ({s['dim']} dims)  up {s['uptime_s']:.0f} s",
+        f"service pid {s['pid']}  model {s['model_id']} ({s['dim']} dims)  up {s['uptime_s']:.0f} s"
+        + (f"  PSS {s['pss'] / 2**20:.1f} MB" if s.get("pss") is not None else ""),
         f"store {s['store']}  tools {s['tools']}",
         f"requests {s['requests']}  errors {s['errors']}  texts {s['texts']}  "
         f"hits {s['hits']}  misses {s['misses']}  joined in-flight {s['joined_inflight']}",
         f"model calls {s['model_calls']}  texts embedded {s['texts_embedded']}  "
         f"mean batch {batch['mean'] or 0:.1f}  queue {s['queue_depth']} (max {s['max_queue_depth']})",
         f"latency p50 {ms(lat['p50'])}  p99 {ms(lat['p99'])}",
-        f"clients {len(s['clients'])}: " + ", ".join(str(c["pid"]) for c in s["clients"]),
+        f"clients {len(s['clients'])}:",
+        *(f"  pid {c['pid']:>7}  PSS {_pss_mb(c.get('pss'))}  requests {c['requests']}"
+          + ("  (this command)" if c["pid"] == os.getpid() else "") for c in s["clients"]),
     ]
+    if s.get("http"):
+        lines.insert(2, f"http {s['http']}/v1  (metrics {s['http']}/metrics)")
     return "\n".join(lines)
 
 
@@ -281,6 +302,85 @@ def demo(workers: int, tasks: int, model: str, registry: str, store: Path | None
         click.echo(result.format())
         if json_out:
             json_out.write_text(json.dumps(result.as_dict(), indent=2))
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Print one frame (averages since the service started) and exit.")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes.")
+@store_option
+def top(once: bool, interval: float, store: Path | None) -> None:
+    """Live view of the store's service: clients (PID, PSS), requests/s, hits, batches, latency."""
+    from .monitor import run_top
+
+    with _errors_as_messages():
+        sys.exit(run_top(_layout(store).socket, once=once, interval=interval))
+
+
+def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        items = [int(x.replace("_", "")) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated whole numbers, got {value!r}") from None
+    if not items or any(x < 1 for x in items):
+        raise click.BadParameter(f"expected positive whole numbers, got {value!r}")
+    return items
+
+
+def _name_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    return None if value is None else [x.strip() for x in value.split(",") if x.strip()]
+
+
+@main.command()
+@click.option("--quick", is_flag=True, help="A few minutes: hashing model, 1 and 4 workers, small sweep.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench/results"),
+              show_default=True, help="Folder for latest.json, latest.md and the PNG plots.")
+@click.option("--workers", callback=_int_list, default=None, help="Worker counts, e.g. 1,8,25.")
+@click.option("--tasks", type=click.IntRange(min=1), default=None, help="Tasks per case (default 2000).")
+@click.option("--models", callback=_name_list, default=None, help="Of hash,local,api (default all three).")
+@click.option("--designs", callback=_name_list, default=None,
+              help="Of per-process,option-c,option-a,hybrid,embedshare (default all).")
+@click.option("--api-latency-ms", type=click.FloatRange(min=0), default=None,
+              help="Added to every request of the simulated API (default 150).")
+@click.option("--sweep-sizes", callback=_int_list, default=None,
+              help="Index sizes of the search sweep (default 1000,10000,100000,1000000).")
+@click.option("--no-sweep", is_flag=True, help="Skip the index-size sweep.")
+@click.option("--usearch-max", type=click.IntRange(min=0), default=None,
+              help="Largest sweep size for the usearch HNSW index (default 100000; its build is slow).")
+@click.option("--miss-seconds", type=click.FloatRange(min=0.1), default=None,
+              help="Length of the miss-throughput phase (default 4).")
+@click.option("--miss-threads", type=click.IntRange(min=1), default=None,
+              help="Threads sending misses in each worker (default 4).")
+def bench(quick: bool, out: Path, workers: list[int] | None, tasks: int | None, models: list[str] | None,
+          designs: list[str] | None, api_latency_ms: float | None, sweep_sizes: list[int] | None,
+          no_sweep: bool, usearch_max: int | None, miss_seconds: float | None, miss_threads: int | None) -> None:
+    """Measure the seed's designs and embedshare side by side; write JSON, markdown and plots."""
+    from .bench.runner import BenchConfig, quick_config, run_bench
+
+    config = quick_config(out) if quick else BenchConfig(out=out)
+    for name, value in (("workers", workers), ("tasks", tasks), ("models", models), ("designs", designs),
+                        ("api_latency_ms", api_latency_ms), ("sweep_sizes", sweep_sizes),
+                        ("usearch_max", usearch_max), ("miss_seconds", miss_seconds),
+                        ("miss_threads", miss_threads)):
+        if value is not None:
+            setattr(config, name, value)
+    if no_sweep:
+        config.sweep_sizes = []
+    try:
+        config.check()
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    from .bench.report import write_outputs
+
+    results = run_bench(config, log=lambda line: click.echo(line, err=True))
+    for path in write_outputs(results, out):
+        click.echo(f"wrote {path}")
+    missed = [t for t in results["targets"] if not t["ok"]]
+    failed = [c for c in results["cases"] if "error" in c]
+    click.echo(f"{len(results['targets']) - len(missed)} of {len(results['targets'])} targets met; "
+               f"{len(failed)} case(s) failed")
 
 
 if __name__ == "__main__":

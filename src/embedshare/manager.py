@@ -25,7 +25,7 @@ import numpy as np
 from .embedders import Embedder, create_embedder, validate_text, validate_texts
 from .latency import Histogram
 from .registry import Registry, load_registry
-from .store import CacheFullError, EmbeddingCache, ToolIndex, open_or_build_index
+from .store import CacheError, EmbeddingCache, ToolIndex, open_or_build_index
 from .store.index import Hits, SearchResult
 from .store.layout import StoreLayout
 
@@ -307,9 +307,9 @@ class EmbeddingManager(ManagerBase):
         )
         try:
             self.cache.put_many_keys([key for _, key, _, _ in todo], vectors)
-        except CacheFullError as exc:
+        except CacheError as exc:  # full disk, size limit, I/O error: the vectors are still good
             if not self._cache_full_warned:
-                log.warning("embedding cache is full; serving vectors without caching them: %s", exc)
+                log.warning("embedding cache write failed; serving vectors without caching them: %s", exc)
                 self._cache_full_warned = True
         for (i, _, _, future), vector in zip(todo, vectors):
             out[i] = vector

@@ -187,8 +187,13 @@ class SharedPool:
             raise RuntimeError("use SharedPool as a context manager: with SharedPool(...) as pool")
         return self._pool
 
-    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], *, raise_on_failure: bool = True) -> list[Any]:
-        """Run ``fn(item)`` in the workers; results in order. Measures the run for ``report``."""
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], *, raise_on_failure: bool = True,
+            on_result: Callable[[int, TaskOutcome], None] | None = None) -> list[Any]:
+        """Run ``fn(item)`` in the workers; results in order. Measures the run for ``report``.
+
+        ``on_result(index, outcome)`` is called in this process as each task finishes (after the
+        progress bar advances); ``outcome.value`` is ``(result, seconds)``.
+        """
         pool = self.worker_pool
         items = list(items)
         bar = None
@@ -200,7 +205,7 @@ class SharedPool:
         try:
             self.outcomes = pool.map(
                 timed_call, [(fn, item) for item in items],
-                on_result=(lambda i, o: bar.update(1)) if bar is not None else None,
+                on_result=_chain(bar.update if bar is not None else None, on_result),
             )
         finally:
             if bar is not None:
@@ -222,6 +227,20 @@ class SharedPool:
             service_stats = None
         return measure_run(self.label, self.worker_pool, self.outcomes, wall, self._startup,
                            service_pid=service_pid, service_stats=service_stats)
+
+
+def _chain(tick: Callable[[int], Any] | None,
+           on_result: Callable[[int, TaskOutcome], None] | None) -> Callable[[int, TaskOutcome], None] | None:
+    """One on_result hook: advance the progress bar, then call the caller's hook."""
+    if tick is None:
+        return on_result
+
+    def both(index: int, outcome: TaskOutcome) -> None:
+        tick(1)
+        if on_result is not None:
+            on_result(index, outcome)
+
+    return both
 
 
 def measure_run(

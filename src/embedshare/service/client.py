@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from ..embedders import create_embedder
+from ..embedders import create_embedder, model_id_of
 from ..manager import EmbeddingManager, ManagerBase
 from ..store import EmbeddingCache, StoreLayout, ToolIndex
 from . import protocol
 from .connection import ServiceConnection, ServiceUnavailable
-from .state import ENV_ON_FAILURE, read_state
+from .state import ENV_ON_FAILURE, ENV_TOKEN, TCP_SCHEME, read_state
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,12 @@ class SharedEmbeddingManager(ManagerBase):
         request_timeout: float = 600.0,
         connect_timeout: float = 5.0,
         search_cache_size: int = 1024,
+        token: str | None = None,
     ) -> None:
         super().__init__(search_cache_size=search_cache_size)
+        # A tcp://HOST:PORT address needs the service's token (token= or EMBEDSHARE_TOKEN);
+        # on the Unix socket the kernel vouches for the peer's uid instead.
+        self._token = token if token is not None else os.environ.get(ENV_TOKEN)
         on_failure = on_failure or os.environ.get(ENV_ON_FAILURE) or "local"
         if on_failure not in POLICIES:
             raise ValueError(f"on_failure must be one of {', '.join(POLICIES)}, got {on_failure!r}")
@@ -64,7 +68,7 @@ class SharedEmbeddingManager(ManagerBase):
         self.on_failure = on_failure
         self.request_timeout = request_timeout
         self.connect_timeout = connect_timeout
-        self._wanted_model_id = create_embedder(model).model_id if model else None
+        self._wanted_model_id = model_id_of(model) if model else None  # no API client built
         self._conn_lock = threading.Lock()
         self._conn: ServiceConnection | None = None
         self._fallback: EmbeddingManager | None = None
@@ -75,6 +79,12 @@ class SharedEmbeddingManager(ManagerBase):
         self.model_id: str = hello["model_id"]
         self.dim: int = int(hello["dim"])
         self.store = Path(hello["cache"]).parent
+        if self.address.startswith(TCP_SCHEME) and not Path(hello["cache"]).is_dir():
+            self.close()
+            raise ServiceUnavailable(
+                f"the service at {self.address} keeps its store in {self.store}, which is not on this "
+                "machine: a TCP client reads the cache and index from the store's files"
+            )
         self.cache = EmbeddingCache(hello["cache"], self.model_id, self.dim)
         if hello.get("index"):
             self._index = ToolIndex(hello["index"])
@@ -86,10 +96,16 @@ class SharedEmbeddingManager(ManagerBase):
 
     def _connect(self) -> dict[str, Any]:
         conn = ServiceConnection(self.address, connect_timeout=self.connect_timeout)
+        auth = {"token": self._token} if self.address.startswith(TCP_SCHEME) and self._token else {}
         try:
-            hello = conn.request("hello", timeout=self.request_timeout, model_id=self._wanted_model_id)
+            hello = conn.request("hello", timeout=self.request_timeout, model_id=self._wanted_model_id, **auth)
         except protocol.RemoteError as exc:
             conn.close()
+            if exc.code == "unauthorized":
+                raise PermissionError(
+                    f"the embedshare service at {self.address} refused this client: {exc.remote_message}"
+                    + ("" if auth else f" (no token given: pass token= or set {ENV_TOKEN})")
+                ) from None
             raise ValueError(exc.remote_message) from None
         except BaseException:
             conn.close()
@@ -163,9 +179,14 @@ class SharedEmbeddingManager(ManagerBase):
             from .launcher import EmbeddingService
 
             self._say_once(f"embedshare service lost ({exc}); restarting it")
-            EmbeddingService.from_state(self.store, export_env=False, detach=True).start()
-            self._count(restarts=1)
-            self._connect()
+            try:
+                EmbeddingService.from_state(self.store, export_env=False, detach=True).start()
+                self._count(restarts=1)
+                self._connect()
+            except ServiceUnavailable as again:
+                # It died again while we brought it back (or while we joined another process's
+                # restart): that is one more failure, and the caller's retry (bounded) goes on.
+                log.debug("embedshare service restart did not hold: %s", again)
 
     def _switch_to_local(self, exc: Exception) -> None:
         with self._conn_lock:

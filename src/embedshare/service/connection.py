@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol
+from .state import TCP_SCHEME, parse_tcp_address
 
 
 class ServiceUnavailable(ConnectionError):
@@ -26,12 +27,19 @@ class ServiceConnection:
     def __init__(self, address: str | Path, connect_timeout: float = 5.0) -> None:
         self.address = str(address)
         self.pid = os.getpid()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(connect_timeout)
         try:
-            sock.connect(self.address)
+            if self.address.startswith(TCP_SCHEME):  # the optional TCP listener (a token in hello)
+                sock = socket.create_connection(parse_tcp_address(self.address), timeout=connect_timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            else:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.settimeout(connect_timeout)
+                    sock.connect(self.address)
+                except OSError:
+                    sock.close()
+                    raise
         except OSError as exc:
-            sock.close()
             raise ServiceUnavailable(f"no embedshare service at {self.address}: {exc.strerror or exc}") from None
         sock.settimeout(None)
         self._sock = sock
@@ -82,6 +90,14 @@ class ServiceConnection:
                 reply = protocol.unpack(body)
                 with self._lock:
                     future = self._pending.pop(reply.get("id"), None)
+                    if future is None and reply.get("id") == 0 and not reply.get("ok"):
+                        # The service could not tell which request this error answers (an old
+                        # service, or an envelope it could not read): fail every waiting request
+                        # with it rather than leave them waiting for a reply that will not come.
+                        orphans, self._pending = list(self._pending.values()), {}
+                        for orphan in orphans:
+                            if not orphan.done():
+                                orphan.set_result(reply)
                 if future is not None:
                     future.set_result(reply)
         except (OSError, EOFError, protocol.ProtocolError) as exc:

@@ -20,6 +20,7 @@ from typing import Any
 from ..manager import default_store
 from ..store import StoreLayout
 from .connection import ServiceConnection, ServiceUnavailable
+from .http_address import normalise_http_address
 from .state import ENV_ADDRESS, ENV_ON_FAILURE, ENV_STORE, ServiceConfig, read_state
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,10 @@ class EmbeddingService:
         detach: bool = False,
         start_timeout: float = 300.0,
         export_env: bool = True,
-        verbose: bool = False,
+        verbose: bool | int = False,
+        http: str | None = None,
+        tcp: str | None = None,
+        token_file: str | Path | None = None,
     ) -> None:
         self.layout = StoreLayout(store or default_store())
         registry_arg = None
@@ -63,7 +67,11 @@ class EmbeddingService:
         self.config = ServiceConfig(
             store=str(self.layout.root), model=model, registry=registry_arg,
             max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads, preload=list(preload),
+            http=normalise_http_address(http),
         )
+        # The optional token-checked TCP listener (off by default): HOST:PORT or PORT (loopback).
+        self.config.tcp = tcp
+        self.config.token_file = str(Path(token_file).resolve()) if token_file else None
         self.detach = detach
         self.start_timeout = start_timeout
         self.export_env = export_env
@@ -80,12 +88,25 @@ class EmbeddingService:
         config = read_state(layout).get("config")
         if not config:
             raise ServiceStartError(f"no service has run on {layout.root}; cannot restart one")
-        kwargs = {k: config[k] for k in ("model", "registry", "max_batch", "max_wait_ms", "threads") if k in config}
+        kwargs = {k: config[k] for k in ("model", "registry", "max_batch", "max_wait_ms", "threads", "http")
+                  if k in config}
+        kwargs.update({k: config[k] for k in ("tcp", "token_file") if config.get(k)})
         return cls(layout.root, **{**kwargs, **overrides})
 
     @property
     def address(self) -> str:
         return str(self.layout.socket)
+
+    @property
+    def http_url(self) -> str | None:
+        """``http://HOST:PORT`` of the running service's HTTP endpoint (None when it has none)."""
+        return read_state(self.layout).get("http")
+
+    @property
+    def tcp_address(self) -> str | None:
+        """``tcp://HOST:PORT`` of the running service's TCP listener (None when it has none)."""
+        bound = read_state(self.layout).get("tcp")
+        return f"tcp://{bound}" if bound else None
 
     # -- start and stop -------------------------------------------------------------------
 
@@ -97,8 +118,7 @@ class EmbeddingService:
             preload_file = self.layout.run / f"preload-{os.getpid()}.txt"
             preload_file.write_text("\n".join(t.replace("\n", " ") for t in self.config.preload))
             args += ["--preload-file", str(preload_file)]
-        if self.verbose:
-            args.append("-v")
+        args += ["-v"] * int(self.verbose)  # -v: info, -vv: debug, in run/service.log
         read_fd, write_fd = os.pipe()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         env.pop(ENV_ADDRESS, None)
@@ -176,6 +196,9 @@ class EmbeddingService:
                 f"not {wanted!r}; stop it (embedshare stop --store ...) or use its model"
             )
         log.info("joined the running embedshare service (pid %s)", hello["pid"])
+        if self.config.http and not read_state(self.layout).get("http"):
+            log.warning("the running embedshare service (pid %s) has no HTTP endpoint; stop it and "
+                        "start it again with http=%s to get one", hello["pid"], self.config.http)
         return int(hello["pid"]), False
 
     def stop(self, timeout: float = 30.0) -> None:

@@ -81,6 +81,17 @@ def unpack(body: bytes) -> dict[str, Any]:
     return message
 
 
+def reply_id(message: dict[str, Any]) -> int:
+    """The id to answer a request with, even one that fails validation (0 if it has none).
+
+    An error about the envelope (another protocol version, an unknown op) must still carry the
+    request's id: a client waits for the reply with its id, and would otherwise wait until its
+    timeout (ten minutes by default) for an answer that was sent with id 0.
+    """
+    request_id = message.get("id", 0)
+    return request_id if isinstance(request_id, int) and not isinstance(request_id, bool) else 0
+
+
 def check_request(message: dict[str, Any]) -> tuple[int, str]:
     """Validate the envelope of a request: returns ``(id, op)``."""
     request_id = message.get("id", 0)

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import json
 import logging
 import os
 import signal
 import socket
 import struct
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,20 +32,68 @@ from typing import Any
 
 import numpy as np
 
-from ..embedders import InvalidTextError, create_embedder, validate_text
+from ..embedders import EmbedderError, InvalidTextError, create_embedder, validate_text
 from ..manager import EmbeddingManager
-from ..store import CacheFullError, StoreLayout
+from ..store import CacheError, StoreLayout
 from . import protocol
 from .metrics import ServiceMetrics
-from .state import AlreadyRunning, ServiceConfig, acquire_service_lock
+from .state import AlreadyRunning, ServiceConfig, acquire_service_lock, parse_tcp_address, read_token_file
 
 log = logging.getLogger("embedshare.service")
+
+# Requests of one connection answered concurrently; past this the connection is not read until
+# one finishes. A worker process has one connection, so this is its threads' requests in flight.
+MAX_PENDING_PER_CONNECTION = 256
+# A TCP peer must send its hello (with the token) within this many seconds, in a frame of at
+# most this many bytes; nothing else is read from it before.
+TCP_HELLO_TIMEOUT = 10.0
+TCP_HELLO_MAX_FRAME = 64 << 10
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     """``(pid, uid, gid)`` of the process at the other end of a Unix socket."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return struct.unpack("3i", creds)
+
+
+async def _wait_all(futures: list[asyncio.Future]) -> list[Any]:
+    """The results of ``futures``, like ``gather``, but cancelling the wait cancels none of them.
+
+    These futures are shared with every other request waiting for the same texts. ``gather``
+    cancels its children when it is cancelled, so a client that disconnected (or was killed)
+    while it waited cancelled them, and every other waiter of those texts never got an answer
+    (it hung until its timeout). ``shield`` around each would cost a future and two callbacks
+    more per text; one callback per text is what gather costs too.
+    """
+    pending = sum(not f.done() for f in futures)
+    if pending:
+        all_done = asyncio.get_running_loop().create_future()
+
+        def one_done(_: asyncio.Future) -> None:
+            nonlocal pending
+            pending -= 1
+            if not pending and not all_done.done():
+                all_done.set_result(None)
+
+        waiting = [f for f in futures if not f.done()]
+        for future in waiting:
+            future.add_done_callback(one_done)
+        try:
+            await all_done
+        finally:
+            if pending:  # cancelled: the shared futures carry on without our callback
+                for future in waiting:
+                    future.remove_done_callback(one_done)
+    return [f.result() for f in futures]
 
 
 class Batcher:
@@ -84,7 +132,7 @@ class Batcher:
             self._wakeup.set()
             if len(self._queue) >= self.max_batch:
                 self._full.set()
-        return np.stack(await asyncio.gather(*futures))
+        return np.stack(await _wait_all(futures))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -112,6 +160,7 @@ class Batcher:
                     future = self._inflight.pop(key)
                     if not future.done():
                         future.set_exception(exc)
+                        future.exception()  # logged once above, not again for a waiter that left
                 continue
             for key, vector in zip(keys, vectors):
                 future = self._inflight.pop(key)
@@ -125,7 +174,7 @@ class Batcher:
         self.metrics.observe_batch(len(texts), time.perf_counter() - started)
         try:
             self.manager.cache.put_many_keys(keys, vectors)
-        except CacheFullError as exc:
+        except CacheError as exc:  # full disk, size limit, I/O error: the vectors are still good
             self.metrics.add(cache_write_failures=1)
             log.warning("cache write failed, serving uncached vectors: %s", exc)
         return vectors
@@ -148,6 +197,10 @@ class EmbeddingServer:
         self._stop: asyncio.Event | None = None
         self._ready: asyncio.Event | None = None
         self.manager: EmbeddingManager | None = None
+        self.http: Any = None  # the HttpEndpoint when config.http is set
+        self.tcp_server: asyncio.Server | None = None  # the token-checked TCP listener (--tcp)
+        self.tcp_address: str | None = None
+        self._token: bytes | None = None
 
     def prepare(self) -> None:
         """Load the model, open or build the index and preload texts (before listening)."""
@@ -185,6 +238,8 @@ class EmbeddingServer:
         os.chmod(path, 0o600)
         try:
             async with server:
+                self.http = await self._start_http()
+                await self._start_tcp()  # before the model loads: a bad token file fails at once
                 await loop.run_in_executor(None, self.prepare)
                 assert self.manager is not None
                 self.batcher = Batcher(self.manager, self.metrics, self.config.max_batch, self.config.max_wait_ms)
@@ -195,12 +250,28 @@ class EmbeddingServer:
                 if ready is not None:
                     ready(f"ready {os.getpid()}")
                 await self._stop.wait()
+                await self._stop_http()  # its requests finish on the batcher
                 self.batcher.close()
         finally:
+            await self._stop_http()
+            self._stop_tcp()
             try:
                 path.unlink()
             except FileNotFoundError:
                 pass
+
+    # -- the optional OpenAI-compatible HTTP endpoint and /metrics (service/http.py) -------------
+
+    async def _start_http(self) -> Any:
+        if not self.config.http:
+            return None
+        from .http import HttpEndpoint
+
+        return await HttpEndpoint.start(self, self.config.http)
+
+    async def _stop_http(self) -> None:
+        if self.http is not None:
+            await self.http.stop()
 
     def _write_state(self) -> None:
         assert self.manager is not None
@@ -214,6 +285,8 @@ class EmbeddingServer:
             "config": self.config.__dict__ | {"preload": []},
             "started": time.time(),
             "protocol": protocol.VERSION,
+            "http": self.http.url if self.http is not None else None,
+            "tcp": self.tcp_address,
         }
         tmp = self.layout.state.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
@@ -229,9 +302,14 @@ class EmbeddingServer:
             log.warning("refused a connection from uid %d (pid %d)", uid, pid)
             writer.close()
             return
+        await self._serve_connection(reader, writer, {"pid": pid})
+
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                                peer: dict[str, Any]) -> None:
+        """Answer a peer's requests until it leaves: a Unix peer of our uid, or TCP after hello."""
         self._next_client += 1
         client_id = self._next_client
-        self.clients[client_id] = {"pid": pid, "connected": time.time(), "requests": 0}
+        self.clients[client_id] = {**peer, "connected": time.time(), "requests": 0}
         self.metrics.add(connections_total=1)
         tasks: set[asyncio.Task] = set()
         try:
@@ -253,6 +331,10 @@ class EmbeddingServer:
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
                 self.clients[client_id]["requests"] += 1
+                if len(tasks) >= MAX_PENDING_PER_CONNECTION:
+                    # Backpressure: a peer that pipelines without reading its replies stops
+                    # being read, instead of growing tasks and reply buffers without bound.
+                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 task = asyncio.create_task(self._answer(body, writer))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -262,12 +344,82 @@ class EmbeddingServer:
             self.clients.pop(client_id, None)
             writer.close()
 
+    # -- the optional TCP listener (--tcp HOST:PORT --token-file FILE; off by default) ----------
+
+    async def _start_tcp(self) -> None:
+        if not self.config.tcp:
+            return
+        if not self.config.token_file:
+            raise ValueError("--tcp needs --token-file: a TCP listener without a token is refused")
+        self._token = read_token_file(self.config.token_file)
+        host, port = parse_tcp_address(self.config.tcp)
+        self.tcp_server = await asyncio.start_server(self._handle_tcp, host, port, limit=protocol.MAX_FRAME)
+        bound = self.tcp_server.sockets[0].getsockname()
+        self.tcp_address = f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"
+        if not _is_loopback(host):
+            log.warning("the TCP listener is on %s, reachable from other machines; the token is "
+                        "its only protection and travels unencrypted", self.tcp_address)
+        log.info("TCP listener on %s (token required)", self.tcp_address)
+
+    def _stop_tcp(self) -> None:
+        if self.tcp_server is not None:
+            self.tcp_server.close()
+            self.tcp_server = None
+
+    async def _handle_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A TCP peer: its first frame must be a hello with the token, or it is cut off."""
+        peer = writer.get_extra_info("peername")
+        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        try:
+            accepted = await self._hello_tcp(reader, writer, where)
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
+            accepted = False
+        if not accepted:
+            writer.close()
+            return
+        await self._serve_connection(reader, writer, {"pid": None, "tcp": where})
+
+    async def _hello_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str) -> bool:
+        header = await asyncio.wait_for(reader.readexactly(protocol.HEADER.size), TCP_HELLO_TIMEOUT)
+        (length,) = protocol.HEADER.unpack(header)
+        self.metrics.add(requests=1)
+        request_id = 0
+        try:
+            if length > TCP_HELLO_MAX_FRAME:
+                raise protocol.ProtocolError(
+                    "too_large", f"a first frame of {length} bytes; a hello fits in {TCP_HELLO_MAX_FRAME}")
+            body = await asyncio.wait_for(reader.readexactly(length), TCP_HELLO_TIMEOUT)
+            message = protocol.unpack(body)
+            request_id = protocol.reply_id(message)
+            request_id, op = protocol.check_request(message)
+            token = message.get("token")
+            assert self._token is not None
+            if op != "hello" or not isinstance(token, str) or not hmac.compare_digest(
+                    token.encode("utf-8"), self._token):
+                self.metrics.add(auth_failures=1)
+                log.warning("refused a TCP connection from %s: %s", where,
+                            "no token" if op == "hello" and token is None else
+                            "wrong token" if op == "hello" else f"{op!r} before hello")
+                raise protocol.ProtocolError(
+                    "unauthorized", "a TCP connection must start with a hello carrying the service's "
+                    "token (missing or wrong); connection closed")
+            reply = await self._op_hello(message)
+        except protocol.ProtocolError as exc:
+            self.metrics.add(errors=1)
+            writer.write(protocol.pack(protocol.error_reply(request_id, exc.code, str(exc))))
+            await writer.drain()
+            return False
+        writer.write(protocol.pack({**reply, "id": request_id, "ok": True}))
+        await writer.drain()
+        return True
+
     async def _answer(self, body: bytes, writer: asyncio.StreamWriter) -> None:
         started = time.perf_counter()
         request_id = 0
         self.metrics.add(requests=1)
         try:
             message = protocol.unpack(body)
+            request_id = protocol.reply_id(message)  # an error about the envelope carries it too
             request_id, op = protocol.check_request(message)
             reply = await getattr(self, f"_op_{op}")(message)
             reply["id"] = request_id
@@ -278,6 +430,9 @@ class EmbeddingServer:
         except InvalidTextError as exc:
             self.metrics.add(errors=1)
             reply = protocol.error_reply(request_id, "invalid_text", str(exc))
+        except EmbedderError as exc:  # the model or API gave no valid vectors (logged by the batcher)
+            self.metrics.add(errors=1)
+            reply = protocol.error_reply(request_id, "model_error", str(exc))
         except Exception as exc:  # a failing model or cache must not take the service down
             self.metrics.add(errors=1)
             log.exception("request failed")
@@ -379,6 +534,7 @@ class EmbeddingServer:
             "max_batch": self.config.max_batch,
             "max_wait_ms": self.config.max_wait_ms,
             "clients": [{"id": cid, **info} for cid, info in self.clients.items()],
+            "http": self.http.url if self.http is not None else None,
         }
 
 
@@ -403,7 +559,7 @@ def run_service(config: ServiceConfig, ready_fd: int | None = None) -> int:
     except AlreadyRunning as exc:
         tell(f"already {exc.pid}")
         if ready_fd is None:  # run by hand (`embedshare serve`): say so where the user looks
-            print(f"embedshare: {exc}; not starting another", file=sys.stderr)
+            log.warning("%s; not starting another", exc)
         return 0
     try:
         server = EmbeddingServer(config)
@@ -426,6 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--preload-file", help="a file of texts, one per line, to embed at start")
     parser.add_argument("--ready-fd", type=int)
+    parser.add_argument("--http", help="HOST:PORT for the OpenAI-compatible endpoint (default: off)")
+    parser.add_argument("--tcp", help="HOST:PORT (or PORT, on loopback) for a token-checked TCP listener (default: off)")
+    parser.add_argument("--token-file", help="file holding the token TCP clients must present (mode 0600)")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     return parser
 
@@ -441,8 +600,9 @@ def main(argv: list[str] | None = None) -> int:
         preload = [line for line in Path(args.preload_file).read_text().splitlines() if line.strip()]
     config = ServiceConfig(
         store=args.store, model=args.model, registry=args.registry, max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms, threads=args.threads, preload=preload,
+        max_wait_ms=args.max_wait_ms, threads=args.threads, preload=preload, http=args.http,
     )
+    config.tcp, config.token_file = args.tcp, args.token_file
     return run_service(config, ready_fd=args.ready_fd)
 
 

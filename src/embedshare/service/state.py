@@ -17,6 +17,9 @@ from ..store.layout import StoreLayout
 ENV_ADDRESS = "EMBEDSHARE_ADDRESS"  # the socket of the service; inherited by child processes
 ENV_STORE = "EMBEDSHARE_STORE"
 ENV_ON_FAILURE = "EMBEDSHARE_ON_FAILURE"  # restart | local | error: what a client does if it dies
+ENV_TOKEN = "EMBEDSHARE_TOKEN"  # the token a client presents on a tcp:// address
+TCP_SCHEME = "tcp://"
+MIN_TOKEN_CHARS = 16
 
 @dataclass
 class ServiceConfig:
@@ -29,6 +32,9 @@ class ServiceConfig:
     max_wait_ms: float = 2.0
     threads: int | None = None
     preload: list[str] = field(default_factory=list)
+    tcp: str | None = None  # HOST:PORT (or PORT, on loopback) of the optional token-checked TCP listener
+    token_file: str | None = None  # the token TCP clients must present; required with tcp
+    http: str | None = None  # HOST:PORT of the OpenAI-compatible endpoint (service/http.py); off if None
 
     def argv(self) -> list[str]:
         args = ["--store", self.store, "--model", self.model,
@@ -37,6 +43,12 @@ class ServiceConfig:
             args += ["--registry", self.registry]
         if self.threads:
             args += ["--threads", str(self.threads)]
+        if self.tcp:
+            args += ["--tcp", self.tcp]
+        if self.token_file:
+            args += ["--token-file", self.token_file]
+        if self.http:
+            args += ["--http", self.http]
         return args
 
 
@@ -65,3 +77,42 @@ def read_state(layout: StoreLayout) -> dict[str, Any]:
         return {}
 
 
+def parse_tcp_address(spec: str) -> tuple[str, int]:
+    """``PORT``, ``HOST:PORT``, ``[V6]:PORT`` or ``tcp://HOST:PORT`` -> ``(host, port)``.
+
+    A bare port means loopback (127.0.0.1): listening on another interface must be asked for.
+    """
+    text = spec[len(TCP_SCHEME):] if spec.startswith(TCP_SCHEME) else spec
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"bad TCP address {spec!r}: expected HOST:PORT or PORT") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"bad TCP address {spec!r}: port {number} is out of range")
+    return host, number
+
+
+def read_token_file(path: str | os.PathLike) -> bytes:
+    """The token in ``path``, checked: private to its owner (no group or other bits), long enough.
+
+    The token itself never appears in an error message, a log line or ``stats``.
+    """
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read the token file {path}: {exc.strerror or exc}") from None
+    if st.st_mode & 0o077:
+        raise ValueError(
+            f"the token file {path} is readable by other users (mode {st.st_mode & 0o777:04o}); "
+            "chmod 600 it"
+        )
+    token = data.strip()
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ValueError(f"the token in {path} is too short: use at least {MIN_TOKEN_CHARS} characters")
+    return token

@@ -55,6 +55,24 @@ def cache_key(model_id: str, text: str) -> bytes:
     return h.digest()
 
 
+def _disk_full(path: Path, exc: Exception) -> bool:
+    """Whether a failed LMDB write means the disk is full.
+
+    LMDB reports ENOSPC, but a write that the full disk cut short comes back as EIO
+    ("Input/output error"); that one counts as full when the file system has (almost) no room.
+    """
+    text = str(exc)
+    if "No space left" in text or "ENOSPC" in text or "quota exceeded" in text.lower():
+        return True
+    if "Input/output error" not in text:
+        return False
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
+
+
 class _TxnGuard:
     """Lets any number of transactions run, or one map resize, never both.
 
@@ -358,7 +376,7 @@ class EmbeddingCache:
             except lmdb.MapFullError:
                 self._grow()
             except lmdb.Error as exc:
-                if "No space left" in str(exc) or "ENOSPC" in str(exc):
+                if _disk_full(self.path, exc):
                     raise CacheFullError(f"embedding cache at {self.path}: disk full ({exc})") from None
                 raise CacheError(f"cannot write embedding cache at {self.path}: {exc}") from None
 
@@ -366,9 +384,10 @@ class EmbeddingCache:
         env = self._env_for_this_process()
         current = env.info()["map_size"]
         if current >= self._max_map_size:
+            size = f"{current >> 20} MiB" if current >= 1 << 20 else f"{current >> 10} KiB"
             raise CacheFullError(
                 f"embedding cache at {self.path} reached its size limit "
-                f"({current >> 20} MiB); raise max_map_size or clear the cache"
+                f"({size}); raise max_map_size or clear the cache"
             )
         new_size = min(current * 2, self._max_map_size)
         with self._guard.exclusive():

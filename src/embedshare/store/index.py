@@ -39,6 +39,7 @@ ARRAY_FILES = ("vectors.npy", "fields.npy", "weights.npy", "categories.npy",
 DATA_FILES = ARRAY_FILES + ("tools.jsonl",)
 
 EmbedFn = Callable[[list[str]], np.ndarray]
+ANN_MIN_TOOLS = 100_000  # from here on an approximate index takes over search_hits (bench/README.md)
 
 
 class ToolIndexError(ValueError):
@@ -98,8 +99,12 @@ def build_index(
     destination: str | Path,
     progress: Callable[[int, int], None] | None = None,
     batch_size: int = 256,
+    ann_min_tools: int | None = None,
 ) -> Path:
     """Embed every field of every tool and write the index folder at ``destination``.
+
+    From ``ann_min_tools`` tools on (default ``ANN_MIN_TOOLS``), an approximate index
+    (``store/ann.py``) is written beside the vectors and takes over ``search_hits``.
 
     Written into a temporary folder beside it and renamed into place, so a reader never sees
     half an index; when another process finished the same index first, its copy is kept.
@@ -171,6 +176,13 @@ def build_index(
                 for fname in DATA_FILES
             },
         }
+        if n >= (ANN_MIN_TOOLS if ann_min_tools is None else ann_min_tools):
+            from .ann import ANN_FILES, build_ivf
+
+            build_ivf(arrays["vectors.npy"], tmp)
+            manifest["ann"] = {"kind": "ivf-flat", "files": {
+                fname: {"bytes": (tmp / fname).stat().st_size, "sha256": _sha256(tmp / fname)}
+                for fname in ANN_FILES}}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         for path in tmp.iterdir():
             with open(path, "rb") as f:
@@ -249,6 +261,25 @@ class ToolIndex:
             self._tools_map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         # Parsed name and protocol of recently returned rows: bounded, whatever the index size.
         self._row_info = functools.lru_cache(maxsize=512)(self._parse_row)
+        self.ann = self._open_ann(verify) if m.get("ann") else None
+
+    def _open_ann(self, verify: bool) -> Any:
+        """The approximate index the manifest lists (large indexes), checked like the rest."""
+        from .ann import IVFIndex
+
+        for fname, meta in self.manifest["ann"]["files"].items():
+            path = self.path / fname
+            if not path.exists() or path.stat().st_size != int(meta["bytes"]):
+                raise ToolIndexError(f"tool index {self.path}: {fname} is missing or has the wrong size")
+            if verify and _sha256(path) != meta["sha256"]:
+                raise ToolIndexError(f"tool index {self.path}: {fname} does not match its checksum")
+        try:
+            ann = IVFIndex(self.path)
+        except ValueError as exc:
+            raise ToolIndexError(f"tool index {self.path}: {exc}") from None
+        if len(ann) != self.count or ann.dim != self.dim:
+            raise ToolIndexError(f"tool index {self.path}: its ANN index does not match its vectors")
+        return ann
 
     def __len__(self) -> int:
         return self.count
@@ -312,6 +343,10 @@ class ToolIndex:
         query = np.asarray(query, dtype=np.float32).reshape(-1)
         if query.shape[0] != self.dim:
             raise ValueError(f"query vector has {query.shape[0]} dims, the index has {self.dim}")
+        if self.ann is not None:
+            hits = self._ann_hits(query, k, category, threshold, exclude_row)
+            if hits is not None:
+                return hits
         scores = self.vectors @ query
         eligible = scores >= threshold
         if category is not None:
@@ -332,6 +367,29 @@ class ToolIndex:
         rows = candidates[np.lexsort((candidates, -scores[candidates]))[:k]]
         field_sims = np.einsum("kfd,d->kf", self.fields[rows], query) if rows.size else np.zeros((0, len(FIELDS)), np.float32)
         return Hits(rows=rows, scores=scores[rows], field_sims=field_sims)
+
+    def _ann_hits(self, query: np.ndarray, k: int, category: str | None, threshold: float,
+                  exclude_row: int | None) -> Hits | None:
+        """``search_hits`` through the approximate index: exact scores of its candidates, the
+        same filters and tie-break; None (search exactly) when fewer than k candidates pass."""
+        rows, scores = self.ann.candidates(query)
+        eligible = scores >= threshold
+        if category is not None:
+            if category not in self.categories:
+                return None
+            eligible &= np.asarray(self.category_codes)[rows] == self.categories.index(category)
+        if exclude_row is not None:
+            eligible &= rows != exclude_row
+        rows, scores = rows[eligible], scores[eligible]
+        if rows.size < k:
+            return None
+        top = np.argpartition(-scores, k - 1)[:k]
+        kth = scores[top].min()  # ties at the k-th score: decided by row, as the exact search does
+        tied = np.flatnonzero(scores >= kth)
+        order = tied[np.lexsort((rows[tied], -scores[tied]))[:k]]
+        rows, scores = rows[order].astype(np.int64), scores[order]
+        field_sims = np.einsum("kfd,d->kf", self.fields[rows], query)
+        return Hits(rows=rows, scores=scores, field_sims=field_sims)
 
     def results(self, hits: Hits) -> list[SearchResult]:
         """Full results (name, category, protocol, reason) for compact hits."""
@@ -376,8 +434,17 @@ def open_or_build_index(
     """Open the index of this registry and model under ``root``, building it if needed."""
     path = Path(root) / index_folder_name(registry.content_hash, model_id)
     if not (path / "manifest.json").exists():
+        if path.exists():
+            raise ToolIndexError(f"tool index {path} exists but has no manifest.json (damaged); "
+                                 "delete the folder to rebuild it")
         build_index(registry, embed, model_id, dim, path, progress=progress)
-    index = ToolIndex(path, verify=True)
+    try:
+        index = ToolIndex(path, verify=True)
+    except ToolIndexError as exc:  # damaged or tampered with: never searched, never rebuilt silently
+        raise ToolIndexError(f"{exc}; delete the folder to rebuild it") from None
     if index.model_id != model_id or index.manifest["registry_hash"] != registry.content_hash:
-        raise ToolIndexError(f"tool index {path} was built for another model or registry")
+        raise ToolIndexError(
+            f"tool index {path} was built for another model or registry (model {index.model_id!r}, "
+            f"this service's is {model_id!r}); delete the folder to rebuild it"
+        )
     return index
