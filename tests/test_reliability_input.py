@@ -10,12 +10,12 @@ import os
 import random
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import msgpack
 import numpy as np
-import openai_server
 import pytest
 from openai_server import FakeOpenAIServer
 from reliability_helpers import connect_raw, exchange, frame, record
@@ -208,9 +208,11 @@ def test_more_texts_than_the_limit_in_one_request_is_a_clear_error(service):
 @pytest.fixture
 def openai_service(store, monkeypatch):
     """A service embedding with ``openai:fake-embed`` through FakeOpenAIServer (in this process)."""
-    # 'inf' is not one of the fake server's faults: add it for this test (JSON's Infinity)
-    monkeypatch.setattr(openai_server, "FAULTS", openai_server.FAULTS | {"inf"})
-    corrupt = openai_server._corrupt
+    # 'inf' is not one of the fake server's faults: add it for this test (JSON's Infinity), in
+    # the module that defines the server (tests/openai_server.py may only re-export it)
+    server_module = sys.modules[FakeOpenAIServer.__module__]
+    monkeypatch.setattr(server_module, "FAULTS", server_module.FAULTS | {"inf"})
+    corrupt = server_module._corrupt
 
     def with_inf(kind, payload):
         if kind == "inf":
@@ -218,7 +220,7 @@ def openai_service(store, monkeypatch):
             return payload
         return corrupt(kind, payload)
 
-    monkeypatch.setattr(openai_server, "_corrupt", with_inf)
+    monkeypatch.setattr(server_module, "_corrupt", with_inf)
     with FakeOpenAIServer(dim=64, api_key="sk-test-0123456789abcdef") as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
