@@ -1,8 +1,7 @@
 """A real local HTTP server speaking the OpenAI embeddings protocol, for tests and benchmarks.
 
-(A copy of ``tests/openai_server.py``, so that ``embedshare bench`` runs from an installed
-package; the tests keep their own module because some patch its globals. Added here:
-:func:`serve_in_process`, which runs the server in its own process for the benchmarks.)
+In the package so that ``embedshare bench`` runs from an installed copy; ``tests/openai_server.py``
+re-exports it. :func:`serve_in_process` runs the server in a process of its own (benchmarks).
 
 Why a real server rather than mocking httpx: the embedder's retries, timeouts, headers, URL
 building and JSON handling all go through the genuine network stack this way.
