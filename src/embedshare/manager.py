@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from abc import ABC, abstractmethod
 import time
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -100,21 +100,13 @@ class ManagerBase(ABC):
         """Vectors of many texts, ``(n, dim)`` float32; cache misses are computed once."""
         started = time.perf_counter()
         clean = validate_texts(list(texts) if not isinstance(texts, (str, bytes)) else texts)
-        keys = [self.cache.key(t) for t in clean]
-        out = np.empty((len(clean), self.dim), dtype=np.float32)
-        found = self.cache.get_many_into(keys, out) if clean else np.zeros(0, dtype=bool)
-        missing = np.flatnonzero(~found)
-        self._count(embed_calls=1, texts=len(clean), hits=len(clean) - missing.size, misses=missing.size)
-        if missing.size:
-            unique: dict[bytes, str] = {}
-            for i in missing:
-                unique.setdefault(keys[i], clean[i])
-            vectors = self._compute(list(unique), list(unique.values()))
-            row_of = {key: row for row, key in enumerate(unique)}
-            for i in missing:
-                out[i] = vectors[row_of[keys[i]]]
+        found = self.cache.lookup(clean)
+        misses = found.missing.size
+        self._count(embed_calls=1, texts=len(clean), hits=len(clean) - misses, misses=misses)
+        if misses:
+            found.fill(self._compute(found.miss_keys, found.miss_texts))
         self._observe("get_embeddings", started)
-        return out
+        return found.vectors
 
     def preload(self, texts: Sequence[str]) -> int:
         """Make sure ``texts`` are cached (e.g. the common queries); returns how many were new."""

@@ -22,7 +22,6 @@ from .shared import PoolReport, SharedPool, measure_run
 from .workers import WorkerPool, timed_call
 from .workload import attach_own_manager, make_tasks, run_task
 
-
 # One torch/BLAS thread per process: the per-process design's best case. With the default (one
 # thread per core in each of 25 processes) the workers spin against each other on 2 cores.
 NAIVE_WORKER_ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

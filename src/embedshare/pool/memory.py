@@ -10,19 +10,12 @@ from __future__ import annotations
 import multiprocessing
 from dataclasses import dataclass
 
-import psutil
-
+from ..pss import pss_bytes
 from .bare import bare_worker
 
 MB = 1024 * 1024
 
 
-def pss_bytes(pid: int) -> int | None:
-    """PSS of a process, or None if it is gone or not ours to read."""
-    try:
-        return int(psutil.Process(pid).memory_full_info().pss)
-    except (psutil.Error, AttributeError):
-        return None
 
 
 @dataclass(frozen=True)

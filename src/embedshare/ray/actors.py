@@ -427,7 +427,7 @@ class NodeService:
         """
         import psutil
 
-        from ..pool.memory import pss_bytes
+        from ..pss import pss_bytes
 
         roles = dict(roles or {})
         roles[os.getpid()] = "embedshare node actor"

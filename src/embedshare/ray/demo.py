@@ -249,7 +249,7 @@ def _head_processes(memory: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """This driver and the processes of a local cluster that belong to no node (GCS, monitors)."""
     import psutil
 
-    from ..pool.memory import pss_bytes
+    from ..pss import pss_bytes
 
     on_nodes = {p["pid"] for node in memory.values() for p in node["processes"]}
     me = psutil.Process()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
-import psutil
+from ..pss import pss_bytes
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # the classic text format
 
@@ -41,12 +41,6 @@ HISTOGRAMS: dict[str, tuple[str, str]] = {
 }
 
 
-def pss_bytes(pid: int) -> int | None:
-    """PSS of a process (shared pages split between their users), or None if unreadable."""
-    try:
-        return int(psutil.Process(pid).memory_full_info().pss)
-    except (psutil.Error, AttributeError, OSError):
-        return None
 
 
 def with_memory(stats: dict[str, Any]) -> dict[str, Any]:

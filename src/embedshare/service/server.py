@@ -37,7 +37,13 @@ from ..manager import EmbeddingManager
 from ..store import CacheError, StoreLayout
 from . import protocol
 from .metrics import ServiceMetrics
-from .state import AlreadyRunning, ServiceConfig, acquire_service_lock, parse_tcp_address, read_token_file
+from .state import (
+    AlreadyRunning,
+    ServiceConfig,
+    acquire_service_lock,
+    parse_tcp_address,
+    read_token_file,
+)
 
 log = logging.getLogger("embedshare.service")
 
@@ -473,22 +479,12 @@ class EmbeddingServer:
     async def _embed_texts(self, message: dict[str, Any]) -> tuple[np.ndarray, int]:
         assert self.manager is not None
         texts = [validate_text(t, f"texts[{i}]") for i, t in enumerate(protocol.request_texts(message))]
-        cache = self.manager.cache
-        keys = [cache.key(t) for t in texts]
-        out = np.empty((len(texts), self.manager.dim), dtype=np.float32)
-        found = cache.get_many_into(keys, out) if texts else np.zeros(0, dtype=bool)
-        missing = np.flatnonzero(~found)
-        self.metrics.add(embed_requests=1, texts=len(texts), hits=len(texts) - missing.size,
-                         misses=missing.size)
-        if missing.size:
-            unique: dict[bytes, str] = {}
-            for i in missing:
-                unique.setdefault(keys[i], texts[i])
-            vectors = await self.batcher.embed(list(unique), list(unique.values()))
-            row_of = {key: row for row, key in enumerate(unique)}
-            for i in missing:
-                out[i] = vectors[row_of[keys[i]]]
-        return out, int(missing.size)
+        found = self.manager.cache.lookup(texts)
+        misses = int(found.missing.size)
+        self.metrics.add(embed_requests=1, texts=len(texts), hits=len(texts) - misses, misses=misses)
+        if misses:
+            found.fill(await self.batcher.embed(found.miss_keys, found.miss_texts))
+        return found.vectors, misses
 
     async def _op_embed(self, message: dict[str, Any]) -> dict[str, Any]:
         await self._ready.wait()

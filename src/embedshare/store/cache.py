@@ -24,6 +24,7 @@ import threading
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import lmdb
@@ -151,6 +152,27 @@ def _release_shared_env(key: tuple[int, str], env: lmdb.Environment) -> None:
         if shared.handles <= 0:
             del _shared_envs[key]
             env.close()
+
+
+@dataclass
+class Lookup:
+    """A batch of texts looked up in the cache: the vectors found, and the misses, each once.
+
+    Compute ``miss_texts`` (whoever computes: a model, the service), then ``fill`` puts the
+    vectors in every row that asked for them.
+    """
+
+    vectors: np.ndarray  # (n, dim): cached rows filled, miss rows filled by fill()
+    keys: list[bytes]
+    missing: np.ndarray  # row indices not found
+    miss_keys: list[bytes]  # the distinct keys of the misses, in first-seen order
+    miss_texts: list[str]
+
+    def fill(self, computed: np.ndarray) -> np.ndarray:
+        row_of = {key: row for row, key in enumerate(self.miss_keys)}
+        for i in self.missing:
+            self.vectors[i] = computed[row_of[self.keys[i]]]
+        return self.vectors
 
 
 class EmbeddingCache:
@@ -322,6 +344,17 @@ class EmbeddingCache:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         found = self.get_many_into([self.key(t) for t in texts], out)
         return out, found
+
+    def lookup(self, texts: Sequence[str]) -> Lookup:
+        """Read the cached vectors of ``texts`` and list their misses, de-duplicated."""
+        keys = [self.key(t) for t in texts]
+        out = np.empty((len(keys), self.dim), dtype=np.float32)
+        found = self.get_many_into(keys, out) if keys else np.zeros(0, dtype=bool)
+        missing = np.flatnonzero(~found)
+        unique: dict[bytes, str] = {}
+        for i in missing:
+            unique.setdefault(keys[i], texts[i])
+        return Lookup(out, keys, missing, list(unique), list(unique.values()))
 
     def get_many_into(self, keys: Sequence[bytes], out: np.ndarray) -> np.ndarray:
         """Copy the vectors of ``keys`` straight from the map into rows of ``out``."""
