@@ -26,6 +26,7 @@ from .embedders import Embedder, create_embedder, validate_text, validate_texts
 from .latency import Histogram
 from .registry import Registry, load_registry
 from .store import CacheError, EmbeddingCache, ToolIndex, open_or_build_index
+from .store.cache import lookup
 from .store.index import Hits, SearchResult
 from .store.layout import StoreLayout
 
@@ -100,7 +101,7 @@ class ManagerBase(ABC):
         """Vectors of many texts, ``(n, dim)`` float32; cache misses are computed once."""
         started = time.perf_counter()
         clean = validate_texts(list(texts) if not isinstance(texts, (str, bytes)) else texts)
-        found = self.cache.lookup(clean)
+        found = lookup(self.cache, clean)
         misses = found.missing.size
         self._count(embed_calls=1, texts=len(clean), hits=len(clean) - misses, misses=misses)
         if misses:

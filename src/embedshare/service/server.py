@@ -35,6 +35,7 @@ import numpy as np
 from ..embedders import EmbedderError, InvalidTextError, create_embedder, validate_text
 from ..manager import EmbeddingManager
 from ..store import CacheError, StoreLayout
+from ..store.cache import lookup
 from . import protocol
 from .metrics import ServiceMetrics
 from .state import (
@@ -479,7 +480,7 @@ class EmbeddingServer:
     async def _embed_texts(self, message: dict[str, Any]) -> tuple[np.ndarray, int]:
         assert self.manager is not None
         texts = [validate_text(t, f"texts[{i}]") for i, t in enumerate(protocol.request_texts(message))]
-        found = self.manager.cache.lookup(texts)
+        found = lookup(self.manager.cache, texts)
         misses = int(found.missing.size)
         self.metrics.add(embed_requests=1, texts=len(texts), hits=len(texts) - misses, misses=misses)
         if misses:

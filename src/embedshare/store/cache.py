@@ -175,6 +175,22 @@ class Lookup:
         return self.vectors
 
 
+def lookup(cache: "EmbeddingCache", texts: Sequence[str]) -> Lookup:
+    """Read the cached vectors of ``texts`` and list their misses, de-duplicated.
+
+    Uses only ``cache.key``, ``cache.dim`` and ``cache.get_many_into``, so any cache of that
+    shape (the benchmarks' Manager-dict cache too) can be looked up the same way.
+    """
+    keys = [cache.key(t) for t in texts]
+    out = np.empty((len(keys), cache.dim), dtype=np.float32)
+    found = cache.get_many_into(keys, out) if keys else np.zeros(0, dtype=bool)
+    missing = np.flatnonzero(~found)
+    unique: dict[bytes, str] = {}
+    for i in missing:
+        unique.setdefault(keys[i], texts[i])
+    return Lookup(out, keys, missing, list(unique), list(unique.values()))
+
+
 class EmbeddingCache:
     """A process- and thread-safe cache of vectors for one model.
 
@@ -344,17 +360,6 @@ class EmbeddingCache:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         found = self.get_many_into([self.key(t) for t in texts], out)
         return out, found
-
-    def lookup(self, texts: Sequence[str]) -> Lookup:
-        """Read the cached vectors of ``texts`` and list their misses, de-duplicated."""
-        keys = [self.key(t) for t in texts]
-        out = np.empty((len(keys), self.dim), dtype=np.float32)
-        found = self.get_many_into(keys, out) if keys else np.zeros(0, dtype=bool)
-        missing = np.flatnonzero(~found)
-        unique: dict[bytes, str] = {}
-        for i in missing:
-            unique.setdefault(keys[i], texts[i])
-        return Lookup(out, keys, missing, list(unique), list(unique.values()))
 
     def get_many_into(self, keys: Sequence[bytes], out: np.ndarray) -> np.ndarray:
         """Copy the vectors of ``keys`` straight from the map into rows of ``out``."""
