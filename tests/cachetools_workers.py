@@ -10,8 +10,6 @@ import os
 import random
 import traceback
 
-
-
 from embedshare.embedders import create_embedder
 from embedshare.store import EmbeddingCache
 
@@ -78,3 +76,26 @@ def late_reader(cache_path, model_id, dim, texts, ready, go, results) -> None:
         results.put(("error", traceback.format_exc()))
 
 
+
+
+def growing_writer(cache_path, stop) -> None:
+    """Commit new vectors into a small, non-durable map (so it grows fast) until ``stop``."""
+    embedder = create_embedder("hash:64")
+    cache = EmbeddingCache(cache_path, embedder.model_id, embedder.dim, map_size=1 << 16, durable=False)
+    batch = 0
+    while not stop.is_set():
+        texts = [f"growing {batch} {i}" for i in range(200)]
+        cache.put_many(texts, embedder.embed(texts))
+        batch += 1
+
+
+def repeated_opener(cache_path, opens, results) -> None:
+    """Open and close the cache ``opens`` times; report the errors of the opens that failed."""
+    embedder = create_embedder("hash:64")
+    failures: list[str] = []
+    for _ in range(opens):
+        try:
+            EmbeddingCache(cache_path, embedder.model_id, embedder.dim, map_size=1 << 16).close()
+        except Exception as exc:  # noqa: BLE001 - every failure is reported to the test
+            failures.append(repr(exc))
+    results.put((failures, opens))

@@ -334,6 +334,49 @@ def test_map_grows_and_other_process_sees_it(tmp_path):
     writer.close()
 
 
+def test_open_retries_when_another_process_grew_the_map_meanwhile(tmp_path, monkeypatch):
+    """py-lmdb begins a transaction inside ``lmdb.open``; a commit elsewhere that grew the data
+    between the two makes that open fail with MapResizedError. Opening again maps the new size."""
+    import lmdb
+
+    EmbeddingCache(tmp_path / "cache", EMBEDDER.model_id, EMBEDDER.dim).close()
+    real_open, failures = lmdb.open, [2]
+
+    def open_losing_the_race_twice(*args, **kwargs):
+        if failures[0]:
+            failures[0] -= 1
+            raise lmdb.MapResizedError("mdb_txn_begin: MDB_MAP_RESIZED")
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(lmdb, "open", open_losing_the_race_twice)
+    with EmbeddingCache(tmp_path / "cache", EMBEDDER.model_id, EMBEDDER.dim) as cache:
+        cache.put_many(["opened"], EMBEDDER.embed(["opened"]))
+        assert "opened" in cache
+    assert failures == [0]
+
+
+@pytest.mark.slow
+def test_opens_succeed_while_another_process_keeps_growing_the_map(tmp_path):
+    """The race above, for real: a writer grows a small map while another process opens the
+    cache thousands of times. Every open must succeed (a pool worker attaching while the
+    service writes is this case)."""
+    path = str(tmp_path / "cache")
+    EmbeddingCache(path, EMBEDDER.model_id, EMBEDDER.dim, map_size=1 << 16).close()
+    stop, results = SPAWN.Event(), SPAWN.Queue()
+    writer = SPAWN.Process(target=cachetools_workers.growing_writer, args=(path, stop))
+    opener = SPAWN.Process(target=cachetools_workers.repeated_opener, args=(path, 5000, results))
+    writer.start()
+    opener.start()
+    try:
+        failures, opens = results.get(timeout=DEADLINE * 2)
+    finally:
+        stop.set()
+        _join(opener)
+        _join(writer)
+    assert opens == 5000
+    assert failures == [], failures[:3]
+
+
 def test_max_map_size_gives_cache_full(tmp_path):
     path = tmp_path / "cache"
     cache = EmbeddingCache(path, EMBEDDER.model_id, EMBEDDER.dim, map_size=1 << 16, max_map_size=1 << 18)

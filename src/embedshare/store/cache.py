@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB of address space; the file only grows as data is written
 DEFAULT_MAX_MAP_SIZE = 1 << 40
 DEFAULT_MAX_READERS = 4096  # slots for concurrent read transactions: processes x threads
+_OPEN_ATTEMPTS = 100  # opens that lose the race against a growing map (see EmbeddingCache._open)
 
 
 class CacheError(RuntimeError):
@@ -268,24 +269,41 @@ class EmbeddingCache:
             return self._env
 
     def _open(self) -> lmdb.Environment:
-        try:
-            if not self.readonly:
+        """Open the environment, retrying while other processes grow the data under us.
+
+        LMDB sizes a new map to at least the data committed when it opens; py-lmdb then begins
+        a transaction to open the main database, and a commit by another process in between
+        that grew the data past that size makes it fail with ``MapResizedError``. A new open
+        maps the new size, so it is retried (each retry means another process made progress).
+        """
+        if not self.readonly:
+            try:
                 self.path.mkdir(parents=True, exist_ok=True)
-            env = lmdb.open(
-                str(self.path),
-                map_size=self._map_size,
-                max_readers=self._max_readers,
-                readonly=self.readonly,
-                lock=True,
-                sync=self._durable,
-                metasync=self._durable,
-                readahead=False,
-                max_dbs=0,
-            )
-        except lmdb.Error as exc:
-            raise CacheError(f"cannot open embedding cache at {self.path}: {exc}") from None
-        env.reader_check()  # free reader slots left by processes that died
-        return env
+            except OSError as exc:
+                raise CacheError(f"cannot create embedding cache folder {self.path}: {exc}") from None
+        for _ in range(_OPEN_ATTEMPTS):
+            try:
+                env = lmdb.open(
+                    str(self.path),
+                    map_size=self._map_size,
+                    max_readers=self._max_readers,
+                    readonly=self.readonly,
+                    lock=True,
+                    sync=self._durable,
+                    metasync=self._durable,
+                    readahead=False,
+                    max_dbs=0,
+                )
+            except lmdb.MapResizedError:
+                continue
+            except lmdb.Error as exc:
+                raise CacheError(f"cannot open embedding cache at {self.path}: {exc}") from None
+            env.reader_check()  # free reader slots left by processes that died
+            return env
+        raise CacheError(
+            f"cannot open embedding cache at {self.path}: other processes kept growing it "
+            f"during {_OPEN_ATTEMPTS} attempts to open it"
+        )
 
     def close(self) -> None:
         with self._open_lock:
