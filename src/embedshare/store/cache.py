@@ -11,7 +11,7 @@ state), and a get in a read transaction costs about a microsecond.
   once into the caller's result array (a buffer must not outlive its transaction: LMDB reuses
   freed pages).
 - After ``fork`` the child must not use its parent's environment (LMDB's rule); every call
-  checks the PID and reopens.
+  checks whether the process forked since the handle opened it, and reopens.
 - When the map is full it grows (doubling) instead of failing; other processes adopt the new
   size when LMDB tells them (``MapResizedError``).
 """
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB of address space; the file only grows as data is written
 DEFAULT_MAX_MAP_SIZE = 1 << 40
 DEFAULT_MAX_READERS = 4096  # slots for concurrent read transactions: processes x threads
+_FLOAT32 = np.dtype(np.float32)
 _OPEN_ATTEMPTS = 100  # opens that lose the race against a growing map (see EmbeddingCache._open)
 
 
@@ -79,41 +80,59 @@ class _TxnGuard:
     """Lets any number of transactions run, or one map resize, never both.
 
     LMDB requires that no transaction of this process is open while the map size changes;
-    py-lmdb does not check it, so we do.
+    py-lmdb does not check it, so we do. ``lock`` is a plain ``threading.Lock`` that the cache
+    hit path takes directly (``enter``/``leave``): two uncontended acquires cost a quarter of
+    what two ``with condition:`` blocks cost, which was a third of a hit.
     """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._active = 0
-        self._resizing = False
+        self.lock = threading.Lock()
+        self._cond = threading.Condition(self.lock)
+        self.active = 0
+        self.resizing = False
+
+    def enter(self) -> None:
+        lock = self.lock
+        lock.acquire()
+        if self.resizing:  # rare: wait for the resize, on the condition
+            lock.release()
+            with self._cond:
+                while self.resizing:
+                    self._cond.wait()
+                self.active += 1
+            return
+        self.active += 1
+        lock.release()
+
+    def leave(self) -> None:
+        lock = self.lock
+        lock.acquire()
+        self.active -= 1
+        if self.resizing and not self.active:
+            self._cond.notify_all()
+        lock.release()
 
     @contextmanager
     def txn(self) -> Iterator[None]:
-        with self._cond:
-            while self._resizing:
-                self._cond.wait()
-            self._active += 1
+        self.enter()
         try:
             yield
         finally:
-            with self._cond:
-                self._active -= 1
-                if not self._active:
-                    self._cond.notify_all()
+            self.leave()
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         with self._cond:
-            while self._resizing:
+            while self.resizing:
                 self._cond.wait()
-            self._resizing = True
-            while self._active:
+            self.resizing = True
+            while self.active:
                 self._cond.wait()
         try:
             yield
         finally:
             with self._cond:
-                self._resizing = False
+                self.resizing = False
                 self._cond.notify_all()
 
 
@@ -135,12 +154,19 @@ _shared_envs: dict[tuple[int, str], _SharedEnv] = {}
 _shared_envs_lock = threading.RLock()  # re-entrant: a finalizer may run during an open
 
 
-def _new_lock_after_fork() -> None:
-    global _shared_envs_lock  # another thread may have held it when the process forked
-    _shared_envs_lock = threading.RLock()
+# Forks this process descends from. A handle remembers the value it opened under; when it
+# differs, the process is a forked child and must open its own environment. Cheaper than
+# comparing os.getpid() (a system call) on every cache hit.
+_forks = 0
 
 
-os.register_at_fork(after_in_child=_new_lock_after_fork)
+def _after_fork_in_child() -> None:
+    global _shared_envs_lock, _forks
+    _shared_envs_lock = threading.RLock()  # another thread may have held it when the process forked
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _release_shared_env(key: tuple[int, str], env: lmdb.Environment) -> None:
@@ -216,6 +242,7 @@ class EmbeddingCache:
         self.dim = int(dim)
         self.readonly = readonly
         self._nbytes = self.dim * 4
+        self._shape = (self.dim,)
         # The model half of every key, hashed once: a key is then one copy, update and digest.
         self._key_prefix = blake2b(model_id.encode("utf-8") + b"\x00", digest_size=16)
         self._map_size = map_size
@@ -225,7 +252,7 @@ class EmbeddingCache:
         self._guard = _TxnGuard()
         self._open_lock = threading.Lock()
         self._env: lmdb.Environment | None = None
-        self._pid = -1
+        self._opened_at_fork = -1  # the value of _forks when this process opened it
         self._release: weakref.finalize | None = None
         self._env_for_this_process()
 
@@ -233,10 +260,10 @@ class EmbeddingCache:
 
     def _env_for_this_process(self) -> lmdb.Environment:
         env = self._env
-        if env is not None and self._pid == os.getpid():
+        if env is not None and self._opened_at_fork == _forks:
             return env
         with self._open_lock:
-            if self._env is not None and self._pid == os.getpid():
+            if self._env is not None and self._opened_at_fork == _forks:
                 return self._env
             if self._env is not None:
                 # Inherited through fork: LMDB forbids using it here. Closing it in the child
@@ -265,7 +292,7 @@ class EmbeddingCache:
             self._release = weakref.finalize(self, _release_shared_env, key, shared.env)
             self._guard = shared.guard
             self._env = shared.env
-            self._pid = pid
+            self._opened_at_fork = _forks
             return self._env
 
     def _open(self) -> lmdb.Environment:
@@ -307,7 +334,7 @@ class EmbeddingCache:
 
     def close(self) -> None:
         with self._open_lock:
-            if self._env is not None and self._pid == os.getpid() and self._release is not None:
+            if self._env is not None and self._opened_at_fork == _forks and self._release is not None:
                 self._release()  # runs once, whether here or when the handle is collected
             self._env = None
 
@@ -331,14 +358,11 @@ class EmbeddingCache:
         (they cost more than the LMDB lookup itself).
         """
         env = self._env
-        if env is None or self._pid != os.getpid():
+        if env is None or self._opened_at_fork != _forks:
             env = self._env_for_this_process()
         guard = self._guard
         vector, resized = None, False
-        with guard._cond:
-            while guard._resizing:
-                guard._cond.wait()
-            guard._active += 1
+        guard.enter()
         try:
             try:
                 txn = env.begin(buffers=True)
@@ -350,14 +374,12 @@ class EmbeddingCache:
                 try:
                     value = txn.get(key)
                     if value is not None and len(value) == self._nbytes:
-                        vector = np.frombuffer(value, dtype=np.float32).copy()
+                        # a writable copy in one step (twice as fast as frombuffer().copy())
+                        vector = np.ndarray(self._shape, _FLOAT32, bytearray(value))
                 finally:
                     txn.abort()
         finally:
-            with guard._cond:
-                guard._active -= 1
-                if not guard._active and guard._resizing:
-                    guard._cond.notify_all()
+            guard.leave()
         if resized:  # another process grew the map: the general path adopts its size
             out = np.empty((1, self.dim), dtype=np.float32)
             return out[0] if self.get_many_into([key], out)[0] else None
