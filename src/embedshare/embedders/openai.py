@@ -79,6 +79,7 @@ class OpenAIEmbedder:
         dimensions: int | None = None,
         dim: int | None = None,
         batch_size: int = 256,
+        concurrency: int = 4,
         max_retries: int = 5,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
@@ -105,6 +106,8 @@ class OpenAIEmbedder:
             raise ValueError(f"dim={dim} contradicts dimensions={dimensions}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be a positive integer, got {concurrency!r}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be a non-negative integer, got {max_retries!r}")
         if backoff_base < 0 or backoff_max < 0:
@@ -117,6 +120,9 @@ class OpenAIEmbedder:
         self.model = model.strip()
         self.dimensions = dimensions
         self.batch_size = batch_size
+        # How many embed() calls the service runs at once: a request mostly waits on the
+        # network, so overlapping a few multiplies throughput (the local model gets 1).
+        self.concurrency = concurrency
         self.max_retries = max_retries
         self.backoff_base = float(backoff_base)
         self.backoff_max = float(backoff_max)

@@ -1,0 +1,158 @@
+"""The service's Batcher in one process: the model/commit pipeline, answers only after the
+commit, and concurrent batches for network-bound embedders.
+
+The fakes block on each other (barriers and events with a deadline), so a Batcher that ran
+these steps one after the other would fail the test by deadlock, not by a timing threshold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from embedshare.embedders import create_embedder
+from embedshare.service.metrics import ServiceMetrics
+from embedshare.service.server import Batcher
+from embedshare.store import CacheError
+
+pytestmark = pytest.mark.timeout(60)
+
+DEADLINE = 20.0  # seconds a fake waits for the other side before failing the test
+HASH = create_embedder("hash:32")
+
+
+class GatedEmbedder:
+    """hash:32 vectors; the n-th call (from 1) first runs ``before_call[n]`` if given."""
+
+    model_id, dim = HASH.model_id, HASH.dim
+
+    def __init__(self, concurrency: int = 1, before_call: dict | None = None) -> None:
+        self.concurrency = concurrency
+        self.before_call = before_call or {}
+        self.calls: list[list[str]] = []
+        self._lock = threading.Lock()
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        with self._lock:
+            self.calls.append(list(texts))
+            n = len(self.calls)
+        if n in self.before_call:
+            self.before_call[n]()
+        return HASH.embed(texts)
+
+
+class RecordingCache:
+    """Records commits; ``before_commit`` runs inside each ``put_many_keys`` first."""
+
+    def __init__(self, before_commit=None, fail: bool = False) -> None:
+        self.before_commit = before_commit
+        self.fail = fail
+        self.commits: list[list[bytes]] = []
+
+    def put_many_keys(self, keys, vectors) -> int:
+        if self.before_commit:
+            self.before_commit()
+        if self.fail:
+            raise CacheError("disk full (a test's cache)")
+        self.commits.append(list(keys))
+        return len(keys)
+
+
+def _batcher(embedder, cache, max_batch: int = 4) -> Batcher:
+    # max_wait 0: a batch is whatever is queued when the model is free
+    return Batcher(SimpleNamespace(embedder=embedder, cache=cache), ServiceMetrics(), max_batch, 0.0)
+
+
+def _wait(event: threading.Event, what: str) -> None:
+    if not event.wait(DEADLINE):
+        raise AssertionError(f"timed out waiting for {what}")
+
+
+def _run(batcher: Batcher, body):
+    async def main():
+        batcher.start()
+        try:
+            return await body()
+        finally:
+            await batcher.aclose()
+
+    return asyncio.run(main())
+
+
+def test_the_model_computes_the_next_batch_while_the_previous_one_commits():
+    second_batch_started = threading.Event()
+    # the first commit cannot finish until the model has started on the second batch
+    cache = RecordingCache(before_commit=lambda: _wait(second_batch_started, "the second batch") if not cache.commits else None)
+    embedder = GatedEmbedder(before_call={2: second_batch_started.set})
+    batcher = _batcher(embedder, cache, max_batch=2)
+    texts = [f"text {i}" for i in range(4)]
+
+    async def body():
+        first = asyncio.ensure_future(batcher.embed([t.encode() for t in texts[:2]], texts[:2]))
+        await asyncio.sleep(0)  # let the first batch be taken alone
+        second = asyncio.ensure_future(batcher.embed([t.encode() for t in texts[2:]], texts[2:]))
+        return await asyncio.gather(first, second)
+
+    first, second = _run(batcher, body)
+    assert embedder.calls == [texts[:2], texts[2:]]
+    assert np.array_equal(np.concatenate([first, second]), HASH.embed(texts))
+    assert [sorted(c) for c in cache.commits] == [sorted(t.encode() for t in texts[:2]), sorted(t.encode() for t in texts[2:])]
+
+
+def test_an_answer_comes_only_after_its_commit_and_a_repeat_joins_it():
+    in_commit, commit_may_finish = threading.Event(), threading.Event()
+
+    def hold_the_commit() -> None:
+        in_commit.set()
+        _wait(commit_may_finish, "the test")
+
+    embedder = GatedEmbedder()
+    cache = RecordingCache(before_commit=hold_the_commit)
+    batcher = _batcher(embedder, cache)
+
+    async def body():
+        loop = asyncio.get_running_loop()
+        asked = asyncio.ensure_future(batcher.embed([b"k"], ["a text"]))
+        await loop.run_in_executor(None, _wait, in_commit, "the commit")  # computed, committing
+        assert not asked.done(), "answered before its vectors were committed"
+        again = asyncio.ensure_future(batcher.embed([b"k"], ["a text"]))  # asked again meanwhile
+        await asyncio.sleep(0)  # let it join (or, wrongly, queue a new model call)
+        commit_may_finish.set()
+        return await asked, await again
+
+    first, again = _run(batcher, body)
+    assert len(embedder.calls) == 1, "the repeat was computed again"
+    assert cache.commits == [[b"k"]]
+    assert np.array_equal(first, again)
+    assert batcher.metrics.snapshot()["joined_inflight"] == 1
+
+
+def test_batches_of_a_network_bound_embedder_run_concurrently():
+    together = threading.Barrier(3, timeout=DEADLINE)  # three calls must be in flight at once
+    embedder = GatedEmbedder(concurrency=3, before_call={n: together.wait for n in (1, 2, 3)})
+    cache = RecordingCache()
+    batcher = _batcher(embedder, cache, max_batch=1)
+    texts = [f"api text {i}" for i in range(3)]
+
+    async def body():
+        return await asyncio.gather(*(batcher.embed([t.encode()], [t]) for t in texts))
+
+    results = _run(batcher, body)
+    assert sorted(map(tuple, embedder.calls)) == [(t,) for t in texts]
+    assert np.array_equal(np.concatenate(results), HASH.embed(texts))
+    assert sum(len(c) for c in cache.commits) == 3
+
+
+def test_a_failed_commit_still_answers_with_the_vectors_and_is_counted():
+    batcher = _batcher(GatedEmbedder(), RecordingCache(fail=True))
+
+    async def body():
+        return await batcher.embed([b"k"], ["served uncached"])
+
+    vectors = _run(batcher, body)
+    assert np.array_equal(vectors, HASH.embed(["served uncached"]))
+    assert batcher.metrics.snapshot()["cache_write_failures"] == 1
