@@ -47,3 +47,11 @@ def kill_service_once_then_search(args: tuple[str, str]) -> dict:
             os.close(fd)
             os.kill(pid, signal.SIGKILL)
     return search_task(query)
+
+
+def blas_threads(_: object) -> dict[str, object]:
+    """The BLAS thread settings a worker runs with, and what its numpy's BLAS really uses."""
+    from threadpoolctl import threadpool_info
+
+    return {"env": {name: os.environ.get(name) for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+            "blas": sorted({info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"})}

@@ -56,6 +56,23 @@ def test_25_workers_each_cost_under_5_mb_beyond_a_bare_worker(store):
     assert max(extra_mb) < 5.0, f"per-worker PSS beyond a bare worker: {sorted(extra_mb)}"
 
 
+def test_workers_share_the_cores_blas_threads_and_a_user_setting_wins(store, monkeypatch):
+    """25 workers on a few cores must not each start a BLAS thread per core (they would wait
+    for each other in every large search); a setting the user made is kept."""
+    import os
+
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "7")
+    workers = 3
+    with SharedPool(workers=workers, store=store, model="hash:64", progress=False) as pool:
+        seen = pool.map(pool_jobs.blas_threads, range(workers))
+    expected = str(max(1, os.cpu_count() // workers))
+    for worker in seen:
+        assert worker["env"] == {"OPENBLAS_NUM_THREADS": expected, "OMP_NUM_THREADS": expected, "MKL_NUM_THREADS": "7"}
+        assert worker["blas"] == [int(expected)]
+
+
 def test_a_killed_worker_s_task_is_retried_and_nothing_is_lost(store, reference, tmp_path):
     queries = QUERIES[:40] + ["crash one", "crash two"] + QUERIES[40:60]
     reference.update({q: None for q in ("crash one", "crash two")})

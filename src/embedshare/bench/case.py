@@ -115,7 +115,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     from ..manager import EmbeddingManager
     from ..pool.memory import MB, BareInterpreter, measure
     from ..pool.shared import SharedPool
-    from ..pool.workers import WorkerPool, timed_call
+    from ..pool.workers import WorkerPool, blas_thread_env, timed_call
     from ..pool.workload import common_queries, make_tasks, run_task
     from . import designs
 
@@ -188,7 +188,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
                 pool = WorkerPool(workers, initializer=designs.init_hybrid,
                                   initargs=(proxy, requests, responses, slots, index_path,
                                             main_manager.model_id, main_manager.dim),
-                                  start_method="spawn", env=LEAN_ENV)
+                                  start_method="spawn", env={**LEAN_ENV, **blas_thread_env(workers)})
         else:
             raise ValueError(f"unknown design {design!r}")
         startup = time.perf_counter() - t0
@@ -219,7 +219,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
 
         # -- memory and counters, right after the task set --------------------------------
         roles["worker"] = pool.worker_pids()
-        with BareInterpreter() as bare:
+        with BareInterpreter(env=pool.env) as bare:
             memory = measure(roles)
             bare_pss = bare.pss() or 0
         reports = pool.collect(designs.worker_report)

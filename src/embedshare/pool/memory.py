@@ -16,8 +16,6 @@ from .bare import bare_worker
 MB = 1024 * 1024
 
 
-
-
 @dataclass(frozen=True)
 class ProcessMemory:
     role: str
@@ -42,10 +40,13 @@ class BareInterpreter:
     Measured in the same run, at the same moment, as the workers it is compared with.
     """
 
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.env = dict(env or {})  # the workers' environment (BLAS threads change its PSS)
+
     def __enter__(self) -> "BareInterpreter":
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=bare_worker, args=(child,), daemon=True)
+        self.process = ctx.Process(target=bare_worker, args=(child, self.env), daemon=True)
         self.process.start()
         child.close()
         self._conn.recv()  # it has imported numpy

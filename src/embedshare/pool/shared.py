@@ -24,7 +24,7 @@ from ..service.launcher import EmbeddingService
 from ..service.state import ENV_ADDRESS, ENV_ON_FAILURE, ENV_STORE
 from .attach import attach_worker, worker_stats
 from .memory import BareInterpreter, ProcessMemory, measure
-from .workers import TaskFailed, TaskOutcome, WorkerCrash, WorkerPool, timed_call
+from .workers import TaskFailed, TaskOutcome, WorkerCrash, WorkerPool, blas_thread_env, timed_call
 
 
 @dataclass
@@ -162,6 +162,7 @@ class SharedPool:
             ENV_ON_FAILURE: "restart",  # the pool owns the service: a worker brings it back
             "EMBEDSHARE_MODEL": self.model,
             "HF_HUB_OFFLINE": "1",
+            **blas_thread_env(self.workers),
         }
         try:
             self._pool = WorkerPool(
@@ -253,7 +254,7 @@ def measure_run(
     service_stats: dict[str, Any] | None = None,
 ) -> PoolReport:
     """Measure a finished run while its workers are still alive (they hold their memory)."""
-    with BareInterpreter() as bare:
+    with BareInterpreter(env=pool.env) as bare:
         memory = measure({
             "service": [service_pid] if service_pid else [],
             "worker": pool.worker_pids(),

@@ -147,6 +147,20 @@ def _dumps(obj: object) -> memoryview:
     return ForkingPickler.dumps(obj)
 
 
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def blas_thread_env(workers: int) -> dict[str, str]:
+    """BLAS threads for each of ``workers`` processes that share this machine's cores.
+
+    numpy's BLAS starts a thread per core in every process; 25 workers on 2 cores would run
+    50 threads that wait for each other in every large matrix product (a search on a big
+    index). Variables the user set are left as they are.
+    """
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, workers)))
+    return {name: threads for name in BLAS_THREAD_VARIABLES if name not in os.environ}
+
+
 def _worker_main(
     conn: Connection,
     init_blob: bytes,
@@ -318,7 +332,7 @@ class WorkerPool:
         self.size = workers
         self.max_retries = max_retries
         self.crashes: list[WorkerCrash] = []
-        self._env = {str(k): str(v) for k, v in (env or {}).items()}
+        self.env = {str(k): str(v) for k, v in (env or {}).items()}
         # Pickled once here: a non-importable initializer fails now, in the caller's frame.
         self._init_blob = bytes(_dumps((initializer, tuple(initargs))))
         self._init_name = (
@@ -563,7 +577,7 @@ class WorkerPool:
         )
         proc = self._ctx.Process(
             target=_worker_main,
-            args=(child_conn, self._init_blob, self._env, inherited),
+            args=(child_conn, self._init_blob, self.env, inherited),
             name="embedshare-pool-worker",
         )
         try:
