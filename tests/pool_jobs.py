@@ -55,3 +55,9 @@ def blas_threads(_: object) -> dict[str, object]:
 
     return {"env": {name: os.environ.get(name) for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")},
             "blas": sorted({info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"})}
+
+
+def loaded_modules(_: object = None) -> list[str]:
+    import sys
+
+    return sorted(sys.modules)

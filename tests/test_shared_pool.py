@@ -73,6 +73,16 @@ def test_workers_share_the_cores_blas_threads_and_a_user_setting_wins(store, mon
         assert worker["blas"] == [int(expected)]
 
 
+def test_an_attached_worker_loads_neither_logging_nor_concurrent_futures(store):
+    """Each costs every worker memory (logging ~1 MB with what it pulls in) and a worker that
+    reads hits and sends misses logs nothing: they load only when something is logged."""
+    with SharedPool(workers=1, store=store, model="hash:64", progress=False) as pool:
+        pool.map(pool_jobs.search_task, QUERIES[:5])
+        (modules,) = pool.map(pool_jobs.loaded_modules, [None])
+    assert "embedshare.service.client" in modules
+    assert "logging" not in modules and "concurrent.futures" not in modules
+
+
 def test_a_killed_worker_s_task_is_retried_and_nothing_is_lost(store, reference, tmp_path):
     queries = QUERIES[:40] + ["crash one", "crash two"] + QUERIES[40:60]
     reference.update({q: None for q in ("crash one", "crash two")})

@@ -9,20 +9,20 @@ handle must not be used across fork).
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import threading
 import warnings
 from pathlib import Path
 
+from .lazylog import LazyLogger
 from .manager import DEFAULT_MODEL, EmbeddingManager, ManagerBase, default_store
 from .service.client import SharedEmbeddingManager
 from .service.connection import ServiceUnavailable
 from .service.state import ENV_ADDRESS
 from .store import StoreLayout
 
-log = logging.getLogger(__name__)
+log = LazyLogger(__name__)  # logging is imported only if something is logged
 
 ENV_MODEL = "EMBEDSHARE_MODEL"
 ENV_REGISTRY = "EMBEDSHARE_REGISTRY"

@@ -9,28 +9,30 @@ and the counters.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .embedders import Embedder, create_embedder, validate_text, validate_texts
 from .latency import Histogram
+from .lazylog import LazyLogger
 from .registry import Registry, load_registry
 from .store import CacheError, EmbeddingCache, ToolIndex, open_or_build_index
 from .store.cache import lookup
 from .store.index import Hits, SearchResult
 from .store.layout import StoreLayout
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+log = LazyLogger(__name__)  # logging is imported only if something is logged
 
 DEFAULT_MODEL = "local"
 
@@ -259,6 +261,8 @@ class EmbeddingManager(ManagerBase):
 
     def _compute(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
         """Embed misses once per process: a text another thread is computing is awaited."""
+        from concurrent.futures import Future  # here: a shared client's workers never need it
+
         mine: list[tuple[int, bytes, str, Future]] = []
         waiting: list[tuple[int, Future]] = []
         with self._inflight_lock:

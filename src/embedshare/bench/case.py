@@ -112,6 +112,8 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     import threading
     from functools import partial
 
+    import psutil
+
     from ..manager import EmbeddingManager
     from ..pool.memory import MB, BareInterpreter, measure
     from ..pool.shared import SharedPool
@@ -248,6 +250,10 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         hit_parts = {part: _p([x / 1000 for r in hits for x in r.get(part, [])], 50)
                      for part in ("get_one", "lmdb_floor")}
         before = service.stats() if service is not None else None
+        # CPU seconds of the service and of the whole machine: with a model that costs nothing
+        # (hash), what bounds the misses is whether the service's loop or the cores are busy.
+        service_cpu = psutil.Process(service.pid).cpu_times() if service is not None else None
+        machine_cpu = psutil.cpu_times()
         miss_started = time.time()
         senders = threads * spec["miss_threads"]  # per process: each worker sends from this many threads
         misses = pool.collect(partial(designs.miss_phase, spec["miss_seconds"], senders, f"{design}-{workers}"))
@@ -259,7 +265,12 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
             after_stats = service.stats()
             model_s = (_model_seconds(after_stats) - _model_seconds(before))
             texts_done = after_stats["texts_embedded"] - before["texts_embedded"]
+            service_cpu_after, machine_cpu_after = psutil.Process(service.pid).cpu_times(), psutil.cpu_times()
+            idle = (machine_cpu_after.idle - machine_cpu.idle) / (miss_wall * (os.cpu_count() or 1))
             miss_service = {"model_busy_share": model_s / miss_wall,
+                            "service_cpu_share": (service_cpu_after.user + service_cpu_after.system
+                                                  - service_cpu.user - service_cpu.system) / miss_wall,
+                            "machine_idle_share": idle,
                             "model_texts_per_s_while_busy": texts_done / model_s if model_s else None,
                             "batches": after_stats["model_calls"] - before["model_calls"],
                             "mean_batch": texts_done / max(1, after_stats["model_calls"] - before["model_calls"])}

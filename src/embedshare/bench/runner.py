@@ -297,5 +297,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"(batch {alone['best_batch']}, one process); in the service the model was busy "
                 f"{_num(ms.get('model_busy_share'), '.0%')} of the time, at "
                 f"{_num(ms.get('model_texts_per_s_while_busy'), '.0f')} texts/s while busy, mean batch "
-                f"{_num(ms.get('mean_batch'), '.1f')}", share >= 0.8)
+                f"{_num(ms.get('mean_batch'), '.1f')}; the service used {_num(ms.get('service_cpu_share'), '.0%')} "
+                f"of a core, and the machine's cores were {_num(ms.get('machine_idle_share'), '.0%')} idle",
+                share >= 0.8)
     return out

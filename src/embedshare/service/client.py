@@ -19,7 +19,6 @@ model id again.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from pathlib import Path
@@ -28,13 +27,14 @@ from typing import Any
 import numpy as np
 
 from ..embedders import create_embedder, model_id_of
+from ..lazylog import LazyLogger
 from ..manager import EmbeddingManager, ManagerBase
 from ..store import EmbeddingCache, StoreLayout, ToolIndex
 from . import protocol
 from .connection import ServiceConnection, ServiceUnavailable
 from .state import ENV_ON_FAILURE, ENV_TOKEN, TCP_SCHEME, read_state
 
-log = logging.getLogger(__name__)
+log = LazyLogger(__name__)  # logging is imported only if something is logged
 
 POLICIES = ("restart", "local", "error")
 MAX_REQUEST_TEXTS = 4096

@@ -10,8 +10,6 @@ import itertools
 import os
 import socket
 import threading
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,41 @@ from .state import TCP_SCHEME, parse_tcp_address
 
 class ServiceUnavailable(ConnectionError):
     """The service cannot be reached, went away, or did not answer in time."""
+
+
+class _Reply:
+    """One request's reply, handed from the reader thread to the thread that waits for it.
+
+    What ``concurrent.futures.Future`` does for this, minus its import: that module loads
+    ``logging``, ~1 MB in every worker process.
+    """
+
+    __slots__ = ("_ready", "_value", "_error")
+
+    def __init__(self) -> None:
+        self._ready = threading.Event()
+        self._value: dict[str, Any] | None = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._ready.is_set()
+
+    def set_result(self, value: dict[str, Any]) -> None:
+        self._value = value
+        self._ready.set()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+        self._ready.set()
+
+    def result(self, timeout: float | None) -> dict[str, Any]:
+        """The reply; ``TimeoutError`` if none came within ``timeout`` seconds."""
+        if not self._ready.wait(timeout):
+            raise TimeoutError
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
 
 
 class ServiceConnection:
@@ -44,7 +77,7 @@ class ServiceConnection:
         sock.settimeout(None)
         self._sock = sock
         self._ids = itertools.count(1)
-        self._pending: dict[int, Future] = {}
+        self._pending: dict[int, _Reply] = {}
         self._lock = threading.Lock()
         self._closed: str | None = None
         self._reader = threading.Thread(target=self._read_loop, name="embedshare-client-reader", daemon=True)
@@ -56,7 +89,7 @@ class ServiceConnection:
 
     def request(self, op: str, timeout: float | None = None, **fields: Any) -> dict[str, Any]:
         """Send one request and wait for its reply; a service error raises RemoteError."""
-        future: Future = Future()
+        future = _Reply()
         with self._lock:
             if self._closed is not None:
                 raise ServiceUnavailable(self._closed)
@@ -70,7 +103,7 @@ class ServiceConnection:
                 raise ServiceUnavailable(self._closed) from None
         try:
             reply = future.result(timeout)
-        except FutureTimeout:
+        except TimeoutError:
             with self._lock:
                 self._pending.pop(request_id, None)
             raise ServiceUnavailable(

@@ -18,7 +18,6 @@ state), and a get in a read transaction costs about a microsecond.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import weakref
@@ -31,8 +30,9 @@ import lmdb
 import numpy as np
 
 from ..digests import blake2b
+from ..lazylog import LazyLogger
 
-log = logging.getLogger(__name__)
+log = LazyLogger(__name__)  # logging is imported only if something is logged
 
 DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB of address space; the file only grows as data is written
 DEFAULT_MAX_MAP_SIZE = 1 << 40
