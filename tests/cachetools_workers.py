@@ -6,7 +6,6 @@ They live in their own module so that spawned processes can import them by name.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import traceback
 

@@ -135,7 +135,7 @@ def run_sweep(sizes: list[int], queries: int = 200, usearch_max: int = 100_000,
             # exact: a matrix-vector product per query over the memory map; at 1M each one
             # reads 1.5 GB, so fewer queries are timed there
             timed = qs[: max(20, count // max(1, n // 100_000))]
-            _, exact_s = _timed(lambda q: exact_top(vectors, q), timed)
+            _, exact_s = _timed(lambda q, v=vectors: exact_top(v, q), timed)
             row: dict[str, Any] = {"tools": n, "dim": DIM, "queries": count, "generate_s": generate_s,
                                    "exact": {**_latency(exact_s), "queries_timed": len(timed),
                                              "bytes": _bytes([folder / "vectors.npy"])}}
@@ -144,7 +144,7 @@ def run_sweep(sizes: list[int], queries: int = 200, usearch_max: int = 100_000,
             build_ivf(vectors, folder / "ivf")
             ivf_build = time.perf_counter() - started
             ivf = IVFIndex(folder / "ivf")
-            found, ivf_s = _timed(lambda q: ivf.search(q, K)[0], qs)
+            found, ivf_s = _timed(lambda q, index=ivf: index.search(q, K)[0], qs)
             row["ivf"] = {**_latency(ivf_s), "recall_at_5": _recall(found, truth), "build_s": ivf_build,
                           "nlist": ivf.nlist, "nprobe": ivf.nprobe,
                           "bytes": _bytes([folder / "ivf" / f for f in ("ann_centroids.npy", "ann_offsets.npy",
