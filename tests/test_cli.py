@@ -182,3 +182,21 @@ def test_nothing_touches_the_default_store_when_store_is_given(store, tmp_path):
     assert result.exit_code == 0, result.output
     assert store.is_dir()
     assert not (tmp_path / "env-store").exists()
+
+
+def test_the_command_s_entry_point_loads_nothing_a_spawned_worker_would_repeat():
+    """multiprocessing's spawn re-imports the main script in every worker; for the
+    ``embedshare`` command that is its entry-point module, which must not load the CLI."""
+    import subprocess
+    import sys
+    from importlib.metadata import entry_points
+
+    (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "embedshare"]
+    assert script.value == "embedshare.console:main"
+    probe = ("import sys, embedshare.console; "
+             "print(sorted(m for m in ('click', 'logging', 'embedshare.cli') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert loaded.stdout.strip() == "[]", loaded.stderr
+    # and ``python -m embedshare`` is the same command
+    helped = subprocess.run([sys.executable, "-m", "embedshare", "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "demo" in helped.stdout and "serve" in helped.stdout
