@@ -61,3 +61,12 @@ def loaded_modules(_: object = None) -> list[str]:
     import sys
 
     return sorted(sys.modules)
+
+
+def hang_forever_on(args: tuple[str, str]) -> str:
+    """Search, except for the query "hang", which never returns (a task stuck in native code)."""
+    query, hang = args
+    if query == hang:
+        while True:
+            signal.pause()
+    return search_task(query)["query"]

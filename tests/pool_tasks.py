@@ -94,3 +94,13 @@ def init_fail() -> None:
 
 def init_exit() -> None:
     os._exit(7)
+
+
+def hang_on_two(arg: tuple[int, str]) -> int:
+    """Item 2 never returns (as a task stuck in native code); the others square."""
+    x, d = arg
+    record(Path(d) / f"run-{x}", str(os.getpid()))
+    if x == 2:
+        while True:
+            signal.pause()
+    return x * x

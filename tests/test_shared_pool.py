@@ -83,6 +83,20 @@ def test_an_attached_worker_loads_neither_logging_nor_concurrent_futures(store):
     assert "logging" not in modules and "concurrent.futures" not in modules
 
 
+def test_a_task_past_task_timeout_fails_alone_and_the_run_finishes(store):
+    from embedshare.pool.workers import TaskFailed
+
+    queries = QUERIES[:6] + ["hang"] + QUERIES[6:12]
+    with SharedPool(workers=2, store=store, model="hash:64", progress=False,
+                    task_timeout=2.0, max_retries=0) as pool:
+        with pytest.raises(TaskFailed) as failed:
+            pool.map(pool_jobs.hang_forever_on, [(q, "hang") for q in queries])
+        (stuck,) = failed.value.failures
+        assert stuck.index == 6 and stuck.error_type == "TaskTimedOut"
+        assert [o.value[0] for o in pool.outcomes if o.ok] == QUERIES[:12]
+        assert pool.map(pool_jobs.search_task, QUERIES[:3])[0]["mode"] == "shared"  # still whole
+
+
 def test_a_killed_worker_s_task_is_retried_and_nothing_is_lost(store, reference, tmp_path):
     queries = QUERIES[:40] + ["crash one", "crash two"] + QUERIES[40:60]
     reference.update({q: None for q in ("crash one", "crash two")})

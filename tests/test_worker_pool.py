@@ -149,6 +149,29 @@ def test_task_that_always_kills_its_worker_fails_after_retries(
         assert pool.map_values(pool_tasks.square, range(20)) == [i * i for i in range(20)]
 
 
+@pytest.mark.parametrize("start_method", START_METHODS)
+def test_a_task_past_its_timeout_is_killed_retried_then_failed_and_the_run_ends(
+    tmp_path: Path, start_method: str
+) -> None:
+    """A task stuck forever (the user's 40-hour hang) costs (max_retries + 1) x task_timeout,
+    not the run: the pool kills its worker, retries it, reports it, and finishes the rest."""
+    with WorkerPool(2, start_method=start_method, max_retries=1, task_timeout=1.0) as pool:
+        outcomes = pool.map(pool_tasks.hang_on_two, [(i, str(tmp_path)) for i in range(6)])
+        stuck = outcomes[2]
+        assert not stuck.ok and stuck.error_type == "TaskTimedOut"
+        assert "task_timeout" in stuck.error and stuck.attempts == 2
+        assert pool_tasks.count_lines(tmp_path / "run-2") == 2
+        assert [o.value for o in outcomes if o.index != 2] == [i * i for i in range(6) if i != 2]
+        assert [(c.task_index, c.timed_out, c.signal) for c in pool.crashes] == [(2, True, "SIGKILL")] * 2
+        assert len(pool.worker_pids()) == 2  # replaced, at full strength
+        assert pool.map_values(pool_tasks.square, range(10)) == [i * i for i in range(10)]
+
+
+def test_task_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="task_timeout"):
+        WorkerPool(1, task_timeout=0)
+
+
 def test_worker_killed_from_outside_loses_no_task(tmp_path: Path) -> None:
     items = [(i, str(tmp_path)) for i in range(6)]
     with WorkerPool(2) as pool:

@@ -131,6 +131,7 @@ class SharedPool:
         preload: Sequence[str] = (),
         start_method: str | None = "spawn",
         max_retries: int = 2,
+        task_timeout: float | None = None,
         progress: bool = True,
         max_batch: int = 64,
         max_wait_ms: float = 2.0,
@@ -141,6 +142,7 @@ class SharedPool:
         self.model = model
         self.start_method = start_method
         self.max_retries = max_retries
+        self.task_timeout = task_timeout  # seconds a task may run before its worker is killed
         self.progress = progress
         self.label = label
         self.service = EmbeddingService(
@@ -167,7 +169,7 @@ class SharedPool:
         try:
             self._pool = WorkerPool(
                 self.workers, initializer=attach_worker, start_method=self.start_method,
-                max_retries=self.max_retries, env=env,
+                max_retries=self.max_retries, env=env, task_timeout=self.task_timeout,
             )
         except BaseException:
             self.service.stop()

@@ -16,7 +16,9 @@ worker, and carry on. The design follows loky's idea of a crash-aware pool, kept
 * A task that *raises* is a normal result, not a crash: it is reported once, never retried,
   as a plain dict (type name, message, traceback text), never as a pickled exception object.
 * A task whose worker died more than ``max_retries`` times is reported failed with a
-  ``WorkerCrashed`` error. A failing initializer raises :class:`WorkerInitError` in the parent
+  ``WorkerCrashed`` error. With ``task_timeout``, a task still running after that many seconds
+  is killed with its worker and counted the same way (its last failure is ``TaskTimedOut``):
+  a task stuck in native code cannot hold a run forever. A failing initializer raises :class:`WorkerInitError` in the parent
   with the worker's traceback, instead of restarting workers forever.
 
 Transport: messages between the parent and its workers are pickled (like concurrent.futures)
@@ -113,9 +115,12 @@ class WorkerCrash:
     task_index: int | None  # the map() item the worker held, if any
     attempt: int | None  # which attempt of that task died with it
     during_startup: bool  # died before its initializer finished
+    timed_out: bool = False  # killed by the pool: its task ran past task_timeout
 
     def describe(self) -> str:
         how = f"killed by {self.signal}" if self.signal else f"exited with code {self.exitcode}"
+        if self.timed_out:
+            how = "killed by the pool (its task ran past task_timeout)"
         where = (
             "during its initializer"
             if self.during_startup
@@ -243,6 +248,8 @@ class _Worker:
     eof: bool = False  # its pipe reached end-of-file (it is exiting)
     unusable: bool = False  # sending to it failed; wait for its sentinel
     dead: bool = False
+    deadline: float | None = None  # time.monotonic() by which its task must answer
+    timed_out: bool = False  # killed for passing the deadline; its sentinel comes next
 
 
 def _signal_name(exitcode: int | None) -> str | None:
@@ -322,11 +329,15 @@ class WorkerPool:
         start_method: str | None = None,
         max_retries: int = 2,
         env: dict[str, str] | None = None,
+        task_timeout: float | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if task_timeout is not None and not task_timeout > 0:
+            raise ValueError(f"task_timeout must be a positive number of seconds, got {task_timeout!r}")
+        self.task_timeout = task_timeout
         self._ctx = multiprocessing.get_context(start_method)
         self._start_method = self._ctx.get_start_method()
         self.size = workers
@@ -404,7 +415,7 @@ class WorkerPool:
         def on_lost(job: _Job, crash: WorkerCrash) -> None:
             if job.attempts > self.max_retries:
                 err = {
-                    "type": "WorkerCrashed",
+                    "type": "TaskTimedOut" if crash.timed_out else "WorkerCrashed",
                     "message": f"{crash.describe()}; gave up after {job.attempts} attempts",
                     "traceback": "",
                 }
@@ -598,6 +609,8 @@ class WorkerPool:
             return False
         if job.kind == "task":
             job.attempts += 1
+            if self.task_timeout is not None:
+                w.deadline = time.monotonic() + self.task_timeout
         w.job = job
         return True
 
@@ -619,7 +632,9 @@ class WorkerPool:
             if not w.eof:
                 waitables.append(w.conn)
             waitables.append(w.sentinel)
-        ready = set(multiprocessing.connection.wait(waitables))
+        deadlines = [w.deadline for w in self._workers if w.deadline is not None and not w.timed_out]
+        timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+        ready = set(multiprocessing.connection.wait(waitables, timeout))
         for w in list(self._workers):
             died = w.sentinel in ready
             if w.conn in ready or died:
@@ -631,6 +646,9 @@ class WorkerPool:
                     self._handle_message(w, msg, on_reply)
             if died:
                 self._handle_death(w, on_lost)
+            elif w.deadline is not None and not w.timed_out and time.monotonic() >= w.deadline:
+                w.timed_out = True  # its sentinel fires once it is gone: handled as a death
+                w.proc.kill()
             elif w.eof:
                 # The pipe closed, so the worker is exiting; make sure its sentinel fires.
                 w.proc.join(_TERM_TIMEOUT)
@@ -664,7 +682,7 @@ class WorkerPool:
                 f"{err['type']}: {err['message']}\n--- worker traceback ---\n{err['traceback']}"
             )
         elif kind in ("ok", "err"):
-            job, w.job = w.job, None
+            job, w.job, w.deadline = w.job, None, None
             if job is not None:
                 on_reply(w, job, msg)
 
@@ -683,6 +701,7 @@ class WorkerPool:
             task_index=task_job.index if task_job else None,
             attempt=task_job.attempts if task_job else None,
             during_startup=not w.ready,
+            timed_out=w.timed_out,
         )
         self.crashes.append(crash)
         if not w.ready:
