@@ -28,10 +28,13 @@ pytestmark = pytest.mark.timeout(60)
 START_METHODS = ["fork", "spawn"]
 
 
-def _leftover_children() -> list[str]:
-    """Child processes still around (zombies included), except multiprocessing's helpers."""
+def _leftover_children(existing: frozenset[int] = frozenset()) -> list[str]:
+    """Child processes still around (zombies included), except multiprocessing's helpers and
+    those in ``existing`` (left by earlier tests of the session: not this pool's)."""
     left = []
     for p in psutil.Process().children(recursive=True):
+        if p.pid in existing:
+            continue
         try:
             if p.status() == psutil.STATUS_ZOMBIE:
                 left.append(f"zombie {p.pid}")
@@ -50,8 +53,9 @@ def _leftover_children() -> list[str]:
 
 @pytest.fixture(autouse=True)
 def no_leftover_processes():
+    existing = frozenset(p.pid for p in psutil.Process().children(recursive=True))
     yield
-    assert _leftover_children() == []
+    assert _leftover_children(existing) == []
 
 
 def _wait_for(cond: Callable[[], object], what: str, timeout: float = 15.0) -> object:
