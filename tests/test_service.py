@@ -55,6 +55,18 @@ def test_second_service_with_another_model_is_a_clear_error(hash_service, store)
         EmbeddingService(store, model="hash:32", export_env=False).start()
 
 
+def test_a_service_that_fails_to_start_leaves_no_process_behind(store):
+    import psutil
+
+    def children() -> dict[int, str]:
+        return {p.pid: p.status() for p in psutil.Process().children()}
+
+    before = children()
+    with pytest.raises(ServiceStartError, match="unknown"):
+        EmbeddingService(store, model="no-such-model:1", export_env=False).start()
+    assert {pid: status for pid, status in children().items() if pid not in before} == {}
+
+
 def test_stale_socket_of_a_killed_service_is_replaced(store):
     first = EmbeddingService(store, model="hash:64", export_env=False).start()
     _kill_service(first)

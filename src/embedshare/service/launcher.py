@@ -146,6 +146,7 @@ class EmbeddingService:
             self._process = None
             self.pid, self.owned = self._join_running()
         else:
+            self._reap_own_process(timeout=30.0)  # it exits after saying why: no zombie left
             raise ServiceStartError(f"the embedshare service did not start: {detail or 'it exited'}\n{self.log_tail()}")
         if self.export_env:
             values = {ENV_ADDRESS: self.address, ENV_STORE: str(self.layout.root)}
@@ -215,12 +216,16 @@ class EmbeddingService:
                 conn.close()
         except (ServiceUnavailable, OSError):
             pass
+        self._reap_own_process(timeout)
+        self.owned = False
+
+    def _reap_own_process(self, timeout: float) -> None:
+        """Wait for the process this handle started to exit (killing it after ``timeout``)."""
         if self._process is not None:
             try:
                 self._process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self._kill_own_process()
-        self.owned = False
 
     def _kill_own_process(self) -> None:
         if self._process is not None and self._process.poll() is None:
