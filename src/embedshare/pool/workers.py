@@ -18,8 +18,9 @@ worker, and carry on. The design follows loky's idea of a crash-aware pool, kept
 * A task whose worker died more than ``max_retries`` times is reported failed with a
   ``WorkerCrashed`` error. With ``task_timeout``, a task still running after that many seconds
   is killed with its worker and counted the same way (its last failure is ``TaskTimedOut``):
-  a task stuck in native code cannot hold a run forever. A failing initializer raises :class:`WorkerInitError` in the parent
-  with the worker's traceback, instead of restarting workers forever.
+  a task stuck in native code cannot hold a run forever. A failing initializer raises
+  :class:`WorkerInitError` in the parent with the worker's traceback, instead of restarting
+  workers forever.
 
 Transport: messages between the parent and its workers are pickled (like concurrent.futures)
 and travel over anonymous ``multiprocessing`` pipes. That is acceptable because only the
