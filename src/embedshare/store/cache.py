@@ -92,25 +92,18 @@ class _TxnGuard:
         self.resizing = False
 
     def enter(self) -> None:
-        lock = self.lock
-        lock.acquire()
-        if self.resizing:  # rare: wait for the resize, on the condition
-            lock.release()
-            with self._cond:
-                while self.resizing:
-                    self._cond.wait()
-                self.active += 1
-            return
+        self.lock.acquire()
+        while self.resizing:  # rare: the condition shares the lock we hold
+            self._cond.wait()
         self.active += 1
-        lock.release()
+        self.lock.release()
 
     def leave(self) -> None:
-        lock = self.lock
-        lock.acquire()
+        self.lock.acquire()
         self.active -= 1
         if self.resizing and not self.active:
             self._cond.notify_all()
-        lock.release()
+        self.lock.release()
 
     @contextmanager
     def txn(self) -> Iterator[None]:
