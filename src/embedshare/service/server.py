@@ -35,6 +35,7 @@ import numpy as np
 from ..embedders import EmbedderError, InvalidTextError, create_embedder, validate_text
 from ..manager import EmbeddingManager
 from ..store import CacheError, StoreLayout
+from ..store.files import write_atomic
 from ..store.cache import lookup
 from . import protocol
 from .metrics import ServiceMetrics
@@ -350,9 +351,7 @@ class EmbeddingServer:
             "http": self.http.url if self.http is not None else None,
             "tcp": self.tcp_address,
         }
-        tmp = self.layout.state.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        os.replace(tmp, self.layout.state)
+        write_atomic(self.layout.state, json.dumps(state, indent=2))
 
     # -- connections ----------------------------------------------------------------------
 
