@@ -45,9 +45,13 @@ class Embedder(Protocol):
 def validate_texts(texts: object) -> list[str]:
     """Check a batch of texts and return it as a list of clean strings.
 
-    Rejects non-strings (``None``, bytes, numbers), empty and whitespace-only strings and
-    strings that cannot be encoded as UTF-8 (lone surrogates), naming the first offender.
-    Texts longer than ``MAX_TEXT_CHARS`` are truncated (documented in the README).
+    Rejects non-strings (``None``, bytes, numbers), empty strings and strings that cannot be
+    encoded as UTF-8 (lone surrogates), naming the first offender. Texts longer than
+    ``MAX_TEXT_CHARS`` are truncated (documented in the README).
+
+    A whitespace-only string is a text like any other and is embedded as the model embeds it,
+    as OpenAI's API does (it refuses only empty strings). Refusing it failed the whole batch of
+    every framework that sends documents as they come (LangChain, LlamaIndex, Haystack).
     """
     if isinstance(texts, (str, bytes)) or not isinstance(texts, (list, tuple)):
         raise InvalidTextError(
@@ -63,8 +67,8 @@ def validate_text(text: object, where: str = "text") -> str:
     """Check one text; see :func:`validate_texts`."""
     if not isinstance(text, str):
         raise InvalidTextError(f"{where} must be a str, got {type(text).__name__}")
-    if not text.strip():
-        raise InvalidTextError(f"{where} is empty or only whitespace")
+    if not text:
+        raise InvalidTextError(f"{where} is empty")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
