@@ -1,21 +1,29 @@
-"""``GET /metrics``: Prometheus text read from the service's own counters at scrape time.
+"""``GET /metrics``, ``/health``, ``/ready``: Prometheus text read from the service's own
+counters at scrape time, served by prometheus-client's ASGI app, from the first second.
 
 The numbers must be the service's ``stats()`` (not counters of their own), its latency
-histogram must use latency.py's fixed buckets, and memory must be PSS."""
+histogram must use latency.py's fixed buckets, and memory must be PSS. While the model loads
+(a deliberately gated load), /health and /metrics answer and /ready says 503."""
 
 from __future__ import annotations
 
+import gzip
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
 from embedshare.latency import LATENCY_BUCKETS
 from embedshare.service.client import SharedEmbeddingManager
 from embedshare.service.launcher import EmbeddingService
-from embedshare.service.observe import ServiceCollector, render_prometheus
+from embedshare.service.observe import ServiceCollector, metrics_registry
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -83,6 +91,15 @@ def test_metrics_are_the_service_s_own_counters(service):
     assert value(samples, "embedshare_client_pss_bytes", pid=str(os.getpid())) > 1e6
     assert value(samples, "embedshare_process_pss_bytes") > 1e6
     assert value(samples, "embedshare_tools") == stats["tools"] > 0
+    assert value(samples, "embedshare_ready") == 1
+    assert value(samples, "embedshare_auth_failures_total") == stats["auth_failures"] == 0
+    # one series per client process, none per connection (a serial number would grow forever)
+    per_client = samples["embedshare_client_requests_total"]
+    assert list(per_client) == [(("pid", str(os.getpid())),)]
+    assert per_client[(("pid", str(os.getpid())),)] >= 3  # hello and two embeds
+    # the conventional uptime: the default process collector's start time, not a gauge of ours
+    assert abs(value(samples, "process_start_time_seconds") - (time.time() - stats["uptime_s"])) < 5
+    assert "embedshare_uptime_seconds" not in samples
     info = samples["embedshare_service_info"]
     (labels,) = info
     assert dict(labels)["model_id"] == "hash:64:v1" and dict(labels)["pid"] == str(service.pid)
@@ -111,7 +128,78 @@ def test_the_collector_reads_the_snapshot_at_each_collect():
     for expected in (10.0, 20.0):
         families = {f.name: f for f in collector.collect()}
         assert families["embedshare_requests"].samples[0].value == expected
-    text = render_prometheus(snapshot()).decode()
+    from prometheus_client import generate_latest
+
+    text = generate_latest(metrics_registry(snapshot())).decode()
     assert "embedshare_requests_total 30.0" in text
     assert 'embedshare_request_latency_seconds_bucket{le="1.0"} 3.0' in text
     assert "process_cpu_seconds_total" in text  # the standard process metrics ride along
+
+
+def test_openmetrics_and_gzip_are_negotiated(service):
+    url = f"{service.http_url}/metrics"
+    response = httpx.get(url, headers={"Accept": "application/openmetrics-text; version=1.0.0"}, timeout=30)
+    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    names = {family.name for family in openmetrics_families(response.text)}
+    assert {"embedshare_requests", "embedshare_request_latency_seconds", "process_start_time_seconds"} <= names
+    raw = httpx.get(url, headers={"Accept-Encoding": "gzip"}, timeout=30)  # httpx decodes it ...
+    assert raw.headers["content-encoding"] == "gzip"
+    with httpx.stream("GET", url, headers={"Accept-Encoding": "gzip"}, timeout=30) as stream:
+        body = b"".join(stream.iter_raw())  # ... so read the bytes on the wire too
+    assert b"embedshare_requests_total" in gzip.decompress(body)
+    assert httpx.post(url, timeout=30).status_code == 405
+
+
+def test_health_and_ready_of_a_running_service(service):
+    health = httpx.get(f"{service.http_url}/health", timeout=30)
+    assert health.status_code == 200 and health.json() == {"status": "ok", "pid": service.pid}
+    ready = httpx.get(f"{service.http_url}/ready", timeout=30)
+    assert ready.status_code == 200 and ready.json() == {"status": "ready", "model_id": "hash:64:v1"}
+
+
+def _endpoint_url(process: subprocess.Popen, deadline: float) -> str:
+    """The endpoint's URL from the service's own log line (port 0 picks it)."""
+    assert process.stderr is not None
+    seen = []
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        if "HTTP endpoint on " in line:
+            return line.split("HTTP endpoint on ", 1)[1].split("/v1", 1)[0]
+    raise AssertionError(f"no endpoint line from the service: {seen}")
+
+
+def test_health_and_metrics_answer_while_the_model_loads(tmp_path):
+    """The model's load is held on a FIFO: every probe must answer within 1 s meanwhile."""
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    helper = Path(__file__).with_name("slow_load_server.py")
+    process = subprocess.Popen(
+        [sys.executable, str(helper), "--gate", str(gate), "--store", str(tmp_path / "store"),
+         "--model", "hash:64", "--registry", "bundled", "--http", "127.0.0.1:0", "-v"],
+        stderr=subprocess.PIPE, text=True)
+    try:
+        url = _endpoint_url(process, time.monotonic() + 60)
+        with httpx.Client(base_url=url, timeout=1.0) as http:  # a probe slower than 1 s fails
+            assert http.get("/health").json()["status"] == "ok"
+            loading = http.get("/ready")
+            assert loading.status_code == 503 and loading.json() == {"status": "loading", "model": "hash:64"}
+            scrape = http.get("/metrics")
+            assert scrape.status_code == 200
+            samples = {s.name: s.value for f in text_string_to_metric_families(scrape.text) for s in f.samples}
+            assert samples["embedshare_ready"] == 0 and samples["embedshare_tools"] == 0
+            assert "process_start_time_seconds" in samples
+            with open(gate, "w") as fifo:  # let the model finish loading
+                fifo.write("go\n")
+            deadline = time.monotonic() + 60
+            while http.get("/ready").status_code != 200:  # the index is built after the load
+                assert time.monotonic() < deadline, "never ready"
+            scrape = http.get("/metrics")
+            samples = {s.name: s.value for f in text_string_to_metric_families(scrape.text) for s in f.samples}
+            assert samples["embedshare_ready"] == 1 and samples["embedshare_tools"] > 0
+    finally:
+        process.terminate()
+        process.wait(30)
+        process.stderr.close()

@@ -18,8 +18,8 @@ Routes:
   id is the model id of the cache (``hash:64:v1``, ``local:all-MiniLM-L6-v2:v1``); requests
   may also name the service's model spec (``hash:64``, ``local``). Any other model is a 404
   ``model_not_found``: vectors of another model are never returned under its name.
-- ``GET /metrics``: Prometheus text format, read from the service's counters at scrape time
-  (see ``observe.py``).
+- ``GET /health``, ``GET /ready`` and ``GET /metrics`` (Prometheus, OpenMetrics): answered
+  from the first second, while the model loads (see ``probes.py``).
 
 Every error has OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
 
@@ -66,6 +66,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from ..embedders import EmbedderError, InvalidTextError, validate_text
 from . import protocol
 from .http_address import is_loopback, parse_http_address
+from .probes import probe_routes
 
 if TYPE_CHECKING:  # pragma: no cover
     from .server import EmbeddingServer
@@ -253,21 +254,12 @@ def create_app(service: EmbeddingServer) -> Any:
 
         return await counted(handler, request)
 
-    async def prometheus(request: Request) -> Response:
-        # Scrapes are not API requests: they do not move the counters they read.
-        from .observe import CONTENT_TYPE, render_prometheus
-
-        await ready()
-        stats = service.stats()  # in the loop: a consistent snapshot
-        body = await asyncio.to_thread(render_prometheus, stats)  # PSS reads take ~1 ms a process
-        return Response(body, headers={"content-type": CONTENT_TYPE})
-
     app = Starlette(
         routes=[
             Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1/models/{model:path}", get_model, methods=["GET"]),
-            Route("/metrics", prometheus, methods=["GET"]),
+            *probe_routes(service),
         ],
         exception_handlers={HTTPException: _http_exception, 500: _server_error},
     )

@@ -3,7 +3,9 @@ Prometheus exposition of its counters.
 
 Nothing here counts anything. The Prometheus collector reads the ``stats()`` snapshot the
 service already keeps (``ServiceMetrics`` plus its clients) at scrape time, so the numbers of
-``/metrics``, ``embedshare stats`` and ``embedshare top`` are the same numbers.
+``/metrics``, ``embedshare stats`` and ``embedshare top`` are the same numbers. The process's
+start time, CPU, memory and file descriptors come from prometheus-client's own
+``ProcessCollector`` (``process_start_time_seconds`` is the conventional uptime).
 
 prometheus-client is imported only when metrics are rendered (the ``http`` extra); the PSS
 helpers need psutil only (a core dependency).
@@ -14,8 +16,6 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator
 
 from ..pss import pss_bytes
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # the classic text format
 
 # Counters of the stats snapshot -> (Prometheus name without _total, help).
 COUNTERS: dict[str, tuple[str, str]] = {
@@ -32,6 +32,7 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "cache_write_failures": ("embedshare_cache_write_failures", "Batches whose vectors could not be cached."),
     "connections_total": ("embedshare_connections", "Socket connections accepted."),
     "refused_peers": ("embedshare_refused_peers", "Socket connections refused (another uid)."),
+    "auth_failures": ("embedshare_auth_failures", "Connections refused for a missing or wrong token."),
 }
 
 HISTOGRAMS: dict[str, tuple[str, str]] = {
@@ -71,7 +72,8 @@ def _bucket_pairs(summary: dict[str, Any]) -> list[tuple[str, float]]:
 class ServiceCollector:
     """A prometheus-client collector over a function that returns the service's ``stats()``.
 
-    ``collect()`` calls it on every scrape; ``with_memory`` adds the PSS gauges.
+    ``collect()`` calls it on every scrape. ``memory``: read the PSS gauges then
+    (``with_memory``); a snapshot that already carries ``pss`` gets them either way.
     """
 
     def __init__(self, snapshot: Callable[[], dict[str, Any]], memory: bool = True) -> None:
@@ -90,7 +92,7 @@ class ServiceCollector:
         if self._memory:
             stats = with_memory(stats)
         info = InfoMetricFamily("embedshare_service", "The service: model, dimension, store, pid.")
-        info.add_metric([], {"model_id": str(stats["model_id"]), "dim": str(stats["dim"]),
+        info.add_metric([], {"model_id": str(stats["model_id"]), "dim": str(stats["dim"] or ""),
                              "store": str(stats["store"]), "pid": str(stats["pid"])})
         yield info
         for key, (name, doc) in COUNTERS.items():
@@ -105,12 +107,13 @@ class ServiceCollector:
             "embedshare_queue_depth": ("Texts waiting for the model now.", stats["queue_depth"]),
             "embedshare_queue_depth_max": ("Most texts ever waiting for the model.", stats["max_queue_depth"]),
             "embedshare_clients": ("Connected socket clients.", len(stats["clients"])),
-            "embedshare_uptime_seconds": ("Seconds since the service started.", stats["uptime_s"]),
+            "embedshare_ready": ("1 once the model and index are loaded, 0 while they load.",
+                                 1.0 if stats.get("ready") else 0.0),
             "embedshare_tools": ("Tools in the service's index.", stats.get("tools") or 0),
         }
         for name, (doc, value) in gauges.items():
             yield GaugeMetricFamily(name, doc, value=float(value))
-        if self._memory:
+        if "pss" in stats:  # read here (memory=True) or by the caller, off the event loop
             if stats.get("pss") is not None:
                 yield GaugeMetricFamily("embedshare_process_pss_bytes", "PSS of the service process.",
                                         value=float(stats["pss"]))
@@ -120,18 +123,25 @@ class ServiceCollector:
                 if client.get("pss") is not None:
                     pss.add_metric([str(client["pid"])], float(client["pss"]))
             yield pss
-        requests = CounterMetricFamily("embedshare_client_requests", "Requests of each connected client.",
-                                       labels=["pid", "client"])
+        # By process, not by connection: a connection's serial number would make a new series
+        # at every reconnect. TCP peers have no pid here and are counted together.
+        by_pid: dict[str, float] = {}
         for client in stats["clients"]:
-            requests.add_metric([str(client["pid"]), str(client["id"])], float(client["requests"]))
+            pid = "tcp" if client.get("pid") is None else str(client["pid"])
+            by_pid[pid] = by_pid.get(pid, 0.0) + float(client["requests"])
+        requests = CounterMetricFamily("embedshare_client_requests",
+                                       "Requests of each connected client process.", labels=["pid"])
+        for pid, count in by_pid.items():
+            requests.add_metric([pid], count)
         yield requests
 
 
-def render_prometheus(stats: dict[str, Any]) -> bytes:
-    """The Prometheus text exposition of one stats snapshot (plus process CPU, RSS, fds)."""
-    from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+def metrics_registry(stats: dict[str, Any]) -> Any:
+    """A prometheus-client registry over one stats snapshot (PSS already read, if wanted),
+    plus the standard ``process_*`` metrics."""
+    from prometheus_client import CollectorRegistry, ProcessCollector
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServiceCollector(lambda: stats))  # type: ignore[arg-type]
+    registry.register(ServiceCollector(lambda: stats, memory=False))  # type: ignore[arg-type]
     ProcessCollector(registry=registry)
-    return generate_latest(registry)
+    return registry

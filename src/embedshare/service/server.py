@@ -564,23 +564,34 @@ class EmbeddingServer:
         asyncio.get_running_loop().call_soon(self._stop.set)
         return {}
 
+    @property
+    def pid(self) -> int:
+        return os.getpid()
+
+    @property
+    def is_ready(self) -> bool:
+        """The model and index are loaded and requests are answered without waiting."""
+        return self._ready is not None and self._ready.is_set()
+
     def stats(self) -> dict[str, Any]:
-        assert self.manager is not None
+        """The counters; while the model loads (``ready`` false) model fields are the spec's."""
         snapshot = self.metrics.snapshot()
+        manager = self.manager if self.is_ready else None
         # Texts the service embedded for itself (the index build, preloads) count as well:
         # the model calls of a whole run are the batcher's plus these.
-        own = self.manager.stats()
+        own = manager.stats() if manager is not None else {"model_calls": 0, "texts_embedded": 0, "tools": 0}
         snapshot["model_calls"] += own["model_calls"]
         snapshot["texts_embedded"] += own["texts_embedded"]
         snapshot["startup_model_calls"] = own["model_calls"]
         snapshot["startup_texts_embedded"] = own["texts_embedded"]
         return {
             **snapshot,
+            "ready": manager is not None,
             "pid": os.getpid(),
-            "model_id": self.manager.model_id,
-            "dim": self.manager.dim,
+            "model_id": manager.model_id if manager is not None else self.config.model,
+            "dim": manager.dim if manager is not None else None,
             "store": str(self.layout.root),
-            "index": self.manager.index_path,
+            "index": manager.index_path if manager is not None else None,
             "tools": own["tools"],
             "max_batch": self.config.max_batch,
             "max_wait_ms": self.config.max_wait_ms,
