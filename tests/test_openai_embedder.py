@@ -41,14 +41,12 @@ def server() -> Iterator[FakeOpenAIServer]:
 
 @pytest.fixture
 def make(server: FakeOpenAIServer) -> Iterator[Callable[..., OpenAIEmbedder]]:
-    """Build embedders pointed at the server, with tiny backoff; closes them afterwards."""
+    """Build embedders pointed at the server; closes them afterwards."""
     made: list[OpenAIEmbedder] = []
 
     def factory(model: str = "test-model", **options: object) -> OpenAIEmbedder:
         options.setdefault("base_url", server.base_url)
         options.setdefault("dim", DIM)
-        options.setdefault("backoff_base", 0.001)
-        options.setdefault("backoff_max", 0.05)
         options.setdefault("timeout", 5.0)
         embedder = OpenAIEmbedder(model=model, **options)  # type: ignore[arg-type]
         made.append(embedder)
@@ -79,7 +77,7 @@ def test_embed_returns_server_vectors_with_bearer_auth(server, make):
     assert req.path == "/v1/embeddings"
     assert req.headers["authorization"] == f"Bearer {KEY}"
     assert "api-key" not in req.headers
-    assert req.body == {"model": "test-model", "input": TEXTS[:3], "encoding_format": "float"}
+    assert req.body == {"model": "test-model", "input": TEXTS[:3], "encoding_format": "base64"}
     assert embedder.model_id == "openai:test-model"
 
 
@@ -105,7 +103,7 @@ def test_empty_input_sends_nothing_and_bad_text_is_rejected_locally(server, make
     embedder = make()
     assert embedder.embed([]).shape == (0, DIM)
     with pytest.raises(InvalidTextError):
-        embedder.embed(["ok", "   "])
+        embedder.embed(["ok", ""])
     assert server.requests == []
 
 
@@ -131,13 +129,13 @@ def test_concurrent_callers_get_their_own_vectors(server, make):
 
 
 def test_429_with_retry_after_is_honoured(server, make):
-    server.fail_next(429, retry_after=0.2)
-    out = make(backoff_max=5.0).embed(TEXTS[:2])
+    server.fail_next(429, retry_after=1.5)
+    out = make().embed(TEXTS[:2])
 
     np.testing.assert_allclose(out, expected(server, TEXTS[:2]), atol=1e-6)
     first, second = server.requests
     assert (first.status, second.status) == (429, 200)
-    assert second.time - first.time >= 0.2  # backoff_base alone would wait ~1 ms
+    assert second.time - first.time >= 1.4  # the SDK's own first backoff is at most 0.5 s
 
 
 def test_429_without_retry_after_uses_backoff(server, make):
@@ -149,15 +147,23 @@ def test_429_without_retry_after_uses_backoff(server, make):
     assert embedder.stats()["retries"] == 2
 
 
-def test_retry_after_http_date_is_parsed_and_capped(server, make):
-    future = email.utils.formatdate(time.time() + 120, usegmt=True)
+def test_retry_after_http_date_is_parsed(server, make):
+    future = email.utils.formatdate(time.time() + 3, usegmt=True)  # whole seconds: 2-3 s from now
     server.fail_next(429, retry_after=future)
-    start = time.monotonic()
-    make(backoff_max=0.3).embed(["x"])
+    make().embed(["x"])
 
     first, second = server.requests
-    assert second.time - first.time >= 0.29  # the date was understood (not ~1 ms backoff) ...
-    assert time.monotonic() - start < 3  # ... and capped at backoff_max, not 120 s
+    assert second.time - first.time >= 1.5  # the date was understood (not the SDK's <= 0.5 s)
+
+
+def test_a_retry_after_past_two_minutes_fails_at_once(server, make):
+    """The SDK obeys Retry-After up to 120 s; past that it does not retry: the service's
+    model thread is not held for the ten minutes a server asks for."""
+    server.fail_next(429, retry_after=600, message="slow down")
+    with pytest.raises(EmbedderError, match="HTTP 429: slow down") as info:
+        make().embed(["x"])
+    assert "attempts" not in str(info.value)
+    assert [r.status for r in server.requests] == [429]
 
 
 def test_500_then_success(server, make):
@@ -201,9 +207,8 @@ def test_gives_up_after_max_retries(server, make, caplog):
     assert "after 3 attempts" in message
     assert "HTTP 500" in message and "the engine is on fire" in message
     assert len(server.requests) == 3
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "giving up" in warnings[0].getMessage()
-    assert all(r.levelno == logging.DEBUG for r in caplog.records if r not in warnings)
+    ours = [r for r in caplog.records if r.name == "embedshare.embedders.openai"]
+    assert len(ours) == 1 and ours[0].levelno == logging.WARNING and "giving up" in ours[0].getMessage()
 
 
 # ------------------------------------------------------------------ bad responses
@@ -217,7 +222,7 @@ def test_gives_up_after_max_retries(server, make, caplog):
         ("wrong_count", "1 embeddings for 2 inputs"),
         ("wrong_dim", f"dimension {DIM - 1}, expected {DIM}"),
         ("nan", "NaN or infinite"),
-        ("non_numeric", "non-numeric"),
+        ("non_numeric", "not valid base64"),
         ("missing_index", "missing or non-integer 'index'"),
         ("duplicate_index", "duplicate index 0"),
     ],
@@ -231,6 +236,15 @@ def test_bad_response_is_rejected_without_retry(server, make, fault, problem):
     assert embedder.stats()["failures"] == 1
     # the embedder is still usable afterwards
     np.testing.assert_allclose(embedder.embed(["one"]), expected(server, ["one"]), atol=1e-6)
+
+
+def test_a_server_that_answers_floats_is_understood_and_checked(make):
+    with FakeOpenAIServer(dim=DIM, api_key=KEY, floats_only=True) as floats:
+        embedder = make(base_url=floats.base_url)
+        np.testing.assert_allclose(embedder.embed(["one", "two"]), expected(floats, ["one", "two"]), atol=1e-6)
+        floats.fail_next("non_numeric")
+        with pytest.raises(EmbedderError, match="non-numeric"):
+            embedder.embed(["one", "two"])
 
 
 # ------------------------------------------------------------------ client errors and the key
@@ -288,6 +302,7 @@ def test_key_never_in_repr_model_id_errors_or_logs(server, make, caplog):
         server.fail_next(500, times=10, message=f"bad key {KEY}")
         with pytest.raises(EmbedderError) as retried:
             make(max_retries=1).embed(["c"])
+        server.clear_faults()
         server.fail_next(401, message=f"Incorrect API key provided: {KEY}")
         with pytest.raises(EmbedderError) as rejected:
             embedder.embed(["d"])

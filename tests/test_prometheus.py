@@ -203,3 +203,29 @@ def test_health_and_metrics_answer_while_the_model_loads(tmp_path):
         process.terminate()
         process.wait(30)
         process.stderr.close()
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_metrics_answer_within_a_second_while_the_local_model_loads(tmp_path):
+    """The real case: all-MiniLM-L6-v2 loads for seconds; every scrape meanwhile takes < 1 s."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "embedshare.service", "--store", str(tmp_path / "store"),
+         "--model", "local", "--http", "127.0.0.1:0", "-v"], stderr=subprocess.PIPE, text=True)
+    try:
+        url = _endpoint_url(process, time.monotonic() + 60)
+        scrapes_while_loading = 0
+        deadline = time.monotonic() + 110
+        with httpx.Client(base_url=url, timeout=1.0) as http:  # a probe slower than 1 s fails
+            while http.get("/ready").status_code == 503:
+                assert time.monotonic() < deadline, "the model never finished loading"
+                assert http.get("/health").status_code == 200
+                text = http.get("/metrics").text
+                ready = [s.value for f in text_string_to_metric_families(text) for s in f.samples
+                         if s.name == "embedshare_ready"]
+                scrapes_while_loading += ready == [0.0]
+        assert scrapes_while_loading >= 1
+    finally:
+        process.terminate()
+        process.wait(30)
+        process.stderr.close()

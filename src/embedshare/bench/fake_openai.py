@@ -101,7 +101,9 @@ class FakeOpenAIServer:
     ``dim`` is the native output size (``dimensions`` in a request may shrink it);
     ``api_key``, when set, is required as ``Authorization: Bearer`` or ``api-key``;
     ``latency`` adds a fixed delay to every request; ``reverse_order`` returns ``data`` items
-    in reverse (with correct ``index`` values) to test that clients sort by index.
+    in reverse (with correct ``index`` values) to test that clients sort by index;
+    ``floats_only`` answers JSON floats whatever ``encoding_format`` asks, as some
+    OpenAI-compatible servers do.
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class FakeOpenAIServer:
         api_key: str | None = None,
         latency: float = 0.0,
         reverse_order: bool = False,
+        floats_only: bool = False,
         host: str = "127.0.0.1",
     ) -> None:
         if not ipaddress.ip_address(host).is_loopback:
@@ -119,6 +122,7 @@ class FakeOpenAIServer:
         self.api_key = api_key
         self.latency = latency
         self.reverse_order = reverse_order
+        self.floats_only = floats_only
         self._host = host
         self._state = _State()
         self._httpd: ThreadingHTTPServer | None = None
@@ -326,7 +330,7 @@ class _Handler(BaseHTTPRequestHandler):
         for i, text in enumerate(inputs):
             vec = fake.vector(text, dimensions)
             emb: Any
-            if fmt == "base64":
+            if fmt == "base64" and not fake.floats_only:
                 emb = base64.b64encode(vec.astype("<f4").tobytes()).decode("ascii")
             else:
                 emb = vec.tolist()
@@ -408,6 +412,10 @@ def _corrupt(kind: str, payload: Any) -> Any:
     if kind == "no_data":
         return {"object": "list", "model": payload.get("model")}
     data = payload["data"]
+    packed = bool(data) and isinstance(data[0]["embedding"], str)
+    if packed:  # base64: corrupt the floats it holds, then pack them again
+        for item in data:
+            item["embedding"] = np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4").tolist()
     if kind == "wrong_count":
         payload["data"] = data[:-1]
     elif kind == "wrong_dim":
@@ -422,6 +430,11 @@ def _corrupt(kind: str, payload: Any) -> Any:
     elif kind == "duplicate_index":
         for item in data:
             item["index"] = 0
+    if packed:
+        for item in payload["data"]:
+            item["embedding"] = base64.b64encode(np.asarray(item["embedding"], dtype="<f4").tobytes()).decode()
+        if kind == "non_numeric":
+            payload["data"][0]["embedding"] = "not base64!"
     return payload
 
 

@@ -1,17 +1,25 @@
 """Embeddings from any OpenAI-compatible ``POST {base_url}/embeddings`` endpoint, Azure included.
 
-Why this module looks the way it does:
+The transport is the official ``openai`` SDK (``OpenAI``, or ``AzureOpenAI`` with
+``deployment=``): it builds the URLs (Azure's deployment path and ``api-version``), sends the
+key, retries 408, 409, 429, 5xx, dropped connections and timeouts ``max_retries`` times with
+exponential backoff and jitter (0.5 s doubling up to 8 s, less up to 25%), obeys
+``Retry-After`` / ``retry-after-ms`` up to 120 s and does not retry past that (the error comes
+at once instead of a stalled model thread), and turns error bodies into exceptions. Other 4xx answers fail
+at once. Vectors travel as base64 (a quarter of the bytes of JSON floats, and no float parsing).
 
-* The API key is read from the environment *per request* (``api_key_env`` names the variable)
-  and never stored on the object, so it cannot leak through ``repr``, ``vars()``, pickling,
-  ``model_id``, log records, statistics or exception text. Server error messages are also
-  scrubbed of the key before they are raised or logged, because some servers echo it.
-* Remote output is untrusted: every response is checked (count, indices, dimension, numeric,
-  finite) and then passed through :func:`~embedshare.embedders.base.check_vectors`, so nothing
-  malformed ever reaches the cache.
-* Rate limits and transient failures are normal for hosted APIs: HTTP 429, 5xx, connection
-  errors and timeouts are retried with capped exponential backoff and jitter, honouring
-  ``Retry-After``. Other 4xx answers are the caller's mistake and fail at once.
+What the SDK does not do, and this module does:
+
+* Remote output is untrusted: every response is checked (count, indices, dimension, valid
+  base64 or numbers, finite) and then passed through
+  :func:`~embedshare.embedders.base.check_vectors`, so nothing malformed reaches the cache. The
+  raw body is read (``with_raw_response``) so vectors go from base64 to numpy directly.
+* The key is read from the environment (``api_key_env`` names the variable) by the SDK at each
+  request, through a function, and is never an attribute of this object; errors are built here
+  from the server's message with the key scrubbed out (some servers echo it), so it appears in
+  no ``repr``, ``model_id``, stats, exception or log record of ours. With the variable unset no
+  auth header is sent (local OpenAI-compatible servers often need none; a hosted API's 401
+  then says the variable is unset).
 
 ``dim`` resolution, in order: the ``dim`` argument; ``dimensions`` when set; the published
 default of a known OpenAI model (see ``KNOWN_DIMS``); otherwise it is discovered lazily: the
@@ -20,29 +28,22 @@ sends one small probe request (the text ``"dimension probe"``). Note that on Pyt
 ``isinstance(obj, Embedder)`` reads ``obj.dim`` and so may trigger that probe; pass ``dim=``
 to avoid any network I/O before the first real request.
 
-httpx is an optional dependency (``pip install 'embedshare[openai]'``); it is imported when an
+The SDK is an optional dependency (``pip install 'embedshare[openai]'``); it is imported when an
 ``OpenAIEmbedder`` is constructed, not when this module is imported.
 """
 
 from __future__ import annotations
 
-import email.utils
+import base64
+import binascii
 import logging
-import math
 import os
-import random
 import threading
-import time
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, NoReturn
-from urllib.parse import quote
+from typing import Any, NoReturn
 
 import numpy as np
 
 from .base import EmbedderError, check_vectors, validate_texts
-
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    import httpx
 
 __all__ = ["DEFAULT_BASE_URL", "KNOWN_DIMS", "OpenAIEmbedder"]
 
@@ -66,7 +67,7 @@ _MAX_ERROR_CHARS = 500  # server error text quoted in exceptions is cut to this 
 class OpenAIEmbedder:
     """An :class:`~embedshare.embedders.base.Embedder` backed by an OpenAI-style HTTP API.
 
-    Thread-safe: one instance (and its pooled ``httpx.Client``) can serve many threads.
+    Thread-safe: one instance (and its SDK client's connection pool) serves many threads.
     Call :meth:`close` (or use it as a context manager) to release its connections.
     """
 
@@ -81,37 +82,27 @@ class OpenAIEmbedder:
         batch_size: int = 256,
         concurrency: int = 4,
         max_retries: int = 5,
-        backoff_base: float = 0.5,
-        backoff_max: float = 30.0,
         timeout: float = 60.0,
         api_version: str | None = None,
         deployment: str | None = None,
-        transport: httpx.BaseTransport | None = None,
     ) -> None:
         try:
-            import httpx
+            import openai
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError(
-                "the 'openai' embedder needs httpx: pip install 'embedshare[openai]'"
+                "the 'openai' embedder needs the openai SDK: pip install 'embedshare[openai]'"
             ) from exc
 
         if not isinstance(model, str) or not model.strip():
             raise ValueError("model must be a non-empty string")
-        for name, value in (("dimensions", dimensions), ("dim", dim)):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
+        for name, value in (("dimensions", dimensions), ("dim", dim), ("batch_size", batch_size),
+                            ("concurrency", concurrency)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if dim is not None and dimensions is not None and dim != dimensions:
             raise ValueError(f"dim={dim} contradicts dimensions={dimensions}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ValueError(f"concurrency must be a positive integer, got {concurrency!r}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be a non-negative integer, got {max_retries!r}")
-        if backoff_base < 0 or backoff_max < 0:
-            raise ValueError("backoff_base and backoff_max must not be negative")
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         if not isinstance(api_key_env, str) or not api_key_env:
@@ -124,39 +115,35 @@ class OpenAIEmbedder:
         # network, so overlapping a few multiplies throughput (the local model gets 1).
         self.concurrency = concurrency
         self.max_retries = max_retries
-        self.backoff_base = float(backoff_base)
-        self.backoff_max = float(backoff_max)
         self.timeout = float(timeout)
         self.api_key_env = api_key_env
         self.deployment = deployment or None
-
+        self._openai = openai
+        self._lock = threading.Lock()  # guards _dim discovery and the counters
+        self._stats = {"requests": 0, "retries": 0, "texts": 0, "failures": 0}
+        # Counts every HTTP attempt, the SDK's retries included (it numbers them in a header).
+        http_client = openai.DefaultHttpxClient(event_hooks={"request": [self._count_attempt]})
+        common: dict[str, Any] = {"api_key": self._key, "max_retries": max_retries,
+                                  "timeout": self.timeout, "http_client": http_client}
         if self.deployment is not None:
             # Azure: the endpoint is per resource; OPENAI_BASE_URL (usually api.openai.com)
             # would be the wrong default, so only AZURE_OPENAI_ENDPOINT is consulted.
             root = base_url or os.environ.get("AZURE_OPENAI_ENDPOINT")
             if not root:
-                raise ValueError(
-                    "Azure (deployment=...) needs base_url or AZURE_OPENAI_ENDPOINT"
-                )
+                raise ValueError("Azure (deployment=...) needs base_url or AZURE_OPENAI_ENDPOINT")
             self.api_version: str | None = api_version or DEFAULT_AZURE_API_VERSION
             self.base_url = root.rstrip("/")
-            deployment_path = quote(self.deployment, safe="")
-            self._url = f"{self.base_url}/openai/deployments/{deployment_path}/embeddings"
-            self._params: dict[str, str] = {"api-version": self.api_version}
+            self._auth_header = "api-key"
+            self._client: Any = openai.AzureOpenAI(azure_endpoint=self.base_url, azure_deployment=self.deployment,
+                                                   api_version=self.api_version, **common)
         else:
             self.api_version = api_version
-            root = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-            self.base_url = root.rstrip("/")
-            self._url = f"{self.base_url}/embeddings"
-            self._params = {"api-version": api_version} if api_version else {}
-
+            self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+            self._auth_header = "Authorization"
+            query = {"api-version": api_version} if api_version else None
+            self._client = openai.OpenAI(base_url=self.base_url, default_query=query, **common)
         self.model_id = self._make_model_id()
         self._dim: int | None = dim or dimensions or KNOWN_DIMS.get(self.model)
-
-        self._httpx = httpx
-        self._client = httpx.Client(timeout=httpx.Timeout(self.timeout), transport=transport)
-        self._lock = threading.Lock()  # guards _dim discovery and the counters
-        self._stats = {"requests": 0, "retries": 0, "texts": 0, "failures": 0}
 
     # ----------------------------------------------------------------- identity
 
@@ -188,6 +175,22 @@ class OpenAIEmbedder:
         with self._lock:
             return dict(self._stats)
 
+    # ----------------------------------------------------------------- the key
+
+    def _key(self) -> str:
+        """The SDK calls this at each request: the key lives in the environment, not here."""
+        return os.environ.get(self.api_key_env, "")
+
+    def _redact(self, text: str) -> str:
+        key = self._key()
+        return text.replace(key, "***") if key else text
+
+    def _count_attempt(self, request: Any) -> None:
+        with self._lock:
+            self._stats["requests"] += 1
+            if request.headers.get("x-stainless-retry-count", "0") != "0":
+                self._stats["retries"] += 1
+
     # ----------------------------------------------------------------- embedding
 
     def embed(self, texts: list[str]) -> np.ndarray:
@@ -195,10 +198,8 @@ class OpenAIEmbedder:
         clean = validate_texts(texts)
         if not clean:
             return np.zeros((0, self.dim), dtype=np.float32)
-        parts = [
-            self._embed_batch(clean[start : start + self.batch_size])
-            for start in range(0, len(clean), self.batch_size)
-        ]
+        parts = [self._embed_batch(clean[start : start + self.batch_size])
+                 for start in range(0, len(clean), self.batch_size)]
         with self._lock:
             self._stats["texts"] += len(clean)
         result = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
@@ -210,114 +211,53 @@ class OpenAIEmbedder:
             raise
 
     def _embed_batch(self, batch: list[str]) -> np.ndarray:
-        """One request (with retries) for one batch; returns checked vectors in input order."""
-        body: dict[str, Any] = {"model": self.model, "input": batch, "encoding_format": "float"}
+        """One request (the SDK retries it) for one batch; checked vectors in input order."""
+        openai = self._openai
+        options: dict[str, Any] = {"model": self.model, "input": batch, "encoding_format": "base64"}
         if self.dimensions is not None:
-            body["dimensions"] = self.dimensions
-        payload = self._post_with_retries(body)
+            options["dimensions"] = self.dimensions
+        if not self._key():
+            options["extra_headers"] = {self._auth_header: openai.Omit()}  # no key: no auth header
+        try:
+            raw = self._client.embeddings.with_raw_response.create(**options)
+        except openai.APIStatusError as exc:
+            self._fail(f"HTTP {exc.status_code}: {self._server_message(exc)}", _attempts(exc))
+        except openai.APIConnectionError as exc:  # timeouts included
+            cause = exc.__cause__ or exc
+            self._fail(f"{type(exc).__name__}: {type(cause).__name__}: {cause}", _attempts(exc))
+        try:
+            payload = raw.http_response.json()
+        except ValueError as exc:
+            self._fail(f"response is not valid JSON ({exc})")
         return self._parse(payload, len(batch))
 
-    def _headers(self) -> dict[str, str]:
-        """Auth headers, built per request so the key never lives on this object."""
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            # Local OpenAI-compatible servers often need no key; a hosted API will answer 401
-            # and the error then says the variable is unset.
-            return {}
-        if self.deployment is not None:
-            return {"api-key": key}
-        return {"Authorization": f"Bearer {key}"}
-
-    def _redact(self, text: str) -> str:
-        """Remove the key (if the server echoed it) from text bound for logs or exceptions."""
-        key = os.environ.get(self.api_key_env)
-        if key and key in text:
-            text = text.replace(key, "***")
-        return text
-
-    def _post_with_retries(self, body: dict[str, Any]) -> Any:
-        """POST ``body``; retry 429/5xx/transport errors; return the decoded JSON body."""
-        httpx = self._httpx
-        attempts = self.max_retries + 1
-        last_problem = "no attempt made"
-        for attempt in range(attempts):
-            with self._lock:
-                self._stats["requests"] += 1
-            retry_after: float | None = None
-            try:
-                response = self._client.post(
-                    self._url, json=body, params=self._params, headers=self._headers()
-                )
-            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-                last_problem = self._redact(f"{type(exc).__name__}: {exc}")
-            else:
-                status = response.status_code
-                if 200 <= status < 300:
-                    return self._decode(response)
-                message = self._error_message(response)
-                if status != 429 and not 500 <= status < 600:
-                    self._fail(f"HTTP {status}: {message}")
-                last_problem = f"HTTP {status}: {message}"
-                retry_after = _retry_after_seconds(response.headers)
-            if attempt + 1 >= attempts:
-                break
-            delay = self._backoff(attempt, retry_after)
-            with self._lock:
-                self._stats["retries"] += 1
-            logger.debug(
-                "embeddings request to %s failed (%s); retry %d/%d in %.2fs",
-                self._url, last_problem, attempt + 1, self.max_retries, delay,
-            )
-            time.sleep(delay)
-        logger.warning(
-            "giving up on embeddings request to %s after %d attempts: %s",
-            self._url, attempts, last_problem,
-        )
-        self._fail(f"failed after {attempts} attempts; last error: {last_problem}")
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        """Seconds to wait before retry ``attempt + 1``; a server's Retry-After wins, capped."""
-        if retry_after is not None:
-            return min(self.backoff_max, max(0.0, retry_after))
-        exponential = min(self.backoff_max, self.backoff_base * (2.0**attempt))
-        return exponential * random.uniform(0.5, 1.0)  # jitter spreads out synchronized clients
-
-    def _fail(self, problem: str) -> NoReturn:
+    def _fail(self, problem: str, attempts: int = 1) -> NoReturn:
         """Raise an EmbedderError naming the endpoint and model (never the key)."""
         with self._lock:
             self._stats["failures"] += 1
-        raise EmbedderError(
-            self._redact(f"OpenAI embeddings ({self.model_id} at {self._url}): {problem}")
-        )
+        if attempts > 1:
+            problem = f"failed after {attempts} attempts; last error: {problem}"
+            logger.warning("giving up on embeddings request to %s: %s", self.base_url, self._redact(problem))
+        raise EmbedderError(self._redact(f"OpenAI embeddings ({self.model_id} at {self.base_url}): {problem}"))
 
-    def _error_message(self, response: httpx.Response) -> str:
+    def _server_message(self, exc: Any) -> str:
         """The server's explanation: OpenAI's ``{"error": {"message", "type"}}`` or raw text."""
-        message = ""
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        if isinstance(data, dict) and isinstance(data.get("error"), dict):
-            err = data["error"]
-            message = str(err.get("message") or "")
-            kind = err.get("type") or err.get("code")
+        body, message = exc.body, ""
+        error = body.get("error", body) if isinstance(body, dict) else None
+        if isinstance(error, dict):
+            message = str(error.get("message") or "")
+            kind = error.get("type") or error.get("code")
             if kind:
                 message = f"{message} ({kind})" if message else str(kind)
-        elif isinstance(data, dict) and isinstance(data.get("error"), str):
-            message = data["error"]
+        elif isinstance(error, str):
+            message = error
         if not message:
-            message = response.text.strip() or response.reason_phrase or "no details"
+            message = exc.response.text.strip() or exc.response.reason_phrase or "no details"
         if len(message) > _MAX_ERROR_CHARS:
             message = message[:_MAX_ERROR_CHARS] + "..."
-        if response.status_code in (401, 403) and not os.environ.get(self.api_key_env):
+        if exc.status_code in (401, 403) and not self._key():
             message += f" (environment variable {self.api_key_env} is not set)"
-        return self._redact(message)
-
-    def _decode(self, response: httpx.Response) -> Any:
-        try:
-            return response.json()
-        except ValueError as exc:
-            self._fail(f"response is not valid JSON ({exc})")
+        return message
 
     def _parse(self, payload: Any, count: int) -> np.ndarray:
         """Check a decoded response and return its vectors in input order."""
@@ -343,15 +283,25 @@ class OpenAIEmbedder:
         return np.stack(rows)  # type: ignore[arg-type]
 
     def _vector(self, embedding: Any, index: int) -> np.ndarray:
-        """One embedding as float64: a flat list of finite numbers."""
-        if not isinstance(embedding, list) or not embedding:
-            self._fail(f"embedding {index} is missing or not a non-empty list")
-        if not all(type(x) in (float, int) for x in embedding):
-            self._fail(f"embedding {index} contains non-numeric values")
-        try:
-            vector = np.asarray(embedding, dtype=np.float64)
-        except OverflowError:  # an integer too large for a float
-            self._fail(f"embedding {index} contains out-of-range values")
+        """One embedding: base64 little-endian float32 (as asked), or a list of numbers (servers
+        that ignore ``encoding_format``); finite either way."""
+        if isinstance(embedding, str):
+            try:
+                raw = base64.b64decode(embedding, validate=True)
+            except (binascii.Error, ValueError):
+                self._fail(f"embedding {index} is not valid base64")
+            if not raw or len(raw) % 4:
+                self._fail(f"embedding {index} is {len(raw)} bytes, not a float32 vector")
+            vector = np.frombuffer(raw, dtype="<f4").astype(np.float64)
+        else:
+            if not isinstance(embedding, list) or not embedding:
+                self._fail(f"embedding {index} is missing or not a non-empty list")
+            if not all(type(x) in (float, int) for x in embedding):
+                self._fail(f"embedding {index} contains non-numeric values")
+            try:
+                vector = np.asarray(embedding, dtype=np.float64)
+            except OverflowError:  # an integer too large for a float
+                self._fail(f"embedding {index} contains out-of-range values")
         if not np.isfinite(vector).all():
             self._fail(f"embedding {index} contains NaN or infinite values")
         return vector
@@ -384,29 +334,9 @@ class OpenAIEmbedder:
         self.close()
 
 
-def _retry_after_seconds(headers: httpx.Headers) -> float | None:
-    """Parse ``retry-after-ms`` (OpenAI) or ``Retry-After`` (seconds or HTTP date)."""
-    millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            value = float(millis) / 1000.0
-            if math.isfinite(value):
-                return max(0.0, value)
-        except ValueError:
-            pass
-    raw = headers.get("retry-after")
-    if not raw:
-        return None
-    raw = raw.strip()
+def _attempts(exc: Any) -> int:
+    """How many times the SDK sent the request that failed (it numbers its retries)."""
     try:
-        value = float(raw)
-        return max(0.0, value) if math.isfinite(value) else None
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        return int(exc.request.headers.get("x-stainless-retry-count", "0")) + 1
+    except (AttributeError, ValueError):
+        return 1
