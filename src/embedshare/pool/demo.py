@@ -93,9 +93,9 @@ def run_demo(
                 startup = time.perf_counter() - started
                 bar = None
                 if progress:
-                    from tqdm import tqdm
+                    from ..progress import task_progress
 
-                    bar = tqdm(total=len(task_list), desc="tasks (per-process managers)", unit="task")
+                    bar = task_progress(len(task_list), "tasks (per-process managers)")
 
                 began = time.perf_counter()
                 outcomes = worker_pool.map(timed_call, [(run_task, t) for t in task_list],

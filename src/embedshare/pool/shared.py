@@ -201,9 +201,9 @@ class SharedPool:
         items = list(items)
         bar = None
         if self.progress:
-            from tqdm import tqdm
+            from ..progress import task_progress
 
-            bar = tqdm(total=len(items), desc="tasks", unit="task", dynamic_ncols=True)
+            bar = task_progress(len(items), "tasks")
         started = time.perf_counter()
         try:
             self.outcomes = pool.map(

@@ -344,9 +344,9 @@ def run_ray_demo(
         noop_wall, _, _, _ = _windowed(ray, noop, task_list, in_flight, None)
         bar = None
         if progress:
-            from tqdm import tqdm
+            from ..progress import task_progress
 
-            bar = tqdm(total=len(task_list), desc="tasks on Ray", unit="task")
+            bar = task_progress(len(task_list), "tasks on Ray")
         wall, results, seconds, failed = _windowed(ray, timed, task_list, in_flight, bar)
         if bar:
             bar.close()
