@@ -137,6 +137,9 @@ def serve(store: Path | None, model: str, registry: str | None, max_batch: int, 
             service = EmbeddingService(store, model=model, registry=registry, max_batch=max_batch,
                                        max_wait_ms=max_wait_ms, threads=threads, detach=True,
                                        export_env=False, verbose=verbose, http=http).start()
+            if http and not _is_loopback_http(http):  # the service says it in its log only
+                click.echo(f"warning: the HTTP endpoint on {http} is reachable beyond loopback, "
+                           "without authentication", err=True)
             verb = "started" if service.owned else "already running"
             click.echo(f"embedshare service {verb}: pid {service.pid}, socket {service.address}"
                        + (f", http {service.http_url}/v1" if service.http_url else ""))
@@ -148,8 +151,18 @@ def serve(store: Path | None, model: str, registry: str | None, max_batch: int, 
         config = ServiceConfig(store=str(_layout(store).root), model=model,
                                registry=registry, max_batch=max_batch, max_wait_ms=max_wait_ms,
                                threads=threads, http=http)
+        from .service.server import LOG_FORMAT
+
+        for handler in logging.getLogger().handlers:  # timestamps, as in service.log
+            handler.setFormatter(logging.Formatter(LOG_FORMAT))
         click.echo(f"embedshare service for {config.store} (model {model}); Ctrl-C to stop", err=True)
         sys.exit(run_service(config))
+
+
+def _is_loopback_http(address: str) -> bool:
+    from .service.http_address import is_loopback, parse_http_address
+
+    return is_loopback(parse_http_address(address)[0])
 
 
 @main.command()

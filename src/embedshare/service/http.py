@@ -188,7 +188,12 @@ def create_app(service: EmbeddingServer) -> Any:
             return error_response(500, "internal error; see the service log", type="server_error",
                                   code="internal_error")
         finally:
-            metrics.observe_request(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            metrics.observe_request(seconds)
+            if log.isEnabledFor(logging.DEBUG):  # -vv: one line a request, never its texts
+                peer = request.client
+                log.debug("request http %s %s %.2f ms from %s", request.method, request.url.path,
+                          seconds * 1000, f"{peer.host}:{peer.port}" if peer else "?")
 
     async def embeddings(request: Request) -> Response:
         return await counted(_embeddings, request)

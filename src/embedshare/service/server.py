@@ -58,6 +58,8 @@ TCP_HELLO_TIMEOUT = 10.0
 TCP_HELLO_MAX_FRAME = 64 << 10
 # On shutdown, batches still at the model get this many seconds to finish and be cached.
 SHUTDOWN_BATCH_WAIT = 10.0
+# The service's log lines, in service.log and on the terminal of a foreground `serve` alike.
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 
 def _is_loopback(host: str) -> bool:
@@ -396,7 +398,7 @@ class EmbeddingServer:
                     # Backpressure: a peer that pipelines without reading its replies stops
                     # being read, instead of growing tasks and reply buffers without bound.
                     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                task = asyncio.create_task(self._answer(body, writer))
+                task = asyncio.create_task(self._answer(body, writer, peer))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
         finally:
@@ -474,9 +476,10 @@ class EmbeddingServer:
         await writer.drain()
         return True
 
-    async def _answer(self, body: bytes, writer: asyncio.StreamWriter) -> None:
+    async def _answer(self, body: bytes, writer: asyncio.StreamWriter, peer: dict[str, Any]) -> None:
         started = time.perf_counter()
         request_id = 0
+        message: Any = None
         self.metrics.add(requests=1)
         try:
             message = protocol.unpack(body)
@@ -508,7 +511,10 @@ class EmbeddingServer:
                 await writer.drain()
             except ConnectionError:
                 pass
-        self.metrics.observe_request(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.metrics.observe_request(seconds)
+        if log.isEnabledFor(logging.DEBUG):  # -vv: one line a request, never its texts
+            log_request(message, reply, seconds, peer)
 
     # -- operations -----------------------------------------------------------------------
 
@@ -600,6 +606,17 @@ class EmbeddingServer:
         }
 
 
+def log_request(message: Any, reply: dict[str, Any], seconds: float, peer: dict[str, Any]) -> None:
+    """One debug line for a socket request: operation, how many texts, latency, client pid."""
+    op = message.get("op") if isinstance(message, dict) else None
+    texts = message.get("texts") if isinstance(message, dict) else None
+    count = len(texts) if isinstance(texts, (list, tuple)) else 0
+    outcome = "ok" if reply.get("ok") else f"error {reply.get('error', {}).get('code')}"
+    who = f"pid {peer['pid']}" if peer.get("pid") is not None else f"tcp {peer.get('tcp')}"
+    log.debug("request %s texts=%d %.2f ms %s from %s", op if isinstance(op, str) else "?", count,
+              seconds * 1000, outcome, who)
+
+
 def run_service(config: ServiceConfig, ready_fd: int | None = None) -> int:
     """Run a service in this process until SIGTERM, SIGINT or a shutdown request.
 
@@ -655,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        format=LOG_FORMAT,
     )
     preload = []
     if args.preload_file:
