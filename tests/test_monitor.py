@@ -62,10 +62,10 @@ def other_client(service):
         child.wait(timeout=30)
 
 
-def run_in_pty(argv: list[str], until: re.Pattern, timeout: float = 60.0, env=None):
+def run_in_pty(argv: list[str], until: re.Pattern, timeout: float = 60.0, env=None, columns: int = 150):
     """Start argv on a terminal; return (process, master fd, output so far) once ``until`` shows."""
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 150, 0, 0))  # a 150x40 terminal
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))  # a 150x40 terminal
     process = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True, env=env,
                                start_new_session=True)
     os.close(slave)
@@ -156,6 +156,34 @@ def test_top_refreshes_live_and_exits_cleanly_on_ctrl_c(service, other_client):
     assert "Traceback" not in output + rest and "KeyboardInterrupt" not in output + rest
 
 
+def test_top_fits_80_columns(service, other_client):
+    result = CliRunner().invoke(main, ["top", "--once", "--store", str(service.layout.root)],
+                                env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, max(lines, key=len)
+    assert "…" not in result.stdout  # no heading or cell cut short
+    for column in ("requests/s", "texts/s", "hit rate", "mean batch", "model calls", "p50", "p99",
+                   "max queue", "errors", "PID", "PSS"):
+        assert column in result.stdout, column
+
+
+def test_top_restores_the_cursor_on_sigterm(service, other_client):
+    argv = [sys.executable, "-m", "embedshare.cli", "top", "--interval", "0.2", "--store", str(service.layout.root)]
+    process, master, output = run_in_pty(argv, re.compile(r"rates over the last"))
+    try:
+        assert "\x1b[?25l" in output  # the live view hides the cursor ...
+        os.kill(process.pid, signal.SIGTERM)
+        rest = read_pty(master, None, timeout=30)
+        assert process.wait(timeout=30) == 0
+    finally:
+        os.close(master)
+        if process.poll() is None:
+            process.kill()
+    assert "\x1b[?25h" in rest  # ... and shows it again when killed
+    assert "Traceback" not in output + rest
+
+
 # -- logging and progress -----------------------------------------------------------------------
 
 
@@ -183,7 +211,7 @@ def test_a_foreground_service_logs_to_stderr_with_v(tmp_path):
         lines = []
         for line in process.stderr:  # bounded by the test timeout
             lines.append(line)
-            if "INFO embedshare.service: serving hash:64:v1" in line:
+            if re.search(r"embedshare.service INFO serving hash:64:v1", line):
                 break
         else:
             raise AssertionError("".join(lines))

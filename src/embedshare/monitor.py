@@ -14,6 +14,7 @@ steady run; high when workers race each other to the same new texts).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -94,31 +95,32 @@ def render(stats: dict[str, Any], rates: Rates) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    head = Text()
+    head = Text()  # short lines: the frame fits an 80-column terminal
     head.append("embedshare top", style="bold")
-    head.append(f"  service pid {stats['pid']}  {stats['model_id']} ({stats['dim']} dims)  "
-                f"up {_duration(stats['uptime_s'])}  PSS {_mb(stats.get('pss'))}\n")
-    head.append(f"store {stats['store']}  tools {stats.get('tools', 0)}")
+    head.append(f"  service pid {stats['pid']}  up {_duration(stats['uptime_s'])}  "
+                f"PSS {_mb(stats.get('pss'))}\n")
+    head.append(f"model {stats['model_id']} ({stats['dim']} dims)  tools {stats.get('tools', 0)}\n")
+    head.append(f"store {stats['store']}")
     if stats.get("http"):
-        head.append(f"  http {stats['http']}")
+        head.append(f"\nhttp {stats['http']}")
 
     basis = "averages since start" if rates.since_start else f"over the last {rates.seconds:.1f} s"
     summary = Table(title=f"rates {basis}", title_justify="left", expand=False)
-    for column in ("requests/s", "texts/s", "hit rate", "mean batch", "model calls",
-                   "p50", "p99", "queue", "errors"):
+    for column in ("requests/s", "texts/s", "hit rate", "mean batch", "model calls"):
         summary.add_column(column, justify="right")
-    latency = stats["request_latency"]
     summary.add_row(
         f"{rates.requests_per_s:.1f}",
         f"{rates.texts_per_s:.1f}",
         f"{rates.hit_rate:.1%}" if rates.hit_rate is not None else "-",
         f"{rates.mean_batch:.1f}" if rates.mean_batch is not None else "-",
         f"{stats['model_calls']} (+{rates.model_calls})",
-        _ms(latency.get("p50")),
-        _ms(latency.get("p99")),
-        f"{stats['queue_depth']} (max {stats['max_queue_depth']})",
-        str(stats["errors"]),
     )
+    latency = stats["request_latency"]
+    waits = Table(title="latency and queue", title_justify="left", expand=False)
+    for column in ("p50", "p99", "queue", "max queue", "errors"):
+        waits.add_column(column, justify="right")
+    waits.add_row(_ms(latency.get("p50")), _ms(latency.get("p99")), str(stats["queue_depth"]),
+                  str(stats["max_queue_depth"]), str(stats["errors"]))
 
     clients = Table(title=f"clients {len(stats['clients'])}", title_justify="left", expand=False)
     for column, justify in (("PID", "right"), ("PSS", "right"), ("requests", "right"), ("connected", "right"), ("", "left")):
@@ -131,7 +133,7 @@ def render(stats: dict[str, Any], rates: Rates) -> Any:
     foot = Text("p50/p99: the service's last 10,000 requests.  hit rate: of the texts that reached "
                 "the service (workers answer their own cache hits).  requests include this view's "
                 "own, one a refresh.", style="dim")
-    return Group(head, summary, clients, foot)
+    return Group(head, summary, waits, clients, foot)
 
 
 def render_error(address: str, exc: Exception) -> Any:
@@ -139,6 +141,10 @@ def render_error(address: str, exc: Exception) -> Any:
 
     return Text(f"embedshare top: no service at {address}: {exc}\nretrying every second; Ctrl-C to quit",
                 style="bold red")
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def run_top(address: str | Path, *, once: bool = False, interval: float = 1.0, console: Any = None) -> int:
@@ -165,6 +171,9 @@ def run_top(address: str | Path, *, once: bool = False, interval: float = 1.0, c
 
     conn: ServiceConnection | None = None
     previous: dict[str, Any] | None = None
+    # SIGTERM (kill, a closing terminal multiplexer) must leave through Live's exit, which
+    # shows the cursor again; by default it would end the process with the cursor hidden.
+    old_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         with Live(console=console, auto_refresh=False, screen=False) as live:
             while True:
@@ -186,6 +195,7 @@ def run_top(address: str | Path, *, once: bool = False, interval: float = 1.0, c
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, old_handler)
         if conn is not None:
             conn.close()
     return 0
