@@ -11,7 +11,16 @@ pay for the pool, the CLI or the server in memory.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers see; at run time each name is imported when first used
+    from .access import get_embedding_manager, reset_embedding_manager, set_embedding_manager
+    from .embedders import create_embedder
+    from .manager import EmbeddingManager
+    from .pool.shared import SharedPool
+    from .service.client import SharedEmbeddingManager
+    from .service.connection import ServiceUnavailable
+    from .service.launcher import EmbeddingService
 
 __version__ = "0.1.0"
 
