@@ -100,7 +100,8 @@ def test_llamaindex(base_url, reference):
     assert_same(embed.get_text_embedding_batch(BATCH_WITH_BLANKS), reference.get_embeddings(BATCH_WITH_BLANKS))
 
 
-def test_haystack(base_url, reference):
+def test_haystack(base_url, reference, monkeypatch):
+    monkeypatch.setenv("HAYSTACK_TELEMETRY_ENABLED", "False")  # before its import: no posthog calls
     from haystack import Document
     from haystack.components.embedders import OpenAIDocumentEmbedder, OpenAITextEmbedder
     from haystack.utils import Secret

@@ -202,3 +202,22 @@ def test_check_vectors_rejects_bad_output(vectors, message):
     with pytest.raises(EmbedderError, match=message) as info:
         check_vectors(vectors, 2, 4, "backend-xyz")
     assert "backend-xyz" in str(info.value)
+
+
+# -- whitespace-only texts: embedded as the model embeds them (README "Texts") ----------------
+
+
+def test_whitespace_only_texts_get_a_unit_vector_from_the_hash_model(embedder):
+    vectors = embedder.embed(["   ", "\n\t", "\u00a0", "read a csv file"])
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0)
+    assert vectors[0].tobytes() == vectors[1].tobytes() == vectors[2].tobytes()  # no word: one vector
+    assert validate_texts(["  ", "\t"]) == ["  ", "\t"]
+
+
+@pytest.mark.model
+def test_whitespace_only_texts_get_a_unit_vector_from_the_local_model():
+    local = create_embedder("local")
+    vectors = local.embed(["   ", "\n\t", "read a csv file"])
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert float(vectors[0] @ vectors[1]) == pytest.approx(1.0, abs=1e-5)  # the tokenizer drops whitespace
+    assert abs(float(vectors[0] @ vectors[2])) < 0.5

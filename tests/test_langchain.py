@@ -102,7 +102,8 @@ def test_a_manager_of_another_model_is_refused(tmp_path):
 
 def test_empty_documents_name_the_offender(tmp_path):
     embeddings = EmbedshareEmbeddings(manager=EmbeddingManager(tmp_path / "m", model="hash:64"))
-    with pytest.raises(InvalidTextError, match=r"texts\[1\]"):
-        embeddings.embed_documents(["fine", "  "])
+    with pytest.raises(InvalidTextError, match=r"texts\[1\] is empty"):
+        embeddings.embed_documents(["fine", ""])
+    assert len(embeddings.embed_documents(["fine", "  "])) == 2  # whitespace-only is a text
     with pytest.raises(TypeError, match="embedshare manager"):
         EmbedshareEmbeddings(manager="hash:64")  # type: ignore[arg-type]

@@ -48,6 +48,7 @@ FAULTS = frozenset(
         "wrong_count",  # one embedding fewer than inputs
         "wrong_dim",  # every vector one element short
         "nan",  # a NaN in the first vector
+        "inf",  # an infinity in the last vector
         "non_numeric",  # a string in the first vector
         "missing_index",  # the first item has no "index"
         "duplicate_index",  # every item claims index 0
@@ -423,6 +424,8 @@ def _corrupt(kind: str, payload: Any) -> Any:
             item["embedding"] = item["embedding"][:-1]
     elif kind == "nan":
         data[0]["embedding"][0] = float("nan")
+    elif kind == "inf":
+        data[-1]["embedding"][3] = float("inf")
     elif kind == "non_numeric":
         data[0]["embedding"][0] = "0.5"
     elif kind == "missing_index":
