@@ -13,14 +13,17 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # what type checkers see; at run time each name is imported when first used
-    from .access import get_embedding_manager, reset_embedding_manager, set_embedding_manager
-    from .embedders import create_embedder
-    from .manager import EmbeddingManager
-    from .pool.shared import SharedPool
-    from .service.client import SharedEmbeddingManager
-    from .service.connection import ServiceUnavailable
-    from .service.launcher import EmbeddingService
+# What type checkers see (re-exported through __all__); at run time each name is imported
+# when first used, by __getattr__ below.
+if TYPE_CHECKING:
+    from .access import get_embedding_manager, reset_embedding_manager, set_embedding_manager  # noqa: F401
+    from .embedders import create_embedder  # noqa: F401
+    from .manager import EmbeddingManager  # noqa: F401
+    from .pool.shared import SharedPool  # noqa: F401
+    from .service.client import SharedEmbeddingManager  # noqa: F401
+    from .service.connection import ServiceUnavailable  # noqa: F401
+    from .service.launcher import EmbeddingService  # noqa: F401
+
 
 __version__ = "0.1.0"
 
