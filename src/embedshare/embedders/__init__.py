@@ -73,8 +73,9 @@ def model_id_of(spec: str | Embedder) -> str:
     """The ``model_id`` that ``create_embedder(spec)`` would have, without building an API client.
 
     A worker that only checks which model a service embeds with must not pay for the backend:
-    an ``openai:`` embedder imports httpx and opens a connection pool (several MB and a few
-    hundred ms in each of 25 workers, measured by ``embedshare bench``).
+    an ``openai:`` embedder imports the openai SDK and opens a connection pool (tens of MB and
+    a second or more in each of 25 workers; httpx alone measured several MB and a few hundred
+    ms by ``embedshare bench``).
     """
     if isinstance(spec, str):
         kind, _, arg = spec.strip().partition(":")
