@@ -58,6 +58,7 @@ class RayEmbeddingManager(SharedEmbeddingManager):
         request_timeout: float = 600.0,
         connect_timeout: float = 5.0,
         search_cache_size: int = 1024,
+        registry: str | Path | None = None,
     ) -> None:
         import ray
 
@@ -81,6 +82,10 @@ class RayEmbeddingManager(SharedEmbeddingManager):
                 info = {**self._call_coordinator("node", self.node_id, True), "index": info["index"]}
         self._counters.update(remote_requests=0, remote_texts=0)
         self._load_index(info["index"])
+        if registry is not None:
+            from ..service.client import check_served_registry
+
+            check_served_registry(registry, self.served_registry, self.store)
 
     def __repr__(self) -> str:
         return f"RayEmbeddingManager(node={self.node_id[:8]}, address={self.address!r}, model={self.model_id!r})"
