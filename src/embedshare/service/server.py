@@ -588,8 +588,10 @@ class EmbeddingServer:
     async def _op_shutdown(self, message: dict[str, Any]) -> dict[str, Any]:
         """Stop. ``by`` (``embedshare stop``) marks the stop deliberate: clients do not restart it."""
         assert self._stop is not None
-        others = sorted({c["pid"] for c in self.clients.values()
-                         if c.get("pid") not in (None, message.get("pid"))})
+        pids = [c.get("pid") for c in self.clients.values()]
+        if message.get("pid") in pids:
+            pids.remove(message.get("pid"))  # the connection that asks (embedshare stop itself)
+        others = sorted({pid for pid in pids if pid is not None})
         if message.get("by"):
             mark_stopped(self.layout, str(message["by"]), others)  # before any client sees it go
         asyncio.get_running_loop().call_soon(self._stop.set)
