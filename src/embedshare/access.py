@@ -134,6 +134,9 @@ def _restarted(address: str, store: Path, model: str | None, on_failure: str | N
         raise exc
     from .service.launcher import restart_service
 
+    socket_path = Path(address)
+    if socket_path.name == "service.sock" and socket_path.parent.name == "run":
+        store = socket_path.parent.parent  # EMBEDSHARE_ADDRESS names the store to restart
     service = restart_service(store)
     return SharedEmbeddingManager(service.address, model=model, on_failure=on_failure, registry=registry)
 
