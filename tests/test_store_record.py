@@ -125,7 +125,9 @@ def test_a_manager_given_no_registry_uses_the_one_the_store_records(store, zoo):
 
 
 def test_get_embedding_manager_asking_for_another_registry_than_the_service_s_raises(store, zoo, hash_service):
-    with pytest.raises(ValueError, match="zoo.json"):
+    from embedshare import RegistryMismatchError
+
+    with pytest.raises(RegistryMismatchError, match="zoo.json"):
         get_embedding_manager(registry=zoo)
     reset_embedding_manager()
     with pytest.raises(ValueError, match="registry file not found"):

@@ -131,6 +131,9 @@ class EmbeddingService:
         self.layout.make_private_run_dir()
         deadline = time.monotonic() + self.start_timeout
         while True:
+            if time.monotonic() > deadline:
+                raise ServiceStartError(f"no embedshare service answered on {self.layout.root} within "
+                                        f"{self.start_timeout} s (each one started let go of the lock)")
             if service_lock_held(self.layout):
                 joined = self._join_running(deadline)
                 if joined is not None:
