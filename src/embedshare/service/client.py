@@ -8,7 +8,8 @@ When the service goes away, ``on_failure`` decides:
 
 - ``restart``: reconnect, starting the service again if nobody has (the store's lock makes
   sure only one process does), then retry the request. The default in a process that owns
-  the service, and in pool workers.
+  the service, and in pool workers. One restart costs one reconnect per process, whatever its
+  threads; a service stopped by ``embedshare stop`` is not restarted (ServiceUnavailable).
 - ``local``: switch this process to a local manager on the same store and model, once, with
   a warning. The default elsewhere.
 - ``error``: raise :class:`ServiceUnavailable`.
@@ -30,9 +31,9 @@ from ..embedders import create_embedder, model_id_of
 from ..lazylog import LazyLogger
 from ..manager import EmbeddingManager, ManagerBase
 from ..store import EmbeddingCache, StoreLayout, ToolIndex
+from ..store.record import RegistryMismatchError, describe_registry
 from . import protocol
 from .connection import ServiceConnection, ServiceUnavailable
-from ..store.record import RegistryMismatchError, describe_registry
 from .state import ENV_ON_FAILURE, ENV_TOKEN, TCP_SCHEME, read_state, stopped_on_purpose
 
 log = LazyLogger(__name__)  # logging is imported only if something is logged
