@@ -74,7 +74,7 @@ def test_index_build_prints_count_and_path(store):
 
 
 def test_search_prints_k_ranked_lines(store):
-    result = run("search", "read a csv file", "-k", "3", "--store", str(store), "--model", "hash:64")
+    result = run("search", "read a csv file", "-k", "3", "--store", str(store), "--model", "hash:64", "--registry", "bundled")
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 3, result.stdout
@@ -91,7 +91,7 @@ def test_search_prints_k_ranked_lines(store):
 
 def test_search_json(store):
     result = run("search", "send an http request", "-k", "4", "--json",
-                 "--store", str(store), "--model", "hash:64")
+                 "--store", str(store), "--model", "hash:64", "--registry", "bundled")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert isinstance(data, list) and len(data) == 4
@@ -109,7 +109,7 @@ def test_search_json(store):
 
 def test_search_category_filters(store):
     result = run("search", "read a csv file", "-k", "5", "--category", "network", "--json",
-                 "--store", str(store), "--model", "hash:64")
+                 "--store", str(store), "--model", "hash:64", "--registry", "bundled")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data
@@ -118,7 +118,7 @@ def test_search_category_filters(store):
 
 def test_search_unknown_category_says_no_tool_matches(store):
     result = run("search", "read a csv file", "--category", "no_such_category",
-                 "--store", str(store), "--model", "hash:64")
+                 "--store", str(store), "--model", "hash:64", "--registry", "bundled")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "no tool matches"
 
@@ -178,7 +178,7 @@ def test_stop_without_a_service_is_one_line_error(store):
 
 
 def test_nothing_touches_the_default_store_when_store_is_given(store, tmp_path):
-    result = run("search", "read a csv file", "-k", "1", "--store", str(store), "--model", "hash:64")
+    result = run("search", "read a csv file", "-k", "1", "--store", str(store), "--model", "hash:64", "--registry", "bundled")
     assert result.exit_code == 0, result.output
     assert store.is_dir()
     assert not (tmp_path / "env-store").exists()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -39,7 +40,7 @@ import embedshare.ray as embedshare_ray
 from embedshare import EmbeddingManager
 from embedshare.manager import normalise_query
 from embedshare.pool.workload import make_tasks
-from embedshare.ray.config import node_store, owner_of, service_name
+from embedshare.ray.config import node_key, node_store, owner_of, service_name
 from embedshare.registry import field_texts, load_registry
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -232,6 +233,22 @@ def _wait_until_dead(handle, deadline_s: float = 60.0) -> None:
         assert time.monotonic() < deadline, "the killed service actor still answers"
 
 
+def _wait_until_gone(pid: int, deadline_s: float = 60.0) -> None:
+    """Wait for the fact that process ``pid`` is dead (gone, or a zombie its parent has not
+    reaped yet: not our child, so psutil's wait() cannot see that)."""
+    import psutil
+
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        assert time.monotonic() < deadline, f"process {pid} is still alive"
+        time.sleep(0.01)
+
+
 def expected_task(manager: EmbeddingManager, task: dict) -> dict:
     """What workload.run_task returns, computed with ``manager``."""
     return {
@@ -271,10 +288,12 @@ def test_tasks_on_every_node_match_a_local_manager_bit_for_bit(deployment, local
                    for q in queries]
     want_similar = [[(r.name, r.score) for r in local.find_similar_tools(t, k=4)] for t in tools]
     settings = deployment.settings()
+    hosts = {n["NodeID"]: n["NodeManagerHostname"] for n in ray.nodes() if n["Alive"]}
     for nid, got in zip([*job, job[-1]], results):
         assert got["type"] == "RayEmbeddingManager" and got["same_instance"]
         assert got["node_id"] == nid
-        assert got["address"] == str(node_store(settings["store_root"], nid).resolve() / "run" / "service.sock")
+        assert got["address"] == str(node_store(settings["store_root"], node_key(nid, hosts)).resolve()
+                                     / "run" / "service.sock")
         assert got["vectors"] == want_vectors  # bit for bit
         assert got["one"] == local.get_embedding(texts[0]).tobytes()
         assert got["search"] == want_search
@@ -358,6 +377,60 @@ def test_killing_a_node_service_actor_mid_run_loses_no_task(deployment, local, j
     assert new["incarnation"] != old["incarnation"] and new["service_pid"] != old["service_pid"]
     assert new["node_id"] == victim and victim_outcome["incarnation"] == new["incarnation"]
     assert deployment.stats()["node_starts"][victim] == 2
+
+
+@ray.remote
+def search_task(query: str, texts: list[str]) -> dict:
+    from embedshare import get_embedding_manager
+
+    manager = get_embedding_manager()
+    return {"top": [(r.name, r.score) for r in manager.search(query, k=5)],
+            "vectors": manager.get_embeddings(texts).tobytes(), "stats": manager.stats()}
+
+
+def test_a_later_session_s_task_needs_no_registry_and_survives_its_node_s_service_being_killed(cluster, local):
+    """Found on main: a Ray task's search raised NoIndexError unless EMBEDSHARE_REGISTRY was
+    set, and the advice was for another context. Here a first session deploys with a registry;
+    a second session's tasks name none (its coordinator is created on demand), the node's
+    service process is SIGKILLed between two tasks, and the node stores are the same folders."""
+    root = tempfile.mkdtemp(prefix="esr-", dir="/tmp")
+    query, texts = "read a csv file", [f"session text {i}" for i in range(20)]
+    want = {"top": [(r.name, r.score) for r in local.search(query, k=5)],
+            "vectors": local.get_embeddings(texts).tobytes()}
+    try:
+        ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
+        try:
+            embedshare_ray.init(model=MODEL, registry="bundled", store_root=root)
+            nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+            ray.get([search_task.options(**on_node(n)).remote(query, texts) for n in nodes])
+            first_folders = sorted(os.listdir(root))
+            embedshare_ray.shutdown()
+        finally:
+            ray.shutdown()
+        env = {"EMBEDSHARE_RAY_STORE": root, "EMBEDSHARE_MODEL": MODEL}  # no EMBEDSHARE_REGISTRY
+        ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False,
+                 runtime_env={"env_vars": env})
+        try:
+            node = nodes[1]
+            got = ray.get(search_task.options(**on_node(node)).remote(query, texts))
+            assert {k: got[k] for k in want} == want
+            from embedshare.ray.api import current_namespace
+
+            namespace = current_namespace()
+            handle = ray.get_actor(service_name(node), namespace=namespace)
+            service_pid = ray.get(handle.info.remote())["service_pid"]
+            os.kill(service_pid, signal.SIGKILL)
+            _wait_until_gone(service_pid)
+            again = ray.get(search_task.options(**on_node(node)).remote(query, [t + " again" for t in texts]))
+            assert again["top"] == want["top"]
+            assert again["vectors"] == local.get_embeddings([t + " again" for t in texts]).tobytes()
+            assert ray.get(handle.info.remote())["service_pid"] != service_pid  # restarted, same actor
+            assert sorted(os.listdir(root)) == first_folders  # the same node stores, no new folders
+        finally:
+            embedshare_ray.shutdown()
+            ray.shutdown()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_error_and_local_policies_when_the_node_service_is_gone(deployment, local, job):

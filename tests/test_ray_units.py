@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from embedshare import EmbeddingManager
-from embedshare.ray.config import node_store, owner_of, owner_ranking, service_name
+from embedshare.ray.config import node_key, node_store, owner_of, owner_ranking, service_name
 from embedshare.ray.index import ObjectStoreToolIndex, index_payload
 from embedshare.store import ToolIndexError
 from embedshare.store.cache import cache_key
@@ -77,9 +77,20 @@ def test_texts_spread_over_the_ring_and_a_leaving_node_moves_only_its_own():
 def test_names_and_node_stores():
     node_id = "f" * 56
     assert service_name(node_id) == "embedshare-service-" + node_id
-    path = node_store("/tmp/x", node_id)
-    assert path == Path("/tmp/x/node-ffffffffffffffff")
-    assert len(str(path / "run" / "service.sock")) < 100
+    path = node_store("/tmp/x", node_key(node_id, {node_id: "a" * 80}))
+    assert path == Path("/tmp/x/node-" + "a" * 40 + "-0")
+    assert len(str(path / "run" / "service.sock")) < 107
+
+
+def test_a_node_s_store_is_the_same_in_every_ray_session():
+    """Found on main: each ray.init() session made a new node-<id> folder, so the cache was
+    never reused and folders piled up. The node id changes each session; the host does not."""
+    session_1 = {"a" * 56: "worker-7"}
+    session_2 = {"b" * 56: "worker-7"}
+    assert node_key("a" * 56, session_1) == node_key("b" * 56, session_2) == "worker-7-0"
+    # simulated nodes of one machine get distinct stores
+    three = {"1" * 56: "box", "2" * 56: "box", "3" * 56: "box"}
+    assert sorted(node_key(n, three) for n in three) == ["box-0", "box-1", "box-2"]
 
 
 @pytest.fixture(scope="module")

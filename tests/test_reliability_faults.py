@@ -565,8 +565,8 @@ def test_the_service_dying_again_during_a_restart_is_one_more_retry_not_an_error
     real_start = EmbeddingService.start
     killed: list[int] = []
 
-    def start_then_die_once(self):
-        real_start(self)
+    def start_then_die_once(self, **kwargs):
+        real_start(self, **kwargs)
         if not killed:  # the first restart dies at once, before the client reconnects
             os.kill(self.pid, signal.SIGKILL)
             self._process.wait(30)

@@ -1,8 +1,8 @@
 """embedshare: one embedding model, cache and tool index per machine, shared by every worker.
 
     from embedshare import get_embedding_manager
-    manager = get_embedding_manager()          # shared client if a service runs, else local
-    manager.search("read a CSV file", k=5)
+    manager = get_embedding_manager(registry="bundled")  # shared client if a service runs, else
+    manager.search("read a CSV file", k=5)               # local; the store remembers the registry
 
 Names are imported on first use (PEP 562), so a worker that only needs the client does not
 pay for the pool, the CLI or the server in memory.
@@ -35,6 +35,8 @@ _EXPORTS = {
     "create_embedder": "embedshare.embedders",
     "SharedEmbeddingManager": "embedshare.service.client",
     "ServiceUnavailable": "embedshare.service.connection",
+    "NoIndexError": "embedshare.manager",
+    "RegistryMismatchError": "embedshare.store.record",
     "EmbeddingService": "embedshare.service.launcher",
     "SharedPool": "embedshare.pool.shared",
 }

@@ -19,8 +19,9 @@ from .lazylog import LazyLogger
 from .manager import DEFAULT_MODEL, EmbeddingManager, ManagerBase, default_store
 from .service.client import SharedEmbeddingManager
 from .service.connection import ServiceUnavailable
-from .service.state import ENV_ADDRESS
+from .service.state import ENV_ADDRESS, ENV_ON_FAILURE
 from .store import StoreLayout
+from .store.record import recorded_model, recorded_registry
 
 log = LazyLogger(__name__)  # logging is imported only if something is logged
 
@@ -47,8 +48,13 @@ def get_embedding_manager(
 
     ``model``: the spec this process expects (``EMBEDSHARE_MODEL`` by default). A service that
     embeds with another model is an error, never silently used. ``store`` and ``registry``
-    default to ``EMBEDSHARE_STORE`` and ``EMBEDSHARE_REGISTRY``; the registry is only used by
-    a local manager (a service brings its own index).
+    default to ``EMBEDSHARE_STORE`` and ``EMBEDSHARE_REGISTRY``. With no registry, the one the
+    service serves (or, locally, the one the store records) is used; a registry other than the
+    service's is an error (RegistryMismatchError), never silently another.
+
+    ``on_failure`` (``EMBEDSHARE_ON_FAILURE``): under ``restart`` a process that finds no
+    service waits for it or starts it, and never builds its own model; ``error`` raises;
+    ``local`` (the default) builds a local manager with a warning.
     """
     global _instance, _instance_pid
     pid = os.getpid()
@@ -82,31 +88,61 @@ def reset_embedding_manager() -> None:
 
 def _create(model: str | None, store: str | Path | None, registry: str | Path | None,
             on_failure: str | None) -> ManagerBase:
+    registry = registry or os.environ.get(ENV_REGISTRY)
     if store is None:  # inside a Ray task or actor: its node's service (embedshare.ray)
-        ray_manager = _ray_node_manager(model, on_failure)
+        ray_manager = _ray_node_manager(model, on_failure, registry)
         if ray_manager is not None:
             return ray_manager
     store_path = Path(store).expanduser() if store else default_store()
+    policy = on_failure or os.environ.get(ENV_ON_FAILURE) or "local"
     address = os.environ.get(ENV_ADDRESS) or str(StoreLayout(store_path).socket)
     if address.startswith("tcp://") or Path(address).exists():
         try:
-            return SharedEmbeddingManager(address, model=model, on_failure=on_failure)
+            return SharedEmbeddingManager(address, model=model, on_failure=on_failure, registry=registry)
         except ServiceUnavailable as exc:
             reason = str(exc)
+            if policy != "local":
+                return _restarted(address, store_path, model, on_failure, registry, policy, exc)
     else:
         reason = f"no socket at {address}"
+        if policy != "local":
+            return _restarted(address, store_path, model, on_failure, registry, policy,
+                              ServiceUnavailable(f"no embedshare service at {address}"))
+    layout = StoreLayout(store_path)
+    model = model or recorded_model(layout) or DEFAULT_MODEL
+    has_registry = registry or recorded_registry(layout)
+    hint = f"embedshare serve --store {layout.root} --model {model}" + (
+        "" if has_registry else " --registry FILE (or bundled)") + " --detach"
     message = (
         f"no embedshare service is running ({reason}); this process (pid {os.getpid()}) builds "
-        "its own local embedding manager. Start one with `embedshare serve` to share it."
+        f"its own local embedding manager. Start one with `{hint}` to share it."
     )
     warnings.warn(message, NoServiceWarning, stacklevel=3)
     log.warning(message)
-    return EmbeddingManager(
-        store_path, model=model or DEFAULT_MODEL, registry=registry or os.environ.get(ENV_REGISTRY)
-    )
+    return EmbeddingManager(store_path, model=model, registry=registry)
 
 
-def _ray_node_manager(model: str | None, on_failure: str | None) -> ManagerBase | None:
+def _restarted(address: str, store: Path, model: str | None, on_failure: str | None,
+               registry: str | Path | None, policy: str, exc: ServiceUnavailable) -> ManagerBase:
+    """No service answered and the policy is not ``local``: never a process-own model.
+
+    ``restart`` (pool workers, processes under an owning EmbeddingService) waits for the
+    store's service or starts it as it last ran (the store's lock: only one process does),
+    then attaches; ``error`` raises.
+    """
+    if policy == "error" or address.startswith("tcp://"):
+        raise exc
+    from .service.launcher import restart_service
+
+    socket_path = Path(address)
+    if socket_path.name == "service.sock" and socket_path.parent.name == "run":
+        store = socket_path.parent.parent  # EMBEDSHARE_ADDRESS names the store to restart
+    service = restart_service(store)
+    return SharedEmbeddingManager(service.address, model=model, on_failure=on_failure, registry=registry)
+
+
+def _ray_node_manager(model: str | None, on_failure: str | None,
+                      registry: str | Path | None) -> ManagerBase | None:
     """The node's manager in a Ray worker (a task or an actor), else None.
 
     Ray is never imported here: a process that has not imported it is not a Ray worker, and
@@ -118,4 +154,4 @@ def _ray_node_manager(model: str | None, on_failure: str | None) -> ManagerBase 
 
     if not in_ray_worker():
         return None
-    return RayEmbeddingManager(model=model, on_failure=on_failure)
+    return RayEmbeddingManager(model=model, on_failure=on_failure, registry=registry)

@@ -58,13 +58,26 @@ store_option = click.option(
     help="Store folder (cache, indexes, service socket). Default: $EMBEDSHARE_STORE or ~/.cache/embedshare.",
 )
 model_option = click.option(
-    "--model", default=lambda: os.environ.get("EMBEDSHARE_MODEL", DEFAULT_MODEL), show_default="local",
-    help="Embedder spec: local, hash:<dim>, openai:<model>.",
+    "--model", default=lambda: os.environ.get("EMBEDSHARE_MODEL"),
+    help="Embedder spec: local, hash:<dim>, openai:<model>. Default: $EMBEDSHARE_MODEL, else the "
+         "running service's, else the one the store records, else local.",
 )
 registry_option = click.option(
     "--registry", default="bundled", show_default=True,
     help="Tool registry JSON file, or 'bundled' for the example registry shipped with embedshare.",
 )
+store_registry_option = click.option(
+    "--registry", default=None,
+    help="Tool registry JSON file, or 'bundled'. Default: the one the store's service serves, else "
+         "the one the store records. Another one than the service's is an error.",
+)
+
+
+def _model(model: str | None, store: Path | None) -> str:
+    """--model, else the model the store records (store/record.py), else local."""
+    from .store.record import recorded_model
+
+    return model or recorded_model(_layout(store)) or DEFAULT_MODEL
 
 
 def _progress(description: str):
@@ -83,8 +96,12 @@ def _progress(description: str):
     return update
 
 
-def _manager(store: Path | None, model: str, registry: str | None) -> Any:
-    """The store's service if one answers (with the same model), else a local manager."""
+def _manager(store: Path | None, model: str | None, registry: str | None) -> Any:
+    """The store's service if one answers (with the same model), else a local manager.
+
+    With no registry, the service's (or the one the store records); another registry than the
+    service's is an error, never silently the service's.
+    """
     from .manager import EmbeddingManager
     from .service.client import SharedEmbeddingManager
     from .service.connection import ServiceUnavailable
@@ -92,10 +109,10 @@ def _manager(store: Path | None, model: str, registry: str | None) -> Any:
     layout = _layout(store)
     if layout.socket.exists():
         try:
-            return SharedEmbeddingManager(layout.socket, model=model, on_failure="error")
+            return SharedEmbeddingManager(layout.socket, model=model, on_failure="error", registry=registry)
         except ServiceUnavailable:
             pass
-    manager = EmbeddingManager(layout.root, model=model)
+    manager = EmbeddingManager(layout.root, model=_model(model, store))
     if registry:
         manager.load_registry(registry, progress=_progress("embedding tools"))
     return manager
@@ -116,7 +133,9 @@ def main(verbose: int) -> None:
 @main.command()
 @store_option
 @model_option
-@click.option("--registry", default=None, help="Tool registry to index and serve ('bundled' for the example).")
+@click.option("--registry", default=None,
+              help="Tool registry to index and serve ('bundled' for the example). Default: the one "
+                   "the store records (embedshare index build), if any.")
 @click.option("--max-batch", default=64, show_default=True, help="Most texts per model call.")
 @click.option("--max-wait-ms", default=2.0, show_default=True, help="How long to gather requests into a batch.")
 @click.option("--threads", type=int, default=None, help="Torch threads for the local model.")
@@ -124,7 +143,7 @@ def main(verbose: int) -> None:
 @click.option("--http", "http", metavar="HOST:PORT", default=None,
               help="Also serve an OpenAI-compatible /v1/embeddings and /metrics (off by default; "
                    "a bare PORT listens on 127.0.0.1).")
-def serve(store: Path | None, model: str, registry: str | None, max_batch: int, max_wait_ms: float,
+def serve(store: Path | None, model: str | None, registry: str | None, max_batch: int, max_wait_ms: float,
           threads: int | None, detach: bool, http: str | None) -> None:
     """Run the store's embedding service (one per store; a second one reports the first)."""
     from .service.launcher import EmbeddingService
@@ -132,6 +151,12 @@ def serve(store: Path | None, model: str, registry: str | None, max_batch: int, 
     from .service.state import ServiceConfig
 
     with _errors_as_messages():
+        model = _model(model, store)
+        if registry and registry != "bundled":
+            from .registry import load_registry
+
+            load_registry(registry)  # a missing or invalid file: one line now, not a failed start
+            registry = str(Path(registry).resolve())
         if detach:
             verbose = click.get_current_context().find_root().params.get("verbose", 0)
             service = EmbeddingService(store, model=model, registry=registry, max_batch=max_batch,
@@ -168,17 +193,22 @@ def _is_loopback_http(address: str) -> bool:
 @main.command()
 @store_option
 def stop(store: Path | None) -> None:
-    """Stop the store's service."""
+    """Stop the store's service, on purpose: restart-policy clients (pool workers) do not restart it."""
     from .service.connection import ServiceConnection
 
     layout = _layout(store)
     with _errors_as_messages():
         conn = ServiceConnection(layout.socket)
         try:
-            conn.request("shutdown", timeout=30)
+            reply = conn.request("shutdown", timeout=30, by="embedshare stop", pid=os.getpid())
         finally:
             conn.close()
-        click.echo("stopped")
+        clients = reply.get("clients") or []
+        attached = (f"{len(clients)} client process(es) were attached (pids {', '.join(map(str, clients[:10]))}"
+                    f"{', ...' if len(clients) > 10 else ''}); their calls now fail with ServiceUnavailable, "
+                    "they do not restart it" if clients else "no client was attached")
+        click.echo(f"stopped the embedshare service of {layout.root} (pid {reply.get('pid')}); {attached}. "
+                   f"Start it again with `embedshare serve --store {layout.root} --detach`.")
 
 
 @main.group()
@@ -190,14 +220,24 @@ def index() -> None:
 @click.argument("registry")
 @store_option
 @model_option
-def index_build(registry: str, store: Path | None, model: str) -> None:
-    """Embed every tool of REGISTRY (a JSON file, or 'bundled') and write its index."""
-    from .manager import EmbeddingManager, default_store
+def index_build(registry: str, store: Path | None, model: str | None) -> None:
+    """Embed every tool of REGISTRY (a JSON file, or 'bundled'), write its index, and record it
+    as the store's registry (what search, serve and workers use when given none)."""
+    from .manager import EmbeddingManager
+    from .service.state import read_state, service_lock_held
 
     with _errors_as_messages():
-        manager = EmbeddingManager(store or default_store(), model=model)
+        layout = _layout(store)
+        manager = EmbeddingManager(layout.root, model=_model(model, store))
         idx = manager.load_registry(registry, progress=_progress("embedding tools"))
         click.echo(f"index of {len(idx)} tools ({idx.model_id}, {idx.dim} dims) at {idx.path}")
+        click.echo(f"the store {layout.root} now serves it: search, serve and workers use it when "
+                   "given no registry", err=True)
+        served = read_state(layout).get("index")
+        if service_lock_held(layout) and served != str(idx.path):
+            click.echo(f"note: the running service serves another index ({served}); restart it "
+                       f"(`embedshare stop --store {layout.root}`, then `embedshare serve --store "
+                       f"{layout.root} --detach`) to serve this one", err=True)
 
 
 @main.command()
@@ -208,9 +248,9 @@ def index_build(registry: str, store: Path | None, model: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @store_option
 @model_option
-@registry_option
+@store_registry_option
 def search(query: str, k: int, category: str | None, threshold: float, as_json: bool,
-           store: Path | None, model: str, registry: str) -> None:
+           store: Path | None, model: str | None, registry: str | None) -> None:
     """Find the tools that best match QUERY."""
     with _errors_as_messages():
         manager = _manager(store, model, registry)
@@ -229,7 +269,7 @@ def search(query: str, k: int, category: str | None, threshold: float, as_json: 
 @click.option("--json", "as_json", is_flag=True, help="Print the vectors as JSON.")
 @store_option
 @model_option
-def embed(texts: tuple[str, ...], as_json: bool, store: Path | None, model: str) -> None:
+def embed(texts: tuple[str, ...], as_json: bool, store: Path | None, model: str | None) -> None:
     """Embed TEXTS (through the cache) and print their vectors."""
     with _errors_as_messages():
         manager = _manager(store, model, None)
@@ -304,13 +344,13 @@ def _format_stats(s: dict[str, Any]) -> str:
 @click.option("--naive-workers", type=int, default=None, help="Workers for the per-process run (default: --workers).")
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the measurements as JSON.")
-def demo(workers: int, tasks: int, model: str, registry: str, store: Path | None, naive: bool,
+def demo(workers: int, tasks: int, model: str | None, registry: str, store: Path | None, naive: bool,
          naive_workers: int | None, json_out: Path | None) -> None:
     """Run the user's workload on N workers with a shared service, and measure the naive design."""
     from .pool.demo import run_demo
 
     with _errors_as_messages():
-        result = run_demo(workers=workers, tasks=tasks, model=model, registry=registry, store=store,
+        result = run_demo(workers=workers, tasks=tasks, model=model or DEFAULT_MODEL, registry=registry, store=store,
                           naive=naive, naive_workers=naive_workers, progress=sys.stderr.isatty())
         click.echo(result.format())
         if json_out:

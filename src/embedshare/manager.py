@@ -28,6 +28,7 @@ from .store import CacheError, EmbeddingCache, ToolIndex, open_or_build_index
 from .store.cache import lookup
 from .store.index import Hits, SearchResult
 from .store.layout import StoreLayout
+from .store.record import no_registry_advice, recorded_registry, write_record
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -130,12 +131,19 @@ class ManagerBase(ABC):
 
     @property
     def index(self) -> ToolIndex:
-        if self._index is None:
-            raise NoIndexError(
-                "no tool registry is loaded: pass registry= (a JSON file or 'bundled') "
-                "or call load_registry()"
-            )
-        return self._index
+        index = self._index
+        if index is None:
+            index = self._default_index()
+            if index is None:
+                raise NoIndexError(f"no tool registry is loaded: {self._no_index_advice()}")
+        return index
+
+    def _default_index(self) -> ToolIndex | None:
+        """The index to use when none was loaded (the local manager: the store's)."""
+        return None
+
+    def _no_index_advice(self) -> str:
+        return "pass registry= (a JSON file or 'bundled') or call load_registry()"
 
     def search(
         self, query: str, k: int = 5, category: str | None = None, threshold: float = 0.0
@@ -243,6 +251,9 @@ class EmbeddingManager(ManagerBase):
         self._inflight_lock = threading.Lock()
         self._cache_full_warned = False
         self._counters.update(model_calls=0, texts_embedded=0, model_seconds_ms=0)
+        self._model_spec = model if isinstance(model, str) else None
+        self._index_lock = threading.Lock()
+        self._record_checked = False  # the store's recorded registry is looked up once, lazily
         if registry is not None:
             self.load_registry(registry)
 
@@ -252,12 +263,51 @@ class EmbeddingManager(ManagerBase):
     def load_registry(self, registry: str | Path | Registry, progress: Any = None) -> ToolIndex:
         """Open (or build, embedding through this manager's cache) the registry's index."""
         reg = registry if isinstance(registry, Registry) else load_registry(registry)
-        self._index = open_or_build_index(
+        index = open_or_build_index(
             self.layout.indexes, reg, self.get_embeddings, self.model_id, self.dim, progress=progress
         )
+        self._index = index
         with self._lock:
             self._search_cache.clear()
+        # The store now serves this registry: every later entry point given none finds it.
+        source = "bundled" if str(registry) == "bundled" else (
+            reg.source if isinstance(registry, Registry) else str(Path(registry).resolve()))
+        write_record(self.layout, model=self._model_spec, model_id=self.model_id, dim=self.dim,
+                     registry_hash=reg.content_hash, registry_source=source, index=str(index.path),
+                     tools=len(index))
+        return index
+
+    def _default_index(self) -> ToolIndex | None:
+        """The registry the store records (see store/record.py), opened once on first use.
+
+        Its index folder is opened as is when it was built with this model (it keeps its own
+        copy of the tools); with another model it is built again from the recorded source.
+        """
+        if self._record_checked:
+            return self._index
+        with self._index_lock:
+            if not self._record_checked and self._index is None:
+                recorded = recorded_registry(self.layout)
+                if recorded is not None:
+                    self._index = self._open_recorded(recorded)
+            self._record_checked = True
         return self._index
+
+    def _open_recorded(self, recorded: dict[str, Any]) -> ToolIndex:
+        folder = recorded.get("index")
+        if folder and Path(folder, "manifest.json").exists():
+            index = ToolIndex(folder, verify=True)
+            if index.model_id == self.model_id and index.manifest["registry_hash"] == recorded["hash"]:
+                return index
+        source = recorded.get("source")
+        if not source:
+            raise NoIndexError(f"the store {self.layout.root} records a registry whose index "
+                               f"{folder} is gone and whose source is unknown: "
+                               f"{no_registry_advice(self.layout.root)}")
+        return self.load_registry(source)
+
+    def _no_index_advice(self) -> str:
+        return no_registry_advice(self.layout.root)
 
     def _compute(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
         """Embed misses once per process: a text another thread is computing is awaited."""

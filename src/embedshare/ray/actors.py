@@ -21,6 +21,7 @@ deployment, not as long as one driver).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import select
@@ -42,7 +43,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ..service.connection import ServiceConnection, ServiceUnavailable
 from ..service.state import ENV_ADDRESS, ServiceConfig
 from ..store import EmbeddingCache, StoreLayout
-from .config import COORDINATOR_NAME, node_store, owner_of, service_name
+from .config import COORDINATOR_NAME, node_key, node_store, owner_of, registry_copy, service_name
 
 log = logging.getLogger("embedshare.ray")
 
@@ -102,6 +103,13 @@ def create_coordinator(settings: dict[str, Any], registry: Any) -> Any:
     ).remote(settings, registry)
 
 
+def load_registry_path(registry: str) -> str:
+    """The file of a registry named by a string (``bundled`` or a path)."""
+    from ..registry.loader import BUNDLED_REGISTRY, bundled_registry_path
+
+    return str(bundled_registry_path()) if registry == BUNDLED_REGISTRY else registry
+
+
 def _vectors(reply: dict[str, Any], n: int) -> np.ndarray:
     dim = int(reply["dim"])
     vectors = np.frombuffer(reply["vectors"], dtype=np.float32)
@@ -121,7 +129,8 @@ class NodeService:
         self.node_id = node_id
         self.settings = settings
         self.ring: list[str] = list(settings["ring"])
-        self.layout = StoreLayout(node_store(settings["store_root"], node_id))
+        hosts = {nid: n.get("NodeManagerHostname") or "" for nid, n in alive_nodes().items()}
+        self.layout = StoreLayout(node_store(settings["store_root"], node_key(node_id, hosts)))
         self.config = ServiceConfig(
             store=str(self.layout.root), model=settings["model"], registry=None,
             max_batch=settings["max_batch"], max_wait_ms=settings["max_wait_ms"], threads=settings["threads"],
@@ -461,7 +470,7 @@ class ClusterCoordinator:
 
     def __init__(self, settings: dict[str, Any], registry: Any) -> None:
         self.settings = settings
-        self.registry = registry
+        self.registry = registry if registry is not None else self._kept_registry()
         self._nodes: dict[str, Any] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
@@ -537,6 +546,23 @@ class ClusterCoordinator:
                 self.index_builds += 1
             return [self._index_ref]
 
+    def _kept_registry(self) -> Any:
+        """The registry an earlier deployment on this store root served (see ``_keep``), or None."""
+        try:
+            return json.loads(registry_copy(self.settings["store_root"]).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _keep(self, registry: Any) -> None:
+        """Keep the registry beside the node stores: a later session's tasks need not name it."""
+        from ..store.files import write_atomic
+
+        path = registry_copy(self.settings["store_root"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = registry if isinstance(registry, (list, dict)) else json.loads(
+            Path(load_registry_path(registry)).read_text(encoding="utf-8"))
+        write_atomic(path, json.dumps(data))
+
     def _build_index(self) -> dict[str, Any]:
         from ..registry import load_registry
         from ..store.cache import cache_key
@@ -544,6 +570,7 @@ class ClusterCoordinator:
         from .index import index_payload
 
         registry = load_registry(self.registry)
+        self._keep(self.registry)
         ring = list(self.settings["ring"])
         first = self.node(ring[0])
         model_id, dim = first["model_id"], int(first["dim"])

@@ -116,7 +116,8 @@ def init(
     """Deploy embedshare on the connected Ray cluster (or join the running deployment).
 
     ``store_root``: a node-local folder; each node keeps its store (cache, socket) in
-    ``<store_root>/node-<id>``. ``nodes``: the ring of nodes that compute texts (default:
+    ``<store_root>/node-<host>-<k>``, the same in every session (``config.node_key``).
+    ``nodes``: the ring of nodes that compute texts (default:
     every alive node with CPUs). ``start``: start every ring node's service and build the
     index now rather than on first use. A deployment already running with another model or
     store root is an error: call ``shutdown()`` first.

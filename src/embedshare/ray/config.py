@@ -36,9 +36,31 @@ def default_store_root() -> str:
     return os.environ.get(ENV_STORE_ROOT) or str(Path(tempfile.gettempdir()) / "embedshare-ray")
 
 
-def node_store(store_root: str | Path, node_id: str) -> Path:
-    """The store folder of one node (short: a Unix socket path has at most 107 bytes)."""
-    return Path(store_root).expanduser() / f"node-{node_id[:16]}"
+def node_key(node_id: str, hosts: dict[str, str]) -> str:
+    """A name for a node's store that outlives its Ray session: its host name, plus its rank
+    among the alive nodes of that host (0 on a real cluster; simulated nodes share a host).
+
+    Ray's node id is new at every ``ray start`` / ``ray.init()``, so a store named by it was
+    never found again: the cache was rebuilt each session and folders piled up. ``hosts``:
+    alive node id -> host name.
+    """
+    host = hosts.get(node_id) or node_id[:16]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in host)[:40]
+    same_host = sorted(n for n, h in hosts.items() if (h or n[:16]) == host)
+    rank = same_host.index(node_id) if node_id in same_host else 0
+    return f"{safe}-{rank}"
+
+
+def node_store(store_root: str | Path, key: str) -> Path:
+    """The store folder of one node, by its :func:`node_key` (short: a Unix socket path has at
+    most 107 bytes)."""
+    return Path(store_root).expanduser() / f"node-{key}"
+
+
+def registry_copy(store_root: str | Path) -> Path:
+    """Where the coordinator keeps the deployment's registry, for a later session's
+    coordinator created by a task with no registry given (node-local, like the stores)."""
+    return Path(store_root).expanduser() / "registry.json"
 
 
 def owner_ranking(key: bytes, ring: Sequence[str]) -> list[str]:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..service.client import SharedEmbeddingManager
-from ..service.connection import ServiceUnavailable
+from ..service.connection import ServiceConnection, ServiceUnavailable
 from ..service.state import ENV_ON_FAILURE
 from ..store import EmbeddingCache
 from .config import owner_of
@@ -58,6 +58,7 @@ class RayEmbeddingManager(SharedEmbeddingManager):
         request_timeout: float = 600.0,
         connect_timeout: float = 5.0,
         search_cache_size: int = 1024,
+        registry: str | Path | None = None,
     ) -> None:
         import ray
 
@@ -81,6 +82,10 @@ class RayEmbeddingManager(SharedEmbeddingManager):
                 info = {**self._call_coordinator("node", self.node_id, True), "index": info["index"]}
         self._counters.update(remote_requests=0, remote_texts=0)
         self._load_index(info["index"])
+        if registry is not None:
+            from ..service.client import check_served_registry
+
+            check_served_registry(registry, self.served_registry, self.store)
 
     def __repr__(self) -> str:
         return f"RayEmbeddingManager(node={self.node_id[:8]}, address={self.address!r}, model={self.model_id!r})"
@@ -166,23 +171,41 @@ class RayEmbeddingManager(SharedEmbeddingManager):
             self._count(remote_requests=1, remote_texts=len(texts))
             return vectors
 
-    def _handle_failure(self, exc: ServiceUnavailable, failures: int) -> None:
-        """The failure policy of one machine; ``restart`` restarts the node's actor."""
+    def _handle_failure(self, exc: ServiceUnavailable, failures: int,
+                        failed: ServiceConnection | None = None) -> None:
+        """The failure policy of one machine; ``restart`` restarts the node's actor.
+
+        As on one machine, a thread that failed on a connection another thread has already
+        replaced retries on the new one and never closes it.
+        """
         if self.on_failure != "restart" or failures > 5:
-            super()._handle_failure(exc, failures)  # error: raise; local: switch over
+            super()._handle_failure(exc, failures, failed)  # error: raise; local: switch over
             return
         with self._conn_lock:
+            current = self._conn
+            if failed is not None and current is not None and current is not failed and current.alive:
+                return  # another thread already reconnected after the failure we saw
             self._say_once(f"embedshare node service lost ({exc}); restarting it")
             info = self._call_coordinator("node", self.node_id, True)
             self._count(restarts=1)
             self._take(info)
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
             if info["address"] != self.address:  # a new deployment (another store root)
+                if current is not None:
+                    current.close()
+                self._conn = None
                 self._rebind(info)
-            else:
+            elif current is None or current is failed or not current.alive:
+                if current is not None:
+                    current.close()
+                self._conn = None
                 self._connect()
+                self._count(reconnects=1)
+
+    def _no_index_advice(self) -> str:
+        return ("the embedshare deployment on this Ray cluster serves no tool registry: call "
+                "embedshare.ray.init(model=..., registry='bundled' or a JSON file) in the driver once "
+                "(later sessions on the same store_root reuse it), or set EMBEDSHARE_REGISTRY in the "
+                "job's runtime_env")
 
     def _rebind(self, info: dict[str, Any]) -> None:
         self.address = info["address"]

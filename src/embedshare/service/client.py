@@ -8,7 +8,8 @@ When the service goes away, ``on_failure`` decides:
 
 - ``restart``: reconnect, starting the service again if nobody has (the store's lock makes
   sure only one process does), then retry the request. The default in a process that owns
-  the service, and in pool workers.
+  the service, and in pool workers. One restart costs one reconnect per process, whatever its
+  threads; a service stopped by ``embedshare stop`` is not restarted (ServiceUnavailable).
 - ``local``: switch this process to a local manager on the same store and model, once, with
   a warning. The default elsewhere.
 - ``error``: raise :class:`ServiceUnavailable`.
@@ -30,9 +31,10 @@ from ..embedders import create_embedder, model_id_of
 from ..lazylog import LazyLogger
 from ..manager import EmbeddingManager, ManagerBase
 from ..store import EmbeddingCache, StoreLayout, ToolIndex
+from ..store.record import RegistryMismatchError, describe_registry
 from . import protocol
 from .connection import ServiceConnection, ServiceUnavailable
-from .state import ENV_ON_FAILURE, ENV_TOKEN, TCP_SCHEME, read_state
+from .state import ENV_ON_FAILURE, ENV_TOKEN, TCP_SCHEME, read_state, stopped_on_purpose
 
 log = LazyLogger(__name__)  # logging is imported only if something is logged
 
@@ -56,6 +58,7 @@ class SharedEmbeddingManager(ManagerBase):
         connect_timeout: float = 5.0,
         search_cache_size: int = 1024,
         token: str | None = None,
+        registry: str | Path | None = None,
     ) -> None:
         super().__init__(search_cache_size=search_cache_size)
         # A tcp://HOST:PORT address needs the service's token (token= or EMBEDSHARE_TOKEN);
@@ -85,6 +88,13 @@ class SharedEmbeddingManager(ManagerBase):
                 f"the service at {self.address} keeps its store in {self.store}, which is not on this "
                 "machine: a TCP client reads the cache and index from the store's files"
             )
+        self.served_registry: dict[str, Any] | None = hello.get("registry")
+        if registry is not None:
+            try:
+                check_served_registry(registry, self.served_registry, self.store)
+            except BaseException:
+                self.close()
+                raise
         self.cache = EmbeddingCache(hello["cache"], self.model_id, self.dim)
         if hello.get("index"):
             self._index = ToolIndex(hello["index"])
@@ -148,42 +158,59 @@ class SharedEmbeddingManager(ManagerBase):
         while True:
             if self._fallback is not None:
                 return self._fallback.get_embeddings(texts)
+            conn = None
             try:
-                reply = self._connection().request("embed", timeout=self.request_timeout, texts=texts)
+                conn = self._connection()
+                reply = conn.request("embed", timeout=self.request_timeout, texts=texts)
             except ServiceUnavailable as exc:
                 failures += 1
-                self._handle_failure(exc, failures)
-                continue
+                self._handle_failure(exc, failures, conn)
+                continue  # the request (in flight when the service died) is sent again
             self._count(service_requests=1, service_texts=len(texts))
             vectors = np.frombuffer(reply["vectors"], dtype=np.float32)
             if reply.get("dim") != self.dim or vectors.size != len(texts) * self.dim:
                 raise protocol.RemoteError("bad_reply", f"expected {len(texts)} vectors of {self.dim} dims")
             return vectors.reshape(len(texts), self.dim)
 
-    def _handle_failure(self, exc: ServiceUnavailable, failures: int) -> None:
-        """Apply the failure policy; returns to retry, raises to give up."""
+    def _handle_failure(self, exc: ServiceUnavailable, failures: int,
+                        failed: ServiceConnection | None = None) -> None:
+        """Apply the failure policy; returns to retry, raises to give up.
+
+        ``failed`` is the connection the request failed on. Under ``restart`` only the first
+        thread to fail on it reconnects: a thread that finds a newer live connection retries
+        on that one and never closes it, so one restart costs one reconnect per process.
+        """
         if self.on_failure == "error" or failures > 5:
             raise exc
         if self.on_failure == "local":
             self._switch_to_local(exc)
             return
         with self._conn_lock:
+            current = self._conn
+            if current is not None and current is not failed and current.alive:
+                return  # another thread already reconnected after the failure we saw
+            if current is not None:
+                current.close()
+                self._conn = None
+            why = stopped_on_purpose(StoreLayout(self.store))
+            if why:
+                raise ServiceUnavailable(why) from None
             try:
-                if self._conn is not None:
-                    self._conn.close()
                 self._connect()  # someone else may have restarted it already
                 self._count(reconnects=1)
                 return
             except ServiceUnavailable:
                 pass
-            from .launcher import EmbeddingService
+            from .launcher import restart_service
 
             self._say_once(f"embedshare service lost ({exc}); restarting it")
             try:
-                EmbeddingService.from_state(self.store, export_env=False, detach=True).start()
-                self._count(restarts=1)
+                service = restart_service(self.store)
+                self._count(restarts=1 if service.owned else 0, reconnects=1)
                 self._connect()
             except ServiceUnavailable as again:
+                if stopped_on_purpose(StoreLayout(self.store)):
+                    raise
                 # It died again while we brought it back (or while we joined another process's
                 # restart): that is one more failure, and the caller's retry (bounded) goes on.
                 log.debug("embedshare service restart did not hold: %s", again)
@@ -210,6 +237,13 @@ class SharedEmbeddingManager(ManagerBase):
             log.warning(message)
             self._warned = True
 
+    def _no_index_advice(self) -> str:
+        root = self.store
+        return (f"the service at {self.address} serves no tool registry, and its store {root} records "
+                f"none: run `embedshare index build FILE --store {root}` (or `bundled` for the example), "
+                f"then restart the service (`embedshare stop --store {root}`, then "
+                f"`embedshare serve --store {root} --detach`)")
+
     # -- extras ---------------------------------------------------------------------------
 
     def service_stats(self) -> dict[str, Any]:
@@ -227,6 +261,30 @@ class SharedEmbeddingManager(ManagerBase):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def check_served_registry(wanted: str | Path, served: dict[str, Any] | None, store: Path) -> None:
+    """Raise unless ``wanted`` (a file or 'bundled') is the registry the service serves.
+
+    A nonexistent or invalid file is its own error (RegistryError); another registry than the
+    one served is :class:`RegistryMismatchError`, never silently the service's.
+    """
+    from ..registry import load_registry
+
+    asked = load_registry(wanted)
+    if served is not None and served.get("hash") == asked.content_hash:
+        return
+    what = describe_registry(asked.content_hash, str(wanted))
+    if served is None:
+        raise RegistryMismatchError(
+            f"the embedshare service of {store} serves no tool registry, not {what}: stop it "
+            f"(`embedshare stop --store {store}`) and start it with this one "
+            f"(`embedshare serve --store {store} --registry {wanted} --detach`)")
+    raise RegistryMismatchError(
+        f"the embedshare service of {store} serves {describe_registry(served.get('hash'), served.get('source'))}, "
+        f"not {what}: use the served one (ask for no registry), or stop the service "
+        f"(`embedshare stop --store {store}`) and start it with this one "
+        f"(`embedshare serve --store {store} --registry {wanted} --detach`), or use another --store")
 
 
 def _chunks(texts: list[str]) -> list[tuple[int, int]]:

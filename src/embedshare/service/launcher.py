@@ -21,7 +21,15 @@ from ..manager import default_store
 from ..store import StoreLayout
 from .connection import ServiceConnection, ServiceUnavailable
 from .http_address import normalise_http_address
-from .state import ENV_ADDRESS, ENV_ON_FAILURE, ENV_STORE, ServiceConfig, read_state
+from .state import (
+    ENV_ADDRESS,
+    ENV_ON_FAILURE,
+    ENV_STORE,
+    ServiceConfig,
+    read_state,
+    service_lock_held,
+    stopped_on_purpose,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +95,9 @@ class EmbeddingService:
         layout = StoreLayout(store)
         config = read_state(layout).get("config")
         if not config:
-            raise ServiceStartError(f"no service has run on {layout.root}; cannot restart one")
+            raise ServiceUnavailable(
+                f"no embedshare service has run on {layout.root}, so there is none to restart: start "
+                f"one with `embedshare serve --store {layout.root} --detach` (or EmbeddingService)")
         kwargs = {k: config[k] for k in ("model", "registry", "max_batch", "max_wait_ms", "threads", "http")
                   if k in config}
         kwargs.update({k: config[k] for k in ("tcp", "token_file") if config.get(k)})
@@ -110,9 +120,40 @@ class EmbeddingService:
 
     # -- start and stop -------------------------------------------------------------------
 
-    def start(self) -> "EmbeddingService":
-        """Start the service, or join the one already running; return once it answers."""
+    def start(self, *, respect_stop: bool = False) -> "EmbeddingService":
+        """Start the service, or join the one already running; return once it answers.
+
+        A service that holds the store's lock is joined without starting an interpreter (25
+        workers noticing a crash at once would otherwise start 25). ``respect_stop`` (clients
+        under the restart policy): a service stopped by ``embedshare stop`` is not started
+        again, :class:`ServiceUnavailable` says so.
+        """
         self.layout.make_private_run_dir()
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            if time.monotonic() > deadline:
+                raise ServiceStartError(f"no embedshare service answered on {self.layout.root} within "
+                                        f"{self.start_timeout} s (each one started let go of the lock)")
+            if service_lock_held(self.layout):
+                joined = self._join_running(deadline)
+                if joined is not None:
+                    self.pid, self.owned = joined
+                    break
+                continue  # it went away before answering: look again
+            why = stopped_on_purpose(self.layout) if respect_stop else None
+            if why:
+                raise ServiceUnavailable(why)
+            if self._spawn(deadline):
+                break
+        if self.export_env:
+            values = {ENV_ADDRESS: self.address, ENV_STORE: str(self.layout.root)}
+            if self.owned and ENV_ON_FAILURE not in os.environ:
+                values[ENV_ON_FAILURE] = "restart"  # we own it: bring it back if it dies
+            self._export(values)
+        return self
+
+    def _spawn(self, deadline: float) -> bool:
+        """Start a service process; True once it (or one it found holding the lock) answers."""
         args = [sys.executable, "-m", "embedshare.service", *self.config.argv()]
         if self.config.preload:
             preload_file = self.layout.run / f"preload-{os.getpid()}.txt"
@@ -141,19 +182,16 @@ class EmbeddingService:
         status, _, detail = line.partition(" ")
         if status == "ready":
             self.pid, self.owned = int(detail), True
-        elif status == "already":
+            return True
+        if status == "already":
             self._process.wait(timeout=30)
             self._process = None
-            self.pid, self.owned = self._join_running()
-        else:
-            self._reap_own_process(timeout=30.0)  # it exits after saying why: no zombie left
-            raise ServiceStartError(f"the embedshare service did not start: {detail or 'it exited'}\n{self.log_tail()}")
-        if self.export_env:
-            values = {ENV_ADDRESS: self.address, ENV_STORE: str(self.layout.root)}
-            if self.owned and ENV_ON_FAILURE not in os.environ:
-                values[ENV_ON_FAILURE] = "restart"  # we own it: bring it back if it dies
-            self._export(values)
-        return self
+            joined = self._join_running(deadline)
+            if joined is not None:
+                self.pid, self.owned = joined
+            return joined is not None
+        self._reap_own_process(timeout=30.0)  # it exits after saying why: no zombie left
+        raise ServiceStartError(f"the embedshare service did not start: {detail or 'it exited'}\n{self.log_tail()}")
 
     def _read_ready_line(self, fd: int) -> str:
         deadline = time.monotonic() + self.start_timeout
@@ -172,9 +210,11 @@ class EmbeddingService:
                 data += chunk
         return data.decode().strip()
 
-    def _join_running(self) -> tuple[int, bool]:
-        """Another service holds the store: wait until it answers ``hello`` and check its model."""
-        deadline = time.monotonic() + self.start_timeout
+    def _join_running(self, deadline: float) -> tuple[int, bool] | None:
+        """Another service holds the store: wait until it answers ``hello`` and check its model.
+
+        None when it let go of the lock without answering (it died or was stopped meanwhile).
+        """
         while True:
             try:
                 conn = ServiceConnection(self.address)
@@ -187,6 +227,8 @@ class EmbeddingService:
                 # It holds the lock but has not bound its socket yet (a few ms at start).
                 if time.monotonic() > deadline:
                     raise ServiceStartError(f"a service holds {self.layout.lock} but never answered") from None
+                if not service_lock_held(self.layout):
+                    return None
                 time.sleep(0.02)
         from ..embedders import create_embedder
 
@@ -270,6 +312,15 @@ class EmbeddingService:
             else:
                 os.environ[key] = value
         self._saved_env.clear()
+
+
+def restart_service(store: str | Path) -> EmbeddingService:
+    """For restart-policy clients: join the store's service or start it as it last ran.
+
+    The store's lock makes sure only one process starts it; a service stopped on purpose
+    (``embedshare stop``) is not started again (:class:`ServiceUnavailable` says so).
+    """
+    return EmbeddingService.from_state(store, export_env=False, detach=True).start(respect_stop=True)
 
 
 def service_state(store: str | Path) -> dict[str, Any]:

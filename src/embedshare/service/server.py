@@ -37,12 +37,14 @@ from ..manager import EmbeddingManager
 from ..store import CacheError, StoreLayout
 from ..store.files import write_atomic
 from ..store.cache import lookup
+from ..store.record import recorded_registry, write_record
 from . import protocol
 from .metrics import ServiceMetrics
 from .state import (
     AlreadyRunning,
     ServiceConfig,
     acquire_service_lock,
+    mark_stopped,
     parse_tcp_address,
     read_token_file,
 )
@@ -262,6 +264,7 @@ class EmbeddingServer:
         self._stop: asyncio.Event | None = None
         self._ready: asyncio.Event | None = None
         self.manager: EmbeddingManager | None = None
+        self.registry: dict[str, Any] | None = None  # hash, source, index of what it serves
         self.http: Any = None  # the HttpEndpoint when config.http is set
         self.tcp_server: asyncio.Server | None = None  # the token-checked TCP listener (--tcp)
         self.tcp_address: str | None = None
@@ -277,6 +280,9 @@ class EmbeddingServer:
             load()
         if self.config.registry:
             self.manager.load_registry(self.config.registry)
+        else:
+            self.manager._default_index()  # no --registry: the one the store records, if any
+        self._record_served()
         if self.config.preload:
             self.manager.preload(self.config.preload)
 
@@ -337,6 +343,25 @@ class EmbeddingServer:
     async def _stop_http(self) -> None:
         if self.http is not None:
             await self.http.stop()
+
+    def _record_served(self) -> None:
+        """Write the store's record (store/record.py): this service's model and registry."""
+        assert self.manager is not None
+        index = self.manager._index
+        if index is not None:
+            recorded = recorded_registry(self.layout) or {}
+            registry_hash = index.manifest["registry_hash"]
+            source = self.config.registry
+            if source and source != "bundled":
+                source = str(Path(source).resolve())
+            if not source and recorded.get("hash") == registry_hash:
+                source = recorded.get("source")
+            self.config.registry = self.config.registry or source  # a restart serves the same
+            self.registry = {"hash": registry_hash, "source": source, "index": str(index.path)}
+        write_record(self.layout, model=self.config.model, model_id=self.manager.model_id,
+                     dim=self.manager.dim, registry_hash=(self.registry or {}).get("hash"),
+                     registry_source=(self.registry or {}).get("source"),
+                     index=(self.registry or {}).get("index"), tools=len(index) if index is not None else None)
 
     def _write_state(self) -> None:
         assert self.manager is not None
@@ -533,6 +558,7 @@ class EmbeddingServer:
             "dim": self.manager.dim,
             "cache": str(self.layout.cache),
             "index": self.manager.index_path,
+            "registry": self.registry,
             "pid": os.getpid(),
             "max_texts": protocol.MAX_TEXTS_PER_REQUEST,
         }
@@ -566,9 +592,16 @@ class EmbeddingServer:
         return {}
 
     async def _op_shutdown(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Stop. ``by`` (``embedshare stop``) marks the stop deliberate: clients do not restart it."""
         assert self._stop is not None
+        pids = [c.get("pid") for c in self.clients.values()]
+        if message.get("pid") in pids:
+            pids.remove(message.get("pid"))  # the connection that asks (embedshare stop itself)
+        others = sorted({pid for pid in pids if pid is not None})
+        if message.get("by"):
+            mark_stopped(self.layout, str(message["by"]), others)  # before any client sees it go
         asyncio.get_running_loop().call_soon(self._stop.set)
-        return {}
+        return {"pid": os.getpid(), "clients": others}
 
     @property
     def pid(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,11 +71,56 @@ def acquire_service_lock(layout: StoreLayout) -> int:
     return fd
 
 
+def service_lock_held(layout: StoreLayout) -> bool:
+    """True while a service holds the store's lock (running, starting, or stopping).
+
+    Probed by taking the lock for an instant: a service starting in that instant says
+    ``already``, and its launcher looks again (see ``EmbeddingService.start``).
+    """
+    try:
+        fd = os.open(layout.lock, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 def read_state(layout: StoreLayout) -> dict[str, Any]:
     try:
         return json.loads(layout.state.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def mark_stopped(layout: StoreLayout, by: str, clients: list[int]) -> None:
+    """Record in the state file that the service was stopped on purpose (``embedshare stop``).
+
+    Restart-policy clients read it and do not bring the service back; the next service to
+    start writes a fresh state file, which clears it.
+    """
+    from ..store.files import write_atomic
+
+    state = read_state(layout)
+    state["stopped"] = {"by": by, "at": time.time(), "pid": state.get("pid"), "clients": clients}
+    write_atomic(layout.state, json.dumps(state, indent=2))
+
+
+def stopped_on_purpose(layout: StoreLayout) -> str | None:
+    """Why the store's service must not be restarted (a deliberate stop), or None."""
+    stopped = read_state(layout).get("stopped")
+    if not isinstance(stopped, dict):
+        return None
+    when = time.strftime("%H:%M:%S", time.localtime(float(stopped.get("at") or 0)))
+    return (f"the embedshare service of {layout.root} (pid {stopped.get('pid')}) was stopped by "
+            f"`{stopped.get('by')}` at {when}, so it is not restarted; start it again with "
+            f"`embedshare serve --store {layout.root} --detach` (or start your pool again)")
 
 
 def parse_tcp_address(spec: str) -> tuple[str, int]:

@@ -3,6 +3,7 @@
     <store>/cache/          the LMDB embedding cache (all models)
     <store>/indexes/<id>/   tool index folders, one per (registry content, model)
     <store>/run/            0700: the service's socket (0600), lock and state file
+    <store>/store.json      what the store serves: its model and registry (store/record.py)
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ class StoreLayout:
     @property
     def indexes(self) -> Path:
         return self.root / "indexes"
+
+    @property
+    def record(self) -> Path:
+        return self.root / "store.json"
 
     @property
     def run(self) -> Path:

@@ -1,0 +1,78 @@
+"""``<store>/store.json``: what a store serves, so every entry point finds it without being told.
+
+A store records its model (spec, model_id, dim) and the tool registry it serves (content hash,
+where it came from, and the index folder under ``indexes/``, which keeps its own copy of the
+tools in ``tools.jsonl``). It is written when an index is built and when a service starts, and
+read by every process that is given no registry: a local manager or fallback opens the
+recorded index, ``embedshare serve`` with no ``--registry`` serves it, the CLI searches it.
+
+Standard library only (json): pool workers import this.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .files import write_atomic
+from .layout import StoreLayout
+
+RECORD_VERSION = 1
+
+
+class RegistryMismatchError(ValueError):
+    """A registry was asked for that is not the one the store's service serves."""
+
+
+def read_record(store: str | Path | StoreLayout) -> dict[str, Any]:
+    """The store's record, or ``{}`` when it has none (or it cannot be read as JSON)."""
+    layout = store if isinstance(store, StoreLayout) else StoreLayout(store)
+    try:
+        record = json.loads(layout.record.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def write_record(store: str | Path | StoreLayout, *, model: str | None, model_id: str, dim: int,
+                 registry_hash: str | None, registry_source: str | None, index: str | None,
+                 tools: int | None = None) -> None:
+    """Record what the store serves (owner-only, written whole or not at all)."""
+    layout = store if isinstance(store, StoreLayout) else StoreLayout(store)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {
+        "version": RECORD_VERSION,
+        "model": {"spec": model, "model_id": model_id, "dim": int(dim)},
+        "registry": None,
+    }
+    if registry_hash:
+        record["registry"] = {"hash": registry_hash, "source": registry_source, "index": index,
+                              "tools": tools}
+    write_atomic(layout.record, json.dumps(record, indent=2, sort_keys=True))
+
+
+def recorded_registry(store: str | Path | StoreLayout) -> dict[str, Any] | None:
+    """The registry part of the record (hash, source, index), or None."""
+    registry = read_record(store).get("registry")
+    return registry if isinstance(registry, dict) and registry.get("hash") else None
+
+
+def recorded_model(store: str | Path | StoreLayout) -> str | None:
+    """The model spec the store last served or indexed with, or None."""
+    model = read_record(store).get("model")
+    return model.get("spec") if isinstance(model, dict) else None
+
+
+def describe_registry(hash_: str | None, source: str | None) -> str:
+    """``'tools.json' (sha256 3f2a9c...)``: how errors name a registry."""
+    return f"{source or 'an unnamed registry'} (content hash {str(hash_)[:12]})"
+
+
+def no_registry_advice(store: str | Path) -> str:
+    """The commands that give a store a registry (for a NoIndexError's message)."""
+    root = StoreLayout(store).root
+    return (f"the store {root} records no tool registry: build one with "
+            f"`embedshare index build FILE --store {root}` (or `embedshare index build bundled "
+            f"--store {root}` for the example), or pass --registry / registry= ('bundled' or a JSON file) or call "
+            "load_registry() once: the store remembers it")
