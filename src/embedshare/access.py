@@ -15,15 +15,12 @@ import threading
 import warnings
 from pathlib import Path
 
-from .lazylog import LazyLogger
 from .manager import DEFAULT_MODEL, EmbeddingManager, ManagerBase, default_store
 from .service.client import SharedEmbeddingManager
 from .service.connection import ServiceUnavailable
 from .service.state import ENV_ADDRESS, ENV_ON_FAILURE
 from .store import StoreLayout
 from .store.record import recorded_model, recorded_registry
-
-log = LazyLogger(__name__)  # logging is imported only if something is logged
 
 ENV_MODEL = "EMBEDSHARE_MODEL"
 ENV_REGISTRY = "EMBEDSHARE_REGISTRY"
@@ -122,8 +119,9 @@ def _create(model: str | None, store: str | Path | None, registry: str | Path | 
         f"no embedshare service is running ({reason}); this process (pid {os.getpid()}) builds "
         f"its own local embedding manager. Start one with `{hint}` to share it."
     )
+    # One channel only: a logging record as well would print it twice (logging's last-resort
+    # handler writes warnings to stderr when nothing is configured).
     warnings.warn(message, NoServiceWarning, stacklevel=3)
-    log.warning(message)
     return EmbeddingManager(store_path, model=model, registry=registry)
 
 
