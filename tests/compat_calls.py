@@ -55,6 +55,7 @@ def run_calls(registry: str, how: str = "env") -> dict:
     report["info"] = get_embedding_manager_info()
     report["cache_stats_keys"] = sorted(em.get_cache_stats())
     report["shared_address"] = em.manager.stats().get("address")
+    report["heavy_modules"] = sorted(m for m in ("logging", "asyncio", "psutil", "torch") if m in sys.modules)
     return report
 
 

@@ -8,6 +8,7 @@ attach to it and give the reference's answers.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import pickle
 import subprocess
@@ -22,6 +23,7 @@ import pytest
 
 import compat_calls
 from embedshare.access import NoServiceWarning
+from embedshare.access import get_embedding_manager as get_native_manager
 from embedshare.compat import (
     EmbeddingConfig,
     LocalModelWarning,
@@ -64,7 +66,7 @@ def service(store):
 def _comparable(report: dict) -> dict:
     """A report without what differs between processes by nature (pid, how full the cache is)."""
     out = {k: v for k, v in report.items() if k not in ("pid", "mode", "shared_address", "loaded_at_start",
-                                                         "index_before_build", "model")}
+                                                         "index_before_build", "model", "heavy_modules")}
     out["info"] = {k: v for k, v in report["info"].items() if k != "cached_embeddings"}
     out["build"] = {k: v for k, v in report["build"].items() if k != "rebuilt"}
     return out
@@ -133,6 +135,7 @@ def test_25_popen_shards_share_one_service_and_get_the_reference_answers(referen
     for report in reports:
         assert report["mode"] == "shared"
         assert report["shared_address"] == service.address
+        assert report["heavy_modules"] == []  # a worker stays light: no logging, asyncio, torch
         assert report["loaded_at_start"] is True  # the service's index, before any build_index
         assert report["build"]["rebuilt"] is False
         assert report["model"] in ("hash:64", "hash:64:v1")  # as the config named it, else the model's id
@@ -143,10 +146,24 @@ def test_25_popen_shards_share_one_service_and_get_the_reference_answers(referen
     assert stats["texts_embedded"] == distinct
 
 
-def test_pool_workers_and_threads_get_the_shared_manager(service, hash_env):
-    with ProcessPoolExecutor(max_workers=2) as pool:  # the platform's default start method
-        modes = list(pool.map(_mode_in_worker, range(4)))
-    assert modes == ["shared"] * 4
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_pool_workers_get_the_shared_manager(service, hash_env, method):
+    parent = get_embedding_manager()  # created before the fork: a forked child builds its own
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context(method)) as pool:
+        reports = list(pool.map(_report_in_worker, range(4)))
+    for mode, own, top in reports:
+        assert (mode, own, top) == ("shared", True, parent.search("read a file", k=1)[0].tool_name)
+
+
+def _report_in_worker(_: int) -> tuple[str, bool, str]:
+    import embedshare.compat.manager as compat_manager
+
+    em = get_embedding_manager()
+    own = compat_manager._instance_pid == os.getpid() and em.manager is get_native_manager()
+    return em.manager.mode, own, em.search("read a file", k=1)[0].tool_name
+
+
+def test_threads_share_one_compat_manager(service, hash_env):
     managers, results = [], []
 
     def grab():
@@ -162,10 +179,6 @@ def test_pool_workers_and_threads_get_the_shared_manager(service, hash_env):
     assert len(managers) == 16 and all(m is managers[0] for m in managers)
     assert managers[0].manager.mode == "shared"
     assert all(r == results[0] for r in results)
-
-
-def _mode_in_worker(_: int) -> str:
-    return get_embedding_manager().manager.mode
 
 
 def test_tool_embeddings_are_views_of_the_mapped_index(service, hash_env):

@@ -137,8 +137,8 @@ class MCPEmbeddingManager:
         if force_rebuild and (path / "manifest.json").exists():
             try:
                 ToolIndex(path, verify=True)
-            except ToolIndexError:
-                shutil.rmtree(path)
+            except ToolIndexError:  # damaged: rebuilt below (another shard may be removing it too)
+                shutil.rmtree(path, ignore_errors=True)
         existed = (path / "manifest.json").exists()
         misses_before = manager.stats()["misses"]
         if isinstance(manager, EmbeddingManager):  # local: the store records it, as load_registry does
