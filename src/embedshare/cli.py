@@ -450,8 +450,8 @@ def ray_demo(address: str | None, nodes: int, in_flight: int, tasks: int, model:
             raise ValueError("ray-demo needs Ray: pip install 'embedshare[ray]'") from None
         from .ray.demo import run_ray_demo
 
-        report = run_ray_demo(address=address, nodes=nodes, in_flight=in_flight, tasks=tasks, model=model,
-                              registry=registry, service_threads=service_threads,
+        report = run_ray_demo(address=address, nodes=nodes, in_flight=in_flight, tasks=tasks,
+                              model=model or DEFAULT_MODEL, registry=registry, service_threads=service_threads,
                               progress=not no_progress and sys.stderr.isatty(), compare=compare)
         click.echo(report.format())
         if json_out:
