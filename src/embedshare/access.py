@@ -15,15 +15,12 @@ import threading
 import warnings
 from pathlib import Path
 
-from .lazylog import LazyLogger
 from .manager import DEFAULT_MODEL, EmbeddingManager, ManagerBase, default_store
 from .service.client import SharedEmbeddingManager
 from .service.connection import ServiceUnavailable
 from .service.state import ENV_ADDRESS, ENV_ON_FAILURE
 from .store import StoreLayout
 from .store.record import recorded_model, recorded_registry
-
-log = LazyLogger(__name__)  # logging is imported only if something is logged
 
 ENV_MODEL = "EMBEDSHARE_MODEL"
 ENV_REGISTRY = "EMBEDSHARE_REGISTRY"
@@ -43,6 +40,7 @@ def get_embedding_manager(
     registry: str | Path | None = None,
     *,
     on_failure: str | None = None,
+    default_model: str = DEFAULT_MODEL,
 ) -> ManagerBase:
     """This process's embedding manager: shared if a service runs, else local.
 
@@ -55,6 +53,10 @@ def get_embedding_manager(
     ``on_failure`` (``EMBEDSHARE_ON_FAILURE``): under ``restart`` a process that finds no
     service waits for it or starts it, and never builds its own model; ``error`` raises;
     ``local`` (the default) builds a local manager with a warning.
+
+    ``default_model``: what a local manager embeds with when neither ``model``,
+    ``EMBEDSHARE_MODEL`` nor the store's record names one (``embedshare.compat`` passes the
+    original manager's default).
     """
     global _instance, _instance_pid
     pid = os.getpid()
@@ -63,7 +65,7 @@ def get_embedding_manager(
     with _lock:
         if _instance is not None and _instance_pid == pid:
             return _instance
-        _instance = _create(model or os.environ.get(ENV_MODEL), store, registry, on_failure)
+        _instance = _create(model or os.environ.get(ENV_MODEL), store, registry, on_failure, default_model)
         _instance_pid = pid
         return _instance
 
@@ -87,7 +89,7 @@ def reset_embedding_manager() -> None:
 
 
 def _create(model: str | None, store: str | Path | None, registry: str | Path | None,
-            on_failure: str | None) -> ManagerBase:
+            on_failure: str | None, default_model: str = DEFAULT_MODEL) -> ManagerBase:
     registry = registry or os.environ.get(ENV_REGISTRY)
     if store is None:  # inside a Ray task or actor: its node's service (embedshare.ray)
         ray_manager = _ray_node_manager(model, on_failure, registry)
@@ -109,7 +111,7 @@ def _create(model: str | None, store: str | Path | None, registry: str | Path | 
             return _restarted(address, store_path, model, on_failure, registry, policy,
                               ServiceUnavailable(f"no embedshare service at {address}"))
     layout = StoreLayout(store_path)
-    model = model or recorded_model(layout) or DEFAULT_MODEL
+    model = model or recorded_model(layout) or default_model
     has_registry = registry or recorded_registry(layout)
     hint = f"embedshare serve --store {layout.root} --model {model}" + (
         "" if has_registry else " --registry FILE (or bundled)") + " --detach"
@@ -117,8 +119,9 @@ def _create(model: str | None, store: str | Path | None, registry: str | Path | 
         f"no embedshare service is running ({reason}); this process (pid {os.getpid()}) builds "
         f"its own local embedding manager. Start one with `{hint}` to share it."
     )
+    # One channel only: a logging record as well would print it twice (logging's last-resort
+    # handler writes warnings to stderr when nothing is configured).
     warnings.warn(message, NoServiceWarning, stacklevel=3)
-    log.warning(message)
     return EmbeddingManager(store_path, model=model, registry=registry)
 
 

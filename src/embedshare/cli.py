@@ -39,17 +39,28 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .service.protocol import RemoteError
     from .store import CacheError, ToolIndexError, UnknownToolError
 
+    # OSError covers what the machine refuses: a port in use, a read-only or full disk, a
+    # permission (PermissionError), a missing file (FileNotFoundError).
     return (EmbedderError, InvalidTextError, UnknownModelError, NoIndexError, RegistryError,
             RemoteError, ServiceStartError, ServiceUnavailable, CacheError, ToolIndexError,
-            UnknownToolError, FileNotFoundError, ValueError)
+            UnknownToolError, OSError, ValueError)
 
 
 @contextmanager
 def _errors_as_messages() -> Iterator[None]:
+    """A user's mistake is one ``error:`` line and exit code 1; ``-v`` adds the traceback."""
     try:
         yield
     except _user_errors() as exc:
-        click.echo(f"error: {exc}", err=True)
+        context = click.get_current_context(silent=True)
+        if context is not None and context.find_root().params.get("verbose"):
+            import traceback
+
+            traceback.print_exc()
+            if getattr(exc, "log_tail", ""):
+                click.echo(f"the end of the service's log:\n{exc.log_tail}", err=True)
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        click.echo(f"error: {message}", err=True)
         sys.exit(1)
 
 
@@ -180,8 +191,16 @@ def serve(store: Path | None, model: str | None, registry: str | None, max_batch
 
         for handler in logging.getLogger().handlers:  # timestamps, as in service.log
             handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        click.echo(f"embedshare service for {config.store} (model {model}); Ctrl-C to stop", err=True)
-        sys.exit(run_service(config))
+
+        def announce(line: str) -> None:  # only once it answers: a failed start says only why
+            status, _, detail = line.partition(" ")
+            if status == "ready":
+                click.echo(f"embedshare service for {config.store} (model {model}, pid {detail}); "
+                           "Ctrl-C to stop", err=True)
+            elif status == "already":
+                click.echo(f"a service already runs on this store (pid {detail}); not starting another", err=True)
+
+        sys.exit(run_service(config, ready=announce))
 
 
 def _is_loopback_http(address: str) -> bool:
@@ -213,7 +232,7 @@ def stop(store: Path | None) -> None:
 
 @main.group()
 def index() -> None:
-    """Build and inspect tool indexes."""
+    """Build tool indexes, list the store's, and show what one holds."""
 
 
 @index.command("build")
@@ -238,6 +257,49 @@ def index_build(registry: str, store: Path | None, model: str | None) -> None:
             click.echo(f"note: the running service serves another index ({served}); restart it "
                        f"(`embedshare stop --store {layout.root}`, then `embedshare serve --store "
                        f"{layout.root} --detach`) to serve this one", err=True)
+
+
+@index.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@store_option
+def index_list(as_json: bool, store: Path | None) -> None:
+    """List the store's index folders: model, tools, and the registry each was built from."""
+    from .store.catalog import list_indexes
+
+    with _errors_as_messages():
+        indexes = list_indexes(_layout(store).indexes)
+        if as_json:
+            click.echo(json.dumps(indexes, indent=2))
+            return
+        for s in indexes:
+            if "damaged" in s:
+                click.echo(f"{s['name']}  damaged: {s['damaged']}")
+            else:
+                click.echo(f"{s['name']}  {s['model_id']} ({s['dim']} dims)  {s['tools']} tools  "
+                           f"registry {s['registry_hash'][:12]} {s['registry_source'] or ''}".rstrip())
+        if not indexes:
+            click.echo(f"no index in {_layout(store).indexes}")
+
+
+@index.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@store_option
+def index_show(name: str, as_json: bool, store: Path | None) -> None:
+    """Show one index: NAME is its folder (as `index list` prints it, or a unique prefix) or a path."""
+    from .store.catalog import describe, find_index
+
+    with _errors_as_messages():
+        info = describe(find_index(_layout(store).indexes, name))
+        if as_json:
+            click.echo(json.dumps(info, indent=2))
+            return
+        click.echo(f"index {info['path']}")
+        click.echo(f"model {info['model_id']} ({info['dim']} dims)" + (f", {info['ann']} search" if info["ann"] else ""))
+        click.echo(f"registry {info['registry_hash']} from {info['registry_source']}")
+        click.echo(f"{info['tools']} tools in {len(info['categories'])} categories:")
+        for category, names in info["categories"].items():
+            click.echo(f"  {category} ({len(names)}): {', '.join(names)}")
 
 
 @main.command()
@@ -346,7 +408,12 @@ def _format_stats(s: dict[str, Any]) -> str:
               help="Also write the measurements as JSON.")
 def demo(workers: int, tasks: int, model: str | None, registry: str, store: Path | None, naive: bool,
          naive_workers: int | None, json_out: Path | None) -> None:
-    """Run the user's workload on N workers with a shared service, and measure the naive design."""
+    """Run a tool-search workload on N worker processes that share one service, and measure it.
+
+    Each task makes ~2 searches and ~2 similar-tool lookups. With --naive (the default) the same
+    tasks run again with one embedding manager per process, and the two runs are compared:
+    memory (PSS), model calls, start-up and wall time.
+    """
     from .pool.demo import run_demo
 
     with _errors_as_messages():
@@ -355,6 +422,41 @@ def demo(workers: int, tasks: int, model: str | None, registry: str, store: Path
         click.echo(result.format())
         if json_out:
             json_out.write_text(json.dumps(result.as_dict(), indent=2))
+
+
+@main.command("ray-demo")
+@click.option("--address", default=None, help="A running Ray cluster (e.g. auto). Default: start a local one.")
+@click.option("--nodes", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Simulated nodes of the local cluster.")
+@click.option("--in-flight", type=click.IntRange(min=1), default=25, show_default=True,
+              help="Tasks in flight (and the CPUs of the local cluster).")
+@click.option("--tasks", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Tasks (each ~2 searches, ~2 similar-tool lookups).")
+@model_option
+@registry_option
+@click.option("--service-threads", type=click.IntRange(min=1), default=None,
+              help="Torch threads of each node's service.")
+@click.option("--compare", is_flag=True, help="First run the same tasks on this machine alone (demo --no-naive).")
+@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the measurements as JSON.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def ray_demo(address: str | None, nodes: int, in_flight: int, tasks: int, model: str, registry: str,
+             service_threads: int | None, compare: bool, json_out: Path | None, no_progress: bool) -> None:
+    """Run the tool-search workload on Ray, a service per node, and measure memory per node and model calls."""
+    with _errors_as_messages():
+        try:
+            import ray  # noqa: F401  (only to say clearly that it is missing)
+        except ImportError:
+            raise ValueError("ray-demo needs Ray: pip install 'embedshare[ray]'") from None
+        from .ray.demo import run_ray_demo
+
+        report = run_ray_demo(address=address, nodes=nodes, in_flight=in_flight, tasks=tasks,
+                              model=model or DEFAULT_MODEL, registry=registry, service_threads=service_threads,
+                              progress=not no_progress and sys.stderr.isatty(), compare=compare)
+        click.echo(report.format())
+        if json_out:
+            json_out.write_text(json.dumps(report.as_dict(), indent=2, default=str))
+        sys.exit(1 if report.failed else 0)
 
 
 @main.command()
@@ -393,7 +495,8 @@ def _name_list(ctx: click.Context, param: click.Parameter, value: str | None) ->
 @click.option("--tasks", type=click.IntRange(min=1), default=None, help="Tasks per case (default 2000).")
 @click.option("--models", callback=_name_list, default=None, help="Of hash,local,api (default all three).")
 @click.option("--designs", callback=_name_list, default=None,
-              help="Of per-process,option-c,option-a,hybrid,embedshare (default all).")
+              help="Of per-process, option-c (threads), option-a (Manager dict), hybrid, embedshare "
+                   "(default all).")
 @click.option("--api-latency-ms", type=click.FloatRange(min=0), default=None,
               help="Added to every request of the simulated API (default 150).")
 @click.option("--sweep-sizes", callback=_int_list, default=None,
@@ -408,7 +511,13 @@ def _name_list(ctx: click.Context, param: click.Parameter, value: str | None) ->
 def bench(quick: bool, out: Path, workers: list[int] | None, tasks: int | None, models: list[str] | None,
           designs: list[str] | None, api_latency_ms: float | None, sweep_sizes: list[int] | None,
           no_sweep: bool, usearch_max: int | None, miss_seconds: float | None, miss_threads: int | None) -> None:
-    """Measure the seed's designs and embedshare side by side; write JSON, markdown and plots."""
+    """Compare ways of sharing an embedding manager between processes, on the same tasks.
+
+    The designs: a manager per process, threads sharing one manager per process (option-c), a
+    multiprocessing.Manager dict (option-a), a dict plus a request queue (hybrid), and
+    embedshare; with the hashing model, the local model and a simulated API. Writes JSON,
+    markdown and plots.
+    """
     from .bench.runner import BenchConfig, quick_config, run_bench
 
     config = quick_config(out) if quick else BenchConfig(out=out)

@@ -24,7 +24,7 @@ from .embedders import Embedder, create_embedder, validate_text, validate_texts
 from .latency import Histogram
 from .lazylog import LazyLogger
 from .registry import Registry, load_registry
-from .store import CacheError, EmbeddingCache, ToolIndex, open_or_build_index
+from .store import CacheError, EmbeddingCache, ToolIndex, ToolIndexError, open_or_build_index
 from .store.cache import lookup
 from .store.index import Hits, SearchResult
 from .store.layout import StoreLayout
@@ -144,6 +144,22 @@ class ManagerBase(ABC):
 
     def _no_index_advice(self) -> str:
         return "pass registry= (a JSON file or 'bundled') or call load_registry()"
+
+    def use_index(self, index: ToolIndex) -> None:
+        """Search ``index`` from now on (e.g. another registry's, built through this manager)."""
+        if (index.model_id, index.dim) != (self.model_id, self.dim):
+            raise ToolIndexError(
+                f"tool index {index.path} holds {index.model_id!r} vectors, this manager embeds "
+                f"with {self.model_id!r}"
+            )
+        with self._lock:
+            self._index = index
+            self._search_cache.clear()
+
+    def clear_search_cache(self) -> None:
+        """Forget the cached search results of this process (the embedding cache stays)."""
+        with self._lock:
+            self._search_cache.clear()
 
     def search(
         self, query: str, k: int = 5, category: str | None = None, threshold: float = 0.0
@@ -266,9 +282,7 @@ class EmbeddingManager(ManagerBase):
         index = open_or_build_index(
             self.layout.indexes, reg, self.get_embeddings, self.model_id, self.dim, progress=progress
         )
-        self._index = index
-        with self._lock:
-            self._search_cache.clear()
+        self.use_index(index)
         # The store now serves this registry: every later entry point given none finds it.
         source = "bundled" if str(registry) == "bundled" else (
             reg.source if isinstance(registry, Registry) else str(Path(registry).resolve()))

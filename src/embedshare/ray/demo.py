@@ -1,7 +1,9 @@
 """The user's workload on Ray: memory per node and model calls, measured in one run.
 
-    python -m embedshare.ray.demo --nodes 3 --in-flight 25 --tasks 2000 --model local --compare
-    python -m embedshare.ray.demo --address auto ...      # on a real cluster (ray start ...)
+    embedshare ray-demo --nodes 3 --in-flight 25 --tasks 2000 --model local --compare
+    embedshare ray-demo --address auto ...      # on a real cluster (ray start ...)
+
+(``python -m embedshare.ray.demo`` is the same command.)
 
 Without ``--address`` it starts a local cluster of ``--nodes`` simulated nodes (processes of
 this machine, on loopback), with the ``--in-flight`` CPUs split between them. It deploys
@@ -14,8 +16,6 @@ same tasks on one machine (``embedshare demo --no-naive``) in the same run.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 import shutil
@@ -397,29 +397,11 @@ def run_ray_demo(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m embedshare.ray.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--address", help="a running cluster (e.g. auto); default: start a local one")
-    parser.add_argument("--nodes", type=int, default=3, help="simulated nodes of a local cluster")
-    parser.add_argument("--in-flight", type=int, default=25, help="tasks in flight (and CPUs of a local cluster)")
-    parser.add_argument("--tasks", type=int, default=2000)
-    parser.add_argument("--model", default=os.environ.get("EMBEDSHARE_MODEL", "local"))
-    parser.add_argument("--registry", default="bundled")
-    parser.add_argument("--service-threads", type=int, help="torch threads of each node's service")
-    parser.add_argument("--compare", action="store_true", help="first run the same tasks on one machine")
-    parser.add_argument("--json-out", help="write the measurements to this file")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    """``python -m embedshare.ray.demo``: the same command as ``embedshare ray-demo``."""
+    from ..cli import ray_demo
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    report = run_ray_demo(
-        address=args.address, nodes=args.nodes, in_flight=args.in_flight, tasks=args.tasks,
-        model=args.model, registry=args.registry, service_threads=args.service_threads,
-        progress=not args.no_progress, compare=args.compare,
-    )
-    print(report.format())
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(report.as_dict(), f, indent=2, default=str)
-    return 1 if report.failed else 0
+    return ray_demo.main(sys.argv[1:] if argv is None else argv, prog_name="python -m embedshare.ray.demo")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,15 @@ log = logging.getLogger(__name__)
 
 
 class ServiceStartError(RuntimeError):
-    """The service process exited or failed before it answered."""
+    """The service process exited or failed before it answered.
+
+    The message is one line (what went wrong, and where the log is); ``log_tail`` holds the
+    end of the service's log, traceback included, for ``-v`` and for debugging.
+    """
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
 
 
 class EmbeddingService:
@@ -191,7 +199,8 @@ class EmbeddingService:
                 self.pid, self.owned = joined
             return joined is not None
         self._reap_own_process(timeout=30.0)  # it exits after saying why: no zombie left
-        raise ServiceStartError(f"the embedshare service did not start: {detail or 'it exited'}\n{self.log_tail()}")
+        raise ServiceStartError(f"the embedshare service did not start: {detail or 'it exited'} "
+                                f"(its log: {self.layout.log})", self.log_tail())
 
     def _read_ready_line(self, fd: int) -> str:
         deadline = time.monotonic() + self.start_timeout

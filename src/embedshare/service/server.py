@@ -28,7 +28,7 @@ import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -650,14 +650,18 @@ def log_request(message: Any, reply: dict[str, Any], seconds: float, peer: dict[
               seconds * 1000, outcome, who)
 
 
-def run_service(config: ServiceConfig, ready_fd: int | None = None) -> int:
+def run_service(config: ServiceConfig, ready_fd: int | None = None,
+                ready: Callable[[str], None] | None = None) -> int:
     """Run a service in this process until SIGTERM, SIGINT or a shutdown request.
 
     ``ready_fd``: a pipe on which one line is written once the service answers
     (``ready PID``), or why it did not start (``already PID`` or ``error MESSAGE``).
+    ``ready``: called with the same line (``embedshare serve`` announces the service only then).
     """
 
     def tell(line: str) -> None:
+        if ready is not None:
+            ready(line)
         if ready_fd is not None:
             try:
                 os.write(ready_fd, (line + "\n").encode())
@@ -670,7 +674,7 @@ def run_service(config: ServiceConfig, ready_fd: int | None = None) -> int:
         lock_fd = acquire_service_lock(layout)
     except AlreadyRunning as exc:
         tell(f"already {exc.pid}")
-        if ready_fd is None:  # run by hand (`embedshare serve`): say so where the user looks
+        if ready_fd is None and ready is None:  # run by hand: say so where the user looks
             log.warning("%s; not starting another", exc)
         return 0
     try:

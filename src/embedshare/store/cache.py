@@ -45,6 +45,9 @@ class CacheError(RuntimeError):
     """The cache could not be opened or written; the message says why."""
 
 
+_READER_SLOT_BYTES = 64  # LMDB's reader table: one cache line per reader slot
+
+
 class CacheFullError(CacheError):
     """The cache reached its size limit or the disk is full. Nothing was corrupted."""
 
@@ -301,6 +304,7 @@ class EmbeddingCache:
                 self.path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise CacheError(f"cannot create embedding cache folder {self.path}: {exc}") from None
+            self._check_room_for_a_new_lock_file()
         for _ in range(_OPEN_ATTEMPTS):
             try:
                 env = lmdb.open(
@@ -324,6 +328,21 @@ class EmbeddingCache:
             f"cannot open embedding cache at {self.path}: other processes kept growing it "
             f"during {_OPEN_ATTEMPTS} attempts to open it"
         )
+
+    def _check_room_for_a_new_lock_file(self) -> None:
+        """Refuse to create a cache on a full disk: LMDB maps its new lock file, sized for
+        ``max_readers``, and writes into it, and a page the disk has no room for is a SIGBUS
+        that kills the process instead of an error."""
+        if (self.path / "lock.mdb").exists():
+            return
+        needed = self._max_readers * _READER_SLOT_BYTES + (1 << 16)
+        free = os.statvfs(self.path)
+        available = free.f_bavail * free.f_frsize
+        if available < needed:
+            raise CacheFullError(
+                f"cannot create embedding cache at {self.path}: the disk is full "
+                f"({available} bytes free, {needed} needed for its lock file)"
+            )
 
     def close(self) -> None:
         with self._open_lock:
