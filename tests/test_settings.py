@@ -186,9 +186,13 @@ SERVE_CASES = [
 @pytest.mark.parametrize("option, message", SERVE_CASES, ids=[" ".join(c[0]) for c in SERVE_CASES])
 def test_serve_refuses_a_bad_setting_with_one_line_and_exit_code_1(store, option, message, detach):
     args = [sys.executable, "-m", "embedshare", "serve", "--store", str(store), "--model", "hash:64", *option]
-    result = _run(args + (["--detach"] if detach else []))
-    _assert_one_line_error(result, message)
-    assert not StoreLayout(store).socket.exists()
+    try:
+        result = _run(args + (["--detach"] if detach else []))
+        _assert_one_line_error(result, message)
+        assert not StoreLayout(store).socket.exists()
+    finally:  # a build that accepts the value starts a detached service: never leave it running
+        if StoreLayout(store).socket.exists():
+            _run([sys.executable, "-m", "embedshare", "stop", "--store", str(store)])
 
 
 @pytest.mark.parametrize("option, message", SERVE_CASES[:3], ids=[" ".join(c[0]) for c in SERVE_CASES[:3]])

@@ -354,7 +354,8 @@ def _format_stats(s: dict[str, Any]) -> str:
         f"service pid {s['pid']}  model {s['model_id']} ({s['dim']} dims)  up {s['uptime_s']:.0f} s"
         + (f"  PSS {s['pss'] / 2**20:.1f} MB" if s.get("pss") is not None else ""),
         f"store {s['store']}  tools {s['tools']}",
-        f"requests {s['requests']}  errors {s['errors']}  texts {s['texts']}  "
+        f"requests {s['requests']}  errors {s['errors']}  corrupt vectors replaced "
+        f"{s.get('corrupt_vectors', 0)}  texts {s['texts']}  "
         f"hits {s['hits']}  misses {s['misses']}  joined in-flight {s['joined_inflight']}",
         f"model calls {s['model_calls']}  texts embedded {s['texts_embedded']}  "
         f"mean batch {batch['mean'] or 0:.1f}  queue {s['queue_depth']} (max {s['max_queue_depth']})",

@@ -247,7 +247,8 @@ class EmbeddingCache:
         self._nbytes = self.dim * 4
         self._value_nbytes = cache_format.sealed_size(self.dim)
         self._shape = (self.dim,)
-        # Values that failed verification on read in this process (see _verified).
+        # Stored values this handle replaced because they failed verification (put_many_keys):
+        # each damaged value is counted once, when it is repaired, however often it was read.
         self.corrupt_vectors = 0  # checksum mismatch or a wrong length
         self.old_format_vectors = 0  # written before values carried a checksum
         self._damage_lock = threading.Lock()
@@ -403,34 +404,28 @@ class EmbeddingCache:
             return out[0] if self.get_many_into([key], out)[0] else None
         return vector
 
-    def _verified(self, value: memoryview | bytes | None, count: bool = True) -> memoryview | bytes | None:
+    def _verified(self, value: memoryview | bytes | None) -> memoryview | bytes | None:
         """The float32 bytes of a stored value, or None (a miss): the one place values are read.
 
-        A value that fails its checksum or has another length is counted and reported once;
-        a value of the old format (no checksum) is counted apart. Either is rewritten by the
-        next ``put_many_keys`` of its text, which the miss brings about.
+        A value that fails its checksum, has another length or is of the old format (no
+        checksum) is a miss; the miss brings about a ``put_many_keys`` of its text, which
+        replaces it and counts it.
         """
         if value is not None and len(value) == self._value_nbytes:
             nbytes = self._nbytes
             data = value[:nbytes]
             if _digest(data) == value[nbytes:]:  # inline: this is on every cache hit
                 return data
-        if value is None:
-            return None
-        if count:
-            self._count_damage(old_format=len(value) == self._nbytes)
         return None
 
-    def _count_damage(self, old_format: bool) -> None:
+    def _count_repairs(self, corrupt: int, old_format: int) -> None:
         with self._damage_lock:
-            if old_format:
-                self.old_format_vectors += 1
-            else:
-                self.corrupt_vectors += 1
-                first = self.corrupt_vectors == 1
-        if not old_format and first:
-            log.warning("embedding cache at %s: a stored vector failed its checksum; it is treated "
-                        "as a miss and recomputed (counted as corrupt_vectors in stats)", self.path)
+            first = corrupt and not self.corrupt_vectors
+            self.corrupt_vectors += corrupt
+            self.old_format_vectors += old_format
+        if first:
+            log.warning("embedding cache at %s: a stored vector failed its checksum; it was recomputed "
+                        "and replaced (counted as corrupt_vectors in stats)", self.path)
 
     def _read_error(self, exc: lmdb.Error) -> CacheError:
         if isinstance(exc, cache_format.DAMAGE_ERRORS):
@@ -467,7 +462,7 @@ class EmbeddingCache:
 
     def __contains__(self, text: str) -> bool:
         with self._transaction(write=False) as txn:
-            return self._verified(txn.get(self.key(text)), count=False) is not None
+            return self._verified(txn.get(self.key(text))) is not None
 
     def count(self) -> int:
         """Entries in the whole cache file (all models)."""
@@ -489,7 +484,7 @@ class EmbeddingCache:
         while True:
             try:
                 with self._transaction(write=True) as txn:
-                    added = 0
+                    added = corrupt = old_format = 0
                     for key, row in zip(keys, vectors):
                         value = cache_format.seal(row.tobytes())
                         if txn.put(key, value, overwrite=False):
@@ -497,10 +492,17 @@ class EmbeddingCache:
                             continue
                         # A value that fails verification (damaged, old format, another
                         # dimension) is a miss for every reader; replace it, or it misses forever.
-                        if self._verified(txn.get(key), count=False) is None:
+                        existing = txn.get(key)
+                        if self._verified(existing) is None:
+                            if len(existing) == self._nbytes:
+                                old_format += 1
+                            else:
+                                corrupt += 1
                             txn.put(key, value)
                             added += 1
-                    return added
+                if corrupt or old_format:  # committed
+                    self._count_repairs(corrupt, old_format)
+                return added
             except lmdb.MapFullError:
                 self._grow()
             except cache_format.DAMAGE_ERRORS as exc:
