@@ -414,7 +414,7 @@ class EmbeddingCache:
         if value is not None and len(value) == self._value_nbytes:
             nbytes = self._nbytes
             data = value[:nbytes]
-            if _digest(data) == value[nbytes:]:  # inline: this is on every cache hit
+            if _digest(data) == value[nbytes:]:  # no helper call: this runs on every cache hit
                 return data
         return None
 
@@ -545,14 +545,12 @@ class EmbeddingCache:
                         raise
                     raise self._read_error(exc) from None
                 if txn is not None:
-                    if write:  # put_many_keys tells a full map or disk from damage itself
-                        with txn:
-                            yield txn
-                        return
                     try:
                         with txn:
                             yield txn
                     except lmdb.Error as exc:
+                        if write:  # put_many_keys tells a full map or disk from damage itself
+                            raise
                         raise self._read_error(exc) from None
                     return
             # Another process grew the map: adopt its size (no transaction of ours is open).
