@@ -113,6 +113,18 @@ def test_a_bad_failure_policy_in_the_environment_names_the_variable(store, monke
         SharedEmbeddingManager(store / "no.sock")
 
 
+@pytest.mark.parametrize("value", ["restrat", "never"])
+def test_get_embedding_manager_checks_the_policy_even_without_a_service(monkeypatch, value):
+    from embedshare.access import get_embedding_manager
+
+    monkeypatch.setenv("EMBEDSHARE_ON_FAILURE", value)
+    with pytest.raises(SettingError, match="EMBEDSHARE_ON_FAILURE must be one of"):
+        get_embedding_manager(model="hash:64")
+    monkeypatch.delenv("EMBEDSHARE_ON_FAILURE")
+    with pytest.raises(SettingError, match="^on_failure must be one of"):
+        get_embedding_manager(model="hash:64", on_failure=value)
+
+
 def test_a_bad_failure_policy_argument(store):
     with pytest.raises(SettingError, match="^on_failure must be one of"):
         SharedEmbeddingManager(store / "no.sock", on_failure="retry")

@@ -112,7 +112,7 @@ class EmbeddingService:
                       if k in config}
             kwargs.update({k: config[k] for k in ("tcp", "token_file") if config.get(k)})
             return cls(layout.root, **{**kwargs, **overrides})
-        except (SettingError, TypeError) as exc:
+        except (ValueError, TypeError) as exc:  # SettingError, a bad address
             raise ServiceStartError(
                 f"cannot restart the embedshare service: {layout.state} holds an invalid config ({exc}); "
                 f"start it by hand: embedshare serve --store {layout.root} --model MODEL [--registry R]"
