@@ -5,8 +5,9 @@ shorter than its own metadata is caught before anything reads it.
   whose digest does not match (a flipped bit, a torn page) is a miss: it is recomputed and
   rewritten, never returned. A value of exactly ``dim * 4`` bytes is the format before
   checksums; it cannot be verified, so it is a miss too, rewritten the same way.
-  Why xxh3 and not zlib.crc32 or blake2b: on a 384-dim vector it adds ~0.1 us to a ~2 us hit,
-  crc32 ~0.4 us and blake2b ~2 us (bench/cache_hit_timeit.py; docs/reliability.md).
+  Why xxh3 (the xxhash package) and not zlib.crc32 or blake2b: the digest of a 384-dim vector
+  takes ~0.1 us, crc32 ~0.4 us, blake2b ~2 us, and a hit costs ~1.6 us in all; with xxh3 a hit
+  got 0.27 us slower (bench/cache_hit_timeit.py, figures in docs/reliability.md).
 - LMDB maps the data file; a read of a page past the end of a truncated file is a SIGBUS that
   kills the reader with no message. Its newest meta page says how many pages are in use
   (``last_pgno``), so a file shorter than ``(last_pgno + 1) * psize`` is refused at open.
