@@ -43,7 +43,7 @@ def seconds(name: str, value: Any, *, allow_zero: bool = False, unit: str = "sec
     if math.isnan(number) or math.isinf(number) or number < 0 or (number == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise SettingError(f"{name} must be a finite number of {unit} {bound}, got {value!r}")
-    return number
+    return value if isinstance(value, (int, float)) else number  # 2 stays 2 in messages
 
 
 def optional_seconds(name: str, value: Any) -> float | None:

@@ -340,7 +340,11 @@ class EmbeddingCache:
             if problem is not None:  # reading past the end of the map would be a SIGBUS
                 env.close()
                 raise CacheDamagedError(cache_format.damaged_message(self.path, problem))
-            env.reader_check()  # free reader slots left by processes that died
+            try:
+                env.reader_check()  # free reader slots left by processes that died
+            except lmdb.Error as exc:
+                env.close()
+                raise CacheError(f"cannot open embedding cache at {self.path}: {exc}") from None
             return env
         raise CacheError(
             f"cannot open embedding cache at {self.path}: other processes kept growing it "
