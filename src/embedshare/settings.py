@@ -51,11 +51,6 @@ def optional_seconds(name: str, value: Any) -> float | None:
     return None if value is None else seconds(name, value)
 
 
-def port(name: str, value: Any) -> int:
-    """A TCP port, 0 (pick a free one) to 65535."""
-    return whole_number(name, value, 0, 65535)
-
-
 def choice(name: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
         raise SettingError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
