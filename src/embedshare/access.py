@@ -15,9 +15,9 @@ import threading
 import warnings
 from pathlib import Path
 
+from . import settings
 from .lazylog import LazyLogger
 from .manager import DEFAULT_MODEL, EmbeddingManager, ManagerBase, default_store
-from . import settings
 from .service.client import POLICIES, SharedEmbeddingManager
 from .service.connection import ServiceUnavailable
 from .service.state import ENV_ADDRESS, ENV_ON_FAILURE
