@@ -233,19 +233,21 @@ def test_a_full_disk_at_the_state_write_leaves_nothing_half_written_and_a_later_
     layout = StoreLayout(store)
     with EmbeddingService(store, model="hash:64", registry="bundled", export_env=False):
         pass
-    before = layout.state.read_text()
+    small_files = [layout.state, layout.record]  # what a service writes at start
+    before = [f.read_text() for f in small_files]
     _fill(small_tmpfs)
-    # the state file cannot be written: a clear error that names it, the old one intact
+    # the store's small files cannot be written: a clear error naming the first, each one intact
     with pytest.raises(ServiceStartError) as error:
         EmbeddingService(store, model="hash:64", registry="bundled", export_env=False, start_timeout=60).start()
-    assert "service.json" in str(error.value).splitlines()[0] and "No space left" in str(error.value)
+    first_line = str(error.value).splitlines()[0]
+    assert "No space left" in first_line and any(f"cannot write {f}" in first_line for f in small_files), first_line
     # a preload list cannot be written either: an error, no partial preload file
     with pytest.raises(OSError, match="No space left"):
         EmbeddingService(store, model="hash:64", preload=["x" * 100_000], export_env=False).start()
-    leftovers = sorted(p.name for p in layout.run.iterdir() if p.name not in
-                       {"service.json", "service.lock", "service.log"})
+    leftovers = sorted(p.name for p in [*layout.run.iterdir(), *layout.root.iterdir()] if p.name.endswith(".tmp")
+                       or p.name.startswith("preload-"))
     assert leftovers == [], leftovers
-    assert layout.state.read_text() == before
+    assert [f.read_text() for f in small_files] == before
     # room again: the next start works and cleans up its preload file
     (small_tmpfs / "filler").unlink()
     with EmbeddingService(store, model="hash:64", registry="bundled", preload=["a", "b"],

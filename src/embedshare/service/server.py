@@ -382,11 +382,7 @@ class EmbeddingServer:
             "http": self.http.url if self.http is not None else None,
             "tcp": self.tcp_address,
         }
-        try:
-            write_atomic(self.layout.state, json.dumps(state, indent=2))
-        except OSError as exc:  # a full disk: nothing half-written is left, and we say which file
-            raise OSError(exc.errno, f"cannot write the service's state file {self.layout.state}: "
-                                     f"{exc.strerror or exc}") from None
+        write_atomic(self.layout.state, json.dumps(state, indent=2))  # a full disk: names the file
 
     # -- connections ----------------------------------------------------------------------
 
