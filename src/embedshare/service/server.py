@@ -626,12 +626,13 @@ class EmbeddingServer:
         manager = self.manager if self.is_ready else None
         # Texts the service embedded for itself (the index build, preloads) count as well:
         # the model calls of a whole run are the batcher's plus these.
-        own = manager.stats() if manager is not None else {"model_calls": 0, "texts_embedded": 0, "tools": 0}
+        own = manager.stats() if manager is not None else {"model_calls": 0, "texts_embedded": 0, "tools": 0,
+                                                           "corrupt_vectors": 0, "old_format_vectors": 0}
         snapshot["model_calls"] += own["model_calls"]
         snapshot["texts_embedded"] += own["texts_embedded"]
         snapshot["startup_model_calls"] = own["model_calls"]
         snapshot["startup_texts_embedded"] = own["texts_embedded"]
-        snapshot["corrupt_vectors"] = own["corrupt_vectors"]  # found on the service's reads
+        snapshot["corrupt_vectors"] = own["corrupt_vectors"]  # damaged values it replaced
         snapshot["old_format_vectors"] = own["old_format_vectors"]
         return {
             **snapshot,
