@@ -15,8 +15,9 @@ import threading
 import warnings
 from pathlib import Path
 
+from . import settings
 from .manager import DEFAULT_MODEL, EmbeddingManager, ManagerBase, default_store
-from .service.client import SharedEmbeddingManager
+from .service.client import POLICIES, SharedEmbeddingManager
 from .service.connection import ServiceUnavailable
 from .service.state import ENV_ADDRESS, ENV_ON_FAILURE
 from .store import StoreLayout
@@ -65,6 +66,12 @@ def get_embedding_manager(
     with _lock:
         if _instance is not None and _instance_pid == pid:
             return _instance
+        # Checked even when no service answers (a local manager ignores the policy): a typo in
+        # the environment must not wait for the day the service dies to be found.
+        if on_failure is None:
+            settings.env_choice(ENV_ON_FAILURE, POLICIES, default=None)
+        else:
+            settings.choice("on_failure", on_failure, POLICIES)
         _instance = _create(model or os.environ.get(ENV_MODEL), store, registry, on_failure, default_model)
         _instance_pid = pid
         return _instance

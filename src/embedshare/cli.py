@@ -231,6 +231,38 @@ def stop(store: Path | None) -> None:
 
 
 @main.group()
+def cache() -> None:
+    """Look after the store's embedding cache."""
+
+
+@cache.command("reset")
+@store_option
+def cache_reset(store: Path | None) -> None:
+    """Move the cache aside (to cache.broken-<time>) so the store starts with an empty one.
+
+    For a damaged cache file. Nothing is deleted. Refused while a service runs on the store;
+    stop it first (embedshare stop). Vectors are recomputed as texts are asked for again.
+    """
+    from .service.state import AlreadyRunning, acquire_service_lock
+    from .store.cache_format import move_aside
+
+    layout = _layout(store)
+    with _errors_as_messages():
+        if not layout.cache.exists():
+            click.echo(f"no cache at {layout.cache}; nothing to do")
+            return
+        try:
+            lock_fd = acquire_service_lock(layout)  # held while we move it: no service starts
+        except AlreadyRunning as exc:
+            raise ValueError(f"{exc}; stop it first: embedshare stop --store {layout.root}") from None
+        try:
+            moved = move_aside(layout.cache)
+        finally:
+            os.close(lock_fd)
+        click.echo(f"moved the cache to {moved}; the store starts with an empty cache")
+
+
+@main.group()
 def index() -> None:
     """Build tool indexes, list the store's, and show what one holds."""
 
@@ -314,7 +346,10 @@ def index_show(name: str, as_json: bool, store: Path | None) -> None:
 def search(query: str, k: int, category: str | None, threshold: float, as_json: bool,
            store: Path | None, model: str | None, registry: str | None) -> None:
     """Find the tools that best match QUERY."""
+    from .settings import whole_number
+
     with _errors_as_messages():
+        whole_number("-k", k, 1)  # before a model is loaded or an index built
         manager = _manager(store, model, registry)
         results = manager.search(query, k=k, category=category, threshold=threshold)
         if as_json:
@@ -381,7 +416,8 @@ def _format_stats(s: dict[str, Any]) -> str:
         f"service pid {s['pid']}  model {s['model_id']} ({s['dim']} dims)  up {s['uptime_s']:.0f} s"
         + (f"  PSS {s['pss'] / 2**20:.1f} MB" if s.get("pss") is not None else ""),
         f"store {s['store']}  tools {s['tools']}",
-        f"requests {s['requests']}  errors {s['errors']}  texts {s['texts']}  "
+        f"requests {s['requests']}  errors {s['errors']}  corrupt vectors replaced "
+        f"{s.get('corrupt_vectors', 0)}  texts {s['texts']}  "
         f"hits {s['hits']}  misses {s['misses']}  joined in-flight {s['joined_inflight']}",
         f"model calls {s['model_calls']}  texts embedded {s['texts_embedded']}  "
         f"mean batch {batch['mean'] or 0:.1f}  queue {s['queue_depth']} (max {s['max_queue_depth']})",
@@ -415,8 +451,13 @@ def demo(workers: int, tasks: int, model: str | None, registry: str, store: Path
     memory (PSS), model calls, start-up and wall time.
     """
     from .pool.demo import run_demo
+    from .settings import whole_number
 
     with _errors_as_messages():
+        whole_number("--workers", workers, 1)
+        whole_number("--tasks", tasks, 1)
+        if naive_workers is not None:
+            whole_number("--naive-workers", naive_workers, 1)
         result = run_demo(workers=workers, tasks=tasks, model=model or DEFAULT_MODEL, registry=registry, store=store,
                           naive=naive, naive_workers=naive_workers, progress=sys.stderr.isatty())
         click.echo(result.format())
@@ -466,8 +507,10 @@ def ray_demo(address: str | None, nodes: int, in_flight: int, tasks: int, model:
 def top(once: bool, interval: float, store: Path | None) -> None:
     """Live view of the store's service: clients (PID, PSS), requests/s, hits, batches, latency."""
     from .monitor import run_top
+    from .settings import seconds
 
     with _errors_as_messages():
+        seconds("--interval", interval)
         sys.exit(run_top(_layout(store).socket, once=once, interval=interval))
 
 

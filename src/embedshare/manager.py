@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import settings
 from .embedders import Embedder, create_embedder, validate_text, validate_texts
 from .latency import Histogram
 from .lazylog import LazyLogger
@@ -62,6 +63,7 @@ class ManagerBase(ABC):
 
     def __init__(self, search_cache_size: int = 1024) -> None:
         self._index: ToolIndex | None = None
+        search_cache_size = settings.whole_number("search_cache_size", search_cache_size, 0)
         # Compact hits (rows, scores), not result objects: ~100 bytes an entry.
         self._search_cache: OrderedDict[tuple, Hits] = OrderedDict()
         self._search_cache_size = search_cache_size
@@ -227,6 +229,9 @@ class ManagerBase(ABC):
             pid=os.getpid(),
             index=self.index_path,
             tools=len(self._index) if self._index is not None else 0,
+            # stored vectors that failed verification when this process read them (recomputed)
+            corrupt_vectors=getattr(self.cache, "corrupt_vectors", 0),
+            old_format_vectors=getattr(self.cache, "old_format_vectors", 0),
         )
         return counters
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from .. import settings
 from ..latency import percentiles
 from ..manager import default_store
 from ..service.launcher import EmbeddingService
@@ -137,12 +138,14 @@ class SharedPool:
         max_wait_ms: float = 2.0,
         label: str = "embedshare (shared service)",
     ) -> None:
-        self.workers = workers
+        # Checked now, before a service is started for a pool that could not run.
+        self.workers = settings.whole_number("workers", workers, 1)
         self.store = Path(store) if store else default_store()
         self.model = model
         self.start_method = start_method
-        self.max_retries = max_retries
-        self.task_timeout = task_timeout  # seconds a task may run before its worker is killed
+        self.max_retries = settings.whole_number("max_retries", max_retries, 0)
+        # seconds a task may run before its worker is killed
+        self.task_timeout = settings.optional_seconds("task_timeout", task_timeout)
         self.progress = progress
         self.label = label
         self.service = EmbeddingService(

@@ -55,6 +55,8 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Callable, Iterable, Sequence
 
+from .. import settings
+
 __all__ = [
     "PoolError",
     "TaskFailed",
@@ -332,13 +334,9 @@ class WorkerPool:
         env: dict[str, str] | None = None,
         task_timeout: float | None = None,
     ) -> None:
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
-        if task_timeout is not None and not task_timeout > 0:
-            raise ValueError(f"task_timeout must be a positive number of seconds, got {task_timeout!r}")
-        self.task_timeout = task_timeout
+        workers = settings.whole_number("workers", workers, 1)
+        max_retries = settings.whole_number("max_retries", max_retries, 0)
+        self.task_timeout = settings.optional_seconds("task_timeout", task_timeout)
         self._ctx = multiprocessing.get_context(start_method)
         self._start_method = self._ctx.get_start_method()
         self.size = workers

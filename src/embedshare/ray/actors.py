@@ -40,6 +40,7 @@ import ray
 from ray.exceptions import ActorUnschedulableError, GetTimeoutError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from .. import settings
 from ..service.connection import ServiceConnection, ServiceUnavailable
 from ..service.state import ENV_ADDRESS, ServiceConfig
 from ..store import EmbeddingCache, StoreLayout
@@ -78,6 +79,10 @@ def make_settings(
     threads: int | None = None,
     start_timeout: float = 600.0,
 ) -> dict[str, Any]:
+    max_batch = settings.whole_number("max_batch", max_batch, 1)
+    max_wait_ms = settings.seconds("max_wait_ms", max_wait_ms, allow_zero=True, unit="milliseconds")
+    threads = None if threads is None else settings.whole_number("threads", threads, 1)
+    start_timeout = settings.seconds("start_timeout", start_timeout)
     ring = sorted(ring) if ring else default_ring()
     if not ring:
         raise RuntimeError("the Ray cluster has no alive node with CPUs to run embedshare services on")

@@ -17,14 +17,14 @@ died), which starts the service again, and the call is retried.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..service.client import SharedEmbeddingManager
+from .. import settings
+from ..service.client import POLICIES, SharedEmbeddingManager
 from ..service.connection import ServiceConnection, ServiceUnavailable
 from ..service.state import ENV_ON_FAILURE
 from ..store import EmbeddingCache
@@ -68,7 +68,7 @@ class RayEmbeddingManager(SharedEmbeddingManager):
         self.node_id: str = ray.get_runtime_context().get_node_id()
         self._coordinator = api.coordinator(self._namespace, create=True)
         info = self._call_coordinator("attach", self.node_id)
-        on_failure = on_failure or os.environ.get(ENV_ON_FAILURE) or "restart"
+        on_failure = on_failure or settings.env_choice(ENV_ON_FAILURE, POLICIES, default="restart")
         for attempt in range(3):
             self._take(info)
             try:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import settings
 from ..embedders import create_embedder, model_id_of
 from ..lazylog import LazyLogger
 from ..manager import EmbeddingManager, ManagerBase
@@ -64,13 +65,12 @@ class SharedEmbeddingManager(ManagerBase):
         # A tcp://HOST:PORT address needs the service's token (token= or EMBEDSHARE_TOKEN);
         # on the Unix socket the kernel vouches for the peer's uid instead.
         self._token = token if token is not None else os.environ.get(ENV_TOKEN)
-        on_failure = on_failure or os.environ.get(ENV_ON_FAILURE) or "local"
-        if on_failure not in POLICIES:
-            raise ValueError(f"on_failure must be one of {', '.join(POLICIES)}, got {on_failure!r}")
+        if on_failure is None:
+            on_failure = settings.env_choice(ENV_ON_FAILURE, POLICIES, default="local")
         self.address = str(address)
-        self.on_failure = on_failure
-        self.request_timeout = request_timeout
-        self.connect_timeout = connect_timeout
+        self.on_failure = settings.choice("on_failure", on_failure, POLICIES)
+        self.request_timeout = settings.seconds("request_timeout", request_timeout)
+        self.connect_timeout = settings.seconds("connect_timeout", connect_timeout)
         self._wanted_model_id = model_id_of(model) if model else None  # no API client built
         self._conn_lock = threading.Lock()
         self._conn: ServiceConnection | None = None

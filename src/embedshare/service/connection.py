@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from .. import settings
 from . import protocol
 from .state import TCP_SCHEME, parse_tcp_address
 
@@ -60,6 +61,7 @@ class ServiceConnection:
     def __init__(self, address: str | Path, connect_timeout: float = 5.0) -> None:
         self.address = str(address)
         self.pid = os.getpid()
+        connect_timeout = settings.seconds("connect_timeout", connect_timeout)
         try:
             if self.address.startswith(TCP_SCHEME):  # the optional TCP listener (a token in hello)
                 sock = socket.create_connection(parse_tcp_address(self.address), timeout=connect_timeout)

@@ -17,8 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import settings
 from ..manager import default_store
+from ..settings import SettingError
 from ..store import StoreLayout
+from ..store.files import write_atomic
 from .connection import ServiceConnection, ServiceUnavailable
 from .http_address import normalise_http_address
 from .state import (
@@ -26,6 +29,7 @@ from .state import (
     ENV_ON_FAILURE,
     ENV_STORE,
     ServiceConfig,
+    StateFileError,
     read_state,
     service_lock_held,
     stopped_on_purpose,
@@ -80,16 +84,15 @@ class EmbeddingService:
         registry_arg = None
         if registry is not None:
             registry_arg = str(registry) if str(registry) == "bundled" else str(Path(registry).resolve())
-        self.config = ServiceConfig(
+        self.config = ServiceConfig(  # checks every setting (SettingError, a ValueError)
             store=str(self.layout.root), model=model, registry=registry_arg,
             max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads, preload=list(preload),
             http=normalise_http_address(http),
+            # The optional token-checked TCP listener (off by default): HOST:PORT or PORT (loopback).
+            tcp=tcp, token_file=str(Path(token_file).resolve()) if token_file else None,
         )
-        # The optional token-checked TCP listener (off by default): HOST:PORT or PORT (loopback).
-        self.config.tcp = tcp
-        self.config.token_file = str(Path(token_file).resolve()) if token_file else None
         self.detach = detach
-        self.start_timeout = start_timeout
+        self.start_timeout = settings.seconds("start_timeout", start_timeout)
         self.export_env = export_env
         self.verbose = verbose
         self.pid: int | None = None
@@ -101,15 +104,27 @@ class EmbeddingService:
     def from_state(cls, store: str | Path, **overrides: Any) -> "EmbeddingService":
         """A handle configured as the store's last service was (to restart it)."""
         layout = StoreLayout(store)
-        config = read_state(layout).get("config")
+        try:
+            state = read_state(layout, strict=True)
+        except StateFileError as exc:
+            raise ServiceStartError(f"cannot restart the embedshare service: {exc}") from None
+        config = state.get("config")
         if not config:
             raise ServiceUnavailable(
                 f"no embedshare service has run on {layout.root}, so there is none to restart: start "
                 f"one with `embedshare serve --store {layout.root} --detach` (or EmbeddingService)")
-        kwargs = {k: config[k] for k in ("model", "registry", "max_batch", "max_wait_ms", "threads", "http")
-                  if k in config}
-        kwargs.update({k: config[k] for k in ("tcp", "token_file") if config.get(k)})
-        return cls(layout.root, **{**kwargs, **overrides})
+        try:
+            if not isinstance(config, dict):
+                raise SettingError(f"'config' is a {type(config).__name__}, not an object")
+            kwargs = {k: config[k] for k in ("model", "registry", "max_batch", "max_wait_ms", "threads", "http")
+                      if k in config}
+            kwargs.update({k: config[k] for k in ("tcp", "token_file") if config.get(k)})
+            return cls(layout.root, **{**kwargs, **overrides})
+        except (ValueError, TypeError) as exc:  # SettingError, a bad address
+            raise ServiceStartError(
+                f"cannot restart the embedshare service: {layout.state} holds an invalid config ({exc}); "
+                f"start it by hand: embedshare serve --store {layout.root} --model MODEL [--registry R]"
+            ) from None
 
     @property
     def address(self) -> str:
@@ -163,9 +178,11 @@ class EmbeddingService:
     def _spawn(self, deadline: float) -> bool:
         """Start a service process; True once it (or one it found holding the lock) answers."""
         args = [sys.executable, "-m", "embedshare.service", *self.config.argv()]
+        preload_file = None
         if self.config.preload:
             preload_file = self.layout.run / f"preload-{os.getpid()}.txt"
-            preload_file.write_text("\n".join(t.replace("\n", " ") for t in self.config.preload))
+            # whole or not at all: a full disk must not preload half the texts silently
+            write_atomic(preload_file, "\n".join(t.replace("\n", " ") for t in self.config.preload))
             args += ["--preload-file", str(preload_file)]
         args += ["-v"] * int(self.verbose)  # -v: info, -vv: debug, in run/service.log
         read_fd, write_fd = os.pipe()
@@ -187,6 +204,8 @@ class EmbeddingService:
             line = self._read_ready_line(read_fd)
         finally:
             os.close(read_fd)
+            if preload_file is not None:  # read by the service before it says it is ready
+                preload_file.unlink(missing_ok=True)
         status, _, detail = line.partition(" ")
         if status == "ready":
             self.pid, self.owned = int(detail), True

@@ -30,6 +30,8 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "model_calls": ("embedshare_model_calls", "Calls to the model, the service's own index build and preload included."),
     "texts_embedded": ("embedshare_texts_embedded", "Texts the model embedded."),
     "cache_write_failures": ("embedshare_cache_write_failures", "Batches whose vectors could not be cached."),
+    "corrupt_vectors": ("embedshare_corrupt_vectors", "Cached vectors that failed their checksum, recomputed and replaced."),
+    "old_format_vectors": ("embedshare_old_format_vectors", "Cached vectors without a checksum (older format), replaced."),
     "connections_total": ("embedshare_connections", "Socket connections accepted."),
     "refused_peers": ("embedshare_refused_peers", "Socket connections refused (another uid)."),
     "auth_failures": ("embedshare_auth_failures", "Connections refused for a missing or wrong token."),

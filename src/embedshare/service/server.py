@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import struct
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import settings
 from ..embedders import EmbedderError, InvalidTextError, create_embedder, validate_text
 from ..manager import EmbeddingManager
 from ..store import CacheError, StoreLayout
@@ -127,8 +129,10 @@ class Batcher:
                  max_batch: int, max_wait_ms: float) -> None:
         self.manager = manager
         self.metrics = metrics
-        self.max_batch = max_batch
-        self.max_wait = max_wait_ms / 1000.0
+        # Checked here too, not only in ServiceConfig: with max_batch < 1 every turn of _run
+        # takes no text and the loop spins, deaf to stop and SIGTERM.
+        self.max_batch = settings.whole_number("max_batch", max_batch, 1)
+        self.max_wait = settings.seconds("max_wait_ms", max_wait_ms, allow_zero=True, unit="milliseconds") / 1000.0
         self.concurrency = max(1, int(getattr(manager.embedder, "concurrency", 1)))
         self._queue: dict[bytes, str] = {}  # waiting to be computed, in arrival order
         self._inflight: dict[bytes, asyncio.Future] = {}  # queued, being computed or committed
@@ -378,7 +382,7 @@ class EmbeddingServer:
             "http": self.http.url if self.http is not None else None,
             "tcp": self.tcp_address,
         }
-        write_atomic(self.layout.state, json.dumps(state, indent=2))
+        write_atomic(self.layout.state, json.dumps(state, indent=2))  # a full disk: names the file
 
     # -- connections ----------------------------------------------------------------------
 
@@ -522,6 +526,10 @@ class EmbeddingServer:
         except EmbedderError as exc:  # the model or API gave no valid vectors (logged by the batcher)
             self.metrics.add(errors=1)
             reply = protocol.error_reply(request_id, "model_error", str(exc))
+        except CacheError as exc:  # a damaged cache file: an error reply, the service lives on
+            self.metrics.add(errors=1)
+            log.error("request failed on the cache: %s", exc)
+            reply = protocol.error_reply(request_id, "cache_error", str(exc))
         except Exception as exc:  # a failing model or cache must not take the service down
             self.metrics.add(errors=1)
             log.exception("request failed")
@@ -618,11 +626,14 @@ class EmbeddingServer:
         manager = self.manager if self.is_ready else None
         # Texts the service embedded for itself (the index build, preloads) count as well:
         # the model calls of a whole run are the batcher's plus these.
-        own = manager.stats() if manager is not None else {"model_calls": 0, "texts_embedded": 0, "tools": 0}
+        own = manager.stats() if manager is not None else {"model_calls": 0, "texts_embedded": 0, "tools": 0,
+                                                           "corrupt_vectors": 0, "old_format_vectors": 0}
         snapshot["model_calls"] += own["model_calls"]
         snapshot["texts_embedded"] += own["texts_embedded"]
         snapshot["startup_model_calls"] = own["model_calls"]
         snapshot["startup_texts_embedded"] = own["texts_embedded"]
+        snapshot["corrupt_vectors"] = own["corrupt_vectors"]  # damaged values it replaced
+        snapshot["old_format_vectors"] = own["old_format_vectors"]
         return {
             **snapshot,
             "ready": manager is not None,
@@ -711,14 +722,21 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
         format=LOG_FORMAT,
     )
-    preload = []
-    if args.preload_file:
-        preload = [line for line in Path(args.preload_file).read_text().splitlines() if line.strip()]
-    config = ServiceConfig(
-        store=args.store, model=args.model, registry=args.registry, max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms, threads=args.threads, preload=preload, http=args.http,
-    )
-    config.tcp, config.token_file = args.tcp, args.token_file
+    try:
+        preload = []
+        if args.preload_file:
+            preload = [line for line in Path(args.preload_file).read_text().splitlines() if line.strip()]
+        config = ServiceConfig(
+            store=args.store, model=args.model, registry=args.registry, max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms, threads=args.threads, preload=preload, http=args.http,
+            tcp=args.tcp, token_file=args.token_file,
+        )
+    except (OSError, ValueError) as exc:  # a bad setting: one line, where the launcher looks
+        message = f"{type(exc).__name__}: {exc}"
+        if args.ready_fd is not None:
+            os.write(args.ready_fd, f"error {message}\n".encode())
+        print(f"error: {message}", file=sys.stderr)
+        return 1
     return run_service(config, ready_fd=args.ready_fd)
 
 

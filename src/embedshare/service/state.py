@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import settings
 from ..store.layout import StoreLayout
 
 ENV_ADDRESS = "EMBEDSHARE_ADDRESS"  # the socket of the service; inherited by child processes
@@ -36,6 +37,26 @@ class ServiceConfig:
     tcp: str | None = None  # HOST:PORT (or PORT, on loopback) of the optional token-checked TCP listener
     token_file: str | None = None  # the token TCP clients must present; required with tcp
     http: str | None = None  # HOST:PORT of the OpenAI-compatible endpoint (service/http.py); off if None
+
+    def __post_init__(self) -> None:
+        """Every way of making a config (the Python API, the CLI, the service's argv, a state
+        file read back for a restart) is checked here, once: ``SettingError`` names the field."""
+        if not isinstance(self.store, str) or not self.store:
+            raise settings.SettingError(f"store must be a folder path, got {self.store!r}")
+        if not isinstance(self.model, str) or not self.model:
+            raise settings.SettingError(f"model must be a model spec such as 'local', got {self.model!r}")
+        self.max_batch = settings.whole_number("max_batch", self.max_batch, 1)
+        self.max_wait_ms = settings.seconds("max_wait_ms", self.max_wait_ms, allow_zero=True, unit="milliseconds")
+        if self.threads is not None:
+            self.threads = settings.whole_number("threads", self.threads, 1)
+        if not isinstance(self.preload, list) or not all(isinstance(t, str) for t in self.preload):
+            raise settings.SettingError("preload must be a list of texts")
+        if self.tcp is not None:
+            parse_tcp_address(self.tcp)
+        if self.http is not None:
+            from .http_address import parse_http_address  # not at import: workers read this module
+
+            parse_http_address(self.http)
 
     def argv(self) -> list[str]:
         args = ["--store", self.store, "--model", self.model,
@@ -92,11 +113,36 @@ def service_lock_held(layout: StoreLayout) -> bool:
         os.close(fd)
 
 
-def read_state(layout: StoreLayout) -> dict[str, Any]:
+class StateFileError(ValueError):
+    """``run/service.json`` exists but cannot be read back (garbled, cut short, not an object)."""
+
+
+def read_state(layout: StoreLayout, *, strict: bool = False) -> dict[str, Any]:
+    """What the store's (last) service wrote about itself; ``{}`` if no service has written it.
+
+    A damaged file reads as ``{}`` too, unless ``strict``: then it is a :class:`StateFileError`
+    that says so (a restart must not report "no service has run" when one has).
+    """
     try:
-        return json.loads(layout.state.read_text())
-    except (OSError, ValueError):
+        text = layout.state.read_text()
+    except FileNotFoundError:
         return {}
+    except OSError as exc:
+        if strict:
+            raise StateFileError(f"cannot read {layout.state}: {exc.strerror or exc}") from None
+        return {}
+    try:
+        state = json.loads(text)
+        if not isinstance(state, dict):
+            raise ValueError(f"a JSON {type(state).__name__}, not an object")
+    except ValueError as exc:
+        if strict:
+            raise StateFileError(
+                f"{layout.state} is damaged ({exc}); the next service started on this store "
+                f"rewrites it: embedshare serve --store {layout.root} --model MODEL [--registry R]"
+            ) from None
+        return {}
+    return state
 
 
 def mark_stopped(layout: StoreLayout, by: str, clients: list[int]) -> None:
@@ -128,6 +174,7 @@ def parse_tcp_address(spec: str) -> tuple[str, int]:
 
     A bare port means loopback (127.0.0.1): listening on another interface must be asked for.
     """
+    spec = str(spec)
     text = spec[len(TCP_SCHEME):] if spec.startswith(TCP_SCHEME) else spec
     host, sep, port = text.rpartition(":")
     if not sep:
@@ -136,9 +183,9 @@ def parse_tcp_address(spec: str) -> tuple[str, int]:
     try:
         number = int(port)
     except ValueError:
-        raise ValueError(f"bad TCP address {spec!r}: expected HOST:PORT or PORT") from None
+        raise settings.SettingError(f"bad TCP address {spec!r}: expected HOST:PORT or PORT") from None
     if not 0 <= number <= 65535:
-        raise ValueError(f"bad TCP address {spec!r}: port {number} is out of range")
+        raise settings.SettingError(f"bad TCP address {spec!r}: port {number} is not in 0..65535")
     return host, number
 
 

@@ -1,6 +1,6 @@
 """Storage: the LMDB embedding cache, the memory-mapped tool index, the store layout."""
 
-from .cache import CacheError, CacheFullError, EmbeddingCache, cache_key
+from .cache import CacheDamagedError, CacheError, CacheFullError, EmbeddingCache, cache_key
 from .index import (
     SearchResult,
     ToolIndex,
@@ -12,6 +12,7 @@ from .index import (
 from .layout import StoreLayout
 
 __all__ = [
+    "CacheDamagedError",
     "CacheError",
     "CacheFullError",
     "EmbeddingCache",

@@ -5,8 +5,12 @@ copy, writers commit whole transactions (a process killed mid-write leaves the l
 state), and a get in a read transaction costs about a microsecond.
 
 - Key: 16-byte blake2b of ``model_id`` and the text, so vectors of one model are never found
-  for another. Value: the raw float32 bytes of one L2-normalised vector. A value of the wrong
-  length (another dimension) is treated as a miss, never returned.
+  for another. Value: the float32 bytes of one L2-normalised vector and their checksum
+  (``cache_format``). A value that fails its checksum, is of the old unchecked format or has
+  the wrong length is a miss, counted, recomputed and rewritten: never returned.
+- A data file shorter than its own metadata says is refused at open (``CacheDamagedError``),
+  and LMDB's own errors about damaged pages become ``CacheDamagedError`` too, naming the path
+  and ``embedshare cache reset``.
 - Reads are zero-copy: ``np.frombuffer`` straight on the map inside a read transaction, copied
   once into the caller's result array (a buffer must not outlive its transaction: LMDB reuses
   freed pages).
@@ -31,6 +35,7 @@ import numpy as np
 
 from ..digests import blake2b
 from ..lazylog import LazyLogger
+from . import cache_format
 
 log = LazyLogger(__name__)  # logging is imported only if something is logged
 
@@ -38,6 +43,7 @@ DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB of address space; the file only grows as dat
 DEFAULT_MAX_MAP_SIZE = 1 << 40
 DEFAULT_MAX_READERS = 4096  # slots for concurrent read transactions: processes x threads
 _FLOAT32 = np.dtype(np.float32)
+_digest = cache_format.digest
 _OPEN_ATTEMPTS = 100  # opens that lose the race against a growing map (see EmbeddingCache._open)
 
 
@@ -50,6 +56,10 @@ _READER_SLOT_BYTES = 64  # LMDB's reader table: one cache line per reader slot
 
 class CacheFullError(CacheError):
     """The cache reached its size limit or the disk is full. Nothing was corrupted."""
+
+
+class CacheDamagedError(CacheError):
+    """The cache file is damaged (cut short, garbled pages); the message names it and the fix."""
 
 
 def cache_key(model_id: str, text: str) -> bytes:
@@ -238,7 +248,13 @@ class EmbeddingCache:
         self.dim = int(dim)
         self.readonly = readonly
         self._nbytes = self.dim * 4
+        self._value_nbytes = cache_format.sealed_size(self.dim)
         self._shape = (self.dim,)
+        # Stored values this handle replaced because they failed verification (put_many_keys):
+        # each damaged value is counted once, when it is repaired, however often it was read.
+        self.corrupt_vectors = 0  # checksum mismatch or a wrong length
+        self.old_format_vectors = 0  # written before values carried a checksum
+        self._damage_lock = threading.Lock()
         # The model half of every key, hashed once: a key is then one copy, update and digest.
         self._key_prefix = blake2b(model_id.encode("utf-8") + b"\x00", digest_size=16)
         self._map_size = map_size
@@ -320,9 +336,19 @@ class EmbeddingCache:
                 )
             except lmdb.MapResizedError:
                 continue
+            except cache_format.DAMAGE_ERRORS as exc:
+                raise CacheDamagedError(cache_format.damaged_message(self.path, str(exc))) from None
             except lmdb.Error as exc:
                 raise CacheError(f"cannot open embedding cache at {self.path}: {exc}") from None
-            env.reader_check()  # free reader slots left by processes that died
+            problem = cache_format.truncation(env, self.path / "data.mdb")
+            if problem is not None:  # reading past the end of the map would be a SIGBUS
+                env.close()
+                raise CacheDamagedError(cache_format.damaged_message(self.path, problem))
+            try:
+                env.reader_check()  # free reader slots left by processes that died
+            except lmdb.Error as exc:
+                env.close()
+                raise CacheError(f"cannot open embedding cache at {self.path}: {exc}") from None
             return env
         raise CacheError(
             f"cannot open embedding cache at {self.path}: other processes kept growing it "
@@ -382,12 +408,16 @@ class EmbeddingCache:
                 resized = True
             except lmdb.ReadersFullError:
                 raise self._readers_full() from None
+            except lmdb.Error as exc:
+                raise self._read_error(exc) from None
             else:
                 try:
-                    value = txn.get(key)
-                    if value is not None and len(value) == self._nbytes:
+                    data = self._verified(txn.get(key))
+                    if data is not None:
                         # a writable copy in one step (twice as fast as frombuffer().copy())
-                        vector = np.ndarray(self._shape, _FLOAT32, bytearray(value))
+                        vector = np.ndarray(self._shape, _FLOAT32, bytearray(data))
+                except lmdb.Error as exc:
+                    raise self._read_error(exc) from None
                 finally:
                     txn.abort()
         finally:
@@ -396,6 +426,34 @@ class EmbeddingCache:
             out = np.empty((1, self.dim), dtype=np.float32)
             return out[0] if self.get_many_into([key], out)[0] else None
         return vector
+
+    def _verified(self, value: memoryview | bytes | None) -> memoryview | bytes | None:
+        """The float32 bytes of a stored value, or None (a miss): the one place values are read.
+
+        A value that fails its checksum, has another length or is of the old format (no
+        checksum) is a miss; the miss brings about a ``put_many_keys`` of its text, which
+        replaces it and counts it.
+        """
+        if value is not None and len(value) == self._value_nbytes:
+            nbytes = self._nbytes
+            data = value[:nbytes]
+            if _digest(data) == value[nbytes:]:  # no helper call: this runs on every cache hit
+                return data
+        return None
+
+    def _count_repairs(self, corrupt: int, old_format: int) -> None:
+        with self._damage_lock:
+            first = corrupt and not self.corrupt_vectors
+            self.corrupt_vectors += corrupt
+            self.old_format_vectors += old_format
+        if first:
+            log.warning("embedding cache at %s: a stored vector failed its checksum; it was recomputed "
+                        "and replaced (counted as corrupt_vectors in stats)", self.path)
+
+    def _read_error(self, exc: lmdb.Error) -> CacheError:
+        if isinstance(exc, cache_format.DAMAGE_ERRORS):
+            return CacheDamagedError(cache_format.damaged_message(self.path, str(exc)))
+        return CacheError(f"cannot read embedding cache at {self.path}: {exc}")
 
     def _readers_full(self) -> CacheError:
         return CacheError(
@@ -416,19 +474,18 @@ class EmbeddingCache:
     def get_many_into(self, keys: Sequence[bytes], out: np.ndarray) -> np.ndarray:
         """Copy the vectors of ``keys`` straight from the map into rows of ``out``."""
         found = np.zeros(len(keys), dtype=bool)
-        nbytes = self._nbytes
+        verified = self._verified
         with self._transaction(write=False) as txn:
             for i, key in enumerate(keys):
-                value = txn.get(key)
-                if value is not None and len(value) == nbytes:
-                    out[i] = np.frombuffer(value, dtype=np.float32)
+                data = verified(txn.get(key))
+                if data is not None:
+                    out[i] = np.frombuffer(data, dtype=np.float32)
                     found[i] = True
         return found
 
     def __contains__(self, text: str) -> bool:
         with self._transaction(write=False) as txn:
-            value = txn.get(self.key(text))
-        return value is not None and len(value) == self._nbytes
+            return self._verified(txn.get(self.key(text))) is not None
 
     def count(self) -> int:
         """Entries in the whole cache file (all models)."""
@@ -450,21 +507,29 @@ class EmbeddingCache:
         while True:
             try:
                 with self._transaction(write=True) as txn:
-                    added = 0
-                    nbytes = self._nbytes
+                    added = corrupt = old_format = 0
                     for key, row in zip(keys, vectors):
-                        if txn.put(key, row.tobytes(), overwrite=False):
+                        value = cache_format.seal(row.tobytes())
+                        if txn.put(key, value, overwrite=False):
                             added += 1
                             continue
-                        # A value of the wrong length (written for another dimension) is a
-                        # miss for every reader; replace it, or that text misses forever.
+                        # A value that fails verification (damaged, old format, another
+                        # dimension) is a miss for every reader; replace it, or it misses forever.
                         existing = txn.get(key)
-                        if existing is None or len(existing) != nbytes:
-                            txn.put(key, row.tobytes())
+                        if self._verified(existing) is None:
+                            if len(existing) == self._nbytes:
+                                old_format += 1
+                            else:
+                                corrupt += 1
+                            txn.put(key, value)
                             added += 1
-                    return added
+                if corrupt or old_format:  # committed
+                    self._count_repairs(corrupt, old_format)
+                return added
             except lmdb.MapFullError:
                 self._grow()
+            except cache_format.DAMAGE_ERRORS as exc:
+                raise CacheDamagedError(cache_format.damaged_message(self.path, str(exc))) from None
             except lmdb.Error as exc:
                 if _disk_full(self.path, exc):
                     raise CacheFullError(f"embedding cache at {self.path}: disk full ({exc})") from None
@@ -498,9 +563,18 @@ class EmbeddingCache:
                     txn = None
                 except lmdb.ReadersFullError:
                     raise self._readers_full() from None
+                except lmdb.Error as exc:
+                    if write:
+                        raise
+                    raise self._read_error(exc) from None
                 if txn is not None:
-                    with txn:
-                        yield txn
+                    try:
+                        with txn:
+                            yield txn
+                    except lmdb.Error as exc:
+                        if write:  # put_many_keys tells a full map or disk from damage itself
+                            raise
+                        raise self._read_error(exc) from None
                     return
             # Another process grew the map: adopt its size (no transaction of ours is open).
             with guard.exclusive():

@@ -18,7 +18,8 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes, mode: int = PR
     """Replace ``path`` with ``data`` in one step: a temp file beside it, fsync, rename.
 
     The temp file is created with ``mode`` (owner-only by default, whatever the umask) and is
-    removed if anything fails (``OSError`` from a full disk included, which is re-raised).
+    removed if anything fails. An ``OSError`` (a full disk) is re-raised naming ``path``: a
+    bare "No space left on device" does not say which of the store's files could not be written.
     """
     target = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
@@ -30,9 +31,11 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes, mode: int = PR
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, f"cannot write {target}: {exc.strerror or exc}") from None
         raise
