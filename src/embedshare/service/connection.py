@@ -14,11 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol
+from .peercred import peer_credentials
 from .state import TCP_SCHEME, parse_tcp_address
 
 
 class ServiceUnavailable(ConnectionError):
     """The service cannot be reached, went away, or did not answer in time."""
+
+
+class ForeignServiceError(PermissionError):
+    """The socket is served by another user's process: never talked to, never fallen back from."""
 
 
 class _Reply:
@@ -69,9 +74,12 @@ class ServiceConnection:
                 try:
                     sock.settimeout(connect_timeout)
                     sock.connect(self.address)
+                    _check_served_by_us(sock, self.address)
                 except OSError:
                     sock.close()
                     raise
+        except ForeignServiceError:
+            raise
         except OSError as exc:
             raise ServiceUnavailable(f"no embedshare service at {self.address}: {exc.strerror or exc}") from None
         sock.settimeout(None)
@@ -156,6 +164,16 @@ class ServiceConnection:
             except OSError:
                 pass
         self._sock.close()
+
+
+def _check_served_by_us(sock: socket.socket, address: str) -> None:
+    """Refuse a socket bound by another uid: its answers (vectors, paths) would be that user's."""
+    pid, uid, _ = peer_credentials(sock)
+    if uid != os.getuid():
+        raise ForeignServiceError(
+            f"the socket {address} is served by uid {uid} (pid {pid}), not by you (uid {os.getuid()}): "
+            "another user controls it, so embedshare will not use it. Check who can write its folder, "
+            "or use a store of your own (--store or EMBEDSHARE_STORE).")
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:

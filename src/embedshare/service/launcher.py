@@ -19,6 +19,7 @@ from typing import Any
 
 from ..manager import default_store
 from ..store import StoreLayout
+from ..store.files import open_private, write_atomic
 from .connection import ServiceConnection, ServiceUnavailable
 from .http_address import normalise_http_address
 from .state import (
@@ -157,14 +158,13 @@ class EmbeddingService:
         args = [sys.executable, "-m", "embedshare.service", *self.config.argv()]
         if self.config.preload:
             preload_file = self.layout.run / f"preload-{os.getpid()}.txt"
-            preload_file.write_text("\n".join(t.replace("\n", " ") for t in self.config.preload))
+            write_atomic(preload_file, "\n".join(t.replace("\n", " ") for t in self.config.preload))
             args += ["--preload-file", str(preload_file)]
         args += ["-v"] * int(self.verbose)  # -v: info, -vv: debug, in run/service.log
         read_fd, write_fd = os.pipe()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         env.pop(ENV_ADDRESS, None)
-        with open(self.layout.log, "ab") as log_file:
-            os.chmod(self.layout.log, 0o600)
+        with os.fdopen(open_private(self.layout.log), "ab") as log_file:
             self._process = subprocess.Popen(
                 args + ["--ready-fd", str(write_fd)],
                 pass_fds=(write_fd,),

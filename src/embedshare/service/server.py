@@ -23,8 +23,6 @@ import json
 import logging
 import os
 import signal
-import socket
-import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,6 +38,7 @@ from ..store.cache import lookup
 from ..store.record import recorded_registry, write_record
 from . import protocol
 from .metrics import ServiceMetrics
+from .peercred import peer_credentials
 from .state import (
     AlreadyRunning,
     ServiceConfig,
@@ -71,12 +70,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    """``(pid, uid, gid)`` of the process at the other end of a Unix socket."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)
 
 
 async def _wait_all(futures: list[asyncio.Future]) -> list[Any]:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..store.files import open_private
 from ..store.layout import StoreLayout
 
 ENV_ADDRESS = "EMBEDSHARE_ADDRESS"  # the socket of the service; inherited by child processes
@@ -62,7 +63,7 @@ class AlreadyRunning(RuntimeError):
 def acquire_service_lock(layout: StoreLayout) -> int:
     """Take the store's service lock or raise :class:`AlreadyRunning`; returns the fd."""
     layout.make_private_run_dir()
-    fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_private(layout.lock, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..digests import blake2b
 from ..lazylog import LazyLogger
+from .files import PRIVATE_FILE_MODE, UnsafeStoreError, private_dir, private_file
 
 log = LazyLogger(__name__)  # logging is imported only if something is logged
 
@@ -296,11 +297,14 @@ class EmbeddingCache:
         that grew the data past that size makes it fail with ``MapResizedError``. A new open
         maps the new size, so it is retried (each retry means another process made progress).
         """
-        if not self.readonly:
-            try:
-                self.path.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise CacheError(f"cannot create embedding cache folder {self.path}: {exc}") from None
+        try:  # owner-only: another user must neither read the vectors nor swap data.mdb
+            private_dir(self.path, create=not self.readonly)
+        except UnsafeStoreError:
+            raise
+        except OSError as exc:
+            verb = "open" if self.readonly else "create"
+            raise CacheError(f"cannot {verb} embedding cache folder {self.path}: {exc}") from None
+        self._check_files()  # before LMDB reads a byte of them
         for _ in range(_OPEN_ATTEMPTS):
             try:
                 env = lmdb.open(
@@ -313,17 +317,31 @@ class EmbeddingCache:
                     metasync=self._durable,
                     readahead=False,
                     max_dbs=0,
+                    mode=PRIVATE_FILE_MODE,  # data.mdb and lock.mdb are born 0600
                 )
             except lmdb.MapResizedError:
                 continue
             except lmdb.Error as exc:
                 raise CacheError(f"cannot open embedding cache at {self.path}: {exc}") from None
+            try:
+                self._check_files()  # the new ones too, whatever the umask made of them
+            except BaseException:
+                env.close()
+                raise
             env.reader_check()  # free reader slots left by processes that died
             return env
         raise CacheError(
             f"cannot open embedding cache at {self.path}: other processes kept growing it "
             f"during {_OPEN_ATTEMPTS} attempts to open it"
         )
+
+    def _check_files(self) -> None:
+        """data.mdb and lock.mdb: ours and 0600 (an older store's 0644 is closed), else refused."""
+        for name in ("data.mdb", "lock.mdb"):
+            try:
+                private_file(self.path / name)
+            except FileNotFoundError:
+                pass
 
     def close(self) -> None:
         with self._open_lock:
