@@ -34,14 +34,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .embedders import EmbedderError, InvalidTextError, UnknownModelError
     from .manager import NoIndexError
     from .registry import RegistryError
-    from .service.connection import ServiceUnavailable
+    from .service.connection import ForeignServiceError, ServiceUnavailable
     from .service.launcher import ServiceStartError
     from .service.protocol import RemoteError
     from .store import CacheError, ToolIndexError, UnknownToolError
+    from .store.files import UnsafeStoreError
 
     return (EmbedderError, InvalidTextError, UnknownModelError, NoIndexError, RegistryError,
             RemoteError, ServiceStartError, ServiceUnavailable, CacheError, ToolIndexError,
-            UnknownToolError, FileNotFoundError, ValueError)
+            UnknownToolError, FileNotFoundError, ValueError, UnsafeStoreError, ForeignServiceError)
 
 
 @contextmanager
