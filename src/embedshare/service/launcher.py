@@ -26,7 +26,9 @@ from .state import (
     ENV_ADDRESS,
     ENV_ON_FAILURE,
     ENV_STORE,
+    LIMIT_FIELDS,
     ServiceConfig,
+    apply_limits,
     read_state,
     service_lock_held,
     stopped_on_purpose,
@@ -68,6 +70,9 @@ class EmbeddingService:
         http: str | None = None,
         tcp: str | None = None,
         token_file: str | Path | None = None,
+        http_token_file: str | Path | None = None,
+        http_no_auth: bool = False,
+        limits: dict[str, float] | None = None,
     ) -> None:
         self.layout = StoreLayout(store or default_store())
         registry_arg = None
@@ -81,6 +86,10 @@ class EmbeddingService:
         # The optional token-checked TCP listener (off by default): HOST:PORT or PORT (loopback).
         self.config.tcp = tcp
         self.config.token_file = str(Path(token_file).resolve()) if token_file else None
+        # The HTTP endpoint's bearer token, and the limits at the edge (service/limits.py).
+        self.config.http_token_file = str(Path(http_token_file).expanduser().resolve()) if http_token_file else None
+        self.config.http_no_auth = http_no_auth
+        apply_limits(self.config, limits or {})
         self.detach = detach
         self.start_timeout = start_timeout
         self.export_env = export_env
@@ -101,7 +110,9 @@ class EmbeddingService:
                 f"one with `embedshare serve --store {layout.root} --detach` (or EmbeddingService)")
         kwargs = {k: config[k] for k in ("model", "registry", "max_batch", "max_wait_ms", "threads", "http")
                   if k in config}
-        kwargs.update({k: config[k] for k in ("tcp", "token_file") if config.get(k)})
+        kwargs.update({k: config[k] for k in ("tcp", "token_file", "http_token_file", "http_no_auth")
+                       if config.get(k)})
+        kwargs["limits"] = {k: config[k] for k in LIMIT_FIELDS if k in config}
         return cls(layout.root, **{**kwargs, **overrides})
 
     @property

@@ -37,6 +37,19 @@ class ServiceConfig:
     tcp: str | None = None  # HOST:PORT (or PORT, on loopback) of the optional token-checked TCP listener
     token_file: str | None = None  # the token TCP clients must present; required with tcp
     http: str | None = None  # HOST:PORT of the OpenAI-compatible endpoint (service/http.py); off if None
+    http_token_file: str | None = None  # a bearer token HTTP clients must send (see http_auth.py)
+    http_no_auth: bool = False  # a non-loopback --http without a token: allowed only if asked for
+    # Limits at the edge (service/limits.py; docs/reliability.md, "Security", has the reasons).
+    max_connections: int = 1024  # on the Unix socket
+    max_tcp_connections: int = 64
+    max_http_connections: int = 256
+    first_frame_timeout: float = 10.0  # s from connecting to a complete first frame (HTTP: headers)
+    frame_timeout: float = 60.0  # s to finish a frame (HTTP: a body) once begun
+    idle_timeout: float = 0.0  # s with nothing received and nothing in flight (socket, TCP); 0: never
+    http_keepalive_timeout: float = 5.0  # s an HTTP connection may wait between requests
+    max_buffered_mb: int = 256  # request bytes read or being answered, socket and TCP together
+    max_http_buffered_mb: int = 64  # the same for HTTP bodies
+    log_interval: float = 10.0  # s between two log lines of the same kind; 0: no limit
 
     def argv(self) -> list[str]:
         args = ["--store", self.store, "--model", self.model,
@@ -51,7 +64,40 @@ class ServiceConfig:
             args += ["--token-file", self.token_file]
         if self.http:
             args += ["--http", self.http]
+        if self.http_token_file:
+            args += ["--http-token-file", self.http_token_file]
+        if self.http_no_auth:
+            args += ["--http-no-auth"]
+        for name in LIMIT_FIELDS:
+            if getattr(self, name) != getattr(ServiceConfig, name):
+                args += ["--" + name.replace("_", "-"), str(getattr(self, name))]
         return args
+
+
+LIMIT_FIELDS = ("max_connections", "max_tcp_connections", "max_http_connections", "first_frame_timeout",
+                "frame_timeout", "idle_timeout", "http_keepalive_timeout", "max_buffered_mb",
+                "max_http_buffered_mb", "log_interval")
+
+
+def apply_limits(config: ServiceConfig, limits: dict[str, float]) -> None:
+    """Set ``limits`` (names of LIMIT_FIELDS) on ``config``, each checked: a clear error if not."""
+    unknown = set(limits) - set(LIMIT_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown limit {sorted(unknown)[0]!r}; the limits are {', '.join(LIMIT_FIELDS)}")
+    for name, value in limits.items():
+        default = getattr(ServiceConfig, name)
+        try:
+            number = type(default)(value)
+            if number != value:  # 2.5 connections
+                raise ValueError
+        except (TypeError, ValueError):
+            kind = "a whole number" if isinstance(default, int) else "a number"
+            raise ValueError(f"limit {name} must be {kind}, got {value!r}") from None
+        if isinstance(value, bool) or number != number or number < 0 or (
+                number == 0 and name not in ("idle_timeout", "log_interval")):
+            raise ValueError(f"limit {name} must be {'>= 0' if name in ('idle_timeout', 'log_interval') else '> 0'}"
+                             f", got {value!r}")
+        setattr(config, name, number)
 
 
 class AlreadyRunning(RuntimeError):
