@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import struct
 import threading
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,7 @@ class ServiceConnection:
             else:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 try:
-                    sock.settimeout(connect_timeout)
-                    sock.connect(self.address)
+                    _connect_unix(sock, self.address, connect_timeout)
                     _check_served_by_us(sock, self.address)
                 except OSError:
                     sock.close()
@@ -164,6 +164,17 @@ class ServiceConnection:
             except OSError:
                 pass
         self._sock.close()
+
+
+def _connect_unix(sock: socket.socket, address: str, timeout: float) -> None:
+    """A blocking connect bounded by SO_SNDTIMEO: while the service's accept queue is full (a
+    flood of connections), the kernel queues us until there is room, within ``timeout``. A
+    non-blocking connect, which ``settimeout`` would make, fails at once with EAGAIN instead."""
+    seconds = max(0.001, timeout)
+    as_timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, as_timeval)
+    sock.connect(address)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, 0))
 
 
 def _check_served_by_us(sock: socket.socket, address: str) -> None:
