@@ -295,7 +295,7 @@ async def _read_json(request: Request, budget: Any, timeout: float) -> dict[str,
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise ApiError(415, "send the body as JSON with 'Content-Type: application/json'",
                        code="unsupported_media_type")
-    limit = min(MAX_BODY_BYTES, budget.capacity)
+    limit = min(MAX_BODY_BYTES, budget.largest())
     declared = request.headers.get("content-length")
     length = int(declared) if declared is not None and declared.isdigit() else 0
     if length > limit:

@@ -28,7 +28,6 @@ import logging
 import math
 import resource
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -152,44 +151,65 @@ def sweep_tick(listeners: list[Listener]) -> float:
 
 
 class ByteBudget:
-    """At most ``capacity`` bytes taken at once; takers wait their turn, in order."""
+    """At most ``capacity`` bytes taken at once; a taker that does not fit waits for room.
+
+    Large takers (over ``SMALL`` bytes) may use all but an eighth of the budget: frames that
+    stall half-sent (up to ``frame_timeout``) can hold the large share, never the last eighth,
+    so small requests (a hello, a typical embed) always get through. A waiter is served as
+    soon as it fits, not in arrival order, so a large frame waiting for room does not hold up
+    the small ones behind it either.
+    """
+
+    SMALL = 1 << 20
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
+        self.reserve = capacity // 8
         self.used = 0
         self.peak = 0
-        self._waiters: deque[tuple[int, asyncio.Future]] = deque()
+        self._waiters: list[tuple[int, asyncio.Future]] = []
+
+    def _limit(self, n: int) -> int:
+        return self.capacity if n <= self.SMALL else self.capacity - self.reserve
+
+    def largest(self) -> int:
+        """The largest single taker that can ever fit."""
+        return max(self.SMALL, self.capacity - self.reserve) if self.capacity >= self.SMALL else self.capacity
 
     async def acquire(self, n: int) -> None:
-        if n > self.capacity:
+        if n > self.largest():
             raise ValueError(f"{n} bytes can never fit in a budget of {self.capacity}")
-        if not self._waiters and self.used + n <= self.capacity:
+        if self.used + n <= self._limit(n):
             self._take(n)
             return
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append((n, waiter))
+        entry = (n, waiter)
+        self._waiters.append(entry)
         try:
             await waiter
         except BaseException:
             if waiter.done() and not waiter.cancelled():
                 self.release(n)  # granted as we were cancelled: give it back
             else:
-                self._waiters.remove((n, waiter))
-                self._wake()
+                self._waiters.remove(entry)
             raise
 
     def release(self, n: int) -> None:
         self.used -= n
-        self._wake()
+        if self._waiters:
+            self._wake()
 
     def _take(self, n: int) -> None:
         self.used += n
         self.peak = max(self.peak, self.used)
 
     def _wake(self) -> None:
-        while self._waiters and self.used + self._waiters[0][0] <= self.capacity:
-            n, waiter = self._waiters.popleft()
-            if not waiter.done():
+        for entry in list(self._waiters):
+            n, waiter = entry
+            if waiter.done():
+                self._waiters.remove(entry)
+            elif self.used + n <= self._limit(n):
+                self._waiters.remove(entry)
                 self._take(n)
                 waiter.set_result(None)
 

@@ -69,6 +69,10 @@ SHUTDOWN_BATCH_WAIT = 10.0
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 # What a connection may hold unread beyond its frames' budget before its transport pauses.
 READ_BUFFER = 64 << 10
+# Connections the kernel queues before we accept them. asyncio accepts up to this many per
+# turn of the loop, so in a flood a short queue keeps every turn (and the owner's wait behind
+# the queue) short; a client's connect waits in the kernel while the queue is full.
+SOCKET_BACKLOG = 32
 
 
 def _is_loopback(host: str) -> bool:
@@ -315,7 +319,8 @@ class EmbeddingServer:
             path.unlink()  # we hold the lock, so whoever made this socket is gone
         old_umask = os.umask(0o177)  # the socket is born 0600: no window where others can connect
         try:
-            server = await asyncio.start_unix_server(self._handle, path=str(path), limit=READ_BUFFER)
+            server = await asyncio.start_unix_server(self._handle, path=str(path), limit=READ_BUFFER,
+                                                     backlog=SOCKET_BACKLOG)
         finally:
             os.umask(old_umask)
         os.chmod(path, 0o600)
@@ -447,10 +452,10 @@ class EmbeddingServer:
                 slot.frame_started()
                 try:
                     length = protocol.frame_length(header)
-                    if length > budget.capacity:
+                    if length > budget.largest():
                         raise protocol.ProtocolError(
-                            "too_large", f"a frame of {length} bytes exceeds the service's buffer "
-                            f"budget of {budget.capacity} bytes (--max-buffered-mb)")
+                            "too_large", f"a frame of {length} bytes exceeds what the service's buffer "
+                            f"budget lets one frame hold, {budget.largest()} bytes (--max-buffered-mb)")
                 except protocol.ProtocolError as exc:
                     # We cannot find the next frame boundary: answer, then drop this connection.
                     self.metrics.add(requests=1, errors=1)
