@@ -175,3 +175,71 @@ def _send_quietly(sock, data: bytes) -> None:
         sock.sendall(data)
     except OSError:
         pass
+
+
+# -- the pieces, alone --------------------------------------------------------------------------------
+
+
+def test_caps_are_fitted_under_the_open_file_limit():
+    from embedshare.service.limits import FD_RESERVE, fit_caps
+
+    assert fit_caps({"socket": 1024, "http": 256}, 20_000) == {"socket": 1024, "http": 256}
+    fitted = fit_caps({"socket": 1024, "http": 256}, 1024)  # a common soft limit, if the hard one is too
+    assert sum(fitted.values()) <= 1024 - FD_RESERVE and fitted["socket"] > fitted["http"] >= 1
+
+
+def test_the_service_raises_its_open_file_limit_to_the_hard_limit(store):
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft <= 512:
+        pytest.skip(f"the soft open-file limit is already {soft}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))  # the service inherits 512
+    try:
+        service = EmbeddingService(store, model="hash:64", export_env=False, start_timeout=60).start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        limits = open(f"/proc/{service.pid}/limits").read()
+        line = next(line for line in limits.splitlines() if line.startswith("Max open files")).split()
+        assert int(line[3]) == hard  # soft = hard
+    finally:
+        service.stop()
+
+
+def test_the_log_filter_lets_one_line_of_a_kind_through_per_interval():
+    import logging
+
+    from embedshare.service.ratelog import RateLimitFilter
+
+    limiter = RateLimitFilter(interval=3600)
+    record = lambda msg, *args: logging.LogRecord("x", logging.WARNING, __file__, 1, msg, args, None)
+    passed = [limiter.filter(record("accept failed: %s", i)) for i in range(1000)]
+    assert passed.count(True) == 1
+    assert limiter.filter(record("another kind"))
+    limiter.interval = 0  # the next of the first kind passes, and says how many were held back
+    summary = record("accept failed: %s", "last")
+    assert limiter.filter(summary) and summary.getMessage().startswith("accept failed: last [and 999 more like it")
+
+
+def test_the_byte_budget_lets_small_takers_pass_a_stalled_large_one():
+    import asyncio
+
+    from embedshare.service.limits import ByteBudget
+
+    async def scenario() -> list[str]:
+        budget = ByteBudget(16 << 20)  # large takers may use 14 MiB of it
+        events = []
+        await budget.acquire(10 << 20)  # a large frame, stalled half-sent
+        large = asyncio.create_task(budget.acquire(8 << 20))  # does not fit: waits
+        await asyncio.sleep(0)
+        await asyncio.wait_for(budget.acquire(1000), 1)  # a hello still fits, at once
+        events.append(f"small passed, large waiting={not large.done()}")
+        budget.release(10 << 20)
+        await asyncio.wait_for(large, 1)
+        events.append(f"large got it, used={budget.used}")
+        with pytest.raises(ValueError):
+            await budget.acquire(15 << 20)  # can never fit
+        return events
+
+    assert asyncio.run(scenario()) == ["small passed, large waiting=True", f"large got it, used={(8 << 20) + 1000}"]
