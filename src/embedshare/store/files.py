@@ -70,11 +70,13 @@ def private_dir(path: str | os.PathLike[str], *, create: bool = True) -> Path:
     """
     folder = Path(path)
     if create:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.mkdir(folder, PRIVATE_DIR_MODE)
-        except FileExistsError:
-            pass
+        # Missing parents are made owner-only too (mkdir -p would make them by the umask, and
+        # a store folder made under umask 0 would be 0777, and refused on its next use).
+        for missing in [p for p in reversed([folder, *folder.parents]) if not os.path.lexists(p)]:
+            try:
+                os.mkdir(missing, PRIVATE_DIR_MODE)
+            except FileExistsError:  # made meanwhile by another process
+                pass
     st = os.lstat(folder)
     check_private(folder, st, "folder")
     if stat.S_IMODE(st.st_mode) != PRIVATE_DIR_MODE:
