@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import socket
@@ -22,7 +23,7 @@ import openai
 import pytest
 from reliability_helpers import record
 
-from embedshare.service.launcher import EmbeddingService, ServiceStartError
+from embedshare.service.launcher import EmbeddingService
 
 MODEL = "hash:64"
 
@@ -198,8 +199,15 @@ def test_a_token_from_the_environment(store, monkeypatch):
 
 
 def test_beyond_loopback_a_token_is_required_unless_refused_explicitly(tmp_path):
-    with pytest.raises(ServiceStartError, match="needs a bearer token.*--http-no-auth"):
+    with pytest.raises(ValueError, match="needs a bearer token.*--http-no-auth"):  # before anything starts
         EmbeddingService(tmp_path / "a", model=MODEL, http="0.0.0.0:0", export_env=False, start_timeout=60).start()
+    # the service checks it itself too (started by hand, or by an older launcher)
+    from embedshare.service.server import EmbeddingServer
+    from embedshare.service.state import ServiceConfig
+
+    server = EmbeddingServer(ServiceConfig(store=str(tmp_path / "c"), model=MODEL, http="0.0.0.0:0"))
+    with pytest.raises(ValueError, match="needs a bearer token"):
+        asyncio.run(server._start_http())
     with EmbeddingService(tmp_path / "b", model=MODEL, http="0.0.0.0:0", http_no_auth=True, export_env=False,
                           start_timeout=60) as service:
         assert "serves anyone who can reach it: no token (--http-no-auth)" in service.log_tail(50)

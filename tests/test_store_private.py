@@ -202,3 +202,16 @@ def test_a_client_refuses_a_socket_served_by_another_user(tmp_path):
     assert f"is served by uid {NOBODY}" in errors[0] and "not by you (uid 0)" in errors[0]
     assert lines[1:] == ["received 0 bytes"] * 2  # neither client sent anything (no hello)
     record("foreign_socket_refused", errors=len(errors), message=errors[0])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason=NEEDS_ROOT)
+def test_a_client_refuses_a_cache_file_swapped_in_by_another_user(hash_service):
+    """Finding 2: a data.mdb of another uid (as if swapped in) is not read by a new client."""
+    data = hash_service.layout.cache / "data.mdb"
+    os.chown(data, NOBODY, NOBODY)
+    try:
+        with pytest.raises(PermissionError, match=f"data.mdb belongs to uid {NOBODY}"):
+            SharedEmbeddingManager(hash_service.address, on_failure="error")
+    finally:
+        os.chown(data, 0, 0)
+    assert SharedEmbeddingManager(hash_service.address, on_failure="error").get_embedding("x").shape == (64,)

@@ -69,8 +69,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ..embedders import EmbedderError, InvalidTextError, validate_text
 from . import protocol
-from .http_address import is_loopback, parse_http_address
-from .http_guard import MAX_HEADER_BYTES, BearerAuth, guarded_protocol, http_token
+from .http_address import http_token, is_loopback, parse_http_address
+from .http_guard import MAX_HEADER_BYTES, BearerAuth, guarded_protocol
 from .probes import probe_routes
 from .tokens import TokenInputError, decode_token_input, is_token_input
 

@@ -1,6 +1,6 @@
 """What stands in front of the HTTP endpoint: its bearer token and its connection limits.
 
-- **The token** (:func:`http_token`, :class:`BearerAuth`): OpenAI clients send
+- **The token** (``http_address.http_token``, :class:`BearerAuth`): OpenAI clients send
   ``Authorization: Bearer <key>``. Off by default on loopback (the socket of the same machine
   is the usual client); on any other host a token is required, from ``--http-token-file``
   (0600, checked like the TCP token) or ``EMBEDSHARE_HTTP_TOKEN``, unless ``--http-no-auth``
@@ -19,40 +19,15 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import os
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .limits import Listener, Slot
-from .state import read_token_file
 
 log = logging.getLogger("embedshare.service.http")
 
-ENV_HTTP_TOKEN = "EMBEDSHARE_HTTP_TOKEN"
-MIN_TOKEN_CHARS = 16
 MAX_HEADER_BYTES = 16 << 10  # h11's default, stated: the request line and headers together
-
-
-def http_token(token_file: str | None, no_auth: bool, loopback: bool, where: str) -> bytes | None:
-    """The token HTTP clients must send, or None; raises ValueError on a setting that is unsafe."""
-    token = None
-    if token_file:
-        token = read_token_file(token_file)
-    elif os.environ.get(ENV_HTTP_TOKEN):
-        token = os.environ[ENV_HTTP_TOKEN].strip().encode()
-        if len(token) < MIN_TOKEN_CHARS:
-            raise ValueError(f"{ENV_HTTP_TOKEN} is too short: use at least {MIN_TOKEN_CHARS} characters")
-    if token is not None and no_auth:
-        raise ValueError("--http-no-auth and an HTTP token were both given; choose one")
-    if token is None and not loopback:
-        if not no_auth:
-            raise ValueError(
-                f"--http on {where} is reachable from other machines and needs a bearer token: "
-                f"--http-token-file FILE (mode 0600) or {ENV_HTTP_TOKEN}; or pass --http-no-auth "
-                "to serve without one")
-        log.warning("the HTTP endpoint on %s serves anyone who can reach it: no token (--http-no-auth)", where)
-    return token
 
 
 class BearerAuth:

@@ -21,7 +21,7 @@ from ..manager import default_store
 from ..store import StoreLayout
 from ..store.files import open_private, write_atomic
 from .connection import ServiceConnection, ServiceUnavailable
-from .http_address import normalise_http_address
+from .http_address import http_token, is_loopback, normalise_http_address, parse_http_address
 from .state import (
     ENV_ADDRESS,
     ENV_ON_FAILURE,
@@ -89,6 +89,9 @@ class EmbeddingService:
         # The HTTP endpoint's bearer token, and the limits at the edge (service/limits.py).
         self.config.http_token_file = str(Path(http_token_file).expanduser().resolve()) if http_token_file else None
         self.config.http_no_auth = http_no_auth
+        if self.config.http:  # a missing or unsafe token is one clear error here, not in the log
+            http_host = parse_http_address(self.config.http)[0]
+            http_token(self.config.http_token_file, http_no_auth, is_loopback(http_host), self.config.http, warn=False)
         apply_limits(self.config, limits or {})
         self.detach = detach
         self.start_timeout = start_timeout

@@ -37,7 +37,7 @@ class ServiceConfig:
     tcp: str | None = None  # HOST:PORT (or PORT, on loopback) of the optional token-checked TCP listener
     token_file: str | None = None  # the token TCP clients must present; required with tcp
     http: str | None = None  # HOST:PORT of the OpenAI-compatible endpoint (service/http.py); off if None
-    http_token_file: str | None = None  # a bearer token HTTP clients must send (see http_auth.py)
+    http_token_file: str | None = None  # a bearer token HTTP clients must send (service/http_guard.py)
     http_no_auth: bool = False  # a non-loopback --http without a token: allowed only if asked for
     # Limits at the edge (service/limits.py; docs/reliability.md, "Security", has the reasons).
     max_connections: int = 1024  # on the Unix socket
