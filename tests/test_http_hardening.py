@@ -177,6 +177,8 @@ def test_with_a_token_every_request_must_carry_it(store, token_file):
             assert response.headers["www-authenticate"] == "Bearer"
             assert response.json()["error"]["code"] == "invalid_api_key"
         assert _post(url, body, authorization=f"Bearer {token}").status_code == 200
+        assert httpx.get(f"{url}/health").status_code == 200  # probes need no secret
+        assert httpx.get(f"{url}/metrics", headers={"authorization": f"Bearer {token}"}).status_code == 200
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=token)
         assert len(client.embeddings.create(model="hash:64", input=["a", "b"]).data) == 2
         with pytest.raises(openai.AuthenticationError):

@@ -30,8 +30,13 @@ log = logging.getLogger("embedshare.service.http")
 MAX_HEADER_BYTES = 16 << 10  # h11's default, stated: the request line and headers together
 
 
+# Liveness and readiness probes answer without the token: they tell only "up" and "ready",
+# and a probe (a load balancer, Kubernetes) should not need a secret. /metrics needs it.
+OPEN_PATHS = frozenset({"/health", "/ready"})
+
+
 class BearerAuth:
-    """ASGI middleware: every HTTP request must carry ``Authorization: Bearer <token>``."""
+    """ASGI middleware: every HTTP request but the probes must carry ``Authorization: Bearer``."""
 
     def __init__(self, app: Any, token: bytes, on_refused: Any = None) -> None:
         self.app = app
@@ -39,7 +44,7 @@ class BearerAuth:
         self._on_refused = on_refused
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and scope.get("path") not in OPEN_PATHS:
             given = b""
             for name, value in scope.get("headers", []):
                 if name == b"authorization":
