@@ -167,7 +167,7 @@ def main(verbose: int) -> None:
 @click.option("--max-http-buffered-mb", type=int, default=64, show_default=True,
               help="Request body bytes held at once across HTTP connections.")
 @click.option("--log-interval", type=float, default=10.0, show_default=True,
-              help="Seconds between two log lines of the same kind (0: no limit).")
+              help="Seconds between two warnings or errors of the same kind in the log (0: no limit).")
 def serve(store: Path | None, model: str | None, registry: str | None, max_batch: int, max_wait_ms: float,
           threads: int | None, detach: bool, http: str | None, http_token_file: Path | None,
           http_no_auth: bool, **limits: float) -> None:

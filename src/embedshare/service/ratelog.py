@@ -2,8 +2,9 @@
 
 A flood of connections or malformed requests would otherwise write a line (or a traceback)
 for each: 2.5 MB/s of accept errors in ``service.log`` was measured. The filter lets through
-the first record of each (logger, level, message template) and then none of that kind for
-``interval`` seconds; the next one that passes says how many were held back. Installed on
+the first warning or error of each (logger, level, message template) and then none of that
+kind for ``interval`` seconds; the next one that passes says how many were held back. Debug
+and info lines, which only ``-v``/``-vv`` turn on, pass untouched. Installed on
 the handlers of the root logger, so it also covers asyncio's and uvicorn's own messages.
 """
 
@@ -24,6 +25,8 @@ class RateLimitFilter(logging.Filter):
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:  # -v and -vv lines (one a request) were asked for
+            return True
         kind = (record.name, record.levelno, str(record.msg))
         now = time.monotonic()
         with self._lock:

@@ -49,7 +49,7 @@ class ServiceConfig:
     http_keepalive_timeout: float = 5.0  # s an HTTP connection may wait between requests
     max_buffered_mb: int = 256  # request bytes read or being answered, socket and TCP together
     max_http_buffered_mb: int = 64  # the same for HTTP bodies
-    log_interval: float = 10.0  # s between two log lines of the same kind; 0: no limit
+    log_interval: float = 10.0  # s between two warnings (or errors) of the same kind; 0: no limit
 
     def argv(self) -> list[str]:
         args = ["--store", self.store, "--model", self.model,
