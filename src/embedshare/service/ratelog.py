@@ -34,12 +34,12 @@ class RateLimitFilter(logging.Filter):
             if seen is not None and now - seen[0] < self.interval:
                 seen[1] += 1
                 return False
-            held = int(seen[1]) if seen is not None else 0
+            held, since = (int(seen[1]), now - seen[0]) if seen is not None else (0, 0.0)
             if len(self._seen) >= MAX_KINDS:
                 self._seen.clear()
             self._seen[kind] = [now, 0]
         if held:
-            record.msg = f"{record.getMessage()} [and {held} more like it in the last {now - seen[0]:.0f} s]"
+            record.msg = f"{record.getMessage()} [and {held} more like it in the last {since:.0f} s]"
             record.args = None
         return True
 
