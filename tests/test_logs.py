@@ -58,11 +58,14 @@ def test_foreground_serve_lines_have_timestamps_and_vv_logs_each_request(tmp_pat
 
 def test_detach_with_a_non_loopback_http_warns_on_the_terminal(tmp_path):
     store = str(tmp_path / "store")
-    started = cli("serve", "--store", store, "--model", "hash:64", "--detach", "--http", "0.0.0.0:0")
+    refused = cli("serve", "--store", store, "--model", "hash:64", "--detach", "--http", "0.0.0.0:0")
+    assert refused.returncode == 1 and "needs a bearer token" in refused.stderr  # a token, or say so
+    started = cli("serve", "--store", store, "--model", "hash:64", "--detach", "--http", "0.0.0.0:0",
+                  "--http-no-auth")
     try:
         assert started.returncode == 0, started.stderr
         assert "warning: the HTTP endpoint on 0.0.0.0:0 is reachable beyond loopback, without " \
-               "authentication" in started.stderr
+               "authentication (--http-no-auth)" in started.stderr
     finally:
         cli("stop", "--store", store)
     loopback = cli("serve", "--store", store, "--model", "hash:64", "--detach", "--http", "127.0.0.1:0")

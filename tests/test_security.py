@@ -49,15 +49,21 @@ NOBODY = 65534
 # -- the Unix socket ----------------------------------------------------------------------------------
 
 
-def test_run_folder_socket_and_log_are_private_even_if_the_folder_was_open(store):
-    run = store / "run"
-    run.mkdir(parents=True)
-    os.chmod(run, 0o777)  # left open by someone: the service closes it again
+def test_run_folder_socket_and_log_are_private(store):
     with EmbeddingService(store, model="hash:64", export_env=False) as service:
         layout = service.layout
         assert stat.S_IMODE(os.stat(layout.run).st_mode) == 0o700
         assert stat.S_IMODE(os.stat(layout.socket).st_mode) == 0o600
         assert stat.S_IMODE(os.stat(layout.log).st_mode) == 0o600
+
+
+def test_a_run_folder_left_open_to_others_is_refused_not_trusted(store):
+    run = store / "run"
+    run.mkdir(parents=True)
+    os.chmod(run, 0o777)  # anyone could have put a socket or a state file in it
+    with pytest.raises(PermissionError, match=r"run is writable by its group and other users \(mode 0777\)"):
+        EmbeddingService(store, model="hash:64", export_env=False).start()
+    assert not (run / "service.sock").exists()
 
 
 def _connect_as(uid: int, socket_path) -> str:

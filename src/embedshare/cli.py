@@ -154,12 +154,37 @@ def main(verbose: int) -> None:
 @click.option("--http", "http", metavar="HOST:PORT", default=None,
               help="Also serve an OpenAI-compatible /v1/embeddings and /metrics (off by default; "
                    "a bare PORT listens on 127.0.0.1).")
+@click.option("--http-token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A file (mode 0600) holding the bearer token HTTP clients must send; "
+                   "or set EMBEDSHARE_HTTP_TOKEN. Optional on loopback, required on other hosts.")
+@click.option("--http-no-auth", is_flag=True, help="Serve a non-loopback --http without a token (warned).")
+@click.option("--max-connections", type=int, default=1024, show_default=True,
+              help="Connections open at once on the Unix socket.")
+@click.option("--max-http-connections", type=int, default=256, show_default=True,
+              help="Connections open at once on the HTTP port (apart from the socket's).")
+@click.option("--max-tcp-connections", type=int, default=64, show_default=True,
+              help="Connections open at once on the --tcp listener.")
+@click.option("--first-frame-timeout", type=float, default=10.0, show_default=True,
+              help="Seconds a new connection has to send its first request (HTTP: its headers).")
+@click.option("--frame-timeout", type=float, default=60.0, show_default=True,
+              help="Seconds to finish sending a request once begun (HTTP: its body).")
+@click.option("--idle-timeout", type=float, default=0.0, show_default=True,
+              help="Close socket/TCP connections idle this long (0: never; clients reconnect).")
+@click.option("--http-keepalive-timeout", type=float, default=5.0, show_default=True,
+              help="Seconds an HTTP connection may wait between requests.")
+@click.option("--max-buffered-mb", type=int, default=256, show_default=True,
+              help="Request bytes held at once across socket and TCP connections.")
+@click.option("--max-http-buffered-mb", type=int, default=64, show_default=True,
+              help="Request body bytes held at once across HTTP connections.")
+@click.option("--log-interval", type=float, default=10.0, show_default=True,
+              help="Seconds between two warnings or errors of the same kind in the log (0: no limit).")
 def serve(store: Path | None, model: str | None, registry: str | None, max_batch: int, max_wait_ms: float,
-          threads: int | None, detach: bool, http: str | None) -> None:
+          threads: int | None, detach: bool, http: str | None, http_token_file: Path | None,
+          http_no_auth: bool, **limits: float) -> None:
     """Run the store's embedding service (one per store; a second one reports the first)."""
     from .service.launcher import EmbeddingService
     from .service.server import run_service
-    from .service.state import ServiceConfig
+    from .service.state import ServiceConfig, apply_limits
 
     with _errors_as_messages():
         model = _model(model, store)
@@ -172,10 +197,12 @@ def serve(store: Path | None, model: str | None, registry: str | None, max_batch
             verbose = click.get_current_context().find_root().params.get("verbose", 0)
             service = EmbeddingService(store, model=model, registry=registry, max_batch=max_batch,
                                        max_wait_ms=max_wait_ms, threads=threads, detach=True,
-                                       export_env=False, verbose=verbose, http=http).start()
-            if http and not _is_loopback_http(http):  # the service says it in its log only
+                                       export_env=False, verbose=verbose, http=http,
+                                       http_token_file=http_token_file, http_no_auth=http_no_auth,
+                                       limits=limits).start()
+            if http and not _is_loopback_http(http) and http_no_auth:  # the service says it in its log only
                 click.echo(f"warning: the HTTP endpoint on {http} is reachable beyond loopback, "
-                           "without authentication", err=True)
+                           "without authentication (--http-no-auth)", err=True)
             verb = "started" if service.owned else "already running"
             click.echo(f"embedshare service {verb}: pid {service.pid}, socket {service.address}"
                        + (f", http {service.http_url}/v1" if service.http_url else ""))
@@ -191,6 +218,9 @@ def serve(store: Path | None, model: str | None, registry: str | None, max_batch
 
         for handler in logging.getLogger().handlers:  # timestamps, as in service.log
             handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        config.http_token_file = str(http_token_file.resolve()) if http_token_file else None
+        config.http_no_auth = http_no_auth
+        apply_limits(config, limits)
 
         def announce(line: str) -> None:  # only once it answers: a failed start says only why
             status, _, detail = line.partition(" ")

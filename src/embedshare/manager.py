@@ -260,6 +260,7 @@ class EmbeddingManager(ManagerBase):
     ) -> None:
         super().__init__(search_cache_size=search_cache_size)
         self.layout = StoreLayout(store or default_store())
+        self.layout.make_private_root()  # 0700, or refused if another user could write it
         self.embedder = create_embedder(model, **(embedder_options or {}))
         self.model_id = self.embedder.model_id
         self.dim = int(self.embedder.dim)

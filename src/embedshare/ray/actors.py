@@ -44,6 +44,7 @@ from .. import settings
 from ..service.connection import ServiceConnection, ServiceUnavailable
 from ..service.state import ENV_ADDRESS, ServiceConfig
 from ..store import EmbeddingCache, StoreLayout
+from ..store.files import open_private
 from .config import COORDINATOR_NAME, node_key, node_store, owner_of, registry_copy, service_name
 
 log = logging.getLogger("embedshare.ray")
@@ -197,8 +198,7 @@ class NodeService:
                 *self.config.argv(), "--ready-fd", str(ready_write)]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         env.pop(ENV_ADDRESS, None)
-        with open(self.layout.log, "ab") as log_file:
-            os.chmod(self.layout.log, 0o600)
+        with os.fdopen(open_private(self.layout.log), "ab") as log_file:
             process = subprocess.Popen(
                 args, pass_fds=(life_read, ready_write), stdin=subprocess.DEVNULL,
                 stdout=log_file, stderr=log_file, env=env, start_new_session=True,

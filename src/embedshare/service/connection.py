@@ -9,17 +9,23 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import struct
 import threading
 from pathlib import Path
 from typing import Any
 
 from .. import settings
 from . import protocol
+from .peercred import peer_credentials
 from .state import TCP_SCHEME, parse_tcp_address
 
 
 class ServiceUnavailable(ConnectionError):
     """The service cannot be reached, went away, or did not answer in time."""
+
+
+class ForeignServiceError(PermissionError):
+    """The socket is served by another user's process: never talked to, never fallen back from."""
 
 
 class _Reply:
@@ -69,11 +75,13 @@ class ServiceConnection:
             else:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 try:
-                    sock.settimeout(connect_timeout)
-                    sock.connect(self.address)
+                    _connect_unix(sock, self.address, connect_timeout)
+                    _check_served_by_us(sock, self.address)
                 except OSError:
                     sock.close()
                     raise
+        except ForeignServiceError:
+            raise
         except OSError as exc:
             raise ServiceUnavailable(f"no embedshare service at {self.address}: {exc.strerror or exc}") from None
         sock.settimeout(None)
@@ -158,6 +166,27 @@ class ServiceConnection:
             except OSError:
                 pass
         self._sock.close()
+
+
+def _connect_unix(sock: socket.socket, address: str, timeout: float) -> None:
+    """A blocking connect bounded by SO_SNDTIMEO: while the service's accept queue is full (a
+    flood of connections), the kernel queues us until there is room, within ``timeout``. A
+    non-blocking connect, which ``settimeout`` would make, fails at once with EAGAIN instead."""
+    seconds = max(0.001, timeout)
+    as_timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, as_timeval)
+    sock.connect(address)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, 0))
+
+
+def _check_served_by_us(sock: socket.socket, address: str) -> None:
+    """Refuse a socket bound by another uid: its answers (vectors, paths) would be that user's."""
+    pid, uid, _ = peer_credentials(sock)
+    if uid != os.getuid():
+        raise ForeignServiceError(
+            f"the socket {address} is served by uid {uid} (pid {pid}), not by you (uid {os.getuid()}): "
+            "another user controls it, so embedshare will not use it. Check who can write its folder, "
+            "or use a store of your own (--store or EMBEDSHARE_STORE).")
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:

@@ -33,8 +33,12 @@ both; for English it is close to what BPE tokenizers count.
 Security: the endpoint binds to loopback unless given another host explicitly, and while it
 is on loopback it answers only requests whose ``Host`` is a loopback name (which defeats DNS
 rebinding from a web page). ``POST`` bodies must be JSON (``Content-Type: application/json``),
-so a page cannot send one as a "simple" cross-site request. There is no authentication: the
-Unix socket checks the peer's uid, HTTP cannot; any local user can embed through it.
+so a page cannot send one as a "simple" cross-site request. A bearer token
+(``http_guard.py``) is optional on loopback and required on any other host unless
+``--http-no-auth`` is given. Connections are capped and timed by the endpoint's own listener,
+apart from the Unix socket's, and request bodies share a byte budget (``limits.py``). Every
+malformed request gets a 4xx in OpenAI's shape, never a 500: bad JSON, nesting too deep for the
+parser, bad encoding, too large, too slow, wrong types or content type, bad HTTP framing.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ try:
     import uvicorn
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -65,7 +69,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ..embedders import EmbedderError, InvalidTextError, validate_text
 from . import protocol
-from .http_address import is_loopback, parse_http_address
+from .http_address import http_token, is_loopback, parse_http_address
+from .http_guard import MAX_HEADER_BYTES, BearerAuth, guarded_protocol
 from .probes import probe_routes
 from .tokens import TokenInputError, decode_token_input, is_token_input
 
@@ -76,6 +81,10 @@ log = logging.getLogger("embedshare.service.http")
 
 MAX_BODY_BYTES = 32 << 20  # 2,048 inputs of 8,192 characters fit, with JSON escapes to spare
 MAX_INPUTS = 2048  # OpenAI's own limit per request
+# Connections the kernel queues before accept. asyncio accepts up to this many in one go, so
+# a flood's queue is drained in bursts that keep the loop (and the Unix socket) for ~30 ms at
+# most, not the 0.6 s that uvicorn's default of 2,048 took.
+BACKLOG = 128
 OFFLOAD_VALUES = 200_000  # encode replies with more floats than this in a thread, off the loop
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
@@ -96,7 +105,7 @@ def _bind(host: str, port: int) -> socket.socket:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
-        sock.listen(2048)
+        sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         raise OSError(f"cannot listen for HTTP on {host}:{port}: {exc.strerror or exc}") from None
@@ -182,6 +191,9 @@ def create_app(service: EmbeddingServer) -> Any:
         except ApiError as exc:
             metrics.add(errors=1)
             return exc.response()
+        except ClientDisconnect:  # it left mid-body: nobody to answer
+            metrics.add(errors=1)
+            return Response(status_code=400)
         except Exception:  # a failing model or cache must not take the endpoint down
             metrics.add(errors=1)
             log.exception("HTTP request %s %s failed", request.method, request.url.path)
@@ -199,7 +211,7 @@ def create_app(service: EmbeddingServer) -> Any:
         return await counted(_embeddings, request)
 
     async def _embeddings(request: Request) -> Response:
-        body = await _read_json(request)
+        body = await _read_json(request, service.http_budget, service.config.frame_timeout)
         await ready()
         canonical, accepted = model_ids()
         dim = service.manager.dim  # type: ignore[union-attr]
@@ -272,24 +284,50 @@ def create_app(service: EmbeddingServer) -> Any:
     return app
 
 
-async def _read_json(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object, read up to MAX_BODY_BYTES."""
+async def _read_json(request: Request, budget: Any, timeout: float) -> dict[str, Any]:
+    """The request body as a JSON object, read up to MAX_BODY_BYTES within ``timeout`` seconds.
+
+    Its bytes are taken from ``budget`` (the endpoint's share of buffered bytes) until it is
+    parsed: a declared length all at once, a chunked body chunk by chunk (h11 holds a body to
+    its Content-Length).
+    """
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise ApiError(415, "send the body as JSON with 'Content-Type: application/json'",
                        code="unsupported_media_type")
+    limit = min(MAX_BODY_BYTES, budget.largest())
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes", code="request_too_large")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes", code="request_too_large")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+    length = int(declared) if declared is not None and declared.isdigit() else 0
+    if length > limit:
+        raise ApiError(413, f"the body is larger than {limit} bytes", code="request_too_large")
+    held = 0  # bytes taken from the budget so far
     try:
-        body = await asyncio.to_thread(json.loads, raw) if size > (1 << 20) else json.loads(raw)
+        async with asyncio.timeout(timeout):
+            await budget.acquire(length)
+            held = length
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"the body is larger than {limit} bytes", code="request_too_large")
+                if not declared:
+                    await budget.acquire(len(chunk))
+                    held += len(chunk)
+                chunks.append(chunk)
+        raw = b"".join(chunks)
+        del chunks
+        return await asyncio.to_thread(_parse_json, raw) if size > (1 << 20) else _parse_json(raw)
+    except TimeoutError:
+        raise ApiError(408, f"the body did not arrive within {timeout:g} s", code="request_timeout") from None
+    finally:
+        budget.release(held)
+
+
+def _parse_json(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise ApiError(400, "the body is not valid JSON: it nests too deeply", code="invalid_json") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
@@ -412,21 +450,27 @@ class HttpEndpoint:
     async def start(cls, service: EmbeddingServer, address: str) -> HttpEndpoint:
         """Bind ``address`` (raising OSError at once if it is taken) and start serving."""
         host, port = parse_http_address(address)
+        settings = service.config
+        token = http_token(settings.http_token_file, settings.http_no_auth, is_loopback(host), address)
         sock = _bind(host, port)
         app: Any = create_app(service)
+        if token is not None:
+            app = BearerAuth(app, token, on_refused=lambda: service.metrics.add(auth_failures=1))
         if is_loopback(host):
             app = LoopbackHostOnly(app)
-        else:
-            log.warning("the HTTP endpoint listens on %s, beyond loopback, without authentication", host)
         config = uvicorn.Config(
             app, lifespan="off", log_config=None, access_log=False, proxy_headers=False,
             ws="none", timeout_graceful_shutdown=5, server_header=False,
+            http=guarded_protocol(service.http_listener, settings.first_frame_timeout),
+            timeout_keep_alive=settings.http_keepalive_timeout,  # type: ignore[arg-type]
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES, backlog=BACKLOG,
         )
         server = _EmbeddedServer(config)
         task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]), name="embedshare-http")
         task.add_done_callback(_report_crash)
         endpoint = cls(_url(sock), server, task)
-        log.info("OpenAI-compatible HTTP endpoint on %s/v1 (metrics on %s/metrics)", endpoint.url, endpoint.url)
+        log.info("OpenAI-compatible HTTP endpoint on %s/v1 (metrics on %s/metrics; %s)", endpoint.url,
+                 endpoint.url, "bearer token required" if token is not None else "no token")
         return endpoint
 
     async def stop(self, timeout: float = 10.0) -> None:

@@ -7,10 +7,15 @@ restarts a service (a pool worker whose service died, say) checks the option for
 from __future__ import annotations
 
 import ipaddress
+import os
 from importlib.util import find_spec
+
+from .state import read_token_file
 
 DEFAULT_HOST = "127.0.0.1"
 NEEDS = ("starlette", "uvicorn", "prometheus_client")  # the `http` extra
+ENV_HTTP_TOKEN = "EMBEDSHARE_HTTP_TOKEN"  # the endpoint's bearer token, if no --http-token-file
+MIN_TOKEN_CHARS = 16
 
 
 def parse_http_address(value: str) -> tuple[str, int]:
@@ -57,3 +62,33 @@ def normalise_http_address(address: str | None) -> str | None:
     if missing:
         raise ValueError(f"the HTTP endpoint needs {', '.join(missing)}: pip install 'embedshare[http]'")
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def http_token(token_file: str | None, no_auth: bool, loopback: bool, where: str,
+               warn: bool = True) -> bytes | None:
+    """The token HTTP clients must send, or None; raises ValueError on a setting that is unsafe.
+
+    The launcher calls it too (``warn=False``), so a bad setting is one clear error at once,
+    not a service that dies with it in its log. The token is never logged.
+    """
+    token = None
+    if token_file:
+        token = read_token_file(token_file)
+    elif os.environ.get(ENV_HTTP_TOKEN):
+        token = os.environ[ENV_HTTP_TOKEN].strip().encode()
+        if len(token) < MIN_TOKEN_CHARS:
+            raise ValueError(f"{ENV_HTTP_TOKEN} is too short: use at least {MIN_TOKEN_CHARS} characters")
+    if token is not None and no_auth:
+        raise ValueError("--http-no-auth and an HTTP token were both given; choose one")
+    if token is None and not loopback:
+        if not no_auth:
+            raise ValueError(
+                f"--http on {where} is reachable from other machines and needs a bearer token: "
+                f"--http-token-file FILE (mode 0600) or {ENV_HTTP_TOKEN}; or pass --http-no-auth "
+                "to serve without one")
+        if warn:
+            import logging
+
+            logging.getLogger("embedshare.service.http").warning(
+                "the HTTP endpoint on %s serves anyone who can reach it: no token (--http-no-auth)", where)
+    return token

@@ -21,15 +21,17 @@ from .. import settings
 from ..manager import default_store
 from ..settings import SettingError
 from ..store import StoreLayout
-from ..store.files import write_atomic
+from ..store.files import open_private, write_atomic
 from .connection import ServiceConnection, ServiceUnavailable
-from .http_address import normalise_http_address
+from .http_address import http_token, is_loopback, normalise_http_address, parse_http_address
 from .state import (
     ENV_ADDRESS,
     ENV_ON_FAILURE,
     ENV_STORE,
+    LIMIT_FIELDS,
     ServiceConfig,
     StateFileError,
+    apply_limits,
     read_state,
     service_lock_held,
     stopped_on_purpose,
@@ -79,6 +81,9 @@ class EmbeddingService:
         http: str | None = None,
         tcp: str | None = None,
         token_file: str | Path | None = None,
+        http_token_file: str | Path | None = None,
+        http_no_auth: bool = False,
+        limits: dict[str, float] | None = None,
     ) -> None:
         self.layout = StoreLayout(store or default_store())
         registry_arg = None
@@ -91,6 +96,13 @@ class EmbeddingService:
             # The optional token-checked TCP listener (off by default): HOST:PORT or PORT (loopback).
             tcp=tcp, token_file=str(Path(token_file).resolve()) if token_file else None,
         )
+        # The HTTP endpoint's bearer token, and the limits at the edge (service/limits.py).
+        self.config.http_token_file = str(Path(http_token_file).expanduser().resolve()) if http_token_file else None
+        self.config.http_no_auth = http_no_auth
+        if self.config.http:  # a missing or unsafe token is one clear error here, not in the log
+            http_host = parse_http_address(self.config.http)[0]
+            http_token(self.config.http_token_file, http_no_auth, is_loopback(http_host), self.config.http, warn=False)
+        apply_limits(self.config, limits or {})
         self.detach = detach
         self.start_timeout = settings.seconds("start_timeout", start_timeout)
         self.export_env = export_env
@@ -118,7 +130,9 @@ class EmbeddingService:
                 raise SettingError(f"'config' is a {type(config).__name__}, not an object")
             kwargs = {k: config[k] for k in ("model", "registry", "max_batch", "max_wait_ms", "threads", "http")
                       if k in config}
-            kwargs.update({k: config[k] for k in ("tcp", "token_file") if config.get(k)})
+            kwargs.update({k: config[k] for k in ("tcp", "token_file", "http_token_file", "http_no_auth")
+                           if config.get(k)})
+            kwargs["limits"] = {k: config[k] for k in LIMIT_FIELDS if k in config}
             return cls(layout.root, **{**kwargs, **overrides})
         except (ValueError, TypeError) as exc:  # SettingError, a bad address
             raise ServiceStartError(
@@ -188,8 +202,7 @@ class EmbeddingService:
         read_fd, write_fd = os.pipe()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         env.pop(ENV_ADDRESS, None)
-        with open(self.layout.log, "ab") as log_file:
-            os.chmod(self.layout.log, 0o600)
+        with os.fdopen(open_private(self.layout.log), "ab") as log_file:
             self._process = subprocess.Popen(
                 args + ["--ready-fd", str(write_fd)],
                 pass_fds=(write_fd,),

@@ -8,6 +8,9 @@ never forked from a process that imported torch. It:
   killed service is known to be stale (nobody holds the lock) and replaced;
 - listens on ``run/service.sock`` (folder 0700, socket 0600) and only answers peers of its own
   uid (``SO_PEERCRED``);
+- keeps each listener (socket, TCP, HTTP) within its own connection cap, deadlines and
+  buffered-bytes budget (``limits.py``), and logs each kind of message at most once per
+  ``log_interval`` (``ratelog.py``), so a flood on one cannot lock the owner out of another;
 - gathers embed requests from every client for up to ``max_wait_ms`` or ``max_batch`` texts,
   de-duplicates them, computes each batch once in a model thread (off the event loop), writes
   the cache and answers. A text already queued or being computed is awaited, not computed
@@ -23,8 +26,6 @@ import json
 import logging
 import os
 import signal
-import socket
-import struct
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,12 +41,16 @@ from ..store import CacheError, StoreLayout
 from ..store.files import write_atomic
 from ..store.cache import lookup
 from ..store.record import recorded_registry, write_record
-from . import protocol
+from . import protocol, ratelog
+from .limits import ByteBudget, Listener, fit_caps, raise_fd_limit, sweep_forever, sweep_tick
 from .metrics import ServiceMetrics
+from .peercred import peer_credentials
 from .state import (
+    LIMIT_FIELDS,
     AlreadyRunning,
     ServiceConfig,
     acquire_service_lock,
+    apply_limits,
     mark_stopped,
     parse_tcp_address,
     read_token_file,
@@ -64,6 +69,12 @@ TCP_HELLO_MAX_FRAME = 64 << 10
 SHUTDOWN_BATCH_WAIT = 10.0
 # The service's log lines, in service.log and on the terminal of a foreground `serve` alike.
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+# What a connection may hold unread beyond its frames' budget before its transport pauses.
+READ_BUFFER = 64 << 10
+# Connections the kernel queues before we accept them. asyncio accepts up to this many per
+# turn of the loop, so in a flood a short queue keeps every turn (and the owner's wait behind
+# the queue) short; a client's connect waits in the kernel while the queue is full.
+SOCKET_BACKLOG = 32
 
 
 def _is_loopback(host: str) -> bool:
@@ -73,12 +84,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    """``(pid, uid, gid)`` of the process at the other end of a Unix socket."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)
 
 
 async def _wait_all(futures: list[asyncio.Future]) -> list[Any]:
@@ -273,6 +278,14 @@ class EmbeddingServer:
         self.tcp_server: asyncio.Server | None = None  # the token-checked TCP listener (--tcp)
         self.tcp_address: str | None = None
         self._token: bytes | None = None
+        c = config
+        deadlines = {"first_frame_timeout": c.first_frame_timeout, "frame_timeout": c.frame_timeout}
+        self.socket_listener = Listener("socket", c.max_connections, idle_timeout=c.idle_timeout, **deadlines)
+        self.tcp_listener = Listener("tcp", c.max_tcp_connections, idle_timeout=c.idle_timeout, **deadlines)
+        self.http_listener = Listener("http", c.max_http_connections, idle_timeout=c.http_keepalive_timeout,
+                                      **deadlines)
+        self.frame_budget = ByteBudget(c.max_buffered_mb << 20)  # the socket's and TCP's frames
+        self.http_budget = ByteBudget(c.max_http_buffered_mb << 20)  # HTTP bodies
 
     def prepare(self) -> None:
         """Load the model, open or build the index and preload texts (before listening)."""
@@ -302,12 +315,16 @@ class EmbeddingServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
 
+        self._fit_connection_caps()
+        listeners = [self.socket_listener, self.tcp_listener, self.http_listener]
+        sweeper = loop.create_task(sweep_forever(listeners, sweep_tick(listeners)), name="embedshare-sweeper")
         path = self.layout.socket
         if path.exists() or path.is_symlink():
             path.unlink()  # we hold the lock, so whoever made this socket is gone
         old_umask = os.umask(0o177)  # the socket is born 0600: no window where others can connect
         try:
-            server = await asyncio.start_unix_server(self._handle, path=str(path), limit=protocol.MAX_FRAME)
+            server = await asyncio.start_unix_server(self._handle, path=str(path), limit=READ_BUFFER,
+                                                     backlog=SOCKET_BACKLOG)
         finally:
             os.umask(old_umask)
         os.chmod(path, 0o600)
@@ -328,12 +345,22 @@ class EmbeddingServer:
                 await self._stop_http()  # its requests finish on the batcher
                 await self.batcher.aclose()
         finally:
+            sweeper.cancel()
             await self._stop_http()
             self._stop_tcp()
             try:
                 path.unlink()
             except FileNotFoundError:
                 pass
+
+    def _fit_connection_caps(self) -> None:
+        """Raise the open-file limit to its hard limit and keep every cap under it, with a
+        reserve, so that accept() never fails with EMFILE (asyncio would log each failure)."""
+        listeners = {"socket": self.socket_listener, "tcp": self.tcp_listener, "http": self.http_listener}
+        active = {name: l.cap for name, l in listeners.items()
+                  if name == "socket" or (name == "tcp" and self.config.tcp) or (name == "http" and self.config.http)}
+        for name, cap in fit_caps(active, raise_fd_limit()).items():
+            listeners[name].cap = cap
 
     # -- the optional OpenAI-compatible HTTP endpoint and /metrics (service/http.py) -------------
 
@@ -388,17 +415,33 @@ class EmbeddingServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
-        pid, uid, _ = peer_credentials(sock)
+        try:
+            pid, uid, _ = peer_credentials(sock)
+        except OSError:  # gone already
+            writer.transport.abort()
+            return
         if uid != os.getuid():
             self.metrics.add(refused_peers=1)
             log.warning("refused a connection from uid %d (pid %d)", uid, pid)
             writer.close()
             return
-        await self._serve_connection(reader, writer, {"pid": pid})
+        slot = self.socket_listener.admit(writer.transport.abort)
+        if slot is None:
+            writer.transport.abort()
+            return
+        try:
+            await self._serve_connection(reader, writer, {"pid": pid}, slot)
+        finally:
+            self.socket_listener.release(slot)
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                                peer: dict[str, Any]) -> None:
-        """Answer a peer's requests until it leaves: a Unix peer of our uid, or TCP after hello."""
+                                peer: dict[str, Any], slot: Any) -> None:
+        """Answer a peer's requests until it leaves: a Unix peer of our uid, or TCP after hello.
+
+        ``slot`` (limits.Slot) carries the connection's deadlines; each frame's bytes are taken
+        from ``frame_budget`` before its body is read and given back once it is answered.
+        """
+        budget = self.frame_budget
         self._next_client += 1
         client_id = self._next_client
         self.clients[client_id] = {**peer, "connected": time.time(), "requests": 0}
@@ -410,26 +453,36 @@ class EmbeddingServer:
                     header = await reader.readexactly(protocol.HEADER.size)
                 except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
                     return  # the client left, or we are shutting down
+                slot.frame_started()
                 try:
                     length = protocol.frame_length(header)
+                    if length > budget.largest():
+                        raise protocol.ProtocolError(
+                            "too_large", f"a frame of {length} bytes exceeds what the service's buffer "
+                            f"budget lets one frame hold, {budget.largest()} bytes (--max-buffered-mb)")
                 except protocol.ProtocolError as exc:
                     # We cannot find the next frame boundary: answer, then drop this connection.
                     self.metrics.add(requests=1, errors=1)
                     writer.write(protocol.pack(protocol.error_reply(0, exc.code, str(exc))))
                     await writer.drain()
                     return
+                await budget.acquire(length)  # waits while other frames hold the budget
                 try:
                     body = await reader.readexactly(length)
-                except (asyncio.IncompleteReadError, ConnectionError):
+                except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+                    budget.release(length)
                     return
+                slot.frame_done()
                 self.clients[client_id]["requests"] += 1
                 if len(tasks) >= MAX_PENDING_PER_CONNECTION:
                     # Backpressure: a peer that pipelines without reading its replies stops
                     # being read, instead of growing tasks and reply buffers without bound.
                     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                slot.request_started()
                 task = asyncio.create_task(self._answer(body, writer, peer))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
+                task.add_done_callback(lambda _, n=length: (budget.release(n), slot.request_done()))
         finally:
             for task in tasks:
                 task.cancel()
@@ -445,7 +498,7 @@ class EmbeddingServer:
             raise ValueError("--tcp needs --token-file: a TCP listener without a token is refused")
         self._token = read_token_file(self.config.token_file)
         host, port = parse_tcp_address(self.config.tcp)
-        self.tcp_server = await asyncio.start_server(self._handle_tcp, host, port, limit=protocol.MAX_FRAME)
+        self.tcp_server = await asyncio.start_server(self._handle_tcp, host, port, limit=READ_BUFFER)
         bound = self.tcp_server.sockets[0].getsockname()
         self.tcp_address = f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"
         if not _is_loopback(host):
@@ -462,14 +515,22 @@ class EmbeddingServer:
         """A TCP peer: its first frame must be a hello with the token, or it is cut off."""
         peer = writer.get_extra_info("peername")
         where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        try:
-            accepted = await self._hello_tcp(reader, writer, where)
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
-            accepted = False
-        if not accepted:
-            writer.close()
+        slot = self.tcp_listener.admit(writer.transport.abort)
+        if slot is None:
+            writer.transport.abort()
             return
-        await self._serve_connection(reader, writer, {"pid": None, "tcp": where})
+        try:
+            try:
+                accepted = await self._hello_tcp(reader, writer, where)
+            except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
+                accepted = False
+            if not accepted:
+                writer.close()
+                return
+            slot.frame_done()
+            await self._serve_connection(reader, writer, {"pid": None, "tcp": where}, slot)
+        finally:
+            self.tcp_listener.release(slot)
 
     async def _hello_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str) -> bool:
         header = await asyncio.wait_for(reader.readexactly(protocol.HEADER.size), TCP_HELLO_TIMEOUT)
@@ -647,7 +708,14 @@ class EmbeddingServer:
             "max_wait_ms": self.config.max_wait_ms,
             "clients": [{"id": cid, **info} for cid, info in self.clients.items()],
             "http": self.http.url if self.http is not None else None,
+            "limits": self.limit_stats(),
         }
+
+    def limit_stats(self) -> dict[str, Any]:
+        """Each listener's connections (open, cap, refused, evicted, timed out) and budgets."""
+        return {"socket": self.socket_listener.stats(), "tcp": self.tcp_listener.stats(),
+                "http": self.http_listener.stats(), "frame_bytes": self.frame_budget.stats(),
+                "http_body_bytes": self.http_budget.stats()}
 
 
 def log_request(message: Any, reply: dict[str, Any], seconds: float, peer: dict[str, Any]) -> None:
@@ -681,13 +749,18 @@ def run_service(config: ServiceConfig, ready_fd: int | None = None,
                 pass
 
     layout = StoreLayout(config.store)
+    limiter = ratelog.install(config.log_interval)
     try:
         lock_fd = acquire_service_lock(layout)
     except AlreadyRunning as exc:
         tell(f"already {exc.pid}")
         if ready_fd is None and ready is None:  # run by hand: say so where the user looks
             log.warning("%s; not starting another", exc)
+        ratelog.uninstall(limiter)
         return 0
+    except BaseException:
+        ratelog.uninstall(limiter)
+        raise
     try:
         server = EmbeddingServer(config)
         asyncio.run(server.serve(ready=tell))
@@ -696,6 +769,7 @@ def run_service(config: ServiceConfig, ready_fd: int | None = None,
         raise
     finally:
         os.close(lock_fd)
+        ratelog.uninstall(limiter)
     return 0
 
 
@@ -712,6 +786,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--http", help="HOST:PORT for the OpenAI-compatible endpoint (default: off)")
     parser.add_argument("--tcp", help="HOST:PORT (or PORT, on loopback) for a token-checked TCP listener (default: off)")
     parser.add_argument("--token-file", help="file holding the token TCP clients must present (mode 0600)")
+    parser.add_argument("--http-token-file", help="file holding the bearer token HTTP clients must send (0600)")
+    parser.add_argument("--http-no-auth", action="store_true", help="allow a non-loopback --http without a token")
+    for name in LIMIT_FIELDS:
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=float, default=None)
     parser.add_argument("-v", "--verbose", action="count", default=0)
     return parser
 
@@ -730,7 +808,9 @@ def main(argv: list[str] | None = None) -> int:
             store=args.store, model=args.model, registry=args.registry, max_batch=args.max_batch,
             max_wait_ms=args.max_wait_ms, threads=args.threads, preload=preload, http=args.http,
             tcp=args.tcp, token_file=args.token_file,
+            http_token_file=args.http_token_file, http_no_auth=args.http_no_auth,
         )
+        apply_limits(config, {name: getattr(args, name) for name in LIMIT_FIELDS if getattr(args, name) is not None})
     except (OSError, ValueError) as exc:  # a bad setting: one line, where the launcher looks
         message = f"{type(exc).__name__}: {exc}"
         if args.ready_fd is not None:

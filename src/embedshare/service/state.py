@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import settings
+from ..store.files import open_private
 from ..store.layout import StoreLayout
 
 ENV_ADDRESS = "EMBEDSHARE_ADDRESS"  # the socket of the service; inherited by child processes
@@ -37,6 +38,19 @@ class ServiceConfig:
     tcp: str | None = None  # HOST:PORT (or PORT, on loopback) of the optional token-checked TCP listener
     token_file: str | None = None  # the token TCP clients must present; required with tcp
     http: str | None = None  # HOST:PORT of the OpenAI-compatible endpoint (service/http.py); off if None
+    http_token_file: str | None = None  # a bearer token HTTP clients must send (service/http_guard.py)
+    http_no_auth: bool = False  # a non-loopback --http without a token: allowed only if asked for
+    # Limits at the edge (service/limits.py; docs/reliability.md, "Security", has the reasons).
+    max_connections: int = 1024  # on the Unix socket
+    max_tcp_connections: int = 64
+    max_http_connections: int = 256
+    first_frame_timeout: float = 10.0  # s from connecting to a complete first frame (HTTP: headers)
+    frame_timeout: float = 60.0  # s to finish a frame (HTTP: a body) once begun
+    idle_timeout: float = 0.0  # s with nothing received and nothing in flight (socket, TCP); 0: never
+    http_keepalive_timeout: float = 5.0  # s an HTTP connection may wait between requests
+    max_buffered_mb: int = 256  # request bytes read or being answered, socket and TCP together
+    max_http_buffered_mb: int = 64  # the same for HTTP bodies
+    log_interval: float = 10.0  # s between two warnings (or errors) of the same kind; 0: no limit
 
     def __post_init__(self) -> None:
         """Every way of making a config (the Python API, the CLI, the service's argv, a state
@@ -57,6 +71,8 @@ class ServiceConfig:
             from .http_address import parse_http_address  # not at import: workers read this module
 
             parse_http_address(self.http)
+        for name in LIMIT_FIELDS:
+            setattr(self, name, _checked_limit(name, getattr(self, name)))
 
     def argv(self) -> list[str]:
         args = ["--store", self.store, "--model", self.model,
@@ -71,7 +87,36 @@ class ServiceConfig:
             args += ["--token-file", self.token_file]
         if self.http:
             args += ["--http", self.http]
+        if self.http_token_file:
+            args += ["--http-token-file", self.http_token_file]
+        if self.http_no_auth:
+            args += ["--http-no-auth"]
+        for name in LIMIT_FIELDS:
+            if getattr(self, name) != getattr(ServiceConfig, name):
+                args += ["--" + name.replace("_", "-"), str(getattr(self, name))]
         return args
+
+
+LIMIT_FIELDS = ("max_connections", "max_tcp_connections", "max_http_connections", "first_frame_timeout",
+                "frame_timeout", "idle_timeout", "http_keepalive_timeout", "max_buffered_mb",
+                "max_http_buffered_mb", "log_interval")
+
+
+def _checked_limit(name: str, value: Any) -> Any:
+    """One limit of LIMIT_FIELDS, checked like every other setting (``settings``)."""
+    if isinstance(getattr(ServiceConfig, name), int):
+        return settings.whole_number(name, value, 1)
+    return settings.seconds(name, value, allow_zero=name in ("idle_timeout", "log_interval"))
+
+
+def apply_limits(config: ServiceConfig, limits: dict[str, float]) -> None:
+    """Set ``limits`` (names of LIMIT_FIELDS) on ``config``, each checked: a clear error if not."""
+    unknown = set(limits) - set(LIMIT_FIELDS)
+    if unknown:
+        raise settings.SettingError(
+            f"unknown limit {sorted(unknown)[0]!r}; the limits are {', '.join(LIMIT_FIELDS)}")
+    for name, value in limits.items():
+        setattr(config, name, _checked_limit(name, value))
 
 
 class AlreadyRunning(RuntimeError):
@@ -83,7 +128,7 @@ class AlreadyRunning(RuntimeError):
 def acquire_service_lock(layout: StoreLayout) -> int:
     """Take the store's service lock or raise :class:`AlreadyRunning`; returns the fd."""
     layout.make_private_run_dir()
-    fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_private(layout.lock, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -36,6 +36,7 @@ import numpy as np
 from ..digests import blake2b
 from ..lazylog import LazyLogger
 from . import cache_format
+from .files import PRIVATE_FILE_MODE, UnsafeStoreError, private_dir, private_file
 
 log = LazyLogger(__name__)  # logging is imported only if something is logged
 
@@ -315,12 +316,16 @@ class EmbeddingCache:
         that grew the data past that size makes it fail with ``MapResizedError``. A new open
         maps the new size, so it is retried (each retry means another process made progress).
         """
+        try:  # owner-only: another user must neither read the vectors nor swap data.mdb
+            private_dir(self.path, create=not self.readonly)
+        except UnsafeStoreError:
+            raise
+        except OSError as exc:
+            verb = "open" if self.readonly else "create"
+            raise CacheError(f"cannot {verb} embedding cache folder {self.path}: {exc}") from None
         if not self.readonly:
-            try:
-                self.path.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise CacheError(f"cannot create embedding cache folder {self.path}: {exc}") from None
             self._check_room_for_a_new_lock_file()
+        self._check_files()  # before LMDB reads a byte of them
         for _ in range(_OPEN_ATTEMPTS):
             try:
                 env = lmdb.open(
@@ -333,6 +338,7 @@ class EmbeddingCache:
                     metasync=self._durable,
                     readahead=False,
                     max_dbs=0,
+                    mode=PRIVATE_FILE_MODE,  # data.mdb and lock.mdb are born 0600
                 )
             except lmdb.MapResizedError:
                 continue
@@ -345,10 +351,14 @@ class EmbeddingCache:
                 env.close()
                 raise CacheDamagedError(cache_format.damaged_message(self.path, problem))
             try:
+                self._check_files()  # the new ones too, whatever the umask made of them
                 env.reader_check()  # free reader slots left by processes that died
             except lmdb.Error as exc:
                 env.close()
                 raise CacheError(f"cannot open embedding cache at {self.path}: {exc}") from None
+            except BaseException:
+                env.close()
+                raise
             return env
         raise CacheError(
             f"cannot open embedding cache at {self.path}: other processes kept growing it "
@@ -369,6 +379,14 @@ class EmbeddingCache:
                 f"cannot create embedding cache at {self.path}: the disk is full "
                 f"({available} bytes free, {needed} needed for its lock file)"
             )
+
+    def _check_files(self) -> None:
+        """data.mdb and lock.mdb: ours and 0600 (an older store's 0644 is closed), else refused."""
+        for name in ("data.mdb", "lock.mdb"):
+            try:
+                private_file(self.path / name)
+            except FileNotFoundError:
+                pass
 
     def close(self) -> None:
         with self._open_lock:

@@ -32,6 +32,7 @@ import numpy as np
 from ..digests import blake2b, sha256
 from ..registry import FIELDS, Registry, field_texts, field_weights
 from ..registry.loader import tool_protocol
+from .files import PRIVATE_FILE_MODE, private_dir
 
 FORMAT_VERSION = 1
 ARRAY_FILES = ("vectors.npy", "fields.npy", "weights.npy", "categories.npy",
@@ -186,6 +187,7 @@ def build_index(
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         for path in tmp.iterdir():
             with open(path, "rb") as f:
+                os.fchmod(f.fileno(), PRIVATE_FILE_MODE)  # owner-only, whatever the umask
                 os.fsync(f.fileno())
         try:
             os.rename(tmp, destination)
@@ -432,7 +434,7 @@ def open_or_build_index(
     progress: Callable[[int, int], None] | None = None,
 ) -> ToolIndex:
     """Open the index of this registry and model under ``root``, building it if needed."""
-    path = Path(root) / index_folder_name(registry.content_hash, model_id)
+    path = private_dir(root) / index_folder_name(registry.content_hash, model_id)
     if not (path / "manifest.json").exists():
         if path.exists():
             raise ToolIndexError(f"tool index {path} exists but has no manifest.json (damaged); "

@@ -4,13 +4,17 @@
     <store>/indexes/<id>/   tool index folders, one per (registry content, model)
     <store>/run/            0700: the service's socket (0600), lock and state file
     <store>/store.json      what the store serves: its model and registry (store/record.py)
+
+Every folder is 0700 and every file 0600, whatever the umask; existing folders are checked
+(owner, mode, not a link) by :func:`~embedshare.store.files.private_dir` before use.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from .files import private_dir
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,11 @@ class StoreLayout:
     def log(self) -> Path:
         return self.run / "service.log"
 
+    def make_private_root(self) -> Path:
+        """Create (or check) the store folder: this user's alone, 0700 (see ``private_dir``)."""
+        return private_dir(self.root)
+
     def make_private_run_dir(self) -> Path:
-        """Create ``run/`` readable by this user only (0700), fixing looser modes."""
-        self.run.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.run, 0o700)
-        return self.run
+        """Create (or check) the store folder and ``run/``, both this user's alone (0700)."""
+        self.make_private_root()
+        return private_dir(self.run)

@@ -40,7 +40,7 @@ def write_record(store: str | Path | StoreLayout, *, model: str | None, model_id
                  tools: int | None = None) -> None:
     """Record what the store serves (owner-only, written whole or not at all)."""
     layout = store if isinstance(store, StoreLayout) else StoreLayout(store)
-    layout.root.mkdir(parents=True, exist_ok=True)
+    layout.make_private_root()  # 0700, or refused if another user could write it
     record: dict[str, Any] = {
         "version": RECORD_VERSION,
         "model": {"spec": model, "model_id": model_id, "dim": int(dim)},

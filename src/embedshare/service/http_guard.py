@@ -1,0 +1,119 @@
+"""What stands in front of the HTTP endpoint: its bearer token and its connection limits.
+
+- **The token** (``http_address.http_token``, :class:`BearerAuth`): OpenAI clients send
+  ``Authorization: Bearer <key>``. Off by default on loopback (the socket of the same machine
+  is the usual client); on any other host a token is required, from ``--http-token-file``
+  (0600, checked like the TCP token) or ``EMBEDSHARE_HTTP_TOKEN``, unless ``--http-no-auth``
+  asks for none, which is logged as a warning. It is compared with ``hmac.compare_digest``
+  and never logged.
+- **The limits** (:func:`guarded_protocol`): uvicorn's h11 protocol, with each connection
+  admitted by the endpoint's :class:`~embedshare.service.limits.Listener` (its own cap, so an
+  HTTP flood leaves the Unix socket alone), a deadline for the request's headers, and the
+  plain-text 400 that uvicorn sends for a malformed request replaced by OpenAI's error shape.
+  uvicorn's own options do the rest: ``timeout_keep_alive`` closes idle keep-alive
+  connections, ``h11_max_incomplete_event_size`` caps the headers.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .limits import Listener, Slot
+
+log = logging.getLogger("embedshare.service.http")
+
+MAX_HEADER_BYTES = 16 << 10  # h11's default, stated: the request line and headers together
+
+
+# Liveness and readiness probes answer without the token: they tell only "up" and "ready",
+# and a probe (a load balancer, Kubernetes) should not need a secret. /metrics needs it.
+OPEN_PATHS = frozenset({"/health", "/ready"})
+
+
+class BearerAuth:
+    """ASGI middleware: every HTTP request but the probes must carry ``Authorization: Bearer``."""
+
+    def __init__(self, app: Any, token: bytes, on_refused: Any = None) -> None:
+        self.app = app
+        self._expected = b"Bearer " + token
+        self._on_refused = on_refused
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("path") not in OPEN_PATHS:
+            given = b""
+            for name, value in scope.get("headers", []):
+                if name == b"authorization":
+                    given = value
+                    break
+            if not hmac.compare_digest(given, self._expected):
+                if self._on_refused is not None:
+                    self._on_refused()
+                client = scope.get("client") or ("?", 0)
+                log.warning("refused an HTTP request from %s: %s", client[0],
+                            "no Authorization header" if not given else "wrong bearer token")
+                await _send_json(send, 401, "a valid bearer token is required: send "
+                                 "'Authorization: Bearer <token>' (the openai client's api_key)",
+                                 "invalid_api_key", extra=[(b"www-authenticate", b"Bearer")])
+                return
+        await self.app(scope, receive, send)
+
+
+async def _send_json(send: Any, status: int, message: str, code: str,
+                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = _error_body(message, code)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), *(extra or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _error_body(message: str, code: str) -> bytes:
+    return json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                 "code": code}}).encode()
+
+
+def guarded_protocol(listener: Listener, header_timeout: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol, admitted by ``listener`` and held to its deadlines."""
+
+    class GuardedH11Protocol(H11Protocol):
+        _slot: Slot | None = None
+        _cycle_seen: Any = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._slot = listener.admit(transport.abort)
+            if self._slot is None:
+                transport.abort()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._slot is not None:
+                listener.release(self._slot)
+            super().connection_lost(exc)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            slot = self._slot
+            if slot is not None and self.cycle is not None and self.cycle is not self._cycle_seen:
+                self._cycle_seen = self.cycle  # a request's headers are in: the app has it now
+                slot.frame_done()
+                slot.request_started()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self._slot is not None:  # the next request's headers must come in time
+                self._slot.waiting_for_next(header_timeout)
+
+        def send_400_response(self, msg: str) -> None:
+            """A malformed request (bad request line or headers, too large): OpenAI's error shape."""
+            body = _error_body(f"malformed HTTP request: {msg}", "bad_request")
+            head = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                    b"content-length: " + str(len(body)).encode() + b"\r\n\r\n")
+            self.transport.write(head + body)
+            self.transport.close()
+
+    return GuardedH11Protocol
