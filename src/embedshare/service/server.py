@@ -789,7 +789,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--http-token-file", help="file holding the bearer token HTTP clients must send (0600)")
     parser.add_argument("--http-no-auth", action="store_true", help="allow a non-loopback --http without a token")
     for name in LIMIT_FIELDS:
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=float, default=None)
+        kind = type(getattr(ServiceConfig, name))  # int caps, float durations
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None)
     parser.add_argument("-v", "--verbose", action="count", default=0)
     return parser
 
