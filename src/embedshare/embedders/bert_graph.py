@@ -4,7 +4,11 @@ Why build it by hand instead of ``torch.onnx.export`` or optimum: an export need
 the point of the ONNX backend is a service (and an install) without torch's 754 MB. A BERT
 encoder is a short, fixed recipe (embeddings, N x [self-attention, feed-forward], layer norms),
 so the graph is a few dozen standard ONNX ops made with onnx's helper API from the packaged
-weights, in well under a second, in memory: no file is written and nothing is downloaded.
+weights, in well under a second; nothing is downloaded.
+
+``python -m embedshare.embedders.bert_graph FOLDER OUT.onnx [--int8]`` writes it: the service
+runs that in a child process, so that neither onnx (16 MB PSS) nor the build's transient
+copies of the weights (and ORT's hold on a model given as bytes) stay in the service.
 ONNX Runtime's own optimiser then fuses the layer norms, GELUs and attention as it does for an
 exported graph. ``tests/test_onnx_embedder.py`` proves the vectors equal to the torch path's.
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,3 +190,44 @@ def build_from_folder(folder: Path):
     check_mean_pooling(folder)
     weights = load_file(str(folder / "model.safetensors"))
     return build_bert_mean_pooling(weights, shape)
+
+
+def quantize_int8(source: Path, target: Path) -> None:
+    """ONNX Runtime's dynamic int8 quantisation (weights int8, activations per call).
+
+    Per-channel weight scales: per-tensor ones gave a cosine to the fp32 vectors as low as 0.85
+    on long texts, per-channel 0.97 at worst and 0.992 on average (60 varied texts).
+    """
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.disable(logging.WARNING)  # its "consider pre-processing" advice, on the root logger
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True)
+
+
+def main(argv: list[str]) -> int:
+    """Write the graph of a model folder to a file (the int8 one with ``--int8``)."""
+    import onnx
+
+    if len(argv) not in (2, 3) or (len(argv) == 3 and argv[2] != "--int8"):
+        print("usage: python -m embedshare.embedders.bert_graph FOLDER OUT.onnx [--int8]", file=sys.stderr)
+        return 2
+    folder, out = Path(argv[0]), Path(argv[1])
+    try:
+        model = build_from_folder(folder)
+    except (UnsupportedModelError, OSError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if len(argv) == 3:
+        fp32 = out.with_name(out.name + ".fp32")
+        onnx.save_model(model, str(fp32))
+        quantize_int8(fp32, out)
+        fp32.unlink()
+    else:
+        onnx.save_model(model, str(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

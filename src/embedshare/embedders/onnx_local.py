@@ -1,6 +1,7 @@
 """all-MiniLM-L6-v2 on ONNX Runtime: the default ``local`` backend, without torch.
 
-The graph is built in memory from the packaged safetensors (``bert_graph``), the tokenizer is
+The graph is built from the packaged safetensors (``bert_graph``, in a child process into a
+private temporary folder that is removed once the session holds it), the tokenizer is
 the package's own ``tokenizer.json`` read by Hugging Face ``tokenizers``, so the process never
 imports torch or transformers. The vectors equal the sentence-transformers path's (max abs
 difference below 1e-5, proved in ``tests/test_onnx_embedder.py``), so fp32 shares its
@@ -15,6 +16,8 @@ need, and on a machine where another process takes a core every spin-wait is a l
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -24,6 +27,9 @@ import numpy as np
 from .base import EmbedderError, check_vectors
 
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
+# At most this many (padded) tokens in one forward: attention scores grow with rows x width^2,
+# and 64 texts of 256 tokens need 200 MB for one score tensor; 2,048 tokens keep it at 25 MB.
+TOKEN_BUDGET = 2048
 WARMUP_TEXTS = ["warm up the model", "a second, somewhat longer text to warm up every kernel shape"]
 # Two intra-op threads on this project's 2-core machines: chosen by the thread sweep in
 # bench/README.md (1 thread left a core idle under load; spinning off keeps the loop served).
@@ -83,17 +89,13 @@ class OnnxLocalEmbedder:
         with self._lock:
             if self._session is not None:
                 return
-            from .bert_graph import build_from_folder
             from .local import bundled_model_path
 
             ort = _require("onnxruntime")
             tokenizers = _require("tokenizers")
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             folder = self._model_path or bundled_model_path()
-            model = build_from_folder(folder)
-            hidden = model.graph.output[0].type.tensor_type.shape.dim[1].dim_value
-            serialized = _quantized(model) if self.quantize == "int8" else model.SerializeToString()
-            del model
+            _return_large_buffers_to_the_os()
             options = ort.SessionOptions()
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
@@ -101,12 +103,18 @@ class OnnxLocalEmbedder:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            session = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
-            del serialized
+            # no arena: it keeps the peak of the largest batch forever (600 MB after one batch
+            # of 64 x 256 tokens, measured); freed buffers go back to the allocator instead
+            options.enable_cpu_mem_arena = False
+            with tempfile.TemporaryDirectory(prefix="embedshare-onnx-") as tmp:
+                graph = Path(tmp) / "model.onnx"
+                _build_graph(folder, graph, self.quantize == "int8")
+                session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+            hidden = session.get_outputs()[0].shape[1]
             tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
             tokenizer.no_padding()  # we pad per length-sorted batch, as sentence-transformers does
             tokenizer.enable_truncation(max_length=MAX_TOKENS)
-            self.dim = int(hidden)
+            self.dim = int(hidden) if isinstance(hidden, int) else self.dim
             self._tokenizer = tokenizer
             self._session = session
             self._run(WARMUP_TEXTS)  # first-call allocations and kernel choices happen now
@@ -118,14 +126,16 @@ class OnnxLocalEmbedder:
         return check_vectors(vectors, len(texts), self.dim, "local model (onnx)")
 
     def _run(self, texts: list[str]) -> np.ndarray:
-        """Tokenise, sort by length, run padded batches, return rows in the input order."""
+        """Tokenise, sort by length, run padded batches (within the token budget), keep the order."""
         assert self._session is not None and self._tokenizer is not None
         encodings = self._tokenizer.encode_batch(texts)
         order = np.argsort([-len(e.ids) for e in encodings], kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for start in range(0, len(texts), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            width = len(encodings[chunk[0]].ids)
+        start = 0
+        while start < len(texts):
+            width = len(encodings[order[start]].ids)  # the longest of this chunk: sorted
+            chunk = order[start:start + max(1, min(self.batch_size, TOKEN_BUDGET // width))]
+            start += len(chunk)
             ids = np.zeros((len(chunk), width), dtype=np.int64)
             mask = np.zeros((len(chunk), width), dtype=np.int64)
             for row, index in enumerate(chunk):
@@ -137,26 +147,29 @@ class OnnxLocalEmbedder:
         return out
 
 
-def _quantized(model) -> bytes:
-    """ONNX Runtime's dynamic int8 quantisation of the graph (weights int8, activations per call).
+def _build_graph(folder: Path, out: Path, int8: bool) -> None:
+    """Run ``bert_graph`` in a child interpreter; its error, if any, becomes an EmbedderError."""
+    args = [sys.executable, "-m", "embedshare.embedders.bert_graph", str(folder), str(out)]
+    proc = subprocess.run(args + (["--int8"] if int8 else []), capture_output=True, text=True)
+    if proc.returncode != 0 or not out.exists():
+        lines = (proc.stderr or "").strip().splitlines()
+        raise EmbedderError(f"building the ONNX graph of {folder} failed: {lines[-1] if lines else proc.returncode}")
 
-    Per-channel weight scales: per-tensor ones gave a cosine to the fp32 vectors as low as 0.85
-    on long texts, per-channel 0.97 at worst and 0.992 on average (60 varied texts, measured
-    with the script in bench/README.md). quantize_dynamic works on files, so the graph goes
-    through a private temporary folder that is removed at once; nothing is kept on disk.
+
+def _return_large_buffers_to_the_os() -> None:
+    """Make glibc serve every allocation of 1 MB or more with its own mapping, freed at once.
+
+    Without it glibc's threshold adapts upwards (to 32 MB) as ONNX Runtime frees its large
+    activation buffers, later ones come from the heap, and the service keeps the peak of its
+    longest batch: +90 MB after one batch of 64 texts of 256 tokens, +4 MB with this (measured
+    with PSS). Python has no binding for mallopt, hence ctypes; elsewhere it is a no-op.
     """
-    import logging
+    import ctypes
+    import ctypes.util
 
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with tempfile.TemporaryDirectory(prefix="embedshare-int8-") as tmp:
-        source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        onnx.save_model(model, str(source))
-        previous = logging.root.manager.disable
-        logging.disable(logging.WARNING)  # its "consider pre-processing" advice, on the root logger
-        try:
-            quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True)
-        finally:
-            logging.disable(previous)
-        return target.read_bytes()
+    m_mmap_threshold = -3  # from glibc's malloc.h
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(m_mmap_threshold, 1 << 20)
+    except (OSError, AttributeError):  # not glibc: its allocator has its own policy
+        pass
