@@ -9,6 +9,7 @@ may share ``local:all-MiniLM-L6-v2:v1`` and every vector already cached under it
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -116,3 +117,33 @@ def test_the_service_process_imports_torch_only_for_local_at_torch(tmp_path, spe
                          capture_output=True, text=True, timeout=240, check=True)
     answer = json.loads(out.stdout.strip().splitlines()[-1])
     assert answer == {"torch": torch_expected, "model_id": "local:all-MiniLM-L6-v2:v1"}
+
+
+def test_threads_default_to_the_cores_unless_omp_num_threads_says(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert create_embedder("local").threads == min(2, os.cpu_count() or 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the per-process designs' one thread each
+    assert create_embedder("local").threads == 1
+    assert create_embedder("local", threads=3).threads == 3
+
+
+def test_a_folder_that_is_not_a_bert_is_a_clear_error(tmp_path):
+    from embedshare.embedders import EmbedderError
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "roberta", "hidden_act": "gelu"}))
+    embedder = create_embedder("local", model_path=tmp_path)
+    with pytest.raises(EmbedderError, match="only BERT encoders"):
+        embedder.load()
+
+
+@pytest.mark.model
+def test_load_runs_a_warm_up_forward_so_the_service_is_warm_when_it_says_ready(monkeypatch):
+    from embedshare.embedders import onnx_local
+
+    forwards = []
+    real_run = onnx_local.OnnxLocalEmbedder._run
+    monkeypatch.setattr(onnx_local.OnnxLocalEmbedder, "_run",
+                        lambda self, texts: forwards.append(list(texts)) or real_run(self, texts))
+    embedder = create_embedder("local")
+    embedder.load()  # what the service's prepare() calls before it reports ready
+    assert forwards == [onnx_local.WARMUP_TEXTS]

@@ -9,6 +9,8 @@ machine's noise), in fresh processes:
   send never-seen texts, 1 per request, then 16 per request, then 1 per request while a
   CPU hog (a busy loop in another process) takes one core; the service's peak PSS under load,
   texts/s, the service's CPU share and its mean batch;
+- search quality: top-1 / top-3 of the labelled queries of ``tests/data/search_quality.json``
+  on the bundled registry, and the cosine between each backend's vectors and fp32's;
 - optionally (``install_size``) the size of fresh virtualenvs of the default ``local`` install
   and of the torch one, with ``du``.
 
@@ -147,6 +149,34 @@ def run_variant(spec: str, threads: int | None, workers: int, seconds: float, ta
     return result
 
 
+QUALITY_SCRIPT = """
+import json, sys
+import numpy as np
+from embedshare.embedders import create_embedder
+from embedshare.manager import EmbeddingManager
+cases = json.load(open(sys.argv[2]))
+manager = EmbeddingManager(store=sys.argv[3], model=sys.argv[1], registry="bundled")
+top1 = top3 = 0
+for case in cases:
+    got = [r.name for r in manager.search(case["query"], k=3)]
+    top1 += bool(got) and got[0] == case["expected"]
+    top3 += case["expected"] in got
+queries = [c["query"] for c in cases]
+mine = manager.get_embeddings(queries)
+fp32 = create_embedder("local").embed(queries)
+cosine = np.sum(mine * fp32, axis=1)
+print(json.dumps({"queries": len(cases), "top1": top1 / len(cases), "top3": top3 / len(cases),
+                  "cosine_to_fp32_min": float(cosine.min()), "cosine_to_fp32_mean": float(cosine.mean())}))
+"""
+
+
+def search_quality(spec: str, cases: Path) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="embedshare-quality-") as tmp:
+        out = subprocess.run([sys.executable, "-c", QUALITY_SCRIPT, spec, str(cases), str(Path(tmp) / "store")],
+                             capture_output=True, text=True, env=_env(), timeout=900, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def install_size(project: Path, log: Callable[[str], None]) -> dict[str, Any]:
     """MB of fresh virtualenvs: the default local install, and the torch one (``du -sm``)."""
     recipes = {
@@ -184,10 +214,14 @@ def run_backends(rounds: int = 3, workers: int = 25, seconds: float = 6.0, with_
                 f"texts/s (1, 16, 1+hog) {phases}")
     summary = {label: _median_of(runs) for label, runs in raw.items()}
     project = Path(__file__).resolve().parents[3]
+    cases = project / "tests" / "data" / "search_quality.json"
+    quality = {spec: search_quality(spec, cases) for spec in ("local@torch", "local", "local@int8")} if cases.exists() else None
+    if quality:
+        log("[backends] search quality: " + json.dumps(quality))
     sizes = install_size(project, log) if with_install_size and (project / "pyproject.toml").exists() else None
     return {"started_load_average": loads, "end_load_average": list(os.getloadavg()),
             "workers": workers, "seconds_per_phase": seconds, "rounds": rounds,
-            "summary": summary, "raw": raw, "install_size_mb": sizes}
+            "summary": summary, "raw": raw, "install_size_mb": sizes, "search_quality": quality}
 
 
 def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -218,6 +252,13 @@ def format_table(results: dict[str, Any]) -> str:
     for title, key, fmt in rows:
         cells = [("-" if summary[l][key] is None else format(summary[l][key], fmt)) for l in labels]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    if results.get("search_quality"):
+        lines.append("")
+        lines.append("| search quality (tests/data/search_quality.json, bundled registry) | top-1 | top-3 | cosine to fp32, min / mean |")
+        lines.append("|---|---|---|---|")
+        for spec, q in results["search_quality"].items():
+            lines.append(f"| {spec} ({q['queries']} queries) | {q['top1']:.3f} | {q['top3']:.3f} | "
+                         f"{q['cosine_to_fp32_min']:.4f} / {q['cosine_to_fp32_mean']:.4f} |")
     if results.get("install_size_mb"):
         lines.append("")
         lines.append("Fresh virtualenv, `du -sm`: " + ", ".join(f"{k} {v} MB" for k, v in results["install_size_mb"].items()))

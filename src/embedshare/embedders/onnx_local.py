@@ -31,9 +31,19 @@ MAX_TOKENS = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
 # and 64 texts of 256 tokens need 200 MB for one score tensor; 2,048 tokens keep it at 25 MB.
 TOKEN_BUDGET = 2048
 WARMUP_TEXTS = ["warm up the model", "a second, somewhat longer text to warm up every kernel shape"]
-# Two intra-op threads on this project's 2-core machines: chosen by the thread sweep in
-# bench/README.md (1 thread left a core idle under load; spinning off keeps the loop served).
-DEFAULT_THREADS = min(2, os.cpu_count() or 1)
+
+
+def default_threads() -> int:
+    """One intra-op thread per core, at most 2, unless ``OMP_NUM_THREADS`` says otherwise.
+
+    2 on this project's 2-core machines: chosen by ``embedshare bench --backends`` (see
+    bench/README.md). OMP_NUM_THREADS is honoured as torch honours it, so that the per-process
+    designs of the demo and bench (one thread each) mean the same with either backend.
+    """
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return min(2, os.cpu_count() or 1)
 
 
 def _require(what: str):
@@ -69,7 +79,7 @@ class OnnxLocalEmbedder:
         if quantize not in (None, "int8"):
             raise EmbedderError(f"quantize must be None or 'int8', got {quantize!r}")
         self.model_name = model_name
-        self.threads = threads or DEFAULT_THREADS
+        self.threads = threads or default_threads()
         self.batch_size = batch_size
         self.quantize = quantize
         self._model_path = Path(model_path) if model_path else None
