@@ -4,7 +4,8 @@ For each backend (``local@torch``, ``local`` = ONNX Runtime fp32 at 1 and 2 intr
 ``local@int8``) and each of ``rounds`` interleaved rounds (so that every backend shares the
 machine's noise), in fresh processes:
 
-- model load: a fresh interpreter imports the backend, loads and warms the model;
+- model load: a fresh interpreter imports the backend, loads and warms the model, then embeds
+  batches of 1, 16 and 64 texts for 1.5 s each (the model alone: the service's ceiling);
 - a service on a fresh store: its PSS when ready (idle), then 25 workers (``backend_worker``)
   send never-seen texts, 1 per request, then 16 per request, then 1 per request while a
   CPU hog (a busy loop in another process) takes one core; the service's peak PSS under load,
@@ -45,7 +46,15 @@ started = time.perf_counter()
 from embedshare.embedders import create_embedder
 embedder = create_embedder(sys.argv[1], **({"threads": int(sys.argv[2])} if sys.argv[2] != "-" else {}))
 embedder.load()
-print(json.dumps({"load_s": time.perf_counter() - started, "torch_imported": "torch" in sys.modules}))
+load_s = time.perf_counter() - started
+alone = {}
+for batch in (1, 16, 64):  # the model alone in one process: what the service could reach at most
+    done, began, i = 0, time.perf_counter(), 0
+    while time.perf_counter() - began < 1.5:
+        embedder.embed([f"parse the csv rows of file {batch} {i} {j}" for j in range(batch)])
+        done, i = done + batch, i + 1
+    alone[str(batch)] = done / (time.perf_counter() - began)
+print(json.dumps({"load_s": load_s, "torch_imported": "torch" in sys.modules, "alone": alone}))
 """
 HOG_SCRIPT = "import time, sys\nend = time.time() + float(sys.argv[1])\nwhile time.time() < end:\n    pass\n"
 
@@ -228,6 +237,7 @@ def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     med = lambda values: statistics.median(values) if values else None  # noqa: E731
     out: dict[str, Any] = {
         "load_s": med([r["load"]["load_s"] for r in runs]),
+        **{f"alone, batch {b}": med([r["load"]["alone"][b] for r in runs]) for b in ("1", "16", "64")},
         "torch_imported": any(r["torch_imported"] for r in runs),
         "service_start_s": med([r["service_start_s"] for r in runs]),
         "pss_idle_mb": med([r["pss_idle_mb"] for r in runs]),
@@ -246,6 +256,7 @@ def format_table(results: dict[str, Any]) -> str:
     rows = [("service PSS idle, MB", "pss_idle_mb", ".0f"), ("service PSS under 25-worker load (peak), MB", "pss_load_mb", ".0f")]
     rows += [(f"{name}, texts/s", f"{name}: texts_per_s", ".0f") for name, _, _ in PHASES]
     rows += [(f"{name}, service CPU (cores)", f"{name}: service_cpu_cores", ".2f") for name, _, _ in PHASES[:1]]
+    rows += [(f"the model alone, batch {b}, texts/s", f"alone, batch {b}", ".0f") for b in ("1", "16", "64")]
     rows += [("model load + warm-up (fresh interpreter), s", "load_s", ".2f"),
              ("service start until ready, s", "service_start_s", ".2f"), ("torch in the service", "torch_imported", "")]
     lines = ["| | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
