@@ -171,8 +171,8 @@ def _return_large_buffers_to_the_os() -> None:
 
     Without it glibc's threshold adapts upwards (to 32 MB) as ONNX Runtime frees its large
     activation buffers, later ones come from the heap, and the service keeps the peak of its
-    longest batch: +90 MB after one batch of 64 texts of 256 tokens, +4 MB with this (measured
-    with PSS). Python has no binding for mallopt, hence ctypes; elsewhere it is a no-op.
+    longest batch: +77 MB after one batch of 64 texts of 256 tokens, none with this (PSS, measured
+    in bench/README.md). Python has no binding for mallopt, hence ctypes; elsewhere it is a no-op.
     """
     import ctypes
     import ctypes.util
