@@ -14,11 +14,13 @@ venv: $(STAMP)
 
 # torch==2.13.0 first: it is the CPU build this machine keeps on disk; any other version
 # (asked for by sentence-transformers' open range) would pull a multi-GB CUDA build.
+# local-torch is here for the bench's torch column and the ONNX-equals-torch test; the service
+# (`local` = ONNX Runtime) does not use it.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[local,openai,http,langchain,ray,bench,dev]'
+	$(PY) -m pip install --quiet -e '.[local,local-torch,openai,http,langchain,ray,bench,dev]'
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -581,16 +581,32 @@ def _name_list(ctx: click.Context, param: click.Parameter, value: str | None) ->
               help="Length of the miss-throughput phase (default 4).")
 @click.option("--miss-threads", type=click.IntRange(min=1), default=None,
               help="Threads sending misses in each worker (default 4).")
+@click.option("--backends", "backends_only", is_flag=True,
+              help="Only the local model's backends (torch, ONNX fp32 at 1 and 2 threads, int8), "
+                   "interleaved rounds; writes backends.{json,md}.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="With --backends: interleaved rounds (medians are reported).")
+@click.option("--no-install-size", is_flag=True, help="With --backends: skip the fresh-virtualenv sizes.")
 def bench(quick: bool, out: Path, workers: list[int] | None, tasks: int | None, models: list[str] | None,
           designs: list[str] | None, api_latency_ms: float | None, sweep_sizes: list[int] | None,
-          no_sweep: bool, usearch_max: int | None, miss_seconds: float | None, miss_threads: int | None) -> None:
+          no_sweep: bool, usearch_max: int | None, miss_seconds: float | None, miss_threads: int | None,
+          backends_only: bool, rounds: int, no_install_size: bool) -> None:
     """Compare ways of sharing an embedding manager between processes, on the same tasks.
 
     The designs: a manager per process, threads sharing one manager per process (option-c), a
     multiprocessing.Manager dict (option-a), a dict plus a request queue (hybrid), and
     embedshare; with the hashing model, the local model and a simulated API. Writes JSON,
-    markdown and plots.
+    markdown and plots. With --backends: only the local model's backends (torch, ONNX, int8).
     """
+    if backends_only:
+        from .bench.backends import format_table, run_backends, write_backends
+
+        results = run_backends(rounds=rounds, workers=max(workers or [25]), seconds=miss_seconds or 6.0,
+                               with_install_size=not no_install_size,
+                               log=lambda line: click.echo(line, err=True))
+        click.echo(format_table(results))
+        click.echo(f"wrote {write_backends(results, out)}")
+        return
     from .bench.runner import BenchConfig, quick_config, run_bench
 
     config = quick_config(out) if quick else BenchConfig(out=out)

@@ -76,7 +76,7 @@ def distinct_texts_needed(tasks: list[dict[str, Any]], registry: str, preload: l
 def run_model_alone(spec: dict[str, Any]) -> dict[str, Any]:
     """The model's own best batched throughput in one process (distinct texts).
 
-    The local model is measured with torch's default threads (one per core) and with one
+    The local model is measured with its backend's default threads (one per core) and with one
     thread: on a busy machine one thread can be faster, and "best" takes the better.
     """
     from ..embedders import create_embedder

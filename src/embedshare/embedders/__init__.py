@@ -2,6 +2,11 @@
 
 ``create_embedder("hash:384")``, ``create_embedder("local")``,
 ``create_embedder("openai:text-embedding-3-small")``.
+
+``local`` takes a backend after ``@``: ``local`` and ``local@onnx`` are ONNX Runtime fp32 (the
+default, no torch), ``local@torch`` is sentence-transformers on torch (same vectors, same
+``model_id``), ``local@int8`` is ONNX Runtime with dynamic int8 quantisation (its own
+``model_id``). ``local:<model>@<backend>`` names the model too.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ __all__ = [
     "validate_texts",
 ]
 
-SPEC_HELP = "'hash:<dim>' (e.g. hash:384), 'local', or 'openai:<model>'"
+SPEC_HELP = "'hash:<dim>' (e.g. hash:384), 'local' (or local@torch, local@int8), or 'openai:<model>'"
+LOCAL_BACKENDS = ("onnx", "torch", "int8")
 
 
 class UnknownModelError(ValueError):
@@ -48,6 +54,8 @@ def create_embedder(spec: str | Embedder, **options: object) -> Embedder:
         raise UnknownModelError(f"model must be a spec string ({SPEC_HELP}), got {spec!r}")
     kind, _, arg = spec.strip().partition(":")
     kind = kind.lower()
+    if kind.startswith("local@"):  # "local@torch" is "local:@torch": the bundled model
+        kind, arg = "local", f"{arg}{kind[len('local'):]}"
     if kind == "hash":
         from .hashing import HashingEmbedder
 
@@ -57,9 +65,7 @@ def create_embedder(spec: str | Embedder, **options: object) -> Embedder:
             raise UnknownModelError(f"bad model spec {spec!r}: hash:<dim> needs an integer") from None
         return HashingEmbedder(dim=dim, **options)  # type: ignore[arg-type]
     if kind == "local":
-        from .local import LocalEmbedder
-
-        return LocalEmbedder(**({"model_name": arg} if arg else {}), **options)  # type: ignore[arg-type]
+        return _create_local(spec, arg, options)
     if kind == "openai":
         from .openai import OpenAIEmbedder
 
@@ -67,6 +73,26 @@ def create_embedder(spec: str | Embedder, **options: object) -> Embedder:
             raise UnknownModelError(f"bad model spec {spec!r}: openai:<model> needs a model name")
         return OpenAIEmbedder(model=arg, **options)  # type: ignore[arg-type]
     raise UnknownModelError(f"unknown model spec {spec!r}; expected {SPEC_HELP}")
+
+
+def _create_local(spec: str, arg: str, options: dict[str, object]) -> Embedder:
+    """``local[:<model>][@<backend>]``: ONNX Runtime unless the backend says torch."""
+    name, _, backend = arg.partition("@")
+    backend = backend.strip().lower() or "onnx"
+    if backend not in LOCAL_BACKENDS:
+        raise UnknownModelError(
+            f"bad model spec {spec!r}: unknown local backend {backend!r}; expected one of "
+            + ", ".join(f"local@{b}" for b in LOCAL_BACKENDS)
+        )
+    named = {"model_name": name.strip()} if name.strip() else {}
+    if backend == "torch":
+        from .local import LocalEmbedder
+
+        return LocalEmbedder(**named, **options)  # type: ignore[arg-type]
+    from .onnx_local import OnnxLocalEmbedder
+
+    quantize = {"quantize": "int8"} if backend == "int8" else {}
+    return OnnxLocalEmbedder(**named, **quantize, **options)  # type: ignore[arg-type]
 
 
 def model_id_of(spec: str | Embedder) -> str:

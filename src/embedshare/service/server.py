@@ -709,6 +709,9 @@ class EmbeddingServer:
             "clients": [{"id": cid, **info} for cid, info in self.clients.items()],
             "http": self.http.url if self.http is not None else None,
             "limits": self.limit_stats(),
+            # the ONNX backend's promise (issue 13): a `local` service never loads torch
+            "torch_imported": "torch" in sys.modules,
+            "embedder": repr(manager.embedder) if manager is not None else None,
         }
 
     def limit_stats(self) -> dict[str, Any]:
