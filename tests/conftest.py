@@ -42,3 +42,14 @@ def hash_service(store):
 
     with EmbeddingService(store, model="hash:64", registry="bundled", start_timeout=60) as service:
         yield service
+
+
+@pytest.fixture
+def token_file(tmp_path) -> Path:
+    """A token file as a user makes one: 48 random hex characters, owner-only (0600)."""
+    import secrets
+
+    path = tmp_path / "token"
+    path.write_text(secrets.token_hex(24) + "\n")
+    path.chmod(0o600)
+    return path

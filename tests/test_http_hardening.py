@@ -152,14 +152,6 @@ def test_malformed_requests_in_a_flood_are_logged_once_per_interval(slow_body_se
 # -- the bearer token ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def token_file(tmp_path):
-    path = tmp_path / "http-token"
-    path.write_text(secrets.token_hex(24) + "\n")
-    path.chmod(0o600)
-    return path
-
-
 def test_loopback_needs_no_token_by_default(slow_body_service):
     assert _post(slow_body_service.http_url, b'{"model": "hash:64", "input": "x"}').status_code == 200
 

@@ -26,6 +26,7 @@ import embedshare
 from embedshare.cli import main
 from embedshare.service.connection import ServiceConnection
 from embedshare.service.launcher import EmbeddingService
+from reliability_helpers import stop_process
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -151,8 +152,7 @@ def test_top_refreshes_live_and_exits_cleanly_on_ctrl_c(service, other_client):
         assert process.wait(timeout=30) == 0
     finally:
         os.close(master)
-        if process.poll() is None:
-            process.kill()
+        stop_process(process)  # reaped, whatever failed
     assert "Traceback" not in output + rest and "KeyboardInterrupt" not in output + rest
 
 
@@ -178,8 +178,7 @@ def test_top_restores_the_cursor_on_sigterm(service, other_client):
         assert process.wait(timeout=30) == 0
     finally:
         os.close(master)
-        if process.poll() is None:
-            process.kill()
+        stop_process(process)  # reaped, whatever failed
     assert "\x1b[?25h" in rest  # ... and shows it again when killed
     assert "Traceback" not in output + rest
 
@@ -220,8 +219,7 @@ def test_a_foreground_service_logs_to_stderr_with_v(tmp_path):
         conn.close()
         assert process.wait(timeout=30) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
+        stop_process(process)  # reaped, whatever failed
 
 
 def test_index_build_shows_a_progress_bar_on_a_terminal(tmp_path):
@@ -232,6 +230,7 @@ def test_index_build_shows_a_progress_bar_on_a_terminal(tmp_path):
         assert process.wait(timeout=60) == 0
     finally:
         os.close(master)
+        stop_process(process)
     assert re.search(r"embedding tools: 100%.*\d+/\d+", output), output
 
 

@@ -24,6 +24,7 @@ from embedshare.latency import LATENCY_BUCKETS
 from embedshare.service.client import SharedEmbeddingManager
 from embedshare.service.launcher import EmbeddingService
 from embedshare.service.observe import ServiceCollector, metrics_registry
+from reliability_helpers import stop_process
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -200,9 +201,21 @@ def test_health_and_metrics_answer_while_the_model_loads(tmp_path):
             samples = {s.name: s.value for f in text_string_to_metric_families(scrape.text) for s in f.samples}
             assert samples["embedshare_ready"] == 1 and samples["embedshare_tools"] > 0
     finally:
-        process.terminate()
-        process.wait(30)
+        _release(gate)  # a load still held leaves the service deaf to SIGTERM
+        stop_process(process)
         process.stderr.close()
+
+
+def _release(gate: Path) -> None:
+    """Let a held load finish; a no-op once the service has read the gate (no reader: ENXIO)."""
+    try:
+        fd = os.open(gate, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        os.write(fd, b"go\n")
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.model
@@ -233,6 +246,5 @@ def test_metrics_answer_while_the_local_model_loads(tmp_path):
         assert took, "no scrape while the model loaded"
         assert sorted(took)[len(took) // 2] < 1.0
     finally:
-        process.terminate()
-        process.wait(30)
+        stop_process(process)
         process.stderr.close()

@@ -42,6 +42,7 @@ from embedshare.manager import normalise_query
 from embedshare.pool.workload import make_tasks
 from embedshare.ray.config import node_key, node_store, owner_of, service_name
 from embedshare.registry import field_texts, load_registry
+from reliability_helpers import alive, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -233,22 +234,6 @@ def _wait_until_dead(handle, deadline_s: float = 60.0) -> None:
         assert time.monotonic() < deadline, "the killed service actor still answers"
 
 
-def _wait_until_gone(pid: int, deadline_s: float = 60.0) -> None:
-    """Wait for the fact that process ``pid`` is dead (gone, or a zombie its parent has not
-    reaped yet: not our child, so psutil's wait() cannot see that)."""
-    import psutil
-
-    deadline = time.monotonic() + deadline_s
-    while True:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return
-        except psutil.NoSuchProcess:
-            return
-        assert time.monotonic() < deadline, f"process {pid} is still alive"
-        time.sleep(0.01)
-
-
 def expected_task(manager: EmbeddingManager, task: dict) -> dict:
     """What workload.run_task returns, computed with ``manager``."""
     return {
@@ -420,7 +405,7 @@ def test_a_later_session_s_task_needs_no_registry_and_survives_its_node_s_servic
             handle = ray.get_actor(service_name(node), namespace=namespace)
             service_pid = ray.get(handle.info.remote())["service_pid"]
             os.kill(service_pid, signal.SIGKILL)
-            _wait_until_gone(service_pid)
+            wait_for(lambda: not alive(service_pid), 60, f"the killed service {service_pid} to be gone")
             again = ray.get(search_task.options(**on_node(node)).remote(query, [t + " again" for t in texts]))
             assert again["top"] == want["top"]
             assert again["vectors"] == local.get_embeddings([t + " again" for t in texts]).tobytes()

@@ -206,14 +206,6 @@ def test_the_api_key_never_appears_in_logs_stats_state_cli_or_errors(store, monk
 # -- the optional TCP listener ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def token_file(tmp_path):
-    path = tmp_path / "token"
-    path.write_text(secrets.token_hex(24) + "\n")
-    path.chmod(0o600)
-    return path
-
-
 def _listening(pid: int) -> list:
     return [c.laddr for c in psutil.Process(pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
 

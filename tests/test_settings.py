@@ -160,6 +160,21 @@ def test_ray_settings_are_checked():
             make_settings("hash:64", store_root="/tmp/x", namespace="n", ring=["node"], **{name: value})
 
 
+def test_serve_s_limit_options_have_the_service_s_own_defaults_and_types():
+    """``embedshare serve`` spells each limit's default again (cli.py must not import the
+    service's modules at import time): the two must not drift apart."""
+    from embedshare.cli import serve
+    from embedshare.service.state import LIMIT_FIELDS
+
+    import click
+
+    options = {p.name: p for p in serve.params}
+    for name in LIMIT_FIELDS + ("max_batch", "max_wait_ms"):
+        default = getattr(ServiceConfig, name)
+        assert options[name].default == default, name
+        assert options[name].type is {int: click.INT, float: click.FLOAT}[type(default)], name
+
+
 # -- the command line and the service's own argv (real processes: on a build without the checks
 #    `serve --max-batch 0` would run, so each is bounded and its process group killed) ---------------
 

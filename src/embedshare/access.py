@@ -66,12 +66,12 @@ def get_embedding_manager(
     with _lock:
         if _instance is not None and _instance_pid == pid:
             return _instance
-        # Checked even when no service answers (a local manager ignores the policy): a typo in
-        # the environment must not wait for the day the service dies to be found.
+        # Read and checked once, here, even when no service answers (a local manager ignores
+        # the policy): a typo in the environment must not wait for the service to die.
         if on_failure is None:
-            settings.env_choice(ENV_ON_FAILURE, POLICIES, default=None)
+            on_failure = settings.env_choice(ENV_ON_FAILURE, POLICIES, default=None)
         else:
-            settings.choice("on_failure", on_failure, POLICIES)
+            on_failure = settings.choice("on_failure", on_failure, POLICIES)
         _instance = _create(model or os.environ.get(ENV_MODEL), store, registry, on_failure, default_model)
         _instance_pid = pid
         return _instance
@@ -103,7 +103,7 @@ def _create(model: str | None, store: str | Path | None, registry: str | Path | 
         if ray_manager is not None:
             return ray_manager
     store_path = Path(store).expanduser() if store else default_store()
-    policy = on_failure or os.environ.get(ENV_ON_FAILURE) or "local"
+    policy = on_failure or "local"  # EMBEDSHARE_ON_FAILURE is already read into on_failure
     address = os.environ.get(ENV_ADDRESS) or str(StoreLayout(store_path).socket)
     if address.startswith("tcp://") or Path(address).exists():
         try:

@@ -74,7 +74,7 @@ class RayEmbeddingManager(SharedEmbeddingManager):
             try:
                 super().__init__(info["address"], model=model, on_failure=on_failure,
                                  request_timeout=request_timeout, connect_timeout=connect_timeout,
-                                 search_cache_size=search_cache_size)
+                                 search_cache_size=search_cache_size, registry=registry)
                 break
             except ServiceUnavailable:
                 if attempt == 2 or on_failure != "restart":
@@ -82,10 +82,6 @@ class RayEmbeddingManager(SharedEmbeddingManager):
                 info = {**self._call_coordinator("node", self.node_id, True), "index": info["index"]}
         self._counters.update(remote_requests=0, remote_texts=0)
         self._load_index(info["index"])
-        if registry is not None:
-            from ..service.client import check_served_registry
-
-            check_served_registry(registry, self.served_registry, self.store)
 
     def __repr__(self) -> str:
         return f"RayEmbeddingManager(node={self.node_id[:8]}, address={self.address!r}, model={self.model_id!r})"

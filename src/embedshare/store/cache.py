@@ -46,13 +46,11 @@ DEFAULT_MAX_READERS = 4096  # slots for concurrent read transactions: processes 
 _FLOAT32 = np.dtype(np.float32)
 _digest = cache_format.digest
 _OPEN_ATTEMPTS = 100  # opens that lose the race against a growing map (see EmbeddingCache._open)
+_READER_SLOT_BYTES = 64  # LMDB's reader table: one cache line per reader slot
 
 
 class CacheError(RuntimeError):
     """The cache could not be opened or written; the message says why."""
-
-
-_READER_SLOT_BYTES = 64  # LMDB's reader table: one cache line per reader slot
 
 
 class CacheFullError(CacheError):
@@ -343,13 +341,13 @@ class EmbeddingCache:
             except lmdb.MapResizedError:
                 continue
             except cache_format.DAMAGE_ERRORS as exc:
-                raise CacheDamagedError(cache_format.damaged_message(self.path, str(exc))) from None
+                raise self._damaged(str(exc)) from None
             except lmdb.Error as exc:
                 raise CacheError(f"cannot open embedding cache at {self.path}: {exc}") from None
             problem = cache_format.truncation(env, self.path / "data.mdb")
             if problem is not None:  # reading past the end of the map would be a SIGBUS
                 env.close()
-                raise CacheDamagedError(cache_format.damaged_message(self.path, problem))
+                raise self._damaged(problem)
             try:
                 self._check_files()  # the new ones too, whatever the umask made of them
                 env.reader_check()  # free reader slots left by processes that died
@@ -468,9 +466,12 @@ class EmbeddingCache:
             log.warning("embedding cache at %s: a stored vector failed its checksum; it was recomputed "
                         "and replaced (counted as corrupt_vectors in stats)", self.path)
 
+    def _damaged(self, problem: str) -> CacheDamagedError:
+        return CacheDamagedError(cache_format.damaged_message(self.path, problem))
+
     def _read_error(self, exc: lmdb.Error) -> CacheError:
         if isinstance(exc, cache_format.DAMAGE_ERRORS):
-            return CacheDamagedError(cache_format.damaged_message(self.path, str(exc)))
+            return self._damaged(str(exc))
         return CacheError(f"cannot read embedding cache at {self.path}: {exc}")
 
     def _readers_full(self) -> CacheError:
@@ -547,7 +548,7 @@ class EmbeddingCache:
             except lmdb.MapFullError:
                 self._grow()
             except cache_format.DAMAGE_ERRORS as exc:
-                raise CacheDamagedError(cache_format.damaged_message(self.path, str(exc))) from None
+                raise self._damaged(str(exc)) from None
             except lmdb.Error as exc:
                 if _disk_full(self.path, exc):
                     raise CacheFullError(f"embedding cache at {self.path}: disk full ({exc})") from None

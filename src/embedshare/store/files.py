@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 PRIVATE_FILE_MODE = 0o600
@@ -32,6 +31,8 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes, mode: int = PR
     removed if anything fails. An ``OSError`` (a full disk) is re-raised naming ``path``: a
     bare "No space left on device" does not say which of the store's files could not be written.
     """
+    import tempfile  # here: workers import this module for private_dir, and never write
+
     target = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
