@@ -14,6 +14,7 @@ fresh deployment (its own node stores), so its counters start at zero.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -42,6 +43,7 @@ from embedshare.manager import normalise_query
 from embedshare.pool.workload import make_tasks
 from embedshare.ray.config import node_key, node_store, owner_of, service_name
 from embedshare.registry import field_texts, load_registry
+from embedshare.registry.loader import bundled_registry_path
 from reliability_helpers import alive, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -218,6 +220,25 @@ def policies_after_gate(gate, texts: list[str]) -> dict:
         raised = type(exc).__name__
     vectors = local.get_embeddings(texts).tobytes()
     return {"raised": raised, "vectors": vectors, "fallback": local.stats()["fallback"]}
+
+
+@ray.remote
+def attach_asking_for(registry: str, via_env: bool) -> dict:
+    """A manager that asks for ``registry`` (EMBEDSHARE_REGISTRY or registry=): its search, or its error."""
+    from embedshare import get_embedding_manager, reset_embedding_manager
+    from embedshare.ray import RayEmbeddingManager
+
+    os.environ.pop("EMBEDSHARE_REGISTRY", None)
+    if via_env:
+        os.environ["EMBEDSHARE_REGISTRY"] = registry
+    try:
+        manager = get_embedding_manager() if via_env else RayEmbeddingManager(registry=registry)
+        return {"type": type(manager).__name__, "search": [r.name for r in manager.search("parse csv", k=3)]}
+    except Exception as exc:  # noqa: BLE001 - the error is what the test looks at
+        return {"error": type(exc).__name__, "message": str(exc)}
+    finally:
+        os.environ.pop("EMBEDSHARE_REGISTRY", None)
+        reset_embedding_manager()
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -416,6 +437,26 @@ def test_a_later_session_s_task_needs_no_registry_and_survives_its_node_s_servic
             ray.shutdown()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_task_asking_for_a_registry_gets_the_deployment_s_or_a_clear_error(deployment, local, job, tmp_path):
+    # On Ray the node services serve no registry: the check is against the deployment's index.
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(dict(list(json.loads(bundled_registry_path().read_text()).items())[:3])))
+    asks = [("bundled", True), (str(bundled_registry_path()), False), (str(other), False),
+            (str(other), True), (str(tmp_path / "missing.json"), False)]
+    same_env, same_file, other_arg, other_env, missing = ray.get(
+        [attach_asking_for.options(**on_node(job[i % len(job)])).remote(*ask) for i, ask in enumerate(asks)])
+
+    want = [r.name for r in local.search("parse csv", k=3)]
+    assert same_env == {"type": "RayEmbeddingManager", "search": want}
+    assert same_file == {"type": "RayEmbeddingManager", "search": want}  # the same content: the same
+    served_hash = load_registry("bundled").content_hash[:12]
+    for got in (other_arg, other_env):
+        assert got["error"] == "RegistryMismatchError", got
+        assert str(other) in got["message"] and load_registry(str(other)).content_hash[:12] in got["message"]
+        assert served_hash in got["message"] and "embedshare.ray.init(" in got["message"]
+    assert missing["error"] == "RegistryError" and "missing.json" in missing["message"]
 
 
 def test_error_and_local_policies_when_the_node_service_is_gone(deployment, local, job):

@@ -187,3 +187,28 @@ def test_the_service_entry_point_needs_its_lifeline():
     out = subprocess.run([sys.executable, "-m", "embedshare.ray._service", "--store", "/nonexistent"],
                          capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 2 and "--lifeline-fd" in out.stderr
+
+
+def test_the_ray_registry_check_accepts_the_served_content_and_names_both_otherwise(built, tmp_path):
+    from embedshare.ray.worker import check_deployment_registry, deployment_registry
+    from embedshare.registry import load_registry
+    from embedshare.registry.loader import bundled_registry_path
+    from embedshare.store.record import RegistryMismatchError
+
+    served = deployment_registry(ObjectStoreToolIndex(index_payload(built.index.path)))
+    bundled = load_registry("bundled")
+    assert served["hash"] == bundled.content_hash
+    check_deployment_registry("bundled", bundled, served)  # by content: the name does not matter
+    data = json.loads(bundled_registry_path().read_text())
+    check_deployment_registry("<data>", load_registry(data), served)
+
+    other = load_registry(dict(list(data.items())[:3]))
+    with pytest.raises(RegistryMismatchError) as mismatch:
+        check_deployment_registry("other.json", other, served)
+    message = str(mismatch.value)
+    assert "other.json" in message and other.content_hash[:12] in message
+    assert bundled.content_hash[:12] in message and "embedshare.ray.init(" in message
+
+    with pytest.raises(RegistryMismatchError, match=r"serves no tool registry, not bundled .*"
+                                                    r"embedshare\.ray\.init\(model=\.\.\., registry='bundled'\)"):
+        check_deployment_registry("bundled", bundled, deployment_registry(None))

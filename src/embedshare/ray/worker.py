@@ -6,6 +6,9 @@ the node's service socket, so cache hits are LMDB reads in the worker and misses
 by the node's service, plus two things:
 
 - the tool index comes from Ray's object store (one copy per node, read in place);
+- the registry a caller asks for (``registry=`` or ``EMBEDSHARE_REGISTRY``) is checked
+  against the index the deployment serves (its manifest's content hash), not the node
+  service's ``hello``: on Ray the node services serve no registry of their own;
 - a miss that another node owns goes to this node's service actor (``fetch``), which gets it
   from the owner once and caches it on this node: distinct texts are embedded once in the
   whole cluster.
@@ -28,6 +31,7 @@ from ..service.client import POLICIES, SharedEmbeddingManager
 from ..service.connection import ServiceConnection, ServiceUnavailable
 from ..service.state import ENV_ON_FAILURE
 from ..store import EmbeddingCache
+from ..store.record import RegistryMismatchError, describe_registry
 from .config import owner_of
 
 
@@ -62,8 +66,11 @@ class RayEmbeddingManager(SharedEmbeddingManager):
     ) -> None:
         import ray
 
+        from ..registry import load_registry
         from . import api
 
+        # Loaded before anything is deployed: a missing or bad file is a RegistryError, here.
+        self._wanted_registry = None if registry is None else (str(registry), load_registry(registry))
         self._namespace = namespace or api.current_namespace()
         self.node_id: str = ray.get_runtime_context().get_node_id()
         self._coordinator = api.coordinator(self._namespace, create=True)
@@ -74,14 +81,18 @@ class RayEmbeddingManager(SharedEmbeddingManager):
             try:
                 super().__init__(info["address"], model=model, on_failure=on_failure,
                                  request_timeout=request_timeout, connect_timeout=connect_timeout,
-                                 search_cache_size=search_cache_size, registry=registry)
+                                 search_cache_size=search_cache_size)  # registry: see _load_index
                 break
             except ServiceUnavailable:
                 if attempt == 2 or on_failure != "restart":
                     raise
                 info = {**self._call_coordinator("node", self.node_id, True), "index": info["index"]}
         self._counters.update(remote_requests=0, remote_texts=0)
-        self._load_index(info["index"])
+        try:
+            self._load_index(info["index"])
+        except BaseException:
+            self.close()
+            raise
 
     def __repr__(self) -> str:
         return f"RayEmbeddingManager(node={self.node_id[:8]}, address={self.address!r}, model={self.model_id!r})"
@@ -102,6 +113,9 @@ class RayEmbeddingManager(SharedEmbeddingManager):
             self._index = ObjectStoreToolIndex(ray.get(index[0]))
             with self._lock:
                 self._search_cache.clear()
+        self.served_registry = deployment_registry(self._index if index else None)
+        if self._wanted_registry is not None:
+            check_deployment_registry(*self._wanted_registry, self.served_registry)
 
     def _call_coordinator(self, method: str, *args: Any) -> dict[str, Any]:
         """A call to the coordinator; looked up again (or recreated) once if it is gone.
@@ -215,3 +229,32 @@ class RayEmbeddingManager(SharedEmbeddingManager):
         stats = super().stats(latency_samples)
         stats.update(node_id=self.node_id, incarnation=self.incarnation, index_type=type(self._index).__name__)
         return stats
+
+
+def deployment_registry(index: Any) -> dict[str, Any] | None:
+    """What the deployment serves, from its index's manifest (``hash``, ``source``), or None."""
+    if index is None:
+        return None
+    return {"hash": index.manifest["registry_hash"], "source": index.manifest.get("registry_source")}
+
+
+def check_deployment_registry(name: str, asked: Any, served: dict[str, Any] | None) -> None:
+    """Raise unless ``asked`` (the loaded registry named ``name``) is the one the deployment serves.
+
+    The same rule as one machine's ``check_served_registry`` (the same content hash, else
+    RegistryMismatchError naming both), with the advice of Ray: the registry is the
+    deployment's, given to ``embedshare.ray.init``.
+    """
+    if served is not None and served.get("hash") == asked.content_hash:
+        return
+    what = describe_registry(asked.content_hash, name)
+    if served is None:
+        raise RegistryMismatchError(
+            f"the embedshare deployment on this Ray cluster serves no tool registry, not {what}: "
+            f"deploy it with this one, in the driver: embedshare.ray.init(model=..., registry={name!r}) "
+            "(after embedshare.ray.shutdown() if a deployment runs)")
+    raise RegistryMismatchError(
+        f"the embedshare deployment on this Ray cluster serves "
+        f"{describe_registry(served.get('hash'), served.get('source'))}, not {what}: use the served one "
+        f"(ask for no registry), or redeploy with this one: embedshare.ray.shutdown(), then "
+        f"embedshare.ray.init(model=..., registry={name!r}) in the driver")
