@@ -136,11 +136,13 @@ class SharedEmbeddingManager(ManagerBase):
         with self._conn_lock:
             if self._conn is not None and self._conn.alive:
                 return self._conn
-            if self._conn is not None:
+            replacing = self._conn is not None
+            if replacing:
                 self._conn.close()  # dead, or inherited through fork (the parent keeps its own)
                 self._conn = None
-                self._count(reconnects=1)
             self._connect()
+            if replacing:
+                self._count(reconnects=1)
             return self._conn  # type: ignore[return-value]
 
     # -- the miss path --------------------------------------------------------------------
@@ -206,8 +208,9 @@ class SharedEmbeddingManager(ManagerBase):
             self._say_once(f"embedshare service lost ({exc}); restarting it")
             try:
                 service = restart_service(self.store)
-                self._count(restarts=1 if service.owned else 0, reconnects=1)
+                self._count(restarts=1 if service.owned else 0)
                 self._connect()
+                self._count(reconnects=1)  # counted once connected: an attempt that fails is not one
             except ServiceUnavailable as again:
                 if stopped_on_purpose(StoreLayout(self.store)):
                     raise
