@@ -201,7 +201,7 @@ def test_health_and_metrics_answer_while_the_model_loads(tmp_path):
             samples = {s.name: s.value for f in text_string_to_metric_families(scrape.text) for s in f.samples}
             assert samples["embedshare_ready"] == 1 and samples["embedshare_tools"] > 0
     finally:
-        _release(gate)  # a load still held leaves the service deaf to SIGTERM
+        _release(gate)  # a failed assertion above may leave the load held: let it end first
         stop_process(process)
         process.stderr.close()
 

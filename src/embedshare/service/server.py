@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -332,7 +333,9 @@ class EmbeddingServer:
             async with server:
                 self.http = await self._start_http()
                 await self._start_tcp()  # before the model loads: a bad token file fails at once
-                await loop.run_in_executor(None, self.prepare)
+                if not await self._prepared_unless_stopped(loop):
+                    log.info("stopped while the model was loading; not waiting for the load")
+                    return  # the finally below removes the socket; hello's waiters are cut off at exit
                 assert self.manager is not None
                 self.batcher = Batcher(self.manager, self.metrics, self.config.max_batch, self.config.max_wait_ms)
                 self.batcher.start()
@@ -352,6 +355,50 @@ class EmbeddingServer:
                 path.unlink()
             except FileNotFoundError:
                 pass
+
+    async def _prepared_unless_stopped(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Run ``prepare`` until it ends (True; its error is raised) or a stop comes first (False).
+
+        A load can take seconds (the local model) or forever (an API embedder whose load hangs),
+        and SIGTERM, SIGINT or ``shutdown`` must not wait for it. So it runs in a *daemon* thread
+        of its own, not in the loop's default executor: asyncio.run's shutdown joins that
+        executor's threads and the interpreter joins non-daemon threads, which would both wait
+        for the load. A daemon thread is simply dropped when the process exits, after the normal
+        cleanup (socket file, listeners, HTTP, lock fd) has run, which ``os._exit`` would skip.
+        """
+        loaded: asyncio.Future[None] = loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if loaded.done():  # a stop came first and serve has moved on
+                return
+            if error is None:
+                loaded.set_result(None)
+            else:
+                loaded.set_exception(error)
+
+        def load() -> None:
+            error: BaseException | None = None
+            try:
+                self.prepare()
+            except BaseException as exc:  # handed to the loop, which raises it in serve
+                error = exc
+            try:
+                loop.call_soon_threadsafe(settle, error)
+            except RuntimeError:  # the loop is closed: the service stopped during the load
+                pass
+
+        assert self._stop is not None
+        threading.Thread(target=load, name="embedshare-load", daemon=True).start()
+        stopped = loop.create_task(self._stop.wait(), name="embedshare-stop-during-load")
+        try:
+            await asyncio.wait({loaded, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if not loaded.done():
+            loaded.cancel()
+            return False
+        loaded.result()
+        return True
 
     def _fit_connection_caps(self) -> None:
         """Raise the open-file limit to its hard limit and keep every cap under it, with a
