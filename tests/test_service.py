@@ -339,3 +339,19 @@ def test_the_owner_s_clients_default_to_restart_and_others_to_local(store, monke
         assert SharedEmbeddingManager(service.address).on_failure == "restart"
         monkeypatch.delenv("EMBEDSHARE_ON_FAILURE")  # a process that did not start it
         assert SharedEmbeddingManager(service.address).on_failure == "local"
+
+
+@pytest.mark.parametrize("policy", ["error", "local"])
+def test_a_connection_that_died_under_a_running_service_is_replaced_whatever_the_policy(hash_service, policy):
+    # The service closed this client's connection (an idle timeout, say) but still answers:
+    # the next call reconnects instead of raising (error) or leaving the service (local).
+    client = SharedEmbeddingManager(hash_service.address, on_failure=policy)
+    try:
+        first = client.get_embedding("before the connection dies")
+        client._conn._sock.shutdown(socket.SHUT_WR)  # its next send fails, as on a dead peer
+        again = client.get_embedding("after the connection died")
+        stats = client.stats()
+        assert stats["reconnects"] == 1 and not stats["fallback"]
+        assert again.shape == first.shape
+    finally:
+        client.close()

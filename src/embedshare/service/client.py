@@ -178,15 +178,14 @@ class SharedEmbeddingManager(ManagerBase):
                         failed: ServiceConnection | None = None) -> None:
         """Apply the failure policy; returns to retry, raises to give up.
 
-        ``failed`` is the connection the request failed on. Under ``restart`` only the first
-        thread to fail on it reconnects: a thread that finds a newer live connection retries
-        on that one and never closes it, so one restart costs one reconnect per process.
+        ``failed`` is the connection the request failed on. Only the first thread to fail on it
+        reconnects: a thread that finds a newer live connection retries on that one and never
+        closes it, so one restart costs one reconnect per process. Whatever the policy, a
+        service that answers a new connection is used (it closed an idle connection, or someone
+        restarted it): the policy decides only what happens when none answers.
         """
-        if self.on_failure == "error" or failures > 5:
+        if failures > 5:
             raise exc
-        if self.on_failure == "local":
-            self._switch_to_local(exc)
-            return
         with self._conn_lock:
             current = self._conn
             if current is not None and current is not failed and current.alive:
@@ -194,15 +193,20 @@ class SharedEmbeddingManager(ManagerBase):
             if current is not None:
                 current.close()
                 self._conn = None
-            why = stopped_on_purpose(StoreLayout(self.store))
-            if why:
-                raise ServiceUnavailable(why) from None
             try:
-                self._connect()  # someone else may have restarted it already
+                self._connect()
                 self._count(reconnects=1)
                 return
             except ServiceUnavailable:
                 pass
+            if self.on_failure == "error":
+                raise exc
+            if self.on_failure == "local":
+                self._switch_to_local(exc)  # called with the lock held
+                return
+            why = stopped_on_purpose(StoreLayout(self.store))
+            if why:
+                raise ServiceUnavailable(why) from None
             from .launcher import restart_service
 
             self._say_once(f"embedshare service lost ({exc}); restarting it")
@@ -219,21 +223,21 @@ class SharedEmbeddingManager(ManagerBase):
                 log.debug("embedshare service restart did not hold: %s", again)
 
     def _switch_to_local(self, exc: Exception) -> None:
-        with self._conn_lock:
-            if self._fallback is not None:
-                return
-            self._say_once(f"embedshare service unavailable ({exc}); this process now uses a local manager")
-            spec = read_state(StoreLayout(self.store)).get("model") or "local"
-            embedder = create_embedder(spec)
-            if embedder.model_id != self.model_id:
-                raise ServiceUnavailable(
-                    f"cannot fall back: the local model is {embedder.model_id!r}, "
-                    f"the service's was {self.model_id!r}"
-                ) from exc
-            # The same LMDB handle: py-lmdb allows one per path and process.
-            fallback = EmbeddingManager(self.store, model=embedder, cache=self.cache)
-            fallback._index = self._index
-            self._fallback = fallback
+        """Called with ``_conn_lock`` held: this process uses a local manager from now on."""
+        if self._fallback is not None:
+            return
+        self._say_once(f"embedshare service unavailable ({exc}); this process now uses a local manager")
+        spec = read_state(StoreLayout(self.store)).get("model") or "local"
+        embedder = create_embedder(spec)
+        if embedder.model_id != self.model_id:
+            raise ServiceUnavailable(
+                f"cannot fall back: the local model is {embedder.model_id!r}, "
+                f"the service's was {self.model_id!r}"
+            ) from exc
+        # The same LMDB handle: py-lmdb allows one per path and process.
+        fallback = EmbeddingManager(self.store, model=embedder, cache=self.cache)
+        fallback._index = self._index
+        self._fallback = fallback
 
     def _say_once(self, message: str) -> None:
         if not self._warned:
