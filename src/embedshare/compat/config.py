@@ -86,11 +86,12 @@ def expected_dimension(spec: str) -> int | None:
         from ..embedders.openai import KNOWN_DIMS
 
         return KNOWN_DIMS.get(arg)
-    if kind == "hash":
-        return int(arg) if arg.isdigit() else 384
-    if spec == LOCAL_SPEC:
-        return 384
-    return None
+    from ..embedders import EmbedderError, UnknownModelError, create_embedder
+
+    try:  # hash and local embedders know their size without loading anything
+        return int(create_embedder(spec).dim)
+    except (UnknownModelError, EmbedderError):
+        return None
 
 
 def asked_model(config: EmbeddingConfig | None) -> str | None:

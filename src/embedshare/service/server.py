@@ -43,6 +43,7 @@ from ..store.files import write_atomic
 from ..store.cache import lookup
 from ..store.record import recorded_registry, write_record
 from . import protocol, ratelog
+from .http_address import is_loopback
 from .limits import ByteBudget, Listener, fit_caps, raise_fd_limit, sweep_forever, sweep_tick
 from .metrics import ServiceMetrics
 from .peercred import peer_credentials
@@ -76,15 +77,6 @@ READ_BUFFER = 64 << 10
 # turn of the loop, so in a flood a short queue keeps every turn (and the owner's wait behind
 # the queue) short; a client's connect waits in the kernel while the queue is full.
 SOCKET_BACKLOG = 32
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 async def _wait_all(futures: list[asyncio.Future]) -> list[Any]:
@@ -548,7 +540,7 @@ class EmbeddingServer:
         self.tcp_server = await asyncio.start_server(self._handle_tcp, host, port, limit=READ_BUFFER)
         bound = self.tcp_server.sockets[0].getsockname()
         self.tcp_address = f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"
-        if not _is_loopback(host):
+        if not is_loopback(host):
             log.warning("the TCP listener is on %s, reachable from other machines; the token is "
                         "its only protection and travels unencrypted", self.tcp_address)
         log.info("TCP listener on %s (token required)", self.tcp_address)
