@@ -39,7 +39,7 @@ def kill_service_once_then_search(args: tuple[str, str]) -> dict:
         except FileExistsError:
             pass
         else:
-            from embedshare.service.state import read_state
+            from embedshare.client.state import read_state
             from embedshare.store.layout import StoreLayout
 
             pid = read_state(StoreLayout(os.environ["EMBEDSHARE_STORE"]))["pid"]

@@ -153,7 +153,7 @@ def test_embedshare_langchain_adapter_with_blank_documents(service, reference):
 def test_without_the_offline_tokenizer_token_arrays_get_a_400_saying_what_to_do(monkeypatch):
     import sys
 
-    from embedshare.service import tokens
+    from embedshare.service.http import tokens
 
     tokens._encoding.cache_clear()
     monkeypatch.setitem(sys.modules, "tiktoken", None)  # as if tiktoken were not installed

@@ -28,9 +28,9 @@ from embedshare.embedders import create_embedder
 from embedshare.manager import EmbeddingManager
 from embedshare.pool.shared import SharedPool
 from embedshare.service.client import SharedEmbeddingManager
-from embedshare.service.connection import ServiceConnection, ServiceUnavailable
+from embedshare.client.connection import ServiceConnection, ServiceUnavailable
 from embedshare.service.launcher import EmbeddingService
-from embedshare.service.state import read_state
+from embedshare.client.state import read_state
 from embedshare.store import StoreLayout
 
 SEED = int(os.environ.get("EMBEDSHARE_FAULT_SEED", "20261202"))

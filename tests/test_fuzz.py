@@ -43,7 +43,7 @@ from embedshare.embedders import (
     validate_texts,
 )
 from embedshare.manager import EmbeddingManager
-from embedshare.service import protocol
+from embedshare.client import protocol
 from embedshare.service.client import SharedEmbeddingManager
 
 SEED = int(os.environ.get("EMBEDSHARE_FUZZ_SEED", "5150"))

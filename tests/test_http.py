@@ -23,10 +23,10 @@ from embedshare.cli import main
 from embedshare.embedders import create_embedder
 from embedshare.manager import EmbeddingManager
 from embedshare.service.client import SharedEmbeddingManager
-from embedshare.service.http import count_tokens
-from embedshare.service.http_address import parse_http_address
+from embedshare.service.http.app import count_tokens
+from embedshare.service.http.address import parse_http_address
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
-from embedshare.service.state import read_state
+from embedshare.client.state import read_state
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 import embedshare
 from embedshare.cli import main
-from embedshare.service.connection import ServiceConnection
+from embedshare.client.connection import ServiceConnection
 from embedshare.service.launcher import EmbeddingService
 from reliability_helpers import stop_process
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from embedshare.progress import LogProgress, task_progress
+from embedshare.util.progress import LogProgress, task_progress
 
 pytestmark = pytest.mark.timeout(180)
 

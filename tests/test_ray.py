@@ -4,7 +4,7 @@
   their node's service, with the index read from Ray's object store;
 - the model embeds each distinct text once in the whole cluster;
 - killing a node's service actor mid-run loses no task;
-- the demo hook (python -m embedshare.ray.demo) measures what it says.
+- the demo hook (python -m embedshare.bench.ray_demo) measures what it says.
 
 Every wait is on a fact (a gate actor, an actor's death, a process's exit), never a timer.
 One cluster for the module (about 15 s to start); each test runs as its own Ray job with a
@@ -40,7 +40,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 import embedshare.ray as embedshare_ray
 from embedshare import EmbeddingManager
 from embedshare.manager import normalise_query
-from embedshare.pool.workload import make_tasks
+from embedshare.bench.workload import make_tasks
 from embedshare.ray.config import node_key, node_store, owner_of, service_name
 from embedshare.registry import field_texts, load_registry
 from embedshare.registry.loader import bundled_registry_path
@@ -158,7 +158,7 @@ def probe_here(texts: list[str], queries: list[str], tools: list[str]) -> dict:
 
 @ray.remote
 def workload_task(task: dict) -> dict:
-    from embedshare.pool.workload import run_task
+    from embedshare.bench.workload import run_task
 
     return run_task(task)
 
@@ -191,7 +191,7 @@ class Gate:
 def two_phase(gate, before: list[str], after: list[str], tasks: list[dict]) -> dict:
     """Embed, wait at the gate (the driver kills a service meanwhile), embed and search again."""
     from embedshare import get_embedding_manager
-    from embedshare.pool.workload import run_task
+    from embedshare.bench.workload import run_task
 
     manager = get_embedding_manager()
     first = manager.get_embeddings(before).tobytes()
@@ -207,7 +207,7 @@ def two_phase(gate, before: list[str], after: list[str], tasks: list[dict]) -> d
 def policies_after_gate(gate, texts: list[str]) -> dict:
     """Managers with the other two policies, used after the node's service actor was killed."""
     from embedshare.ray import RayEmbeddingManager
-    from embedshare.service.connection import ServiceUnavailable
+    from embedshare.client.connection import ServiceUnavailable
 
     error = RayEmbeddingManager(on_failure="error")
     local = RayEmbeddingManager(on_failure="local")
@@ -482,7 +482,7 @@ def test_error_and_local_policies_when_the_node_service_is_gone(deployment, loca
 
 
 def test_the_ray_demo_measures_memory_per_node_and_model_calls(cluster):
-    from embedshare.ray.demo import run_ray_demo
+    from embedshare.bench.ray_demo import run_ray_demo
 
     report = run_ray_demo(address=cluster.address, tasks=60, in_flight=3, model=MODEL,
                           registry="bundled", progress=False)

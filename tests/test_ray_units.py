@@ -151,7 +151,7 @@ def test_a_damaged_index_payload_is_refused(built):
 @pytest.mark.slow
 def test_the_node_service_stops_when_its_lifeline_closes(tmp_path):
     """What happens to the service when its actor is killed (ray.kill is a SIGKILL)."""
-    from embedshare.service.connection import ServiceConnection
+    from embedshare.client.connection import ServiceConnection
     from embedshare.store import StoreLayout
 
     layout = StoreLayout(tmp_path / "node")

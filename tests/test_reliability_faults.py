@@ -42,9 +42,9 @@ from embedshare.embedders import create_embedder
 from embedshare.manager import EmbeddingManager
 from embedshare.pool.shared import SharedPool
 from embedshare.service.client import SharedEmbeddingManager
-from embedshare.service.connection import ServiceConnection
+from embedshare.client.connection import ServiceConnection
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
-from embedshare.service.state import read_state
+from embedshare.client.state import read_state
 from embedshare.store import EmbeddingCache, StoreLayout
 
 SEED = int(os.environ.get("EMBEDSHARE_FAULT_SEED", "20261128"))
@@ -534,7 +534,7 @@ def test_a_lock_held_by_a_silent_process_is_a_bounded_clear_error(store):
 def test_a_frozen_service_is_an_error_after_the_timeout_not_a_hang(store):
     """SIGSTOP: the service holds its socket and lock but answers nothing. A call that needs it
     fails after the client's request_timeout; hits keep working; it answers again once thawed."""
-    from embedshare.service.connection import ServiceUnavailable
+    from embedshare.client.connection import ServiceUnavailable
 
     with EmbeddingService(store, model="hash:64", export_env=False) as service:
         client = SharedEmbeddingManager(service.address, on_failure="error", request_timeout=2)

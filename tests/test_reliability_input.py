@@ -21,7 +21,7 @@ from reliability_helpers import connect_raw, exchange, frame, record
 
 from embedshare.embedders import MAX_TEXT_CHARS, InvalidTextError, create_embedder
 from embedshare.manager import EmbeddingManager
-from embedshare.service import protocol
+from embedshare.client import protocol
 from embedshare.service.client import MAX_REQUEST_TEXTS, SharedEmbeddingManager
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
 
@@ -162,8 +162,8 @@ def test_a_reply_the_client_cannot_match_fails_its_requests_instead_of_hanging(t
 
     from reliability_helpers import read_reply, request_frame
 
-    from embedshare.service.connection import ServiceConnection
-    from embedshare.service.protocol import RemoteError
+    from embedshare.client.connection import ServiceConnection
+    from embedshare.client.protocol import RemoteError
 
     path = str(tmp_path / "old.sock")
     listener = socket.socket(socket.AF_UNIX)
@@ -228,7 +228,7 @@ BACKEND_FAULTS = [
 
 
 def test_garbage_from_the_backend_fails_that_request_only_and_is_never_cached(openai_service):
-    from embedshare.service.protocol import RemoteError
+    from embedshare.client.protocol import RemoteError
 
     server, service = openai_service
 

@@ -39,8 +39,8 @@ from reliability_helpers import (
 from embedshare.embedders import create_embedder
 from embedshare.service.client import SharedEmbeddingManager
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
-from embedshare.service.protocol import RemoteError
-from embedshare.service.state import read_state
+from embedshare.client.protocol import RemoteError
+from embedshare.client.state import read_state
 
 EMBEDDER = create_embedder("hash:64")
 NOBODY = 65534

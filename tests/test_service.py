@@ -18,9 +18,9 @@ import pytest
 
 import service_tasks
 from embedshare.manager import EmbeddingManager
-from embedshare.service import protocol
+from embedshare.client import protocol
 from embedshare.service.client import SharedEmbeddingManager
-from embedshare.service.connection import ServiceUnavailable
+from embedshare.client.connection import ServiceUnavailable
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
 
 TEXTS = [f"tool query number {i} about files and networks" for i in range(40)]
@@ -288,7 +288,7 @@ def test_restart_policy_brings_the_service_back(store):
         assert [r.name for r in client.search("read csv")]  # the index is still there
     finally:
         EmbeddingService(store, model="hash:64", export_env=False).start().owned = True
-        from embedshare.service.connection import ServiceConnection
+        from embedshare.client.connection import ServiceConnection
 
         conn = ServiceConnection(service.address)
         conn.request("shutdown", timeout=30)

@@ -21,11 +21,11 @@ from embedshare.manager import EmbeddingManager
 from embedshare.pool.shared import SharedPool
 from embedshare.pool.workers import WorkerPool
 from embedshare.service.client import SharedEmbeddingManager
-from embedshare.service.connection import ServiceConnection
+from embedshare.client.connection import ServiceConnection
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
 from embedshare.service.metrics import ServiceMetrics
 from embedshare.service.server import Batcher
-from embedshare.service.state import ServiceConfig
+from embedshare.client.state import ServiceConfig
 from embedshare.settings import SettingError
 from embedshare.store import StoreLayout
 
@@ -164,7 +164,7 @@ def test_serve_s_limit_options_have_the_service_s_own_defaults_and_types():
     """``embedshare serve`` spells each limit's default again (cli.py must not import the
     service's modules at import time): the two must not drift apart."""
     from embedshare.cli import serve
-    from embedshare.service.state import LIMIT_FIELDS
+    from embedshare.client.state import LIMIT_FIELDS
 
     import click
 

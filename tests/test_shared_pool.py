@@ -7,7 +7,7 @@ import pytest
 
 import pool_jobs
 from embedshare.manager import EmbeddingManager
-from embedshare.pool.demo import make_tasks, run_demo
+from embedshare.bench.demo import make_tasks, run_demo
 from embedshare.pool.shared import SharedPool
 from embedshare.registry import field_texts, load_registry
 

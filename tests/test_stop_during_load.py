@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from embedshare.service.state import acquire_service_lock
+from embedshare.client.state import acquire_service_lock
 from embedshare.store import StoreLayout
 
 from reliability_helpers import closed_by_peer, connect_raw, exchange, read_reply, request_frame, stop_process, wait_for

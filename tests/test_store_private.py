@@ -22,7 +22,7 @@ from security_helpers import NEEDS_ROOT, NOBODY, as_other_user
 from embedshare.embedders import create_embedder
 from embedshare.manager import EmbeddingManager
 from embedshare.service.client import SharedEmbeddingManager
-from embedshare.service.connection import ForeignServiceError, ServiceConnection
+from embedshare.client.connection import ForeignServiceError, ServiceConnection
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
 from embedshare.store import EmbeddingCache
 

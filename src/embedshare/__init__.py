@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .manager import EmbeddingManager  # noqa: F401
     from .pool.shared import SharedPool  # noqa: F401
     from .service.client import SharedEmbeddingManager  # noqa: F401
-    from .service.connection import ServiceUnavailable  # noqa: F401
+    from .client.connection import ServiceUnavailable  # noqa: F401
     from .service.launcher import EmbeddingService  # noqa: F401
 
 
@@ -34,7 +34,7 @@ _EXPORTS = {
     "EmbeddingManager": "embedshare.manager",
     "create_embedder": "embedshare.embedders",
     "SharedEmbeddingManager": "embedshare.service.client",
-    "ServiceUnavailable": "embedshare.service.connection",
+    "ServiceUnavailable": "embedshare.client.connection",
     "NoIndexError": "embedshare.manager",
     "RegistryMismatchError": "embedshare.store.record",
     "EmbeddingService": "embedshare.service.launcher",

@@ -18,8 +18,8 @@ from pathlib import Path
 from . import settings
 from .manager import DEFAULT_MODEL, EmbeddingManager, ManagerBase, default_store
 from .service.client import POLICIES, SharedEmbeddingManager
-from .service.connection import ServiceUnavailable
-from .service.state import ENV_ADDRESS, ENV_ON_FAILURE
+from .client.connection import ServiceUnavailable
+from .client.state import ENV_ADDRESS, ENV_ON_FAILURE
 from .store import StoreLayout
 from .store.record import recorded_model, recorded_registry
 

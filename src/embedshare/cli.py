@@ -34,9 +34,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .embedders import EmbedderError, InvalidTextError, UnknownModelError
     from .manager import NoIndexError
     from .registry import RegistryError
-    from .service.connection import ServiceUnavailable
+    from .client.connection import ServiceUnavailable
     from .service.launcher import ServiceStartError
-    from .service.protocol import RemoteError
+    from .client.protocol import RemoteError
     from .store import CacheError, ToolIndexError, UnknownToolError
 
     # OSError covers what the machine refuses: a port in use, a read-only or full disk, a
@@ -115,7 +115,7 @@ def _manager(store: Path | None, model: str | None, registry: str | None) -> Any
     """
     from .manager import EmbeddingManager
     from .service.client import SharedEmbeddingManager
-    from .service.connection import ServiceUnavailable
+    from .client.connection import ServiceUnavailable
 
     layout = _layout(store)
     if layout.socket.exists():
@@ -184,7 +184,7 @@ def serve(store: Path | None, model: str | None, registry: str | None, max_batch
     """Run the store's embedding service (one per store; a second one reports the first)."""
     from .service.launcher import EmbeddingService
     from .service.server import run_service
-    from .service.state import ServiceConfig, apply_limits
+    from .client.state import ServiceConfig, apply_limits
 
     with _errors_as_messages():
         model = _model(model, store)
@@ -208,7 +208,7 @@ def serve(store: Path | None, model: str | None, registry: str | None, max_batch
                        + (f", http {service.http_url}/v1" if service.http_url else ""))
             return
         if http:
-            from .service.http_address import normalise_http_address
+            from .service.http.address import normalise_http_address
 
             http = normalise_http_address(http)
         config = ServiceConfig(store=str(_layout(store).root), model=model,
@@ -234,7 +234,7 @@ def serve(store: Path | None, model: str | None, registry: str | None, max_batch
 
 
 def _is_loopback_http(address: str) -> bool:
-    from .service.http_address import is_loopback, parse_http_address
+    from .service.http.address import is_loopback, parse_http_address
 
     return is_loopback(parse_http_address(address)[0])
 
@@ -243,7 +243,7 @@ def _is_loopback_http(address: str) -> bool:
 @store_option
 def stop(store: Path | None) -> None:
     """Stop the store's service, on purpose: restart-policy clients (pool workers) do not restart it."""
-    from .service.connection import ServiceConnection
+    from .client.connection import ServiceConnection
 
     layout = _layout(store)
     with _errors_as_messages():
@@ -273,7 +273,7 @@ def cache_reset(store: Path | None) -> None:
     For a damaged cache file. Nothing is deleted. Refused while a service runs on the store;
     stop it first (embedshare stop). Vectors are recomputed as texts are asked for again.
     """
-    from .service.state import AlreadyRunning, acquire_service_lock
+    from .client.state import AlreadyRunning, acquire_service_lock
     from .store.cache_format import move_aside
 
     layout = _layout(store)
@@ -305,7 +305,7 @@ def index_build(registry: str, store: Path | None, model: str | None) -> None:
     """Embed every tool of REGISTRY (a JSON file, or 'bundled'), write its index, and record it
     as the store's registry (what search, serve and workers use when given none)."""
     from .manager import EmbeddingManager
-    from .service.state import read_state, service_lock_held
+    from .client.state import read_state, service_lock_held
 
     with _errors_as_messages():
         layout = _layout(store)
@@ -416,7 +416,7 @@ def embed(texts: tuple[str, ...], as_json: bool, store: Path | None, model: str 
 @store_option
 def stats(as_json: bool, store: Path | None) -> None:
     """Counters of the store's service: requests, hits, batches, latency, clients."""
-    from .service.connection import ServiceConnection
+    from .client.connection import ServiceConnection
 
     layout = _layout(store)
     with _errors_as_messages():
@@ -480,7 +480,7 @@ def demo(workers: int, tasks: int, model: str | None, registry: str, store: Path
     tasks run again with one embedding manager per process, and the two runs are compared:
     memory (PSS), model calls, start-up and wall time.
     """
-    from .pool.demo import run_demo
+    from .bench.demo import run_demo
     from .settings import whole_number
 
     with _errors_as_messages():
@@ -519,7 +519,7 @@ def ray_demo(address: str | None, nodes: int, in_flight: int, tasks: int, model:
             import ray  # noqa: F401  (only to say clearly that it is missing)
         except ImportError:
             raise ValueError("ray-demo needs Ray: pip install 'embedshare[ray]'") from None
-        from .ray.demo import run_ray_demo
+        from .bench.ray_demo import run_ray_demo
 
         report = run_ray_demo(address=address, nodes=nodes, in_flight=in_flight, tasks=tasks,
                               model=model or DEFAULT_MODEL, registry=registry, service_threads=service_threads,

@@ -22,8 +22,8 @@ import numpy as np
 
 from . import settings
 from .embedders import Embedder, create_embedder, validate_text, validate_texts
-from .latency import Histogram
-from .lazylog import LazyLogger
+from .util.latency import Histogram
+from .util.lazylog import LazyLogger
 from .registry import Registry, load_registry
 from .store import CacheError, EmbeddingCache, ToolIndex, ToolIndexError, open_or_build_index
 from .store.cache import lookup

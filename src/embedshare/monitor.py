@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .service.connection import ServiceConnection, ServiceUnavailable
+from .client.connection import ServiceConnection, ServiceUnavailable
 from .service.observe import with_memory
-from .service.protocol import RemoteError
+from .client.protocol import RemoteError
 
 MB = 1024 * 1024
 

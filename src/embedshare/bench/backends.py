@@ -78,7 +78,7 @@ class _PeakPss:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        from ..pss import pss_bytes
+        from ..util.pss import pss_bytes
 
         while not self._stop.is_set():
             self.peak = max(self.peak, pss_bytes(self.pid) or 0)
@@ -97,7 +97,7 @@ def run_variant(spec: str, threads: int | None, workers: int, seconds: float, ta
     """One service with this backend, ``workers`` workers, every phase; see the module doc."""
     import psutil
 
-    from ..pss import pss_bytes
+    from ..util.pss import pss_bytes
     from ..service.launcher import EmbeddingService
 
     result: dict[str, Any] = {"phases": {}}

@@ -115,10 +115,10 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     import psutil
 
     from ..manager import EmbeddingManager
-    from ..pool.memory import MB, BareInterpreter, measure
+    from ..util.memory import MB, BareInterpreter, measure
     from ..pool.shared import SharedPool
     from ..pool.workers import WorkerPool, blas_thread_env, timed_call
-    from ..pool.workload import common_queries, make_tasks, run_task
+    from .workload import common_queries, make_tasks, run_task
     from . import designs
 
     design, model, workers = spec["design"], spec["model"], int(spec["workers"])

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..digests import blake2b
+from ..util.digests import blake2b
 from ..manager import ManagerBase
 from ..pool import attach
 from ..store.cache import cache_key
@@ -336,7 +336,7 @@ def run_chunk(args: tuple[list[dict[str, Any]], int]) -> list[tuple[Any, float]]
     """Option C: run a chunk of tasks on this process's threads (one shared manager)."""
     global _threads
     from ..pool.workers import timed_call
-    from ..pool.workload import run_task
+    from .workload import run_task
 
     chunk, threads = args
     if _threads is None:

@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from ..digests import blake2b
+from ..util.digests import blake2b
 from .base import check_vectors
 
 _WORD = re.compile(r"\w+", re.UNICODE)

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from .. import settings
-from ..latency import percentiles
+from ..util.latency import percentiles
 from ..manager import default_store
 from ..service.launcher import EmbeddingService
-from ..service.state import ENV_ADDRESS, ENV_ON_FAILURE, ENV_STORE
+from ..client.state import ENV_ADDRESS, ENV_ON_FAILURE, ENV_STORE
 from .attach import attach_worker, worker_stats
-from .memory import BareInterpreter, ProcessMemory, measure
+from ..util.memory import BareInterpreter, ProcessMemory, measure
 from .workers import TaskFailed, TaskOutcome, WorkerCrash, WorkerPool, blas_thread_env, timed_call
 
 
@@ -204,7 +204,7 @@ class SharedPool:
         items = list(items)
         bar = None
         if self.progress:
-            from ..progress import task_progress
+            from ..util.progress import task_progress
 
             bar = task_progress(len(items), "tasks")
         started = time.perf_counter()

@@ -41,8 +41,8 @@ from ray.exceptions import ActorUnschedulableError, GetTimeoutError, RayActorErr
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .. import settings
-from ..service.connection import ServiceConnection, ServiceUnavailable
-from ..service.state import ENV_ADDRESS, ServiceConfig
+from ..client.connection import ServiceConnection, ServiceUnavailable
+from ..client.state import ENV_ADDRESS, ServiceConfig
 from ..store import EmbeddingCache, StoreLayout
 from ..store.files import open_private
 from .config import COORDINATOR_NAME, node_key, node_store, owner_of, registry_copy, service_name
@@ -441,7 +441,7 @@ class NodeService:
         """
         import psutil
 
-        from ..pss import pss_bytes
+        from ..util.pss import pss_bytes
 
         roles = dict(roles or {})
         roles[os.getpid()] = "embedshare node actor"

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..digests import blake2b
+from ..util.digests import blake2b
 
 NAMESPACE = "embedshare"  # the Ray namespace of every embedshare actor
 COORDINATOR_NAME = "embedshare-cluster"

@@ -28,8 +28,8 @@ import numpy as np
 
 from .. import settings
 from ..service.client import POLICIES, SharedEmbeddingManager
-from ..service.connection import ServiceConnection, ServiceUnavailable
-from ..service.state import ENV_ON_FAILURE
+from ..client.connection import ServiceConnection, ServiceUnavailable
+from ..client.state import ENV_ON_FAILURE
 from ..store import EmbeddingCache
 from ..store.record import RegistryMismatchError, describe_registry
 from .config import owner_of

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..digests import sha256
+from ..util.digests import sha256
 
 
 class RegistryError(ValueError):

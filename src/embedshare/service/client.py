@@ -29,13 +29,13 @@ import numpy as np
 
 from .. import settings
 from ..embedders import create_embedder, model_id_of
-from ..lazylog import LazyLogger
+from ..util.lazylog import LazyLogger
 from ..manager import EmbeddingManager, ManagerBase
 from ..store import EmbeddingCache, StoreLayout, ToolIndex
 from ..store.record import RegistryMismatchError, describe_registry
-from . import protocol
-from .connection import ServiceConnection, ServiceUnavailable
-from .state import ENV_ON_FAILURE, ENV_TOKEN, TCP_SCHEME, read_state, stopped_on_purpose
+from ..client import protocol
+from ..client.connection import ServiceConnection, ServiceUnavailable
+from ..client.state import ENV_ON_FAILURE, ENV_TOKEN, TCP_SCHEME, read_state, stopped_on_purpose
 
 log = LazyLogger(__name__)  # logging is imported only if something is logged
 

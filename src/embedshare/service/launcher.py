@@ -22,9 +22,9 @@ from ..manager import default_store
 from ..settings import SettingError
 from ..store import StoreLayout
 from ..store.files import open_private, write_atomic
-from .connection import ServiceConnection, ServiceUnavailable
-from .http_address import http_token, is_loopback, normalise_http_address, parse_http_address
-from .state import (
+from ..client.connection import ServiceConnection, ServiceUnavailable
+from .http.address import http_token, is_loopback, normalise_http_address, parse_http_address
+from ..client.state import (
     ENV_ADDRESS,
     ENV_ON_FAILURE,
     ENV_STORE,

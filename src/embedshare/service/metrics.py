@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Any
 
-from ..latency import Histogram
+from ..util.latency import Histogram
 
 
 class ServiceMetrics:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
-from ..pss import pss_bytes
+from ..util.pss import pss_bytes
 
 # Counters of the stats snapshot -> (Prometheus name without _total, help).
 COUNTERS: dict[str, tuple[str, str]] = {

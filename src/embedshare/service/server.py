@@ -42,12 +42,13 @@ from ..store import CacheError, StoreLayout
 from ..store.files import write_atomic
 from ..store.cache import lookup
 from ..store.record import recorded_registry, write_record
-from . import protocol, ratelog
-from .http_address import is_loopback
+from ..client import protocol
+from . import ratelog
+from .http.address import is_loopback
 from .limits import ByteBudget, Listener, fit_caps, raise_fd_limit, sweep_forever, sweep_tick
 from .metrics import ServiceMetrics
-from .peercred import peer_credentials
-from .state import (
+from ..client.peercred import peer_credentials
+from ..client.state import (
     LIMIT_FIELDS,
     AlreadyRunning,
     ServiceConfig,
@@ -406,7 +407,7 @@ class EmbeddingServer:
     async def _start_http(self) -> Any:
         if not self.config.http:
             return None
-        from .http import HttpEndpoint
+        from .http.app import HttpEndpoint
 
         return await HttpEndpoint.start(self, self.config.http)
 

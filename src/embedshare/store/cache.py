@@ -33,8 +33,8 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
-from ..digests import blake2b
-from ..lazylog import LazyLogger
+from ..util.digests import blake2b
+from ..util.lazylog import LazyLogger
 from . import cache_format
 from .files import PRIVATE_FILE_MODE, UnsafeStoreError, private_dir, private_file
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..digests import blake2b, sha256
+from ..util.digests import blake2b, sha256
 from ..registry import FIELDS, Registry, field_texts, field_weights
 from ..registry.loader import tool_protocol
 from .files import PRIVATE_FILE_MODE, private_dir

@@ -73,7 +73,7 @@ class RayDemoReport:
         }
 
     def as_dict(self) -> dict[str, Any]:
-        from ..latency import percentiles
+        from ..util.latency import percentiles
 
         nodes = {nid: self._node_dict(nid, node) for nid, node in self.nodes.items()}
         head = sum((p["pss"] or 0) for p in self.head) / MB
@@ -179,7 +179,7 @@ def _define_remotes(ray: Any) -> tuple[Any, ...]:
 
     @ray.remote
     def timed(task: dict[str, Any]) -> tuple[Any, float]:
-        from embedshare.pool.workload import run_task
+        from embedshare.bench.workload import run_task
 
         started = time.perf_counter()
         result = run_task(task)  # the user's task code, unchanged
@@ -249,7 +249,7 @@ def _head_processes(memory: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """This driver and the processes of a local cluster that belong to no node (GCS, monitors)."""
     import psutil
 
-    from ..pss import pss_bytes
+    from ..util.pss import pss_bytes
 
     on_nodes = {p["pid"] for node in memory.values() for p in node["processes"]}
     me = psutil.Process()
@@ -298,14 +298,14 @@ def run_ray_demo(
     compare: bool = False,
 ) -> RayDemoReport:
     """Run the workload on Ray and measure it (see the module doc)."""
-    from ..pool.workload import make_tasks
+    from .workload import make_tasks
 
     task_list = make_tasks(tasks, registry)
     single = None
     single_results = None
     if compare:  # first, with nothing of Ray running: the single-machine design, same tasks
         from ..pool.shared import SharedPool
-        from ..pool.workload import run_task
+        from .workload import run_task
 
         store = tempfile.mkdtemp(prefix="embedshare-demo-")
         try:
@@ -320,7 +320,7 @@ def run_ray_demo(
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    from . import api
+    from ..ray import api
 
     cluster = start_local_cluster(nodes, in_flight) if address is None else None
     ray.init(address=cluster.address if cluster else address, logging_level="WARNING", log_to_driver=False)
@@ -344,7 +344,7 @@ def run_ray_demo(
         noop_wall, _, _, _ = _windowed(ray, noop, task_list, in_flight, None)
         bar = None
         if progress:
-            from ..progress import task_progress
+            from ..util.progress import task_progress
 
             bar = task_progress(len(task_list), "tasks on Ray")
         wall, results, seconds, failed = _windowed(ray, timed, task_list, in_flight, bar)
@@ -381,7 +381,7 @@ def run_ray_demo(
             results=results, single_machine=single,
         )
         if single_results is not None:
-            from ..pool.demo import _agreement
+            from .demo import _agreement
 
             report.agreement = _agreement(results, single_results)
         return report
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..cli import ray_demo
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return ray_demo.main(sys.argv[1:] if argv is None else argv, prog_name="python -m embedshare.ray.demo")
+    return ray_demo.main(sys.argv[1:] if argv is None else argv, prog_name="python -m embedshare.bench.ray_demo")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import ipaddress
 import os
 from importlib.util import find_spec
 
-from .state import read_token_file
+from ...client.state import read_token_file
 
 DEFAULT_HOST = "127.0.0.1"
 NEEDS = ("starlette", "uvicorn", "prometheus_client")  # the `http` extra

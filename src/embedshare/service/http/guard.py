@@ -23,7 +23,7 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .limits import Listener, Slot
+from ..limits import Listener, Slot
 
 log = logging.getLogger("embedshare.service.http")
 

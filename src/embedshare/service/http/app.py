@@ -67,15 +67,15 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "pip install 'embedshare[http]'"
     ) from exc
 
-from ..embedders import EmbedderError, InvalidTextError, validate_text
-from . import protocol
-from .http_address import http_token, is_loopback, parse_http_address
-from .http_guard import MAX_HEADER_BYTES, BearerAuth, guarded_protocol
+from ...embedders import EmbedderError, InvalidTextError, validate_text
+from ...client import protocol
+from .address import http_token, is_loopback, parse_http_address
+from .guard import MAX_HEADER_BYTES, BearerAuth, guarded_protocol
 from .probes import probe_routes
 from .tokens import TokenInputError, decode_token_input, is_token_input
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .server import EmbeddingServer
+    from ..server import EmbeddingServer
 
 log = logging.getLogger("embedshare.service.http")
 

@@ -25,10 +25,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from .observe import metrics_registry, with_memory
+from ..observe import metrics_registry, with_memory
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .server import EmbeddingServer
+    from ..server import EmbeddingServer
 
 
 class MetricsApp:

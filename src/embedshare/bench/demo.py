@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .shared import PoolReport, SharedPool, measure_run
-from .workers import WorkerPool, timed_call
+from ..pool.shared import PoolReport, SharedPool, measure_run
+from ..pool.workers import WorkerPool, timed_call
 from .workload import attach_own_manager, make_tasks, run_task
 
 # One torch/BLAS thread per process: the per-process design's best case. With the default (one
@@ -93,7 +93,7 @@ def run_demo(
                 startup = time.perf_counter() - started
                 bar = None
                 if progress:
-                    from ..progress import task_progress
+                    from ..util.progress import task_progress
 
                     bar = task_progress(len(task_list), "tasks (per-process managers)")
 

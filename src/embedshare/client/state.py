@@ -68,7 +68,7 @@ class ServiceConfig:
         if self.tcp is not None:
             parse_tcp_address(self.tcp)
         if self.http is not None:
-            from .http_address import parse_http_address  # not at import: workers read this module
+            from ..service.http.address import parse_http_address  # not at import: workers read this module
 
             parse_http_address(self.http)
         for name in LIMIT_FIELDS:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import multiprocessing
 from dataclasses import dataclass
 
-from ..pss import pss_bytes
+from .pss import pss_bytes
 from .bare import bare_worker
 
 MB = 1024 * 1024

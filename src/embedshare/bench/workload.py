@@ -82,7 +82,7 @@ def attach_own_manager(store_root: str, model: str, registry: str) -> None:
     """Baseline worker initializer: this process builds its own manager, as each does today."""
     from ..access import set_embedding_manager
     from ..manager import EmbeddingManager
-    from . import attach
+    from ..pool import attach
 
     started = time.perf_counter()
     manager = EmbeddingManager(Path(store_root) / str(os.getpid()), model=model, registry=registry)
