@@ -1,0 +1,78 @@
+"""``VectorSource``: where the vectors of cache misses come from. One interface, several kinds.
+
+The manager (``manager.py``) reads every cache hit itself, from the source's ``cache`` (an LMDB
+memory map: no call, no copy), and asks its source only for the misses, each distinct text
+once per call. The kinds, as httpx puts transports behind one interface (``_transports/``):
+
+- ``LocalSource`` (``local.py``): this process's embedder, writing the store's cache;
+- ``ServiceSource`` (``service.py``): the store's service, over its socket;
+- ``FailoverSource`` (``failover.py``): wraps a service source with the failure policy
+  (restart the service, fall back to a local source, or raise);
+- ``RayNodeSource`` (``embedshare/ray/source.py``): the Ray node's service, and the nodes that
+  own the other texts.
+
+A source also says what the store serves: the tool index used when the manager was given none
+(``served_index``), and what asking for a registry means (``index_for``: a local source builds
+and records it; a service's source checks it is the one served).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..registry import Registry
+from ..store import EmbeddingCache, StoreLayout, ToolIndex
+
+EmbedFn = Callable[[Sequence[str]], np.ndarray]  # texts -> vectors, through the cache
+Progress = Callable[[int, int], None]
+
+
+class NoIndexError(RuntimeError):
+    """A search was asked of a manager that has no tool registry loaded."""
+
+
+class VectorSource(ABC):
+    """The miss path of one manager; see the module docstring. Thread-safe."""
+
+    #: What ``stats()["mode"]`` reports: ``local``, ``shared`` or ``ray``.
+    mode: str
+    model_id: str
+    dim: int
+    #: The store whose cache and indexes go with this source's vectors.
+    layout: StoreLayout
+    #: Where the manager reads hits. A plain attribute: the hit path reads it on every call.
+    cache: EmbeddingCache
+
+    @abstractmethod
+    def compute(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
+        """Vectors of texts the cache did not have: ``(len(texts), dim)`` float32, one row each.
+
+        ``keys`` are the texts' cache keys, each once; the vectors end up in ``cache``.
+        """
+
+    @abstractmethod
+    def served_index(self, embed: EmbedFn) -> ToolIndex | None:
+        """The tool index searched when the manager was given none (None: there is none).
+
+        ``embed`` embeds through the manager, for a source that must build the index first.
+        """
+
+    @abstractmethod
+    def index_for(self, registry: Registry, name: str, embed: EmbedFn,
+                  progress: Progress | None = None) -> ToolIndex:
+        """The index of ``registry`` (named ``name`` in errors): built, checked or refused."""
+
+    @abstractmethod
+    def no_index_advice(self) -> str:
+        """What to do when a search finds no index (for ``NoIndexError``)."""
+
+    def stats(self) -> dict[str, Any]:
+        """This source's counters, merged into ``EmbeddingManager.stats()``."""
+        return {}
+
+    def close(self) -> None:
+        """Let go of connections (the cache belongs to whoever opened it)."""

@@ -1,0 +1,150 @@
+"""``LocalSource``: this process embeds its misses itself and writes them to the store's cache.
+
+The source of a local manager, of a client that fell back to local, and of the service itself
+(which serves every client through it). Each text is computed once at a time in the process:
+a text another thread is computing is awaited (``util/singleflight.py``). Building a
+registry's index records it as the store's (``store/record.py``), so every later entry point
+given no registry finds it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..embedders import Embedder
+from ..registry import Registry
+from ..store import CacheError, EmbeddingCache, StoreLayout, ToolIndex, open_or_build_index
+from ..store.record import no_registry_advice, recorded_registry, write_record
+from ..util.lazylog import LazyLogger
+from ..util.singleflight import Promise, SingleFlight
+from .base import EmbedFn, NoIndexError, Progress, VectorSource
+
+log = LazyLogger(__name__)  # logging is imported only if something is logged
+
+class LocalSource(VectorSource):
+    """Misses embedded by ``embedder`` in this process, written to ``cache``."""
+
+    mode = "local"
+
+    def __init__(self, layout: StoreLayout, embedder: Embedder, cache: EmbeddingCache,
+                 spec: str | None = None) -> None:
+        if (cache.model_id, cache.dim) != (embedder.model_id, int(embedder.dim)):
+            raise ValueError(f"cache is for {cache.model_id!r}, the model is {embedder.model_id!r}")
+        self.layout = layout
+        self.embedder = embedder
+        self.cache = cache
+        self.model_id = embedder.model_id
+        self.dim = int(embedder.dim)
+        self.spec = spec  # recorded in store.json, so that a later process can build the same model
+        self._flights: SingleFlight[Promise] = SingleFlight(Promise)
+        self._counters = {"model_calls": 0, "texts_embedded": 0, "model_seconds_ms": 0}
+        self._counters_lock = threading.Lock()
+        self._cache_full_warned = False
+        self._recorded_lock = threading.Lock()
+        self._recorded_checked = False  # the store's recorded registry is looked up once, lazily
+        self._recorded: ToolIndex | None = None
+
+    def __repr__(self) -> str:
+        return f"LocalSource(store={str(self.layout.root)!r}, model={self.model_id!r})"
+
+    # -- the miss path ------------------------------------------------------------------------
+
+    def compute(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
+        """Embed the texts no other thread of this process is computing; await the others."""
+        claim = self._flights.claim(keys)
+        if claim.mine:
+            mine_keys = [keys[i] for i in claim.mine]
+            try:
+                self._embed_and_store(mine_keys, [texts[i] for i in claim.mine])
+            except BaseException as exc:
+                self._flights.fail(mine_keys, exc)
+                raise
+        out = np.empty((len(keys), self.dim), dtype=np.float32)
+        for row, future in enumerate(claim.futures):
+            out[row] = future.result()
+        return out
+
+    def _embed_and_store(self, keys: list[bytes], texts: list[str]) -> None:
+        """Embed and cache claimed texts, settling each; those cached meanwhile are read."""
+        # Another process may have stored some of these between our lookup and our claim.
+        cached = np.empty((len(keys), self.dim), dtype=np.float32)
+        found = self.cache.get_many_into(keys, cached)
+        self._flights.settle([k for k, f in zip(keys, found) if f], cached[found])
+        todo = np.flatnonzero(~found)
+        if not todo.size:
+            return
+        todo_keys = [keys[i] for i in todo]
+        started = time.perf_counter()
+        vectors = self.embedder.embed([texts[i] for i in todo])
+        self.count(model_calls=1, texts_embedded=len(todo_keys),
+                   model_seconds_ms=int((time.perf_counter() - started) * 1000))
+        try:
+            self.cache.put_many_keys(todo_keys, vectors)
+        except CacheError as exc:  # full disk, size limit, I/O error: the vectors are still good
+            if not self._cache_full_warned:
+                log.warning("embedding cache write failed; serving vectors without caching them: %s", exc)
+                self._cache_full_warned = True
+        self._flights.settle(todo_keys, vectors)
+
+    # -- what the store serves ----------------------------------------------------------------
+
+    def index_for(self, registry: Registry, name: str, embed: EmbedFn,
+                  progress: Progress | None = None) -> ToolIndex:
+        """Open (or build, embedding through ``embed``) the registry's index; record it as the
+        store's, so that every later entry point given no registry finds it."""
+        index = open_or_build_index(self.layout.indexes, registry, embed, self.model_id, self.dim,
+                                    progress=progress)
+        write_record(self.layout, model=self.spec, model_id=self.model_id, dim=self.dim,
+                     registry_hash=registry.content_hash, registry_source=name,
+                     index=str(index.path), tools=len(index))
+        return index
+
+    def served_index(self, embed: EmbedFn) -> ToolIndex | None:
+        """The registry the store records (``store/record.py``), opened once, on first use.
+
+        Its index folder is opened as is when it was built with this model (it keeps its own
+        copy of the tools); with another model it is built again from the recorded source.
+        """
+        if self._recorded_checked:
+            return self._recorded
+        with self._recorded_lock:
+            if not self._recorded_checked:
+                recorded = recorded_registry(self.layout)
+                if recorded is not None:
+                    self._recorded = self._open_recorded(recorded, embed)
+                self._recorded_checked = True
+        return self._recorded
+
+    def _open_recorded(self, recorded: dict[str, Any], embed: EmbedFn) -> ToolIndex:
+        from ..registry import load_registry
+
+        folder = recorded.get("index")
+        if folder and Path(folder, "manifest.json").exists():
+            index = ToolIndex(folder, verify=True)
+            if index.model_id == self.model_id and index.manifest["registry_hash"] == recorded["hash"]:
+                return index
+        source = recorded.get("source")
+        if not source:
+            raise NoIndexError(f"the store {self.layout.root} records a registry whose index "
+                               f"{folder} is gone and whose source is unknown: "
+                               f"{no_registry_advice(self.layout.root)}")
+        return self.index_for(load_registry(source), source, embed)
+
+    def no_index_advice(self) -> str:
+        return no_registry_advice(self.layout.root)
+
+    # -- counters -----------------------------------------------------------------------------
+
+    def count(self, **amounts: int) -> None:
+        with self._counters_lock:
+            for name, amount in amounts.items():
+                self._counters[name] += amount
+
+    def stats(self) -> dict[str, Any]:
+        with self._counters_lock:
+            return dict(self._counters)
