@@ -8,7 +8,7 @@ import random
 
 def embed_after_barrier(address, text, barrier, results):
     """Attach, wait until every process has attached, then ask for the same text at once."""
-    from embedshare.service.client import SharedEmbeddingManager
+    from embedshare.access import SharedEmbeddingManager
 
     manager = SharedEmbeddingManager(address, on_failure="error")
     barrier.wait(timeout=60)
@@ -17,7 +17,7 @@ def embed_after_barrier(address, text, barrier, results):
 
 def embed_subset(address, texts, seed, results):
     """Embed a random overlapping subset of texts in random chunks."""
-    from embedshare.service.client import SharedEmbeddingManager
+    from embedshare.access import SharedEmbeddingManager
 
     rng = random.Random(seed)
     manager = SharedEmbeddingManager(address, on_failure="error")

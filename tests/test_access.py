@@ -18,7 +18,7 @@ import service_tasks
 from embedshare import get_embedding_manager
 from embedshare.access import NoServiceWarning
 from embedshare.manager import EmbeddingManager
-from embedshare.service.client import SharedEmbeddingManager
+from embedshare.access import SharedEmbeddingManager
 from embedshare.service.launcher import EmbeddingService
 
 QUERY = "read a csv file into rows"
@@ -128,7 +128,7 @@ def test_a_forked_child_gets_a_fresh_connection_and_cache_handle(service, expect
             child = get_embedding_manager()
             report = {
                 "fresh": child is not parent_manager,
-                "conn_pid": child._conn.pid,
+                "conn_pid": child.source.primary._conn.pid,
                 "vector": child.get_embedding(QUERY).tobytes().hex(),
                 "new_text": child.get_embedding("only the child asks this").shape[0],
             }

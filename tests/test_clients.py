@@ -138,7 +138,7 @@ def test_embedshare_langchain_adapter_with_blank_documents(service, reference):
     from langchain_core.vectorstores import InMemoryVectorStore
 
     from embedshare.integrations.langchain import EmbedshareEmbeddings
-    from embedshare.service.client import SharedEmbeddingManager
+    from embedshare.access import SharedEmbeddingManager
 
     manager = SharedEmbeddingManager(service.address)
     try:

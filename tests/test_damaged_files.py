@@ -28,7 +28,7 @@ from test_reliability_faults import _fill, small_tmpfs  # noqa: F401 (a fixture:
 
 from embedshare.embedders import create_embedder
 from embedshare.manager import EmbeddingManager
-from embedshare.service.client import SharedEmbeddingManager
+from embedshare.access import SharedEmbeddingManager
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
 from embedshare.store import CacheDamagedError, CacheError, EmbeddingCache, StoreLayout
 

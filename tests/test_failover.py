@@ -27,7 +27,7 @@ from embedshare.cli import main as cli
 from embedshare.embedders import create_embedder
 from embedshare.manager import EmbeddingManager
 from embedshare.pool.shared import SharedPool
-from embedshare.service.client import SharedEmbeddingManager
+from embedshare.access import SharedEmbeddingManager
 from embedshare.client.connection import ServiceConnection, ServiceUnavailable
 from embedshare.service.launcher import EmbeddingService
 from embedshare.client.state import read_state

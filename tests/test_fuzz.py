@@ -44,7 +44,7 @@ from embedshare.embedders import (
 )
 from embedshare.manager import EmbeddingManager
 from embedshare.client import protocol
-from embedshare.service.client import SharedEmbeddingManager
+from embedshare.access import SharedEmbeddingManager
 
 SEED = int(os.environ.get("EMBEDSHARE_FUZZ_SEED", "5150"))
 FRAMES = int(os.environ.get("EMBEDSHARE_FUZZ_FRAMES", "20000"))

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from embedshare.cli import main
 from embedshare.embedders import create_embedder
 from embedshare.manager import EmbeddingManager
-from embedshare.service.client import SharedEmbeddingManager
+from embedshare.access import SharedEmbeddingManager
 from embedshare.service.http.app import count_tokens
 from embedshare.service.http.address import parse_http_address
 from embedshare.service.launcher import EmbeddingService, ServiceStartError

@@ -15,7 +15,7 @@ from embedshare.access import NoServiceWarning, get_embedding_manager
 from embedshare.embedders import InvalidTextError
 from embedshare.integrations.langchain import EmbedshareEmbeddings
 from embedshare.manager import EmbeddingManager
-from embedshare.service.client import SharedEmbeddingManager
+from embedshare.access import SharedEmbeddingManager
 from embedshare.service.launcher import EmbeddingService
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.filterwarnings("ignore::embedshare.access.NoServiceWarning")]

@@ -20,7 +20,7 @@ import pytest
 from reliability_helpers import TESTS, closed_by_peer, connect_raw, memory_of, record, wait_for
 
 from embedshare.embedders import create_embedder
-from embedshare.service.client import SharedEmbeddingManager
+from embedshare.access import SharedEmbeddingManager
 from embedshare.service.launcher import EmbeddingService
 
 EMBEDDER = create_embedder("hash:64")

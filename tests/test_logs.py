@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from embedshare.service.client import SharedEmbeddingManager
+from embedshare.access import SharedEmbeddingManager
 from embedshare.store.layout import StoreLayout
 
 pytestmark = pytest.mark.timeout(120)

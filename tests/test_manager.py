@@ -346,7 +346,7 @@ def test_a_model_failure_reaches_the_caller_and_nothing_stays_in_flight(tmp_path
     try:
         with pytest.raises(EmbedderError, match="model is down"):
             manager.get_embeddings(["stored meanwhile", "needs the model"])
-        assert manager._inflight == {}
+        assert len(manager.source._flights) == 0  # nothing stays in flight
         embedder.fail = False
         vectors = manager.get_embeddings(["stored meanwhile", "needs the model"])
         assert vectors.tobytes() == HashingEmbedder(DIM).embed(["stored meanwhile", "needs the model"]).tobytes()

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.timeout(120)
 
 CLIENT = """
 import sys
-from embedshare.service.client import SharedEmbeddingManager
+from embedshare.access import SharedEmbeddingManager
 client = SharedEmbeddingManager(sys.argv[1])
 client.get_embeddings(["first text", "second text", "third text"])
 print("ready", flush=True)

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
 from embedshare.util.latency import LATENCY_BUCKETS
-from embedshare.service.client import SharedEmbeddingManager
+from embedshare.access import SharedEmbeddingManager
 from embedshare.service.launcher import EmbeddingService
 from embedshare.service.observe import ServiceCollector, metrics_registry
 from reliability_helpers import stop_process

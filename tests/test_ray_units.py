@@ -42,11 +42,11 @@ def test_a_process_that_does_not_use_ray_never_imports_it(tmp_path):
         env={"EMBEDSHARE_STORE": str(tmp_path / "store")},
     )
     assert "ray" not in modules
-    assert "embedshare.ray.worker" not in modules  # access.py did not even look
+    assert "embedshare.ray.source" not in modules  # access.py did not even look
 
 
 def test_in_ray_worker_is_false_without_ray(monkeypatch):
-    from embedshare.ray.worker import in_ray_worker
+    from embedshare.ray.source import in_ray_worker
 
     monkeypatch.delitem(sys.modules, "ray", raising=False)
     assert in_ray_worker() is False
@@ -190,7 +190,7 @@ def test_the_service_entry_point_needs_its_lifeline():
 
 
 def test_the_ray_registry_check_accepts_the_served_content_and_names_both_otherwise(built, tmp_path):
-    from embedshare.ray.worker import check_deployment_registry, deployment_registry
+    from embedshare.ray.source import check_deployment_registry, deployment_registry
     from embedshare.registry import load_registry
     from embedshare.registry.loader import bundled_registry_path
     from embedshare.store.record import RegistryMismatchError

@@ -41,7 +41,7 @@ from reliability_helpers import (
 from embedshare.embedders import create_embedder
 from embedshare.manager import EmbeddingManager
 from embedshare.pool.shared import SharedPool
-from embedshare.service.client import SharedEmbeddingManager
+from embedshare.access import SharedEmbeddingManager
 from embedshare.client.connection import ServiceConnection
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
 from embedshare.client.state import read_state

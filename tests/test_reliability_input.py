@@ -22,7 +22,8 @@ from reliability_helpers import connect_raw, exchange, frame, record
 from embedshare.embedders import MAX_TEXT_CHARS, InvalidTextError, create_embedder
 from embedshare.manager import EmbeddingManager
 from embedshare.client import protocol
-from embedshare.service.client import MAX_REQUEST_TEXTS, SharedEmbeddingManager
+from embedshare.access import SharedEmbeddingManager
+from embedshare.sources.service import MAX_REQUEST_TEXTS
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
 
 EMBEDDER = create_embedder("hash:64")

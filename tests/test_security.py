@@ -37,7 +37,7 @@ from reliability_helpers import (
 )
 
 from embedshare.embedders import create_embedder
-from embedshare.service.client import SharedEmbeddingManager
+from embedshare.access import SharedEmbeddingManager
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
 from embedshare.client.protocol import RemoteError
 from embedshare.client.state import read_state

@@ -19,7 +19,7 @@ import pytest
 import service_tasks
 from embedshare.manager import EmbeddingManager
 from embedshare.client import protocol
-from embedshare.service.client import SharedEmbeddingManager
+from embedshare.access import SharedEmbeddingManager
 from embedshare.client.connection import ServiceUnavailable
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
 
@@ -348,7 +348,7 @@ def test_a_connection_that_died_under_a_running_service_is_replaced_whatever_the
     client = SharedEmbeddingManager(hash_service.address, on_failure=policy)
     try:
         first = client.get_embedding("before the connection dies")
-        client._conn._sock.shutdown(socket.SHUT_WR)  # its next send fails, as on a dead peer
+        client.source.primary._conn._sock.shutdown(socket.SHUT_WR)  # its next send fails, as on a dead peer
         again = client.get_embedding("after the connection died")
         stats = client.stats()
         assert stats["reconnects"] == 1 and not stats["fallback"]

@@ -20,7 +20,7 @@ import pytest
 from embedshare.manager import EmbeddingManager
 from embedshare.pool.shared import SharedPool
 from embedshare.pool.workers import WorkerPool
-from embedshare.service.client import SharedEmbeddingManager
+from embedshare.access import SharedEmbeddingManager
 from embedshare.client.connection import ServiceConnection
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
 from embedshare.service.metrics import ServiceMetrics

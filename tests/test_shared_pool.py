@@ -79,7 +79,7 @@ def test_an_attached_worker_loads_neither_logging_nor_concurrent_futures(store):
     with SharedPool(workers=1, store=store, model="hash:64", progress=False) as pool:
         pool.map(pool_jobs.search_task, QUERIES[:5])
         (modules,) = pool.map(pool_jobs.loaded_modules, [None])
-    assert "embedshare.service.client" in modules
+    assert "embedshare.sources.service" in modules
     assert "logging" not in modules and "concurrent.futures" not in modules
 
 

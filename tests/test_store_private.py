@@ -21,7 +21,7 @@ from security_helpers import NEEDS_ROOT, NOBODY, as_other_user
 
 from embedshare.embedders import create_embedder
 from embedshare.manager import EmbeddingManager
-from embedshare.service.client import SharedEmbeddingManager
+from embedshare.access import SharedEmbeddingManager
 from embedshare.client.connection import ForeignServiceError, ServiceConnection
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
 from embedshare.store import EmbeddingCache
@@ -32,7 +32,7 @@ _RUN_A_STORE = """
 import os, sys
 os.umask(int(sys.argv[2], 8))
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
-from embedshare.service.client import SharedEmbeddingManager
+from embedshare.access import SharedEmbeddingManager
 with EmbeddingService(sys.argv[1], model="hash:64", registry="bundled", preload=["warm"], export_env=False) as svc:
     client = SharedEmbeddingManager(svc.address, on_failure="error")
     client.get_embeddings(["one", "two", "three"])

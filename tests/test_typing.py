@@ -55,6 +55,6 @@ def test_users_mypy_sees_the_annotations(tmp_path):
     assert "missing library stubs or py.typed marker" not in out, out
     assert 'Revealed type is "def (query: str, k: int =, category: str | None =' in out, out
     assert "-> list[embedshare.store.index.SearchResult]" in out, out
-    assert "-> embedshare.manager.ManagerBase" in out, out  # the lazily imported name too
+    assert "-> embedshare.manager.EmbeddingManager" in out, out  # the lazily imported name too
     assert 'Revealed type is "Any"' not in out, out
     assert 'Incompatible types in assignment (expression has type "list[' in out, out

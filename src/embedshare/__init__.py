@@ -16,11 +16,16 @@ from typing import TYPE_CHECKING, Any
 # What type checkers see (re-exported through __all__); at run time each name is imported
 # when first used, by __getattr__ below.
 if TYPE_CHECKING:
-    from .access import get_embedding_manager, reset_embedding_manager, set_embedding_manager  # noqa: F401
+    from .access import (  # noqa: F401
+        NoServiceWarning,
+        SharedEmbeddingManager,
+        get_embedding_manager,
+        reset_embedding_manager,
+        set_embedding_manager,
+    )
     from .embedders import create_embedder  # noqa: F401
     from .manager import EmbeddingManager  # noqa: F401
     from .pool.shared import SharedPool  # noqa: F401
-    from .service.client import SharedEmbeddingManager  # noqa: F401
     from .client.connection import ServiceUnavailable  # noqa: F401
     from .service.launcher import EmbeddingService  # noqa: F401
 
@@ -33,7 +38,8 @@ _EXPORTS = {
     "reset_embedding_manager": "embedshare.access",
     "EmbeddingManager": "embedshare.manager",
     "create_embedder": "embedshare.embedders",
-    "SharedEmbeddingManager": "embedshare.service.client",
+    "SharedEmbeddingManager": "embedshare.access",
+    "NoServiceWarning": "embedshare.access",
     "ServiceUnavailable": "embedshare.client.connection",
     "NoIndexError": "embedshare.manager",
     "RegistryMismatchError": "embedshare.store.record",

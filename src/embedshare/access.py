@@ -5,29 +5,127 @@ address from ``EMBEDSHARE_ADDRESS``, which every child process inherits, or the 
 well-known socket), else a local manager, with one warning. One instance per process: every
 thread gets the same one, and a forked child builds its own (an inherited socket or LMDB
 handle must not be used across fork).
+
+``SharedEmbeddingManager`` is that shared client: an :class:`EmbeddingManager` whose source is
+the store's service (``sources/service.py``) under the failure policy (``sources/failover.py``).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 from . import settings
-from .manager import DEFAULT_MODEL, EmbeddingManager, ManagerBase, default_store
-from .service.client import POLICIES, SharedEmbeddingManager
-from .client.connection import ServiceUnavailable
-from .client.state import ENV_ADDRESS, ENV_ON_FAILURE
+from .client.connection import ServiceStopped, ServiceUnavailable
+from .client.state import ENV_ADDRESS, ENV_ON_FAILURE, stopped_on_purpose
+from .manager import DEFAULT_MODEL, EmbeddingManager, default_store
+from .sources.failover import POLICIES, FailoverSource
+from .sources.service import ServiceSource
 from .store import StoreLayout
 from .store.record import recorded_model, recorded_registry
 
 ENV_MODEL = "EMBEDSHARE_MODEL"
 ENV_REGISTRY = "EMBEDSHARE_REGISTRY"
+# The manager of a Ray task or actor. Named, not imported: the Ray integration is optional and
+# sits above this module; it is loaded only in a process that has imported Ray.
+RAY_MANAGER = "embedshare.ray.source"
+
+
+class SharedEmbeddingManager(EmbeddingManager):
+    """A client of the store's service at ``address``, with the API of :class:`EmbeddingManager`.
+
+    Cache hits and searches stay in this process; misses go to the service. ``on_failure``
+    (``EMBEDSHARE_ON_FAILURE``, default ``local``) is what happens when the service is gone:
+    ``restart`` it, fall back to a ``local`` model, or raise (``error``); see
+    ``sources/failover.py``. ``registry``: raise ``RegistryMismatchError`` unless the service
+    serves it. ``token``: what a ``tcp://`` address's service asks for (``EMBEDSHARE_TOKEN``).
+    """
+
+    def __init__(
+        self,
+        address: str | Path,
+        model: str | None = None,
+        *,
+        on_failure: str | None = None,
+        request_timeout: float = 600.0,
+        connect_timeout: float = 5.0,
+        search_cache_size: int = 1024,
+        token: str | None = None,
+        registry: str | Path | None = None,
+    ) -> None:
+        # Checked before connecting: a typo must not wait for the service.
+        settings.whole_number("search_cache_size", search_cache_size, 0)
+        if on_failure is None:
+            on_failure = settings.env_choice(ENV_ON_FAILURE, POLICIES, default="local")
+        policy = settings.choice("on_failure", on_failure, POLICIES)
+        service = ServiceSource(address, model, token=token, request_timeout=request_timeout,
+                                connect_timeout=connect_timeout)
+        source = FailoverSource(service, policy, revive=lambda: revive_store_service(service.layout))
+        try:
+            super().__init__(source=source, registry=registry, search_cache_size=search_cache_size)
+        except BaseException:
+            source.close()
+            raise
+        self._service = service
+
+    def __repr__(self) -> str:
+        return f"SharedEmbeddingManager(address={self.address!r}, model={self.model_id!r})"
+
+    @property
+    def address(self) -> str:
+        return self._service.address
+
+    @property
+    def store(self) -> Path:
+        """The service's store folder (its cache and indexes are read from there)."""
+        return self.layout.root
+
+    @property
+    def on_failure(self) -> str:
+        return self._failover.policy
+
+    @property
+    def served_registry(self) -> dict[str, Any] | None:
+        """What the service serves: its registry's ``hash``, ``source`` and ``index``, or None."""
+        return self._service.served_registry
+
+    @property
+    def _failover(self) -> FailoverSource:
+        source = self.source
+        assert isinstance(source, FailoverSource)
+        return source
+
+    def service_stats(self) -> dict[str, Any]:
+        """The service's own counters (every client's requests, batches, latency)."""
+        return self._service.service_stats()
+
+
+def revive_store_service(layout: StoreLayout) -> bool:
+    """The ``restart`` policy on one machine: join the store's service or start it as it last
+    ran (the store's lock: only one process does); True if this process started it.
+
+    A service stopped by ``embedshare stop`` is not started again: :class:`ServiceStopped`.
+    """
+    from .service.launcher import restart_service
+
+    why = stopped_on_purpose(layout)
+    if why:
+        raise ServiceStopped(why)
+    try:
+        return restart_service(layout.root).owned
+    except ServiceUnavailable as exc:
+        if not isinstance(exc, ServiceStopped) and stopped_on_purpose(layout):
+            raise ServiceStopped(str(exc)) from None
+        raise
+
 
 _lock = threading.Lock()
-_instance: ManagerBase | None = None
+_instance: EmbeddingManager | None = None
 _instance_pid: int | None = None
 
 
@@ -42,7 +140,7 @@ def get_embedding_manager(
     *,
     on_failure: str | None = None,
     default_model: str = DEFAULT_MODEL,
-) -> ManagerBase:
+) -> EmbeddingManager:
     """This process's embedding manager: shared if a service runs, else local.
 
     ``model``: the spec this process expects (``EMBEDSHARE_MODEL`` by default). A service that
@@ -77,7 +175,7 @@ def get_embedding_manager(
         return _instance
 
 
-def set_embedding_manager(manager: ManagerBase) -> None:
+def set_embedding_manager(manager: EmbeddingManager) -> None:
     """Make ``manager`` what ``get_embedding_manager()`` returns in this process."""
     global _instance, _instance_pid
     with _lock:
@@ -96,7 +194,7 @@ def reset_embedding_manager() -> None:
 
 
 def _create(model: str | None, store: str | Path | None, registry: str | Path | None,
-            on_failure: str | None, default_model: str = DEFAULT_MODEL) -> ManagerBase:
+            on_failure: str | None, default_model: str = DEFAULT_MODEL) -> EmbeddingManager:
     registry = registry or os.environ.get(ENV_REGISTRY)
     if store is None:  # inside a Ray task or actor: its node's service (embedshare.ray)
         ray_manager = _ray_node_manager(model, on_failure, registry)
@@ -133,7 +231,7 @@ def _create(model: str | None, store: str | Path | None, registry: str | Path | 
 
 
 def _restarted(address: str, store: Path, model: str | None, on_failure: str | None,
-               registry: str | Path | None, policy: str, exc: ServiceUnavailable) -> ManagerBase:
+               registry: str | Path | None, policy: str, exc: ServiceUnavailable) -> EmbeddingManager:
     """No service answered and the policy is not ``local``: never a process-own model.
 
     ``restart`` (pool workers, processes under an owning EmbeddingService) waits for the
@@ -152,7 +250,7 @@ def _restarted(address: str, store: Path, model: str | None, on_failure: str | N
 
 
 def _ray_node_manager(model: str | None, on_failure: str | None,
-                      registry: str | Path | None) -> ManagerBase | None:
+                      registry: str | Path | None) -> EmbeddingManager | None:
     """The node's manager in a Ray worker (a task or an actor), else None.
 
     Ray is never imported here: a process that has not imported it is not a Ray worker, and
@@ -160,8 +258,8 @@ def _ray_node_manager(model: str | None, on_failure: str | None,
     """
     if "ray" not in sys.modules or os.environ.get("EMBEDSHARE_RAY") == "0":
         return None
-    from .ray.worker import RayEmbeddingManager, in_ray_worker
-
-    if not in_ray_worker():
+    ray_source = importlib.import_module(RAY_MANAGER)
+    if not ray_source.in_ray_worker():
         return None
-    return RayEmbeddingManager(model=model, on_failure=on_failure, registry=registry)
+    manager: EmbeddingManager = ray_source.RayEmbeddingManager(model=model, on_failure=on_failure, registry=registry)
+    return manager

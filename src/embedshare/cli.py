@@ -114,7 +114,7 @@ def _manager(store: Path | None, model: str | None, registry: str | None) -> Any
     service's is an error, never silently the service's.
     """
     from .manager import EmbeddingManager
-    from .service.client import SharedEmbeddingManager
+    from .access import SharedEmbeddingManager
     from .client.connection import ServiceUnavailable
 
     layout = _layout(store)

@@ -24,6 +24,10 @@ class ServiceUnavailable(ConnectionError):
     """The service cannot be reached, went away, or did not answer in time."""
 
 
+class ServiceStopped(ServiceUnavailable):
+    """The service was stopped on purpose (``embedshare stop``): it is not restarted."""
+
+
 class ForeignServiceError(PermissionError):
     """The socket is served by another user's process: never talked to, never fallen back from."""
 

@@ -23,9 +23,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import access
-from ..manager import EmbeddingManager, ManagerBase, NoIndexError
+from ..manager import EmbeddingManager, NoIndexError
 from ..registry import load_registry
-from ..store import StoreLayout, ToolIndex, ToolIndexError
+from ..store import ToolIndex, ToolIndexError
 from ..store.index import index_folder_name, open_or_build_index
 from . import config as cfg
 from .config import EmbeddingConfig
@@ -50,7 +50,7 @@ class MCPEmbeddingManager:
         model = given.model if given.model_given else self._manager.model_id  # as asked, else the model's id
         self.config = replace(given, model=str(model), dimension=self._manager.dim)
 
-    def _attach(self) -> ManagerBase:
+    def _attach(self) -> EmbeddingManager:
         manager = access.get_embedding_manager(self._asked, default_model=cfg.fallback_model())
         if self._asked is not None:
             wanted = cfg.expected_dimension(self._asked)
@@ -65,7 +65,7 @@ class MCPEmbeddingManager:
         return manager
 
     @property
-    def manager(self) -> ManagerBase:
+    def manager(self) -> EmbeddingManager:
         """The embedshare manager underneath (this process's; rebuilt after a fork)."""
         if os.getpid() != self._pid:
             self._pid = os.getpid()
@@ -133,7 +133,7 @@ class MCPEmbeddingManager:
         started = time.perf_counter()
         manager = self.manager
         registry = load_registry(tool_registry_path)
-        path = StoreLayout(_store_of(manager)).indexes / index_folder_name(registry.content_hash, manager.model_id)
+        path = manager.layout.indexes / index_folder_name(registry.content_hash, manager.model_id)
         if force_rebuild and (path / "manifest.json").exists():
             try:
                 ToolIndex(path, verify=True)
@@ -141,7 +141,7 @@ class MCPEmbeddingManager:
                 shutil.rmtree(path, ignore_errors=True)
         existed = (path / "manifest.json").exists()
         misses_before = manager.stats()["misses"]
-        if isinstance(manager, EmbeddingManager):  # local: the store records it, as load_registry does
+        if manager.mode == "local":  # the store records it, as load_registry does
             index = manager.load_registry(tool_registry_path)
         else:  # a service's client: embedded through it; the service keeps serving its own registry
             index = open_or_build_index(path.parent, registry, manager.get_embeddings, manager.model_id, manager.dim)
@@ -210,7 +210,7 @@ class MCPEmbeddingManager:
         if not keep_embeddings:
             warnings.warn(
                 "clear_cache(keep_embeddings=False): the embedding cache is shared by every process "
-                f"of the store ({_store_of(self.manager)}) and is kept; stop the service and delete "
+                f"of the store ({self.manager.layout.root}) and is kept; stop the service and delete "
                 "its cache/ folder to empty it", UserWarning, stacklevel=2)
 
     def get_cache_stats(self) -> dict[str, Any]:
@@ -249,12 +249,6 @@ def _same_model(spec: str, model_id: str) -> bool:
         return model_id_of(spec) == model_id
     except ValueError:
         return False
-
-
-def _store_of(manager: ManagerBase) -> Path:
-    if isinstance(manager, EmbeddingManager):
-        return manager.layout.root
-    return Path(manager.store)
 
 
 _lock = threading.Lock()

@@ -29,7 +29,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("the LangChain adapter needs langchain-core: pip install 'embedshare[langchain]'") from exc
 
-from ..manager import ManagerBase
+from ..manager import EmbeddingManager
 
 __all__ = ["EmbedshareEmbeddings"]
 
@@ -46,7 +46,7 @@ class EmbedshareEmbeddings(Embeddings):
 
     def __init__(
         self,
-        manager: ManagerBase | None = None,
+        manager: EmbeddingManager | None = None,
         *,
         model: str | None = None,
         store: str | None = None,
@@ -59,7 +59,7 @@ class EmbedshareEmbeddings(Embeddings):
             manager = get_embedding_manager(model=model, store=store, registry=registry, on_failure=on_failure)
             if model is not None:
                 _check_model(manager, model)
-        elif not isinstance(manager, ManagerBase):
+        elif not isinstance(manager, EmbeddingManager):
             raise TypeError(f"manager must be an embedshare manager, got {type(manager).__name__}")
         self.manager = manager
 

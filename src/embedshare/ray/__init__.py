@@ -26,8 +26,8 @@ _EXPORTS = {
     "deployment": "embedshare.ray.api",
     "get_node_manager": "embedshare.ray.api",
     "RayDeployment": "embedshare.ray.api",
-    "RayEmbeddingManager": "embedshare.ray.worker",
-    "in_ray_worker": "embedshare.ray.worker",
+    "RayEmbeddingManager": "embedshare.ray.source",
+    "in_ray_worker": "embedshare.ray.source",
 }
 
 __all__ = list(_EXPORTS)

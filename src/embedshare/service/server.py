@@ -292,7 +292,7 @@ class EmbeddingServer:
         if self.config.registry:
             self.manager.load_registry(self.config.registry)
         else:
-            self.manager._default_index()  # no --registry: the one the store records, if any
+            self.manager._resolve_index()  # no --registry: the one the store records, if any
         self._record_served()
         if self.config.preload:
             self.manager.preload(self.config.preload)

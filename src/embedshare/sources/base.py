@@ -46,6 +46,9 @@ class VectorSource(ABC):
     layout: StoreLayout
     #: Where the manager reads hits. A plain attribute: the hit path reads it on every call.
     cache: EmbeddingCache
+    #: ``served_index`` may have work to do (open or build the store's recorded index): the
+    #: manager asks for it on first use rather than at construction.
+    index_on_first_use: bool = False
 
     @abstractmethod
     def compute(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
@@ -76,3 +79,12 @@ class VectorSource(ABC):
 
     def close(self) -> None:
         """Let go of connections (the cache belongs to whoever opened it)."""
+
+
+class ServiceBackedSource(VectorSource):
+    """A source whose vectors come from a service process: it can be asked to connect again."""
+
+    @abstractmethod
+    def reconnect(self, failed: Any = None) -> bool:
+        """True once a live connection to the service exists (replacing ``failed``, the
+        connection a request failed on); False if no service answers."""

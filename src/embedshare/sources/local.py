@@ -30,6 +30,7 @@ class LocalSource(VectorSource):
     """Misses embedded by ``embedder`` in this process, written to ``cache``."""
 
     mode = "local"
+    index_on_first_use = True
 
     def __init__(self, layout: StoreLayout, embedder: Embedder, cache: EmbeddingCache,
                  spec: str | None = None) -> None:
@@ -148,3 +149,6 @@ class LocalSource(VectorSource):
     def stats(self) -> dict[str, Any]:
         with self._counters_lock:
             return dict(self._counters)
+
+    def close(self) -> None:
+        self.cache.close()

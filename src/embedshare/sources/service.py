@@ -1,0 +1,251 @@
+"""``ServiceSource``: the misses of a worker go to the store's service, over its socket.
+
+One connection per process, shared by every thread (``client/connection.py``): requests carry
+ids, so a hundred threads each have one in flight and the service batches them together. All
+the misses of one call go in one request (split only past the frame limits).
+
+When a request fails because the connection died, a new connection is tried at once, whatever
+the failure policy: the service may have closed an idle connection, or someone restarted it.
+Only a thread that failed on the *current* connection replaces it, so one restart costs one
+reconnect per process, however many threads saw it. When no service answers, the error goes
+to the caller: ``FailoverSource`` (``failover.py``) applies the policy.
+
+Every (re)connection checks the service's model again: a call never gets another model's vectors.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import settings
+from ..client import protocol
+from ..client.connection import ServiceConnection, ServiceUnavailable
+from ..embedders import model_id_of
+from ..registry import Registry
+from ..store import EmbeddingCache, StoreLayout, ToolIndex
+from ..store.record import RegistryMismatchError, describe_registry
+from ..client.state import ENV_TOKEN, TCP_SCHEME
+from .base import EmbedFn, NoIndexError, Progress, ServiceBackedSource
+
+MAX_REQUEST_TEXTS = 4096
+MAX_REQUEST_CHARS = 8 << 20
+MAX_RETRIES = 5  # a request retried on new connections, each to a service that answered
+
+
+class ServiceSource(ServiceBackedSource):
+    """The store's service at ``address`` (its Unix socket, or ``tcp://HOST:PORT``)."""
+
+    mode = "shared"
+
+    def __init__(
+        self,
+        address: str | Path,
+        model: str | None = None,
+        *,
+        token: str | None = None,
+        request_timeout: float = 600.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.address = str(address)
+        # A tcp://HOST:PORT address needs the service's token (token= or EMBEDSHARE_TOKEN);
+        # on the Unix socket the kernel vouches for the peer's uid instead.
+        self._token = token if token is not None else os.environ.get(ENV_TOKEN)
+        self.request_timeout = settings.seconds("request_timeout", request_timeout)
+        self.connect_timeout = settings.seconds("connect_timeout", connect_timeout)
+        self._wanted_model_id = model_id_of(model) if model else None  # no API client built
+        self._conn_lock = threading.Lock()
+        self._conn: ServiceConnection | None = None
+        self._connections = 0  # made so far: every one after the first is a reconnect
+        self._counters = {"service_requests": 0, "service_texts": 0, "reconnects": 0}
+        self._counters_lock = threading.Lock()
+
+        hello = self._connect()
+        self.model_id: str = hello["model_id"]
+        self.dim: int = int(hello["dim"])
+        self.layout = StoreLayout(Path(hello["cache"]).parent)
+        if self.address.startswith(TCP_SCHEME) and not Path(hello["cache"]).is_dir():
+            self.close()
+            raise ServiceUnavailable(
+                f"the service at {self.address} keeps its store in {self.layout.root}, which is not on "
+                "this machine: a TCP client reads the cache and index from the store's files"
+            )
+        self.served_registry: dict[str, Any] | None = hello.get("registry")
+        self.cache = EmbeddingCache(hello["cache"], self.model_id, self.dim)
+        self._index = ToolIndex(hello["index"]) if hello.get("index") else None
+
+    def __repr__(self) -> str:
+        return f"ServiceSource(address={self.address!r}, model={self.model_id!r})"
+
+    # -- the connection -----------------------------------------------------------------------
+
+    def _connect(self) -> dict[str, Any]:
+        """Open a connection and say hello (model, token); it becomes the current one."""
+        conn = ServiceConnection(self.address, connect_timeout=self.connect_timeout)
+        auth = {"token": self._token} if self.address.startswith(TCP_SCHEME) and self._token else {}
+        try:
+            hello = conn.request("hello", timeout=self.request_timeout, model_id=self._wanted_model_id, **auth)
+        except protocol.RemoteError as exc:
+            conn.close()
+            if exc.code == "unauthorized":
+                raise PermissionError(
+                    f"the embedshare service at {self.address} refused this client: {exc.remote_message}"
+                    + ("" if auth else f" (no token given: pass token= or set {ENV_TOKEN})")
+                ) from None
+            raise ValueError(exc.remote_message) from None
+        except BaseException:
+            conn.close()
+            raise
+        known = getattr(self, "model_id", None)
+        if known is not None and hello["model_id"] != known:
+            conn.close()
+            raise ServiceUnavailable(
+                f"the service at {self.address} now embeds with {hello['model_id']!r}, not {known!r}"
+            )
+        self._conn = conn
+        self._connections += 1
+        if self._connections > 1:  # counted once connected: an attempt that fails is not one
+            self._count(reconnects=1)
+        return hello
+
+    def _connection(self) -> ServiceConnection:
+        """The current connection, or a new one if it died (or was inherited through fork)."""
+        conn = self._conn
+        if conn is not None and conn.alive:
+            return conn
+        with self._conn_lock:
+            conn = self._conn
+            if conn is None or not conn.alive:
+                self._replace(conn)
+            assert self._conn is not None
+            return self._conn
+
+    def _replace(self, current: ServiceConnection | None) -> None:
+        """Called with the lock held: close ``current`` and connect again (ServiceUnavailable
+        if no service answers)."""
+        if current is not None:
+            current.close()  # dead, or inherited through fork (the parent keeps its own)
+            self._conn = None
+        self._connect()
+
+    def reconnect(self, failed: ServiceConnection | None = None) -> bool:
+        """Make sure a live connection exists, replacing ``failed``; False if no service answers.
+
+        A thread that finds a newer live connection than the one it failed on uses it and never
+        closes it: one restart costs one reconnect per process.
+        """
+        with self._conn_lock:
+            current = self._conn
+            if current is not None and current is not failed and current.alive:
+                return True
+            try:
+                self._replace(current)
+            except ServiceUnavailable:
+                return False
+            return True
+
+    # -- the miss path ------------------------------------------------------------------------
+
+    def compute(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start, end in _chunks(texts):
+            out[start:end] = self._request_vectors(texts[start:end])
+        return out
+
+    def _request_vectors(self, texts: list[str]) -> np.ndarray:
+        retries = 0
+        while True:
+            conn = self._connection()
+            try:
+                reply = conn.request("embed", timeout=self.request_timeout, texts=texts)
+            except ServiceUnavailable:
+                retries += 1
+                if retries > MAX_RETRIES or not self.reconnect(failed=conn):
+                    raise  # no service answers: the failure policy decides (failover.py)
+                continue  # the request (in flight when the connection died) is sent again
+            self._count(service_requests=1, service_texts=len(texts))
+            vectors = np.frombuffer(reply["vectors"], dtype=np.float32)
+            if reply.get("dim") != self.dim or vectors.size != len(texts) * self.dim:
+                raise protocol.RemoteError("bad_reply", f"expected {len(texts)} vectors of {self.dim} dims")
+            return vectors.reshape(len(texts), self.dim)
+
+    # -- what the service serves --------------------------------------------------------------
+
+    def served_index(self, embed: EmbedFn) -> ToolIndex | None:
+        return self._index
+
+    def index_for(self, registry: Registry, name: str, embed: EmbedFn,
+                  progress: Progress | None = None) -> ToolIndex:
+        """The service's index, if ``registry`` is the one it serves (RegistryMismatchError if not)."""
+        check_served_registry(registry, name, self.served_registry, self.layout.root)
+        if self._index is None:
+            raise NoIndexError(self.no_index_advice())
+        return self._index
+
+    def no_index_advice(self) -> str:
+        root = self.layout.root
+        return (f"the service at {self.address} serves no tool registry, and its store {root} records "
+                f"none: run `embedshare index build FILE --store {root}` (or `bundled` for the example), "
+                f"then restart the service (`embedshare stop --store {root}`, then "
+                f"`embedshare serve --store {root} --detach`)")
+
+    # -- extras -------------------------------------------------------------------------------
+
+    def service_stats(self) -> dict[str, Any]:
+        """The service's own counters (every client's requests, batches, latency)."""
+        stats: dict[str, Any] = self._connection().request("stats", timeout=self.request_timeout)["stats"]
+        return stats
+
+    def _count(self, **amounts: int) -> None:
+        with self._counters_lock:
+            for name, amount in amounts.items():
+                self._counters[name] += amount
+
+    def stats(self) -> dict[str, Any]:
+        with self._counters_lock:
+            counters: dict[str, Any] = dict(self._counters)
+        counters["address"] = self.address
+        return counters
+
+    def close(self) -> None:
+        with self._conn_lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def check_served_registry(asked: Registry, name: str, served: dict[str, Any] | None, store: Path) -> None:
+    """Raise unless ``asked`` (the registry named ``name``) is the one the service serves.
+
+    Another registry than the one served is :class:`RegistryMismatchError`, never silently
+    the service's.
+    """
+    if served is not None and served.get("hash") == asked.content_hash:
+        return
+    what = describe_registry(asked.content_hash, name)
+    if served is None:
+        raise RegistryMismatchError(
+            f"the embedshare service of {store} serves no tool registry, not {what}: stop it "
+            f"(`embedshare stop --store {store}`) and start it with this one "
+            f"(`embedshare serve --store {store} --registry {name} --detach`)")
+    raise RegistryMismatchError(
+        f"the embedshare service of {store} serves {describe_registry(served.get('hash'), served.get('source'))}, "
+        f"not {what}: use the served one (ask for no registry), or stop the service "
+        f"(`embedshare stop --store {store}`) and start it with this one "
+        f"(`embedshare serve --store {store} --registry {name} --detach`), or use another --store")
+
+
+def _chunks(texts: list[str]) -> list[tuple[int, int]]:
+    """Split a long list into requests under the frame limits."""
+    bounds, start, chars = [], 0, 0
+    for i, text in enumerate(texts):
+        if i > start and (i - start >= MAX_REQUEST_TEXTS or chars + len(text) > MAX_REQUEST_CHARS):
+            bounds.append((start, i))
+            start, chars = i, 0
+        chars += len(text)
+    bounds.append((start, len(texts)))
+    return bounds
