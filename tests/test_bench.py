@@ -47,13 +47,13 @@ def test_counting_embedder_counts_calls_texts_and_distinct_texts():
 def test_option_a_computes_misses_in_the_worker_and_shares_them_through_the_dict(mp_manager, reference):
     proxy = mp_manager.dict()
     embedder = designs.counting_embedder("hash:64")
-    a = designs.OptionAManager(proxy, reference.index_path, embedder)
+    a = EmbeddingManager(source=designs.OptionASource(proxy, reference.index_path, embedder))
     vector = a.get_embedding("read a csv file")
     np.testing.assert_array_equal(vector, reference.get_embedding("read a csv file"))
     assert cache_key(a.model_id, "read a csv file") in proxy  # put in the shared dict
     # another worker (a second manager on the same dict) hits it without computing
     other_embedder = designs.counting_embedder("hash:64")
-    other = designs.OptionAManager(proxy, reference.index_path, other_embedder)
+    other = EmbeddingManager(source=designs.OptionASource(proxy, reference.index_path, other_embedder))
     np.testing.assert_array_equal(other.get_embedding("read a csv file"), vector)
     assert other_embedder.counts()["calls"] == 0
     assert [r.name for r in other.search("parse json", k=5)] == [r.name for r in reference.search("parse json", k=5)]
@@ -71,8 +71,9 @@ def test_hybrid_asks_the_main_process_for_misses_and_never_returns_none(mp_manag
                               args=(requests, responses, proxy, main_embedder), daemon=True)
     server.start()
     try:
-        workers = [designs.HybridManager(proxy, requests, responses[i], i, reference.index_path,
-                                         main_embedder.model_id, main_embedder.dim) for i in range(2)]
+        workers = [EmbeddingManager(source=designs.HybridSource(
+            proxy, requests, responses[i], i, reference.index_path, main_embedder.model_id, main_embedder.dim))
+            for i in range(2)]
         for w in workers:  # pre-filled: hits, no question to the main process
             np.testing.assert_array_equal(w.get_embedding("csv parser"), reference.get_embedding("csv parser"))
         assert main_embedder.counts()["calls"] == 1

@@ -1,8 +1,9 @@
 """The designs the benchmark compares, as they run inside a worker process.
 
-Every design gives the worker a manager with the one API (``ManagerBase``: get_embedding,
-search, find_similar_tools, ...), installed as the process's ``get_embedding_manager()``, so
-the same task code (``pool.workload.run_task``) runs on all of them:
+Every design gives the worker an ``EmbeddingManager`` (the one API: get_embedding, search,
+find_similar_tools, ...), installed as the process's ``get_embedding_manager()``, so the same
+task code (``bench.workload.run_task``) runs on all of them; what differs is the manager's
+*source* of vectors for cache misses, and the cache it reads hits from (``embedshare.sources``):
 
 1. ``per-process``: the seed's "now". Each worker builds its own ``EmbeddingManager``: its own
    model, its own cache (LMDB in a folder of its own) and its own index.
@@ -37,11 +38,14 @@ from typing import Any
 
 import numpy as np
 
-from ..util.digests import blake2b
-from ..manager import ManagerBase
+from ..manager import EmbeddingManager
 from ..pool import attach
+from ..registry import Registry
+from ..sources.base import EmbedFn, Progress, VectorSource
+from ..store import StoreLayout
 from ..store.cache import cache_key
 from ..store.index import ToolIndex
+from ..util.digests import blake2b
 
 DESIGNS = ("per-process", "option-c", "option-a", "hybrid", "embedshare")
 
@@ -97,7 +101,6 @@ def init_own_manager(store_root: str, spec: str, registry: str) -> None:
     """Initializer of designs 1 and 2: this process builds its own manager, model loaded."""
     global _counting
     from ..access import set_embedding_manager
-    from ..manager import EmbeddingManager
 
     started = time.perf_counter()
     _counting = counting_embedder(spec)
@@ -149,20 +152,36 @@ class DictCache:
         pass
 
 
-class OptionAManager(ManagerBase):
+class DictSource(VectorSource):
+    """Designs 3 and 4: hits from a Manager dict (``DictCache``), the main process's index."""
+
+    def __init__(self, mode: str, proxy: Any, index_path: str, model_id: str, dim: int) -> None:
+        self.mode = mode
+        self.model_id = model_id
+        self.dim = dim
+        self.cache = DictCache(proxy, model_id, dim)  # type: ignore[assignment]
+        self.index = ToolIndex(index_path)
+        self.layout = StoreLayout(Path(index_path).parent.parent)  # <store>/indexes/<index>
+
+    def served_index(self, embed: EmbedFn) -> ToolIndex | None:
+        return self.index
+
+    def index_for(self, registry: Registry, name: str, embed: EmbedFn,
+                  progress: Progress | None = None) -> ToolIndex:
+        raise ValueError(f"the {self.mode} design searches the index the main process built, no other")
+
+    def no_index_advice(self) -> str:
+        return "the main process builds the index"
+
+
+class OptionASource(DictSource):
     """Option A: the cache is a Manager dict; a miss is computed here and put in the dict."""
 
-    mode = "option-a"
-
     def __init__(self, proxy: Any, index_path: str, embedder: CountingEmbedder) -> None:
-        super().__init__()
+        super().__init__("option-a", proxy, index_path, embedder.model_id, embedder.dim)
         self.embedder = embedder
-        self.model_id = embedder.model_id
-        self.dim = embedder.dim
-        self.cache = DictCache(proxy, self.model_id, self.dim)  # type: ignore[assignment]
-        self._index = ToolIndex(index_path)
 
-    def _compute(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
+    def compute(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
         vectors = self.embedder.embed(texts)
         self.cache.put_many_keys(keys, vectors)
         return vectors
@@ -175,27 +194,21 @@ def init_option_a(proxy: Any, index_path: str, spec: str) -> None:
     started = time.perf_counter()
     _counting = counting_embedder(spec)
     _counting.load()
-    set_embedding_manager(OptionAManager(proxy, index_path, _counting))
+    set_embedding_manager(EmbeddingManager(source=OptionASource(proxy, index_path, _counting)))
     attach._attach_seconds = time.perf_counter() - started
 
 
-class HybridManager(ManagerBase):
+class HybridSource(DictSource):
     """The hybrid: hits from the pre-filled Manager dict; a miss is asked of the main process."""
-
-    mode = "hybrid"
 
     def __init__(self, proxy: Any, requests: Any, responses: Any, slot: int, index_path: str,
                  model_id: str, dim: int) -> None:
-        super().__init__()
-        self.model_id = model_id
-        self.dim = dim
-        self.cache = DictCache(proxy, model_id, dim)  # type: ignore[assignment]
-        self._index = ToolIndex(index_path)
+        super().__init__("hybrid", proxy, index_path, model_id, dim)
         self._requests, self._responses, self._slot = requests, responses, slot
         self._ask_lock = threading.Lock()  # one question at a time on this worker's queue
         self._next_id = 0
 
-    def _compute(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
+    def compute(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
         with self._ask_lock:
             self._next_id += 1
             asked = self._next_id
@@ -212,7 +225,8 @@ def init_hybrid(proxy: Any, requests: Any, responses: list[Any], slots: Any, ind
 
     started = time.perf_counter()
     slot = slots.get()  # which response queue is this worker's
-    set_embedding_manager(HybridManager(proxy, requests, responses[slot], slot, index_path, model_id, dim))
+    set_embedding_manager(EmbeddingManager(source=HybridSource(proxy, requests, responses[slot], slot,
+                                                               index_path, model_id, dim)))
     attach._attach_seconds = time.perf_counter() - started
 
 
