@@ -61,7 +61,8 @@ class EmbeddingManager:
     """Embeddings, tool search and counters over one :class:`~embedshare.sources.base.VectorSource`.
 
     ``EmbeddingManager(store, model, registry)`` embeds in this process (a ``LocalSource`` on
-    the store's cache); ``EmbeddingManager(source=...)`` uses any other source. ``registry``
+    the store's cache; ``embedder_options``, ``cache_options`` and ``cache`` are its);
+    ``EmbeddingManager(source=...)`` uses any other source. ``registry``
     (a JSON file, ``'bundled'`` or a loaded :class:`Registry`) is indexed and searched; with
     none, the source's (the store's recorded one, or the one its service serves).
     """
@@ -81,6 +82,9 @@ class EmbeddingManager:
         search_cache_size = settings.whole_number("search_cache_size", search_cache_size, 0)
         if source is None:
             source = _local_source(store, model, embedder_options, cache_options, cache)
+        elif store is not None or cache is not None or embedder_options or cache_options:
+            raise ValueError("give EmbeddingManager a source, or a store and model to build a local "
+                             "one from, not both")
         self._source = source
         self.cache = source.cache
         self.model_id = source.model_id
