@@ -29,13 +29,11 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from .. import settings
 from ..embedders import EmbedderError, InvalidTextError, create_embedder, validate_text
 from ..manager import EmbeddingManager
 from ..store import CacheError, StoreLayout
@@ -46,6 +44,7 @@ from ..client import protocol
 from . import ratelog
 from .http.address import is_loopback
 from .limits import ByteBudget, Listener, fit_caps, raise_fd_limit, sweep_forever, sweep_tick
+from .batcher import Batcher
 from .metrics import ServiceMetrics
 from ..client.peercred import peer_credentials
 from ..client.state import (
@@ -68,8 +67,6 @@ MAX_PENDING_PER_CONNECTION = 256
 # most this many bytes; nothing else is read from it before.
 TCP_HELLO_TIMEOUT = 10.0
 TCP_HELLO_MAX_FRAME = 64 << 10
-# On shutdown, batches still at the model get this many seconds to finish and be cached.
-SHUTDOWN_BATCH_WAIT = 10.0
 # The service's log lines, in service.log and on the terminal of a foreground `serve` alike.
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 # What a connection may hold unread beyond its frames' budget before its transport pauses.
@@ -78,181 +75,6 @@ READ_BUFFER = 64 << 10
 # turn of the loop, so in a flood a short queue keeps every turn (and the owner's wait behind
 # the queue) short; a client's connect waits in the kernel while the queue is full.
 SOCKET_BACKLOG = 32
-
-
-async def _wait_all(futures: list[asyncio.Future]) -> list[Any]:
-    """The results of ``futures``, like ``gather``, but cancelling the wait cancels none of them.
-
-    These futures are shared with every other request waiting for the same texts. ``gather``
-    cancels its children when it is cancelled, so a client that disconnected (or was killed)
-    while it waited cancelled them, and every other waiter of those texts never got an answer
-    (it hung until its timeout). ``shield`` around each would cost a future and two callbacks
-    more per text; one callback per text is what gather costs too.
-    """
-    pending = sum(not f.done() for f in futures)
-    if pending:
-        all_done = asyncio.get_running_loop().create_future()
-
-        def one_done(_: asyncio.Future) -> None:
-            nonlocal pending
-            pending -= 1
-            if not pending and not all_done.done():
-                all_done.set_result(None)
-
-        waiting = [f for f in futures if not f.done()]
-        for future in waiting:
-            future.add_done_callback(one_done)
-        try:
-            await all_done
-        finally:
-            if pending:  # cancelled: the shared futures carry on without our callback
-                for future in waiting:
-                    future.remove_done_callback(one_done)
-    return [f.result() for f in futures]
-
-
-class Batcher:
-    """Gathers texts from every client and computes each distinct text once.
-
-    The model and the cache writes form a pipeline: while the writer thread commits one batch
-    (a durable LMDB commit costs two fsyncs), the model computes the next. Batches that finish
-    during a commit are committed together in the next one. A batch is answered once its
-    commit lands, so an answer means the vectors are on disk, and until then its texts stay in
-    flight: a client asking for one meanwhile waits for that answer instead of a new model call.
-
-    Embedders that wait on the network (``concurrency`` > 1, the API embedder) get that many
-    batches at the model at once; a local model gets one, since it already uses every core.
-    """
-
-    def __init__(self, manager: EmbeddingManager, metrics: ServiceMetrics,
-                 max_batch: int, max_wait_ms: float) -> None:
-        self.manager = manager
-        self.metrics = metrics
-        # Checked here too, not only in ServiceConfig: with max_batch < 1 every turn of _run
-        # takes no text and the loop spins, deaf to stop and SIGTERM.
-        self.max_batch = settings.whole_number("max_batch", max_batch, 1)
-        self.max_wait = settings.seconds("max_wait_ms", max_wait_ms, allow_zero=True, unit="milliseconds") / 1000.0
-        self.concurrency = max(1, int(getattr(manager.embedder, "concurrency", 1)))
-        self._queue: dict[bytes, str] = {}  # waiting to be computed, in arrival order
-        self._inflight: dict[bytes, asyncio.Future] = {}  # queued, being computed or committed
-        self._to_write: list[tuple[list[bytes], np.ndarray]] = []  # computed, not yet committed
-        self._writing: asyncio.Task | None = None
-        self._wakeup = asyncio.Event()
-        self._full = asyncio.Event()
-        self._slots = asyncio.Semaphore(self.concurrency)
-        self._batches: set[asyncio.Task] = set()
-        self._model_threads = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="embedshare-model")
-        self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedshare-cache-writer")
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def embed(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
-        """Vectors for (unique) keys that missed the cache."""
-        loop = asyncio.get_running_loop()
-        futures = []
-        for key, text in zip(keys, texts):
-            future = self._inflight.get(key)
-            if future is None:
-                future = self._inflight[key] = loop.create_future()
-                self._queue[key] = text
-            else:
-                self.metrics.add(joined_inflight=1)
-            futures.append(future)
-        self.metrics.set_queue_depth(len(self._queue))
-        if self._queue:
-            self._wakeup.set()
-            if len(self._queue) >= self.max_batch:
-                self._full.set()
-        return np.stack(await _wait_all(futures))
-
-    async def _run(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            model_was_busy = self._slots.locked()
-            await self._slots.acquire()  # texts keep gathering while every slot is busy
-            # The gathering window lets a batch form while the model is idle; texts that
-            # arrived while it was busy already are one, and the model should not idle now.
-            if not model_was_busy and len(self._queue) < self.max_batch and self.max_wait > 0:
-                try:  # gather more texts for a moment, unless the batch fills first
-                    await asyncio.wait_for(self._full.wait(), self.max_wait)
-                except asyncio.TimeoutError:
-                    pass
-            keys = list(self._queue)[: self.max_batch]
-            texts = [self._queue.pop(k) for k in keys]
-            if len(self._queue) < self.max_batch:
-                self._full.clear()
-            if not self._queue:
-                self._wakeup.clear()
-            self.metrics.set_queue_depth(len(self._queue))
-            if not keys:
-                self._slots.release()
-                continue
-            batch = asyncio.get_running_loop().create_task(self._compute_batch(keys, texts))
-            self._batches.add(batch)
-            batch.add_done_callback(self._batches.discard)
-
-    async def _compute_batch(self, keys: list[bytes], texts: list[str]) -> None:
-        try:
-            vectors = await asyncio.get_running_loop().run_in_executor(self._model_threads, self._embed, texts)
-        except Exception as exc:  # the model failed: every waiter gets the error, we go on
-            log.error("embedding batch of %d failed: %s", len(keys), exc)
-            for key in keys:
-                future = self._inflight.pop(key)
-                if not future.done():
-                    future.set_exception(exc)
-                    future.exception()  # logged once above, not again for a waiter that left
-            return
-        finally:
-            self._slots.release()
-        self._to_write.append((keys, vectors))
-        if self._writing is None:
-            self._writing = asyncio.get_running_loop().create_task(self._write_and_answer())
-
-    def _embed(self, texts: list[str]) -> np.ndarray:
-        """In a model thread: embed one batch."""
-        started = time.perf_counter()
-        vectors = self.manager.embedder.embed(texts)
-        self.metrics.observe_batch(len(texts), time.perf_counter() - started)
-        return vectors
-
-    async def _write_and_answer(self) -> None:
-        """Commit every computed batch (grouping those that finish during a commit), answer it."""
-        loop = asyncio.get_running_loop()
-        try:
-            while self._to_write:
-                pending, self._to_write = self._to_write, []
-                keys = [key for batch_keys, _ in pending for key in batch_keys]
-                vectors = np.concatenate([batch_vectors for _, batch_vectors in pending])
-                try:
-                    await loop.run_in_executor(self._writer_thread, self._write, keys, vectors)
-                finally:
-                    for key, vector in zip(keys, vectors):
-                        future = self._inflight.pop(key)
-                        if not future.done():
-                            future.set_result(vector)
-        finally:
-            self._writing = None
-
-    def _write(self, keys: list[bytes], vectors: np.ndarray) -> None:
-        """In the writer thread: one transaction for every batch computed since the last."""
-        try:
-            self.manager.cache.put_many_keys(keys, vectors)
-        except CacheError as exc:  # full disk, size limit, I/O error: the vectors are still good
-            self.metrics.add(cache_write_failures=1)
-            log.warning("cache write failed, serving uncached vectors: %s", exc)
-
-    async def aclose(self) -> None:
-        """Stop taking batches, let those under way finish and commit what they computed."""
-        if self._task:
-            self._task.cancel()
-        if self._batches:  # a batch stuck on a dead API is not worth a hung shutdown
-            await asyncio.wait(set(self._batches), timeout=SHUTDOWN_BATCH_WAIT)
-        if self._writing is not None:
-            await asyncio.shield(self._writing)
-        self._model_threads.shutdown(wait=False, cancel_futures=True)
-        self._writer_thread.shutdown(wait=True)
 
 
 class EmbeddingServer:
