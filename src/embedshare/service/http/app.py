@@ -3,8 +3,8 @@
 Off by default; ``embedshare serve --http 127.0.0.1:8080`` (or ``EmbeddingService(http=...)``)
 turns it on. It is a Starlette app served by uvicorn *inside the service's own asyncio loop*
 (``uvicorn.Server.serve()`` runs as one more task), so an HTTP request takes exactly the path a
-socket request takes: the LMDB cache, then the one ``Batcher`` shared by every client
-(batching across clients, single-flight). An HTTP client and 25 socket clients asking for the
+socket request takes, through the service's engine (``engine.py``): the LMDB cache, then the
+one ``Batcher`` shared by every client (batching across clients, single-flight). An HTTP client and 25 socket clients asking for the
 same new text cause one model call.
 
 Routes:
@@ -34,7 +34,7 @@ Security: the endpoint binds to loopback unless given another host explicitly, a
 is on loopback it answers only requests whose ``Host`` is a loopback name (which defeats DNS
 rebinding from a web page). ``POST`` bodies must be JSON (``Content-Type: application/json``),
 so a page cannot send one as a "simple" cross-site request. A bearer token
-(``http_guard.py``) is optional on loopback and required on any other host unless
+(``guard.py``) is optional on loopback and required on any other host unless
 ``--http-no-auth`` is given. Connections are capped and timed by the endpoint's own listener,
 apart from the Unix socket's, and request bodies share a byte budget (``limits.py``). Every
 malformed request gets a 4xx in OpenAI's shape, never a 500: bad JSON, nesting too deep for the
@@ -50,6 +50,7 @@ import logging
 import re
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,14 +69,16 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ...embedders import EmbedderError, InvalidTextError, validate_text
-from ...client import protocol
 from .address import http_token, is_loopback, parse_http_address
 from .guard import MAX_HEADER_BYTES, BearerAuth, guarded_protocol
 from .probes import probe_routes
 from .tokens import TokenInputError, decode_token_input, is_token_input
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..server import EmbeddingServer
+    from ...client.state import ServiceConfig
+    from ..engine import Engine
+    from ..limits import ByteBudget, Listener
+    from ..metrics import ServiceMetrics
 
 log = logging.getLogger("embedshare.service.http")
 
@@ -163,26 +166,24 @@ def count_tokens(texts: list[str]) -> int:
     return sum(sum(1 for _ in _TOKEN.finditer(text)) for text in texts)
 
 
-def create_app(service: EmbeddingServer) -> Any:
-    """The ASGI app over a running :class:`EmbeddingServer` (its cache, batcher and metrics)."""
-
-    metrics = service.metrics
+def create_app(engine: Engine, metrics: ServiceMetrics, config: ServiceConfig, budget: ByteBudget,
+               stats: Callable[[], dict[str, Any]]) -> Any:
+    """The ASGI app over a service's ``engine``; request bodies share ``budget``, and
+    ``/metrics`` reads ``stats`` (the whole service's)."""
 
     async def ready() -> None:
-        assert service._ready is not None
-        await service._ready.wait()  # like a socket request: wait while the model loads
+        await engine.ready()  # like a socket request: wait while the model loads
 
     def model_ids() -> tuple[str, set[str]]:
-        assert service.manager is not None
-        canonical = service.manager.model_id
-        return canonical, {canonical, service.config.model}
+        canonical = engine.model_id
+        return canonical, {canonical, config.model}
 
     def model_object() -> dict[str, Any]:
         canonical, _ = model_ids()
         return {"id": canonical, "object": "model", "created": int(metrics.started),
                 "owned_by": "embedshare"}
 
-    async def counted(handler: Any, request: Request) -> Response:
+    async def counted(handler: Callable[[Request], Awaitable[Response]], request: Request) -> Response:
         """Count an API request like a socket request: requests, errors, latency."""
         started = time.perf_counter()
         metrics.add(requests=1, http_requests=1)
@@ -211,10 +212,10 @@ def create_app(service: EmbeddingServer) -> Any:
         return await counted(_embeddings, request)
 
     async def _embeddings(request: Request) -> Response:
-        body = await _read_json(request, service.http_budget, service.config.frame_timeout)
+        body = await _read_json(request, budget, config.frame_timeout)
         await ready()
         canonical, accepted = model_ids()
-        dim = service.manager.dim  # type: ignore[union-attr]
+        dim = engine.dim
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise ApiError(400, "you must give 'model', a string; GET /v1/models lists it",
@@ -239,11 +240,9 @@ def create_app(service: EmbeddingServer) -> Any:
                                     f"must be {dim} (its own) or left out, got {dimensions}",
                                param="dimensions", code="invalid_value")
         try:
-            vectors, _ = await service._embed_texts({"texts": texts})
+            vectors, _ = await engine.embed(texts)
         except InvalidTextError as exc:
             raise ApiError(400, str(exc), param="input", code="invalid_value") from None
-        except protocol.ProtocolError as exc:
-            raise ApiError(400, str(exc), param="input", code=exc.code) from None
         except EmbedderError as exc:
             log.error("embedding failed: %s", exc)
             raise ApiError(502, f"the model failed: {exc}", type="server_error", code="model_error") from None
@@ -277,7 +276,7 @@ def create_app(service: EmbeddingServer) -> Any:
             Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1/models/{model:path}", get_model, methods=["GET"]),
-            *probe_routes(service),
+            *probe_routes(engine, stats),
         ],
         exception_handlers={HTTPException: _http_exception, 500: _server_error},
     )
@@ -441,31 +440,34 @@ class _EmbeddedServer(uvicorn.Server):
 class HttpEndpoint:
     """The endpoint of one service: a bound socket and a uvicorn task in the service's loop."""
 
-    def __init__(self, url: str, server: _EmbeddedServer, task: asyncio.Task) -> None:
+    def __init__(self, url: str, server: _EmbeddedServer, task: asyncio.Task[None]) -> None:
         self.url = url
         self._server = server
         self._task = task
 
     @classmethod
-    async def start(cls, service: EmbeddingServer, address: str) -> HttpEndpoint:
-        """Bind ``address`` (raising OSError at once if it is taken) and start serving."""
+    async def start(cls, address: str, *, engine: Engine, metrics: ServiceMetrics, config: ServiceConfig,
+                    listener: Listener, budget: ByteBudget, stats: Callable[[], dict[str, Any]]) -> HttpEndpoint:
+        """Bind ``address`` (raising OSError at once if it is taken) and start serving ``engine``.
+
+        ``listener`` caps and times the endpoint's connections, ``budget`` its request bodies.
+        """
         host, port = parse_http_address(address)
-        settings = service.config
-        token = http_token(settings.http_token_file, settings.http_no_auth, is_loopback(host), address)
+        token = http_token(config.http_token_file, config.http_no_auth, is_loopback(host), address)
         sock = _bind(host, port)
-        app: Any = create_app(service)
+        app: Any = create_app(engine, metrics, config, budget, stats)
         if token is not None:
-            app = BearerAuth(app, token, on_refused=lambda: service.metrics.add(auth_failures=1))
+            app = BearerAuth(app, token, on_refused=lambda: metrics.add(auth_failures=1))
         if is_loopback(host):
             app = LoopbackHostOnly(app)
-        config = uvicorn.Config(
+        uvicorn_config = uvicorn.Config(
             app, lifespan="off", log_config=None, access_log=False, proxy_headers=False,
             ws="none", timeout_graceful_shutdown=5, server_header=False,
-            http=guarded_protocol(service.http_listener, settings.first_frame_timeout),
-            timeout_keep_alive=settings.http_keepalive_timeout,  # type: ignore[arg-type]
+            http=guarded_protocol(listener, config.first_frame_timeout),
+            timeout_keep_alive=config.http_keepalive_timeout,  # type: ignore[arg-type]
             h11_max_incomplete_event_size=MAX_HEADER_BYTES, backlog=BACKLOG,
         )
-        server = _EmbeddedServer(config)
+        server = _EmbeddedServer(uvicorn_config)
         task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]), name="embedshare-http")
         task.add_done_callback(_report_crash)
         endpoint = cls(_url(sock), server, task)
@@ -484,6 +486,6 @@ class HttpEndpoint:
             self._task.cancel()
 
 
-def _report_crash(task: asyncio.Task) -> None:
+def _report_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("the HTTP endpoint stopped: %r", task.exception())
