@@ -21,7 +21,8 @@ Routes:
 - ``GET /health``, ``GET /ready`` and ``GET /metrics`` (Prometheus, OpenMetrics): answered
   from the first second, while the model loads (see ``probes.py``).
 
-Every error has OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+Every error has OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}`` (``errors.py``).
+The body and its ``input`` are read and checked in ``inputs.py``.
 
 Usage counts (``prompt_tokens``, ``total_tokens``) are an estimate: one token per word and per
 punctuation mark (the regex ``\\w+|[^\\w\\s]``), counted on the text as embedded (after the
@@ -58,7 +59,6 @@ import numpy as np
 try:
     import uvicorn
     from starlette.applications import Starlette
-    from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
@@ -68,11 +68,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "pip install 'embedshare[http]'"
     ) from exc
 
-from ...embedders import EmbedderError, InvalidTextError, validate_text
+from ...embedders import EmbedderError, InvalidTextError
 from .address import http_token, is_loopback, parse_http_address
+from .errors import EXCEPTION_HANDLERS, ApiError, error_response
 from .guard import MAX_HEADER_BYTES, BearerAuth, guarded_protocol
+from .inputs import input_texts, read_json
 from .probes import probe_routes
-from .tokens import TokenInputError, decode_token_input, is_token_input
 
 if TYPE_CHECKING:  # pragma: no cover
     from ...client.state import ServiceConfig
@@ -82,8 +83,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("embedshare.service.http")
 
-MAX_BODY_BYTES = 32 << 20  # 2,048 inputs of 8,192 characters fit, with JSON escapes to spare
-MAX_INPUTS = 2048  # OpenAI's own limit per request
 # Connections the kernel queues before accept. asyncio accepts up to this many in one go, so
 # a flood's queue is drained in bursts that keep the loop (and the Unix socket) for ~30 ms at
 # most, not the 0.6 s that uvicorn's default of 2,048 took.
@@ -118,44 +117,6 @@ def _bind(host: str, port: int) -> socket.socket:
 def _url(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-# -- errors in OpenAI's shape -------------------------------------------------------------------
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",  # noqa: A002
-                 param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-
-    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
-        return error_response(self.status, self.message, type=self.type, param=self.param,
-                              code=self.code, headers=headers)
-
-
-def error_response(status: int, message: str, *, type: str = "invalid_request_error",  # noqa: A002
-                   param: str | None = None, code: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-_STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
-
-
-async def _http_exception(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    status = exc.status_code
-    message = {404: f"no route {request.method} {request.url.path}",
-               405: f"method {request.method} is not allowed on {request.url.path}"}.get(status, str(exc.detail))
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return error_response(status, message, type=kind, code=_STATUS_CODES.get(status),
-                          headers=dict(exc.headers or {}))
-
-
-async def _server_error(request: Request, exc: Exception) -> Response:
-    return error_response(500, "internal error", type="server_error", code="internal_error")
 
 
 # -- the app ------------------------------------------------------------------------------------
@@ -212,7 +173,7 @@ def create_app(engine: Engine, metrics: ServiceMetrics, config: ServiceConfig, b
         return await counted(_embeddings, request)
 
     async def _embeddings(request: Request) -> Response:
-        body = await _read_json(request, budget, config.frame_timeout)
+        body = await read_json(request, budget, config.frame_timeout)
         await ready()
         canonical, accepted = model_ids()
         dim = engine.dim
@@ -223,7 +184,7 @@ def create_app(engine: Engine, metrics: ServiceMetrics, config: ServiceConfig, b
         if model not in accepted:
             raise ApiError(404, f"The model '{model}' does not exist: this service embeds with "
                                 f"'{canonical}' only", param="model", code="model_not_found")
-        texts = await _texts(body.get("input"))
+        texts = await input_texts(body.get("input"))
         encoding = body.get("encoding_format", "float")
         if encoding is None:
             encoding = "float"
@@ -278,101 +239,9 @@ def create_app(engine: Engine, metrics: ServiceMetrics, config: ServiceConfig, b
             Route("/v1/models/{model:path}", get_model, methods=["GET"]),
             *probe_routes(engine, stats),
         ],
-        exception_handlers={HTTPException: _http_exception, 500: _server_error},
+        exception_handlers=EXCEPTION_HANDLERS,
     )
     return app
-
-
-async def _read_json(request: Request, budget: Any, timeout: float) -> dict[str, Any]:
-    """The request body as a JSON object, read up to MAX_BODY_BYTES within ``timeout`` seconds.
-
-    Its bytes are taken from ``budget`` (the endpoint's share of buffered bytes) until it is
-    parsed: a declared length all at once, a chunked body chunk by chunk (h11 holds a body to
-    its Content-Length).
-    """
-    content_type = request.headers.get("content-type", "")
-    if content_type.split(";")[0].strip().lower() != "application/json":
-        raise ApiError(415, "send the body as JSON with 'Content-Type: application/json'",
-                       code="unsupported_media_type")
-    limit = min(MAX_BODY_BYTES, budget.largest())
-    declared = request.headers.get("content-length")
-    length = int(declared) if declared is not None and declared.isdigit() else 0
-    if length > limit:
-        raise ApiError(413, f"the body is larger than {limit} bytes", code="request_too_large")
-    held = 0  # bytes taken from the budget so far
-    try:
-        async with asyncio.timeout(timeout):
-            await budget.acquire(length)
-            held = length
-            chunks, size = [], 0
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise ApiError(413, f"the body is larger than {limit} bytes", code="request_too_large")
-                if not declared:
-                    await budget.acquire(len(chunk))
-                    held += len(chunk)
-                chunks.append(chunk)
-        raw = b"".join(chunks)
-        del chunks
-        return await asyncio.to_thread(_parse_json, raw) if size > (1 << 20) else _parse_json(raw)
-    except TimeoutError:
-        raise ApiError(408, f"the body did not arrive within {timeout:g} s", code="request_timeout") from None
-    finally:
-        budget.release(held)
-
-
-def _parse_json(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except RecursionError:
-        raise ApiError(400, "the body is not valid JSON: it nests too deeply", code="invalid_json") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, f"the body must be a JSON object, got {type(body).__name__}", code="invalid_json")
-    return body
-
-
-async def _texts(value: Any) -> list[str]:
-    """``input`` as checked texts: token arrays are decoded first (in a thread: the first
-    request loads the tokenizer, ~0.4 s)."""
-    if not is_token_input(value):
-        return _inputs(value)
-    if len(value) > MAX_INPUTS and isinstance(value[0], list):
-        return _inputs(value)  # too many items: say so before decoding any
-    try:
-        decoded = await asyncio.to_thread(decode_token_input, value)
-    except TokenInputError as exc:
-        raise ApiError(400, str(exc), param="input", code="invalid_value") from None
-    return _inputs(decoded if isinstance(value[0], list) else decoded[0])  # one array: one text
-
-
-def _inputs(value: Any) -> list[str]:
-    """``input`` as a list of checked texts (each cut to 8,192 characters, as everywhere)."""
-    if value is None:
-        raise ApiError(400, "you must give 'input': a string or a list of strings",
-                       param="input", code="missing_required_parameter")
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list):
-        raise ApiError(400, f"'input' must be a string or a list of strings, got {type(value).__name__}",
-                       param="input", code="invalid_type")
-    if not items:
-        raise ApiError(400, "'input' must not be an empty list", param="input", code="invalid_value")
-    if len(items) > MAX_INPUTS:
-        raise ApiError(400, f"'input' has {len(items)} items; the limit is {MAX_INPUTS} per request",
-                       param="input", code="invalid_value")
-    texts = []
-    for i, item in enumerate(items):
-        if isinstance(item, (int, list)) and not isinstance(item, bool):
-            raise ApiError(400, f"input[{i}] is a token id or array in a list of texts: send all "
-                                "texts or all token arrays", param="input", code="invalid_type")
-        where = "input" if isinstance(value, str) else f"input[{i}]"
-        try:
-            texts.append(validate_text(item, where))
-        except InvalidTextError as exc:
-            raise ApiError(400, str(exc), param="input", code="invalid_value") from None
-    return texts
 
 
 def _reply(vectors: np.ndarray, texts: list[str], encoding: str, model: str) -> bytes:
