@@ -5,7 +5,8 @@ Run it as its own interpreter (``embedshare serve`` or ``python -m embedshare.se
 
 - holds an exclusive ``flock`` on ``run/service.lock`` for its whole life (``process.py``
   takes it), so a second service on the same store cannot start a rival (it reports the
-  running one), and a socket left by a killed service is known to be stale and replaced;
+  running one), and a socket left by a killed service is known to be stale (nobody holds the
+  lock) and replaced;
 - listens on ``run/service.sock`` (folder 0700, socket 0600) and only answers peers of its own
   uid, and optionally on TCP and HTTP (``listeners.py``, ``http/``);
 - keeps each listener (socket, TCP, HTTP) within its own connection cap, deadlines and
