@@ -34,7 +34,6 @@ from typing import Any
 
 from ..client import protocol
 from ..client.state import ServiceConfig
-from ..store import StoreLayout
 from ..store.files import write_atomic
 from .engine import Engine
 from .limits import (
@@ -56,9 +55,9 @@ class EmbeddingServer:
 
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
-        self.layout = StoreLayout(config.store)
         self.metrics = ServiceMetrics()
         self.engine = Engine(config, self.metrics)
+        self.layout = self.engine.layout
         self.http: Any = None  # the HttpEndpoint when config.http is set
         self._stop = asyncio.Event()
         c = config
