@@ -26,7 +26,7 @@ def main() -> int:
         original(self, *args, **kwargs)
 
     cache_module.EmbeddingCache.__init__ = capped
-    from embedshare.service.server import main as serve
+    from embedshare.service.process import main as serve
 
     return serve(argv)
 

@@ -25,7 +25,7 @@ def main() -> int:
             fifo.readline()
 
     hashing.HashingEmbedder.load = load  # type: ignore[attr-defined]
-    from embedshare.service.server import main as serve
+    from embedshare.service.process import main as serve
 
     return serve(argv)
 

@@ -16,7 +16,7 @@ import pytest
 
 from embedshare.embedders import create_embedder
 from embedshare.service.metrics import ServiceMetrics
-from embedshare.service.server import Batcher
+from embedshare.service.batcher import Batcher
 from embedshare.store import CacheError
 
 pytestmark = pytest.mark.timeout(60)

@@ -204,7 +204,7 @@ def test_a_client_leaving_mid_request_does_not_strand_others_waiting_for_the_sam
 def test_a_peer_pipelining_without_reading_is_throttled_not_buffered_forever(hash_service):
     """Thousands of pipelined requests whose replies are never read: the service stops reading
     that peer (backpressure) and keeps answering everyone else."""
-    from embedshare.service.server import MAX_PENDING_PER_CONNECTION
+    from embedshare.service.listeners import MAX_PENDING_PER_CONNECTION
 
     greedy = connect_raw(hash_service.address)
     greedy.setblocking(False)

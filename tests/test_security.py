@@ -237,7 +237,7 @@ def test_tcp_without_a_usable_token_file_does_not_start(tmp_path, tcp, token, wo
 
 
 def test_tcp_with_a_token_serves_only_clients_that_present_it(store, token_file, monkeypatch):
-    from embedshare.service.server import TCP_HELLO_MAX_FRAME, TCP_HELLO_TIMEOUT
+    from embedshare.service.listeners import TCP_HELLO_MAX_FRAME, TCP_HELLO_TIMEOUT
 
     token = token_file.read_text().strip()
     monkeypatch.delenv("EMBEDSHARE_TOKEN", raising=False)

@@ -24,7 +24,7 @@ from embedshare.access import SharedEmbeddingManager
 from embedshare.client.connection import ServiceConnection
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
 from embedshare.service.metrics import ServiceMetrics
-from embedshare.service.server import Batcher
+from embedshare.service.batcher import Batcher
 from embedshare.client.state import ServiceConfig
 from embedshare.settings import SettingError
 from embedshare.store import StoreLayout

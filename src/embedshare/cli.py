@@ -183,7 +183,7 @@ def serve(store: Path | None, model: str | None, registry: str | None, max_batch
           http_no_auth: bool, **limits: float) -> None:
     """Run the store's embedding service (one per store; a second one reports the first)."""
     from .service.launcher import EmbeddingService
-    from .service.server import run_service
+    from .service.process import run_service
     from .client.state import ServiceConfig, apply_limits
 
     with _errors_as_messages():
@@ -214,7 +214,7 @@ def serve(store: Path | None, model: str | None, registry: str | None, max_batch
         config = ServiceConfig(store=str(_layout(store).root), model=model,
                                registry=registry, max_batch=max_batch, max_wait_ms=max_wait_ms,
                                threads=threads, http=http)
-        from .service.server import LOG_FORMAT
+        from .service.process import LOG_FORMAT
 
         for handler in logging.getLogger().handlers:  # timestamps, as in service.log
             handler.setFormatter(logging.Formatter(LOG_FORMAT))

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     fd = int(args[1])
     threading.Thread(target=_watch_lifeline, args=(fd,), name="embedshare-lifeline", daemon=True).start()
-    from ..service.server import main as serve
+    from ..service.process import main as serve
 
     return serve(args[2:])
 

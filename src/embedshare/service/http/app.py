@@ -3,8 +3,8 @@
 Off by default; ``embedshare serve --http 127.0.0.1:8080`` (or ``EmbeddingService(http=...)``)
 turns it on. It is a Starlette app served by uvicorn *inside the service's own asyncio loop*
 (``uvicorn.Server.serve()`` runs as one more task), so an HTTP request takes exactly the path a
-socket request takes: the LMDB cache, then the one ``Batcher`` shared by every client
-(batching across clients, single-flight). An HTTP client and 25 socket clients asking for the
+socket request takes, through the service's engine (``engine.py``): the LMDB cache, then the
+one ``Batcher`` shared by every client (batching across clients, single-flight). An HTTP client and 25 socket clients asking for the
 same new text cause one model call.
 
 Routes:
@@ -21,7 +21,8 @@ Routes:
 - ``GET /health``, ``GET /ready`` and ``GET /metrics`` (Prometheus, OpenMetrics): answered
   from the first second, while the model loads (see ``probes.py``).
 
-Every error has OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+Every error has OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}`` (``errors.py``).
+The body and its ``input`` are read and checked in ``inputs.py``.
 
 Usage counts (``prompt_tokens``, ``total_tokens``) are an estimate: one token per word and per
 punctuation mark (the regex ``\\w+|[^\\w\\s]``), counted on the text as embedded (after the
@@ -34,7 +35,7 @@ Security: the endpoint binds to loopback unless given another host explicitly, a
 is on loopback it answers only requests whose ``Host`` is a loopback name (which defeats DNS
 rebinding from a web page). ``POST`` bodies must be JSON (``Content-Type: application/json``),
 so a page cannot send one as a "simple" cross-site request. A bearer token
-(``http_guard.py``) is optional on loopback and required on any other host unless
+(``guard.py``) is optional on loopback and required on any other host unless
 ``--http-no-auth`` is given. Connections are capped and timed by the endpoint's own listener,
 apart from the Unix socket's, and request bodies share a byte budget (``limits.py``). Every
 malformed request gets a 4xx in OpenAI's shape, never a 500: bad JSON, nesting too deep for the
@@ -50,6 +51,7 @@ import logging
 import re
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -57,7 +59,6 @@ import numpy as np
 try:
     import uvicorn
     from starlette.applications import Starlette
-    from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
@@ -67,20 +68,21 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "pip install 'embedshare[http]'"
     ) from exc
 
-from ...embedders import EmbedderError, InvalidTextError, validate_text
-from ...client import protocol
+from ...embedders import EmbedderError, InvalidTextError
 from .address import http_token, is_loopback, parse_http_address
+from .errors import EXCEPTION_HANDLERS, ApiError, error_response
 from .guard import MAX_HEADER_BYTES, BearerAuth, guarded_protocol
+from .inputs import input_texts, read_json
 from .probes import probe_routes
-from .tokens import TokenInputError, decode_token_input, is_token_input
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..server import EmbeddingServer
+    from ...client.state import ServiceConfig
+    from ..engine import Engine
+    from ..limits import ByteBudget, Listener
+    from ..metrics import ServiceMetrics
 
 log = logging.getLogger("embedshare.service.http")
 
-MAX_BODY_BYTES = 32 << 20  # 2,048 inputs of 8,192 characters fit, with JSON escapes to spare
-MAX_INPUTS = 2048  # OpenAI's own limit per request
 # Connections the kernel queues before accept. asyncio accepts up to this many in one go, so
 # a flood's queue is drained in bursts that keep the loop (and the Unix socket) for ~30 ms at
 # most, not the 0.6 s that uvicorn's default of 2,048 took.
@@ -117,44 +119,6 @@ def _url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-# -- errors in OpenAI's shape -------------------------------------------------------------------
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",  # noqa: A002
-                 param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-
-    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
-        return error_response(self.status, self.message, type=self.type, param=self.param,
-                              code=self.code, headers=headers)
-
-
-def error_response(status: int, message: str, *, type: str = "invalid_request_error",  # noqa: A002
-                   param: str | None = None, code: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-_STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
-
-
-async def _http_exception(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    status = exc.status_code
-    message = {404: f"no route {request.method} {request.url.path}",
-               405: f"method {request.method} is not allowed on {request.url.path}"}.get(status, str(exc.detail))
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return error_response(status, message, type=kind, code=_STATUS_CODES.get(status),
-                          headers=dict(exc.headers or {}))
-
-
-async def _server_error(request: Request, exc: Exception) -> Response:
-    return error_response(500, "internal error", type="server_error", code="internal_error")
-
-
 # -- the app ------------------------------------------------------------------------------------
 
 
@@ -163,26 +127,24 @@ def count_tokens(texts: list[str]) -> int:
     return sum(sum(1 for _ in _TOKEN.finditer(text)) for text in texts)
 
 
-def create_app(service: EmbeddingServer) -> Any:
-    """The ASGI app over a running :class:`EmbeddingServer` (its cache, batcher and metrics)."""
-
-    metrics = service.metrics
+def create_app(engine: Engine, metrics: ServiceMetrics, config: ServiceConfig, budget: ByteBudget,
+               stats: Callable[[], dict[str, Any]]) -> Any:
+    """The ASGI app over a service's ``engine``; request bodies share ``budget``, and
+    ``/metrics`` reads ``stats`` (the whole service's)."""
 
     async def ready() -> None:
-        assert service._ready is not None
-        await service._ready.wait()  # like a socket request: wait while the model loads
+        await engine.ready()  # like a socket request: wait while the model loads
 
     def model_ids() -> tuple[str, set[str]]:
-        assert service.manager is not None
-        canonical = service.manager.model_id
-        return canonical, {canonical, service.config.model}
+        canonical = engine.model_id
+        return canonical, {canonical, config.model}
 
     def model_object() -> dict[str, Any]:
         canonical, _ = model_ids()
         return {"id": canonical, "object": "model", "created": int(metrics.started),
                 "owned_by": "embedshare"}
 
-    async def counted(handler: Any, request: Request) -> Response:
+    async def counted(handler: Callable[[Request], Awaitable[Response]], request: Request) -> Response:
         """Count an API request like a socket request: requests, errors, latency."""
         started = time.perf_counter()
         metrics.add(requests=1, http_requests=1)
@@ -211,10 +173,10 @@ def create_app(service: EmbeddingServer) -> Any:
         return await counted(_embeddings, request)
 
     async def _embeddings(request: Request) -> Response:
-        body = await _read_json(request, service.http_budget, service.config.frame_timeout)
+        body = await read_json(request, budget, config.frame_timeout)
         await ready()
         canonical, accepted = model_ids()
-        dim = service.manager.dim  # type: ignore[union-attr]
+        dim = engine.dim
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise ApiError(400, "you must give 'model', a string; GET /v1/models lists it",
@@ -222,7 +184,7 @@ def create_app(service: EmbeddingServer) -> Any:
         if model not in accepted:
             raise ApiError(404, f"The model '{model}' does not exist: this service embeds with "
                                 f"'{canonical}' only", param="model", code="model_not_found")
-        texts = await _texts(body.get("input"))
+        texts = await input_texts(body.get("input"))
         encoding = body.get("encoding_format", "float")
         if encoding is None:
             encoding = "float"
@@ -239,11 +201,9 @@ def create_app(service: EmbeddingServer) -> Any:
                                     f"must be {dim} (its own) or left out, got {dimensions}",
                                param="dimensions", code="invalid_value")
         try:
-            vectors, _ = await service._embed_texts({"texts": texts})
+            vectors, _ = await engine.embed(texts)
         except InvalidTextError as exc:
             raise ApiError(400, str(exc), param="input", code="invalid_value") from None
-        except protocol.ProtocolError as exc:
-            raise ApiError(400, str(exc), param="input", code=exc.code) from None
         except EmbedderError as exc:
             log.error("embedding failed: %s", exc)
             raise ApiError(502, f"the model failed: {exc}", type="server_error", code="model_error") from None
@@ -277,103 +237,11 @@ def create_app(service: EmbeddingServer) -> Any:
             Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1/models/{model:path}", get_model, methods=["GET"]),
-            *probe_routes(service),
+            *probe_routes(engine, stats),
         ],
-        exception_handlers={HTTPException: _http_exception, 500: _server_error},
+        exception_handlers=EXCEPTION_HANDLERS,
     )
     return app
-
-
-async def _read_json(request: Request, budget: Any, timeout: float) -> dict[str, Any]:
-    """The request body as a JSON object, read up to MAX_BODY_BYTES within ``timeout`` seconds.
-
-    Its bytes are taken from ``budget`` (the endpoint's share of buffered bytes) until it is
-    parsed: a declared length all at once, a chunked body chunk by chunk (h11 holds a body to
-    its Content-Length).
-    """
-    content_type = request.headers.get("content-type", "")
-    if content_type.split(";")[0].strip().lower() != "application/json":
-        raise ApiError(415, "send the body as JSON with 'Content-Type: application/json'",
-                       code="unsupported_media_type")
-    limit = min(MAX_BODY_BYTES, budget.largest())
-    declared = request.headers.get("content-length")
-    length = int(declared) if declared is not None and declared.isdigit() else 0
-    if length > limit:
-        raise ApiError(413, f"the body is larger than {limit} bytes", code="request_too_large")
-    held = 0  # bytes taken from the budget so far
-    try:
-        async with asyncio.timeout(timeout):
-            await budget.acquire(length)
-            held = length
-            chunks, size = [], 0
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise ApiError(413, f"the body is larger than {limit} bytes", code="request_too_large")
-                if not declared:
-                    await budget.acquire(len(chunk))
-                    held += len(chunk)
-                chunks.append(chunk)
-        raw = b"".join(chunks)
-        del chunks
-        return await asyncio.to_thread(_parse_json, raw) if size > (1 << 20) else _parse_json(raw)
-    except TimeoutError:
-        raise ApiError(408, f"the body did not arrive within {timeout:g} s", code="request_timeout") from None
-    finally:
-        budget.release(held)
-
-
-def _parse_json(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except RecursionError:
-        raise ApiError(400, "the body is not valid JSON: it nests too deeply", code="invalid_json") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, f"the body must be a JSON object, got {type(body).__name__}", code="invalid_json")
-    return body
-
-
-async def _texts(value: Any) -> list[str]:
-    """``input`` as checked texts: token arrays are decoded first (in a thread: the first
-    request loads the tokenizer, ~0.4 s)."""
-    if not is_token_input(value):
-        return _inputs(value)
-    if len(value) > MAX_INPUTS and isinstance(value[0], list):
-        return _inputs(value)  # too many items: say so before decoding any
-    try:
-        decoded = await asyncio.to_thread(decode_token_input, value)
-    except TokenInputError as exc:
-        raise ApiError(400, str(exc), param="input", code="invalid_value") from None
-    return _inputs(decoded if isinstance(value[0], list) else decoded[0])  # one array: one text
-
-
-def _inputs(value: Any) -> list[str]:
-    """``input`` as a list of checked texts (each cut to 8,192 characters, as everywhere)."""
-    if value is None:
-        raise ApiError(400, "you must give 'input': a string or a list of strings",
-                       param="input", code="missing_required_parameter")
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list):
-        raise ApiError(400, f"'input' must be a string or a list of strings, got {type(value).__name__}",
-                       param="input", code="invalid_type")
-    if not items:
-        raise ApiError(400, "'input' must not be an empty list", param="input", code="invalid_value")
-    if len(items) > MAX_INPUTS:
-        raise ApiError(400, f"'input' has {len(items)} items; the limit is {MAX_INPUTS} per request",
-                       param="input", code="invalid_value")
-    texts = []
-    for i, item in enumerate(items):
-        if isinstance(item, (int, list)) and not isinstance(item, bool):
-            raise ApiError(400, f"input[{i}] is a token id or array in a list of texts: send all "
-                                "texts or all token arrays", param="input", code="invalid_type")
-        where = "input" if isinstance(value, str) else f"input[{i}]"
-        try:
-            texts.append(validate_text(item, where))
-        except InvalidTextError as exc:
-            raise ApiError(400, str(exc), param="input", code="invalid_value") from None
-    return texts
 
 
 def _reply(vectors: np.ndarray, texts: list[str], encoding: str, model: str) -> bytes:
@@ -441,31 +309,34 @@ class _EmbeddedServer(uvicorn.Server):
 class HttpEndpoint:
     """The endpoint of one service: a bound socket and a uvicorn task in the service's loop."""
 
-    def __init__(self, url: str, server: _EmbeddedServer, task: asyncio.Task) -> None:
+    def __init__(self, url: str, server: _EmbeddedServer, task: asyncio.Task[None]) -> None:
         self.url = url
         self._server = server
         self._task = task
 
     @classmethod
-    async def start(cls, service: EmbeddingServer, address: str) -> HttpEndpoint:
-        """Bind ``address`` (raising OSError at once if it is taken) and start serving."""
+    async def start(cls, address: str, *, engine: Engine, metrics: ServiceMetrics, config: ServiceConfig,
+                    listener: Listener, budget: ByteBudget, stats: Callable[[], dict[str, Any]]) -> HttpEndpoint:
+        """Bind ``address`` (raising OSError at once if it is taken) and start serving ``engine``.
+
+        ``listener`` caps and times the endpoint's connections, ``budget`` its request bodies.
+        """
         host, port = parse_http_address(address)
-        settings = service.config
-        token = http_token(settings.http_token_file, settings.http_no_auth, is_loopback(host), address)
+        token = http_token(config.http_token_file, config.http_no_auth, is_loopback(host), address)
         sock = _bind(host, port)
-        app: Any = create_app(service)
+        app: Any = create_app(engine, metrics, config, budget, stats)
         if token is not None:
-            app = BearerAuth(app, token, on_refused=lambda: service.metrics.add(auth_failures=1))
+            app = BearerAuth(app, token, on_refused=lambda: metrics.add(auth_failures=1))
         if is_loopback(host):
             app = LoopbackHostOnly(app)
-        config = uvicorn.Config(
+        uvicorn_config = uvicorn.Config(
             app, lifespan="off", log_config=None, access_log=False, proxy_headers=False,
             ws="none", timeout_graceful_shutdown=5, server_header=False,
-            http=guarded_protocol(service.http_listener, settings.first_frame_timeout),
-            timeout_keep_alive=settings.http_keepalive_timeout,  # type: ignore[arg-type]
+            http=guarded_protocol(listener, config.first_frame_timeout),
+            timeout_keep_alive=config.http_keepalive_timeout,  # type: ignore[arg-type]
             h11_max_incomplete_event_size=MAX_HEADER_BYTES, backlog=BACKLOG,
         )
-        server = _EmbeddedServer(config)
+        server = _EmbeddedServer(uvicorn_config)
         task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]), name="embedshare-http")
         task.add_done_callback(_report_crash)
         endpoint = cls(_url(sock), server, task)
@@ -484,6 +355,6 @@ class HttpEndpoint:
             self._task.cancel()
 
 
-def _report_crash(task: asyncio.Task) -> None:
+def _report_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("the HTTP endpoint stopped: %r", task.exception())

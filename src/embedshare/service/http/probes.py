@@ -18,6 +18,8 @@ endpoint listens before the model loads and none of them waits for it:
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import make_asgi_app
@@ -28,33 +30,33 @@ from starlette.routing import Route
 from ..observe import metrics_registry, with_memory
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..server import EmbeddingServer
+    from ..engine import Engine
 
 
 class MetricsApp:
     """The ``/metrics`` ASGI app of one service (a class: Starlette routes an instance as ASGI)."""
 
-    def __init__(self, service: EmbeddingServer) -> None:
-        self.service = service
+    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+        self.stats = stats
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        stats = await asyncio.to_thread(with_memory, self.service.stats())
+        stats = await asyncio.to_thread(with_memory, self.stats())
         await make_asgi_app(metrics_registry(stats))(scope, receive, send)
 
 
-def probe_routes(service: EmbeddingServer) -> list[Route]:
-    """The three monitoring routes over ``service``."""
+def probe_routes(engine: Engine, stats: Callable[[], dict[str, Any]]) -> list[Route]:
+    """The three monitoring routes over a service's ``engine``; ``/metrics`` reads ``stats``."""
 
     async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "pid": service.pid})
+        return JSONResponse({"status": "ok", "pid": os.getpid()})
 
     async def ready(request: Request) -> JSONResponse:
-        if service.is_ready:
-            return JSONResponse({"status": "ready", "model_id": service.manager.model_id})  # type: ignore[union-attr]
-        return JSONResponse({"status": "loading", "model": service.config.model}, status_code=503)
+        if engine.is_ready:
+            return JSONResponse({"status": "ready", "model_id": engine.model_id})
+        return JSONResponse({"status": "loading", "model": engine.config.model}, status_code=503)
 
     return [
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
-        Route("/metrics", MetricsApp(service), methods=["GET"]),
+        Route("/metrics", MetricsApp(stats), methods=["GET"]),
     ]
