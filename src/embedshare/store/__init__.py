@@ -1,6 +1,7 @@
 """Storage: the LMDB embedding cache, the memory-mapped tool index, the store layout."""
 
-from .cache import CacheDamagedError, CacheError, CacheFullError, EmbeddingCache, cache_key
+from .cache import EmbeddingCache, cache_key
+from .cache_errors import CacheDamagedError, CacheError, CacheFullError
 from .index import (
     SearchResult,
     ToolIndex,
