@@ -2,14 +2,8 @@
 
 from .cache import EmbeddingCache, cache_key
 from .cache_errors import CacheDamagedError, CacheError, CacheFullError
-from .index import (
-    SearchResult,
-    ToolIndex,
-    ToolIndexError,
-    UnknownToolError,
-    build_index,
-    open_or_build_index,
-)
+from .index import SearchResult, ToolIndex, ToolIndexError, UnknownToolError
+from .index_build import build_index, open_or_build_index
 from .layout import StoreLayout
 
 __all__ = [
