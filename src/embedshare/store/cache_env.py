@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import lmdb
 
@@ -87,7 +88,12 @@ class TxnGuard:
 
 # -- one environment per process and folder ---------------------------------------------------
 
-EnvKey = tuple[int, str]  # (pid, resolved folder): a forked child opens its own
+
+class EnvKey(NamedTuple):
+    """Which environment: a forked child opens its own, so the process is part of the key."""
+
+    pid: int
+    folder: str  # resolved
 
 
 class SharedEnv:
@@ -121,14 +127,14 @@ def acquire_shared_env(
     returned key. A folder open read-only in this process cannot also be opened for writing.
     """
     pid = os.getpid()
-    key = (pid, str(path.resolve()))
+    key = EnvKey(pid, str(path.resolve()))
     with _shared_envs_lock:
         shared = _shared_envs.get(key)
         if shared is None:
             # An environment of this folder inherited through fork is still open as far as
             # py-lmdb is concerned, which refuses a new open: close it (this releases nothing of
             # the parent's: its reader slots carry the parent's PID, fcntl locks are not inherited).
-            for other in [k for k in _shared_envs if k[1] == key[1] and k[0] != pid]:
+            for other in [k for k in _shared_envs if k.folder == key.folder and k.pid != pid]:
                 _shared_envs.pop(other).env.close()
             shared = _shared_envs[key] = SharedEnv(open_env(), readonly)
         elif shared.readonly and not readonly:
