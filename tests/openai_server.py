@@ -5,4 +5,5 @@ A real HTTP server on loopback that speaks ``/v1/embeddings`` and can be scripte
 ``embedshare.bench.fake_openai``, so the tests and the benchmarks run the same server.
 """
 
-from embedshare.bench.fake_openai import FAULTS, FakeOpenAIServer, _corrupt  # noqa: F401
+from embedshare.bench.fake_openai import FAULTS, FakeOpenAIServer  # noqa: F401
+from embedshare.bench.fake_openai_answers import corrupt  # noqa: F401

@@ -10,7 +10,8 @@ import pytest
 from embedshare.embedders import create_embedder
 from embedshare.registry import load_registry
 from embedshare.store.ann import IVFIndex, build_ivf, default_nlist
-from embedshare.store.index import ToolIndex, ToolIndexError, build_index
+from embedshare.store.index import ToolIndex, ToolIndexError
+from embedshare.store.index_build import build_index
 
 
 def _clustered(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:

@@ -460,7 +460,7 @@ def test_many_threads_read_concurrently(tmp_path, max_readers):
 def test_too_many_concurrent_readers_is_a_clear_cache_error(tmp_path):
     import threading
 
-    from embedshare.store.cache import CacheError, EmbeddingCache
+    from embedshare.store import CacheError, EmbeddingCache
 
     cache = EmbeddingCache(tmp_path / "c", "m", 4, max_readers=2)
     cache.put_many(["a"], np.ones((1, 4), dtype=np.float32))

@@ -122,7 +122,7 @@ def test_the_object_store_index_answers_as_the_folder_index(built):
 def test_a_large_index_keeps_its_approximate_index_in_the_object_store(built, tmp_path):
     from embedshare.registry import load_registry
     from embedshare.store import ToolIndex
-    from embedshare.store.index import build_index
+    from embedshare.store.index_build import build_index
 
     folder = build_index(load_registry("bundled"), built.get_embeddings, built.model_id, built.dim,
                          tmp_path / "ann-index", ann_min_tools=10)

@@ -84,7 +84,7 @@ def test_an_attached_worker_loads_neither_logging_nor_concurrent_futures(store):
 
 
 def test_a_task_past_task_timeout_fails_alone_and_the_run_finishes(store):
-    from embedshare.pool.workers import TaskFailed
+    from embedshare.pool.outcomes import TaskFailed
 
     queries = QUERIES[:6] + ["hang"] + QUERIES[6:12]
     with SharedPool(workers=2, store=store, model="hash:64", progress=False,

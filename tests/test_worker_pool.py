@@ -17,11 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # spawned workers inhe
 
 import pool_tasks  # noqa: E402
 
-from embedshare.pool.workers import (  # noqa: E402
-    TaskFailed,
-    WorkerInitError,
-    WorkerPool,
-)
+from embedshare.pool.outcomes import TaskFailed, WorkerInitError  # noqa: E402
+from embedshare.pool.workers import WorkerPool  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,16 +16,15 @@ Vectors are deterministic: :meth:`FakeOpenAIServer.vector` (a seeded hash of the
 ``dimensions`` and renormalised, as OpenAI's v3 models do). The server binds to loopback only,
 caps request bodies, and runs in a daemon thread. Paths served: ``{anything}/embeddings``
 (OpenAI style, e.g. ``/v1/embeddings``) and ``/openai/deployments/{name}/embeddings`` with an
-``api-version`` query (Azure style).
+``api-version`` query (Azure style). What it answers to a request is ``fake_openai_answers``;
+this module scripts the server, speaks HTTP and records what it received.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import ipaddress
 import json
-import re
 import threading
 import time
 from collections import deque
@@ -35,6 +34,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
+
+from .fake_openai_answers import answer, corrupt, error_body, fake_vector, request_inputs
 
 __all__ = ["FAULTS", "FakeOpenAIServer", "RecordedRequest", "ServerProcess", "serve_in_process"]
 
@@ -56,15 +57,6 @@ FAULTS = frozenset(
         "delay",  # sleep `delay` seconds, then answer normally (for client timeouts)
     }
 )
-
-_AZURE_PATH = re.compile(r"^/openai/deployments/([^/]+)/embeddings$")
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "invalid_request_error",
-    403: "permission_error",
-    404: "invalid_request_error",
-    429: "rate_limit_exceeded",
-}
 
 
 @dataclass(frozen=True)
@@ -225,11 +217,7 @@ class FakeOpenAIServer:
 
     def vector(self, text: str, dimensions: int | None = None) -> np.ndarray:
         """The unit-length float64 vector this server returns for ``text``."""
-        digest = hashlib.sha256(text.encode("utf-8")).digest()
-        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-        full = rng.standard_normal(self.dim)
-        cut = full[: dimensions or self.dim]
-        return cut / np.linalg.norm(cut)
+        return fake_vector(text, self.dim, dimensions)
 
     # ---------------------------------------------------------------- internals
 
@@ -263,19 +251,21 @@ class _Handler(BaseHTTPRequestHandler):
         if length > MAX_BODY_BYTES:
             self.close_connection = True
             self._finish(arrived, split.path, query, headers, None, [], 413,
-                         _error(413, "Request body too large"))
+                         error_body(413, "Request body too large"))
             return
         raw = self.rfile.read(length) if length else b""
         try:
             body: Any = json.loads(raw) if raw else None
         except ValueError:
             body = None
-        inputs = _inputs(body)
+        inputs = request_inputs(body)
         fake = self.fake
         if fake.latency:
             time.sleep(fake.latency)
 
-        status, payload, extra = self._route(split.path, query, headers, body, inputs)
+        status, payload, extra = answer(split.path, query, headers, body, inputs, dim=fake.dim,
+                                        api_key=fake.api_key, floats_only=fake.floats_only,
+                                        reverse_order=fake.reverse_order)
         fault = fake._take_fault() if status == 200 else None
         if fault is not None:
             if fault.kind == "disconnect":
@@ -288,69 +278,17 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(fault.delay)
             elif isinstance(fault.kind, int):
                 status = fault.kind
-                payload = _error(status, fault.message or f"Scripted HTTP {status}")
+                payload = error_body(status, fault.message or f"Scripted HTTP {status}")
                 if fault.retry_after is not None:
                     extra = {"Retry-After": str(fault.retry_after)}
             else:
-                payload = _corrupt(fault.kind, payload)
+                payload = corrupt(fault.kind, payload)
         self._finish(arrived, split.path, query, headers, body, inputs, status, payload, extra)
-
-    def _route(
-        self,
-        path: str,
-        query: dict[str, str],
-        headers: dict[str, str],
-        body: Any,
-        inputs: list[str],
-    ) -> tuple[int, Any, dict[str, str]]:
-        """The well-behaved answer: (status, JSON payload or raw bytes, extra headers)."""
-        fake = self.fake
-        azure = _AZURE_PATH.match(path)
-        if azure:
-            if "api-version" not in query:
-                return 404, _error(404, "Resource not found (missing api-version)"), {}
-            given = headers.get("api-key")
-        elif path.endswith("/embeddings"):
-            auth = headers.get("authorization", "")
-            given = auth[7:] if auth.startswith("Bearer ") else None
-        else:
-            return 404, _error(404, f"Unknown path {path}"), {}
-        if fake.api_key is not None and given != fake.api_key:
-            return 401, _error(401, "Incorrect API key provided."), {}
-        if not isinstance(body, dict) or not inputs:
-            return 400, _error(400, "'input' must be a non-empty string or list of strings"), {}
-        if not azure and not isinstance(body.get("model"), str):
-            return 400, _error(400, "you must provide a model parameter"), {}
-        dimensions = body.get("dimensions")
-        if dimensions is not None and (
-            not isinstance(dimensions, int) or not 1 <= dimensions <= fake.dim
-        ):
-            return 400, _error(400, f"dimensions must be between 1 and {fake.dim}"), {}
-        fmt = body.get("encoding_format", "float")
-        items = []
-        for i, text in enumerate(inputs):
-            vec = fake.vector(text, dimensions)
-            emb: Any
-            if fmt == "base64" and not fake.floats_only:
-                emb = base64.b64encode(vec.astype("<f4").tobytes()).decode("ascii")
-            else:
-                emb = vec.tolist()
-            items.append({"object": "embedding", "index": i, "embedding": emb})
-        if fake.reverse_order:
-            items.reverse()
-        payload = {
-            "object": "list",
-            "data": items,
-            "model": body.get("model", azure.group(1) if azure else ""),
-            "usage": {"prompt_tokens": sum(len(t.split()) for t in inputs),
-                      "total_tokens": sum(len(t.split()) for t in inputs)},
-        }
-        return 200, payload, {}
 
     def _answer_error(self, status: int, message: str) -> None:
         split = urlsplit(self.path)
         headers = {k.lower(): v for k, v in self.headers.items()}
-        payload = _error(status, message)
+        payload = error_body(status, message)
         self._finish(time.monotonic(), split.path, {}, headers, None, [], status, payload)
 
     def _finish(
@@ -380,65 +318,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client gave up (e.g. timed out)
-
-
-def _inputs(body: Any) -> list[str]:
-    if not isinstance(body, dict):
-        return []
-    value = body.get("input")
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return list(value)
-    return []
-
-
-def _error(status: int, message: str) -> dict[str, Any]:
-    return {
-        "error": {
-            "message": message,
-            "type": _ERROR_TYPES.get(
-                status, "server_error" if status >= 500 else "invalid_request_error"
-            ),
-            "param": None,
-            "code": None,
-        }
-    }
-
-
-def _corrupt(kind: str, payload: Any) -> Any:
-    """Apply a body-level fault to a good payload."""
-    if kind == "malformed_json":
-        return json.dumps(payload).encode("utf-8")[:40]
-    if kind == "no_data":
-        return {"object": "list", "model": payload.get("model")}
-    data = payload["data"]
-    packed = bool(data) and isinstance(data[0]["embedding"], str)
-    if packed:  # base64: corrupt the floats it holds, then pack them again
-        for item in data:
-            item["embedding"] = np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4").tolist()
-    if kind == "wrong_count":
-        payload["data"] = data[:-1]
-    elif kind == "wrong_dim":
-        for item in data:
-            item["embedding"] = item["embedding"][:-1]
-    elif kind == "nan":
-        data[0]["embedding"][0] = float("nan")
-    elif kind == "inf":
-        data[-1]["embedding"][3] = float("inf")
-    elif kind == "non_numeric":
-        data[0]["embedding"][0] = "0.5"
-    elif kind == "missing_index":
-        del data[0]["index"]
-    elif kind == "duplicate_index":
-        for item in data:
-            item["index"] = 0
-    if packed:
-        for item in payload["data"]:
-            item["embedding"] = base64.b64encode(np.asarray(item["embedding"], dtype="<f4").tobytes()).decode()
-        if kind == "non_numeric":
-            payload["data"][0]["embedding"] = "not base64!"
-    return payload
 
 
 # ---------------------------------------------------------------- a server in its own process

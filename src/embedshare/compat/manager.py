@@ -26,7 +26,8 @@ from .. import access
 from ..manager import EmbeddingManager, NoIndexError
 from ..registry import load_registry
 from ..store import ToolIndex, ToolIndexError
-from ..store.index import index_folder_name, open_or_build_index
+from ..store.index import index_folder_name
+from ..store.index_build import open_or_build_index
 from . import config as cfg
 from .config import EmbeddingConfig
 from .types import SearchResult, ToolEmbeddings

@@ -1,5 +1,5 @@
 """Process pools: a crash-safe ``WorkerPool``, and ``SharedPool`` whose workers share a service.
 
-Import from the submodules (``embedshare.pool.shared``, ``.workers``): workers import only
-what they run, so this package imports nothing itself.
+Import from the submodules (``embedshare.pool.shared``, ``.workers``, ``.outcomes``): workers
+import only what they run, so this package imports nothing itself.
 """

@@ -25,7 +25,8 @@ from ..service.launcher import EmbeddingService
 from ..client.state import ENV_ADDRESS, ENV_ON_FAILURE, ENV_STORE
 from .attach import attach_worker, worker_stats
 from ..util.memory import BareInterpreter, ProcessMemory, measure
-from .workers import TaskFailed, TaskOutcome, WorkerCrash, WorkerPool, blas_thread_env, timed_call
+from .outcomes import TaskFailed, TaskOutcome, WorkerCrash
+from .workers import WorkerPool, blas_thread_env, timed_call
 
 
 @dataclass

@@ -22,12 +22,10 @@ worker, and carry on. The design follows loky's idea of a crash-aware pool, kept
   :class:`WorkerInitError` in the parent with the worker's traceback, instead of restarting
   workers forever.
 
-Transport: messages between the parent and its workers are pickled (like concurrent.futures)
-and travel over anonymous ``multiprocessing`` pipes. That is acceptable because only the
-parent and its own child processes hold those pipe ends - there is no socket or named path
-another process could connect to. Under the fork start method a child also inherits the parent
-ends of its siblings' pipes; each forked worker closes those at once so that a dead parent or
-sibling is seen as end-of-file rather than hanging.
+Transport: the typed messages of :mod:`embedshare.pool.messages`, pickled over anonymous pipes
+that only the parent and its own children hold (that module says why pickle is acceptable
+there). The worker's loop is :mod:`embedshare.pool.worker`; starting, watching and replacing
+worker processes is :mod:`embedshare.pool.supervisor`; this module decides what to run.
 
 Task functions and the initializer must be importable top-level functions (the pool must work
 under the ``spawn`` and ``forkserver`` start methods). Side effects of a task whose worker was
@@ -40,120 +38,28 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
-import multiprocessing.connection
 import multiprocessing.util  # imported before our atexit hook is registered; see _shutdown_all
 import os
-import signal
-import sys
 import time
-import traceback
 import weakref
 from collections import deque
-from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
-from multiprocessing.reduction import ForkingPickler
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from .. import settings
+from .messages import CallItem, ErrorInfo, Initializer, Reply, dumps
+from .outcomes import PoolError, TaskFailed, TaskOutcome, WorkerCrash
+from .supervisor import (
+    STOP_TIMEOUT,
+    Call,
+    Job,
+    Task,
+    WorkerHandle,
+    WorkerSupervisor,
+    kill_workers,
+)
 
-__all__ = [
-    "PoolError",
-    "TaskFailed",
-    "TaskOutcome",
-    "WorkerCrash",
-    "WorkerCrashed",
-    "WorkerInitError",
-    "WorkerPool",
-]
-
-# Seconds a worker gets to leave after a stop message, and after SIGTERM, before escalation.
-_STOP_TIMEOUT = 5.0
-_TERM_TIMEOUT = 2.0
-# Exit code of a worker whose initializer raised (it has already reported the traceback).
-_INIT_FAILED_EXIT = 3
-
-
-class PoolError(RuntimeError):
-    """Base class for errors raised by :class:`WorkerPool`."""
-
-
-class WorkerCrashed(PoolError):
-    """A task's worker process died on every allowed attempt (the name used in outcomes)."""
-
-
-class WorkerInitError(PoolError):
-    """A worker's initializer failed; retrying would only fail again, so the pool gives up."""
-
-
-class TaskFailed(PoolError):
-    """Raised by the convenience calls when at least one task failed; carries the failures."""
-
-    def __init__(self, message: str, failures: Sequence["TaskOutcome"]):
-        super().__init__(message)
-        self.failures = list(failures)
-
-
-@dataclass
-class TaskOutcome:
-    """What happened to one input item: a value, or an error description (never both)."""
-
-    index: int
-    ok: bool
-    value: Any = None
-    error: str | None = None  # "TypeName: message"
-    attempts: int = 0  # how many times the task was handed to a worker
-    worker_pid: int | None = None  # the worker that produced this outcome (None: never ran)
-    error_type: str | None = None  # e.g. "ValueError", or "WorkerCrashed"
-    traceback: str | None = None  # the worker-side traceback text, when there is one
-
-
-@dataclass(frozen=True)
-class WorkerCrash:
-    """One worker death, for the run report."""
-
-    pid: int
-    exitcode: int | None  # negative: killed by that signal number
-    signal: str | None  # e.g. "SIGKILL" when killed by a signal
-    task_index: int | None  # the map() item the worker held, if any
-    attempt: int | None  # which attempt of that task died with it
-    during_startup: bool  # died before its initializer finished
-    timed_out: bool = False  # killed by the pool: its task ran past task_timeout
-
-    def describe(self) -> str:
-        how = f"killed by {self.signal}" if self.signal else f"exited with code {self.exitcode}"
-        if self.timed_out:
-            how = "killed by the pool (its task ran past task_timeout)"
-        where = (
-            "during its initializer"
-            if self.during_startup
-            else f"while running task {self.task_index} (attempt {self.attempt})"
-            if self.task_index is not None
-            else "while idle"
-        )
-        return f"worker pid {self.pid} {how} {where}"
-
-
-# --------------------------------------------------------------------------------------------
-# Worker side
-
-
-def _describe_exception(exc: BaseException) -> dict[str, str]:
-    """A picklable description of an exception: exception objects themselves may not pickle."""
-    try:
-        message = str(exc)
-    except Exception:  # a broken __str__ must not lose the report
-        message = f"<unprintable {type(exc).__name__}>"
-    try:
-        tb = "".join(traceback.format_exception(exc))
-    except Exception:
-        tb = ""
-    return {"type": type(exc).__qualname__, "message": message, "traceback": tb}
-
-
-def _dumps(obj: object) -> memoryview:
-    return ForkingPickler.dumps(obj)
-
+__all__ = ["WorkerPool", "blas_thread_env", "timed_call"]
 
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -169,140 +75,7 @@ def blas_thread_env(workers: int) -> dict[str, str]:
     return {name: threads for name in BLAS_THREAD_VARIABLES if name not in os.environ}
 
 
-def _worker_main(
-    conn: Connection,
-    init_blob: bytes,
-    env: dict[str, str],
-    inherited: list[Connection],
-) -> None:
-    """Body of a worker process: initialize, then run one message at a time until told to stop."""
-    # Parent ends of sibling pipes inherited through fork: close them, or the parent dying
-    # would not show up as EOF here (and our own death not as EOF there).
-    for c in inherited:
-        try:
-            c.close()
-        except OSError:
-            pass
-    # Ctrl-C reaches the whole process group; the parent decides what happens to workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # The environment is applied before the initializer (and, under spawn/forkserver, before
-    # its module) is even unpickled, so variables like OMP_NUM_THREADS take effect on import.
-    os.environ.update(env)
-    try:
-        initializer, initargs = ForkingPickler.loads(init_blob)
-        if initializer is not None:
-            initializer(*initargs)
-    except BaseException as exc:  # noqa: BLE001 - SystemExit in an initializer is a failure too
-        try:
-            conn.send_bytes(_dumps(("init_error", _describe_exception(exc))))
-        except Exception:
-            pass
-        sys.exit(_INIT_FAILED_EXIT)
-    try:
-        conn.send_bytes(_dumps(("ready", os.getpid())))
-    except OSError:
-        return
-
-    while True:
-        try:
-            data = conn.recv_bytes()
-        except (EOFError, OSError):
-            return  # the parent is gone
-        try:
-            msg = ForkingPickler.loads(data)
-            if msg[0] == "stop":
-                return
-            _, _tag, fn, args = msg
-            reply: tuple = ("ok", fn(*args))
-        except Exception as exc:  # a task error is a result, not a crash
-            reply = ("err", _describe_exception(exc))
-        try:
-            payload = _dumps(reply)
-        except Exception as exc:  # the return value does not pickle
-            reply = ("err", _describe_exception(exc))
-            reply[1]["message"] = f"task result could not be pickled: {reply[1]['message']}"
-            payload = _dumps(reply)
-        del reply
-        try:
-            conn.send_bytes(payload)
-        except OSError:
-            return
-
-
-# --------------------------------------------------------------------------------------------
-# Parent side
-
-
-@dataclass(eq=False)
-class _Job:
-    kind: str  # "task" (a map item) or "call" (a collect call)
-    index: int
-    attempts: int = 0
-
-
-@dataclass(eq=False)
-class _Worker:
-    proc: BaseProcess
-    conn: Connection
-    sentinel: int
-    pid: int
-    ready: bool = False  # initializer finished
-    job: _Job | None = None  # what it is running now
-    eof: bool = False  # its pipe reached end-of-file (it is exiting)
-    unusable: bool = False  # sending to it failed; wait for its sentinel
-    dead: bool = False
-    deadline: float | None = None  # time.monotonic() by which its task must answer
-    timed_out: bool = False  # killed for passing the deadline; its sentinel comes next
-
-
-def _signal_name(exitcode: int | None) -> str | None:
-    if exitcode is None or exitcode >= 0:
-        return None
-    try:
-        return signal.Signals(-exitcode).name
-    except ValueError:
-        return f"signal {-exitcode}"
-
-
-def _reap(proc: BaseProcess, timeout: float) -> int | None:
-    """Join ``proc``, escalating to SIGTERM then SIGKILL, so it never lingers as a zombie.
-
-    Returns its exit code (negative: the signal that killed it).
-    """
-    proc.join(timeout)
-    if proc.exitcode is None:
-        proc.terminate()
-        proc.join(_TERM_TIMEOUT)
-    if proc.exitcode is None:
-        proc.kill()
-        proc.join()
-    exitcode = proc.exitcode
-    proc.close()  # releases the sentinel fd
-    return exitcode
-
-
-def _kill_workers(workers: list[_Worker]) -> None:
-    """Last-resort cleanup (garbage collection or interpreter exit without close())."""
-    for w in workers:
-        try:
-            if w.proc.exitcode is None:
-                w.proc.kill()
-        except (ValueError, OSError):
-            pass
-    for w in workers:
-        try:
-            w.proc.join()
-            w.proc.close()
-        except (ValueError, OSError):
-            pass
-        try:
-            w.conn.close()
-        except OSError:
-            pass
-    workers.clear()
-
-
-_live_pools: "weakref.WeakSet[WorkerPool]" = weakref.WeakSet()
+_live_pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
 
 
 def _shutdown_all() -> None:
@@ -328,7 +101,7 @@ class WorkerPool:
         self,
         workers: int,
         initializer: Callable[..., None] | None = None,
-        initargs: tuple = (),
+        initargs: tuple[Any, ...] = (),
         start_method: str | None = None,
         max_retries: int = 2,
         env: dict[str, str] | None = None,
@@ -337,34 +110,38 @@ class WorkerPool:
         workers = settings.whole_number("workers", workers, 1)
         max_retries = settings.whole_number("max_retries", max_retries, 0)
         self.task_timeout = settings.optional_seconds("task_timeout", task_timeout)
-        self._ctx = multiprocessing.get_context(start_method)
-        self._start_method = self._ctx.get_start_method()
         self.size = workers
         self.max_retries = max_retries
-        self.crashes: list[WorkerCrash] = []
         self.env = {str(k): str(v) for k, v in (env or {}).items()}
         # Pickled once here: a non-importable initializer fails now, in the caller's frame.
-        self._init_blob = bytes(_dumps((initializer, tuple(initargs))))
-        self._init_name = (
+        init_blob = bytes(dumps(Initializer(initializer, tuple(initargs))))
+        init_name = (
             "(none)" if initializer is None else getattr(initializer, "__qualname__", repr(initializer))
         )
-        self._workers: list[_Worker] = []
-        self._startup_failures = 0  # workers in a row that died before becoming ready
+        self._supervisor = WorkerSupervisor(
+            multiprocessing.get_context(start_method), init_blob, init_name, self.env,
+            max_startup_retries=max_retries, task_timeout=self.task_timeout,
+        )
         self._closed = False
-        self._finalizer = weakref.finalize(self, _kill_workers, self._workers)
+        self._finalizer = weakref.finalize(self, kill_workers, self._supervisor.workers)
         self._finalizer.atexit = False  # _shutdown_all handles exit, in the right order
         _live_pools.add(self)
         try:
             for _ in range(workers):
-                self._start_worker()
-            self._wait_until_ready()
+                self._supervisor.start_worker()
+            self._supervisor.wait_until_ready()
         except BaseException:
             self.terminate()
             raise
 
+    @property
+    def crashes(self) -> list[WorkerCrash]:
+        """Every worker death so far, in order."""
+        return self._supervisor.crashes
+
     # -- context manager ----------------------------------------------------------------------
 
-    def __enter__(self) -> "WorkerPool":
+    def __enter__(self) -> WorkerPool:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -390,10 +167,10 @@ class WorkerPool:
         pool is closed, since tasks in flight can no longer be accounted for.
         """
         self._check_open()
-        _dumps(fn)  # an unpicklable fn (lambda, closure) is a caller bug: raise it here, once
+        dumps(fn)  # an unpicklable fn (lambda, closure) is a caller bug: raise it here, once
         seq = list(items)
         outcomes: list[TaskOutcome | None] = [None] * len(seq)
-        queue: deque[_Job] = deque(_Job("task", i) for i in range(len(seq)))
+        queue: deque[Job] = deque(Task(i) for i in range(len(seq)))
         remaining = len(seq)
 
         def finish(outcome: TaskOutcome) -> None:
@@ -405,26 +182,22 @@ class WorkerPool:
             if on_result is not None:
                 on_result(outcome.index, outcome)
 
-        def on_reply(w: _Worker, job: _Job, msg: tuple) -> None:
-            if msg[0] == "ok":
-                finish(TaskOutcome(job.index, True, msg[1], None, job.attempts, w.pid))
-            else:
-                finish(_failure(job.index, msg[1], job.attempts, w.pid))
+        def on_reply(w: WorkerHandle, job: Job, reply: Reply) -> None:
+            finish(TaskOutcome.of_reply(job.index, reply, job.attempts, w.pid))
 
-        def on_lost(job: _Job, crash: WorkerCrash) -> None:
+        def on_lost(job: Job, crash: WorkerCrash) -> None:
             if job.attempts > self.max_retries:
-                err = {
-                    "type": "TaskTimedOut" if crash.timed_out else "WorkerCrashed",
-                    "message": f"{crash.describe()}; gave up after {job.attempts} attempts",
-                    "traceback": "",
-                }
-                finish(_failure(job.index, err, job.attempts, crash.pid))
+                error = ErrorInfo.crash(
+                    f"{crash.describe()}; gave up after {job.attempts} attempts", timed_out=crash.timed_out
+                )
+                finish(TaskOutcome.failed(job.index, error, job.attempts, crash.pid))
             else:
                 queue.appendleft(job)  # retried next, by the first idle worker
 
+        supervisor = self._supervisor
         try:
             while remaining:
-                for w in self._workers:
+                for w in supervisor.workers:
                     if not queue:
                         break
                     if not w.ready or w.job is not None or w.eof or w.unusable:
@@ -432,16 +205,16 @@ class WorkerPool:
                     while queue:
                         job = queue.popleft()
                         try:
-                            payload = _dumps(("run", job.index, fn, (seq[job.index],)))
+                            payload = dumps(CallItem(fn, (seq[job.index],)))
                         except Exception as exc:  # fn or the item does not pickle
-                            finish(_failure(job.index, _describe_exception(exc), job.attempts, None))
+                            finish(TaskOutcome.failed(job.index, ErrorInfo.from_exception(exc), job.attempts, None))
                             continue
-                        if self._send(w, job, payload):
+                        if supervisor.send(w, job, payload):
                             break
                         queue.appendleft(job)  # worker already gone: not an attempt
                         break
                 if remaining:
-                    self._step(on_reply, on_lost)
+                    supervisor.step(on_reply, on_lost)
         except BaseException:
             self.terminate()
             raise
@@ -473,39 +246,29 @@ class WorkerPool:
         if ``fn`` raised in a worker or a worker died meanwhile (after all others answered).
         """
         self._check_open()
+        supervisor = self._supervisor
         try:
-            self._wait_until_ready()
-            targets = list(self._workers)
-            payload = _dumps(("run", -1, fn, ()))
-            results: dict[int, TaskOutcome] = {}
-            by_job: dict[int, int] = {}  # id(job) -> position in targets
+            supervisor.wait_until_ready()
+            targets = list(supervisor.workers)
+            payload = dumps(CallItem(fn, ()))
+            results: dict[int, TaskOutcome] = {}  # by position in targets
 
-            def on_reply(w: _Worker, job: _Job, msg: tuple) -> None:
-                pos = by_job[id(job)]
-                if msg[0] == "ok":
-                    results[pos] = TaskOutcome(pos, True, msg[1], None, 1, w.pid)
-                else:
-                    results[pos] = _failure(pos, msg[1], 1, w.pid)
+            def on_reply(w: WorkerHandle, job: Job, reply: Reply) -> None:
+                results[job.index] = TaskOutcome.of_reply(job.index, reply, 1, w.pid)
 
-            def on_lost(job: _Job, crash: WorkerCrash) -> None:
-                pos = by_job[id(job)]
-                err = {"type": "WorkerCrashed", "message": crash.describe(), "traceback": ""}
-                results[pos] = _failure(pos, err, 1, crash.pid)
+            def on_lost(job: Job, crash: WorkerCrash) -> None:
+                results[job.index] = TaskOutcome.failed(job.index, ErrorInfo.crash(crash.describe()), 1, crash.pid)
 
             for pos, w in enumerate(targets):
-                job = _Job("call", pos, attempts=1)
-                by_job[id(job)] = pos
-                if not self._send(w, job, payload):
-                    err = {"type": "WorkerCrashed", "message": f"worker pid {w.pid} is gone",
-                           "traceback": ""}
-                    results[pos] = _failure(pos, err, 0, w.pid)
+                if not supervisor.send(w, Call(pos, attempts=1), payload):
+                    error = ErrorInfo.crash(f"worker pid {w.pid} is gone")
+                    results[pos] = TaskOutcome.failed(pos, error, 0, w.pid)
             while len(results) < len(targets):
-                self._step(on_reply, on_lost)
+                supervisor.step(on_reply, on_lost)
                 for pos, w in enumerate(targets):  # died before our message was sent
                     if w.dead and pos not in results:
-                        err = {"type": "WorkerCrashed", "message": f"worker pid {w.pid} died",
-                               "traceback": ""}
-                        results[pos] = _failure(pos, err, 0, w.pid)
+                        error = ErrorInfo.crash(f"worker pid {w.pid} died")
+                        results[pos] = TaskOutcome.failed(pos, error, 0, w.pid)
         except BaseException:
             self.terminate()
             raise
@@ -523,49 +286,25 @@ class WorkerPool:
         """Pids of the live workers, after any replacement has finished its initializer."""
         self._check_open()
         try:
-            self._wait_until_ready()
+            self._supervisor.wait_until_ready()
         except BaseException:
             self.terminate()
             raise
-        return [w.pid for w in self._workers]
+        return [w.pid for w in self._supervisor.workers]
 
-    def close(self, timeout: float = _STOP_TIMEOUT) -> None:
+    def close(self, timeout: float = STOP_TIMEOUT) -> None:
         """Ask every worker to stop, wait up to ``timeout`` s, then terminate the stragglers."""
         if self._closed:
             return
         self._closed = True
-        workers = list(self._workers)
-        stop = _dumps(("stop",))
-        for w in workers:
-            try:
-                w.conn.send_bytes(stop)
-            except OSError:
-                pass
-        deadline = time.monotonic() + timeout
-        for w in workers:
-            _reap(w.proc, max(0.0, deadline - time.monotonic()))
-            w.conn.close()
-        self._workers.clear()
+        self._supervisor.stop(timeout)
         self._finalizer.detach()
         _live_pools.discard(self)
 
     def terminate(self) -> None:
         """Stop every worker now (SIGTERM, then SIGKILL), without waiting for running tasks."""
         self._closed = True
-        workers = list(self._workers)
-        for w in workers:
-            try:
-                if w.proc.exitcode is None:
-                    w.proc.terminate()
-            except (ValueError, OSError):
-                pass
-        for w in workers:
-            try:
-                _reap(w.proc, _TERM_TIMEOUT)
-            except (ValueError, OSError):
-                pass
-            w.conn.close()
-        self._workers.clear()
+        self._supervisor.terminate()
         self._finalizer.detach()
         _live_pools.discard(self)
 
@@ -573,159 +312,9 @@ class WorkerPool:
     def closed(self) -> bool:
         return self._closed
 
-    # -- internals ----------------------------------------------------------------------------
-
     def _check_open(self) -> None:
         if self._closed:
             raise PoolError("the worker pool is closed")
-
-    def _start_worker(self) -> _Worker:
-        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-        # Only a forked child inherits our pipe ends (spawn/forkserver pass just child_conn).
-        inherited = (
-            [w.conn for w in self._workers] + [parent_conn] if self._start_method == "fork" else []
-        )
-        proc = self._ctx.Process(
-            target=_worker_main,
-            args=(child_conn, self._init_blob, self.env, inherited),
-            name="embedshare-pool-worker",
-        )
-        try:
-            proc.start()
-        finally:
-            child_conn.close()  # the child has its own copy; keep none in the parent
-        assert proc.pid is not None
-        worker = _Worker(proc=proc, conn=parent_conn, sentinel=proc.sentinel, pid=proc.pid)
-        self._workers.append(worker)
-        return worker
-
-    def _send(self, w: _Worker, job: _Job, payload: memoryview) -> bool:
-        """Hand ``job`` to ``w``; False if the worker is already gone (its death comes next)."""
-        try:
-            w.conn.send_bytes(payload)
-        except OSError:
-            w.unusable = True
-            return False
-        if job.kind == "task":
-            job.attempts += 1
-            if self.task_timeout is not None:
-                w.deadline = time.monotonic() + self.task_timeout
-        w.job = job
-        return True
-
-    def _wait_until_ready(self) -> None:
-        def unexpected(*_: object) -> None:
-            raise AssertionError("no job should be in flight while waiting for workers")
-
-        while any(not w.ready for w in self._workers):
-            self._step(unexpected, unexpected)
-
-    def _step(
-        self,
-        on_reply: Callable[[_Worker, _Job, tuple], None],
-        on_lost: Callable[[_Job, WorkerCrash], None],
-    ) -> None:
-        """Block until some worker sends something or dies, and handle all of that."""
-        waitables: list[Connection | int] = []
-        for w in self._workers:
-            if not w.eof:
-                waitables.append(w.conn)
-            waitables.append(w.sentinel)
-        deadlines = [w.deadline for w in self._workers if w.deadline is not None and not w.timed_out]
-        timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-        ready = set(multiprocessing.connection.wait(waitables, timeout))
-        for w in list(self._workers):
-            died = w.sentinel in ready
-            if w.conn in ready or died:
-                # Drain first: a result sent just before dying must count, not be re-run.
-                while not w.eof and w.conn.poll():
-                    msg = self._recv(w)
-                    if msg is None:
-                        break
-                    self._handle_message(w, msg, on_reply)
-            if died:
-                self._handle_death(w, on_lost)
-            elif w.deadline is not None and not w.timed_out and time.monotonic() >= w.deadline:
-                w.timed_out = True  # its sentinel fires once it is gone: handled as a death
-                w.proc.kill()
-            elif w.eof:
-                # The pipe closed, so the worker is exiting; make sure its sentinel fires.
-                w.proc.join(_TERM_TIMEOUT)
-                if w.proc.exitcode is None:
-                    w.proc.kill()
-
-    def _recv(self, w: _Worker) -> tuple | None:
-        try:
-            data = w.conn.recv_bytes()
-        except (EOFError, OSError):
-            w.eof = True
-            return None
-        try:
-            return ForkingPickler.loads(data)
-        except Exception as exc:  # e.g. the result's class is not importable in the parent
-            err = _describe_exception(exc)
-            err["message"] = f"task result could not be unpickled in the parent: {err['message']}"
-            return ("err", err)
-
-    def _handle_message(
-        self, w: _Worker, msg: tuple, on_reply: Callable[[_Worker, _Job, tuple], None]
-    ) -> None:
-        kind = msg[0]
-        if kind == "ready":
-            w.ready = True
-            self._startup_failures = 0
-        elif kind == "init_error":
-            err = msg[1]
-            raise WorkerInitError(
-                f"initializer {self._init_name} failed in worker pid {w.pid}: "
-                f"{err['type']}: {err['message']}\n--- worker traceback ---\n{err['traceback']}"
-            )
-        elif kind in ("ok", "err"):
-            job, w.job, w.deadline = w.job, None, None
-            if job is not None:
-                on_reply(w, job, msg)
-
-    def _handle_death(self, w: _Worker, on_lost: Callable[[_Job, WorkerCrash], None]) -> None:
-        exitcode = _reap(w.proc, _TERM_TIMEOUT)  # the sentinel fired: returns at once
-        w.conn.close()
-        w.dead = True
-        self._workers.remove(w)
-        job = w.job
-        w.job = None
-        task_job = job if job is not None and job.kind == "task" else None
-        crash = WorkerCrash(
-            pid=w.pid,
-            exitcode=exitcode,
-            signal=_signal_name(exitcode),
-            task_index=task_job.index if task_job else None,
-            attempt=task_job.attempts if task_job else None,
-            during_startup=not w.ready,
-            timed_out=w.timed_out,
-        )
-        self.crashes.append(crash)
-        if not w.ready:
-            self._startup_failures += 1
-            if self._startup_failures > self.max_retries:
-                raise WorkerInitError(
-                    f"worker startup (initializer {self._init_name}): {self._startup_failures} "
-                    f"workers in a row died before it finished; last: {crash.describe()}"
-                )
-        self._start_worker()
-        if job is not None:
-            on_lost(job, crash)
-
-
-def _failure(index: int, err: dict[str, str], attempts: int, pid: int | None) -> TaskOutcome:
-    return TaskOutcome(
-        index=index,
-        ok=False,
-        value=None,
-        error=f"{err['type']}: {err['message']}",
-        attempts=attempts,
-        worker_pid=pid,
-        error_type=err["type"],
-        traceback=err.get("traceback") or None,
-    )
 
 
 def timed_call(payload: tuple[Callable[[Any], Any], Any]) -> tuple[Any, float]:

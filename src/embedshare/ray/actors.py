@@ -571,7 +571,8 @@ class ClusterCoordinator:
     def _build_index(self) -> dict[str, Any]:
         from ..registry import load_registry
         from ..store.cache import cache_key
-        from ..store.index import build_index, index_folder_name
+        from ..store.index import index_folder_name
+        from ..store.index_build import build_index
         from .index import index_payload
 
         registry = load_registry(self.registry)

@@ -15,13 +15,15 @@ state), and a get in a read transaction costs about a microsecond.
   once into the caller's result array (a buffer must not outlive its transaction: LMDB reuses
   freed pages).
 - After ``fork`` the child must not use its parent's environment (LMDB's rule); every call
-  checks whether the process forked since the handle opened it, and reopens.
+  checks whether the process forked since the handle opened it, and reopens. Handles of one
+  folder share the process's one environment, opened with the checks of ``cache_env``.
 - When the map is full it grows (doubling) instead of failing; other processes adopt the new
   size when LMDB tells them (``MapResizedError``).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import weakref
@@ -36,7 +38,8 @@ import numpy as np
 from ..util.digests import blake2b
 from ..util.lazylog import LazyLogger
 from . import cache_format
-from .files import PRIVATE_FILE_MODE, UnsafeStoreError, private_dir, private_file
+from .cache_env import TxnGuard, acquire_shared_env, open_environment, release_shared_env
+from .cache_errors import CacheError, CacheFullError, damaged, disk_full, read_error, readers_full
 
 log = LazyLogger(__name__)  # logging is imported only if something is logged
 
@@ -45,20 +48,6 @@ DEFAULT_MAX_MAP_SIZE = 1 << 40
 DEFAULT_MAX_READERS = 4096  # slots for concurrent read transactions: processes x threads
 _FLOAT32 = np.dtype(np.float32)
 _digest = cache_format.digest
-_OPEN_ATTEMPTS = 100  # opens that lose the race against a growing map (see EmbeddingCache._open)
-_READER_SLOT_BYTES = 64  # LMDB's reader table: one cache line per reader slot
-
-
-class CacheError(RuntimeError):
-    """The cache could not be opened or written; the message says why."""
-
-
-class CacheFullError(CacheError):
-    """The cache reached its size limit or the disk is full. Nothing was corrupted."""
-
-
-class CacheDamagedError(CacheError):
-    """The cache file is damaged (cut short, garbled pages); the message names it and the fix."""
 
 
 def cache_key(model_id: str, text: str) -> bytes:
@@ -70,120 +59,19 @@ def cache_key(model_id: str, text: str) -> bytes:
     return h.digest()
 
 
-def _disk_full(path: Path, exc: Exception) -> bool:
-    """Whether a failed LMDB write means the disk is full.
-
-    LMDB reports ENOSPC, but a write that the full disk cut short comes back as EIO
-    ("Input/output error"); that one counts as full when the file system has (almost) no room.
-    """
-    text = str(exc)
-    if "No space left" in text or "ENOSPC" in text or "quota exceeded" in text.lower():
-        return True
-    if "Input/output error" not in text:
-        return False
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < 1 << 20
-
-
-class _TxnGuard:
-    """Lets any number of transactions run, or one map resize, never both.
-
-    LMDB requires that no transaction of this process is open while the map size changes;
-    py-lmdb does not check it, so we do. ``lock`` is a plain ``threading.Lock`` that the cache
-    hit path takes directly (``enter``/``leave``): two uncontended acquires cost a quarter of
-    what two ``with condition:`` blocks cost, which was a third of a hit.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self._cond = threading.Condition(self.lock)
-        self.active = 0
-        self.resizing = False
-
-    def enter(self) -> None:
-        self.lock.acquire()
-        while self.resizing:  # rare: the condition shares the lock we hold
-            self._cond.wait()
-        self.active += 1
-        self.lock.release()
-
-    def leave(self) -> None:
-        self.lock.acquire()
-        self.active -= 1
-        if self.resizing and not self.active:
-            self._cond.notify_all()
-        self.lock.release()
-
-    @contextmanager
-    def txn(self) -> Iterator[None]:
-        self.enter()
-        try:
-            yield
-        finally:
-            self.leave()
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._cond:
-            while self.resizing:
-                self._cond.wait()
-            self.resizing = True
-            while self.active:
-                self._cond.wait()
-        try:
-            yield
-        finally:
-            with self._cond:
-                self.resizing = False
-                self._cond.notify_all()
-
-
-class _SharedEnv:
-    """One open LMDB environment of this process, and the handles using it."""
-
-    def __init__(self, env: lmdb.Environment, readonly: bool) -> None:
-        self.env = env
-        self.guard = _TxnGuard()  # shared: a resize must wait for every handle's transactions
-        self.readonly = readonly
-        self.handles = 0
-
-
-# LMDB forbids opening one environment twice in a process (py-lmdb refuses it), yet two
-# managers of one store (two models, or a manager and the fallback of a shared one) each hold
-# a cache handle. Handles of the same folder in the same process share one environment; the
-# last to close it closes it. Keyed by PID too: a forked child opens its own.
-_shared_envs: dict[tuple[int, str], _SharedEnv] = {}
-_shared_envs_lock = threading.RLock()  # re-entrant: a finalizer may run during an open
-
-
 # Forks this process descends from. A handle remembers the value it opened under; when it
 # differs, the process is a forked child and must open its own environment. Cheaper than
-# comparing os.getpid() (a system call) on every cache hit.
+# comparing os.getpid() (a system call) on every cache hit; a global of this module because
+# get_one reads it on every hit.
 _forks = 0
 
 
 def _after_fork_in_child() -> None:
-    global _shared_envs_lock, _forks
-    _shared_envs_lock = threading.RLock()  # another thread may have held it when the process forked
+    global _forks
     _forks += 1
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _release_shared_env(key: tuple[int, str], env: lmdb.Environment) -> None:
-    """A handle is done with ``env`` (closed or garbage-collected); close it after the last."""
-    with _shared_envs_lock:
-        shared = _shared_envs.get(key)
-        if shared is None or shared.env is not env:
-            return
-        shared.handles -= 1
-        if shared.handles <= 0:
-            del _shared_envs[key]
-            env.close()
 
 
 @dataclass
@@ -260,7 +148,7 @@ class EmbeddingCache:
         self._max_map_size = max_map_size
         self._max_readers = max_readers
         self._durable = durable
-        self._guard = _TxnGuard()
+        self._guard = TxnGuard()
         self._open_lock = threading.Lock()
         self._env: lmdb.Environment | None = None
         self._opened_at_fork = -1  # the value of _forks when this process opened it
@@ -284,107 +172,14 @@ class EmbeddingCache:
                 self._env = None
                 if self._release is not None:
                     self._release.detach()  # the parent's entry is not this process's
-            pid = os.getpid()
-            key = (pid, str(self.path.resolve()))
-            with _shared_envs_lock:
-                shared = _shared_envs.get(key)
-                if shared is None:
-                    # An environment of this folder inherited through fork is still open as far
-                    # as py-lmdb is concerned, which refuses a new open: close it here (as above).
-                    for other in [k for k in _shared_envs if k[1] == key[1] and k[0] != pid]:
-                        _shared_envs.pop(other).env.close()
-                    shared = _shared_envs[key] = _SharedEnv(self._open(), self.readonly)
-                elif shared.readonly and not self.readonly:
-                    raise CacheError(
-                        f"cannot open embedding cache at {self.path} for writing: this process "
-                        "already has it open read-only"
-                    )
-                shared.handles += 1
-            self._release = weakref.finalize(self, _release_shared_env, key, shared.env)
+            key, shared = acquire_shared_env(self.path, self.readonly, functools.partial(
+                open_environment, self.path, readonly=self.readonly, map_size=self._map_size,
+                max_readers=self._max_readers, durable=self._durable))
+            self._release = weakref.finalize(self, release_shared_env, key, shared.env)
             self._guard = shared.guard
             self._env = shared.env
             self._opened_at_fork = _forks
             return self._env
-
-    def _open(self) -> lmdb.Environment:
-        """Open the environment, retrying while other processes grow the data under us.
-
-        LMDB sizes a new map to at least the data committed when it opens; py-lmdb then begins
-        a transaction to open the main database, and a commit by another process in between
-        that grew the data past that size makes it fail with ``MapResizedError``. A new open
-        maps the new size, so it is retried (each retry means another process made progress).
-        """
-        try:  # owner-only: another user must neither read the vectors nor swap data.mdb
-            private_dir(self.path, create=not self.readonly)
-        except UnsafeStoreError:
-            raise
-        except OSError as exc:
-            verb = "open" if self.readonly else "create"
-            raise CacheError(f"cannot {verb} embedding cache folder {self.path}: {exc}") from None
-        if not self.readonly:
-            self._check_room_for_a_new_lock_file()
-        self._check_files()  # before LMDB reads a byte of them
-        for _ in range(_OPEN_ATTEMPTS):
-            try:
-                env = lmdb.open(
-                    str(self.path),
-                    map_size=self._map_size,
-                    max_readers=self._max_readers,
-                    readonly=self.readonly,
-                    lock=True,
-                    sync=self._durable,
-                    metasync=self._durable,
-                    readahead=False,
-                    max_dbs=0,
-                    mode=PRIVATE_FILE_MODE,  # data.mdb and lock.mdb are born 0600
-                )
-            except lmdb.MapResizedError:
-                continue
-            except cache_format.DAMAGE_ERRORS as exc:
-                raise self._damaged(str(exc)) from None
-            except lmdb.Error as exc:
-                raise CacheError(f"cannot open embedding cache at {self.path}: {exc}") from None
-            problem = cache_format.truncation(env, self.path / "data.mdb")
-            if problem is not None:  # reading past the end of the map would be a SIGBUS
-                env.close()
-                raise self._damaged(problem)
-            try:
-                self._check_files()  # the new ones too, whatever the umask made of them
-                env.reader_check()  # free reader slots left by processes that died
-            except lmdb.Error as exc:
-                env.close()
-                raise CacheError(f"cannot open embedding cache at {self.path}: {exc}") from None
-            except BaseException:
-                env.close()
-                raise
-            return env
-        raise CacheError(
-            f"cannot open embedding cache at {self.path}: other processes kept growing it "
-            f"during {_OPEN_ATTEMPTS} attempts to open it"
-        )
-
-    def _check_room_for_a_new_lock_file(self) -> None:
-        """Refuse to create a cache on a full disk: LMDB maps its new lock file, sized for
-        ``max_readers``, and writes into it, and a page the disk has no room for is a SIGBUS
-        that kills the process instead of an error."""
-        if (self.path / "lock.mdb").exists():
-            return
-        needed = self._max_readers * _READER_SLOT_BYTES + (1 << 16)
-        free = os.statvfs(self.path)
-        available = free.f_bavail * free.f_frsize
-        if available < needed:
-            raise CacheFullError(
-                f"cannot create embedding cache at {self.path}: the disk is full "
-                f"({available} bytes free, {needed} needed for its lock file)"
-            )
-
-    def _check_files(self) -> None:
-        """data.mdb and lock.mdb: ours and 0600 (an older store's 0644 is closed), else refused."""
-        for name in ("data.mdb", "lock.mdb"):
-            try:
-                private_file(self.path / name)
-            except FileNotFoundError:
-                pass
 
     def close(self) -> None:
         with self._open_lock:
@@ -423,9 +218,9 @@ class EmbeddingCache:
             except lmdb.MapResizedError:
                 resized = True
             except lmdb.ReadersFullError:
-                raise self._readers_full() from None
+                raise readers_full(self.path, self._max_readers) from None
             except lmdb.Error as exc:
-                raise self._read_error(exc) from None
+                raise read_error(self.path, exc) from None
             else:
                 try:
                     data = self._verified(txn.get(key))
@@ -433,7 +228,7 @@ class EmbeddingCache:
                         # a writable copy in one step (twice as fast as frombuffer().copy())
                         vector = np.ndarray(self._shape, _FLOAT32, bytearray(data))
                 except lmdb.Error as exc:
-                    raise self._read_error(exc) from None
+                    raise read_error(self.path, exc) from None
                 finally:
                     txn.abort()
         finally:
@@ -465,20 +260,6 @@ class EmbeddingCache:
         if first:
             log.warning("embedding cache at %s: a stored vector failed its checksum; it was recomputed "
                         "and replaced (counted as corrupt_vectors in stats)", self.path)
-
-    def _damaged(self, problem: str) -> CacheDamagedError:
-        return CacheDamagedError(cache_format.damaged_message(self.path, problem))
-
-    def _read_error(self, exc: lmdb.Error) -> CacheError:
-        if isinstance(exc, cache_format.DAMAGE_ERRORS):
-            return self._damaged(str(exc))
-        return CacheError(f"cannot read embedding cache at {self.path}: {exc}")
-
-    def _readers_full(self) -> CacheError:
-        return CacheError(
-            f"embedding cache at {self.path}: more concurrent readers than "
-            f"max_readers={self._max_readers} (processes x threads); raise max_readers"
-        )
 
     def get(self, text: str) -> np.ndarray | None:
         """The cached vector of ``text`` (a fresh array), or ``None``."""
@@ -548,9 +329,9 @@ class EmbeddingCache:
             except lmdb.MapFullError:
                 self._grow()
             except cache_format.DAMAGE_ERRORS as exc:
-                raise self._damaged(str(exc)) from None
+                raise damaged(self.path, str(exc)) from None
             except lmdb.Error as exc:
-                if _disk_full(self.path, exc):
+                if disk_full(self.path, exc):
                     raise CacheFullError(f"embedding cache at {self.path}: disk full ({exc})") from None
                 raise CacheError(f"cannot write embedding cache at {self.path}: {exc}") from None
 
@@ -581,11 +362,11 @@ class EmbeddingCache:
                 except lmdb.MapResizedError:
                     txn = None
                 except lmdb.ReadersFullError:
-                    raise self._readers_full() from None
+                    raise readers_full(self.path, self._max_readers) from None
                 except lmdb.Error as exc:
                     if write:
                         raise
-                    raise self._read_error(exc) from None
+                    raise read_error(self.path, exc) from None
                 if txn is not None:
                     try:
                         with txn:
@@ -593,7 +374,7 @@ class EmbeddingCache:
                     except lmdb.Error as exc:
                         if write:  # put_many_keys tells a full map or disk from damage itself
                             raise
-                        raise self._read_error(exc) from None
+                        raise read_error(self.path, exc) from None
                     return
             # Another process grew the map: adopt its size (no transaction of ours is open).
             with guard.exclusive():

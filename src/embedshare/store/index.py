@@ -1,6 +1,6 @@
 """The tool index: a folder of memory-mapped arrays that every process searches in place.
 
-Layout of one index folder (written once, atomically, then only read)::
+Layout of one index folder (written once, atomically, by ``index_build``, then only read)::
 
     manifest.json        model_id, dim, count, registry hash, categories, file sizes + sha256
     vectors.npy          (n, dim) float32   combined, normalised tool vectors (searched)
@@ -21,26 +21,21 @@ from __future__ import annotations
 import functools
 import json
 import mmap
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..util.digests import blake2b, sha256
-from ..registry import FIELDS, Registry, field_texts, field_weights
+from ..registry import FIELDS
 from ..registry.loader import tool_protocol
-from .files import PRIVATE_FILE_MODE, private_dir
+from ..util.digests import blake2b, sha256
 
 FORMAT_VERSION = 1
 ARRAY_FILES = ("vectors.npy", "fields.npy", "weights.npy", "categories.npy",
                "names_sorted.npy", "rows_by_name.npy", "tool_offsets.npy")
 DATA_FILES = ARRAY_FILES + ("tools.jsonl",)
-
-EmbedFn = Callable[[list[str]], np.ndarray]
-ANN_MIN_TOOLS = 100_000  # from here on an approximate index takes over search_hits (bench/README.md)
 
 
 class ToolIndexError(ValueError):
@@ -84,121 +79,13 @@ def index_folder_name(registry_hash: str, model_id: str) -> str:
     return f"{registry_hash[:16]}-{model_tag}"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file of the index (its manifest lists one for every file)."""
     h = sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def build_index(
-    registry: Registry,
-    embed: EmbedFn,
-    model_id: str,
-    dim: int,
-    destination: str | Path,
-    progress: Callable[[int, int], None] | None = None,
-    batch_size: int = 256,
-    ann_min_tools: int | None = None,
-) -> Path:
-    """Embed every field of every tool and write the index folder at ``destination``.
-
-    From ``ann_min_tools`` tools on (default ``ANN_MIN_TOOLS``), an approximate index
-    (``store/ann.py``) is written beside the vectors and takes over ``search_hits``.
-
-    Written into a temporary folder beside it and renamed into place, so a reader never sees
-    half an index; when another process finished the same index first, its copy is kept.
-    """
-    import shutil
-    import tempfile
-
-    destination = Path(destination)
-    tools = registry.tools
-    n = len(tools)
-    per_tool = [field_texts(t) for t in tools]
-    unique = sorted({text for texts in per_tool for text in texts.values()})
-    vectors_of: dict[str, np.ndarray] = {}
-    for start in range(0, len(unique), batch_size):
-        chunk = unique[start : start + batch_size]
-        vecs = np.asarray(embed(chunk), dtype=np.float32)
-        if vecs.shape != (len(chunk), dim):
-            raise ToolIndexError(f"embedder returned shape {vecs.shape}, expected ({len(chunk)}, {dim})")
-        vectors_of.update(zip(chunk, vecs))
-        if progress:
-            progress(min(start + batch_size, len(unique)), len(unique))
-
-    fields = np.zeros((n, len(FIELDS), dim), dtype=np.float32)
-    weights = np.zeros((n, len(FIELDS)), dtype=np.float32)
-    for row, texts in enumerate(per_tool):
-        for name, weight in field_weights(texts).items():
-            col = FIELDS.index(name)
-            fields[row, col] = vectors_of[texts[name]]
-            weights[row, col] = weight
-    combined = np.einsum("nf,nfd->nd", weights, fields)
-    combined /= np.linalg.norm(combined, axis=1, keepdims=True)
-
-    categories = sorted({t.category for t in tools})
-    category_codes = np.array([categories.index(t.category) for t in tools], dtype=np.int32)
-    names = np.array([t.name.encode("utf-8") for t in tools])
-    order = np.argsort(names, kind="stable")
-
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=destination.parent))
-    try:
-        offsets = [0]
-        with open(tmp / "tools.jsonl", "wb") as f:
-            for tool in tools:
-                line = json.dumps(tool.raw, ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n"
-                f.write(line)
-                offsets.append(offsets[-1] + len(line))
-        arrays = {
-            "vectors.npy": combined.astype(np.float32),
-            "fields.npy": fields,
-            "weights.npy": weights,
-            "categories.npy": category_codes,
-            "names_sorted.npy": names[order],
-            "rows_by_name.npy": order.astype(np.int64),
-            "tool_offsets.npy": np.array(offsets, dtype=np.int64),
-        }
-        for fname, array in arrays.items():
-            np.save(tmp / fname, array)
-        manifest = {
-            "format": FORMAT_VERSION,
-            "model_id": model_id,
-            "dim": dim,
-            "count": n,
-            "registry_hash": registry.content_hash,
-            "registry_source": registry.source,
-            "fields": list(FIELDS),
-            "categories": categories,
-            "files": {
-                fname: {"bytes": (tmp / fname).stat().st_size, "sha256": _sha256(tmp / fname)}
-                for fname in DATA_FILES
-            },
-        }
-        if n >= (ANN_MIN_TOOLS if ann_min_tools is None else ann_min_tools):
-            from .ann import ANN_FILES, build_ivf
-
-            build_ivf(arrays["vectors.npy"], tmp)
-            manifest["ann"] = {"kind": "ivf-flat", "files": {
-                fname: {"bytes": (tmp / fname).stat().st_size, "sha256": _sha256(tmp / fname)}
-                for fname in ANN_FILES}}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        for path in tmp.iterdir():
-            with open(path, "rb") as f:
-                os.fchmod(f.fileno(), PRIVATE_FILE_MODE)  # owner-only, whatever the umask
-                os.fsync(f.fileno())
-        try:
-            os.rename(tmp, destination)
-        except OSError:
-            if not (destination / "manifest.json").exists():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # built concurrently by someone else
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return destination
 
 
 class ToolIndex:
@@ -232,7 +119,7 @@ class ToolIndex:
                     raise ToolIndexError(
                         f"tool index {self.path}: {fname} has {actual} bytes, manifest says {expected}"
                     )
-                if verify and _sha256(self.path / fname) != files[fname]["sha256"]:
+                if verify and file_sha256(self.path / fname) != files[fname]["sha256"]:
                     raise ToolIndexError(f"tool index {self.path}: {fname} does not match its checksum")
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, ToolIndexError):
@@ -273,7 +160,7 @@ class ToolIndex:
             path = self.path / fname
             if not path.exists() or path.stat().st_size != int(meta["bytes"]):
                 raise ToolIndexError(f"tool index {self.path}: {fname} is missing or has the wrong size")
-            if verify and _sha256(path) != meta["sha256"]:
+            if verify and file_sha256(path) != meta["sha256"]:
                 raise ToolIndexError(f"tool index {self.path}: {fname} does not match its checksum")
         try:
             ann = IVFIndex(self.path)
@@ -423,30 +310,3 @@ class ToolIndex:
         return self.search_vector(
             np.array(self.vectors[row]), k=k, category=category, threshold=-1.0, exclude_row=row
         )
-
-
-def open_or_build_index(
-    root: str | Path,
-    registry: Registry,
-    embed: EmbedFn,
-    model_id: str,
-    dim: int,
-    progress: Callable[[int, int], None] | None = None,
-) -> ToolIndex:
-    """Open the index of this registry and model under ``root``, building it if needed."""
-    path = private_dir(root) / index_folder_name(registry.content_hash, model_id)
-    if not (path / "manifest.json").exists():
-        if path.exists():
-            raise ToolIndexError(f"tool index {path} exists but has no manifest.json (damaged); "
-                                 "delete the folder to rebuild it")
-        build_index(registry, embed, model_id, dim, path, progress=progress)
-    try:
-        index = ToolIndex(path, verify=True)
-    except ToolIndexError as exc:  # damaged or tampered with: never searched, never rebuilt silently
-        raise ToolIndexError(f"{exc}; delete the folder to rebuild it") from None
-    if index.model_id != model_id or index.manifest["registry_hash"] != registry.content_hash:
-        raise ToolIndexError(
-            f"tool index {path} was built for another model or registry (model {index.model_id!r}, "
-            f"this service's is {model_id!r}); delete the folder to rebuild it"
-        )
-    return index

@@ -1,0 +1,86 @@
+"""The body of a pool's worker process: initialize, then run one call at a time until told to stop.
+
+Imports only the messages (standard library): a module a worker imports costs its memory in
+every worker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from multiprocessing.connection import Connection
+
+from .messages import (
+    ErrorInfo,
+    ErrorItem,
+    InitFailed,
+    Initializer,
+    Ready,
+    Reply,
+    ResultItem,
+    Stop,
+    ToWorker,
+    dumps,
+    loads,
+)
+
+# Exit code of a worker whose initializer raised (it has already reported the traceback).
+INIT_FAILED_EXIT = 3
+
+
+def worker_main(
+    conn: Connection,
+    init_blob: bytes,
+    env: dict[str, str],
+    inherited: list[Connection],
+) -> None:
+    """Body of a worker process: initialize, then run one message at a time until told to stop."""
+    # Parent ends of sibling pipes inherited through fork: close them, or the parent dying
+    # would not show up as EOF here (and our own death not as EOF there).
+    for c in inherited:
+        try:
+            c.close()
+        except OSError:
+            pass
+    # Ctrl-C reaches the whole process group; the parent decides what happens to workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The environment is applied before the initializer (and, under spawn/forkserver, before
+    # its module) is even unpickled, so variables like OMP_NUM_THREADS take effect on import.
+    os.environ.update(env)
+    try:
+        init: Initializer = loads(init_blob)
+        if init.fn is not None:
+            init.fn(*init.args)
+    except BaseException as exc:  # noqa: BLE001 - SystemExit in an initializer is a failure too
+        try:
+            conn.send_bytes(dumps(InitFailed(ErrorInfo.from_exception(exc))))
+        except Exception:
+            pass
+        sys.exit(INIT_FAILED_EXIT)
+    try:
+        conn.send_bytes(dumps(Ready()))
+    except OSError:
+        return
+
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        try:
+            message: ToWorker = loads(data)
+            if isinstance(message, Stop):
+                return
+            reply: Reply = ResultItem(message())
+        except Exception as exc:  # a task error is a result, not a crash
+            reply = ErrorItem(ErrorInfo.from_exception(exc))
+        try:
+            payload = dumps(reply)
+        except Exception as exc:  # the return value does not pickle
+            payload = dumps(ErrorItem(ErrorInfo.from_exception(exc, "task result could not be pickled")))
+        del reply
+        try:
+            conn.send_bytes(payload)
+        except OSError:
+            return

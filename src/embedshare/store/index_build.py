@@ -1,0 +1,156 @@
+"""Building a tool index folder: embed every field of every tool, write the arrays, rename.
+
+What the folder holds, and how it is read and searched, is :mod:`embedshare.store.index`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..registry import FIELDS, Registry, field_texts, field_weights
+from .files import PRIVATE_FILE_MODE, private_dir
+from .index import DATA_FILES, FORMAT_VERSION, ToolIndex, ToolIndexError, file_sha256, index_folder_name
+
+EmbedFn = Callable[[list[str]], np.ndarray]
+ANN_MIN_TOOLS = 100_000  # from here on an approximate index takes over search_hits (bench/README.md)
+
+
+def build_index(
+    registry: Registry,
+    embed: EmbedFn,
+    model_id: str,
+    dim: int,
+    destination: str | Path,
+    progress: Callable[[int, int], None] | None = None,
+    batch_size: int = 256,
+    ann_min_tools: int | None = None,
+) -> Path:
+    """Embed every field of every tool and write the index folder at ``destination``.
+
+    From ``ann_min_tools`` tools on (default ``ANN_MIN_TOOLS``), an approximate index
+    (``store/ann.py``) is written beside the vectors and takes over ``search_hits``.
+
+    Written into a temporary folder beside it and renamed into place, so a reader never sees
+    half an index; when another process finished the same index first, its copy is kept.
+    """
+    import shutil
+    import tempfile
+
+    destination = Path(destination)
+    tools = registry.tools
+    n = len(tools)
+    per_tool = [field_texts(t) for t in tools]
+    unique = sorted({text for texts in per_tool for text in texts.values()})
+    vectors_of: dict[str, np.ndarray] = {}
+    for start in range(0, len(unique), batch_size):
+        chunk = unique[start : start + batch_size]
+        vecs = np.asarray(embed(chunk), dtype=np.float32)
+        if vecs.shape != (len(chunk), dim):
+            raise ToolIndexError(f"embedder returned shape {vecs.shape}, expected ({len(chunk)}, {dim})")
+        vectors_of.update(zip(chunk, vecs))
+        if progress:
+            progress(min(start + batch_size, len(unique)), len(unique))
+
+    fields = np.zeros((n, len(FIELDS), dim), dtype=np.float32)
+    weights = np.zeros((n, len(FIELDS)), dtype=np.float32)
+    for row, texts in enumerate(per_tool):
+        for name, weight in field_weights(texts).items():
+            col = FIELDS.index(name)
+            fields[row, col] = vectors_of[texts[name]]
+            weights[row, col] = weight
+    combined = np.einsum("nf,nfd->nd", weights, fields)
+    combined /= np.linalg.norm(combined, axis=1, keepdims=True)
+
+    categories = sorted({t.category for t in tools})
+    category_codes = np.array([categories.index(t.category) for t in tools], dtype=np.int32)
+    names = np.array([t.name.encode("utf-8") for t in tools])
+    order = np.argsort(names, kind="stable")
+
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=destination.parent))
+    try:
+        offsets = [0]
+        with open(tmp / "tools.jsonl", "wb") as f:
+            for tool in tools:
+                line = json.dumps(tool.raw, ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n"
+                f.write(line)
+                offsets.append(offsets[-1] + len(line))
+        arrays = {
+            "vectors.npy": combined.astype(np.float32),
+            "fields.npy": fields,
+            "weights.npy": weights,
+            "categories.npy": category_codes,
+            "names_sorted.npy": names[order],
+            "rows_by_name.npy": order.astype(np.int64),
+            "tool_offsets.npy": np.array(offsets, dtype=np.int64),
+        }
+        for fname, array in arrays.items():
+            np.save(tmp / fname, array)
+        manifest = {
+            "format": FORMAT_VERSION,
+            "model_id": model_id,
+            "dim": dim,
+            "count": n,
+            "registry_hash": registry.content_hash,
+            "registry_source": registry.source,
+            "fields": list(FIELDS),
+            "categories": categories,
+            "files": {
+                fname: {"bytes": (tmp / fname).stat().st_size, "sha256": file_sha256(tmp / fname)}
+                for fname in DATA_FILES
+            },
+        }
+        if n >= (ANN_MIN_TOOLS if ann_min_tools is None else ann_min_tools):
+            from .ann import ANN_FILES, build_ivf
+
+            build_ivf(arrays["vectors.npy"], tmp)
+            manifest["ann"] = {"kind": "ivf-flat", "files": {
+                fname: {"bytes": (tmp / fname).stat().st_size, "sha256": file_sha256(tmp / fname)}
+                for fname in ANN_FILES}}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        for path in tmp.iterdir():
+            with open(path, "rb") as f:
+                os.fchmod(f.fileno(), PRIVATE_FILE_MODE)  # owner-only, whatever the umask
+                os.fsync(f.fileno())
+        try:
+            os.rename(tmp, destination)
+        except OSError:
+            if not (destination / "manifest.json").exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # built concurrently by someone else
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return destination
+
+
+def open_or_build_index(
+    root: str | Path,
+    registry: Registry,
+    embed: EmbedFn,
+    model_id: str,
+    dim: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> ToolIndex:
+    """Open the index of this registry and model under ``root``, building it if needed."""
+    path = private_dir(root) / index_folder_name(registry.content_hash, model_id)
+    if not (path / "manifest.json").exists():
+        if path.exists():
+            raise ToolIndexError(f"tool index {path} exists but has no manifest.json (damaged); "
+                                 "delete the folder to rebuild it")
+        build_index(registry, embed, model_id, dim, path, progress=progress)
+    try:
+        index = ToolIndex(path, verify=True)
+    except ToolIndexError as exc:  # damaged or tampered with: never searched, never rebuilt silently
+        raise ToolIndexError(f"{exc}; delete the folder to rebuild it") from None
+    if index.model_id != model_id or index.manifest["registry_hash"] != registry.content_hash:
+        raise ToolIndexError(
+            f"tool index {path} was built for another model or registry (model {index.model_id!r}, "
+            f"this service's is {model_id!r}); delete the folder to rebuild it"
+        )
+    return index
