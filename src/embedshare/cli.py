@@ -13,17 +13,22 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import click
 
-# Only click and the standard library at import time: pool workers spawned from this command
-# re-import it as their __main__, and whatever it imports costs memory in every worker.
+# Only click and the standard library at import time (and the settings `serve`'s options are
+# generated from, standard library only): pool workers spawned from this command re-import it
+# as their __main__, and whatever it imports costs memory in every worker.
+from .env import ENV_MODEL, ENV_STORE
+from .service.config import CommandOption, ServiceConfig, command_options
+
 DEFAULT_MODEL = "local"
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _layout(store: Path | None) -> Any:
-    from .manager import default_store
+    from .env import default_store
     from .store.layout import StoreLayout
 
     return StoreLayout(store or default_store())
@@ -66,11 +71,11 @@ def _errors_as_messages() -> Iterator[None]:
 
 store_option = click.option(
     "--store", type=click.Path(file_okay=False, path_type=Path), default=None,
-    help="Store folder (cache, indexes, service socket). Default: $EMBEDSHARE_STORE or ~/.cache/embedshare.",
+    help=f"Store folder (cache, indexes, service socket). Default: ${ENV_STORE} or ~/.cache/embedshare.",
 )
 model_option = click.option(
-    "--model", default=lambda: os.environ.get("EMBEDSHARE_MODEL"),
-    help="Embedder spec: local, hash:<dim>, openai:<model>. Default: $EMBEDSHARE_MODEL, else the "
+    "--model", default=lambda: os.environ.get(ENV_MODEL),
+    help=f"Embedder spec: local, hash:<dim>, openai:<model>. Default: ${ENV_MODEL}, else the "
          "running service's, else the one the store records, else local.",
 )
 registry_option = click.option(
@@ -141,86 +146,56 @@ def main(verbose: int) -> None:
     )
 
 
+def _click_option(option: CommandOption) -> Callable[[F], F]:
+    """A field of ``ServiceConfig`` as a click option: its flag, type, default and help."""
+    if option.kind is bool:
+        return click.option(option.flag, option.name, is_flag=True, help=option.help)
+    kind: Any = click.Path(dir_okay=False, path_type=Path) if option.path else option.kind
+    return click.option(option.flag, option.name, type=kind, default=option.default, metavar=option.metavar,
+                        show_default=option.default is not None, help=option.help)
+
+
+def config_options(command: F) -> F:
+    """``serve``'s options for the service's settings, in the order of ``ServiceConfig``'s fields."""
+    for option in reversed([o for o in command_options() if o.serve]):
+        command = _click_option(option)(command)
+    return command
+
+
 @main.command()
 @store_option
 @model_option
 @click.option("--registry", default=None,
               help="Tool registry to index and serve ('bundled' for the example). Default: the one "
                    "the store records (embedshare index build), if any.")
-@click.option("--max-batch", default=64, show_default=True, help="Most texts per model call.")
-@click.option("--max-wait-ms", default=2.0, show_default=True, help="How long to gather requests into a batch.")
-@click.option("--threads", type=int, default=None, help="Torch threads for the local model.")
 @click.option("--detach", is_flag=True, help="Start in the background and return once it answers.")
-@click.option("--http", "http", metavar="HOST:PORT", default=None,
-              help="Also serve an OpenAI-compatible /v1/embeddings and /metrics (off by default; "
-                   "a bare PORT listens on 127.0.0.1).")
-@click.option("--http-token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="A file (mode 0600) holding the bearer token HTTP clients must send; "
-                   "or set EMBEDSHARE_HTTP_TOKEN. Optional on loopback, required on other hosts.")
-@click.option("--http-no-auth", is_flag=True, help="Serve a non-loopback --http without a token (warned).")
-@click.option("--max-connections", type=int, default=1024, show_default=True,
-              help="Connections open at once on the Unix socket.")
-@click.option("--max-http-connections", type=int, default=256, show_default=True,
-              help="Connections open at once on the HTTP port (apart from the socket's).")
-@click.option("--max-tcp-connections", type=int, default=64, show_default=True,
-              help="Connections open at once on the --tcp listener.")
-@click.option("--first-frame-timeout", type=float, default=10.0, show_default=True,
-              help="Seconds a new connection has to send its first request (HTTP: its headers).")
-@click.option("--frame-timeout", type=float, default=60.0, show_default=True,
-              help="Seconds to finish sending a request once begun (HTTP: its body).")
-@click.option("--idle-timeout", type=float, default=0.0, show_default=True,
-              help="Close socket/TCP connections idle this long (0: never; clients reconnect).")
-@click.option("--http-keepalive-timeout", type=float, default=5.0, show_default=True,
-              help="Seconds an HTTP connection may wait between requests.")
-@click.option("--max-buffered-mb", type=int, default=256, show_default=True,
-              help="Request bytes held at once across socket and TCP connections.")
-@click.option("--max-http-buffered-mb", type=int, default=64, show_default=True,
-              help="Request body bytes held at once across HTTP connections.")
-@click.option("--log-interval", type=float, default=10.0, show_default=True,
-              help="Seconds between two warnings or errors of the same kind in the log (0: no limit).")
-def serve(store: Path | None, model: str | None, registry: str | None, max_batch: int, max_wait_ms: float,
-          threads: int | None, detach: bool, http: str | None, http_token_file: Path | None,
-          http_no_auth: bool, **limits: float) -> None:
+@config_options
+def serve(store: Path | None, model: str | None, registry: str | None, detach: bool, **settings: Any) -> None:
     """Run the store's embedding service (one per store; a second one reports the first)."""
-    from .service.launcher import EmbeddingService
-    from .service.server import run_service
-    from .client.state import ServiceConfig, apply_limits
-
     with _errors_as_messages():
         model = _model(model, store)
         if registry and registry != "bundled":
             from .registry import load_registry
 
             load_registry(registry)  # a missing or invalid file: one line now, not a failed start
-            registry = str(Path(registry).resolve())
+        config = ServiceConfig(store=str(_layout(store).root), model=model, registry=registry, **settings)
         if detach:
+            from .service.launcher import EmbeddingService
+
             verbose = click.get_current_context().find_root().params.get("verbose", 0)
-            service = EmbeddingService(store, model=model, registry=registry, max_batch=max_batch,
-                                       max_wait_ms=max_wait_ms, threads=threads, detach=True,
-                                       export_env=False, verbose=verbose, http=http,
-                                       http_token_file=http_token_file, http_no_auth=http_no_auth,
-                                       limits=limits).start()
-            if http and not _is_loopback_http(http) and http_no_auth:  # the service says it in its log only
-                click.echo(f"warning: the HTTP endpoint on {http} is reachable beyond loopback, "
+            service = EmbeddingService(config=config, detach=True, export_env=False, verbose=verbose).start()
+            if config.http and not _is_loopback_http(config.http) and config.http_no_auth:
+                # the service says it in its log only
+                click.echo(f"warning: the HTTP endpoint on {settings['http']} is reachable beyond loopback, "
                            "without authentication (--http-no-auth)", err=True)
             verb = "started" if service.owned else "already running"
             click.echo(f"embedshare service {verb}: pid {service.pid}, socket {service.address}"
                        + (f", http {service.http_url}/v1" if service.http_url else ""))
             return
-        if http:
-            from .service.http.address import normalise_http_address
-
-            http = normalise_http_address(http)
-        config = ServiceConfig(store=str(_layout(store).root), model=model,
-                               registry=registry, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                               threads=threads, http=http)
-        from .service.server import LOG_FORMAT
+        from .service.server import LOG_FORMAT, run_service
 
         for handler in logging.getLogger().handlers:  # timestamps, as in service.log
             handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        config.http_token_file = str(http_token_file.resolve()) if http_token_file else None
-        config.http_no_auth = http_no_auth
-        apply_limits(config, limits)
 
         def announce(line: str) -> None:  # only once it answers: a failed start says only why
             status, _, detail = line.partition(" ")

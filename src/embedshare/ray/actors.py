@@ -21,17 +21,15 @@ deployment, not as long as one driver).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
-import select
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +40,10 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .. import settings
 from ..client.connection import ServiceConnection, ServiceUnavailable
-from ..client.state import ENV_ADDRESS, ServiceConfig
+from ..service.config import ServiceConfig
+from ..service.launcher import ServiceStartError, spawn_service
 from ..store import EmbeddingCache, StoreLayout
-from ..store.files import open_private
+from ..util.singleflight import Promise, SingleFlight
 from .config import COORDINATOR_NAME, node_key, node_store, owner_of, registry_copy, service_name
 
 log = logging.getLogger("embedshare.ray")
@@ -69,29 +68,21 @@ def default_ring() -> list[str]:
     return sorted(nid for nid, n in alive_nodes().items() if n.get("Resources", {}).get("CPU", 0) > 0)
 
 
-def make_settings(
-    model: str = "local",
-    *,
-    store_root: str,
-    namespace: str,
-    ring: list[str] | None = None,
-    max_batch: int = 64,
-    max_wait_ms: float = 2.0,
-    threads: int | None = None,
-    start_timeout: float = 600.0,
-) -> dict[str, Any]:
-    max_batch = settings.whole_number("max_batch", max_batch, 1)
-    max_wait_ms = settings.seconds("max_wait_ms", max_wait_ms, allow_zero=True, unit="milliseconds")
-    threads = None if threads is None else settings.whole_number("threads", threads, 1)
+def make_settings(config: ServiceConfig, *, namespace: str, ring: list[str] | None = None,
+                  start_timeout: float = 600.0) -> dict[str, Any]:
+    """What the coordinator and each node actor run with: plain data (it is an actor argument).
+
+    ``service``: the fields of every node's ``ServiceConfig`` but two. Its ``store`` is the
+    node's own, under ``store_root`` (which is ``config.store``), and its ``registry`` is none:
+    the deployment's index is built once, through the owners, into the object store.
+    """
     start_timeout = settings.seconds("start_timeout", start_timeout)
     ring = sorted(ring) if ring else default_ring()
     if not ring:
         raise RuntimeError("the Ray cluster has no alive node with CPUs to run embedshare services on")
-    return {
-        "model": model, "store_root": str(store_root), "namespace": namespace, "ring": ring,
-        "max_batch": int(max_batch), "max_wait_ms": float(max_wait_ms), "threads": threads,
-        "start_timeout": float(start_timeout),
-    }
+    service = {name: value for name, value in dataclasses.asdict(config).items() if name not in ("store", "registry")}
+    return {"service": service, "store_root": config.store, "namespace": namespace, "ring": ring,
+            "start_timeout": float(start_timeout)}
 
 
 def get_coordinator(namespace: str) -> Any:
@@ -137,10 +128,7 @@ class NodeService:
         self.ring: list[str] = list(settings["ring"])
         hosts = {nid: n.get("NodeManagerHostname") or "" for nid, n in alive_nodes().items()}
         self.layout = StoreLayout(node_store(settings["store_root"], node_key(node_id, hosts)))
-        self.config = ServiceConfig(
-            store=str(self.layout.root), model=settings["model"], registry=None,
-            max_batch=settings["max_batch"], max_wait_ms=settings["max_wait_ms"], threads=settings["threads"],
-        )
+        self.config = ServiceConfig(store=str(self.layout.root), **settings["service"])
         self.incarnation = uuid.uuid4().hex[:12]
         self._lock = threading.RLock()  # starts and restarts of the service process
         self._process: subprocess.Popen | None = None
@@ -149,8 +137,7 @@ class NodeService:
         self._hello: dict[str, Any] = {}
         self._cache: EmbeddingCache | None = None
         self._owners: dict[str, Any] = {}
-        self._inflight: dict[bytes, Future] = {}
-        self._inflight_lock = threading.Lock()
+        self._inflight: SingleFlight[Promise] = SingleFlight(Promise)  # keys being fetched from owners
         self._counters_lock = threading.Lock()
         self.counters = {
             "service_starts": 0, "fetch_requests": 0, "fetch_texts": 0, "fetch_cache_hits": 0,
@@ -192,41 +179,25 @@ class NodeService:
         log.info("node %s: embedshare service pid %s on %s", self.node_id[:8], self._process.pid, layout.socket)
 
     def _spawn(self, deadline: float) -> tuple[str, str]:
+        """The launcher's spawn, plus a lifeline: the service stops when this actor's process dies."""
         life_read, life_write = os.pipe()
-        ready_read, ready_write = os.pipe()
-        args = [sys.executable, "-m", "embedshare.ray._service", "--lifeline-fd", str(life_read),
-                *self.config.argv(), "--ready-fd", str(ready_write)]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-        env.pop(ENV_ADDRESS, None)
-        with os.fdopen(open_private(self.layout.log), "ab") as log_file:
-            process = subprocess.Popen(
-                args, pass_fds=(life_read, ready_write), stdin=subprocess.DEVNULL,
-                stdout=log_file, stderr=log_file, env=env, start_new_session=True,
-            )
-        os.close(life_read)
-        os.close(ready_write)
-        line = b""
         try:
-            while not line.endswith(b"\n"):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    process.kill()
-                    process.wait()
-                    os.close(life_write)
-                    return "error", "it did not answer in time"
-                readable, _, _ = select.select([ready_read], [], [], remaining)
-                if readable:
-                    chunk = os.read(ready_read, 4096)
-                    if not chunk:
-                        break
-                    line += chunk
+            process, line = spawn_service(
+                self.config, deadline - time.monotonic(), pass_fds=(life_read,),
+                entry=("embedshare.ray._service", "--lifeline-fd", str(life_read)))
+        except ServiceStartError as exc:  # no answer in time: it was killed
+            os.close(life_write)
+            return "error", str(exc)
+        except BaseException:
+            os.close(life_write)
+            raise
         finally:
-            os.close(ready_read)
-        status, _, detail = line.decode().strip().partition(" ")
+            os.close(life_read)
+        status, _, detail = line.partition(" ")
         if status != "ready":
             os.close(life_write)
             process.wait(timeout=60)
-            return (status or "error"), (detail or f"exit code {process.returncode}")
+            return status, detail
         self._process, self._lifeline = process, life_write
         return "ready", detail
 
@@ -341,41 +312,21 @@ class NodeService:
         out = np.empty((len(texts), cache.dim), dtype=np.float32)
         found = cache.get_many_into(keys, out)  # another worker of this node may have fetched them
         self._count(fetch_requests=1, fetch_texts=len(texts), fetch_cache_hits=int(found.sum()))
-        mine: dict[bytes, tuple[str, Future]] = {}
-        waiting: list[tuple[int, Future]] = []
-        rows_of: dict[bytes, list[int]] = {}
-        with self._inflight_lock:
-            for i in np.flatnonzero(~found):
-                key = keys[i]
-                if key in mine:
-                    rows_of[key].append(int(i))
-                    continue
-                future = self._inflight.get(key)
-                if future is not None:
-                    waiting.append((int(i), future))
-                    continue
-                future = self._inflight[key] = Future()
-                mine[key] = (texts[i], future)
-                rows_of[key] = [int(i)]
-        self._count(fetch_joined=len(waiting))
-        if mine:
+        missing = np.flatnonzero(~found)
+        miss_keys = [keys[i] for i in missing]
+        claim = self._inflight.claim(miss_keys)  # another worker's fetch of a key is awaited
+        self._count(fetch_joined=claim.joined)
+        if claim.mine:
+            mine = [miss_keys[p] for p in claim.mine]
             try:
-                vectors = self._ask_owners(list(mine), [t for t, _ in mine.values()])
-                cache.put_many_keys(list(mine), vectors)
+                vectors = self._ask_owners(mine, [texts[missing[p]] for p in claim.mine])
+                cache.put_many_keys(mine, vectors)
             except BaseException as exc:
-                for _, future in mine.values():
-                    future.set_exception(exc)
+                self._inflight.fail(mine, exc)
                 raise
-            finally:
-                with self._inflight_lock:
-                    for key in mine:
-                        self._inflight.pop(key, None)
-            for (key, (_, future)), vector in zip(mine.items(), vectors):
-                future.set_result(vector)
-                for i in rows_of[key]:
-                    out[i] = vector
-        for i, future in waiting:
-            out[i] = future.result()
+            self._inflight.settle(mine, vectors)
+        for row, future in zip(missing, claim.futures):
+            out[row] = future.result()
         return out
 
     def _ask_owners(self, keys: list[bytes], texts: list[str]) -> np.ndarray:

@@ -29,7 +29,7 @@ import numpy as np
 from .. import settings
 from ..service.client import POLICIES, SharedEmbeddingManager
 from ..client.connection import ServiceConnection, ServiceUnavailable
-from ..client.state import ENV_ON_FAILURE
+from ..env import ENV_ON_FAILURE
 from ..store import EmbeddingCache
 from ..store.record import RegistryMismatchError, describe_registry
 from .config import owner_of

@@ -19,8 +19,8 @@ never forked from a process that imported torch. It:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import dataclasses
 import hmac
 import json
 import logging
@@ -49,15 +49,13 @@ from .limits import ByteBudget, Listener, fit_caps, raise_fd_limit, sweep_foreve
 from .metrics import ServiceMetrics
 from ..client.peercred import peer_credentials
 from ..client.state import (
-    LIMIT_FIELDS,
     AlreadyRunning,
-    ServiceConfig,
     acquire_service_lock,
-    apply_limits,
     mark_stopped,
     parse_tcp_address,
     read_token_file,
 )
+from .config import ServiceConfig, service_main_args
 
 log = logging.getLogger("embedshare.service")
 
@@ -427,7 +425,8 @@ class EmbeddingServer:
                 source = str(Path(source).resolve())
             if not source and recorded.get("hash") == registry_hash:
                 source = recorded.get("source")
-            self.config.registry = self.config.registry or source  # a restart serves the same
+            # a restart serves the same (the config is frozen: a new one, with the registry)
+            self.config = dataclasses.replace(self.config, registry=self.config.registry or source)
             self.registry = {"hash": registry_hash, "source": source, "index": str(index.path)}
         write_record(self.layout, model=self.config.model, model_id=self.manager.model_id,
                      dim=self.manager.dim, registry_hash=(self.registry or {}).get("hash"),
@@ -816,51 +815,10 @@ def run_service(config: ServiceConfig, ready_fd: int | None = None,
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m embedshare.service")
-    parser.add_argument("--store", required=True)
-    parser.add_argument("--model", default="local")
-    parser.add_argument("--registry")
-    parser.add_argument("--max-batch", type=int, default=64)
-    parser.add_argument("--max-wait-ms", type=float, default=2.0)
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("--preload-file", help="a file of texts, one per line, to embed at start")
-    parser.add_argument("--ready-fd", type=int)
-    parser.add_argument("--http", help="HOST:PORT for the OpenAI-compatible endpoint (default: off)")
-    parser.add_argument("--tcp", help="HOST:PORT (or PORT, on loopback) for a token-checked TCP listener (default: off)")
-    parser.add_argument("--token-file", help="file holding the token TCP clients must present (mode 0600)")
-    parser.add_argument("--http-token-file", help="file holding the bearer token HTTP clients must send (0600)")
-    parser.add_argument("--http-no-auth", action="store_true", help="allow a non-loopback --http without a token")
-    for name in LIMIT_FIELDS:
-        kind = type(getattr(ServiceConfig, name))  # int caps, float durations
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None)
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    config, ready_fd, verbose = service_main_args(argv)  # a bad setting: one line, exit code 1
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
+        level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
         format=LOG_FORMAT,
     )
-    try:
-        preload = []
-        if args.preload_file:
-            preload = [line for line in Path(args.preload_file).read_text().splitlines() if line.strip()]
-        config = ServiceConfig(
-            store=args.store, model=args.model, registry=args.registry, max_batch=args.max_batch,
-            max_wait_ms=args.max_wait_ms, threads=args.threads, preload=preload, http=args.http,
-            tcp=args.tcp, token_file=args.token_file,
-            http_token_file=args.http_token_file, http_no_auth=args.http_no_auth,
-        )
-        apply_limits(config, {name: getattr(args, name) for name in LIMIT_FIELDS if getattr(args, name) is not None})
-    except (OSError, ValueError) as exc:  # a bad setting: one line, where the launcher looks
-        message = f"{type(exc).__name__}: {exc}"
-        if args.ready_fd is not None:
-            os.write(args.ready_fd, f"error {message}\n".encode())
-        print(f"error: {message}", file=sys.stderr)
-        return 1
-    return run_service(config, ready_fd=args.ready_fd)
-
-
+    return run_service(config, ready_fd=ready_fd)
