@@ -398,7 +398,7 @@ def run_ray_demo(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m embedshare.ray.demo``: the same command as ``embedshare ray-demo``."""
-    from ..cli import ray_demo
+    from ..cli.run import ray_demo
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return ray_demo.main(sys.argv[1:] if argv is None else argv, prog_name="python -m embedshare.bench.ray_demo")
