@@ -155,7 +155,7 @@ def test_a_restart_from_a_state_file_with_a_bad_setting_names_the_file_and_the_s
 def test_ray_settings_are_checked():
     pytest.importorskip("ray")
     from embedshare.ray import api
-    from embedshare.ray.actors import make_settings
+    from embedshare.ray.coordinator import make_settings
 
     for name, value in (("max_batch", 0), ("max_wait_ms", -1), ("threads", 0)):
         with pytest.raises(SettingError, match=rf"^{name} must be"):  # before anything of Ray is asked

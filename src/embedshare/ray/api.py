@@ -27,7 +27,7 @@ from ..service.config import ServiceConfig, service_config
 from ..settings import SettingError
 from .config import default_store_root
 from .config import namespace as env_namespace
-from .actors import create_coordinator, get_coordinator, make_settings
+from .coordinator import create_coordinator, get_coordinator, make_settings
 
 
 def current_namespace() -> str:
@@ -170,15 +170,4 @@ def shutdown(namespace: str | None = None) -> bool:
     return True
 
 
-def get_node_manager(model: str | None = None, *, on_failure: str | None = None) -> Any:
-    """A manager bound to this node's service, in any process connected to Ray (a driver too).
-
-    Tasks and actors need not call it: ``get_embedding_manager()`` does it for them.
-    """
-    from .worker import RayEmbeddingManager
-
-    return RayEmbeddingManager(model=model, on_failure=on_failure)
-
-
-__all__ = ["RayDeployment", "coordinator", "current_namespace", "deployment", "get_node_manager", "init",
-           "shutdown"]
+__all__ = ["RayDeployment", "coordinator", "current_namespace", "deployment", "init", "shutdown"]

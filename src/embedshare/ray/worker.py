@@ -155,7 +155,7 @@ class RayEmbeddingManager(SharedEmbeddingManager):
     def _remote_vectors(self, ref: Any, texts: list[str]) -> np.ndarray:
         from concurrent.futures import TimeoutError as FutureTimeout
 
-        from .actors import RETRYABLE
+        from .node import RETRYABLE
 
         failures = 0
         while True:
