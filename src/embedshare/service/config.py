@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import sys
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
@@ -275,11 +274,16 @@ def service_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class ServiceArgvError(ValueError):
+    """The service process's argv holds a bad setting; the message is one line, and the
+    launcher has it already, on the ready pipe."""
+
+
 def service_main_args(argv: list[str] | None = None) -> tuple[ServiceConfig, int | None, int]:
     """The service process's argv as ``(config, ready_fd, verbose)``.
 
-    A bad setting is one line, ``error: ...``, on stderr and on the ready pipe (where the
-    launcher looks), then ``SystemExit(1)``.
+    A bad setting is said on the ready pipe (``error MESSAGE``, where the launcher looks) and
+    raised as :class:`ServiceArgvError`; ``main()`` prints it.
     """
     args = vars(service_parser().parse_args(argv))
     ready_fd: int | None = args.pop("ready_fd")
@@ -289,10 +293,9 @@ def service_main_args(argv: list[str] | None = None) -> tuple[ServiceConfig, int
         if preload_file:
             args["preload"] = [line for line in Path(preload_file).read_text().splitlines() if line.strip()]
         config = ServiceConfig(**args)
-    except (OSError, ValueError) as exc:  # a bad setting: one line, where the launcher looks
+    except (OSError, ValueError) as exc:
         message = f"{type(exc).__name__}: {exc}"
         if ready_fd is not None:
             os.write(ready_fd, f"error {message}\n".encode())
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise ServiceArgvError(message) from None
     return config, ready_fd, verbose

@@ -55,7 +55,7 @@ from ..client.state import (
     parse_tcp_address,
     read_token_file,
 )
-from .config import ServiceConfig, service_main_args
+from .config import ServiceArgvError, ServiceConfig, service_main_args
 
 log = logging.getLogger("embedshare.service")
 
@@ -816,7 +816,11 @@ def run_service(config: ServiceConfig, ready_fd: int | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    config, ready_fd, verbose = service_main_args(argv)  # a bad setting: one line, exit code 1
+    try:
+        config, ready_fd, verbose = service_main_args(argv)
+    except ServiceArgvError as exc:  # a bad setting: one line (the launcher has it on its pipe)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     logging.basicConfig(
         level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
         format=LOG_FORMAT,
