@@ -184,6 +184,24 @@ def test_nothing_touches_the_default_store_when_store_is_given(store, tmp_path):
     assert not (tmp_path / "env-store").exists()
 
 
+def test_importing_the_cli_loads_click_the_standard_library_and_its_settings_only():
+    """The CLI imports the rest of embedshare when a command runs; at import time it needs
+    only click, and the settings its options are generated from (standard library only)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; before = set(sys.modules); import embedshare.cli; "
+             "print(' '.join(sorted(set(sys.modules) - before)))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    modules = loaded.stdout.split()
+    assert "embedshare.cli.serve" in modules, loaded.stderr
+    third_party = {m.split(".")[0] for m in modules} - set(sys.stdlib_module_names) - {"embedshare"}
+    assert {name for name in third_party if not name.startswith("_")} == {"click"}
+    ours = {m for m in modules if m.startswith("embedshare") and not m.startswith("embedshare.cli")}
+    assert ours == {"embedshare", "embedshare.env", "embedshare.service", "embedshare.service.config",
+                    "embedshare.settings"}
+
+
 def test_the_command_s_entry_point_loads_nothing_a_spawned_worker_would_repeat():
     """multiprocessing's spawn re-imports the main script in every worker; for the
     ``embedshare`` command that is its entry-point module, which must not load the CLI."""

@@ -238,9 +238,9 @@ def test_the_ray_demo_is_a_subcommand_with_the_clis_conventions(monkeypatch):
     assert seen["model"] == "hash:64" and seen["tasks"] == 10
     failed = CliRunner().invoke(main, ["ray-demo", "--tasks", "13"])
     assert failed.exit_code == 1 and failed.stderr == "error: the cluster at nowhere:1 did not answer\n"
-    module_help = subprocess.run([sys.executable, "-m", "embedshare.bench.ray_demo", "--help"],
+    module_help = subprocess.run([sys.executable, "-m", "embedshare.cli", "ray-demo", "--help"],
                                  capture_output=True, text=True, timeout=60)
     command_help = CliRunner().invoke(main, ["ray-demo", "--help"]).stdout
     assert module_help.returncode == 0 and "$EMBEDSHARE_MODEL" in module_help.stdout
-    assert module_help.stdout.startswith("Usage: python -m embedshare.bench.ray_demo [OPTIONS]")
+    assert module_help.stdout.startswith("Usage: python -m embedshare.cli ray-demo [OPTIONS]")
     assert module_help.stdout.split("\n", 1)[1].split() == command_help.split("\n", 1)[1].split()

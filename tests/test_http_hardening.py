@@ -197,7 +197,7 @@ def test_beyond_loopback_a_token_is_required_unless_refused_explicitly(tmp_path)
         EmbeddingService(tmp_path / "a", model=MODEL, http="0.0.0.0:0", export_env=False, start_timeout=60).start()
     # the service checks it itself too (started by hand, or by an older launcher)
     from embedshare.service.server import EmbeddingServer
-    from embedshare.client.state import ServiceConfig
+    from embedshare.service.config import ServiceConfig
 
     server = EmbeddingServer(ServiceConfig(store=str(tmp_path / "c"), model=MODEL, http="0.0.0.0:0"))
     with pytest.raises(ValueError, match="needs a bearer token"):

@@ -8,6 +8,7 @@ the first request the batcher spun forever, deaf to ``stop`` and SIGTERM.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,7 +26,7 @@ from embedshare.client.connection import ServiceConnection
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
 from embedshare.service.metrics import ServiceMetrics
 from embedshare.service.batcher import Batcher
-from embedshare.client.state import ServiceConfig
+from embedshare.service.config import LIMIT_FIELDS, ServiceConfig
 from embedshare.settings import SettingError
 from embedshare.store import StoreLayout
 
@@ -153,18 +154,20 @@ def test_a_restart_from_a_state_file_with_a_bad_setting_names_the_file_and_the_s
 
 def test_ray_settings_are_checked():
     pytest.importorskip("ray")
-    from embedshare.ray.actors import make_settings
+    from embedshare.ray import api
+    from embedshare.ray.coordinator import make_settings
 
-    for name, value in (("max_batch", 0), ("max_wait_ms", -1), ("threads", 0), ("start_timeout", 0)):
-        with pytest.raises(SettingError, match=rf"^{name} must be"):
-            make_settings("hash:64", store_root="/tmp/x", namespace="n", ring=["node"], **{name: value})
+    for name, value in (("max_batch", 0), ("max_wait_ms", -1), ("threads", 0)):
+        with pytest.raises(SettingError, match=rf"^{name} must be"):  # before anything of Ray is asked
+            api.init("hash:64", store_root="/tmp/x", nodes=["node"], **{name: value})
+    with pytest.raises(SettingError, match="^start_timeout must be"):
+        make_settings(ServiceConfig(store="/tmp/x", model="hash:64"), namespace="n", ring=["node"], start_timeout=0)
 
 
 def test_serve_s_limit_options_have_the_service_s_own_defaults_and_types():
-    """``embedshare serve`` spells each limit's default again (cli.py must not import the
-    service's modules at import time): the two must not drift apart."""
+    """``embedshare serve``'s options are generated from ``ServiceConfig``'s fields: the two
+    cannot drift apart."""
     from embedshare.cli import serve
-    from embedshare.client.state import LIMIT_FIELDS
 
     import click
 
@@ -173,6 +176,43 @@ def test_serve_s_limit_options_have_the_service_s_own_defaults_and_types():
         default = getattr(ServiceConfig, name)
         assert options[name].default == default, name
         assert options[name].type is {int: click.INT, float: click.FLOAT}[type(default)], name
+
+
+def test_a_service_config_is_frozen_and_its_argv_reads_back_as_the_same_config(tmp_path):
+    """``ServiceConfig.argv()`` and the service's argv parser are generated from the same
+    fields: every setting a launcher passes arrives, whatever its kind (a flag, a path, a limit)."""
+    from embedshare.service.config import command_options, service_main_args
+
+    limits = {o.name: o.default + (1 if o.kind is int else 1.5) for o in command_options() if o.name in LIMIT_FIELDS}
+    config = ServiceConfig(
+        store=str(tmp_path / "s"), model="hash:64", registry="bundled", max_batch=8, max_wait_ms=0.5, threads=2,
+        http="127.0.0.1:0", http_token_file=str(tmp_path / "h"), http_no_auth=True, tcp="127.0.0.1:0",
+        token_file=str(tmp_path / "t"), **limits)
+    assert all(getattr(config, o.name) != o.default for o in command_options() if o.argv and not o.required)
+    parsed, ready_fd, verbose = service_main_args([*config.argv(), "--ready-fd", "7", "-vv"])
+    assert (parsed, ready_fd, verbose) == (config, 7, 2)
+    assert service_main_args(["--store", str(tmp_path / "s")])[0] == ServiceConfig(store=str(tmp_path / "s"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.max_batch = 1  # type: ignore[misc]
+
+
+def test_a_config_and_keyword_settings_together_are_refused(store):
+    config = ServiceConfig(store=str(store), model="hash:64")
+    with pytest.raises(SettingError, match="not both: got config= and max_batch"):
+        EmbeddingService(config=config, max_batch=8)
+    with pytest.raises(SettingError, match="not both: got config= and model, store"):
+        SharedPool(store=store, model="local", config=config, progress=False)
+    assert EmbeddingService(config=config).config is config
+    assert SharedPool(workers=1, config=config, progress=False).service.config is config  # no registry
+    assert not StoreLayout(store).run.exists()
+
+
+def test_a_token_file_in_the_home_folder_is_found(store, monkeypatch, tmp_path):
+    """``token_file="~/.embedshare-token"`` (docs/reliability.md) named a folder ``~`` under the
+    working directory: the launcher resolved the path without expanding the ``~``."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    service = EmbeddingService(store, model="hash:64", tcp="127.0.0.1:0", token_file="~/.embedshare-token")
+    assert service.config.token_file == str(tmp_path / ".embedshare-token")
 
 
 # -- the command line and the service's own argv (real processes: on a build without the checks

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from typing import Any
@@ -295,15 +294,3 @@ def run_ray_demo(
             if cluster is not None:
                 cluster.shutdown()
             shutil.rmtree(root, ignore_errors=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m embedshare.bench.ray_demo``: the same command as ``embedshare ray-demo``."""
-    from ..cli import ray_demo
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return ray_demo.main(sys.argv[1:] if argv is None else argv, prog_name="python -m embedshare.bench.ray_demo")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from .. import settings
+from ..env import ENV_ADDRESS, ENV_MODEL, ENV_ON_FAILURE, ENV_STORE
+from ..registry.loader import BUNDLED_REGISTRY
 from ..util.latency import percentiles
-from ..manager import default_store
+from ..service.config import ServiceConfig
 from ..service.launcher import EmbeddingService
-from ..client.state import ENV_ADDRESS, ENV_ON_FAILURE, ENV_STORE
 from .attach import attach_worker, worker_stats
 from ..util.memory import BareInterpreter, ProcessMemory, measure
 from .outcomes import TaskFailed, TaskOutcome, WorkerCrash
@@ -127,22 +128,25 @@ class SharedPool:
         self,
         workers: int = 25,
         store: str | Path | None = None,
-        model: str = "local",
-        registry: str | Path | None = "bundled",
+        model: str | None = None,
+        registry: str | Path | None = BUNDLED_REGISTRY,
         *,
+        config: ServiceConfig | None = None,
         preload: Sequence[str] = (),
         start_method: str | None = "spawn",
         max_retries: int = 2,
         task_timeout: float | None = None,
         progress: bool = True,
-        max_batch: int = 64,
-        max_wait_ms: float = 2.0,
+        max_batch: int | None = None,
+        max_wait_ms: float | None = None,
         label: str = "embedshare (shared service)",
     ) -> None:
+        """The service's settings are ``config`` or the keywords ``store``, ``model``,
+        ``registry``, ``preload``, ``max_batch`` and ``max_wait_ms``, not both (as for
+        ``EmbeddingService``). A pool serves the bundled registry unless given another one or
+        None; with ``config``, the config's."""
         # Checked now, before a service is started for a pool that could not run.
         self.workers = settings.whole_number("workers", workers, 1)
-        self.store = Path(store) if store else default_store()
-        self.model = model
         self.start_method = start_method
         self.max_retries = settings.whole_number("max_retries", max_retries, 0)
         # seconds a task may run before its worker is killed
@@ -150,9 +154,11 @@ class SharedPool:
         self.progress = progress
         self.label = label
         self.service = EmbeddingService(
-            self.store, model=model, registry=registry, preload=list(preload),
-            max_batch=max_batch, max_wait_ms=max_wait_ms,
+            store, model=model, registry=None if config is not None and registry == BUNDLED_REGISTRY else registry,
+            config=config, preload=preload, max_batch=max_batch, max_wait_ms=max_wait_ms,
         )
+        self.store = Path(self.service.config.store)
+        self.model = self.service.config.model
         self._pool: WorkerPool | None = None
         self._started = 0.0
         self._startup = 0.0
@@ -166,7 +172,7 @@ class SharedPool:
             ENV_ADDRESS: self.service.address,
             ENV_STORE: str(self.service.layout.root),
             ENV_ON_FAILURE: "restart",  # the pool owns the service: a worker brings it back
-            "EMBEDSHARE_MODEL": self.model,
+            ENV_MODEL: self.model,
             "HF_HUB_OFFLINE": "1",
             **blas_thread_env(self.workers),
         }

@@ -24,13 +24,22 @@ _EXPORTS = {
     "init": "embedshare.ray.api",
     "shutdown": "embedshare.ray.api",
     "deployment": "embedshare.ray.api",
-    "get_node_manager": "embedshare.ray.api",
     "RayDeployment": "embedshare.ray.api",
     "RayEmbeddingManager": "embedshare.ray.source",
     "in_ray_worker": "embedshare.ray.source",
 }
 
-__all__ = list(_EXPORTS)
+__all__ = [*_EXPORTS, "get_node_manager"]
+
+
+def get_node_manager(model: str | None = None, *, on_failure: str | None = None) -> Any:
+    """A manager bound to this node's service, in any process connected to Ray (a driver too).
+
+    Tasks and actors need not call it: ``get_embedding_manager()`` does it for them.
+    """
+    from .worker import RayEmbeddingManager
+
+    return RayEmbeddingManager(model=model, on_failure=on_failure)
 
 
 def __getattr__(name: str) -> Any:

@@ -22,12 +22,12 @@ from typing import Any
 
 import ray
 
-from .actors import create_coordinator, get_coordinator, make_settings
-from .config import ENV_STORE_ROOT, default_store_root
+from ..env import ENV_MODEL, ENV_REGISTRY
+from ..service.config import ServiceConfig, service_config
+from ..settings import SettingError
+from .config import default_store_root
 from .config import namespace as env_namespace
-
-ENV_MODEL = "EMBEDSHARE_MODEL"
-ENV_REGISTRY = "EMBEDSHARE_REGISTRY"
+from .coordinator import create_coordinator, get_coordinator, make_settings
 
 
 def current_namespace() -> str:
@@ -43,8 +43,8 @@ def coordinator(namespace: str | None = None, create: bool = False) -> Any:
     except ValueError:
         if not create:
             raise
-    settings = make_settings(os.environ.get(ENV_MODEL) or "local", store_root=default_store_root(),
-                             namespace=namespace)
+    config = service_config(fallback_store=default_store_root, model=os.environ.get(ENV_MODEL) or None)
+    settings = make_settings(config, namespace=namespace)
     return create_coordinator(settings, _registry_arg(os.environ.get(ENV_REGISTRY)))
 
 
@@ -101,14 +101,15 @@ class RayDeployment:
 
 
 def init(
-    model: str = "local",
+    model: str | None = None,
     registry: str | Path | list | dict | None = None,
     *,
+    config: ServiceConfig | None = None,
     store_root: str | Path | None = None,
     namespace: str | None = None,
     nodes: list[str] | None = None,
-    max_batch: int = 64,
-    max_wait_ms: float = 2.0,
+    max_batch: int | None = None,
+    max_wait_ms: float | None = None,
     threads: int | None = None,
     start: bool = True,
     start_timeout: float = 600.0,
@@ -121,21 +122,30 @@ def init(
     every alive node with CPUs). ``start``: start every ring node's service and build the
     index now rather than on first use. A deployment already running with another model or
     store root is an error: call ``shutdown()`` first.
+
+    The node services' settings are ``config`` (a ``ServiceConfig``, as for one machine's
+    ``EmbeddingService``) or the keywords ``model``, ``store_root``, ``max_batch``,
+    ``max_wait_ms`` and ``threads``, not both (a ``SettingError`` names them). On Ray the
+    config's ``store`` is the store root, and its ``registry`` the deployment's (``registry``).
     """
+    config = service_config(config, store=store_root, fallback_store=default_store_root, model=model,
+                            max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads)
+    if config.registry is not None:
+        if registry is not None:
+            raise SettingError("give the deployment's registry in config= or as registry=, not both")
+        registry = config.registry
     if not ray.is_initialized():
         raise RuntimeError("connect to a Ray cluster first: ray.init(address=...)")
     namespace = namespace or current_namespace()
-    settings = make_settings(
-        model, store_root=str(store_root or default_store_root()), namespace=namespace, ring=nodes,
-        max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads, start_timeout=start_timeout,
-    )
+    settings = make_settings(config, namespace=namespace, ring=nodes, start_timeout=start_timeout)
     handle = create_coordinator(settings, _registry_arg(registry))
     running = ray.get(handle.get_settings.remote())
-    for key in ("model", "store_root"):
-        if running[key] != settings[key]:
+    for key, want, have in (("model", config.model, running["service"]["model"]),
+                            ("store_root", settings["store_root"], running["store_root"])):
+        if have != want:
             raise ValueError(
                 f"an embedshare deployment already runs in namespace {namespace!r} with "
-                f"{key}={running[key]!r}, not {settings[key]!r}; call embedshare.ray.shutdown() first"
+                f"{key}={have!r}, not {want!r}; call embedshare.ray.shutdown() first"
             )
     deployment = RayDeployment(handle, namespace)
     if start:
@@ -160,15 +170,4 @@ def shutdown(namespace: str | None = None) -> bool:
     return True
 
 
-def get_node_manager(model: str | None = None, *, on_failure: str | None = None) -> Any:
-    """A manager bound to this node's service, in any process connected to Ray (a driver too).
-
-    Tasks and actors need not call it: ``get_embedding_manager()`` does it for them.
-    """
-    from .worker import RayEmbeddingManager
-
-    return RayEmbeddingManager(model=model, on_failure=on_failure)
-
-
-__all__ = ["ENV_STORE_ROOT", "RayDeployment", "coordinator", "current_namespace", "deployment",
-           "get_node_manager", "init", "shutdown"]
+__all__ = ["RayDeployment", "coordinator", "current_namespace", "deployment", "init", "shutdown"]

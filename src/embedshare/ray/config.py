@@ -11,19 +11,16 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..env import ENV_RAY_NAMESPACE, ENV_RAY_STORE
 from ..util.digests import blake2b
 
 NAMESPACE = "embedshare"  # the Ray namespace of every embedshare actor
 COORDINATOR_NAME = "embedshare-cluster"
 SERVICE_PREFIX = "embedshare-service-"
 
-ENV_NAMESPACE = "EMBEDSHARE_RAY_NAMESPACE"
-ENV_STORE_ROOT = "EMBEDSHARE_RAY_STORE"  # the node-local folder that holds each node's store
-ENV_DISABLE = "EMBEDSHARE_RAY"  # "0": get_embedding_manager() ignores Ray in this process
-
 
 def namespace() -> str:
-    return os.environ.get(ENV_NAMESPACE) or NAMESPACE
+    return os.environ.get(ENV_RAY_NAMESPACE) or NAMESPACE
 
 
 def service_name(node_id: str) -> str:
@@ -33,7 +30,7 @@ def service_name(node_id: str) -> str:
 
 def default_store_root() -> str:
     """Node-local by default: a folder under the node's temporary directory."""
-    return os.environ.get(ENV_STORE_ROOT) or str(Path(tempfile.gettempdir()) / "embedshare-ray")
+    return os.environ.get(ENV_RAY_STORE) or str(Path(tempfile.gettempdir()) / "embedshare-ray")
 
 
 def node_key(node_id: str, hosts: dict[str, str]) -> str:

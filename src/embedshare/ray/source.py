@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import settings
 from ..client.connection import ServiceUnavailable
-from ..client.state import ENV_ON_FAILURE
+from ..env import ENV_ON_FAILURE
 from ..manager import EmbeddingManager
 from ..registry import Registry, load_registry
 from ..sources.base import EmbedFn, Progress, ServiceBackedSource
@@ -101,7 +101,7 @@ class RayNodeSource(ServiceBackedSource):
         return out
 
     def _remote_vectors(self, ref: Any, texts: list[str]) -> np.ndarray:
-        from .actors import RETRYABLE
+        from .node import RETRYABLE
 
         try:
             # Waited on as a future, not with ray.get: ray.get would tell the raylet that this

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..client import protocol
-from ..client.state import ServiceConfig
+from .config import ServiceConfig
 from ..embedders import create_embedder, validate_text, validate_texts
 from ..registry import load_registry
 from ..sources.local import LocalSource

@@ -14,31 +14,22 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from .. import settings
-from ..manager import default_store
+from ..env import ENV_ADDRESS, ENV_ON_FAILURE, ENV_STORE
 from ..settings import SettingError
 from ..store import StoreLayout
 from ..store.files import open_private, write_atomic
 from ..client.connection import ServiceConnection, ServiceUnavailable
-from .http.address import http_token, is_loopback, normalise_http_address, parse_http_address
-from ..client.state import (
-    ENV_ADDRESS,
-    ENV_ON_FAILURE,
-    ENV_STORE,
-    LIMIT_FIELDS,
-    ServiceConfig,
-    StateFileError,
-    apply_limits,
-    read_state,
-    service_lock_held,
-    stopped_on_purpose,
-)
+from ..client.state import StateFileError, read_state, service_lock_held, stopped_on_purpose
+from .config import ServiceConfig, service_config
+from .http.address import http_token, is_loopback, parse_http_address
 
 log = logging.getLogger(__name__)
-
 
 
 class ServiceStartError(RuntimeError):
@@ -67,42 +58,40 @@ class EmbeddingService:
     def __init__(
         self,
         store: str | Path | None = None,
-        model: str = "local",
+        model: str | None = None,
         registry: str | Path | None = None,
         *,
-        preload: list[str] | tuple[str, ...] = (),
-        max_batch: int = 64,
-        max_wait_ms: float = 2.0,
+        config: ServiceConfig | None = None,
+        preload: Sequence[str] | None = None,
+        max_batch: int | None = None,
+        max_wait_ms: float | None = None,
         threads: int | None = None,
-        detach: bool = False,
-        start_timeout: float = 300.0,
-        export_env: bool = True,
-        verbose: bool | int = False,
         http: str | None = None,
         tcp: str | None = None,
         token_file: str | Path | None = None,
         http_token_file: str | Path | None = None,
-        http_no_auth: bool = False,
+        http_no_auth: bool | None = None,
         limits: dict[str, float] | None = None,
+        detach: bool = False,
+        start_timeout: float = 300.0,
+        export_env: bool = True,
+        verbose: bool | int = False,
     ) -> None:
-        self.layout = StoreLayout(store or default_store())
-        registry_arg = None
-        if registry is not None:
-            registry_arg = str(registry) if str(registry) == "bundled" else str(Path(registry).resolve())
-        self.config = ServiceConfig(  # checks every setting (SettingError, a ValueError)
-            store=str(self.layout.root), model=model, registry=registry_arg,
-            max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads, preload=list(preload),
-            http=normalise_http_address(http),
-            # The optional token-checked TCP listener (off by default): HOST:PORT or PORT (loopback).
-            tcp=tcp, token_file=str(Path(token_file).resolve()) if token_file else None,
-        )
-        # The HTTP endpoint's bearer token, and the limits at the edge (service/limits.py).
-        self.config.http_token_file = str(Path(http_token_file).expanduser().resolve()) if http_token_file else None
-        self.config.http_no_auth = http_no_auth
+        """The service's settings are ``config`` (a :class:`ServiceConfig`) or the keywords from
+        ``store`` to ``limits``, not both (a ``SettingError`` names them). A keyword left at None
+        takes ``ServiceConfig``'s default; ``store`` defaults to ``$EMBEDSHARE_STORE``, else
+        ``~/.cache/embedshare``; ``limits`` sets the limits at the edge by name
+        (``{"max_connections": 64}``). Every setting is checked here, before anything starts.
+        """
+        self.config = service_config(  # SettingError (a ValueError) for a bad setting
+            config, store=store, model=model, registry=registry, preload=preload or None,
+            max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads, http=http, tcp=tcp,
+            token_file=token_file, http_token_file=http_token_file, http_no_auth=http_no_auth, limits=limits)
+        self.layout = StoreLayout(self.config.store)
         if self.config.http:  # a missing or unsafe token is one clear error here, not in the log
             http_host = parse_http_address(self.config.http)[0]
-            http_token(self.config.http_token_file, http_no_auth, is_loopback(http_host), self.config.http, warn=False)
-        apply_limits(self.config, limits or {})
+            http_token(self.config.http_token_file, self.config.http_no_auth, is_loopback(http_host),
+                       self.config.http, warn=False)
         self.detach = detach
         self.start_timeout = settings.seconds("start_timeout", start_timeout)
         self.export_env = export_env
@@ -128,12 +117,9 @@ class EmbeddingService:
         try:
             if not isinstance(config, dict):
                 raise SettingError(f"'config' is a {type(config).__name__}, not an object")
-            kwargs = {k: config[k] for k in ("model", "registry", "max_batch", "max_wait_ms", "threads", "http")
-                      if k in config}
-            kwargs.update({k: config[k] for k in ("tcp", "token_file", "http_token_file", "http_no_auth")
-                           if config.get(k)})
-            kwargs["limits"] = {k: config[k] for k in LIMIT_FIELDS if k in config}
-            return cls(layout.root, **{**kwargs, **overrides})
+            names = {f.name for f in fields(ServiceConfig)} - {"store", "preload"}  # this store; preloaded
+            recorded = {name: value for name, value in config.items() if name in names}
+            return cls(config=ServiceConfig(store=str(layout.root), **recorded), **overrides)
         except (ValueError, TypeError) as exc:  # SettingError, a bad address
             raise ServiceStartError(
                 f"cannot restart the embedshare service: {layout.state} holds an invalid config ({exc}); "
@@ -191,34 +177,7 @@ class EmbeddingService:
 
     def _spawn(self, deadline: float) -> bool:
         """Start a service process; True once it (or one it found holding the lock) answers."""
-        args = [sys.executable, "-m", "embedshare.service", *self.config.argv()]
-        preload_file = None
-        if self.config.preload:
-            preload_file = self.layout.run / f"preload-{os.getpid()}.txt"
-            # whole or not at all: a full disk must not preload half the texts silently
-            write_atomic(preload_file, "\n".join(t.replace("\n", " ") for t in self.config.preload))
-            args += ["--preload-file", str(preload_file)]
-        args += ["-v"] * int(self.verbose)  # -v: info, -vv: debug, in run/service.log
-        read_fd, write_fd = os.pipe()
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-        env.pop(ENV_ADDRESS, None)
-        with os.fdopen(open_private(self.layout.log), "ab") as log_file:
-            self._process = subprocess.Popen(
-                args + ["--ready-fd", str(write_fd)],
-                pass_fds=(write_fd,),
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
-                env=env,
-                start_new_session=True,  # a Ctrl-C in the terminal goes to the pool, not here
-            )
-        os.close(write_fd)
-        try:
-            line = self._read_ready_line(read_fd)
-        finally:
-            os.close(read_fd)
-            if preload_file is not None:  # read by the service before it says it is ready
-                preload_file.unlink(missing_ok=True)
+        self._process, line = spawn_service(self.config, self.start_timeout, verbose=int(self.verbose))
         status, _, detail = line.partition(" ")
         if status == "ready":
             self.pid, self.owned = int(detail), True
@@ -233,23 +192,6 @@ class EmbeddingService:
         self._reap_own_process(timeout=30.0)  # it exits after saying why: no zombie left
         raise ServiceStartError(f"the embedshare service did not start: {detail or 'it exited'} "
                                 f"(its log: {self.layout.log})", self.log_tail())
-
-    def _read_ready_line(self, fd: int) -> str:
-        deadline = time.monotonic() + self.start_timeout
-        data = b""
-        while not data.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self._kill_own_process()
-                raise ServiceStartError(f"the embedshare service did not answer within {self.start_timeout} s")
-            readable, _, _ = select.select([fd], [], [], remaining)
-            if readable:
-                chunk = os.read(fd, 4096)
-                if not chunk:  # the process exited without a word
-                    self._process.wait(timeout=30)  # type: ignore[union-attr]
-                    return f"error exit code {self._process.returncode}"  # type: ignore[union-attr]
-                data += chunk
-        return data.decode().strip()
 
     def _join_running(self, deadline: float) -> tuple[int, bool] | None:
         """Another service holds the store: wait until it answers ``hello`` and check its model.
@@ -353,6 +295,70 @@ class EmbeddingService:
             else:
                 os.environ[key] = value
         self._saved_env.clear()
+
+
+def spawn_service(config: ServiceConfig, timeout: float, *, verbose: int = 0,
+                  entry: Sequence[str] = ("embedshare.service",),
+                  pass_fds: Sequence[int] = ()) -> tuple[subprocess.Popen, str]:
+    """Start a service process for ``config`` and return it with the line it says once it answers.
+
+    The line is ``ready PID``, ``already PID`` (another service holds the store) or ``error
+    MESSAGE`` (``error exit code N`` if it exited without a word). ``entry``: the module to run
+    and its own leading arguments (a Ray node's adds its lifeline); ``pass_fds``: what it needs
+    of ours. Its output goes to the store's ``run/service.log``. Past ``timeout`` seconds without
+    a line it is killed and :class:`ServiceStartError` says so.
+    """
+    layout = StoreLayout(config.store)
+    args = [sys.executable, "-m", *entry, *config.argv()]
+    preload_file = None
+    if config.preload:
+        preload_file = layout.run / f"preload-{os.getpid()}.txt"
+        # whole or not at all: a full disk must not preload half the texts silently
+        write_atomic(preload_file, "\n".join(t.replace("\n", " ") for t in config.preload))
+        args += ["--preload-file", str(preload_file)]
+    args += ["-v"] * verbose  # -v: info, -vv: debug, in run/service.log
+    read_fd, write_fd = os.pipe()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop(ENV_ADDRESS, None)
+    try:
+        with os.fdopen(open_private(layout.log), "ab") as log_file:
+            process = subprocess.Popen(
+                args + ["--ready-fd", str(write_fd)],
+                pass_fds=(*pass_fds, write_fd),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                env=env,
+                start_new_session=True,  # a Ctrl-C in the terminal goes to the pool, not here
+            )
+        os.close(write_fd)
+        write_fd = -1
+        return process, _read_ready_line(process, read_fd, timeout)
+    finally:
+        if write_fd != -1:
+            os.close(write_fd)
+        os.close(read_fd)
+        if preload_file is not None:  # read by the service before it says it is ready
+            preload_file.unlink(missing_ok=True)
+
+
+def _read_ready_line(process: subprocess.Popen, fd: int, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    data = b""
+    while not data.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            process.kill()
+            process.wait()
+            raise ServiceStartError(f"the embedshare service did not answer within {timeout} s")
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if readable:
+            chunk = os.read(fd, 4096)
+            if not chunk:  # the process exited without a word
+                process.wait(timeout=30)
+                return f"error exit code {process.returncode}"
+            data += chunk
+    return data.decode().strip()
 
 
 def restart_service(store: str | Path) -> EmbeddingService:

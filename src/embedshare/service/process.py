@@ -7,23 +7,16 @@ launcher's pipe whether it started. ``main`` turns the service's command line in
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
-from ..client.state import (
-    LIMIT_FIELDS,
-    AlreadyRunning,
-    ServiceConfig,
-    acquire_service_lock,
-    apply_limits,
-)
+from ..client.state import AlreadyRunning, acquire_service_lock
 from ..store import StoreLayout
 from . import ratelog
+from .config import ServiceArgvError, ServiceConfig, service_main_args
 from .server import EmbeddingServer
 
 log = logging.getLogger("embedshare.service")
@@ -76,51 +69,14 @@ def run_service(config: ServiceConfig, ready_fd: int | None = None,
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m embedshare.service")
-    parser.add_argument("--store", required=True)
-    parser.add_argument("--model", default="local")
-    parser.add_argument("--registry")
-    parser.add_argument("--max-batch", type=int, default=64)
-    parser.add_argument("--max-wait-ms", type=float, default=2.0)
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("--preload-file", help="a file of texts, one per line, to embed at start")
-    parser.add_argument("--ready-fd", type=int)
-    parser.add_argument("--http", help="HOST:PORT for the OpenAI-compatible endpoint (default: off)")
-    parser.add_argument("--tcp", help="HOST:PORT (or PORT, on loopback) for a token-checked TCP listener (default: off)")
-    parser.add_argument("--token-file", help="file holding the token TCP clients must present (mode 0600)")
-    parser.add_argument("--http-token-file", help="file holding the bearer token HTTP clients must send (0600)")
-    parser.add_argument("--http-no-auth", action="store_true", help="allow a non-loopback --http without a token")
-    for name in LIMIT_FIELDS:
-        kind = type(getattr(ServiceConfig, name))  # int caps, float durations
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None)
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        config, ready_fd, verbose = service_main_args(argv)
+    except ServiceArgvError as exc:  # a bad setting: one line (the launcher has it on its pipe)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
+        level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
         format=LOG_FORMAT,
     )
-    try:
-        preload = []
-        if args.preload_file:
-            preload = [line for line in Path(args.preload_file).read_text().splitlines() if line.strip()]
-        config = ServiceConfig(
-            store=args.store, model=args.model, registry=args.registry, max_batch=args.max_batch,
-            max_wait_ms=args.max_wait_ms, threads=args.threads, preload=preload, http=args.http,
-            tcp=args.tcp, token_file=args.token_file,
-            http_token_file=args.http_token_file, http_no_auth=args.http_no_auth,
-        )
-        apply_limits(config, {name: getattr(args, name) for name in LIMIT_FIELDS if getattr(args, name) is not None})
-    except (OSError, ValueError) as exc:  # a bad setting: one line, where the launcher looks
-        message = f"{type(exc).__name__}: {exc}"
-        if args.ready_fd is not None:
-            os.write(args.ready_fd, f"error {message}\n".encode())
-        print(f"error: {message}", file=sys.stderr)
-        return 1
-    return run_service(config, ready_fd=args.ready_fd)
-
-
+    return run_service(config, ready_fd=ready_fd)

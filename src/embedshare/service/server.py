@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..client import protocol
-from ..client.state import ServiceConfig
+from .config import ServiceConfig
 from ..store.files import write_atomic
 from .engine import Engine
 from .limits import (

@@ -11,10 +11,10 @@ import os
 from importlib.util import find_spec
 
 from ...client.state import read_token_file
+from ...env import ENV_HTTP_TOKEN
 
 DEFAULT_HOST = "127.0.0.1"
 NEEDS = ("starlette", "uvicorn", "prometheus_client")  # the `http` extra
-ENV_HTTP_TOKEN = "EMBEDSHARE_HTTP_TOKEN"  # the endpoint's bearer token, if no --http-token-file
 MIN_TOKEN_CHARS = 16
 
 

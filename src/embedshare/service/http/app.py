@@ -76,7 +76,7 @@ from .inputs import input_texts, read_json
 from .probes import probe_routes
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ...client.state import ServiceConfig
+    from ..config import ServiceConfig
     from ..engine import Engine
     from ..limits import ByteBudget, Listener
     from ..metrics import ServiceMetrics

@@ -1,4 +1,4 @@
-"""The Ray actors of embedshare: one service per node, and the cluster's coordinator.
+"""The service of one node of a Ray cluster: ``NodeService``, an actor per node.
 
 ``NodeService`` (one per node, named ``embedshare-service-<node_id>``, pinned to its node with
 a hard node affinity) starts and owns the node's ordinary embedshare service: a separate
@@ -12,46 +12,34 @@ does not need:
 - ``fetch(texts)``: misses of this node's workers that another node owns: asked of the owner
   once per text (single-flight on the node), written into this node's cache, returned.
 
-``ClusterCoordinator`` (one per cluster, named ``embedshare-cluster``) holds the settings and
-the ring, starts node services on demand (``get_if_exists``: whoever asks first creates it,
-nobody creates two), restarts a dead one, and builds the tool index once, through the owners,
-and puts it into Ray's object store (it owns that object, so it lives as long as the
-deployment, not as long as one driver).
+The cluster's coordinator (``coordinator.py``) creates these actors and restarts dead ones.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import select
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 import uuid
-from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
-from ray.exceptions import ActorUnschedulableError, GetTimeoutError, RayActorError
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.exceptions import ActorUnschedulableError, RayActorError
 
-from .. import settings
 from ..client.connection import ServiceConnection, ServiceUnavailable
-from ..client.state import ENV_ADDRESS, ServiceConfig
+from ..service.config import ServiceConfig
+from ..service.launcher import ServiceStartError, spawn_service
 from ..store import EmbeddingCache, StoreLayout
-from ..store.files import open_private
-from .config import COORDINATOR_NAME, node_key, node_store, owner_of, registry_copy, service_name
+from ..util.singleflight import Promise, SingleFlight
+from .config import COORDINATOR_NAME, node_key, node_store, owner_of
 
 log = logging.getLogger("embedshare.ray")
 
 # Failures after which asking again (a new or restarted actor) can succeed.
 RETRYABLE = (RayActorError, ActorUnschedulableError)
-NODE_CONCURRENCY = 128  # threads of a node actor: worker fetches and other nodes' computes
 CHUNK = 4096  # texts per request to a service (its frame limits)
 
 
@@ -62,58 +50,6 @@ class NodeGone(RuntimeError):
 def alive_nodes() -> dict[str, dict[str, Any]]:
     """Alive nodes of the cluster by node id (from the GCS)."""
     return {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
-
-
-def default_ring() -> list[str]:
-    """The nodes that compute texts for the cluster: every alive node with CPUs."""
-    return sorted(nid for nid, n in alive_nodes().items() if n.get("Resources", {}).get("CPU", 0) > 0)
-
-
-def make_settings(
-    model: str = "local",
-    *,
-    store_root: str,
-    namespace: str,
-    ring: list[str] | None = None,
-    max_batch: int = 64,
-    max_wait_ms: float = 2.0,
-    threads: int | None = None,
-    start_timeout: float = 600.0,
-) -> dict[str, Any]:
-    max_batch = settings.whole_number("max_batch", max_batch, 1)
-    max_wait_ms = settings.seconds("max_wait_ms", max_wait_ms, allow_zero=True, unit="milliseconds")
-    threads = None if threads is None else settings.whole_number("threads", threads, 1)
-    start_timeout = settings.seconds("start_timeout", start_timeout)
-    ring = sorted(ring) if ring else default_ring()
-    if not ring:
-        raise RuntimeError("the Ray cluster has no alive node with CPUs to run embedshare services on")
-    return {
-        "model": model, "store_root": str(store_root), "namespace": namespace, "ring": ring,
-        "max_batch": int(max_batch), "max_wait_ms": float(max_wait_ms), "threads": threads,
-        "start_timeout": float(start_timeout),
-    }
-
-
-def get_coordinator(namespace: str) -> Any:
-    """The cluster's coordinator handle; ValueError if none runs."""
-    return ray.get_actor(COORDINATOR_NAME, namespace=namespace)
-
-
-def create_coordinator(settings: dict[str, Any], registry: Any) -> Any:
-    """Get or create the cluster's coordinator (one per namespace; whoever comes first wins)."""
-    here = ray.get_runtime_context().get_node_id()
-    return ClusterCoordinator.options(
-        name=COORDINATOR_NAME, namespace=settings["namespace"], get_if_exists=True,
-        lifetime="detached", num_cpus=0, max_concurrency=NODE_CONCURRENCY,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
-    ).remote(settings, registry)
-
-
-def load_registry_path(registry: str) -> str:
-    """The file of a registry named by a string (``bundled`` or a path)."""
-    from ..registry.loader import BUNDLED_REGISTRY, bundled_registry_path
-
-    return str(bundled_registry_path()) if registry == BUNDLED_REGISTRY else registry
 
 
 def _vectors(reply: dict[str, Any], n: int) -> np.ndarray:
@@ -137,10 +73,7 @@ class NodeService:
         self.ring: list[str] = list(settings["ring"])
         hosts = {nid: n.get("NodeManagerHostname") or "" for nid, n in alive_nodes().items()}
         self.layout = StoreLayout(node_store(settings["store_root"], node_key(node_id, hosts)))
-        self.config = ServiceConfig(
-            store=str(self.layout.root), model=settings["model"], registry=None,
-            max_batch=settings["max_batch"], max_wait_ms=settings["max_wait_ms"], threads=settings["threads"],
-        )
+        self.config = ServiceConfig(store=str(self.layout.root), **settings["service"])
         self.incarnation = uuid.uuid4().hex[:12]
         self._lock = threading.RLock()  # starts and restarts of the service process
         self._process: subprocess.Popen | None = None
@@ -149,8 +82,7 @@ class NodeService:
         self._hello: dict[str, Any] = {}
         self._cache: EmbeddingCache | None = None
         self._owners: dict[str, Any] = {}
-        self._inflight: dict[bytes, Future] = {}
-        self._inflight_lock = threading.Lock()
+        self._inflight: SingleFlight[Promise] = SingleFlight(Promise)  # keys being fetched from owners
         self._counters_lock = threading.Lock()
         self.counters = {
             "service_starts": 0, "fetch_requests": 0, "fetch_texts": 0, "fetch_cache_hits": 0,
@@ -192,41 +124,25 @@ class NodeService:
         log.info("node %s: embedshare service pid %s on %s", self.node_id[:8], self._process.pid, layout.socket)
 
     def _spawn(self, deadline: float) -> tuple[str, str]:
+        """The launcher's spawn, plus a lifeline: the service stops when this actor's process dies."""
         life_read, life_write = os.pipe()
-        ready_read, ready_write = os.pipe()
-        args = [sys.executable, "-m", "embedshare.ray._service", "--lifeline-fd", str(life_read),
-                *self.config.argv(), "--ready-fd", str(ready_write)]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-        env.pop(ENV_ADDRESS, None)
-        with os.fdopen(open_private(self.layout.log), "ab") as log_file:
-            process = subprocess.Popen(
-                args, pass_fds=(life_read, ready_write), stdin=subprocess.DEVNULL,
-                stdout=log_file, stderr=log_file, env=env, start_new_session=True,
-            )
-        os.close(life_read)
-        os.close(ready_write)
-        line = b""
         try:
-            while not line.endswith(b"\n"):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    process.kill()
-                    process.wait()
-                    os.close(life_write)
-                    return "error", "it did not answer in time"
-                readable, _, _ = select.select([ready_read], [], [], remaining)
-                if readable:
-                    chunk = os.read(ready_read, 4096)
-                    if not chunk:
-                        break
-                    line += chunk
+            process, line = spawn_service(
+                self.config, deadline - time.monotonic(), pass_fds=(life_read,),
+                entry=("embedshare.ray._service", "--lifeline-fd", str(life_read)))
+        except ServiceStartError as exc:  # no answer in time: it was killed
+            os.close(life_write)
+            return "error", str(exc)
+        except BaseException:
+            os.close(life_write)
+            raise
         finally:
-            os.close(ready_read)
-        status, _, detail = line.decode().strip().partition(" ")
+            os.close(life_read)
+        status, _, detail = line.partition(" ")
         if status != "ready":
             os.close(life_write)
             process.wait(timeout=60)
-            return (status or "error"), (detail or f"exit code {process.returncode}")
+            return status, detail
         self._process, self._lifeline = process, life_write
         return "ready", detail
 
@@ -341,41 +257,21 @@ class NodeService:
         out = np.empty((len(texts), cache.dim), dtype=np.float32)
         found = cache.get_many_into(keys, out)  # another worker of this node may have fetched them
         self._count(fetch_requests=1, fetch_texts=len(texts), fetch_cache_hits=int(found.sum()))
-        mine: dict[bytes, tuple[str, Future]] = {}
-        waiting: list[tuple[int, Future]] = []
-        rows_of: dict[bytes, list[int]] = {}
-        with self._inflight_lock:
-            for i in np.flatnonzero(~found):
-                key = keys[i]
-                if key in mine:
-                    rows_of[key].append(int(i))
-                    continue
-                future = self._inflight.get(key)
-                if future is not None:
-                    waiting.append((int(i), future))
-                    continue
-                future = self._inflight[key] = Future()
-                mine[key] = (texts[i], future)
-                rows_of[key] = [int(i)]
-        self._count(fetch_joined=len(waiting))
-        if mine:
+        missing = np.flatnonzero(~found)
+        miss_keys = [keys[i] for i in missing]
+        claim = self._inflight.claim(miss_keys)  # another worker's fetch of a key is awaited
+        self._count(fetch_joined=claim.joined)
+        if claim.mine:
+            mine = [miss_keys[p] for p in claim.mine]
             try:
-                vectors = self._ask_owners(list(mine), [t for t, _ in mine.values()])
-                cache.put_many_keys(list(mine), vectors)
+                vectors = self._ask_owners(mine, [texts[missing[p]] for p in claim.mine])
+                cache.put_many_keys(mine, vectors)
             except BaseException as exc:
-                for _, future in mine.values():
-                    future.set_exception(exc)
+                self._inflight.fail(mine, exc)
                 raise
-            finally:
-                with self._inflight_lock:
-                    for key in mine:
-                        self._inflight.pop(key, None)
-            for (key, (_, future)), vector in zip(mine.items(), vectors):
-                future.set_result(vector)
-                for i in rows_of[key]:
-                    out[i] = vector
-        for i, future in waiting:
-            out[i] = future.result()
+            self._inflight.settle(mine, vectors)
+        for row, future in zip(missing, claim.futures):
+            out[row] = future.result()
         return out
 
     def _ask_owners(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
@@ -417,7 +313,7 @@ class NodeService:
     def _owner(self, node_id: str, restart: bool = False) -> Any:
         handle = None if restart else self._owners.get(node_id)
         if handle is None:
-            coordinator = get_coordinator(self.settings["namespace"])
+            coordinator = ray.get_actor(COORDINATOR_NAME, namespace=self.settings["namespace"])
             handle = ray.get(coordinator.node.remote(node_id, restart=restart))["handle"]
             self._owners[node_id] = handle
         return handle
@@ -467,160 +363,3 @@ class NodeService:
                     role = "other"
             out.append({"pid": p.pid, "role": role, "name": name, "pss": pss_bytes(p.pid)})
         return {"node_id": self.node_id, "processes": out}
-
-
-@ray.remote
-class ClusterCoordinator:
-    """The cluster's settings, ring, node services and tool index (see the module doc)."""
-
-    def __init__(self, settings: dict[str, Any], registry: Any) -> None:
-        self.settings = settings
-        self.registry = registry if registry is not None else self._kept_registry()
-        self._nodes: dict[str, Any] = {}
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_lock = threading.Lock()
-        self._index_lock = threading.Lock()
-        self._index_ref: Any = None
-        self.index_builds = 0
-        self.node_starts: dict[str, int] = {}  # actors started per node (a restart adds one)
-        self._incarnations: dict[str, set[str]] = {}
-
-    def get_settings(self) -> dict[str, Any]:
-        return {**self.settings, "registry": self.registry if isinstance(self.registry, (str, type(None))) else "<data>"}
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def _node_lock(self, node_id: str) -> threading.Lock:
-        with self._locks_lock:
-            return self._locks.setdefault(node_id, threading.Lock())
-
-    def node(self, node_id: str, restart: bool = False) -> dict[str, Any]:
-        """The service of ``node_id``, started if none runs; ``restart``: make sure it answers.
-
-        Returns its ``info()`` and ``handle``. Raises NodeGone if the node is not alive.
-        """
-        with self._node_lock(node_id):
-            handle = self._nodes.get(node_id)
-            for attempt in range(8):
-                if handle is None:
-                    if node_id not in alive_nodes():
-                        self._nodes.pop(node_id, None)
-                        raise NodeGone(f"node {node_id} is not alive in the Ray cluster")
-                    handle = NodeService.options(
-                        name=service_name(node_id), namespace=self.settings["namespace"],
-                        get_if_exists=True, lifetime="detached", num_cpus=0,
-                        max_concurrency=NODE_CONCURRENCY, max_restarts=-1,
-                        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-                    ).remote(node_id, self.settings)
-                try:
-                    call = handle.ensure.remote() if restart or attempt else handle.info.remote()
-                    info = ray.get(call, timeout=float(self.settings["start_timeout"]))
-                except RETRYABLE as exc:
-                    if getattr(exc, "actor_init_failed", False):  # it cannot start: say why
-                        raise RuntimeError(f"the embedshare service of node {node_id} failed to start: {exc}") from None
-                    # Dead (killed, or its process crashed): the GCS frees its name, and the
-                    # next get_if_exists starts a new one on the node.
-                    log.warning("the embedshare service of node %s is gone (%s); starting a new one",
-                                node_id[:8], type(exc).__name__)
-                    handle = None
-                    time.sleep(min(0.05 * 2**attempt, 2.0))  # let the GCS mark it dead
-                    continue
-                except GetTimeoutError:
-                    raise RuntimeError(f"the embedshare service of node {node_id} did not start in time") from None
-                seen = self._incarnations.setdefault(node_id, set())
-                if info["incarnation"] not in seen:
-                    seen.add(info["incarnation"])
-                    self.node_starts[node_id] = len(seen)
-                self._nodes[node_id] = handle
-                return {**info, "handle": handle}
-            raise RuntimeError(f"the embedshare service of node {node_id} keeps failing")
-
-    def attach(self, node_id: str) -> dict[str, Any]:
-        """What a worker on ``node_id`` needs: its node's service and the index."""
-        info = self.node(node_id)
-        return {**info, "index": self.index(), "namespace": self.settings["namespace"]}
-
-    def index(self) -> list[Any]:
-        """``[ref]`` of the tool index in the object store (built once, on first use), or []."""
-        if self.registry is None:
-            return []
-        with self._index_lock:
-            if self._index_ref is None:
-                self._index_ref = ray.put(self._build_index())
-                self.index_builds += 1
-            return [self._index_ref]
-
-    def _kept_registry(self) -> Any:
-        """The registry an earlier deployment on this store root served (see ``_keep``), or None."""
-        try:
-            return json.loads(registry_copy(self.settings["store_root"]).read_text())
-        except (OSError, ValueError):
-            return None
-
-    def _keep(self, registry: Any) -> None:
-        """Keep the registry beside the node stores: a later session's tasks need not name it."""
-        from ..store.files import write_atomic
-
-        path = registry_copy(self.settings["store_root"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = registry if isinstance(registry, (list, dict)) else json.loads(
-            Path(load_registry_path(registry)).read_text(encoding="utf-8"))
-        write_atomic(path, json.dumps(data))
-
-    def _build_index(self) -> dict[str, Any]:
-        from ..registry import load_registry
-        from ..store.cache import cache_key
-        from ..store.index import index_folder_name
-        from ..store.index_build import build_index
-        from .index import index_payload
-
-        registry = load_registry(self.registry)
-        self._keep(self.registry)
-        ring = list(self.settings["ring"])
-        first = self.node(ring[0])
-        model_id, dim = first["model_id"], int(first["dim"])
-
-        def embed(texts: list[str]) -> np.ndarray:
-            by_owner: dict[str, list[int]] = {}
-            for i, text in enumerate(texts):
-                by_owner.setdefault(owner_of(cache_key(model_id, text), ring), []).append(i)
-            out = np.empty((len(texts), dim), dtype=np.float32)
-            refs = {owner: self.node(owner)["handle"].compute.remote([texts[i] for i in rows])
-                    for owner, rows in by_owner.items()}
-            for owner, ref in refs.items():
-                out[by_owner[owner]] = ray.get(ref)
-            return out
-
-        with tempfile.TemporaryDirectory(prefix="embedshare-ray-index-") as tmp:
-            folder = Path(tmp) / index_folder_name(registry.content_hash, model_id)
-            build_index(registry, embed, model_id, dim, folder, batch_size=1024)
-            return index_payload(folder)
-
-    def nodes(self) -> dict[str, Any]:
-        return dict(self._nodes)
-
-    def stats(self) -> dict[str, Any]:
-        """Every node service's stats, and the coordinator's own counters."""
-        refs = {nid: handle.stats.remote() for nid, handle in self._nodes.items()}
-        nodes = {}
-        for nid, ref in refs.items():
-            try:
-                nodes[nid] = ray.get(ref, timeout=60)
-            except (*RETRYABLE, GetTimeoutError) as exc:
-                nodes[nid] = {"error": f"{type(exc).__name__}: {exc}"}
-        return {"nodes": nodes, "index_builds": self.index_builds, "node_starts": dict(self.node_starts),
-                "ring": list(self.settings["ring"]), "coordinator_pid": os.getpid()}
-
-    def shutdown(self) -> None:
-        """Stop every node's service and its actor."""
-        handles = dict(self._nodes)
-        refs = [h.stop.remote() for h in handles.values()]
-        for ref in refs:
-            try:
-                ray.get(ref, timeout=60)
-            except (*RETRYABLE, GetTimeoutError):
-                pass
-        for h in handles.values():
-            ray.kill(h)
-        self._nodes.clear()

@@ -1,0 +1,5 @@
+"""``python -m embedshare.cli``: the same command as ``embedshare``."""
+
+from . import main
+
+main()

@@ -1,0 +1,77 @@
+"""``embedshare stats`` and ``top``: what the store's service is doing, once or live."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .common import errors_as_messages, store_layout, store_option
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@store_option
+def stats(as_json: bool, store: Path | None) -> None:
+    """Counters of the store's service: requests, hits, batches, latency, clients."""
+    from ..client.connection import ServiceConnection
+
+    layout = store_layout(store)
+    with errors_as_messages():
+        conn = ServiceConnection(layout.socket)
+        try:
+            data = conn.request("stats", timeout=30)["stats"]
+        finally:
+            conn.close()
+        from ..service.observe import with_memory
+
+        data = with_memory(data)  # PSS of the service and of each client, read here
+        if as_json:
+            click.echo(json.dumps(data, indent=2))
+            return
+        click.echo(_format_stats(data))
+
+
+def _pss_mb(value: int | None) -> str:
+    return f"{value / 2**20:.1f} MB" if value is not None else "-"
+
+
+def _format_stats(s: dict[str, Any]) -> str:
+    lat = s["request_latency"]
+    batch = s["batch_size"]
+    ms = lambda v: f"{v * 1000:.2f} ms" if v is not None else "-"  # noqa: E731
+    lines = [
+        f"service pid {s['pid']}  model {s['model_id']} ({s['dim']} dims)  up {s['uptime_s']:.0f} s"
+        + (f"  PSS {s['pss'] / 2**20:.1f} MB" if s.get("pss") is not None else ""),
+        f"store {s['store']}  tools {s['tools']}",
+        f"requests {s['requests']}  errors {s['errors']}  corrupt vectors replaced "
+        f"{s.get('corrupt_vectors', 0)}  texts {s['texts']}  "
+        f"hits {s['hits']}  misses {s['misses']}  joined in-flight {s['joined_inflight']}",
+        f"model calls {s['model_calls']}  texts embedded {s['texts_embedded']}  "
+        f"mean batch {batch['mean'] or 0:.1f}  queue {s['queue_depth']} (max {s['max_queue_depth']})",
+        f"latency p50 {ms(lat['p50'])}  p99 {ms(lat['p99'])}",
+        f"clients {len(s['clients'])}:",
+        *(f"  pid {c['pid']:>7}  PSS {_pss_mb(c.get('pss'))}  requests {c['requests']}"
+          + ("  (this command)" if c["pid"] == os.getpid() else "") for c in s["clients"]),
+    ]
+    if s.get("http"):
+        lines.insert(2, f"http {s['http']}/v1  (metrics {s['http']}/metrics)")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--once", is_flag=True, help="Print one frame (averages since the service started) and exit.")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes.")
+@store_option
+def top(once: bool, interval: float, store: Path | None) -> None:
+    """Live view of the store's service: clients (PID, PSS), requests/s, hits, batches, latency."""
+    from ..monitor import run_top
+    from ..settings import seconds
+
+    with errors_as_messages():
+        seconds("--interval", interval)
+        sys.exit(run_top(store_layout(store).socket, once=once, interval=interval))
