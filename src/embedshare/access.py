@@ -22,15 +22,14 @@ from typing import Any
 
 from . import settings
 from .client.connection import ServiceStopped, ServiceUnavailable
-from .client.state import ENV_ADDRESS, ENV_ON_FAILURE, stopped_on_purpose
-from .manager import DEFAULT_MODEL, EmbeddingManager, default_store
+from .client.state import stopped_on_purpose
+from .env import ENV_ADDRESS, ENV_MODEL, ENV_ON_FAILURE, ENV_RAY, ENV_REGISTRY, default_store
+from .manager import DEFAULT_MODEL, EmbeddingManager
 from .sources.failover import POLICIES, FailoverSource
 from .sources.service import ServiceSource
 from .store import StoreLayout
 from .store.record import recorded_model, recorded_registry
 
-ENV_MODEL = "EMBEDSHARE_MODEL"
-ENV_REGISTRY = "EMBEDSHARE_REGISTRY"
 # The manager of a Ray task or actor. Named, not imported: the Ray integration is optional and
 # sits above this module; it is loaded only in a process that has imported Ray.
 RAY_MANAGER = "embedshare.ray.source"
@@ -256,7 +255,7 @@ def _ray_node_manager(model: str | None, on_failure: str | None,
     Ray is never imported here: a process that has not imported it is not a Ray worker, and
     pays nothing. ``EMBEDSHARE_RAY=0`` turns this off.
     """
-    if "ray" not in sys.modules or os.environ.get("EMBEDSHARE_RAY") == "0":
+    if "ray" not in sys.modules or os.environ.get(ENV_RAY) == "0":
         return None
     ray_source = importlib.import_module(RAY_MANAGER)
     if not ray_source.in_ray_worker():

@@ -23,6 +23,7 @@ import numpy as np
 
 from . import settings
 from .embedders import Embedder, create_embedder, validate_text, validate_texts
+from .env import default_store
 from .registry import Registry, load_registry
 from .sources.base import NoIndexError, VectorSource
 from .sources.local import LocalSource
@@ -36,12 +37,6 @@ __all__ = ["DEFAULT_MODEL", "EmbeddingManager", "NoIndexError", "normalise_query
 
 DEFAULT_MODEL = "local"
 _CALLS = ("get_embeddings", "search", "find_similar_tools")
-
-
-def default_store() -> Path:
-    """``$EMBEDSHARE_STORE``, else ``~/.cache/embedshare``."""
-    env = os.environ.get("EMBEDSHARE_STORE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "embedshare"
 
 
 def normalise_query(query: str) -> str:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..env import ENV_ADDRESS, ENV_MODEL, ENV_REGISTRY, ENV_STORE
 from .designs import DESIGNS
 
 MODEL_SPECS = {"hash": "hash:384", "local": "local", "api": "openai:text-embedding-3-small"}
@@ -103,7 +104,7 @@ def _run_case(spec: dict[str, Any], workdir: Path, timeout: float) -> dict[str, 
                                      workdir / f"{name}.log")
     spec_path.write_text(json.dumps(spec))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    for name_ in ("EMBEDSHARE_ADDRESS", "EMBEDSHARE_STORE", "EMBEDSHARE_MODEL", "EMBEDSHARE_REGISTRY"):
+    for name_ in (ENV_ADDRESS, ENV_STORE, ENV_MODEL, ENV_REGISTRY):
         env.pop(name_, None)
     started = time.perf_counter()
     with open(log_path, "wb") as log:

@@ -17,7 +17,7 @@ from typing import Any
 from .. import settings
 from . import protocol
 from .peercred import peer_credentials
-from .state import TCP_SCHEME, parse_tcp_address
+from .address import TCP_SCHEME, parse_tcp_address
 
 
 class ServiceUnavailable(ConnectionError):

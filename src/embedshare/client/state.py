@@ -1,5 +1,4 @@
-"""What lives in the store's ``run/`` folder: the service lock, its state file, its stop mark;
-and the TCP listener's address and token file, which clients and the service both read.
+"""What lives in the store's ``run/`` folder: the service lock, its state file, its stop mark.
 
 Kept apart from ``server.py`` so that clients (every worker) can read it without importing
 the server's asyncio machinery (~4 MB in every worker).
@@ -13,16 +12,8 @@ import os
 import time
 from typing import Any
 
-from .. import settings
 from ..store.files import open_private
 from ..store.layout import StoreLayout
-
-# Still imported from here by access.py and service/client.py, which the lead engineer switches
-# to env.py in the same redesign (issue 14); every other module imports them from env.py.
-from ..env import ENV_ADDRESS, ENV_ON_FAILURE, ENV_TOKEN  # noqa: F401
-
-TCP_SCHEME = "tcp://"
-MIN_TOKEN_CHARS = 16
 
 
 class AlreadyRunning(RuntimeError):
@@ -118,45 +109,3 @@ def stopped_on_purpose(layout: StoreLayout) -> str | None:
     return (f"the embedshare service of {layout.root} (pid {stopped.get('pid')}) was stopped by "
             f"`{stopped.get('by')}` at {when}, so it is not restarted; start it again with "
             f"`embedshare serve --store {layout.root} --detach` (or start your pool again)")
-
-
-def parse_tcp_address(spec: str) -> tuple[str, int]:
-    """``PORT``, ``HOST:PORT``, ``[V6]:PORT`` or ``tcp://HOST:PORT`` -> ``(host, port)``.
-
-    A bare port means loopback (127.0.0.1): listening on another interface must be asked for.
-    """
-    spec = str(spec)
-    text = spec[len(TCP_SCHEME):] if spec.startswith(TCP_SCHEME) else spec
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "127.0.0.1", text
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        number = int(port)
-    except ValueError:
-        raise settings.SettingError(f"bad TCP address {spec!r}: expected HOST:PORT or PORT") from None
-    if not 0 <= number <= 65535:
-        raise settings.SettingError(f"bad TCP address {spec!r}: port {number} is not in 0..65535")
-    return host, number
-
-
-def read_token_file(path: str | os.PathLike) -> bytes:
-    """The token in ``path``, checked: private to its owner (no group or other bits), long enough.
-
-    The token itself never appears in an error message, a log line or ``stats``.
-    """
-    try:
-        st = os.stat(path)
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise ValueError(f"cannot read the token file {path}: {exc.strerror or exc}") from None
-    if st.st_mode & 0o077:
-        raise ValueError(
-            f"the token file {path} is readable by other users (mode {st.st_mode & 0o777:04o}); "
-            "chmod 600 it"
-        )
-    token = data.strip()
-    if len(token) < MIN_TOKEN_CHARS:
-        raise ValueError(f"the token in {path} is too short: use at least {MIN_TOKEN_CHARS} characters")
-    return token

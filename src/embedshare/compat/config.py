@@ -14,6 +14,8 @@ import threading
 import warnings
 from dataclasses import dataclass
 
+from ..env import ENV_MODEL
+
 ORIGINAL_MODEL = "text-embedding-3-large"
 API_KEY_ENV = "OPENAI_API_KEY"
 LOCAL_SPEC = "local"
@@ -98,7 +100,7 @@ def asked_model(config: EmbeddingConfig | None) -> str | None:
     """The spec the caller asked for (config, then ``EMBEDSHARE_MODEL``), or None."""
     if config is not None and config.model_given:
         return to_spec(config.model)
-    return os.environ.get("EMBEDSHARE_MODEL") or None
+    return os.environ.get(ENV_MODEL) or None
 
 
 def fallback_model() -> str:

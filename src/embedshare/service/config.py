@@ -102,7 +102,7 @@ def _texts(name: str, value: Any) -> tuple[str, ...]:
 
 
 def _tcp_address(name: str, value: Any) -> str:
-    from ..client.state import parse_tcp_address
+    from ..client.address import parse_tcp_address
 
     parse_tcp_address(value)
     return value

@@ -26,7 +26,9 @@ from typing import Any
 
 from ..client import protocol
 from ..client.peercred import peer_credentials
-from ..client.state import mark_stopped, parse_tcp_address, read_token_file
+from ..client.address import parse_tcp_address
+from ..client.state import mark_stopped
+from .token_file import read_token_file
 from ..embedders import EmbedderError, InvalidTextError
 from ..store import CacheError
 from .engine import Engine

@@ -29,7 +29,8 @@ from ..embedders import model_id_of
 from ..registry import Registry
 from ..store import EmbeddingCache, StoreLayout, ToolIndex
 from ..store.record import RegistryMismatchError, describe_registry
-from ..client.state import ENV_TOKEN, TCP_SCHEME
+from ..client.address import TCP_SCHEME
+from ..env import ENV_TOKEN
 from .base import EmbedFn, NoIndexError, Progress, ServiceBackedSource
 
 MAX_REQUEST_TEXTS = 4096

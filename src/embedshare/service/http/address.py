@@ -10,7 +10,7 @@ import ipaddress
 import os
 from importlib.util import find_spec
 
-from ...client.state import read_token_file
+from ..token_file import read_token_file
 from ...env import ENV_HTTP_TOKEN
 
 DEFAULT_HOST = "127.0.0.1"
