@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).parent))  # helper modules for spawned processes
+sys.path.insert(0, str(Path(__file__).parent))  # the helpers package, here and in spawned processes
+
+from helpers.disks import mount_tmpfs, unmount  # noqa: E402 (found through the line above)
 
 ENV_VARS = ("EMBEDSHARE_ADDRESS", "EMBEDSHARE_STORE", "EMBEDSHARE_MODEL", "EMBEDSHARE_REGISTRY",
             "EMBEDSHARE_ON_FAILURE")
@@ -42,6 +45,17 @@ def hash_service(store):
 
     with EmbeddingService(store, model="hash:64", registry="bundled", start_timeout=60) as service:
         yield service
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path) -> Iterator[Path]:
+    """A 4 MiB tmpfs, for the tests of a full disk: mounting needs root; skipped cleanly otherwise."""
+    mount_point = tmp_path / "tmpfs"
+    mount_tmpfs(mount_point, "size=4m")
+    try:
+        yield mount_point
+    finally:
+        unmount(mount_point)
 
 
 @pytest.fixture

@@ -10,16 +10,16 @@ import sys
 import threading
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import pytest
 
-import service_tasks
 from embedshare import get_embedding_manager
 from embedshare.access import NoServiceWarning
 from embedshare.manager import EmbeddingManager
 from embedshare.service.client import SharedEmbeddingManager
 from embedshare.service.launcher import EmbeddingService
+from helpers.processes import with_tests_on_path
+from helpers.spawned import service_tasks
 
 QUERY = "read a csv file into rows"
 
@@ -66,11 +66,10 @@ def test_multiprocessing_process_gets_the_shared_manager(service, expected):
 
 def test_separately_started_process_inherits_the_address(service, expected):
     code = (
-        "import json, service_tasks;"
+        "import json; from helpers.spawned import service_tasks;"
         f"r = service_tasks.manager_report({QUERY!r}); r['vector'] = r['vector'].hex(); print(json.dumps(r))"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], env=with_tests_on_path(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     report["vector"] = bytes.fromhex(report["vector"])

@@ -6,19 +6,14 @@ import hashlib
 import multiprocessing as mp
 import os
 import signal
-import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # spawned children inherit sys.path
-
-import cachetools_workers  # noqa: E402
-
-from embedshare.embedders import create_embedder  # noqa: E402
-from embedshare.store import CacheError, CacheFullError, EmbeddingCache  # noqa: E402
+from embedshare.embedders import create_embedder
+from embedshare.store import CacheError, CacheFullError, EmbeddingCache
+from helpers.spawned import cachetools_workers
 
 pytestmark = pytest.mark.timeout(120)
 

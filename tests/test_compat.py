@@ -1,6 +1,6 @@
 """embedshare.compat: the original ``mcp_embedding_manager`` API, called as the seed's code calls it.
 
-The call patterns live in ``compat_calls.py``; here they run in this process against a local
+The call patterns live in ``helpers/spawned/compat_calls.py``; here they run in this process against a local
 manager (the reference), and in 25 ``Popen``'d shards through one service, which must all
 attach to it and give the reference's answers.
 """
@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import compat_calls
 from embedshare.access import NoServiceWarning
 from embedshare.access import get_embedding_manager as get_native_manager
 from embedshare.compat import (
@@ -37,11 +36,12 @@ from embedshare.compat import (
 from embedshare.registry import load_registry
 from embedshare.service.launcher import EmbeddingService
 from embedshare.store import ToolIndexError
+from helpers.processes import SPAWNED, with_tests_on_path
+from helpers.spawned import compat_calls
 
 pytestmark = pytest.mark.timeout(300)
 
 REGISTRY = Path(__file__).parent / "data" / "mcp_tools_original.json"
-TESTS = Path(__file__).parent
 CATEGORIES = ["computation", "data_processing", "file_operations", "integration", "network", "utility"]
 
 
@@ -118,12 +118,12 @@ def test_call_patterns_in_this_process(reference):
 
 
 def test_25_popen_shards_share_one_service_and_get_the_reference_answers(reference, service):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    env = with_tests_on_path()
     shards = []
     for i in range(25):
         how = "config" if i % 2 else "env"
         shard_env = {**env, "EMBEDSHARE_MODEL": "hash:64"} if how == "env" else env
-        shards.append(subprocess.Popen([sys.executable, str(TESTS / "compat_calls.py"), str(REGISTRY), how],
+        shards.append(subprocess.Popen([sys.executable, str(SPAWNED / "compat_calls.py"), str(REGISTRY), how],
                                        env=shard_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     reports = []
     for shard in shards:

@@ -23,14 +23,13 @@ from pathlib import Path
 import lmdb
 import numpy as np
 import pytest
-from reliability_helpers import connect_raw, exchange
-from test_reliability_faults import _fill, small_tmpfs  # noqa: F401 (a fixture: a 4 MiB tmpfs, root only)
-
 from embedshare.embedders import create_embedder
 from embedshare.manager import EmbeddingManager
 from embedshare.service.client import SharedEmbeddingManager
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
 from embedshare.store import CacheDamagedError, CacheError, EmbeddingCache, StoreLayout
+from helpers.disks import fill
+from helpers.frames import connect_raw, exchange
 
 EMBEDDER = create_embedder("hash:64")
 TEXTS = [f"damaged files text {i}" for i in range(300)]
@@ -228,14 +227,14 @@ def test_the_service_answers_a_request_on_garbled_pages_with_an_error_and_lives_
 # -- run/service.json: a full disk, a garbled file -----------------------------------------------------
 
 
-def test_a_full_disk_at_the_state_write_leaves_nothing_half_written_and_a_later_start_works(small_tmpfs):  # noqa: F811
+def test_a_full_disk_at_the_state_write_leaves_nothing_half_written_and_a_later_start_works(small_tmpfs):
     store = small_tmpfs / "store"
     layout = StoreLayout(store)
     with EmbeddingService(store, model="hash:64", registry="bundled", export_env=False):
         pass
     small_files = [layout.state, layout.record]  # what a service writes at start
     before = [f.read_text() for f in small_files]
-    _fill(small_tmpfs)
+    fill(small_tmpfs)
     # the store's small files cannot be written: a clear error naming the first, each one intact
     with pytest.raises(ServiceStartError) as error:
         EmbeddingService(store, model="hash:64", registry="bundled", export_env=False, start_timeout=60).start()

@@ -3,7 +3,7 @@ threads of one client, and while interpreters start; a deliberate ``embedshare s
 
 Kills are driven by facts (tasks or calls completed), never by timers. Random choices are
 seeded (``EMBEDSHARE_FAULT_SEED`` overrides) and reported with the figures
-(tests/reliability_helpers.record).
+(tests/helpers/figures.record).
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import failover_tasks
 import pytest
 from click.testing import CliRunner
-from reliability_helpers import PYTHON, TESTS, alive, record, wait_for
 
 from embedshare.cli import main as cli
 from embedshare.embedders import create_embedder
@@ -32,6 +30,10 @@ from embedshare.client.connection import ServiceConnection, ServiceUnavailable
 from embedshare.service.launcher import EmbeddingService
 from embedshare.client.state import read_state
 from embedshare.store import StoreLayout
+from helpers.figures import record
+from helpers.processes import PYTHON, SPAWNED, alive, with_tests_on_path
+from helpers.spawned import failover_tasks
+from helpers.waiting import wait_for
 
 SEED = int(os.environ.get("EMBEDSHARE_FAULT_SEED", "20261202"))
 EMBEDDER = create_embedder("hash:64")
@@ -214,11 +216,10 @@ def test_interpreters_started_while_the_service_is_down_get_the_shared_service_a
     service = EmbeddingService(store, model="hash:64", registry="bundled", export_env=False).start()
     os.kill(service.pid, signal.SIGKILL)
     service._process.wait(30)
-    env = {**os.environ, "EMBEDSHARE_STORE": str(store), "EMBEDSHARE_ON_FAILURE": "restart",
-           "EMBEDSHARE_MODEL": "hash:64",
-           "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(TESTS)) if p)}
+    env = {**with_tests_on_path(), "EMBEDSHARE_STORE": str(store), "EMBEDSHARE_ON_FAILURE": "restart",
+           "EMBEDSHARE_MODEL": "hash:64"}
     env.pop("EMBEDSHARE_ADDRESS", None)
-    procs = [subprocess.Popen([PYTHON, str(TESTS / "failover_tasks.py"), str(i)], env=env,
+    procs = [subprocess.Popen([PYTHON, str(SPAWNED / "failover_tasks.py"), str(i)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
     try:
         outputs = [p.communicate(timeout=120) for p in procs]

@@ -28,13 +28,6 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reliability_helpers import (
-    closed_by_peer,
-    connect_raw,
-    read_reply,
-    record,
-    wait_for,
-)
 
 from embedshare.embedders import (
     InvalidTextError,
@@ -45,6 +38,9 @@ from embedshare.embedders import (
 from embedshare.manager import EmbeddingManager
 from embedshare.client import protocol
 from embedshare.service.client import SharedEmbeddingManager
+from helpers.figures import record
+from helpers.frames import closed_by_peer, connect_raw, read_reply
+from helpers.waiting import wait_for
 
 SEED = int(os.environ.get("EMBEDSHARE_FUZZ_SEED", "5150"))
 FRAMES = int(os.environ.get("EMBEDSHARE_FUZZ_FRAMES", "20000"))

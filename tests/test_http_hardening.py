@@ -21,9 +21,9 @@ import time
 import httpx
 import openai
 import pytest
-from reliability_helpers import record
 
 from embedshare.service.launcher import EmbeddingService
+from helpers.figures import record
 
 MODEL = "hash:64"
 

@@ -17,11 +17,14 @@ import threading
 import time
 
 import pytest
-from reliability_helpers import TESTS, closed_by_peer, connect_raw, memory_of, record, wait_for
 
 from embedshare.embedders import create_embedder
 from embedshare.service.client import SharedEmbeddingManager
 from embedshare.service.launcher import EmbeddingService
+from helpers.figures import record
+from helpers.frames import closed_by_peer, connect_raw
+from helpers.processes import SPAWNED, memory_of
+from helpers.waiting import wait_for
 
 EMBEDDER = create_embedder("hash:64")
 FLOOD = 20_000
@@ -64,7 +67,7 @@ def _flood(service: EmbeddingService, target: str) -> dict:
     pss_before = memory_of(service.pid)["pss"]
     probe.start()
     started = time.monotonic()
-    floods = [subprocess.Popen([sys.executable, str(TESTS / "flood.py"), target, str(FLOOD // FLOOD_PROCESSES)],
+    floods = [subprocess.Popen([sys.executable, str(SPAWNED / "flood.py"), target, str(FLOOD // FLOOD_PROCESSES)],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
               for _ in range(FLOOD_PROCESSES)]
     try:

@@ -26,7 +26,7 @@ import embedshare
 from embedshare.cli import main
 from embedshare.client.connection import ServiceConnection
 from embedshare.service.launcher import EmbeddingService
-from reliability_helpers import stop_process
+from helpers.processes import stop_process
 
 pytestmark = pytest.mark.timeout(120)
 

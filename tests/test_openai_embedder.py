@@ -1,4 +1,4 @@
-"""OpenAIEmbedder against a real local HTTP server (tests/openai_server.py); nothing is mocked."""
+"""OpenAIEmbedder against a real local HTTP server (embedshare.bench.fake_openai); nothing is mocked."""
 
 from __future__ import annotations
 
@@ -13,13 +13,9 @@ import pytest
 
 pytest.importorskip("httpx")
 
+from embedshare.bench.fake_openai import FakeOpenAIServer
 from embedshare.embedders import EmbedderError, InvalidTextError, create_embedder
 from embedshare.embedders.openai import OpenAIEmbedder
-
-try:
-    from openai_server import FakeOpenAIServer
-except ImportError:  # tests/ became a package
-    from tests.openai_server import FakeOpenAIServer
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 DIM = 32

@@ -24,7 +24,7 @@ from embedshare.util.latency import LATENCY_BUCKETS
 from embedshare.service.client import SharedEmbeddingManager
 from embedshare.service.launcher import EmbeddingService
 from embedshare.service.observe import ServiceCollector, metrics_registry
-from reliability_helpers import stop_process
+from helpers.processes import SPAWNED, stop_process
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -176,7 +176,7 @@ def test_health_and_metrics_answer_while_the_model_loads(tmp_path):
     """The model's load is held on a FIFO: every probe must answer within 1 s meanwhile."""
     gate = tmp_path / "gate"
     os.mkfifo(gate)
-    helper = Path(__file__).with_name("slow_load_server.py")
+    helper = SPAWNED / "slow_load_server.py"
     process = subprocess.Popen(
         [sys.executable, str(helper), "--gate", str(gate), "--store", str(tmp_path / "store"),
          "--model", "hash:64", "--registry", "bundled", "--http", "127.0.0.1:0", "-v"],

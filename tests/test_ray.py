@@ -44,7 +44,8 @@ from embedshare.bench.workload import make_tasks
 from embedshare.ray.config import node_key, node_store, owner_of, service_name
 from embedshare.registry import field_texts, load_registry
 from embedshare.registry.loader import bundled_registry_path
-from reliability_helpers import alive, wait_for
+from helpers.processes import alive
+from helpers.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

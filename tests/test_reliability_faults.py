@@ -3,7 +3,7 @@ SIGKILLed mid-transaction, a full disk and a map-size limit, stale run files, an
 disappears while others wait for the same text.
 
 Random choices are seeded (``EMBEDSHARE_FAULT_SEED`` overrides the seed) and reported with the
-figures (see tests/reliability_helpers.record). Kills are driven by task progress (the pool's
+figures (see tests/helpers/figures.record). Kills are driven by task progress (the pool's
 ``on_result`` hook) or by commit acknowledgements, never by timers.
 """
 
@@ -23,20 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import reliability_tasks
-from reliability_helpers import (
-    PYTHON,
-    TESTS,
-    alive,
-    connect_raw,
-    exchange,
-    read_reply,
-    record,
-    request_frame,
-    start_with_ready_pipe,
-    stop_process,
-    wait_for,
-)
 
 from embedshare.embedders import create_embedder
 from embedshare.manager import EmbeddingManager
@@ -46,6 +32,12 @@ from embedshare.client.connection import ServiceConnection
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
 from embedshare.client.state import read_state
 from embedshare.store import EmbeddingCache, StoreLayout
+from helpers.disks import fill
+from helpers.figures import record
+from helpers.frames import connect_raw, exchange, read_reply, request_frame
+from helpers.processes import PYTHON, SPAWNED, alive, start_with_ready_pipe, stop_process
+from helpers.spawned import reliability_tasks
+from helpers.waiting import wait_for
 
 SEED = int(os.environ.get("EMBEDSHARE_FAULT_SEED", "20261128"))
 EMBEDDER = create_embedder("hash:64")
@@ -330,41 +322,6 @@ def test_cache_survives_50_sigkills_of_concurrent_writers_and_readers(tmp_path):
 # -- a full disk (tmpfs) and a map-size limit ------------------------------------------------------------
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 4 MiB tmpfs: mounting needs root (CAP_SYS_ADMIN); skipped cleanly otherwise."""
-    mount_point = tmp_path / "tmpfs"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() or result.returncode})")
-    try:
-        yield mount_point
-    finally:
-        if subprocess.run(["umount", str(mount_point)], capture_output=True, check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, check=False)
-
-
-def _fill(directory: Path) -> int:
-    """Write a file until the file system is full; returns the bytes written."""
-    written = 0
-    chunk = b"\0" * 65536
-    with open(directory / "filler", "wb", buffering=0) as f:
-        try:
-            while True:
-                written += f.write(chunk)
-        except OSError:
-            pass
-        # the last partial block
-        try:
-            while True:
-                written += f.write(b"\0" * 512)
-        except OSError:
-            pass
-    return written
-
-
 def _raw_embed(address: str, texts: list[str]) -> dict:
     sock = connect_raw(address)
     try:
@@ -389,7 +346,7 @@ def test_a_full_disk_keeps_the_service_serving_hits_and_uncached_misses(small_tm
     with EmbeddingService(store, model="hash:64", registry="bundled", export_env=False) as service:
         state = _warm_up(service.address, store, service.stats, "disk")
         client, warm, before = state["client"], state["warm"], state["before"]
-        filler = _fill(small_tmpfs)
+        filler = fill(small_tmpfs)
         assert shutil.disk_usage(small_tmpfs).free < 64 << 10
         # misses while the disk is full: computed by the model, answered, not cached
         misses = [f"disk full miss {i}" for i in range(3000)]
@@ -431,7 +388,7 @@ def test_a_map_size_limit_keeps_the_service_serving_hits_and_uncached_misses(sto
     layout = StoreLayout(store)
     layout.make_private_run_dir()
     proc, line = start_with_ready_pipe(
-        [PYTHON, str(TESTS / "reliability_server.py"), "--max-map-size", str(1 << 20),
+        [PYTHON, str(SPAWNED / "reliability_server.py"), "--max-map-size", str(1 << 20),
          "--store", str(store), "--model", "hash:64", "--registry", "bundled"],
         layout.log,
     )

@@ -16,14 +16,15 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
-from openai_server import FakeOpenAIServer
-from reliability_helpers import connect_raw, exchange, frame, record
 
 from embedshare.embedders import MAX_TEXT_CHARS, InvalidTextError, create_embedder
 from embedshare.manager import EmbeddingManager
 from embedshare.client import protocol
 from embedshare.service.client import MAX_REQUEST_TEXTS, SharedEmbeddingManager
+from embedshare.bench.fake_openai import FakeOpenAIServer
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
+from helpers.figures import record
+from helpers.frames import connect_raw, exchange, frame, read_reply, request_frame
 
 EMBEDDER = create_embedder("hash:64")
 
@@ -159,8 +160,6 @@ def test_a_reply_the_client_cannot_match_fails_its_requests_instead_of_hanging(t
     at once, instead of waiting out its timeout."""
     import socket
     import threading
-
-    from reliability_helpers import read_reply, request_frame
 
     from embedshare.client.connection import ServiceConnection
     from embedshare.client.protocol import RemoteError

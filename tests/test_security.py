@@ -21,29 +21,24 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import msgpack
 import psutil
 import pytest
-from openai_server import FakeOpenAIServer
-from reliability_helpers import (
-    closed_by_peer,
-    connect_raw,
-    exchange,
-    frame,
-    read_reply,
-    record,
-    request_frame,
-)
 
+from embedshare.bench.fake_openai import FakeOpenAIServer
 from embedshare.embedders import create_embedder
 from embedshare.service.client import SharedEmbeddingManager
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
 from embedshare.client.protocol import RemoteError
 from embedshare.client.state import read_state
+from helpers.figures import record
+from helpers.frames import closed_by_peer, connect_raw, exchange, frame, read_reply, request_frame
+from helpers.users import NEEDS_ROOT, NOBODY, as_other_user
 
 EMBEDDER = create_embedder("hash:64")
-NOBODY = 65534
 
 
 # -- the Unix socket ----------------------------------------------------------------------------------
@@ -66,50 +61,35 @@ def test_a_run_folder_left_open_to_others_is_refused_not_trusted(store):
     assert not (run / "service.sock").exists()
 
 
-def _connect_as(uid: int, socket_path) -> str:
-    """Fork; the child drops to ``uid`` and tries the socket. Returns what it saw.
+def _connect_as(uid: int, socket_path: Path) -> str:
+    """As ``uid``, try the socket; returns what that client saw.
 
-    The child first changes into the socket's folder (as root), so that only that folder's and
-    the socket's own modes decide whether it can reach the socket, not those of the test's
-    private temporary folders above it.
+    The client works in the socket's folder (as_other_user changes into it as root), so that only
+    that folder's and the socket's own modes decide whether it can reach the socket, not those
+    of the test's private temporary folders above it.
     """
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: plain system calls only, then _exit (never back into pytest)
-        report = "child failed"
+
+    def attempt(report: Callable[[str], None]) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(20)
         try:
-            os.close(read_fd)
-            os.chdir(socket_path.parent)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(20)
-            try:
-                sock.connect(socket_path.name)
-            except OSError as exc:
-                report = f"connect failed: {exc.strerror}"
-            else:
-                try:
-                    sock.sendall(request_frame({"v": 1, "id": 1, "op": "stats"}))
-                    report = "answered" if sock.recv(4) else "closed"
-                except (ConnectionResetError, BrokenPipeError):
-                    report = "closed"
-                except TimeoutError:
-                    report = "no answer, not closed"
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            report = f"child failed: {exc!r}"
-        finally:
-            os.write(write_fd, report.encode())
-            os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as f:
-        report = f.read().decode()
-    os.waitpid(pid, 0)
-    return report
+            sock.connect(socket_path.name)
+        except OSError as exc:
+            report(f"connect failed: {exc.strerror}")
+            return
+        try:
+            sock.sendall(request_frame({"v": 1, "id": 1, "op": "stats"}))
+            report("answered" if sock.recv(4) else "closed")
+        except (ConnectionResetError, BrokenPipeError):
+            report("closed")
+        except TimeoutError:
+            report("no answer, not closed")
+
+    (seen,) = as_other_user(attempt, cwd=socket_path.parent, uid=uid)
+    return seen
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="running a client as another user needs root")
+@pytest.mark.skipif(os.geteuid() != 0, reason=NEEDS_ROOT)
 def test_a_client_of_another_uid_is_refused_by_the_service_itself(hash_service):
     layout = hash_service.layout
     # With the normal modes another user cannot even reach the socket:

@@ -16,12 +16,12 @@ import msgpack
 import numpy as np
 import pytest
 
-import service_tasks
 from embedshare.manager import EmbeddingManager
 from embedshare.client import protocol
 from embedshare.service.client import SharedEmbeddingManager
 from embedshare.client.connection import ServiceUnavailable
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
+from helpers.spawned import service_tasks
 
 TEXTS = [f"tool query number {i} about files and networks" for i in range(40)]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-import pool_jobs
 from embedshare.manager import EmbeddingManager
 from embedshare.bench.demo import make_tasks, run_demo
 from embedshare.pool.shared import SharedPool
 from embedshare.registry import field_texts, load_registry
+from helpers.spawned import pool_jobs
 
 QUERIES = [f"query {i % 37} about reading files and sending requests" for i in range(120)]
 

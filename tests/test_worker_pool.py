@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -13,15 +12,12 @@ from typing import Callable
 import psutil
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # spawned workers inherit sys.path
-
-import pool_tasks  # noqa: E402
-
-from embedshare.pool.workers import (  # noqa: E402
+from embedshare.pool.workers import (
     TaskFailed,
     WorkerInitError,
     WorkerPool,
 )
+from helpers.spawned import pool_tasks
 
 pytestmark = pytest.mark.timeout(60)
 

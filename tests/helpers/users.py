@@ -1,4 +1,4 @@
-"""Helpers for the tests that act as another local user (issue 11).
+"""Acting as another local user (issue 11), for the tests of who may use a store or a service.
 
 ``as_other_user(fn)`` forks; the child changes into ``cwd`` (as root, so that only that
 folder's mode decides what it can reach), drops to uid/gid 65534 (``nobody``) and runs
