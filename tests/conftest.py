@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))  # the helpers package, here and in spawned processes
 
-from helpers.disks import mount_tmpfs, unmount  # noqa: E402 (found through the line above)
+from helpers import waiting  # noqa: E402 (found through the line above)
+from helpers.disks import mount_tmpfs, unmount  # noqa: E402
 
 ENV_VARS = ("EMBEDSHARE_ADDRESS", "EMBEDSHARE_STORE", "EMBEDSHARE_MODEL", "EMBEDSHARE_REGISTRY",
             "EMBEDSHARE_ON_FAILURE")
@@ -45,6 +47,12 @@ def hash_service(store):
 
     with EmbeddingService(store, model="hash:64", registry="bundled", start_timeout=60) as service:
         yield service
+
+
+@pytest.fixture
+def wait_for() -> Callable[..., Any]:
+    """``helpers.waiting.wait_for(condition, timeout, what)``: poll a fact; fail after the deadline."""
+    return waiting.wait_for
 
 
 @pytest.fixture

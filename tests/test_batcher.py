@@ -67,11 +67,6 @@ def _batcher(embedder, cache, max_batch: int = 4) -> Batcher:
     return Batcher(SimpleNamespace(embedder=embedder, cache=cache), ServiceMetrics(), max_batch, 0.0)
 
 
-def _wait(event: threading.Event, what: str) -> None:
-    if not event.wait(DEADLINE):
-        raise AssertionError(f"timed out waiting for {what}")
-
-
 def _run(batcher: Batcher, body):
     async def main():
         batcher.start()
@@ -83,10 +78,14 @@ def _run(batcher: Batcher, body):
     return asyncio.run(main())
 
 
-def test_the_model_computes_the_next_batch_while_the_previous_one_commits():
+def test_the_model_computes_the_next_batch_while_the_previous_one_commits(wait_for):
     second_batch_started = threading.Event()
-    # the first commit cannot finish until the model has started on the second batch
-    cache = RecordingCache(before_commit=lambda: _wait(second_batch_started, "the second batch") if not cache.commits else None)
+
+    def hold_the_first_commit() -> None:  # until the model has started on the second batch
+        if not cache.commits:
+            wait_for(second_batch_started.is_set, DEADLINE, "the second batch")
+
+    cache = RecordingCache(before_commit=hold_the_first_commit)
     embedder = GatedEmbedder(before_call={2: second_batch_started.set})
     batcher = _batcher(embedder, cache, max_batch=2)
     texts = [f"text {i}" for i in range(4)]
@@ -103,12 +102,12 @@ def test_the_model_computes_the_next_batch_while_the_previous_one_commits():
     assert [sorted(c) for c in cache.commits] == [sorted(t.encode() for t in texts[:2]), sorted(t.encode() for t in texts[2:])]
 
 
-def test_an_answer_comes_only_after_its_commit_and_a_repeat_joins_it():
+def test_an_answer_comes_only_after_its_commit_and_a_repeat_joins_it(wait_for):
     in_commit, commit_may_finish = threading.Event(), threading.Event()
 
     def hold_the_commit() -> None:
         in_commit.set()
-        _wait(commit_may_finish, "the test")
+        wait_for(commit_may_finish.is_set, DEADLINE, "the test to let the commit finish")
 
     embedder = GatedEmbedder()
     cache = RecordingCache(before_commit=hold_the_commit)
@@ -117,7 +116,7 @@ def test_an_answer_comes_only_after_its_commit_and_a_repeat_joins_it():
     async def body():
         loop = asyncio.get_running_loop()
         asked = asyncio.ensure_future(batcher.embed([b"k"], ["a text"]))
-        await loop.run_in_executor(None, _wait, in_commit, "the commit")  # computed, committing
+        await loop.run_in_executor(None, wait_for, in_commit.is_set, DEADLINE, "the commit")  # computed, committing
         assert not asked.done(), "answered before its vectors were committed"
         again = asyncio.ensure_future(batcher.embed([b"k"], ["a text"]))  # asked again meanwhile
         await asyncio.sleep(0)  # let it join (or, wrongly, queue a new model call)

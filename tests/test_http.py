@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import httpx
 import numpy as np
@@ -72,15 +71,6 @@ def assert_openai_error(response: httpx.Response, status: int, param: str | None
         assert error["code"] == code
     assert words in error["message"]
     return error
-
-
-def wait_until(predicate, timeout: float = 30.0) -> None:
-    """Bounded wait for a condition the service reports (not a timer standing in for one)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.005)
 
 
 # -- the address ------------------------------------------------------------------------------
@@ -287,7 +277,7 @@ def test_http_and_socket_clients_share_the_cache(http_service, url):
     assert after["http_requests"] - before.get("http_requests", 0) == 2
 
 
-def test_http_and_socket_requests_meet_in_one_batch_and_one_flight(tmp_path, reference):
+def test_http_and_socket_requests_meet_in_one_batch_and_one_flight(tmp_path, reference, wait_for):
     # The batcher fires only when 4 texts wait (or after a minute): if HTTP requests had a
     # batcher of their own, none of these requests would be answered in time.
     with EmbeddingService(tmp_path / "s", model="hash:64", http="127.0.0.1:0", max_batch=4,
@@ -305,10 +295,11 @@ def test_http_and_socket_requests_meet_in_one_batch_and_one_flight(tmp_path, ref
 
         threads = [threading.Thread(target=http_call, args=("first", ["text a", "text b"]))]
         threads[-1].start()
-        wait_until(lambda: service.stats()["queue_depth"] == 2)
+        wait_for(lambda: service.stats()["queue_depth"] == 2, 30, "the HTTP request to wait in the queue")
         threads.append(threading.Thread(target=socket_call, args=("second", ["text a", "text c"])))
         threads[-1].start()
-        wait_until(lambda: (s := service.stats())["queue_depth"] == 3 and s["joined_inflight"] == 1)
+        wait_for(lambda: (s := service.stats())["queue_depth"] == 3 and s["joined_inflight"] == 1, 30,
+                 "the socket request to queue its new text and join the other")
         threads.append(threading.Thread(target=http_call, args=("third", ["text d"])))
         threads[-1].start()
         for thread in threads:

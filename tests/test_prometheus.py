@@ -172,7 +172,7 @@ def _endpoint_url(process: subprocess.Popen, deadline: float) -> str:
     raise AssertionError(f"no endpoint line from the service: {seen}")
 
 
-def test_health_and_metrics_answer_while_the_model_loads(tmp_path):
+def test_health_and_metrics_answer_while_the_model_loads(tmp_path, wait_for):
     """The model's load is held on a FIFO: every probe must answer within 1 s meanwhile."""
     gate = tmp_path / "gate"
     os.mkfifo(gate)
@@ -194,9 +194,8 @@ def test_health_and_metrics_answer_while_the_model_loads(tmp_path):
             assert "process_start_time_seconds" in samples
             with open(gate, "w") as fifo:  # let the model finish loading
                 fifo.write("go\n")
-            deadline = time.monotonic() + 60
-            while http.get("/ready").status_code != 200:  # the index is built after the load
-                assert time.monotonic() < deadline, "never ready"
+            wait_for(lambda: http.get("/ready").status_code == 200, 60,
+                     "the service to be ready (the index is built after the load)")
             scrape = http.get("/metrics")
             samples = {s.name: s.value for f in text_string_to_metric_families(scrape.text) for s in f.samples}
             assert samples["embedshare_ready"] == 1 and samples["embedshare_tools"] > 0

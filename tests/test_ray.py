@@ -20,7 +20,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 
 import numpy as np
 import pytest
@@ -247,13 +246,15 @@ def attach_asking_for(registry: str, via_env: bool) -> dict:
 def _wait_until_dead(handle, deadline_s: float = 60.0) -> None:
     """``ray.kill`` is asynchronous: a call sent right after it may still be answered by the
     actor. Wait for the fact (a call fails with RayActorError), failing after a deadline."""
-    deadline = time.monotonic() + deadline_s
-    while True:
+
+    def dead() -> bool:
         try:
             ray.get(handle.info.remote(), timeout=10)
         except RayActorError:
-            return
-        assert time.monotonic() < deadline, "the killed service actor still answers"
+            return True
+        return False
+
+    wait_for(dead, deadline_s, "the killed service actor to stop answering")
 
 
 def expected_task(manager: EmbeddingManager, task: dict) -> dict:
