@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))  # the helpers package, here and in spawned processes
 
-from helpers import waiting  # noqa: E402 (found through the line above)
+from helpers import threads, waiting  # noqa: E402 (found through the line above)
 from helpers.disks import mount_tmpfs, unmount  # noqa: E402
 
 ENV_VARS = ("EMBEDSHARE_ADDRESS", "EMBEDSHARE_STORE", "EMBEDSHARE_MODEL", "EMBEDSHARE_REGISTRY",
@@ -53,6 +53,13 @@ def hash_service(store):
 def wait_for() -> Callable[..., Any]:
     """``helpers.waiting.wait_for(condition, timeout, what)``: poll a fact; fail after the deadline."""
     return waiting.wait_for
+
+
+@pytest.fixture
+def run_threads() -> Callable[..., list[Any]]:
+    """``helpers.threads.run_threads(n, fn, timeout)``: fn(i) in n threads released together; their
+    results, or the first exception one raised."""
+    return threads.run_threads
 
 
 @pytest.fixture

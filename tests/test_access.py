@@ -7,7 +7,6 @@ import multiprocessing
 import os
 import subprocess
 import sys
-import threading
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 
@@ -77,19 +76,8 @@ def test_separately_started_process_inherits_the_address(service, expected):
     assert "no embedshare service" not in out.stderr
 
 
-def test_threads_share_one_instance(service):
-    barrier = threading.Barrier(16)
-    seen = []
-
-    def grab():
-        barrier.wait(timeout=30)
-        seen.append(get_embedding_manager())
-
-    threads = [threading.Thread(target=grab) for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+def test_threads_share_one_instance(service, run_threads):
+    seen = run_threads(16, lambda i: get_embedding_manager())
     assert len(seen) == 16 and len({id(m) for m in seen}) == 1
     assert isinstance(seen[0], SharedEmbeddingManager)
 

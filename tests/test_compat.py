@@ -13,7 +13,6 @@ import os
 import pickle
 import subprocess
 import sys
-import threading
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -163,19 +162,12 @@ def _report_in_worker(_: int) -> tuple[str, bool, str]:
     return em.manager.mode, own, em.search("read a file", k=1)[0].tool_name
 
 
-def test_threads_share_one_compat_manager(service, hash_env):
-    managers, results = [], []
-
-    def grab():
+def test_threads_share_one_compat_manager(service, hash_env, run_threads):
+    def grab(i: int) -> tuple[MCPEmbeddingManager, list[str]]:
         em = get_embedding_manager()
-        managers.append(em)
-        results.append([r.tool_name for r in em.search("read a file", k=3)])
+        return em, [r.tool_name for r in em.search("read a file", k=3)]
 
-    threads = [threading.Thread(target=grab) for _ in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    managers, results = zip(*run_threads(16, grab))
     assert len(managers) == 16 and all(m is managers[0] for m in managers)
     assert managers[0].manager.mode == "shared"
     assert all(r == results[0] for r in results)

@@ -151,7 +151,7 @@ def test_a_25_worker_pool_loses_no_task_through_service_and_worker_sigkills(stor
 # -- 16 threads on one client --------------------------------------------------------------------
 
 
-def test_16_threads_on_one_client_lose_no_call_through_three_service_kills(store):
+def test_16_threads_on_one_client_lose_no_call_through_three_service_kills(store, run_threads):
     threads, per_thread, kills = 16, 200, 3
     kill_after = [threads * per_thread * (i + 1) // (kills + 2) for i in range(kills)]
     service = EmbeddingService(store, model="hash:64", registry="bundled", export_env=False).start()
@@ -186,14 +186,10 @@ def test_16_threads_on_one_client_lose_no_call_through_three_service_kills(store
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
-    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
     kill_thread = threading.Thread(target=killer)
     try:
         kill_thread.start()
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join(300)
+        run_threads(threads, work, timeout=300)
         kill_thread.join(60)
         stats = client.stats()
     finally:

@@ -231,29 +231,12 @@ def _run_call(manager: EmbeddingManager, call: tuple):
     return json.dumps(protocols, sort_keys=True)
 
 
-def test_64_threads_get_exactly_the_serial_results(tmp_path):
+def test_64_threads_get_exactly_the_serial_results(tmp_path, run_threads):
     n_threads, per_thread = 64, 25
     plans = [_random_calls(seed, per_thread) for seed in range(n_threads)]
     shared = EmbeddingManager(store=tmp_path / "threaded", model=f"hash:{DIM}", registry="bundled")
-    barrier = threading.Barrier(n_threads)
-    results: list[list | None] = [None] * n_threads
-    errors: list[BaseException] = []
-
-    def worker(i: int) -> None:
-        try:
-            barrier.wait(timeout=60)
-            results[i] = [_run_call(shared, call) for call in plans[i]]
-        except BaseException as exc:  # reported below with the thread's plan
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_threads)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=90)
-    assert not any(t.is_alive() for t in threads), "threads did not finish"
+    results = run_threads(n_threads, lambda i: [_run_call(shared, call) for call in plans[i]], timeout=90)
     shared.close()
-    assert not errors, f"{len(errors)} threads failed, first: {errors[0]!r}"
 
     serial = EmbeddingManager(store=tmp_path / "serial", model=f"hash:{DIM}", registry="bundled")
     try:
@@ -264,7 +247,7 @@ def test_64_threads_get_exactly_the_serial_results(tmp_path):
         serial.close()
 
 
-def test_single_flight_32_threads_one_new_text_embedded_once(counting):
+def test_single_flight_32_threads_one_new_text_embedded_once(counting, run_threads):
     manager, embedder = counting
     n = 32
     text = "a brand new text nobody has embedded"
@@ -295,24 +278,7 @@ def test_single_flight_32_threads_one_new_text_embedded_once(counting):
     manager.cache.get_many_into = recording_lookup
     embedder.embed = embed_after_every_thread_missed
 
-    barrier = threading.Barrier(n)
-    vectors: list[bytes | None] = [None] * n
-    errors: list[BaseException] = []
-
-    def worker(i: int) -> None:
-        try:
-            barrier.wait(timeout=30)
-            vectors[i] = manager.get_embedding(text).tobytes()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not any(t.is_alive() for t in threads)
-    assert not errors, repr(errors[0])
+    vectors = run_threads(n, lambda i: manager.get_embedding(text).tobytes(), timeout=60)
     assert embedder.embedded[text] == 1
     assert len(set(vectors)) == 1
     assert vectors[0] == HashingEmbedder(DIM).embed([text])[0].tobytes()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -103,19 +102,10 @@ def test_empty_input_sends_nothing_and_bad_text_is_rejected_locally(server, make
     assert server.requests == []
 
 
-def test_concurrent_callers_get_their_own_vectors(server, make):
+def test_concurrent_callers_get_their_own_vectors(server, make, run_threads):
     embedder = make(batch_size=2)
-    results: dict[int, np.ndarray] = {}
     groups = [[f"thread {i} text {j}" for j in range(5)] for i in range(6)]
-
-    def work(i: int) -> None:
-        results[i] = embedder.embed(groups[i])
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(groups))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = run_threads(len(groups), lambda i: embedder.embed(groups[i]))
     for i, group in enumerate(groups):
         np.testing.assert_allclose(results[i], expected(server, group), atol=1e-6)
     assert len(server.requests) == 6 * 3

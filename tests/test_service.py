@@ -10,7 +10,6 @@ import signal
 import socket
 import stat
 import struct
-import threading
 
 import msgpack
 import numpy as np
@@ -118,7 +117,7 @@ def test_all_misses_of_one_call_go_in_one_request(hash_service):
     assert hash_service.stats()["embed_requests"] == 1
 
 
-def test_hundred_threads_get_the_serial_results(hash_service, tmp_path):
+def test_hundred_threads_get_the_serial_results(hash_service, tmp_path, run_threads):
     client = SharedEmbeddingManager(hash_service.address)
     reference = EmbeddingManager(tmp_path / "ref", model="hash:64", registry="bundled")
     calls = [("embed", t) for t in TEXTS] + [("search", q) for q in ("csv", "http post", "zip a folder")]
@@ -127,25 +126,16 @@ def test_hundred_threads_get_the_serial_results(hash_service, tmp_path):
             else [(r.name, r.score) for r in reference.search(c[1])])
         for c in calls
     }
-    barrier = threading.Barrier(100)
-    errors, results = [], []
 
-    def worker(i):
-        try:
-            barrier.wait(timeout=30)
-            for call in calls[i % len(calls):] + calls[: i % len(calls)]:
-                got = (client.get_embedding(call[1]).tobytes() if call[0] == "embed"
-                       else [(r.name, r.score) for r in client.search(call[1])])
-                results.append(got == expected[call])
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+    def worker(i: int) -> list[bool]:
+        results = []
+        for call in calls[i % len(calls):] + calls[: i % len(calls)]:
+            got = (client.get_embedding(call[1]).tobytes() if call[0] == "embed"
+                   else [(r.name, r.score) for r in client.search(call[1])])
+            results.append(got == expected[call])
+        return results
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(100)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors
+    results = [same for per_thread in run_threads(100, worker, timeout=120) for same in per_thread]
     assert len(results) == 100 * len(calls) and all(results)
 
 
