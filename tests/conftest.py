@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # the helpers package, here and 
 
 from helpers import threads, waiting  # noqa: E402 (found through the line above)
 from helpers.disks import mount_tmpfs, unmount  # noqa: E402
+from helpers.embedders import RecordingEmbedder  # noqa: E402
 
 ENV_VARS = ("EMBEDSHARE_ADDRESS", "EMBEDSHARE_STORE", "EMBEDSHARE_MODEL", "EMBEDSHARE_REGISTRY",
             "EMBEDSHARE_ON_FAILURE")
@@ -60,6 +61,13 @@ def run_threads() -> Callable[..., list[Any]]:
     """``helpers.threads.run_threads(n, fn, timeout)``: fn(i) in n threads released together; their
     results, or the first exception one raised."""
     return threads.run_threads
+
+
+@pytest.fixture
+def recording_embedder() -> type[RecordingEmbedder]:
+    """The ``RecordingEmbedder`` class (helpers/embedders.py): call it for one, e.g.
+    ``recording_embedder(64, failure=EmbedderError(...))``."""
+    return RecordingEmbedder
 
 
 @pytest.fixture

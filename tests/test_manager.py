@@ -27,37 +27,6 @@ TOOLS = {tool.name: tool for tool in BUNDLED.tools}
 CATEGORIES = sorted({tool.category for tool in BUNDLED.tools})
 
 
-class CountingEmbedder:
-    """The Embedder interface around the hashing embedder, recording every text it embeds.
-
-    ``salt`` changes the vectors (so two instances with different salts are different models),
-    ``model_id`` defaults to the hashing embedder's.
-    """
-
-    def __init__(self, dim: int = DIM, model_id: str | None = None, salt: str = "") -> None:
-        self._inner = HashingEmbedder(dim)
-        self.dim = dim
-        self.model_id = model_id or self._inner.model_id
-        self.salt = salt
-        self.calls: list[list[str]] = []
-        self._lock = threading.Lock()
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        with self._lock:
-            self.calls.append(list(texts))
-        return self._inner.embed([self.salt + t for t in texts])
-
-    @property
-    def embedded(self) -> Counter:
-        """How many times each text reached the model."""
-        with self._lock:
-            return Counter(t for call in self.calls for t in call)
-
-    def reset(self) -> None:
-        with self._lock:
-            self.calls.clear()
-
-
 @pytest.fixture
 def manager(tmp_path):
     m = EmbeddingManager(store=tmp_path / "store", model=f"hash:{DIM}", registry="bundled")
@@ -66,9 +35,9 @@ def manager(tmp_path):
 
 
 @pytest.fixture
-def counting(tmp_path):
+def counting(tmp_path, recording_embedder):
     """A manager without a registry whose embedder counts texts: (manager, embedder)."""
-    embedder = CountingEmbedder()
+    embedder = recording_embedder(DIM)
     m = EmbeddingManager(store=tmp_path / "store", model=embedder)
     yield m, embedder
     m.close()
@@ -119,13 +88,13 @@ def test_second_call_is_all_cache_hits(counting):
     assert s["model_calls"] == 1 and s["texts_embedded"] == 3
 
 
-def test_a_new_manager_on_the_same_store_reads_the_cache(tmp_path):
+def test_a_new_manager_on_the_same_store_reads_the_cache(tmp_path, recording_embedder):
     texts = ["persisted one", "persisted two"]
-    first = EmbeddingManager(store=tmp_path / "store", model=CountingEmbedder())
+    first = EmbeddingManager(store=tmp_path / "store", model=recording_embedder(DIM))
     vectors = first.get_embeddings(texts)
     first.close()
 
-    embedder = CountingEmbedder()
+    embedder = recording_embedder(DIM)
     second = EmbeddingManager(store=tmp_path / "store", model=embedder)
     try:
         again = second.get_embeddings(texts)
@@ -266,17 +235,14 @@ def test_single_flight_32_threads_one_new_text_embedded_once(counting, run_threa
                     everyone_missed.set()
         return found
 
-    real_embed = embedder.embed
-
-    def embed_after_every_thread_missed(texts):
+    def hold_until_every_thread_missed(n: int, texts: list[str]) -> None:
         # Hold the model until all 32 threads have looked the text up (and missed it): without
         # single-flight each of them would now call the model.
         if text in texts:
             assert everyone_missed.wait(timeout=30), "not every thread reached the cache lookup"
-        return real_embed(texts)
 
     manager.cache.get_many_into = recording_lookup
-    embedder.embed = embed_after_every_thread_missed
+    embedder.before_embed = hold_until_every_thread_missed
 
     vectors = run_threads(n, lambda i: manager.get_embedding(text).tobytes(), timeout=60)
     assert embedder.embedded[text] == 1
@@ -284,19 +250,10 @@ def test_single_flight_32_threads_one_new_text_embedded_once(counting, run_threa
     assert vectors[0] == HashingEmbedder(DIM).embed([text])[0].tobytes()
 
 
-def test_a_model_failure_reaches_the_caller_and_nothing_stays_in_flight(tmp_path):
+def test_a_model_failure_reaches_the_caller_and_nothing_stays_in_flight(tmp_path, recording_embedder):
     """The model fails for one text while another process stored the other one between our
     lookup and our claim: the caller gets the model's error, and the next call works."""
-
-    class FlakyEmbedder(CountingEmbedder):
-        fail = True
-
-        def embed(self, texts):
-            if self.fail:
-                raise EmbedderError("model is down")
-            return super().embed(texts)
-
-    embedder = FlakyEmbedder()
+    embedder = recording_embedder(DIM, failure=EmbedderError("model is down"))
     manager = EmbeddingManager(store=tmp_path / "store", model=embedder)
     real_lookup = manager.cache.get_many_into
     lookups = []
@@ -313,7 +270,8 @@ def test_a_model_failure_reaches_the_caller_and_nothing_stays_in_flight(tmp_path
         with pytest.raises(EmbedderError, match="model is down"):
             manager.get_embeddings(["stored meanwhile", "needs the model"])
         assert manager._inflight == {}
-        embedder.fail = False
+        embedder.reset()  # from here on, what the working model is asked
+        embedder.failure = None
         vectors = manager.get_embeddings(["stored meanwhile", "needs the model"])
         assert vectors.tobytes() == HashingEmbedder(DIM).embed(["stored meanwhile", "needs the model"]).tobytes()
         assert embedder.embedded == Counter({"needs the model": 1})
@@ -500,9 +458,9 @@ def test_without_a_registry_search_says_how_to_load_one(counting):
 # -- models never mix ------------------------------------------------------------------------
 
 
-def test_two_models_of_the_same_dim_on_one_store_never_share_vectors(tmp_path):
-    a_embedder = CountingEmbedder(model_id="test-model-a", salt="A: ")
-    b_embedder = CountingEmbedder(model_id="test-model-b", salt="B: ")
+def test_two_models_of_the_same_dim_on_one_store_never_share_vectors(tmp_path, recording_embedder):
+    a_embedder = recording_embedder(DIM, model_id="test-model-a", salt="A: ")
+    b_embedder = recording_embedder(DIM, model_id="test-model-b", salt="B: ")
     a = EmbeddingManager(store=tmp_path / "store", model=a_embedder)
     b = EmbeddingManager(store=tmp_path / "store", model=b_embedder)
     try:
@@ -512,7 +470,7 @@ def test_two_models_of_the_same_dim_on_one_store_never_share_vectors(tmp_path):
         assert b_embedder.embedded == Counter(texts)  # b did not take a's cached vectors
         for row in range(2):
             assert va[row].tobytes() != vb[row].tobytes()
-        assert vb.tobytes() == b_embedder._inner.embed(["B: " + t for t in texts]).tobytes()
+        assert vb.tobytes() == b_embedder.model.embed(["B: " + t for t in texts]).tobytes()
         # and each keeps reading its own vectors from the shared cache afterwards
         a_embedder.reset()
         b_embedder.reset()
