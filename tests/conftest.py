@@ -15,9 +15,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))  # the helpers package, here and in spawned processes
 
+from embedshare.service.launcher import EmbeddingService  # noqa: E402 (after the environment above)
 from helpers import threads, waiting  # noqa: E402 (found through the line above)
 from helpers.disks import mount_tmpfs, unmount  # noqa: E402
 from helpers.embedders import RecordingEmbedder  # noqa: E402
+from helpers.services import ServiceFactory  # noqa: E402
 
 ENV_VARS = ("EMBEDSHARE_ADDRESS", "EMBEDSHARE_STORE", "EMBEDSHARE_MODEL", "EMBEDSHARE_REGISTRY",
             "EMBEDSHARE_ON_FAILURE")
@@ -42,12 +44,21 @@ def store(tmp_path) -> Path:
 
 
 @pytest.fixture
-def hash_service(store):
-    """A running service with the hashing embedder and the bundled registry."""
-    from embedshare.service.launcher import EmbeddingService
+def make_service(store: Path) -> Iterator[ServiceFactory]:
+    """``make_service(model="hash:64", registry="bundled", *, store=None, **options)``: a started
+    EmbeddingService on the test's store (or ``store``) with the suite's start timeout. Every
+    service it started is stopped when the test ends, passed or failed."""
+    factory = ServiceFactory(store)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
 
-    with EmbeddingService(store, model="hash:64", registry="bundled", start_timeout=60) as service:
-        yield service
+
+@pytest.fixture
+def hash_service(make_service: ServiceFactory) -> EmbeddingService:
+    """A running service with the hashing embedder and the bundled registry."""
+    return make_service()
 
 
 @pytest.fixture
@@ -71,7 +82,7 @@ def recording_embedder() -> type[RecordingEmbedder]:
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path) -> Iterator[Path]:
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs, for the tests of a full disk: mounting needs root; skipped cleanly otherwise."""
     mount_point = tmp_path / "tmpfs"
     mount_tmpfs(mount_point, "size=4m")

@@ -24,10 +24,9 @@ QUERY = "read a csv file into rows"
 
 
 @pytest.fixture
-def service(store):
+def service(make_service) -> EmbeddingService:
     """A service whose address is exported, as SharedPool and `embedshare serve` users do."""
-    with EmbeddingService(store, model="hash:64", registry="bundled") as svc:
-        yield svc
+    return make_service()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from embedshare.manager import EmbeddingManager
-from embedshare.service.launcher import EmbeddingService
+from helpers.services import running_service
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,8 +30,7 @@ CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.t
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     store = tmp_path_factory.mktemp("clients") / "store"
-    with EmbeddingService(store, model="hash:64", http="127.0.0.1:0", export_env=False,
-                          start_timeout=60) as svc:
+    with running_service(store, registry=None, http="127.0.0.1:0", export_env=False) as svc:
         yield svc
 
 

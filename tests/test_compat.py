@@ -57,9 +57,8 @@ def hash_env(monkeypatch):
 
 
 @pytest.fixture
-def service(store):
-    with EmbeddingService(store, model="hash:64", registry=REGISTRY, start_timeout=60) as svc:
-        yield svc
+def service(make_service) -> EmbeddingService:
+    return make_service(registry=REGISTRY)
 
 
 def _comparable(report: dict) -> dict:

@@ -27,11 +27,11 @@ from embedshare.manager import EmbeddingManager
 from embedshare.pool.shared import SharedPool
 from embedshare.service.client import SharedEmbeddingManager
 from embedshare.client.connection import ServiceConnection, ServiceUnavailable
-from embedshare.service.launcher import EmbeddingService
 from embedshare.client.state import read_state
 from embedshare.store import StoreLayout
 from helpers.figures import record
 from helpers.processes import PYTHON, SPAWNED, alive, with_tests_on_path
+from helpers.services import kill_service
 from helpers.spawned import failover_tasks
 from helpers.waiting import wait_for
 
@@ -151,10 +151,10 @@ def test_a_25_worker_pool_loses_no_task_through_service_and_worker_sigkills(stor
 # -- 16 threads on one client --------------------------------------------------------------------
 
 
-def test_16_threads_on_one_client_lose_no_call_through_three_service_kills(store, run_threads):
+def test_16_threads_on_one_client_lose_no_call_through_three_service_kills(store, make_service, run_threads):
     threads, per_thread, kills = 16, 200, 3
     kill_after = [threads * per_thread * (i + 1) // (kills + 2) for i in range(kills)]
-    service = EmbeddingService(store, model="hash:64", registry="bundled", export_env=False).start()
+    service = make_service(export_env=False)
     client = SharedEmbeddingManager(service.address, on_failure="restart")
     layout = StoreLayout(store)
     lock = threading.Condition()
@@ -195,7 +195,6 @@ def test_16_threads_on_one_client_lose_no_call_through_three_service_kills(store
     finally:
         client.close()
         _shutdown(store)
-        service.stop()
     assert len(killed) == kills
     assert not errors, f"{len(errors)} of {threads * per_thread} calls failed; first: {errors[0]!r}"
     assert not wrong
@@ -208,10 +207,9 @@ def test_16_threads_on_one_client_lose_no_call_through_three_service_kills(store
 # -- interpreters started while the service is down -----------------------------------------------
 
 
-def test_interpreters_started_while_the_service_is_down_get_the_shared_service_and_its_registry(store):
-    service = EmbeddingService(store, model="hash:64", registry="bundled", export_env=False).start()
-    os.kill(service.pid, signal.SIGKILL)
-    service._process.wait(30)
+def test_interpreters_started_while_the_service_is_down_get_the_shared_service_and_its_registry(store, make_service):
+    service = make_service(export_env=False)
+    kill_service(service)
     env = {**with_tests_on_path(), "EMBEDSHARE_STORE": str(store), "EMBEDSHARE_ON_FAILURE": "restart",
            "EMBEDSHARE_MODEL": "hash:64"}
     env.pop("EMBEDSHARE_ADDRESS", None)

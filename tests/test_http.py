@@ -26,6 +26,8 @@ from embedshare.service.http.app import count_tokens
 from embedshare.service.http.address import parse_http_address
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
 from embedshare.client.state import read_state
+from embedshare.store import StoreLayout
+from helpers.services import running_service
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,8 +38,7 @@ TEXTS = [f"http text {i} about parsing csv files" for i in range(12)]
 @pytest.fixture(scope="module")
 def http_service(tmp_path_factory):
     store = tmp_path_factory.mktemp("http") / "store"
-    with EmbeddingService(store, model="hash:64", registry="bundled", http="127.0.0.1:0",
-                          export_env=False, start_timeout=60) as service:
+    with running_service(store, http="127.0.0.1:0", export_env=False) as service:
         yield service
 
 
@@ -277,35 +278,34 @@ def test_http_and_socket_clients_share_the_cache(http_service, url):
     assert after["http_requests"] - before.get("http_requests", 0) == 2
 
 
-def test_http_and_socket_requests_meet_in_one_batch_and_one_flight(tmp_path, reference, wait_for):
+def test_http_and_socket_requests_meet_in_one_batch_and_one_flight(make_service, reference, wait_for):
     # The batcher fires only when 4 texts wait (or after a minute): if HTTP requests had a
     # batcher of their own, none of these requests would be answered in time.
-    with EmbeddingService(tmp_path / "s", model="hash:64", http="127.0.0.1:0", max_batch=4,
-                          max_wait_ms=60_000, export_env=False, start_timeout=60) as service:
-        url = service.http_url
-        results: dict[str, object] = {}
+    service = make_service(registry=None, http="127.0.0.1:0", max_batch=4, max_wait_ms=60_000, export_env=False)
+    url = service.http_url
+    results: dict[str, object] = {}
 
-        def http_call(name: str, texts: list[str]) -> None:
-            results[name] = post(url, {"model": MODEL, "input": texts}).json()
+    def http_call(name: str, texts: list[str]) -> None:
+        results[name] = post(url, {"model": MODEL, "input": texts}).json()
 
-        def socket_call(name: str, texts: list[str]) -> None:
-            client = SharedEmbeddingManager(service.address)
-            results[name] = client.get_embeddings(texts)
-            client.close()
+    def socket_call(name: str, texts: list[str]) -> None:
+        client = SharedEmbeddingManager(service.address)
+        results[name] = client.get_embeddings(texts)
+        client.close()
 
-        threads = [threading.Thread(target=http_call, args=("first", ["text a", "text b"]))]
-        threads[-1].start()
-        wait_for(lambda: service.stats()["queue_depth"] == 2, 30, "the HTTP request to wait in the queue")
-        threads.append(threading.Thread(target=socket_call, args=("second", ["text a", "text c"])))
-        threads[-1].start()
-        wait_for(lambda: (s := service.stats())["queue_depth"] == 3 and s["joined_inflight"] == 1, 30,
-                 "the socket request to queue its new text and join the other")
-        threads.append(threading.Thread(target=http_call, args=("third", ["text d"])))
-        threads[-1].start()
-        for thread in threads:
-            thread.join(timeout=30)
-        assert not any(t.is_alive() for t in threads), "requests were not batched together"
-        stats = service.stats()
+    threads = [threading.Thread(target=http_call, args=("first", ["text a", "text b"]))]
+    threads[-1].start()
+    wait_for(lambda: service.stats()["queue_depth"] == 2, 30, "the HTTP request to wait in the queue")
+    threads.append(threading.Thread(target=socket_call, args=("second", ["text a", "text c"])))
+    threads[-1].start()
+    wait_for(lambda: (s := service.stats())["queue_depth"] == 3 and s["joined_inflight"] == 1, 30,
+             "the socket request to queue its new text and join the other")
+    threads.append(threading.Thread(target=http_call, args=("third", ["text d"])))
+    threads[-1].start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(t.is_alive() for t in threads), "requests were not batched together"
+    stats = service.stats()
 
     def floats(reply):
         return np.array([d["embedding"] for d in reply["data"]], dtype=np.float32)
@@ -333,35 +333,34 @@ def test_a_local_manager_embeds_through_another_service_s_endpoint(http_service,
     np.testing.assert_allclose(got, reference.get_embeddings(TEXTS), rtol=0, atol=1e-6)
 
 
-def test_a_second_service_embeds_through_the_first_s_endpoint(url, tmp_path, reference, monkeypatch):
+def test_a_second_service_embeds_through_the_first_s_endpoint(url, make_service, reference, monkeypatch):
     monkeypatch.setenv("OPENAI_BASE_URL", f"{url}/v1")  # the service process inherits it
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     texts = [f"through two services {i}" for i in range(20)]
-    with EmbeddingService(tmp_path / "b", model=f"openai:{MODEL}", export_env=False, start_timeout=60) as b:
-        client = SharedEmbeddingManager(b.address)
-        try:
-            assert client.model_id == f"openai:{MODEL}"
-            got = client.get_embeddings(texts)
-        finally:
-            client.close()
-        assert b.stats()["texts_embedded"] >= len(texts)
+    b = make_service(model=f"openai:{MODEL}", registry=None, export_env=False)
+    client = SharedEmbeddingManager(b.address)
+    try:
+        assert client.model_id == f"openai:{MODEL}"
+        got = client.get_embeddings(texts)
+    finally:
+        client.close()
+    assert b.stats()["texts_embedded"] >= len(texts)
     np.testing.assert_allclose(got, reference.get_embeddings(texts), rtol=0, atol=1e-6)
 
 
-def test_a_failing_model_is_a_502_in_openai_s_shape_and_the_endpoint_goes_on(tmp_path, monkeypatch):
+def test_a_failing_model_is_a_502_in_openai_s_shape_and_the_endpoint_goes_on(make_service, monkeypatch):
     from embedshare.bench.fake_openai import FakeOpenAIServer
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with FakeOpenAIServer(dim=16) as upstream:
         monkeypatch.setenv("OPENAI_BASE_URL", upstream.base_url)
-        with EmbeddingService(tmp_path / "s", model="openai:up", http="127.0.0.1:0", export_env=False,
-                              start_timeout=60) as service:
-            upstream.fail_next(400, message="upstream refuses this")  # 4xx: not retried
-            failed = post(service.http_url, {"model": "openai:up", "input": "first"})
-            assert_openai_error(failed, 502, code="model_error", words="upstream refuses this")
-            ok = post(service.http_url, {"model": "openai:up", "input": "first"})
-            assert ok.status_code == 200
-            assert np.allclose(ok.json()["data"][0]["embedding"], upstream.vector("first"), atol=1e-6)
+        service = make_service(model="openai:up", registry=None, http="127.0.0.1:0", export_env=False)
+        upstream.fail_next(400, message="upstream refuses this")  # 4xx: not retried
+        failed = post(service.http_url, {"model": "openai:up", "input": "first"})
+        assert_openai_error(failed, 502, code="model_error", words="upstream refuses this")
+        ok = post(service.http_url, {"model": "openai:up", "input": "first"})
+        assert ok.status_code == 200
+        assert np.allclose(ok.json()["data"][0]["embedding"], upstream.vector("first"), atol=1e-6)
 
 
 # -- the command line ---------------------------------------------------------------------------
@@ -376,7 +375,7 @@ def test_serve_http_in_the_background_then_curl_like_requests(tmp_path):
     )
     try:
         assert started.returncode == 0, started.stderr
-        url = read_state(EmbeddingService(store).layout)["http"]
+        url = read_state(StoreLayout(store))["http"]
         assert url.startswith("http://127.0.0.1:")
         assert f"http {url}/v1" in started.stdout
         reply = httpx.post(f"{url}/v1/embeddings", json={"model": "hash:64", "input": "curl me"}, timeout=30)

@@ -46,10 +46,8 @@ def value(samples, name, **labels) -> float:
 
 
 @pytest.fixture
-def service(tmp_path):
-    with EmbeddingService(tmp_path / "store", model="hash:64", registry="bundled", http="127.0.0.1:0",
-                          export_env=False, start_timeout=60) as svc:
-        yield svc
+def service(make_service) -> EmbeddingService:
+    return make_service(http="127.0.0.1:0", export_env=False)
 
 
 def test_metrics_are_the_service_s_own_counters(service):
