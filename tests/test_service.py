@@ -19,6 +19,7 @@ from embedshare.client import protocol
 from embedshare.service.client import SharedEmbeddingManager
 from embedshare.client.connection import ServiceUnavailable
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
+from helpers.frames import connect_raw, exchange, frame, read_reply
 from helpers.services import kill_service
 from helpers.spawned import service_tasks
 
@@ -181,20 +182,6 @@ def test_model_calls_over_a_run_equal_its_distinct_texts(store, make_service):
 # -- protocol robustness ---------------------------------------------------------------------
 
 
-def _raw(address: str) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(30)
-    sock.connect(address)
-    return sock
-
-
-def _exchange(sock: socket.socket, body: bytes) -> dict:
-    sock.sendall(struct.pack(">I", len(body)) + body)
-    header = sock.recv(4, socket.MSG_WAITALL)
-    (length,) = struct.unpack(">I", header)
-    return msgpack.unpackb(sock.recv(length, socket.MSG_WAITALL), raw=False)
-
-
 @pytest.mark.parametrize(
     ("body", "code", "words"),
     [
@@ -211,22 +198,21 @@ def _exchange(sock: socket.socket, body: bytes) -> dict:
     ],
 )
 def test_bad_requests_get_a_clear_error_and_the_service_keeps_serving(hash_service, body, code, words):
-    with _raw(hash_service.address) as sock:
-        reply = _exchange(sock, body)
+    with connect_raw(hash_service.address) as sock:
+        reply = exchange(sock, frame(body))
         assert reply["ok"] is False
         assert reply["error"]["code"] == code
         assert words in reply["error"]["message"]
         # the same connection still works
-        ok = _exchange(sock, msgpack.packb({"v": 1, "id": 6, "op": "ping"}))
+        ok = exchange(sock, frame(msgpack.packb({"v": 1, "id": 6, "op": "ping"})))
         assert ok == {"id": 6, "ok": True}
     assert SharedEmbeddingManager(hash_service.address).get_embedding("still fine").shape == (64,)
 
 
 def test_an_oversized_frame_is_refused_without_reading_it(hash_service):
-    with _raw(hash_service.address) as sock:
+    with connect_raw(hash_service.address) as sock:
         sock.sendall(struct.pack(">I", protocol.MAX_FRAME + 1))
-        header = sock.recv(4, socket.MSG_WAITALL)
-        reply = msgpack.unpackb(sock.recv(struct.unpack(">I", header)[0], socket.MSG_WAITALL))
+        reply = read_reply(sock)
         assert reply["error"]["code"] == "too_large"
         assert sock.recv(1) == b""  # that connection is closed: its stream cannot be resynchronised
     assert hash_service.stats()["errors"] >= 1
@@ -234,7 +220,7 @@ def test_an_oversized_frame_is_refused_without_reading_it(hash_service):
 
 
 def test_a_client_vanishing_mid_frame_harms_no_one(hash_service):
-    with _raw(hash_service.address) as sock:
+    with connect_raw(hash_service.address) as sock:
         sock.sendall(struct.pack(">I", 1000) + b"only part of it")
     assert SharedEmbeddingManager(hash_service.address).get_embedding("after a broken peer").shape == (64,)
 
