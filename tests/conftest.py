@@ -19,10 +19,20 @@ from embedshare.service.launcher import EmbeddingService  # noqa: E402 (after th
 from helpers import threads, waiting  # noqa: E402 (found through the line above)
 from helpers.disks import mount_tmpfs, unmount  # noqa: E402
 from helpers.embedders import RecordingEmbedder  # noqa: E402
+from helpers.extras import requires  # noqa: E402
 from helpers.services import ServiceFactory  # noqa: E402
 
 ENV_VARS = ("EMBEDSHARE_ADDRESS", "EMBEDSHARE_STORE", "EMBEDSHARE_MODEL", "EMBEDSHARE_REGISTRY",
             "EMBEDSHARE_ON_FAILURE")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test marked ``model`` runs the real local model: without its packages it is skipped,
+    saying how to install them."""
+    needs_the_model = requires("local")
+    for item in items:
+        if item.get_closest_marker("model") is not None:
+            item.add_marker(needs_the_model)
 
 
 @pytest.fixture(autouse=True)

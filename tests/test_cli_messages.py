@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from embedshare.cli import main
 from helpers.disks import fill, mount_tmpfs, unmount
+from helpers.extras import requires
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -88,7 +89,8 @@ def _full_store(tmp_path: Path, mounts) -> Path:
 
 
 @pytest.mark.parametrize("detach", [False, True], ids=["foreground", "detach"])
-@pytest.mark.parametrize("case", ["unknown model", "missing registry", "port in use", "read-only store",
+@pytest.mark.parametrize("case", ["unknown model", "missing registry",
+                                  pytest.param("port in use", marks=requires("http")), "read-only store",
                                   "full store"])
 def test_serve_start_up_errors_are_one_line(case, detach, tmp_path, mounts, busy_port):
     store, args, fragment = tmp_path / "store", ["--model", "hash:64"], ""
@@ -197,8 +199,8 @@ def test_index_list_and_show_describe_the_stores_indexes(tmp_path):
 # -- ray-demo --------------------------------------------------------------------------------------
 
 
+@requires("ray")
 def test_the_ray_demo_is_a_subcommand_with_the_clis_conventions(monkeypatch):
-    pytest.importorskip("ray")
     import embedshare.bench.ray_demo as demo
 
     seen = {}

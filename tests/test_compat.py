@@ -35,6 +35,7 @@ from embedshare.compat import (
 from embedshare.registry import load_registry
 from embedshare.service.launcher import EmbeddingService
 from embedshare.store import ToolIndexError
+from helpers.extras import requires
 from helpers.processes import SPAWNED, with_tests_on_path
 from helpers.spawned import compat_calls
 
@@ -196,6 +197,7 @@ def test_search_result_has_the_original_shape():
         ("t", 0.5, {"name": "t"}, "utility", "")
 
 
+@requires("openai")
 def test_original_model_name_maps_to_openai_with_3072_dims(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-used")
     with pytest.warns(NoServiceWarning):

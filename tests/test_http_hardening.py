@@ -18,13 +18,17 @@ import secrets
 import socket
 import time
 
-import httpx
-import openai
 import pytest
 
 from embedshare.service.launcher import EmbeddingService
+from helpers.extras import requires, skip_module_unless
 from helpers.figures import record
 from helpers.services import running_service
+
+skip_module_unless("http")  # the endpoint
+skip_module_unless("dev", "httpx")  # its client here
+
+import httpx  # noqa: E402
 
 MODEL = "hash:64"
 
@@ -157,7 +161,10 @@ def test_loopback_needs_no_token_by_default(slow_body_service):
     assert _post(slow_body_service.http_url, b'{"model": "hash:64", "input": "x"}').status_code == 200
 
 
+@requires("openai")
 def test_with_a_token_every_request_must_carry_it(make_service, token_file):
+    import openai
+
     token = token_file.read_text().strip()
     service = make_service(MODEL, registry=None, http="127.0.0.1:0", http_token_file=token_file, export_env=False)
     url = service.http_url

@@ -7,15 +7,21 @@ import asyncio
 
 import numpy as np
 import pytest
-from langchain_core.embeddings import Embeddings
-from langchain_tests.integration_tests import EmbeddingsIntegrationTests
-from langchain_tests.unit_tests import EmbeddingsUnitTests
 
 from embedshare.access import NoServiceWarning, get_embedding_manager
 from embedshare.embedders import InvalidTextError
-from embedshare.integrations.langchain import EmbedshareEmbeddings
 from embedshare.manager import EmbeddingManager
 from embedshare.service.client import SharedEmbeddingManager
+from helpers.extras import skip_module_unless
+
+skip_module_unless("langchain")
+skip_module_unless("dev", "langchain_tests")
+
+from langchain_core.embeddings import Embeddings  # noqa: E402
+from langchain_tests.integration_tests import EmbeddingsIntegrationTests  # noqa: E402
+from langchain_tests.unit_tests import EmbeddingsUnitTests  # noqa: E402
+
+from embedshare.integrations.langchain import EmbedshareEmbeddings  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.filterwarnings("ignore::embedshare.access.NoServiceWarning")]
 

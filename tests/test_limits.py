@@ -21,6 +21,7 @@ import pytest
 from embedshare.embedders import create_embedder
 from embedshare.service.client import SharedEmbeddingManager
 from embedshare.service.launcher import EmbeddingService
+from helpers.extras import requires
 from helpers.figures import record
 from helpers.frames import closed_by_peer, connect_raw
 from helpers.processes import SPAWNED, memory_of
@@ -113,6 +114,7 @@ def test_the_owner_is_answered_while_20000_idle_connections_flood_the_socket(mak
 
 
 @pytest.mark.slow
+@requires("http")
 def test_the_owners_socket_is_answered_while_20000_connections_flood_the_http_port(make_service):
     service = make_service(registry=None, http="127.0.0.1:0", export_env=False)
     figures = _flood(service, service.http_url[len("http://"):])

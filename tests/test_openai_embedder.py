@@ -10,11 +10,12 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
-pytest.importorskip("httpx")
-
 from embedshare.bench.fake_openai import FakeOpenAIServer
 from embedshare.embedders import EmbedderError, InvalidTextError, create_embedder
 from embedshare.embedders.openai import OpenAIEmbedder
+from helpers.extras import requires
+
+pytestmark = requires("openai")  # every embedder here is the SDK's client
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 DIM = 32

@@ -14,17 +14,22 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
-from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.utils import floatToGoString
 
 from embedshare.util.latency import LATENCY_BUCKETS
 from embedshare.service.client import SharedEmbeddingManager
 from embedshare.service.launcher import EmbeddingService
 from embedshare.service.observe import ServiceCollector, metrics_registry
+from helpers.extras import skip_module_unless
 from helpers.processes import SPAWNED, stop_process
+
+skip_module_unless("http")  # the endpoint and prometheus-client
+skip_module_unless("dev", "httpx")  # the scraper here
+
+import httpx  # noqa: E402
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from prometheus_client.utils import floatToGoString  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 

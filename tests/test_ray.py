@@ -24,14 +24,16 @@ import tempfile
 import numpy as np
 import pytest
 
+from helpers.extras import skip_module_unless
+
 # Before Ray is imported: every address on loopback (simulated nodes of one machine), no
 # usage-stats reporting.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-ray = pytest.importorskip(
-    "ray", reason="Ray is not installed: pip install -e '.[ray]' (make test installs it)"
-)
+skip_module_unless("ray")
+
+import ray
 from ray.cluster_utils import Cluster
 from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

@@ -23,6 +23,7 @@ from embedshare.client import protocol
 from embedshare.service.client import MAX_REQUEST_TEXTS, SharedEmbeddingManager
 from embedshare.bench.fake_openai import FakeOpenAIServer
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
+from helpers.extras import requires
 from helpers.figures import record
 from helpers.frames import connect_raw, exchange, frame, read_reply, request_frame
 from helpers.services import running_service
@@ -226,6 +227,7 @@ BACKEND_FAULTS = [
 ]
 
 
+@requires("openai")
 def test_garbage_from_the_backend_fails_that_request_only_and_is_never_cached(openai_service):
     from embedshare.client.protocol import RemoteError
 

@@ -34,6 +34,7 @@ from embedshare.service.client import SharedEmbeddingManager
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
 from embedshare.client.protocol import RemoteError
 from embedshare.client.state import read_state
+from helpers.extras import requires
 from helpers.figures import record
 from helpers.frames import closed_by_peer, connect_raw, exchange, frame, read_reply, request_frame
 from helpers.users import NEEDS_ROOT, NOBODY, as_other_user
@@ -151,6 +152,7 @@ def test_pickles_sent_every_way_get_a_clean_error_and_are_never_unpickled(hash_s
 # -- API keys ------------------------------------------------------------------------------------------
 
 
+@requires("openai")
 def test_the_api_key_never_appears_in_logs_stats_state_cli_or_errors(store, make_service, monkeypatch):
     secret = "sk-live-" + secrets.token_hex(20)
     with FakeOpenAIServer(dim=64, api_key=secret) as server:
