@@ -14,6 +14,7 @@ REPORT_ENV = "EMBEDSHARE_RELIABILITY_REPORT"
 
 
 def record(test: str, **figures: Any) -> None:
+    """Print the figures of ``test`` and append them to the report file, if one is named."""
     line = json.dumps({"test": test, **figures}, default=str, sort_keys=True)
     print(f"\n[reliability] {line}")
     target = os.environ.get(REPORT_ENV)

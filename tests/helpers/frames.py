@@ -26,14 +26,17 @@ def connect_raw(address: str, timeout: float = 30.0) -> socket.socket:
 
 
 def frame(body: bytes) -> bytes:
+    """``body`` behind its 4-byte length: whatever it holds, even bytes that are not msgpack."""
     return struct.pack(">I", len(body)) + body
 
 
 def request_frame(message: dict[str, Any]) -> bytes:
+    """A message framed as the client library frames it."""
     return frame(msgpack.packb(message, use_bin_type=True))
 
 
 def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    """``n`` bytes; EOFError if the peer closes first."""
     buf = bytearray()
     while len(buf) < n:
         chunk = sock.recv(n - len(buf))
@@ -44,6 +47,7 @@ def recv_exactly(sock: socket.socket, n: int) -> bytes:
 
 
 def read_reply(sock: socket.socket) -> dict[str, Any]:
+    """One framed reply, decoded."""
     (length,) = struct.unpack(">I", recv_exactly(sock, 4))
     return msgpack.unpackb(recv_exactly(sock, length), raw=False)
 

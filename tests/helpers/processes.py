@@ -29,7 +29,10 @@ def memory_of(pid: int) -> dict[str, int]:
 
     status = Path(f"/proc/{pid}/status").read_text()
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    kb = lambda name: int(fields[name].split()[0]) * 1024
+
+    def kb(name: str) -> int:
+        return int(fields[name].split()[0]) * 1024
+
     info = psutil.Process(pid).memory_full_info()
     return {"rss": kb("VmRSS"), "rss_anon": kb("RssAnon"), "rss_file": kb("RssFile"), "pss": info.pss}
 

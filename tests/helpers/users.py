@@ -31,7 +31,11 @@ def as_other_user(fn: Callable[[Callable[[str], None]], None], cwd: Path, ready:
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
-            fn(lambda line: os.write(write_fd, (line + "\n").encode()))
+
+            def report(line: str) -> None:
+                os.write(write_fd, (line + "\n").encode())
+
+            fn(report)
         except BaseException as exc:  # noqa: BLE001 - reported to the parent
             os.write(write_fd, f"child failed: {exc!r}\n".encode())
         finally:
