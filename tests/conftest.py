@@ -5,16 +5,34 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).parent))  # helper modules for spawned processes
+sys.path.insert(0, str(Path(__file__).parent))  # the helpers package, here and in spawned processes
+
+from embedshare.service.launcher import EmbeddingService  # noqa: E402 (after the environment above)
+from helpers import threads, waiting  # noqa: E402 (found through the line above)
+from helpers.disks import mount_tmpfs, unmount  # noqa: E402
+from helpers.embedders import RecordingEmbedder  # noqa: E402
+from helpers.extras import requires  # noqa: E402
+from helpers.services import ServiceFactory  # noqa: E402
 
 ENV_VARS = ("EMBEDSHARE_ADDRESS", "EMBEDSHARE_STORE", "EMBEDSHARE_MODEL", "EMBEDSHARE_REGISTRY",
             "EMBEDSHARE_ON_FAILURE")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test marked ``model`` runs the real local model: without its packages it is skipped,
+    saying how to install them."""
+    needs_the_model = requires("local")
+    for item in items:
+        if item.get_closest_marker("model") is not None:
+            item.add_marker(needs_the_model)
 
 
 @pytest.fixture(autouse=True)
@@ -36,12 +54,52 @@ def store(tmp_path) -> Path:
 
 
 @pytest.fixture
-def hash_service(store):
-    """A running service with the hashing embedder and the bundled registry."""
-    from embedshare.service.launcher import EmbeddingService
+def make_service(store: Path) -> Iterator[ServiceFactory]:
+    """``make_service(model="hash:64", registry="bundled", *, store=None, **options)``: a started
+    EmbeddingService on the test's store (or ``store``) with the suite's start timeout. Every
+    service it started is stopped when the test ends, passed or failed."""
+    factory = ServiceFactory(store)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
 
-    with EmbeddingService(store, model="hash:64", registry="bundled", start_timeout=60) as service:
-        yield service
+
+@pytest.fixture
+def hash_service(make_service: ServiceFactory) -> EmbeddingService:
+    """A running service with the hashing embedder and the bundled registry."""
+    return make_service()
+
+
+@pytest.fixture
+def wait_for() -> Callable[..., Any]:
+    """``helpers.waiting.wait_for(condition, timeout, what)``: poll a fact; fail after the deadline."""
+    return waiting.wait_for
+
+
+@pytest.fixture
+def run_threads() -> Callable[..., list[Any]]:
+    """``helpers.threads.run_threads(n, fn, timeout)``: fn(i) in n threads released together; their
+    results, or the first exception one raised."""
+    return threads.run_threads
+
+
+@pytest.fixture
+def recording_embedder() -> type[RecordingEmbedder]:
+    """The ``RecordingEmbedder`` class (helpers/embedders.py): call it for one, e.g.
+    ``recording_embedder(64, failure=EmbedderError(...))``."""
+    return RecordingEmbedder
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs, for the tests of a full disk: mounting needs root; skipped cleanly otherwise."""
+    mount_point = tmp_path / "tmpfs"
+    mount_tmpfs(mount_point, "size=4m")
+    try:
+        yield mount_point
+    finally:
+        unmount(mount_point)
 
 
 @pytest.fixture

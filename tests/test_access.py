@@ -7,28 +7,26 @@ import multiprocessing
 import os
 import subprocess
 import sys
-import threading
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import pytest
 
-import service_tasks
 from embedshare import get_embedding_manager
 from embedshare.access import NoServiceWarning
 from embedshare.manager import EmbeddingManager
 from embedshare.access import SharedEmbeddingManager
 from embedshare.service.launcher import EmbeddingService
+from helpers.processes import with_tests_on_path
+from helpers.spawned import service_tasks
 
 QUERY = "read a csv file into rows"
 
 
 @pytest.fixture
-def service(store):
+def service(make_service) -> EmbeddingService:
     """A service whose address is exported, as SharedPool and `embedshare serve` users do."""
-    with EmbeddingService(store, model="hash:64", registry="bundled") as svc:
-        yield svc
+    return make_service()
 
 
 @pytest.fixture
@@ -66,11 +64,10 @@ def test_multiprocessing_process_gets_the_shared_manager(service, expected):
 
 def test_separately_started_process_inherits_the_address(service, expected):
     code = (
-        "import json, service_tasks;"
+        "import json; from helpers.spawned import service_tasks;"
         f"r = service_tasks.manager_report({QUERY!r}); r['vector'] = r['vector'].hex(); print(json.dumps(r))"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], env=with_tests_on_path(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     report["vector"] = bytes.fromhex(report["vector"])
@@ -78,19 +75,8 @@ def test_separately_started_process_inherits_the_address(service, expected):
     assert "no embedshare service" not in out.stderr
 
 
-def test_threads_share_one_instance(service):
-    barrier = threading.Barrier(16)
-    seen = []
-
-    def grab():
-        barrier.wait(timeout=30)
-        seen.append(get_embedding_manager())
-
-    threads = [threading.Thread(target=grab) for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+def test_threads_share_one_instance(service, run_threads):
+    seen = run_threads(16, lambda i: get_embedding_manager())
     assert len(seen) == 16 and len({id(m) for m in seen}) == 1
     assert isinstance(seen[0], SharedEmbeddingManager)
 

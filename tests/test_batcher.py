@@ -25,26 +25,6 @@ DEADLINE = 20.0  # seconds a fake waits for the other side before failing the te
 HASH = create_embedder("hash:32")
 
 
-class GatedEmbedder:
-    """hash:32 vectors; the n-th call (from 1) first runs ``before_call[n]`` if given."""
-
-    model_id, dim = HASH.model_id, HASH.dim
-
-    def __init__(self, concurrency: int = 1, before_call: dict | None = None) -> None:
-        self.concurrency = concurrency
-        self.before_call = before_call or {}
-        self.calls: list[list[str]] = []
-        self._lock = threading.Lock()
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        with self._lock:
-            self.calls.append(list(texts))
-            n = len(self.calls)
-        if n in self.before_call:
-            self.before_call[n]()
-        return HASH.embed(texts)
-
-
 class RecordingCache:
     """Records commits; ``before_commit`` runs inside each ``put_many_keys`` first."""
 
@@ -67,11 +47,6 @@ def _batcher(embedder, cache, max_batch: int = 4) -> Batcher:
     return Batcher(SimpleNamespace(embedder=embedder, cache=cache), ServiceMetrics(), max_batch, 0.0)
 
 
-def _wait(event: threading.Event, what: str) -> None:
-    if not event.wait(DEADLINE):
-        raise AssertionError(f"timed out waiting for {what}")
-
-
 def _run(batcher: Batcher, body):
     async def main():
         batcher.start()
@@ -83,11 +58,15 @@ def _run(batcher: Batcher, body):
     return asyncio.run(main())
 
 
-def test_the_model_computes_the_next_batch_while_the_previous_one_commits():
+def test_the_model_computes_the_next_batch_while_the_previous_one_commits(wait_for, recording_embedder):
     second_batch_started = threading.Event()
-    # the first commit cannot finish until the model has started on the second batch
-    cache = RecordingCache(before_commit=lambda: _wait(second_batch_started, "the second batch") if not cache.commits else None)
-    embedder = GatedEmbedder(before_call={2: second_batch_started.set})
+
+    def hold_the_first_commit() -> None:  # until the model has started on the second batch
+        if not cache.commits:
+            wait_for(second_batch_started.is_set, DEADLINE, "the second batch")
+
+    cache = RecordingCache(before_commit=hold_the_first_commit)
+    embedder = recording_embedder(HASH.dim, before_embed=lambda n, texts: second_batch_started.set() if n == 2 else None)
     batcher = _batcher(embedder, cache, max_batch=2)
     texts = [f"text {i}" for i in range(4)]
 
@@ -103,21 +82,21 @@ def test_the_model_computes_the_next_batch_while_the_previous_one_commits():
     assert [sorted(c) for c in cache.commits] == [sorted(t.encode() for t in texts[:2]), sorted(t.encode() for t in texts[2:])]
 
 
-def test_an_answer_comes_only_after_its_commit_and_a_repeat_joins_it():
+def test_an_answer_comes_only_after_its_commit_and_a_repeat_joins_it(wait_for, recording_embedder):
     in_commit, commit_may_finish = threading.Event(), threading.Event()
 
     def hold_the_commit() -> None:
         in_commit.set()
-        _wait(commit_may_finish, "the test")
+        wait_for(commit_may_finish.is_set, DEADLINE, "the test to let the commit finish")
 
-    embedder = GatedEmbedder()
+    embedder = recording_embedder(HASH.dim)
     cache = RecordingCache(before_commit=hold_the_commit)
     batcher = _batcher(embedder, cache)
 
     async def body():
         loop = asyncio.get_running_loop()
         asked = asyncio.ensure_future(batcher.embed([b"k"], ["a text"]))
-        await loop.run_in_executor(None, _wait, in_commit, "the commit")  # computed, committing
+        await loop.run_in_executor(None, wait_for, in_commit.is_set, DEADLINE, "the commit")  # computed, committing
         assert not asked.done(), "answered before its vectors were committed"
         again = asyncio.ensure_future(batcher.embed([b"k"], ["a text"]))  # asked again meanwhile
         await asyncio.sleep(0)  # let it join (or, wrongly, queue a new model call)
@@ -131,9 +110,9 @@ def test_an_answer_comes_only_after_its_commit_and_a_repeat_joins_it():
     assert batcher.metrics.snapshot()["joined_inflight"] == 1
 
 
-def test_batches_of_a_network_bound_embedder_run_concurrently():
+def test_batches_of_a_network_bound_embedder_run_concurrently(recording_embedder):
     together = threading.Barrier(3, timeout=DEADLINE)  # three calls must be in flight at once
-    embedder = GatedEmbedder(concurrency=3, before_call={n: together.wait for n in (1, 2, 3)})
+    embedder = recording_embedder(HASH.dim, concurrency=3, before_embed=lambda n, texts: together.wait() if n <= 3 else None)
     cache = RecordingCache()
     batcher = _batcher(embedder, cache, max_batch=1)
     texts = [f"api text {i}" for i in range(3)]
@@ -147,8 +126,8 @@ def test_batches_of_a_network_bound_embedder_run_concurrently():
     assert sum(len(c) for c in cache.commits) == 3
 
 
-def test_a_failed_commit_still_answers_with_the_vectors_and_is_counted():
-    batcher = _batcher(GatedEmbedder(), RecordingCache(fail=True))
+def test_a_failed_commit_still_answers_with_the_vectors_and_is_counted(recording_embedder):
+    batcher = _batcher(recording_embedder(HASH.dim), RecordingCache(fail=True))
 
     async def body():
         return await batcher.embed([b"k"], ["served uncached"])

@@ -21,6 +21,7 @@ from embedshare.bench.runner import BenchConfig, agreement
 from embedshare.cli import main
 from embedshare.manager import EmbeddingManager
 from embedshare.store.cache import cache_key
+from helpers.extras import requires
 
 
 @pytest.fixture(scope="module")
@@ -89,12 +90,12 @@ def test_hybrid_asks_the_main_process_for_misses_and_never_returns_none(mp_manag
     assert not server.is_alive()
 
 
-@pytest.mark.parametrize("spec", ["hash:384", "hash:64", "local", "openai:text-embedding-3-small",
-                                  " openai:text-embedding-3-large "])
+@pytest.mark.parametrize("spec", ["hash:384", "hash:64", "local",
+                                  pytest.param("openai:text-embedding-3-small", marks=requires("openai")),
+                                  pytest.param(" openai:text-embedding-3-large ", marks=requires("openai"))])
 def test_model_id_of_matches_the_embedder_without_building_an_api_client(spec):
     from embedshare.embedders import create_embedder, model_id_of
 
-    pytest.importorskip("httpx")
     assert model_id_of(spec) == create_embedder(spec).model_id
 
 
@@ -137,6 +138,7 @@ def test_bench_config_defaults_are_the_issue_s():
 
 
 @pytest.mark.slow
+@requires("bench")
 def test_quick_bench_writes_consistent_outputs(tmp_path):
     out = tmp_path / "results"
     proc = subprocess.run([sys.executable, "-m", "embedshare.cli", "bench", "--quick", "--out", str(out)],

@@ -6,19 +6,14 @@ import hashlib
 import multiprocessing as mp
 import os
 import signal
-import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # spawned children inherit sys.path
-
-import cachetools_workers  # noqa: E402
-
-from embedshare.embedders import create_embedder  # noqa: E402
-from embedshare.store import CacheError, CacheFullError, EmbeddingCache  # noqa: E402
+from embedshare.embedders import create_embedder
+from embedshare.store import CacheError, CacheFullError, EmbeddingCache
+from helpers.spawned import cachetools_workers
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -422,19 +417,17 @@ class _WaitInsideTransaction:
 
 
 @pytest.mark.parametrize("max_readers", [64, 126])
-def test_many_threads_read_concurrently(tmp_path, max_readers):
+def test_many_threads_read_concurrently(tmp_path, max_readers, run_threads):
     threads_n = 64
     texts = _texts("readers", 200)
     vectors = EMBEDDER.embed(texts)
     with EmbeddingCache(tmp_path / "cache", EMBEDDER.model_id, EMBEDDER.dim, max_readers=max_readers) as cache:
         cache.put_many(texts, vectors)
-        start = threading.Barrier(threads_n)
         inside = threading.Barrier(threads_n)
         errors: list[str] = []
 
         def read(i: int) -> None:
             try:
-                start.wait(timeout=DEADLINE)
                 mine = texts[i : i + 100]
                 out = np.empty((len(mine), EMBEDDER.dim), np.float32)
                 found = cache.get_many_into(_WaitInsideTransaction([cache.key(t) for t in mine], inside), out)
@@ -448,12 +441,7 @@ def test_many_threads_read_concurrently(tmp_path, max_readers):
                 inside.abort()
                 errors.append(f"thread {i}: {exc!r}")
 
-        threads = [threading.Thread(target=read, args=(i,)) for i in range(threads_n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(DEADLINE)
-        assert not any(t.is_alive() for t in threads)
+        run_threads(threads_n, read, timeout=DEADLINE)
         assert errors == []
 
 

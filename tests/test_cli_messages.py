@@ -16,6 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from embedshare.cli import main
+from helpers.disks import fill, mount_tmpfs, unmount
+from helpers.extras import requires
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -53,21 +55,12 @@ def test_the_no_service_warning_is_printed_once(tmp_path):
 # -- start-up errors of serve ----------------------------------------------------------------------
 
 
-def _mount_tmpfs(path: Path, options: str) -> None:
-    path.mkdir(parents=True)
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-                            capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() or result.returncode})")
-
-
 @pytest.fixture
 def mounts():
     mounted: list[Path] = []
-    yield lambda path, options: (_mount_tmpfs(path, options), mounted.append(path))
+    yield lambda path, options: (mount_tmpfs(path, options), mounted.append(path))
     for path in mounted:
-        if subprocess.run(["umount", str(path)], capture_output=True, check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+        unmount(path)
 
 
 @pytest.fixture
@@ -91,17 +84,13 @@ def _read_only_store(tmp_path: Path, mounts) -> Path:
 
 def _full_store(tmp_path: Path, mounts) -> Path:
     mounts(tmp_path / "full", "size=256k")
-    with open(tmp_path / "full" / "filler", "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-        except OSError:
-            pass
+    fill(tmp_path / "full")
     return tmp_path / "full" / "store"
 
 
 @pytest.mark.parametrize("detach", [False, True], ids=["foreground", "detach"])
-@pytest.mark.parametrize("case", ["unknown model", "missing registry", "port in use", "read-only store",
+@pytest.mark.parametrize("case", ["unknown model", "missing registry",
+                                  pytest.param("port in use", marks=requires("http")), "read-only store",
                                   "full store"])
 def test_serve_start_up_errors_are_one_line(case, detach, tmp_path, mounts, busy_port):
     store, args, fragment = tmp_path / "store", ["--model", "hash:64"], ""
@@ -210,8 +199,8 @@ def test_index_list_and_show_describe_the_stores_indexes(tmp_path):
 # -- ray-demo --------------------------------------------------------------------------------------
 
 
+@requires("ray")
 def test_the_ray_demo_is_a_subcommand_with_the_clis_conventions(monkeypatch):
-    pytest.importorskip("ray")
     import embedshare.bench.ray_demo as demo
 
     seen = {}

@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 
 from embedshare.manager import EmbeddingManager
-from embedshare.service.launcher import EmbeddingService
+from helpers.extras import requires
+from helpers.services import running_service
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), requires("http")]  # every client here talks to the endpoint
 
 TEXTS = ["read a csv file", "send an HTTP POST with a JSON body", "résumé ✓ naïve"]
 BATCH_WITH_BLANKS = ["read a csv file", "   ", "send an HTTP POST", "\n\t"]
@@ -30,8 +31,7 @@ CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.t
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     store = tmp_path_factory.mktemp("clients") / "store"
-    with EmbeddingService(store, model="hash:64", http="127.0.0.1:0", export_env=False,
-                          start_timeout=60) as svc:
+    with running_service(store, registry=None, http="127.0.0.1:0", export_env=False) as svc:
         yield svc
 
 
@@ -70,6 +70,7 @@ def assert_same(vectors, expected: np.ndarray, exact: bool = True) -> None:
         np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
+@requires("openai")
 def test_openai_sync(base_url, reference):
     import openai
 
@@ -80,6 +81,7 @@ def test_openai_sync(base_url, reference):
     assert_same([d.embedding for d in blanks.data], reference.get_embeddings(BATCH_WITH_BLANKS))
 
 
+@requires("openai")
 async def test_openai_async(base_url, reference):
     import openai
 
@@ -91,6 +93,7 @@ async def test_openai_async(base_url, reference):
     assert_same([d.embedding for d in reply.data], reference.get_embeddings(TEXTS))
 
 
+@requires("dev", "llama_index", "openai")
 def test_llamaindex(base_url, reference):
     from llama_index.embeddings.openai import OpenAIEmbedding
 
@@ -100,6 +103,7 @@ def test_llamaindex(base_url, reference):
     assert_same(embed.get_text_embedding_batch(BATCH_WITH_BLANKS), reference.get_embeddings(BATCH_WITH_BLANKS))
 
 
+@requires("dev", "haystack", "openai")
 def test_haystack(base_url, reference, monkeypatch):
     monkeypatch.setenv("HAYSTACK_TELEMETRY_ENABLED", "False")  # before its import: no posthog calls
     from haystack import Document
@@ -115,6 +119,8 @@ def test_haystack(base_url, reference, monkeypatch):
     assert_same([d.embedding for d in embedded], reference.get_embeddings(BATCH_WITH_BLANKS))
 
 
+@requires("dev", "langchain_openai", "openai")
+@requires("tokens")
 def test_langchain_openai_default_settings_send_token_arrays(base_url, reference, tiktoken_cache):
     from langchain_openai import OpenAIEmbeddings
 
@@ -125,6 +131,7 @@ def test_langchain_openai_default_settings_send_token_arrays(base_url, reference
                 exact=False)
 
 
+@requires("dev", "langchain_openai", "openai")
 def test_langchain_openai_text_settings(base_url, reference):
     from langchain_openai import OpenAIEmbeddings
 
@@ -134,6 +141,7 @@ def test_langchain_openai_text_settings(base_url, reference):
     assert_same(embeddings.embed_documents(BATCH_WITH_BLANKS), reference.get_embeddings(BATCH_WITH_BLANKS))
 
 
+@requires("langchain")
 def test_embedshare_langchain_adapter_with_blank_documents(service, reference):
     from langchain_core.vectorstores import InMemoryVectorStore
 

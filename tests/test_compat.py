@@ -1,6 +1,6 @@
 """embedshare.compat: the original ``mcp_embedding_manager`` API, called as the seed's code calls it.
 
-The call patterns live in ``compat_calls.py``; here they run in this process against a local
+The call patterns live in ``helpers/spawned/compat_calls.py``; here they run in this process against a local
 manager (the reference), and in 25 ``Popen``'d shards through one service, which must all
 attach to it and give the reference's answers.
 """
@@ -13,7 +13,6 @@ import os
 import pickle
 import subprocess
 import sys
-import threading
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -21,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import compat_calls
 from embedshare.access import NoServiceWarning
 from embedshare.access import get_embedding_manager as get_native_manager
 from embedshare.compat import (
@@ -37,11 +35,13 @@ from embedshare.compat import (
 from embedshare.registry import load_registry
 from embedshare.service.launcher import EmbeddingService
 from embedshare.store import ToolIndexError
+from helpers.extras import requires
+from helpers.processes import SPAWNED, with_tests_on_path
+from helpers.spawned import compat_calls
 
 pytestmark = pytest.mark.timeout(300)
 
 REGISTRY = Path(__file__).parent / "data" / "mcp_tools_original.json"
-TESTS = Path(__file__).parent
 CATEGORIES = ["computation", "data_processing", "file_operations", "integration", "network", "utility"]
 
 
@@ -58,9 +58,8 @@ def hash_env(monkeypatch):
 
 
 @pytest.fixture
-def service(store):
-    with EmbeddingService(store, model="hash:64", registry=REGISTRY, start_timeout=60) as svc:
-        yield svc
+def service(make_service) -> EmbeddingService:
+    return make_service(registry=REGISTRY)
 
 
 def _comparable(report: dict) -> dict:
@@ -118,12 +117,12 @@ def test_call_patterns_in_this_process(reference):
 
 
 def test_25_popen_shards_share_one_service_and_get_the_reference_answers(reference, service):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    env = with_tests_on_path()
     shards = []
     for i in range(25):
         how = "config" if i % 2 else "env"
         shard_env = {**env, "EMBEDSHARE_MODEL": "hash:64"} if how == "env" else env
-        shards.append(subprocess.Popen([sys.executable, str(TESTS / "compat_calls.py"), str(REGISTRY), how],
+        shards.append(subprocess.Popen([sys.executable, str(SPAWNED / "compat_calls.py"), str(REGISTRY), how],
                                        env=shard_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     reports = []
     for shard in shards:
@@ -163,19 +162,12 @@ def _report_in_worker(_: int) -> tuple[str, bool, str]:
     return em.manager.mode, own, em.search("read a file", k=1)[0].tool_name
 
 
-def test_threads_share_one_compat_manager(service, hash_env):
-    managers, results = [], []
-
-    def grab():
+def test_threads_share_one_compat_manager(service, hash_env, run_threads):
+    def grab(i: int) -> tuple[MCPEmbeddingManager, list[str]]:
         em = get_embedding_manager()
-        managers.append(em)
-        results.append([r.tool_name for r in em.search("read a file", k=3)])
+        return em, [r.tool_name for r in em.search("read a file", k=3)]
 
-    threads = [threading.Thread(target=grab) for _ in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    managers, results = zip(*run_threads(16, grab))
     assert len(managers) == 16 and all(m is managers[0] for m in managers)
     assert managers[0].manager.mode == "shared"
     assert all(r == results[0] for r in results)
@@ -205,6 +197,7 @@ def test_search_result_has_the_original_shape():
         ("t", 0.5, {"name": "t"}, "utility", "")
 
 
+@requires("openai")
 def test_original_model_name_maps_to_openai_with_3072_dims(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-used")
     with pytest.warns(NoServiceWarning):

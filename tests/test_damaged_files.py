@@ -23,14 +23,13 @@ from pathlib import Path
 import lmdb
 import numpy as np
 import pytest
-from reliability_helpers import connect_raw, exchange
-from test_reliability_faults import _fill, small_tmpfs  # noqa: F401 (a fixture: a 4 MiB tmpfs, root only)
-
 from embedshare.embedders import create_embedder
 from embedshare.manager import EmbeddingManager
 from embedshare.access import SharedEmbeddingManager
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
 from embedshare.store import CacheDamagedError, CacheError, EmbeddingCache, StoreLayout
+from helpers.disks import fill
+from helpers.frames import connect_raw, exchange
 
 EMBEDDER = create_embedder("hash:64")
 TEXTS = [f"damaged files text {i}" for i in range(300)]
@@ -97,7 +96,7 @@ def test_a_truncated_cache_is_a_clear_error_for_a_local_manager_and_reset_recove
     assert got.tobytes() == EMBEDDER.embed([TEXTS[0]])[0].tobytes()
 
 
-def test_a_truncated_cache_stops_the_service_from_starting_with_the_fix_named(store):
+def test_a_truncated_cache_stops_the_service_from_starting_with_the_fix_named(store, make_service):
     _filled_store(store)
     data_file, _ = _truncate_to_half(store)
     service = EmbeddingService(store, model="hash:64", registry="bundled", export_env=False, start_timeout=60)
@@ -114,14 +113,14 @@ def test_a_truncated_cache_stops_the_service_from_starting_with_the_fix_named(st
     assert "cut short" in line and "embedshare cache reset" in line
 
     assert _cli("cache", "reset", "--store", str(store)).returncode == 0
-    with EmbeddingService(store, model="hash:64", registry="bundled", export_env=False) as service:
-        client = SharedEmbeddingManager(service.address, on_failure="error")
-        assert client.get_embeddings(TEXTS[:50]).tobytes() == EMBEDDER.embed(TEXTS[:50]).tobytes()
-        assert [r.name for r in client.search("read a csv file")]
-        # a reset while a service runs is refused: it has the cache open
-        refused = _one_error_line(_cli("cache", "reset", "--store", str(store)))
-        assert "a service already runs" in refused and "embedshare stop --store" in refused
-        client.close()
+    service = make_service(export_env=False)
+    client = SharedEmbeddingManager(service.address, on_failure="error")
+    assert client.get_embeddings(TEXTS[:50]).tobytes() == EMBEDDER.embed(TEXTS[:50]).tobytes()
+    assert [r.name for r in client.search("read a csv file")]
+    # a reset while a service runs is refused: it has the cache open
+    refused = _one_error_line(_cli("cache", "reset", "--store", str(store)))
+    assert "a service already runs" in refused and "embedshare stop --store" in refused
+    client.close()
 
 
 # -- a flipped bit, the old format ---------------------------------------------------------------------
@@ -149,19 +148,19 @@ def test_a_flipped_bit_in_a_stored_vector_is_never_returned_but_recomputed_and_c
         manager.close()
 
 
-def test_a_flipped_bit_read_by_a_worker_of_a_service_is_recomputed_by_the_service(store):
+def test_a_flipped_bit_read_by_a_worker_of_a_service_is_recomputed_by_the_service(store, make_service):
     _filled_store(store)
     _flip_bit_in_stored_vector(store, EMBEDDER.embed([TEXTS[5]])[0])
-    with EmbeddingService(store, model="hash:64", registry="bundled", export_env=False) as service:
-        client = SharedEmbeddingManager(service.address, on_failure="error")
-        got = client.get_embedding(TEXTS[5])
-        assert got.tobytes() == EMBEDDER.embed([TEXTS[5]])[0].tobytes()
-        stats = service.stats()
-        assert stats["corrupt_vectors"] == 1 and stats["texts_embedded"] - stats["startup_texts_embedded"] == 1
-        assert client.stats()["misses"] == 1
-        assert client.get_embedding(TEXTS[5]).tobytes() == got.tobytes()
-        assert client.stats()["hits"] == 1  # rewritten: a hit from the map now
-        client.close()
+    service = make_service(export_env=False)
+    client = SharedEmbeddingManager(service.address, on_failure="error")
+    got = client.get_embedding(TEXTS[5])
+    assert got.tobytes() == EMBEDDER.embed([TEXTS[5]])[0].tobytes()
+    stats = service.stats()
+    assert stats["corrupt_vectors"] == 1 and stats["texts_embedded"] - stats["startup_texts_embedded"] == 1
+    assert client.stats()["misses"] == 1
+    assert client.get_embedding(TEXTS[5]).tobytes() == got.tobytes()
+    assert client.stats()["hits"] == 1  # rewritten: a hit from the map now
+    client.close()
 
 
 def test_values_of_the_old_format_without_a_checksum_are_rewritten_never_returned(store):
@@ -210,32 +209,31 @@ def test_garbled_pages_are_a_project_error_naming_the_path_and_the_fix(store):
         manager.close()
 
 
-def test_the_service_answers_a_request_on_garbled_pages_with_an_error_and_lives_on(store):
-    with EmbeddingService(store, model="hash:64", registry="bundled", export_env=False) as service:
-        sock = connect_raw(service.address)
-        try:
-            assert exchange(sock, {"v": 1, "id": 1, "op": "embed", "texts": TEXTS[:100]})["ok"]
-            _garble_pages_after_the_meta_pages(store)
-            reply = exchange(sock, {"v": 1, "id": 2, "op": "embed", "texts": TEXTS[:3]})
-            assert not reply["ok"] and reply["error"]["code"] == "cache_error", reply
-            assert "embedshare cache reset" in reply["error"]["message"]
-            assert exchange(sock, {"v": 1, "id": 3, "op": "ping"})["ok"]  # alive, same connection
-        finally:
-            sock.close()
-        assert service.stats()["pid"] == service.pid
+def test_the_service_answers_a_request_on_garbled_pages_with_an_error_and_lives_on(store, make_service):
+    service = make_service(export_env=False)
+    sock = connect_raw(service.address)
+    try:
+        assert exchange(sock, {"v": 1, "id": 1, "op": "embed", "texts": TEXTS[:100]})["ok"]
+        _garble_pages_after_the_meta_pages(store)
+        reply = exchange(sock, {"v": 1, "id": 2, "op": "embed", "texts": TEXTS[:3]})
+        assert not reply["ok"] and reply["error"]["code"] == "cache_error", reply
+        assert "embedshare cache reset" in reply["error"]["message"]
+        assert exchange(sock, {"v": 1, "id": 3, "op": "ping"})["ok"]  # alive, same connection
+    finally:
+        sock.close()
+    assert service.stats()["pid"] == service.pid
 
 
 # -- run/service.json: a full disk, a garbled file -----------------------------------------------------
 
 
-def test_a_full_disk_at_the_state_write_leaves_nothing_half_written_and_a_later_start_works(small_tmpfs):  # noqa: F811
+def test_a_full_disk_at_the_state_write_leaves_nothing_half_written_and_a_later_start_works(small_tmpfs, make_service):
     store = small_tmpfs / "store"
     layout = StoreLayout(store)
-    with EmbeddingService(store, model="hash:64", registry="bundled", export_env=False):
-        pass
+    make_service(store=store, export_env=False).stop()  # it wrote its small files
     small_files = [layout.state, layout.record]  # what a service writes at start
     before = [f.read_text() for f in small_files]
-    _fill(small_tmpfs)
+    fill(small_tmpfs)
     # the store's small files cannot be written: a clear error naming the first, each one intact
     with pytest.raises(ServiceStartError) as error:
         EmbeddingService(store, model="hash:64", registry="bundled", export_env=False, start_timeout=60).start()
@@ -250,13 +248,12 @@ def test_a_full_disk_at_the_state_write_leaves_nothing_half_written_and_a_later_
     assert [f.read_text() for f in small_files] == before
     # room again: the next start works and cleans up its preload file
     (small_tmpfs / "filler").unlink()
-    with EmbeddingService(store, model="hash:64", registry="bundled", preload=["a", "b"],
-                          export_env=False) as service:
-        client = SharedEmbeddingManager(service.address, on_failure="error")
-        assert client.get_embeddings(TEXTS[:5]).tobytes() == EMBEDDER.embed(TEXTS[:5]).tobytes()
-        client.close()
-        assert not [p for p in layout.run.iterdir() if p.name.startswith("preload-")]
-        assert json.loads(layout.state.read_text())["pid"] == service.pid
+    service = make_service(store=store, preload=["a", "b"], export_env=False)
+    client = SharedEmbeddingManager(service.address, on_failure="error")
+    assert client.get_embeddings(TEXTS[:5]).tobytes() == EMBEDDER.embed(TEXTS[:5]).tobytes()
+    client.close()
+    assert not [p for p in layout.run.iterdir() if p.name.startswith("preload-")]
+    assert json.loads(layout.state.read_text())["pid"] == service.pid
 
 
 @pytest.mark.parametrize("content, message", [
@@ -265,7 +262,7 @@ def test_a_full_disk_at_the_state_write_leaves_nothing_half_written_and_a_later_
     ("[1, 2]", "not an object"),
     ('{"pid": 12, "config": "hash:64"}', "holds an invalid config"),
 ])
-def test_a_garbled_state_file_is_a_clear_restart_error_and_does_not_block_a_new_service(store, content, message):
+def test_a_garbled_state_file_is_a_clear_restart_error_and_does_not_block_a_new_service(store, make_service, content, message):
     layout = StoreLayout(store)
     layout.make_private_run_dir()
     layout.state.write_text(content)
@@ -273,5 +270,5 @@ def test_a_garbled_state_file_is_a_clear_restart_error_and_does_not_block_a_new_
         EmbeddingService.from_state(store)
     assert message in str(error.value) and "service.json" in str(error.value)
     assert "no service has run" not in str(error.value)
-    with EmbeddingService(store, model="hash:64", export_env=False) as service:  # rewritten
-        assert json.loads(layout.state.read_text())["pid"] == service.pid
+    service = make_service(registry=None, export_env=False)
+    assert json.loads(layout.state.read_text())["pid"] == service.pid  # rewritten

@@ -3,7 +3,7 @@ threads of one client, and while interpreters start; a deliberate ``embedshare s
 
 Kills are driven by facts (tasks or calls completed), never by timers. Random choices are
 seeded (``EMBEDSHARE_FAULT_SEED`` overrides) and reported with the figures
-(tests/reliability_helpers.record).
+(tests/helpers/figures.record).
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import failover_tasks
 import pytest
 from click.testing import CliRunner
-from reliability_helpers import PYTHON, TESTS, alive, record, wait_for
 
 from embedshare.cli import main as cli
 from embedshare.embedders import create_embedder
@@ -29,9 +27,13 @@ from embedshare.manager import EmbeddingManager
 from embedshare.pool.shared import SharedPool
 from embedshare.access import SharedEmbeddingManager
 from embedshare.client.connection import ServiceConnection, ServiceUnavailable
-from embedshare.service.launcher import EmbeddingService
 from embedshare.client.state import read_state
 from embedshare.store import StoreLayout
+from helpers.figures import record
+from helpers.processes import PYTHON, SPAWNED, alive, with_tests_on_path
+from helpers.services import kill_service
+from helpers.spawned import failover_tasks
+from helpers.waiting import wait_for
 
 SEED = int(os.environ.get("EMBEDSHARE_FAULT_SEED", "20261202"))
 EMBEDDER = create_embedder("hash:64")
@@ -149,10 +151,10 @@ def test_a_25_worker_pool_loses_no_task_through_service_and_worker_sigkills(stor
 # -- 16 threads on one client --------------------------------------------------------------------
 
 
-def test_16_threads_on_one_client_lose_no_call_through_three_service_kills(store):
+def test_16_threads_on_one_client_lose_no_call_through_three_service_kills(store, make_service, run_threads):
     threads, per_thread, kills = 16, 200, 3
     kill_after = [threads * per_thread * (i + 1) // (kills + 2) for i in range(kills)]
-    service = EmbeddingService(store, model="hash:64", registry="bundled", export_env=False).start()
+    service = make_service(export_env=False)
     client = SharedEmbeddingManager(service.address, on_failure="restart")
     layout = StoreLayout(store)
     lock = threading.Condition()
@@ -184,20 +186,15 @@ def test_16_threads_on_one_client_lose_no_call_through_three_service_kills(store
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
-    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
     kill_thread = threading.Thread(target=killer)
     try:
         kill_thread.start()
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join(300)
+        run_threads(threads, work, timeout=300)
         kill_thread.join(60)
         stats = client.stats()
     finally:
         client.close()
         _shutdown(store)
-        service.stop()
     assert len(killed) == kills
     assert not errors, f"{len(errors)} of {threads * per_thread} calls failed; first: {errors[0]!r}"
     assert not wrong
@@ -210,15 +207,13 @@ def test_16_threads_on_one_client_lose_no_call_through_three_service_kills(store
 # -- interpreters started while the service is down -----------------------------------------------
 
 
-def test_interpreters_started_while_the_service_is_down_get_the_shared_service_and_its_registry(store):
-    service = EmbeddingService(store, model="hash:64", registry="bundled", export_env=False).start()
-    os.kill(service.pid, signal.SIGKILL)
-    service._process.wait(30)
-    env = {**os.environ, "EMBEDSHARE_STORE": str(store), "EMBEDSHARE_ON_FAILURE": "restart",
-           "EMBEDSHARE_MODEL": "hash:64",
-           "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(TESTS)) if p)}
+def test_interpreters_started_while_the_service_is_down_get_the_shared_service_and_its_registry(store, make_service):
+    service = make_service(export_env=False)
+    kill_service(service)
+    env = {**with_tests_on_path(), "EMBEDSHARE_STORE": str(store), "EMBEDSHARE_ON_FAILURE": "restart",
+           "EMBEDSHARE_MODEL": "hash:64"}
     env.pop("EMBEDSHARE_ADDRESS", None)
-    procs = [subprocess.Popen([PYTHON, str(TESTS / "failover_tasks.py"), str(i)], env=env,
+    procs = [subprocess.Popen([PYTHON, str(SPAWNED / "failover_tasks.py"), str(i)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
     try:
         outputs = [p.communicate(timeout=120) for p in procs]

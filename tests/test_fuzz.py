@@ -26,15 +26,6 @@ from collections import Counter
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from reliability_helpers import (
-    closed_by_peer,
-    connect_raw,
-    read_reply,
-    record,
-    wait_for,
-)
 
 from embedshare.embedders import (
     InvalidTextError,
@@ -45,6 +36,15 @@ from embedshare.embedders import (
 from embedshare.manager import EmbeddingManager
 from embedshare.client import protocol
 from embedshare.access import SharedEmbeddingManager
+from helpers.figures import record
+from helpers.frames import closed_by_peer, connect_raw, read_reply
+from helpers.extras import skip_module_unless
+from helpers.waiting import wait_for
+
+skip_module_unless("dev", "hypothesis")
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 SEED = int(os.environ.get("EMBEDSHARE_FUZZ_SEED", "5150"))
 FRAMES = int(os.environ.get("EMBEDSHARE_FUZZ_FRAMES", "20000"))

@@ -11,11 +11,8 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
-import httpx
 import numpy as np
-import openai
 import pytest
 from click.testing import CliRunner
 
@@ -23,10 +20,19 @@ from embedshare.cli import main
 from embedshare.embedders import create_embedder
 from embedshare.manager import EmbeddingManager
 from embedshare.access import SharedEmbeddingManager
-from embedshare.service.http.app import count_tokens
 from embedshare.service.http.address import parse_http_address
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
 from embedshare.client.state import read_state
+from embedshare.store import StoreLayout
+from helpers.extras import requires, skip_module_unless
+from helpers.services import running_service
+
+skip_module_unless("http")  # the endpoint
+skip_module_unless("dev", "httpx")  # its client here
+
+import httpx  # noqa: E402
+
+from embedshare.service.http.app import count_tokens  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -37,8 +43,7 @@ TEXTS = [f"http text {i} about parsing csv files" for i in range(12)]
 @pytest.fixture(scope="module")
 def http_service(tmp_path_factory):
     store = tmp_path_factory.mktemp("http") / "store"
-    with EmbeddingService(store, model="hash:64", registry="bundled", http="127.0.0.1:0",
-                          export_env=False, start_timeout=60) as service:
+    with running_service(store, http="127.0.0.1:0", export_env=False) as service:
         yield service
 
 
@@ -72,15 +77,6 @@ def assert_openai_error(response: httpx.Response, status: int, param: str | None
         assert error["code"] == code
     assert words in error["message"]
     return error
-
-
-def wait_until(predicate, timeout: float = 30.0) -> None:
-    """Bounded wait for a condition the service reports (not a timer standing in for one)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.005)
 
 
 # -- the address ------------------------------------------------------------------------------
@@ -173,10 +169,14 @@ def test_dimensions_may_only_name_the_native_size(url):
     ({"model": MODEL}, 400, "input", "'input'"),
     ({"model": MODEL, "input": []}, 400, "input", "empty"),
     ({"model": MODEL, "input": ["text", [1, 2]]}, 400, "input", "all texts or all token arrays"),
-    ({"model": MODEL, "input": [[1, 2], "text"]}, 400, "input", "input[1] must be a list of token ids"),
-    ({"model": MODEL, "input": [[15339], [1, -5]]}, 400, "input", "input[1] holds -5, not a cl100k_base"),
-    ({"model": MODEL, "input": [15339, 100256]}, 400, "input", "not a cl100k_base token"),
-    ({"model": MODEL, "input": [[15339], []]}, 400, "input", "input[1] is empty"),
+    # token arrays are checked by the service's tokenizer
+    pytest.param({"model": MODEL, "input": [[1, 2], "text"]}, 400, "input", "input[1] must be a list of token ids",
+                 marks=requires("tokens")),
+    pytest.param({"model": MODEL, "input": [[15339], [1, -5]]}, 400, "input", "input[1] holds -5, not a cl100k_base",
+                 marks=requires("tokens")),
+    pytest.param({"model": MODEL, "input": [15339, 100256]}, 400, "input", "not a cl100k_base token",
+                 marks=requires("tokens")),
+    pytest.param({"model": MODEL, "input": [[15339], []]}, 400, "input", "input[1] is empty", marks=requires("tokens")),
     ({"model": MODEL, "input": {"text": "x"}}, 400, "input", "string or a list"),
     ({"model": MODEL, "input": ["fine", ""]}, 400, "input", "input[1] is empty"),
     ({"model": MODEL, "input": ["fine", None]}, 400, "input", "input[1]"),
@@ -187,6 +187,7 @@ def test_bad_requests_get_openai_errors(url, body, status, param, words):
     assert_openai_error(post(url, body), status, param=param, words=words)
 
 
+@requires("tokens")
 def test_token_arrays_are_decoded_to_their_text(url, reference):
     """OpenAI's token forms (cl100k_base ids, as langchain-openai sends them by default) embed
     exactly as the text they encode."""
@@ -244,7 +245,10 @@ def test_models_are_listed_and_retrieved(url):
 # -- the official openai client ----------------------------------------------------------------
 
 
+@requires("openai")
 def test_the_official_openai_client_works(url, reference):
+    import openai
+
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
     try:
         expected = reference.get_embeddings(TEXTS[:5])
@@ -287,34 +291,34 @@ def test_http_and_socket_clients_share_the_cache(http_service, url):
     assert after["http_requests"] - before.get("http_requests", 0) == 2
 
 
-def test_http_and_socket_requests_meet_in_one_batch_and_one_flight(tmp_path, reference):
+def test_http_and_socket_requests_meet_in_one_batch_and_one_flight(make_service, reference, wait_for):
     # The batcher fires only when 4 texts wait (or after a minute): if HTTP requests had a
     # batcher of their own, none of these requests would be answered in time.
-    with EmbeddingService(tmp_path / "s", model="hash:64", http="127.0.0.1:0", max_batch=4,
-                          max_wait_ms=60_000, export_env=False, start_timeout=60) as service:
-        url = service.http_url
-        results: dict[str, object] = {}
+    service = make_service(registry=None, http="127.0.0.1:0", max_batch=4, max_wait_ms=60_000, export_env=False)
+    url = service.http_url
+    results: dict[str, object] = {}
 
-        def http_call(name: str, texts: list[str]) -> None:
-            results[name] = post(url, {"model": MODEL, "input": texts}).json()
+    def http_call(name: str, texts: list[str]) -> None:
+        results[name] = post(url, {"model": MODEL, "input": texts}).json()
 
-        def socket_call(name: str, texts: list[str]) -> None:
-            client = SharedEmbeddingManager(service.address)
-            results[name] = client.get_embeddings(texts)
-            client.close()
+    def socket_call(name: str, texts: list[str]) -> None:
+        client = SharedEmbeddingManager(service.address)
+        results[name] = client.get_embeddings(texts)
+        client.close()
 
-        threads = [threading.Thread(target=http_call, args=("first", ["text a", "text b"]))]
-        threads[-1].start()
-        wait_until(lambda: service.stats()["queue_depth"] == 2)
-        threads.append(threading.Thread(target=socket_call, args=("second", ["text a", "text c"])))
-        threads[-1].start()
-        wait_until(lambda: (s := service.stats())["queue_depth"] == 3 and s["joined_inflight"] == 1)
-        threads.append(threading.Thread(target=http_call, args=("third", ["text d"])))
-        threads[-1].start()
-        for thread in threads:
-            thread.join(timeout=30)
-        assert not any(t.is_alive() for t in threads), "requests were not batched together"
-        stats = service.stats()
+    threads = [threading.Thread(target=http_call, args=("first", ["text a", "text b"]))]
+    threads[-1].start()
+    wait_for(lambda: service.stats()["queue_depth"] == 2, 30, "the HTTP request to wait in the queue")
+    threads.append(threading.Thread(target=socket_call, args=("second", ["text a", "text c"])))
+    threads[-1].start()
+    wait_for(lambda: (s := service.stats())["queue_depth"] == 3 and s["joined_inflight"] == 1, 30,
+             "the socket request to queue its new text and join the other")
+    threads.append(threading.Thread(target=http_call, args=("third", ["text d"])))
+    threads[-1].start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(t.is_alive() for t in threads), "requests were not batched together"
+    stats = service.stats()
 
     def floats(reply):
         return np.array([d["embedding"] for d in reply["data"]], dtype=np.float32)
@@ -330,6 +334,7 @@ def test_http_and_socket_requests_meet_in_one_batch_and_one_flight(tmp_path, ref
 # -- the openai embedder pointed at another embedshare service ---------------------------------
 
 
+@requires("openai")
 def test_a_local_manager_embeds_through_another_service_s_endpoint(http_service, url, tmp_path, reference):
     embedder = create_embedder(f"openai:{MODEL}", base_url=f"{url}/v1")
     manager = EmbeddingManager(tmp_path / "b", model=embedder)
@@ -342,35 +347,36 @@ def test_a_local_manager_embeds_through_another_service_s_endpoint(http_service,
     np.testing.assert_allclose(got, reference.get_embeddings(TEXTS), rtol=0, atol=1e-6)
 
 
-def test_a_second_service_embeds_through_the_first_s_endpoint(url, tmp_path, reference, monkeypatch):
+@requires("openai")
+def test_a_second_service_embeds_through_the_first_s_endpoint(url, make_service, reference, monkeypatch):
     monkeypatch.setenv("OPENAI_BASE_URL", f"{url}/v1")  # the service process inherits it
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     texts = [f"through two services {i}" for i in range(20)]
-    with EmbeddingService(tmp_path / "b", model=f"openai:{MODEL}", export_env=False, start_timeout=60) as b:
-        client = SharedEmbeddingManager(b.address)
-        try:
-            assert client.model_id == f"openai:{MODEL}"
-            got = client.get_embeddings(texts)
-        finally:
-            client.close()
-        assert b.stats()["texts_embedded"] >= len(texts)
+    b = make_service(model=f"openai:{MODEL}", registry=None, export_env=False)
+    client = SharedEmbeddingManager(b.address)
+    try:
+        assert client.model_id == f"openai:{MODEL}"
+        got = client.get_embeddings(texts)
+    finally:
+        client.close()
+    assert b.stats()["texts_embedded"] >= len(texts)
     np.testing.assert_allclose(got, reference.get_embeddings(texts), rtol=0, atol=1e-6)
 
 
-def test_a_failing_model_is_a_502_in_openai_s_shape_and_the_endpoint_goes_on(tmp_path, monkeypatch):
-    from openai_server import FakeOpenAIServer
+@requires("openai")
+def test_a_failing_model_is_a_502_in_openai_s_shape_and_the_endpoint_goes_on(make_service, monkeypatch):
+    from embedshare.bench.fake_openai import FakeOpenAIServer
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with FakeOpenAIServer(dim=16) as upstream:
         monkeypatch.setenv("OPENAI_BASE_URL", upstream.base_url)
-        with EmbeddingService(tmp_path / "s", model="openai:up", http="127.0.0.1:0", export_env=False,
-                              start_timeout=60) as service:
-            upstream.fail_next(400, message="upstream refuses this")  # 4xx: not retried
-            failed = post(service.http_url, {"model": "openai:up", "input": "first"})
-            assert_openai_error(failed, 502, code="model_error", words="upstream refuses this")
-            ok = post(service.http_url, {"model": "openai:up", "input": "first"})
-            assert ok.status_code == 200
-            assert np.allclose(ok.json()["data"][0]["embedding"], upstream.vector("first"), atol=1e-6)
+        service = make_service(model="openai:up", registry=None, http="127.0.0.1:0", export_env=False)
+        upstream.fail_next(400, message="upstream refuses this")  # 4xx: not retried
+        failed = post(service.http_url, {"model": "openai:up", "input": "first"})
+        assert_openai_error(failed, 502, code="model_error", words="upstream refuses this")
+        ok = post(service.http_url, {"model": "openai:up", "input": "first"})
+        assert ok.status_code == 200
+        assert np.allclose(ok.json()["data"][0]["embedding"], upstream.vector("first"), atol=1e-6)
 
 
 # -- the command line ---------------------------------------------------------------------------
@@ -385,7 +391,7 @@ def test_serve_http_in_the_background_then_curl_like_requests(tmp_path):
     )
     try:
         assert started.returncode == 0, started.stderr
-        url = read_state(EmbeddingService(store).layout)["http"]
+        url = read_state(StoreLayout(store))["http"]
         assert url.startswith("http://127.0.0.1:")
         assert f"http {url}/v1" in started.stdout
         reply = httpx.post(f"{url}/v1/embeddings", json={"model": "hash:64", "input": "curl me"}, timeout=30)

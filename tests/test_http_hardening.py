@@ -18,12 +18,17 @@ import secrets
 import socket
 import time
 
-import httpx
-import openai
 import pytest
-from reliability_helpers import record
 
 from embedshare.service.launcher import EmbeddingService
+from helpers.extras import requires, skip_module_unless
+from helpers.figures import record
+from helpers.services import running_service
+
+skip_module_unless("http")  # the endpoint
+skip_module_unless("dev", "httpx")  # its client here
+
+import httpx  # noqa: E402
 
 MODEL = "hash:64"
 
@@ -32,8 +37,8 @@ MODEL = "hash:64"
 def slow_body_service(tmp_path_factory):
     """Deadlines short enough to test: 1 s for headers and for a body."""
     store = tmp_path_factory.mktemp("hardening") / "store"
-    with EmbeddingService(store, model=MODEL, http="127.0.0.1:0", export_env=False, start_timeout=60,
-                          limits={"first_frame_timeout": 1.0, "frame_timeout": 1.0}) as service:
+    with running_service(store, MODEL, registry=None, http="127.0.0.1:0", export_env=False,
+                         limits={"first_frame_timeout": 1.0, "frame_timeout": 1.0}) as service:
         yield service
 
 
@@ -156,40 +161,42 @@ def test_loopback_needs_no_token_by_default(slow_body_service):
     assert _post(slow_body_service.http_url, b'{"model": "hash:64", "input": "x"}').status_code == 200
 
 
-def test_with_a_token_every_request_must_carry_it(store, token_file):
+@requires("openai")
+def test_with_a_token_every_request_must_carry_it(make_service, token_file):
+    import openai
+
     token = token_file.read_text().strip()
-    with EmbeddingService(store, model=MODEL, http="127.0.0.1:0", http_token_file=token_file,
-                          export_env=False, start_timeout=60) as service:
-        url = service.http_url
-        body = b'{"model": "hash:64", "input": "x"}'
-        refused = [_post(url, body), _post(url, body, authorization="Bearer " + "0" * len(token)),
-                   _post(url, body, authorization=token), httpx.get(f"{url}/v1/models"), httpx.get(f"{url}/metrics")]
-        for response in refused:
-            assert response.status_code == 401
-            assert response.headers["www-authenticate"] == "Bearer"
-            assert response.json()["error"]["code"] == "invalid_api_key"
-        assert _post(url, body, authorization=f"Bearer {token}").status_code == 200
-        assert httpx.get(f"{url}/health").status_code == 200  # probes need no secret
-        assert httpx.get(f"{url}/metrics", headers={"authorization": f"Bearer {token}"}).status_code == 200
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key=token)
-        assert len(client.embeddings.create(model="hash:64", input=["a", "b"]).data) == 2
-        with pytest.raises(openai.AuthenticationError):
-            openai.OpenAI(base_url=f"{url}/v1", api_key="wrong-key").embeddings.create(model="hash:64", input="a")
-        stats = service.stats()
-        assert stats["auth_failures"] >= len(refused)
-        texts = {"stats": json.dumps(stats), "state": service.layout.state.read_text(), "log": service.log_tail(5000)}
+    service = make_service(MODEL, registry=None, http="127.0.0.1:0", http_token_file=token_file, export_env=False)
+    url = service.http_url
+    body = b'{"model": "hash:64", "input": "x"}'
+    refused = [_post(url, body), _post(url, body, authorization="Bearer " + "0" * len(token)),
+               _post(url, body, authorization=token), httpx.get(f"{url}/v1/models"), httpx.get(f"{url}/metrics")]
+    for response in refused:
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert response.json()["error"]["code"] == "invalid_api_key"
+    assert _post(url, body, authorization=f"Bearer {token}").status_code == 200
+    assert httpx.get(f"{url}/health").status_code == 200  # probes need no secret
+    assert httpx.get(f"{url}/metrics", headers={"authorization": f"Bearer {token}"}).status_code == 200
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=token)
+    assert len(client.embeddings.create(model="hash:64", input=["a", "b"]).data) == 2
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key="wrong-key").embeddings.create(model="hash:64", input="a")
+    stats = service.stats()
+    assert stats["auth_failures"] >= len(refused)
+    texts = {"stats": json.dumps(stats), "state": service.layout.state.read_text(), "log": service.log_tail(5000)}
     for where, text in texts.items():
         assert token not in text, f"the HTTP token leaked into the {where}"
     assert "refused an HTTP request" in texts["log"]
 
 
-def test_a_token_from_the_environment(store, monkeypatch):
+def test_a_token_from_the_environment(make_service, monkeypatch):
     token = secrets.token_hex(20)
     monkeypatch.setenv("EMBEDSHARE_HTTP_TOKEN", token)
-    with EmbeddingService(store, model=MODEL, http="127.0.0.1:0", export_env=False, start_timeout=60) as service:
-        assert _post(service.http_url, b'{"model": "hash:64", "input": "x"}').status_code == 401
-        assert _post(service.http_url, b'{"model": "hash:64", "input": "x"}',
-                     authorization=f"Bearer {token}").status_code == 200
+    service = make_service(MODEL, registry=None, http="127.0.0.1:0", export_env=False)
+    assert _post(service.http_url, b'{"model": "hash:64", "input": "x"}').status_code == 401
+    assert _post(service.http_url, b'{"model": "hash:64", "input": "x"}',
+                 authorization=f"Bearer {token}").status_code == 200
 
 
 def test_beyond_loopback_a_token_is_required_unless_refused_explicitly(tmp_path):

@@ -287,25 +287,15 @@ def test_protocols(big):
 # -- open_or_build_index -----------------------------------------------------------------------------------
 
 
-class CountingEmbed:
-    def __init__(self, embedder=EMBEDDER):
-        self.embedder = embedder
-        self.calls = 0
-
-    def __call__(self, texts):
-        self.calls += 1
-        return self.embedder.embed(texts)
-
-
-def test_open_or_build_builds_once(tmp_path):
+def test_open_or_build_builds_once(tmp_path, recording_embedder):
     registry = _random_registry(30, seed=5)
-    embed = CountingEmbed()
-    first = open_or_build_index(tmp_path, registry, embed, EMBEDDER.model_id, EMBEDDER.dim)
-    assert embed.calls > 0
-    calls = embed.calls
+    embedder = recording_embedder(EMBEDDER.dim)
+    first = open_or_build_index(tmp_path, registry, embedder.embed, EMBEDDER.model_id, EMBEDDER.dim)
+    assert len(embedder.calls) > 0
+    calls = len(embedder.calls)
     second = open_or_build_index(tmp_path, load_registry([t.raw for t in registry.tools]),
-                                 embed, EMBEDDER.model_id, EMBEDDER.dim)
-    assert embed.calls == calls
+                                 embedder.embed, EMBEDDER.model_id, EMBEDDER.dim)
+    assert len(embedder.calls) == calls
     assert second.path == first.path
     assert np.array_equal(second.vectors, first.vectors)
     assert first.path.name == index_folder_name(registry.content_hash, EMBEDDER.model_id)
@@ -314,16 +304,16 @@ def test_open_or_build_builds_once(tmp_path):
     changed_raw = [dict(t.raw) for t in registry.tools]
     changed_raw[0]["description"] = "something else entirely"
     changed = load_registry(changed_raw)
-    third = open_or_build_index(tmp_path, changed, embed, EMBEDDER.model_id, EMBEDDER.dim)
-    assert embed.calls > calls
+    third = open_or_build_index(tmp_path, changed, embedder.embed, EMBEDDER.model_id, EMBEDDER.dim)
+    assert len(embedder.calls) > calls
     assert third.path != first.path
     assert third.manifest["registry_hash"] == changed.content_hash
 
     # another model builds a new folder
     other = create_embedder("hash:32")
-    other_embed = CountingEmbed(other)
-    fourth = open_or_build_index(tmp_path, registry, other_embed, other.model_id, other.dim)
-    assert other_embed.calls > 0
+    other_embedder = recording_embedder(other.dim)
+    fourth = open_or_build_index(tmp_path, registry, other_embedder.embed, other.model_id, other.dim)
+    assert len(other_embedder.calls) > 0
     assert fourth.path not in (first.path, third.path)
     assert fourth.model_id == other.model_id and fourth.dim == 32
     folders = sorted(p.name for p in tmp_path.iterdir())

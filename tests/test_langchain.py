@@ -7,16 +7,21 @@ import asyncio
 
 import numpy as np
 import pytest
-from langchain_core.embeddings import Embeddings
-from langchain_tests.integration_tests import EmbeddingsIntegrationTests
-from langchain_tests.unit_tests import EmbeddingsUnitTests
 
 from embedshare.access import NoServiceWarning, get_embedding_manager
 from embedshare.embedders import InvalidTextError
-from embedshare.integrations.langchain import EmbedshareEmbeddings
 from embedshare.manager import EmbeddingManager
 from embedshare.access import SharedEmbeddingManager
-from embedshare.service.launcher import EmbeddingService
+from helpers.extras import skip_module_unless
+
+skip_module_unless("langchain")
+skip_module_unless("dev", "langchain_tests")
+
+from langchain_core.embeddings import Embeddings  # noqa: E402
+from langchain_tests.integration_tests import EmbeddingsIntegrationTests  # noqa: E402
+from langchain_tests.unit_tests import EmbeddingsUnitTests  # noqa: E402
+
+from embedshare.integrations.langchain import EmbedshareEmbeddings  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.filterwarnings("ignore::embedshare.access.NoServiceWarning")]
 
@@ -42,9 +47,8 @@ class TestEmbedshareEmbeddingsThroughAService(EmbeddingsIntegrationTests):
     """The standard behaviour tests (sync and async), against a running service."""
 
     @pytest.fixture(autouse=True)
-    def _service(self, clean_embedshare_env, tmp_path):
-        with EmbeddingService(tmp_path / "svc", model="hash:64", start_timeout=60):  # exports its address
-            yield
+    def _service(self, clean_embedshare_env, make_service):
+        make_service(registry=None)  # exports its address
 
     @property
     def embeddings_class(self) -> type[EmbedshareEmbeddings]:
@@ -74,23 +78,23 @@ def test_vectors_are_the_manager_s_as_floats(tmp_path, reference):
     assert asyncio.run(embeddings.aembed_query("zip a folder")) == embeddings.embed_query("zip a folder")
 
 
-def test_through_a_service_only_misses_travel(tmp_path, reference):
-    with EmbeddingService(tmp_path / "svc", model="hash:64", start_timeout=60) as service:
-        embeddings = EmbedshareEmbeddings(model="hash:64")
-        assert isinstance(embeddings.manager, SharedEmbeddingManager)
-        assert embeddings.manager is get_embedding_manager()  # the process's one manager
-        docs = [f"document {i}" for i in range(50)]
+def test_through_a_service_only_misses_travel(make_service, reference):
+    service = make_service(registry=None)
+    embeddings = EmbedshareEmbeddings(model="hash:64")
+    assert isinstance(embeddings.manager, SharedEmbeddingManager)
+    assert embeddings.manager is get_embedding_manager()  # the process's one manager
+    docs = [f"document {i}" for i in range(50)]
 
-        async def many():
-            return await asyncio.gather(*(embeddings.aembed_documents(docs[i::5]) for i in range(5)))
+    async def many():
+        return await asyncio.gather(*(embeddings.aembed_documents(docs[i::5]) for i in range(5)))
 
-        parts = asyncio.run(many())
-        for i, part in enumerate(parts):
-            assert np.array(part, dtype=np.float32).tobytes() == reference.get_embeddings(docs[i::5]).tobytes()
-        requests = service.stats()["embed_requests"]
-        embeddings.embed_documents(docs)  # all cached now: read in this process
-        assert service.stats()["embed_requests"] == requests
-        assert service.stats()["texts_embedded"] == 50
+    parts = asyncio.run(many())
+    for i, part in enumerate(parts):
+        assert np.array(part, dtype=np.float32).tobytes() == reference.get_embeddings(docs[i::5]).tobytes()
+    requests = service.stats()["embed_requests"]
+    embeddings.embed_documents(docs)  # all cached now: read in this process
+    assert service.stats()["embed_requests"] == requests
+    assert service.stats()["texts_embedded"] == 50
 
 
 def test_a_manager_of_another_model_is_refused(tmp_path):

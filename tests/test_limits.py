@@ -17,11 +17,15 @@ import threading
 import time
 
 import pytest
-from reliability_helpers import TESTS, closed_by_peer, connect_raw, memory_of, record, wait_for
 
 from embedshare.embedders import create_embedder
 from embedshare.access import SharedEmbeddingManager
 from embedshare.service.launcher import EmbeddingService
+from helpers.extras import requires
+from helpers.figures import record
+from helpers.frames import closed_by_peer, connect_raw
+from helpers.processes import SPAWNED, memory_of
+from helpers.waiting import wait_for
 
 EMBEDDER = create_embedder("hash:64")
 FLOOD = 20_000
@@ -64,7 +68,7 @@ def _flood(service: EmbeddingService, target: str) -> dict:
     pss_before = memory_of(service.pid)["pss"]
     probe.start()
     started = time.monotonic()
-    floods = [subprocess.Popen([sys.executable, str(TESTS / "flood.py"), target, str(FLOOD // FLOOD_PROCESSES)],
+    floods = [subprocess.Popen([sys.executable, str(SPAWNED / "flood.py"), target, str(FLOOD // FLOOD_PROCESSES)],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
               for _ in range(FLOOD_PROCESSES)]
     try:
@@ -97,9 +101,9 @@ def _flood(service: EmbeddingService, target: str) -> dict:
 
 
 @pytest.mark.slow
-def test_the_owner_is_answered_while_20000_idle_connections_flood_the_socket(store):
-    with EmbeddingService(store, model="hash:64", export_env=False, start_timeout=60) as service:
-        figures = _flood(service, service.address)
+def test_the_owner_is_answered_while_20000_idle_connections_flood_the_socket(make_service):
+    service = make_service(registry=None, export_env=False)
+    figures = _flood(service, service.address)
     assert figures["held"] == FLOOD  # the flood did hold them all (the kernel queued what we had not taken)
     assert max(figures["latencies"]) < OWNER_DEADLINE
     socket_limits = figures["limits"]["socket"]
@@ -110,9 +114,10 @@ def test_the_owner_is_answered_while_20000_idle_connections_flood_the_socket(sto
 
 
 @pytest.mark.slow
-def test_the_owners_socket_is_answered_while_20000_connections_flood_the_http_port(store):
-    with EmbeddingService(store, model="hash:64", http="127.0.0.1:0", export_env=False, start_timeout=60) as service:
-        figures = _flood(service, service.http_url[len("http://"):])
+@requires("http")
+def test_the_owners_socket_is_answered_while_20000_connections_flood_the_http_port(make_service):
+    service = make_service(registry=None, http="127.0.0.1:0", export_env=False)
+    figures = _flood(service, service.http_url[len("http://"):])
     assert figures["held"] == FLOOD
     assert max(figures["latencies"]) < OWNER_DEADLINE
     http_limits = figures["limits"]["http"]
@@ -122,50 +127,49 @@ def test_the_owners_socket_is_answered_while_20000_connections_flood_the_http_po
     record("http_flood", **figures)
 
 
-def test_connections_that_say_nothing_are_closed_and_idle_ones_too_if_asked(store):
+def test_connections_that_say_nothing_are_closed_and_idle_ones_too_if_asked(make_service):
     limits = {"first_frame_timeout": 0.5, "idle_timeout": 1.0}
-    with EmbeddingService(store, model="hash:64", export_env=False, start_timeout=60, limits=limits) as service:
-        silent = connect_raw(service.address)
-        client = SharedEmbeddingManager(service.address, on_failure="error")
-        assert client.get_embedding("before idle").shape == (64,)
-        assert closed_by_peer(silent, timeout=10)
-        wait_for(lambda: service.stats()["limits"]["socket"]["timed_out"] >= 2, 10,
-                 "the silent and the idle connection to be closed")
-        # the client's connection was closed while idle: its next call reconnects by itself
-        assert client.get_embedding("after idle").tobytes() == EMBEDDER.embed(["after idle"])[0].tobytes()
-        assert client.stats()["reconnects"] == 1
-        client.close()
+    service = make_service(registry=None, export_env=False, limits=limits)
+    silent = connect_raw(service.address)
+    client = SharedEmbeddingManager(service.address, on_failure="error")
+    assert client.get_embedding("before idle").shape == (64,)
+    assert closed_by_peer(silent, timeout=10)
+    wait_for(lambda: service.stats()["limits"]["socket"]["timed_out"] >= 2, 10,
+             "the silent and the idle connection to be closed")
+    # the client's connection was closed while idle: its next call reconnects by itself
+    assert client.get_embedding("after idle").tobytes() == EMBEDDER.embed(["after idle"])[0].tobytes()
+    assert client.stats()["reconnects"] == 1
+    client.close()
 
 
-def test_buffered_request_bytes_are_capped_across_connections(store):
+def test_buffered_request_bytes_are_capped_across_connections(make_service):
     """Six connections each send most of an 8 MiB frame; the budget is 24 MiB, of which large
     frames may take 21: two are read, four wait unread (their bytes stay in the kernel and in
     their senders), and small requests still pass (the budget keeps an eighth for them)."""
     frame, sent_each, connections = 8 << 20, 7 << 20, 6
-    with EmbeddingService(store, model="hash:64", export_env=False, start_timeout=60,
-                          limits={"max_buffered_mb": 24}) as service:
-        before = memory_of(service.pid)["rss_anon"]
-        socks = [connect_raw(service.address) for _ in range(connections)]
-        senders = []
-        for sock in socks:
-            data = frame.to_bytes(4, "big") + b"\x00" * sent_each
-            sender = threading.Thread(target=lambda s=sock, d=data: _send_quietly(s, d), daemon=True)
-            sender.start()
-            senders.append(sender)
-        budget = wait_for(lambda: (b := service.stats()["limits"]["frame_bytes"])["waiting"] == 4 and b, 30,
-                          "four frames to wait for the budget")
-        wait_for(lambda: memory_of(service.pid)["rss_anon"] - before > 2 * sent_each * 0.9, 30,
-                 "the two admitted frames to be read")
-        grown = memory_of(service.pid)["rss_anon"] - before
-        assert 0 <= budget["used"] - 2 * frame < 1024 and budget["capacity"] == 24 << 20  # + the stats frame
-        assert grown < 2 * sent_each + (6 << 20), f"the service grew by {grown >> 20} MiB"
-        for sock in socks:
-            sock.close()
-        for sender in senders:
-            sender.join(30)
-        wait_for(lambda: (b := service.stats()["limits"]["frame_bytes"])["used"] < 1024 and not b["waiting"], 30,
-                 "the budget to be given back (but for the stats request itself)")
-        assert SharedEmbeddingManager(service.address, on_failure="error").get_embedding("after").shape == (64,)
+    service = make_service(registry=None, export_env=False, limits={"max_buffered_mb": 24})
+    before = memory_of(service.pid)["rss_anon"]
+    socks = [connect_raw(service.address) for _ in range(connections)]
+    senders = []
+    for sock in socks:
+        data = frame.to_bytes(4, "big") + b"\x00" * sent_each
+        sender = threading.Thread(target=lambda s=sock, d=data: _send_quietly(s, d), daemon=True)
+        sender.start()
+        senders.append(sender)
+    budget = wait_for(lambda: (b := service.stats()["limits"]["frame_bytes"])["waiting"] == 4 and b, 30,
+                      "four frames to wait for the budget")
+    wait_for(lambda: memory_of(service.pid)["rss_anon"] - before > 2 * sent_each * 0.9, 30,
+             "the two admitted frames to be read")
+    grown = memory_of(service.pid)["rss_anon"] - before
+    assert 0 <= budget["used"] - 2 * frame < 1024 and budget["capacity"] == 24 << 20  # + the stats frame
+    assert grown < 2 * sent_each + (6 << 20), f"the service grew by {grown >> 20} MiB"
+    for sock in socks:
+        sock.close()
+    for sender in senders:
+        sender.join(30)
+    wait_for(lambda: (b := service.stats()["limits"]["frame_bytes"])["used"] < 1024 and not b["waiting"], 30,
+             "the budget to be given back (but for the stats request itself)")
+    assert SharedEmbeddingManager(service.address, on_failure="error").get_embedding("after").shape == (64,)
     record("buffered_bytes_cap", connections=connections, frame_bytes=frame, sent_each=sent_each,
            budget_bytes=24 << 20, grown_mb=round(grown / 2**20, 1), unbounded_would_be_mb=connections * sent_each >> 20)
 
@@ -188,7 +192,7 @@ def test_caps_are_fitted_under_the_open_file_limit():
     assert sum(fitted.values()) <= 1024 - FD_RESERVE and fitted["socket"] > fitted["http"] >= 1
 
 
-def test_the_service_raises_its_open_file_limit_to_the_hard_limit(store):
+def test_the_service_raises_its_open_file_limit_to_the_hard_limit(make_service):
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -196,15 +200,12 @@ def test_the_service_raises_its_open_file_limit_to_the_hard_limit(store):
         pytest.skip(f"the soft open-file limit is already {soft}")
     resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))  # the service inherits 512
     try:
-        service = EmbeddingService(store, model="hash:64", export_env=False, start_timeout=60).start()
+        service = make_service(registry=None, export_env=False)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    try:
-        limits = open(f"/proc/{service.pid}/limits").read()
-        line = next(line for line in limits.splitlines() if line.startswith("Max open files")).split()
-        assert int(line[3]) == hard  # soft = hard
-    finally:
-        service.stop()
+    limits = open(f"/proc/{service.pid}/limits").read()
+    line = next(line for line in limits.splitlines() if line.startswith("Max open files")).split()
+    assert int(line[3]) == hard  # soft = hard
 
 
 def test_the_log_filter_lets_one_line_of_a_kind_through_per_interval():

@@ -14,6 +14,7 @@ import pytest
 
 from embedshare.access import SharedEmbeddingManager
 from embedshare.store.layout import StoreLayout
+from helpers.extras import requires
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -56,6 +57,7 @@ def test_foreground_serve_lines_have_timestamps_and_vv_logs_each_request(tmp_pat
     assert not any("secret text" in line for line in lines)
 
 
+@requires("http")
 def test_detach_with_a_non_loopback_http_warns_on_the_terminal(tmp_path):
     store = str(tmp_path / "store")
     refused = cli("serve", "--store", store, "--model", "hash:64", "--detach", "--http", "0.0.0.0:0")

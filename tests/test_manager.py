@@ -27,37 +27,6 @@ TOOLS = {tool.name: tool for tool in BUNDLED.tools}
 CATEGORIES = sorted({tool.category for tool in BUNDLED.tools})
 
 
-class CountingEmbedder:
-    """The Embedder interface around the hashing embedder, recording every text it embeds.
-
-    ``salt`` changes the vectors (so two instances with different salts are different models),
-    ``model_id`` defaults to the hashing embedder's.
-    """
-
-    def __init__(self, dim: int = DIM, model_id: str | None = None, salt: str = "") -> None:
-        self._inner = HashingEmbedder(dim)
-        self.dim = dim
-        self.model_id = model_id or self._inner.model_id
-        self.salt = salt
-        self.calls: list[list[str]] = []
-        self._lock = threading.Lock()
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        with self._lock:
-            self.calls.append(list(texts))
-        return self._inner.embed([self.salt + t for t in texts])
-
-    @property
-    def embedded(self) -> Counter:
-        """How many times each text reached the model."""
-        with self._lock:
-            return Counter(t for call in self.calls for t in call)
-
-    def reset(self) -> None:
-        with self._lock:
-            self.calls.clear()
-
-
 @pytest.fixture
 def manager(tmp_path):
     m = EmbeddingManager(store=tmp_path / "store", model=f"hash:{DIM}", registry="bundled")
@@ -66,9 +35,9 @@ def manager(tmp_path):
 
 
 @pytest.fixture
-def counting(tmp_path):
+def counting(tmp_path, recording_embedder):
     """A manager without a registry whose embedder counts texts: (manager, embedder)."""
-    embedder = CountingEmbedder()
+    embedder = recording_embedder(DIM)
     m = EmbeddingManager(store=tmp_path / "store", model=embedder)
     yield m, embedder
     m.close()
@@ -119,13 +88,13 @@ def test_second_call_is_all_cache_hits(counting):
     assert s["model_calls"] == 1 and s["texts_embedded"] == 3
 
 
-def test_a_new_manager_on_the_same_store_reads_the_cache(tmp_path):
+def test_a_new_manager_on_the_same_store_reads_the_cache(tmp_path, recording_embedder):
     texts = ["persisted one", "persisted two"]
-    first = EmbeddingManager(store=tmp_path / "store", model=CountingEmbedder())
+    first = EmbeddingManager(store=tmp_path / "store", model=recording_embedder(DIM))
     vectors = first.get_embeddings(texts)
     first.close()
 
-    embedder = CountingEmbedder()
+    embedder = recording_embedder(DIM)
     second = EmbeddingManager(store=tmp_path / "store", model=embedder)
     try:
         again = second.get_embeddings(texts)
@@ -231,29 +200,12 @@ def _run_call(manager: EmbeddingManager, call: tuple):
     return json.dumps(protocols, sort_keys=True)
 
 
-def test_64_threads_get_exactly_the_serial_results(tmp_path):
+def test_64_threads_get_exactly_the_serial_results(tmp_path, run_threads):
     n_threads, per_thread = 64, 25
     plans = [_random_calls(seed, per_thread) for seed in range(n_threads)]
     shared = EmbeddingManager(store=tmp_path / "threaded", model=f"hash:{DIM}", registry="bundled")
-    barrier = threading.Barrier(n_threads)
-    results: list[list | None] = [None] * n_threads
-    errors: list[BaseException] = []
-
-    def worker(i: int) -> None:
-        try:
-            barrier.wait(timeout=60)
-            results[i] = [_run_call(shared, call) for call in plans[i]]
-        except BaseException as exc:  # reported below with the thread's plan
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_threads)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=90)
-    assert not any(t.is_alive() for t in threads), "threads did not finish"
+    results = run_threads(n_threads, lambda i: [_run_call(shared, call) for call in plans[i]], timeout=90)
     shared.close()
-    assert not errors, f"{len(errors)} threads failed, first: {errors[0]!r}"
 
     serial = EmbeddingManager(store=tmp_path / "serial", model=f"hash:{DIM}", registry="bundled")
     try:
@@ -264,7 +216,7 @@ def test_64_threads_get_exactly_the_serial_results(tmp_path):
         serial.close()
 
 
-def test_single_flight_32_threads_one_new_text_embedded_once(counting):
+def test_single_flight_32_threads_one_new_text_embedded_once(counting, run_threads):
     manager, embedder = counting
     n = 32
     text = "a brand new text nobody has embedded"
@@ -283,54 +235,25 @@ def test_single_flight_32_threads_one_new_text_embedded_once(counting):
                     everyone_missed.set()
         return found
 
-    real_embed = embedder.embed
-
-    def embed_after_every_thread_missed(texts):
+    def hold_until_every_thread_missed(n: int, texts: list[str]) -> None:
         # Hold the model until all 32 threads have looked the text up (and missed it): without
         # single-flight each of them would now call the model.
         if text in texts:
             assert everyone_missed.wait(timeout=30), "not every thread reached the cache lookup"
-        return real_embed(texts)
 
     manager.cache.get_many_into = recording_lookup
-    embedder.embed = embed_after_every_thread_missed
+    embedder.before_embed = hold_until_every_thread_missed
 
-    barrier = threading.Barrier(n)
-    vectors: list[bytes | None] = [None] * n
-    errors: list[BaseException] = []
-
-    def worker(i: int) -> None:
-        try:
-            barrier.wait(timeout=30)
-            vectors[i] = manager.get_embedding(text).tobytes()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not any(t.is_alive() for t in threads)
-    assert not errors, repr(errors[0])
+    vectors = run_threads(n, lambda i: manager.get_embedding(text).tobytes(), timeout=60)
     assert embedder.embedded[text] == 1
     assert len(set(vectors)) == 1
     assert vectors[0] == HashingEmbedder(DIM).embed([text])[0].tobytes()
 
 
-def test_a_model_failure_reaches_the_caller_and_nothing_stays_in_flight(tmp_path):
+def test_a_model_failure_reaches_the_caller_and_nothing_stays_in_flight(tmp_path, recording_embedder):
     """The model fails for one text while another process stored the other one between our
     lookup and our claim: the caller gets the model's error, and the next call works."""
-
-    class FlakyEmbedder(CountingEmbedder):
-        fail = True
-
-        def embed(self, texts):
-            if self.fail:
-                raise EmbedderError("model is down")
-            return super().embed(texts)
-
-    embedder = FlakyEmbedder()
+    embedder = recording_embedder(DIM, failure=EmbedderError("model is down"))
     manager = EmbeddingManager(store=tmp_path / "store", model=embedder)
     real_lookup = manager.cache.get_many_into
     lookups = []
@@ -347,7 +270,8 @@ def test_a_model_failure_reaches_the_caller_and_nothing_stays_in_flight(tmp_path
         with pytest.raises(EmbedderError, match="model is down"):
             manager.get_embeddings(["stored meanwhile", "needs the model"])
         assert len(manager.source._flights) == 0  # nothing stays in flight
-        embedder.fail = False
+        embedder.reset()  # from here on, what the working model is asked
+        embedder.failure = None
         vectors = manager.get_embeddings(["stored meanwhile", "needs the model"])
         assert vectors.tobytes() == HashingEmbedder(DIM).embed(["stored meanwhile", "needs the model"]).tobytes()
         assert embedder.embedded == Counter({"needs the model": 1})
@@ -534,9 +458,9 @@ def test_without_a_registry_search_says_how_to_load_one(counting):
 # -- models never mix ------------------------------------------------------------------------
 
 
-def test_two_models_of_the_same_dim_on_one_store_never_share_vectors(tmp_path):
-    a_embedder = CountingEmbedder(model_id="test-model-a", salt="A: ")
-    b_embedder = CountingEmbedder(model_id="test-model-b", salt="B: ")
+def test_two_models_of_the_same_dim_on_one_store_never_share_vectors(tmp_path, recording_embedder):
+    a_embedder = recording_embedder(DIM, model_id="test-model-a", salt="A: ")
+    b_embedder = recording_embedder(DIM, model_id="test-model-b", salt="B: ")
     a = EmbeddingManager(store=tmp_path / "store", model=a_embedder)
     b = EmbeddingManager(store=tmp_path / "store", model=b_embedder)
     try:
@@ -546,7 +470,7 @@ def test_two_models_of_the_same_dim_on_one_store_never_share_vectors(tmp_path):
         assert b_embedder.embedded == Counter(texts)  # b did not take a's cached vectors
         for row in range(2):
             assert va[row].tobytes() != vb[row].tobytes()
-        assert vb.tobytes() == b_embedder._inner.embed(["B: " + t for t in texts]).tobytes()
+        assert vb.tobytes() == b_embedder.model.embed(["B: " + t for t in texts]).tobytes()
         # and each keeps reading its own vectors from the shared cache afterwards
         a_embedder.reset()
         b_embedder.reset()

@@ -26,7 +26,7 @@ import embedshare
 from embedshare.cli import main
 from embedshare.client.connection import ServiceConnection
 from embedshare.service.launcher import EmbeddingService
-from reliability_helpers import stop_process
+from helpers.processes import stop_process
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,9 +41,8 @@ sys.stdin.read()  # stay connected until the test closes our stdin
 
 
 @pytest.fixture
-def service(tmp_path):
-    with EmbeddingService(tmp_path / "store", model="hash:64", export_env=False, start_timeout=60) as svc:
-        yield svc
+def service(make_service) -> EmbeddingService:
+    return make_service(registry=None, export_env=False)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from embedshare.embedders import UnknownModelError, create_embedder
+from helpers.extras import requires
 
 WORDS = (
     "read write parse csv json yaml xml file folder http post get request send email queue "
@@ -66,8 +67,8 @@ def test_unknown_backend_is_a_one_line_error():
 
 
 @pytest.mark.model
+@requires("local-torch")
 def test_onnx_vectors_equal_the_torch_path_on_1000_varied_texts():
-    pytest.importorskip("sentence_transformers")
     texts = varied_texts(1000)
     onnx_vectors = create_embedder("local").embed(texts)
     torch_embedder = create_embedder("local@torch")
@@ -109,10 +110,9 @@ with EmbeddingService(sys.argv[1], model=sys.argv[2], export_env=False, start_ti
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("spec, torch_expected", [("local", False), ("local@torch", True)])
+@pytest.mark.parametrize("spec, torch_expected", [("local", False),
+                                                   pytest.param("local@torch", True, marks=requires("local-torch"))])
 def test_the_service_process_imports_torch_only_for_local_at_torch(tmp_path, spec, torch_expected):
-    if torch_expected:
-        pytest.importorskip("torch")
     out = subprocess.run([sys.executable, "-c", SERVICE_CHECK, str(tmp_path / "store"), spec],
                          capture_output=True, text=True, timeout=240, check=True)
     answer = json.loads(out.stdout.strip().splitlines()[-1])
@@ -127,6 +127,7 @@ def test_threads_default_to_the_cores_unless_omp_num_threads_says(monkeypatch):
     assert create_embedder("local", threads=3).threads == 3
 
 
+@requires("local", "onnxruntime", "tokenizers")  # load() checks them before the folder
 def test_a_folder_that_is_not_a_bert_is_a_clear_error(tmp_path):
     from embedshare.embedders import EmbedderError
 

@@ -1,25 +1,21 @@
-"""OpenAIEmbedder against a real local HTTP server (tests/openai_server.py); nothing is mocked."""
+"""OpenAIEmbedder against a real local HTTP server (embedshare.bench.fake_openai); nothing is mocked."""
 
 from __future__ import annotations
 
 import email.utils
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 
-pytest.importorskip("httpx")
-
+from embedshare.bench.fake_openai import FakeOpenAIServer
 from embedshare.embedders import EmbedderError, InvalidTextError, create_embedder
 from embedshare.embedders.openai import OpenAIEmbedder
+from helpers.extras import requires
 
-try:
-    from openai_server import FakeOpenAIServer
-except ImportError:  # tests/ became a package
-    from tests.openai_server import FakeOpenAIServer
+pytestmark = requires("openai")  # every embedder here is the SDK's client
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 DIM = 32
@@ -107,19 +103,10 @@ def test_empty_input_sends_nothing_and_bad_text_is_rejected_locally(server, make
     assert server.requests == []
 
 
-def test_concurrent_callers_get_their_own_vectors(server, make):
+def test_concurrent_callers_get_their_own_vectors(server, make, run_threads):
     embedder = make(batch_size=2)
-    results: dict[int, np.ndarray] = {}
     groups = [[f"thread {i} text {j}" for j in range(5)] for i in range(6)]
-
-    def work(i: int) -> None:
-        results[i] = embedder.embed(groups[i])
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(groups))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = run_threads(len(groups), lambda i: embedder.embed(groups[i]))
     for i, group in enumerate(groups):
         np.testing.assert_allclose(results[i], expected(server, group), atol=1e-6)
     assert len(server.requests) == 6 * 3
@@ -183,16 +170,15 @@ def test_dropped_connection_is_retried(server, make):
     np.testing.assert_allclose(out, expected(server, ["x"]), atol=1e-6)
 
 
-def test_timeout_is_retried(server, make):
+def test_timeout_is_retried(server, make, wait_for):
     server.fail_next("delay", delay=0.6)
     embedder = make(timeout=0.2)
     out = embedder.embed(["x"])
 
     np.testing.assert_allclose(out, expected(server, ["x"]), atol=1e-6)
     assert embedder.stats() == {"requests": 2, "retries": 1, "texts": 1, "failures": 0}
-    deadline = time.monotonic() + 3
-    while len(server.requests) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)  # the timed-out request is recorded once the server's delay ends
+    # the timed-out request is recorded once the server's delay ends
+    wait_for(lambda: len(server.requests) >= 2, 3, "the timed-out request to be recorded")
     assert len(server.requests) == 2
 
 

@@ -8,11 +8,11 @@ import io
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
 from embedshare.util.progress import LogProgress, task_progress
+from helpers.processes import TESTS
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -52,9 +52,9 @@ def test_a_terminal_gets_a_bar():
 def test_shared_pool_writes_no_bar_to_a_log_file(tmp_path):
     script = textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        sys.path.insert(0, {str(TESTS)!r})
         from embedshare import SharedPool
-        from pool_tasks import square
+        from helpers.spawned.pool_tasks import square
         if __name__ == "__main__":
             with SharedPool(workers=2, store={str(tmp_path / "store")!r}, model="hash:64") as pool:
                 assert pool.map(square, range(20)) == [x * x for x in range(20)]

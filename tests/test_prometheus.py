@@ -14,17 +14,22 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
-from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.utils import floatToGoString
 
 from embedshare.util.latency import LATENCY_BUCKETS
 from embedshare.access import SharedEmbeddingManager
 from embedshare.service.launcher import EmbeddingService
 from embedshare.service.observe import ServiceCollector, metrics_registry
-from reliability_helpers import stop_process
+from helpers.extras import skip_module_unless
+from helpers.processes import SPAWNED, stop_process
+
+skip_module_unless("http")  # the endpoint and prometheus-client
+skip_module_unless("dev", "httpx")  # the scraper here
+
+import httpx  # noqa: E402
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from prometheus_client.utils import floatToGoString  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -46,10 +51,8 @@ def value(samples, name, **labels) -> float:
 
 
 @pytest.fixture
-def service(tmp_path):
-    with EmbeddingService(tmp_path / "store", model="hash:64", registry="bundled", http="127.0.0.1:0",
-                          export_env=False, start_timeout=60) as svc:
-        yield svc
+def service(make_service) -> EmbeddingService:
+    return make_service(http="127.0.0.1:0", export_env=False)
 
 
 def test_metrics_are_the_service_s_own_counters(service):
@@ -172,11 +175,11 @@ def _endpoint_url(process: subprocess.Popen, deadline: float) -> str:
     raise AssertionError(f"no endpoint line from the service: {seen}")
 
 
-def test_health_and_metrics_answer_while_the_model_loads(tmp_path):
+def test_health_and_metrics_answer_while_the_model_loads(tmp_path, wait_for):
     """The model's load is held on a FIFO: every probe must answer within 1 s meanwhile."""
     gate = tmp_path / "gate"
     os.mkfifo(gate)
-    helper = Path(__file__).with_name("slow_load_server.py")
+    helper = SPAWNED / "slow_load_server.py"
     process = subprocess.Popen(
         [sys.executable, str(helper), "--gate", str(gate), "--store", str(tmp_path / "store"),
          "--model", "hash:64", "--registry", "bundled", "--http", "127.0.0.1:0", "-v"],
@@ -194,9 +197,8 @@ def test_health_and_metrics_answer_while_the_model_loads(tmp_path):
             assert "process_start_time_seconds" in samples
             with open(gate, "w") as fifo:  # let the model finish loading
                 fifo.write("go\n")
-            deadline = time.monotonic() + 60
-            while http.get("/ready").status_code != 200:  # the index is built after the load
-                assert time.monotonic() < deadline, "never ready"
+            wait_for(lambda: http.get("/ready").status_code == 200, 60,
+                     "the service to be ready (the index is built after the load)")
             scrape = http.get("/metrics")
             samples = {s.name: s.value for f in text_string_to_metric_families(scrape.text) for s in f.samples}
             assert samples["embedshare_ready"] == 1 and samples["embedshare_tools"] > 0

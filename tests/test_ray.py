@@ -20,19 +20,20 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 
 import numpy as np
 import pytest
+
+from helpers.extras import skip_module_unless
 
 # Before Ray is imported: every address on loopback (simulated nodes of one machine), no
 # usage-stats reporting.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-ray = pytest.importorskip(
-    "ray", reason="Ray is not installed: pip install -e '.[ray]' (make test installs it)"
-)
+skip_module_unless("ray")
+
+import ray
 from ray.cluster_utils import Cluster
 from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -44,7 +45,8 @@ from embedshare.bench.workload import make_tasks
 from embedshare.ray.config import node_key, node_store, owner_of, service_name
 from embedshare.registry import field_texts, load_registry
 from embedshare.registry.loader import bundled_registry_path
-from reliability_helpers import alive, wait_for
+from helpers.processes import alive
+from helpers.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -246,13 +248,15 @@ def attach_asking_for(registry: str, via_env: bool) -> dict:
 def _wait_until_dead(handle, deadline_s: float = 60.0) -> None:
     """``ray.kill`` is asynchronous: a call sent right after it may still be answered by the
     actor. Wait for the fact (a call fails with RayActorError), failing after a deadline."""
-    deadline = time.monotonic() + deadline_s
-    while True:
+
+    def dead() -> bool:
         try:
             ray.get(handle.info.remote(), timeout=10)
         except RayActorError:
-            return
-        assert time.monotonic() < deadline, "the killed service actor still answers"
+            return True
+        return False
+
+    wait_for(dead, deadline_s, "the killed service actor to stop answering")
 
 
 def expected_task(manager: EmbeddingManager, task: dict) -> dict:

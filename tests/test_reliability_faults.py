@@ -3,7 +3,7 @@ SIGKILLed mid-transaction, a full disk and a map-size limit, stale run files, an
 disappears while others wait for the same text.
 
 Random choices are seeded (``EMBEDSHARE_FAULT_SEED`` overrides the seed) and reported with the
-figures (see tests/reliability_helpers.record). Kills are driven by task progress (the pool's
+figures (see tests/helpers/figures.record). Kills are driven by task progress (the pool's
 ``on_result`` hook) or by commit acknowledgements, never by timers.
 """
 
@@ -23,20 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import reliability_tasks
-from reliability_helpers import (
-    PYTHON,
-    TESTS,
-    alive,
-    connect_raw,
-    exchange,
-    read_reply,
-    record,
-    request_frame,
-    start_with_ready_pipe,
-    stop_process,
-    wait_for,
-)
 
 from embedshare.embedders import create_embedder
 from embedshare.manager import EmbeddingManager
@@ -46,6 +32,13 @@ from embedshare.client.connection import ServiceConnection
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
 from embedshare.client.state import read_state
 from embedshare.store import EmbeddingCache, StoreLayout
+from helpers.disks import fill
+from helpers.figures import record
+from helpers.frames import connect_raw, exchange, read_reply, request_frame
+from helpers.processes import PYTHON, SPAWNED, alive, start_with_ready_pipe, stop_process
+from helpers.services import kill_service
+from helpers.spawned import reliability_tasks
+from helpers.waiting import wait_for
 
 SEED = int(os.environ.get("EMBEDSHARE_FAULT_SEED", "20261128"))
 EMBEDDER = create_embedder("hash:64")
@@ -181,24 +174,24 @@ def test_workers_sigkilled_at_random_their_tasks_rerun_none_lost_none_duplicated
 # -- a client that vanishes while others wait for the same text ---------------------------------------
 
 
-def test_a_client_leaving_mid_request_does_not_strand_others_waiting_for_the_same_text(store):
+def test_a_client_leaving_mid_request_does_not_strand_others_waiting_for_the_same_text(make_service):
     """Regression: the waiter's cancellation used to cancel the shared in-flight future, and
     every other client waiting for that text never got an answer (it hung until its timeout)."""
-    with EmbeddingService(store, model="hash:64", max_wait_ms=3000, export_env=False) as service:
-        text = "a text two clients want at once"
-        leaver, stayer = connect_raw(service.address), connect_raw(service.address)
-        leaver.sendall(request_frame({"v": 1, "id": 1, "op": "embed", "texts": [text]}))
-        stayer.sendall(request_frame({"v": 1, "id": 2, "op": "embed", "texts": [text]}))
-        conn = ServiceConnection(service.address)
-        # the second request joined the first one's computation (the batch waits 3 s to fill)
-        wait_for(lambda: conn.request("stats", timeout=30)["stats"]["joined_inflight"] >= 1, 30,
-                 "the second request to join the first")
-        leaver.close()
-        reply = read_reply(stayer)  # before the fix: no reply, ever
-        assert reply["ok"] is True and reply["id"] == 2
-        assert np.frombuffer(reply["vectors"], np.float32).tobytes() == EMBEDDER.embed([text])[0].tobytes()
-        stayer.close()
-        conn.close()
+    service = make_service(registry=None, max_wait_ms=3000, export_env=False)
+    text = "a text two clients want at once"
+    leaver, stayer = connect_raw(service.address), connect_raw(service.address)
+    leaver.sendall(request_frame({"v": 1, "id": 1, "op": "embed", "texts": [text]}))
+    stayer.sendall(request_frame({"v": 1, "id": 2, "op": "embed", "texts": [text]}))
+    conn = ServiceConnection(service.address)
+    # the second request joined the first one's computation (the batch waits 3 s to fill)
+    wait_for(lambda: conn.request("stats", timeout=30)["stats"]["joined_inflight"] >= 1, 30,
+             "the second request to join the first")
+    leaver.close()
+    reply = read_reply(stayer)  # before the fix: no reply, ever
+    assert reply["ok"] is True and reply["id"] == 2
+    assert np.frombuffer(reply["vectors"], np.float32).tobytes() == EMBEDDER.embed([text])[0].tobytes()
+    stayer.close()
+    conn.close()
 
 
 def test_a_peer_pipelining_without_reading_is_throttled_not_buffered_forever(hash_service):
@@ -330,41 +323,6 @@ def test_cache_survives_50_sigkills_of_concurrent_writers_and_readers(tmp_path):
 # -- a full disk (tmpfs) and a map-size limit ------------------------------------------------------------
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 4 MiB tmpfs: mounting needs root (CAP_SYS_ADMIN); skipped cleanly otherwise."""
-    mount_point = tmp_path / "tmpfs"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() or result.returncode})")
-    try:
-        yield mount_point
-    finally:
-        if subprocess.run(["umount", str(mount_point)], capture_output=True, check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, check=False)
-
-
-def _fill(directory: Path) -> int:
-    """Write a file until the file system is full; returns the bytes written."""
-    written = 0
-    chunk = b"\0" * 65536
-    with open(directory / "filler", "wb", buffering=0) as f:
-        try:
-            while True:
-                written += f.write(chunk)
-        except OSError:
-            pass
-        # the last partial block
-        try:
-            while True:
-                written += f.write(b"\0" * 512)
-        except OSError:
-            pass
-    return written
-
-
 def _raw_embed(address: str, texts: list[str]) -> dict:
     sock = connect_raw(address)
     try:
@@ -384,38 +342,40 @@ def _warm_up(address: str, store: Path, stats, name: str) -> dict:
 
 
 @pytest.mark.slow
-def test_a_full_disk_keeps_the_service_serving_hits_and_uncached_misses(small_tmpfs):
+def test_a_full_disk_keeps_the_service_serving_hits_and_uncached_misses(small_tmpfs, make_service):
     store = small_tmpfs / "store"
-    with EmbeddingService(store, model="hash:64", registry="bundled", export_env=False) as service:
-        state = _warm_up(service.address, store, service.stats, "disk")
-        client, warm, before = state["client"], state["warm"], state["before"]
-        filler = _fill(small_tmpfs)
-        assert shutil.disk_usage(small_tmpfs).free < 64 << 10
-        # misses while the disk is full: computed by the model, answered, not cached
-        misses = [f"disk full miss {i}" for i in range(3000)]
-        assert client.get_embeddings(misses).tobytes() == EMBEDDER.embed(misses).tobytes()
-        during = service.stats()
-        assert during["pid"] == service.pid
-        assert during["cache_write_failures"] > before["cache_write_failures"]
-        # hits through the service itself (a raw request; the client reads hits from the map)
-        reply = _raw_embed(service.address, warm)
-        assert reply["ok"] and np.frombuffer(reply["vectors"], np.float32).tobytes() == EMBEDDER.embed(warm).tobytes()
-        assert service.stats()["hits"] - during["hits"] == len(warm)
-        assert [r.name for r in client.search("read a csv file")]  # the index still serves
-        # the error says what happened (the service's log is on the full disk too, so it is
-        # checked here, on a handle of this process)
-        from embedshare.store import CacheFullError
+    service = make_service(store=store, export_env=False)
+    state = _warm_up(service.address, store, service.stats, "disk")
+    client, warm, before = state["client"], state["warm"], state["before"]
+    filler = fill(small_tmpfs)
+    assert shutil.disk_usage(small_tmpfs).free < 64 << 10
+    # misses while the disk is full: computed by the model, answered, not cached
+    misses = [f"disk full miss {i}" for i in range(3000)]
+    assert client.get_embeddings(misses).tobytes() == EMBEDDER.embed(misses).tobytes()
+    during = service.stats()
+    assert during["pid"] == service.pid
+    assert during["cache_write_failures"] > before["cache_write_failures"]
+    # hits through the service itself (a raw request; the client reads hits from the map)
+    reply = _raw_embed(service.address, warm)
+    assert reply["ok"] and np.frombuffer(reply["vectors"], np.float32).tobytes() == EMBEDDER.embed(warm).tobytes()
+    assert service.stats()["hits"] - during["hits"] == len(warm)
+    assert [r.name for r in client.search("read a csv file")]  # the index still serves
+    # the error says what happened (the service's log is on the full disk too, so it is
+    # checked here, on a handle of this process)
+    from embedshare.store import CacheFullError
 
-        more = [f"one more {i}" for i in range(2000)]
-        with pytest.raises(CacheFullError, match="disk full"):
-            client.cache.put_many(more, EMBEDDER.embed(more))
-        # room again: new misses are cached again
-        (small_tmpfs / "filler").unlink()
-        after = [f"after the disk was freed {i}" for i in range(20)]
-        client.get_embeddings(after)
-        assert service.stats()["cache_write_failures"] == during["cache_write_failures"]
-        client.close()
-    # a fresh open: everything it holds is right, the warm texts and the late ones all there
+    more = [f"one more {i}" for i in range(2000)]
+    with pytest.raises(CacheFullError, match="disk full"):
+        client.cache.put_many(more, EMBEDDER.embed(more))
+    # room again: new misses are cached again
+    (small_tmpfs / "filler").unlink()
+    after = [f"after the disk was freed {i}" for i in range(20)]
+    client.get_embeddings(after)
+    assert service.stats()["cache_write_failures"] == during["cache_write_failures"]
+    client.close()
+    service.stop()
+    # a fresh open, once the service is gone: everything it holds is right, the warm texts and
+    # the late ones all there
     with EmbeddingCache(StoreLayout(store).cache, EMBEDDER.model_id, EMBEDDER.dim) as cache:
         got, found = cache.get_many(warm + after + misses)
         assert found[: len(warm) + len(after)].all()
@@ -431,7 +391,7 @@ def test_a_map_size_limit_keeps_the_service_serving_hits_and_uncached_misses(sto
     layout = StoreLayout(store)
     layout.make_private_run_dir()
     proc, line = start_with_ready_pipe(
-        [PYTHON, str(TESTS / "reliability_server.py"), "--max-map-size", str(1 << 20),
+        [PYTHON, str(SPAWNED / "reliability_server.py"), "--max-map-size", str(1 << 20),
          "--store", str(store), "--model", "hash:64", "--registry", "bundled"],
         layout.log,
     )
@@ -473,7 +433,7 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_stale_lock_state_and_a_regular_file_at_the_socket_path_are_replaced(store):
+def test_stale_lock_state_and_a_regular_file_at_the_socket_path_are_replaced(store, make_service):
     layout = StoreLayout(store)
     layout.make_private_run_dir()
     layout.lock.write_text("")  # a lock file nobody holds (its flock died with its process)
@@ -486,12 +446,12 @@ def test_stale_lock_state_and_a_regular_file_at_the_socket_path_are_replaced(sto
     from embedshare.access import reset_embedding_manager
 
     reset_embedding_manager()
-    with EmbeddingService(store, model="hash:64", export_env=False) as service:
-        assert service.owned
-        assert stat.S_ISSOCK(os.stat(layout.socket).st_mode)
-        assert stat.S_IMODE(os.stat(layout.socket).st_mode) == 0o600
-        assert read_state(layout)["pid"] == service.pid
-        assert SharedEmbeddingManager(service.address).get_embedding("fresh").shape == (64,)
+    service = make_service(registry=None, export_env=False)
+    assert service.owned
+    assert stat.S_ISSOCK(os.stat(layout.socket).st_mode)
+    assert stat.S_IMODE(os.stat(layout.socket).st_mode) == 0o600
+    assert read_state(layout)["pid"] == service.pid
+    assert SharedEmbeddingManager(service.address).get_embedding("fresh").shape == (64,)
 
 
 def test_a_directory_at_the_socket_path_is_a_clear_start_error(store):
@@ -502,7 +462,7 @@ def test_a_directory_at_the_socket_path_is_a_clear_start_error(store):
         EmbeddingService(store, model="hash:64", export_env=False, start_timeout=60).start()
 
 
-def test_a_lock_held_by_a_silent_process_is_a_bounded_clear_error(store):
+def test_a_lock_held_by_a_silent_process_is_a_bounded_clear_error(store, make_service):
     """A process holds the store's lock but never answers (hung, or not a service): starting
     gives up after start_timeout with an error that names the lock; it does not hang."""
     layout = StoreLayout(store)
@@ -524,44 +484,45 @@ def test_a_lock_held_by_a_silent_process_is_a_bounded_clear_error(store):
         holder.wait(30)
     assert waited < 60  # generous: 3 s asked for, on a loaded machine
     record("silent_lock_holder", start_timeout_s=3, gave_up_after_s=round(waited, 1))
-    with EmbeddingService(store, model="hash:64", export_env=False) as service:  # and once it is gone
-        assert service.owned
+    assert make_service(registry=None, export_env=False).owned  # and once it is gone
 
 
 # -- a frozen service ------------------------------------------------------------------------------------
 
 
-def test_a_frozen_service_is_an_error_after_the_timeout_not_a_hang(store):
+def test_a_frozen_service_is_an_error_after_the_timeout_not_a_hang(make_service):
     """SIGSTOP: the service holds its socket and lock but answers nothing. A call that needs it
     fails after the client's request_timeout; hits keep working; it answers again once thawed."""
     from embedshare.client.connection import ServiceUnavailable
 
-    with EmbeddingService(store, model="hash:64", export_env=False) as service:
-        client = SharedEmbeddingManager(service.address, on_failure="error", request_timeout=2)
-        cached = client.get_embedding("cached before the freeze")
-        os.kill(service.pid, signal.SIGSTOP)
-        try:
-            started = time.monotonic()
-            with pytest.raises(ServiceUnavailable, match="did not answer 'embed' within 2 s"):
-                client.get_embedding("asked of a frozen service")
-            waited = time.monotonic() - started
-            assert client.get_embedding("cached before the freeze").tobytes() == cached.tobytes()
-        finally:
-            os.kill(service.pid, signal.SIGCONT)
-        thawed = client.get_embedding("asked after the thaw")
-        assert thawed.tobytes() == EMBEDDER.embed(["asked after the thaw"])[0].tobytes()
-        client.close()
+    service = make_service(registry=None, export_env=False)
+    client = SharedEmbeddingManager(service.address, on_failure="error", request_timeout=2)
+    cached = client.get_embedding("cached before the freeze")
+    os.kill(service.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailable, match="did not answer 'embed' within 2 s"):
+            client.get_embedding("asked of a frozen service")
+        waited = time.monotonic() - started
+        assert client.get_embedding("cached before the freeze").tobytes() == cached.tobytes()
+    finally:
+        os.kill(service.pid, signal.SIGCONT)
+    thawed = client.get_embedding("asked after the thaw")
+    assert thawed.tobytes() == EMBEDDER.embed(["asked after the thaw"])[0].tobytes()
+    client.close()
     assert waited < 60  # generous: 2 s asked for
     record("frozen_service", request_timeout_s=2, failed_after_s=round(waited, 1))
 
 
-def test_the_service_dying_again_during_a_restart_is_one_more_retry_not_an_error(store, monkeypatch):
+def test_the_service_dying_again_during_a_restart_is_one_more_retry_not_an_error(make_service, monkeypatch):
     """Found by the 25-worker kill test under load: a worker restarted the service, it was killed
-    again before the worker reconnected, and the worker's task failed with ServiceUnavailable."""
-    service = EmbeddingService(store, model="hash:64", export_env=False).start()
+    again before the worker reconnected, and the worker's task failed with ServiceUnavailable.
+
+    (The service the client restarts in the end is stopped by make_service: its handle stops
+    whatever service runs on the store.)"""
+    service = make_service(registry=None, export_env=False)
     client = SharedEmbeddingManager(service.address, on_failure="restart")
-    os.kill(service.pid, signal.SIGKILL)
-    service._process.wait(30)
+    kill_service(service)
     real_start = EmbeddingService.start
     killed: list[int] = []
 
@@ -580,7 +541,4 @@ def test_the_service_dying_again_during_a_restart_is_one_more_retry_not_an_error
         assert len(killed) == 1 and client.stats()["restarts"] == 2
     finally:
         monkeypatch.undo()
-        conn = ServiceConnection(service.address)
-        conn.request("shutdown", timeout=30)
-        conn.close()
         client.close()

@@ -16,15 +16,18 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
-from openai_server import FakeOpenAIServer
-from reliability_helpers import connect_raw, exchange, frame, record
 
 from embedshare.embedders import MAX_TEXT_CHARS, InvalidTextError, create_embedder
 from embedshare.manager import EmbeddingManager
 from embedshare.client import protocol
 from embedshare.access import SharedEmbeddingManager
 from embedshare.sources.service import MAX_REQUEST_TEXTS
+from embedshare.bench.fake_openai import FakeOpenAIServer
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
+from helpers.extras import requires
+from helpers.figures import record
+from helpers.frames import connect_raw, exchange, frame, read_reply, request_frame
+from helpers.services import running_service
 
 EMBEDDER = create_embedder("hash:64")
 
@@ -33,8 +36,7 @@ EMBEDDER = create_embedder("hash:64")
 def service(tmp_path_factory):
     """One service for the whole module: each bad input must leave it serving the next test."""
     store = tmp_path_factory.mktemp("bad-input") / "store"
-    with EmbeddingService(store, model="hash:64", registry="bundled", export_env=False,
-                          start_timeout=60) as running:
+    with running_service(store, export_env=False) as running:
         yield running
 
 
@@ -132,24 +134,24 @@ def test_a_1_mb_text_is_truncated_to_the_documented_limit(service):
 
 
 @pytest.mark.slow
-def test_100k_short_texts_through_the_shared_client(store):
+def test_100k_short_texts_through_the_shared_client(make_service):
     """100k texts in one call: the client splits them into requests under the limits. (max_batch
     512: at the default 64, 1,563 cache commits, each with its fsync, make it a 30-45 s test.)"""
     texts = [f"short text {i}" for i in range(100_000)]
-    with EmbeddingService(store, model="hash:64", max_batch=512, export_env=False) as service:
-        client = SharedEmbeddingManager(service.address, on_failure="error")
-        started = time.perf_counter()
-        vectors = client.get_embeddings(texts)
-        seconds = time.perf_counter() - started
-        requests = client.stats()["service_requests"]
-        assert requests == -(-len(texts) // MAX_REQUEST_TEXTS)  # split into requests under the limits
-        sample = sorted(random.Random(100_000).sample(range(len(texts)), 10_000))  # checked one by one
-        assert vectors[sample].tobytes() == EMBEDDER.embed([texts[i] for i in sample]).tobytes()
-        assert len({v.tobytes() for v in vectors}) == len(texts)  # and all different
-        again = client.get_embeddings(texts)  # all hits now, read from the map in this process
-        assert again.tobytes() == vectors.tobytes() and client.stats()["service_requests"] == requests
-        stats = service.stats()
-        client.close()
+    service = make_service(registry=None, max_batch=512, export_env=False)
+    client = SharedEmbeddingManager(service.address, on_failure="error")
+    started = time.perf_counter()
+    vectors = client.get_embeddings(texts)
+    seconds = time.perf_counter() - started
+    requests = client.stats()["service_requests"]
+    assert requests == -(-len(texts) // MAX_REQUEST_TEXTS)  # split into requests under the limits
+    sample = sorted(random.Random(100_000).sample(range(len(texts)), 10_000))  # checked one by one
+    assert vectors[sample].tobytes() == EMBEDDER.embed([texts[i] for i in sample]).tobytes()
+    assert len({v.tobytes() for v in vectors}) == len(texts)  # and all different
+    again = client.get_embeddings(texts)  # all hits now, read from the map in this process
+    assert again.tobytes() == vectors.tobytes() and client.stats()["service_requests"] == requests
+    stats = service.stats()
+    client.close()
     assert stats["texts_embedded"] == len(texts) and stats["errors"] == 0
     record("100k_texts", texts=len(texts), requests=requests, seconds=round(seconds, 1),
            texts_per_request=MAX_REQUEST_TEXTS, model_calls=stats["model_calls"], max_batch=512)
@@ -160,8 +162,6 @@ def test_a_reply_the_client_cannot_match_fails_its_requests_instead_of_hanging(t
     at once, instead of waiting out its timeout."""
     import socket
     import threading
-
-    from reliability_helpers import read_reply, request_frame
 
     from embedshare.client.connection import ServiceConnection
     from embedshare.client.protocol import RemoteError
@@ -210,7 +210,7 @@ def openai_service(store, monkeypatch):
     with FakeOpenAIServer(dim=64, api_key="sk-test-0123456789abcdef") as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
-        with EmbeddingService(store, model="openai:fake-embed", export_env=False, start_timeout=120) as service:
+        with running_service(store, "openai:fake-embed", registry=None, export_env=False) as service:
             yield server, service
 
 
@@ -228,6 +228,7 @@ BACKEND_FAULTS = [
 ]
 
 
+@requires("openai")
 def test_garbage_from_the_backend_fails_that_request_only_and_is_never_cached(openai_service):
     from embedshare.client.protocol import RemoteError
 

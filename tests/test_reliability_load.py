@@ -17,10 +17,11 @@ import threading
 import time
 
 import pytest
-import reliability_tasks
-from reliability_helpers import memory_of, record
 
 from embedshare.pool.shared import SharedPool
+from helpers.figures import record
+from helpers.processes import memory_of
+from helpers.spawned import reliability_tasks
 
 SOAK_SECONDS = float(os.environ.get("EMBEDSHARE_SOAK_SECONDS", "60"))
 WORKERS, THREADS = 25, 8

@@ -21,40 +21,35 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import msgpack
 import psutil
 import pytest
-from openai_server import FakeOpenAIServer
-from reliability_helpers import (
-    closed_by_peer,
-    connect_raw,
-    exchange,
-    frame,
-    read_reply,
-    record,
-    request_frame,
-)
 
+from embedshare.bench.fake_openai import FakeOpenAIServer
 from embedshare.embedders import create_embedder
 from embedshare.access import SharedEmbeddingManager
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
 from embedshare.client.protocol import RemoteError
 from embedshare.client.state import read_state
+from helpers.extras import requires
+from helpers.figures import record
+from helpers.frames import closed_by_peer, connect_raw, exchange, frame, read_reply, request_frame
+from helpers.users import NEEDS_ROOT, NOBODY, as_other_user
 
 EMBEDDER = create_embedder("hash:64")
-NOBODY = 65534
 
 
 # -- the Unix socket ----------------------------------------------------------------------------------
 
 
-def test_run_folder_socket_and_log_are_private(store):
-    with EmbeddingService(store, model="hash:64", export_env=False) as service:
-        layout = service.layout
-        assert stat.S_IMODE(os.stat(layout.run).st_mode) == 0o700
-        assert stat.S_IMODE(os.stat(layout.socket).st_mode) == 0o600
-        assert stat.S_IMODE(os.stat(layout.log).st_mode) == 0o600
+def test_run_folder_socket_and_log_are_private(make_service):
+    layout = make_service(registry=None, export_env=False).layout
+    assert stat.S_IMODE(os.stat(layout.run).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(layout.socket).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(layout.log).st_mode) == 0o600
 
 
 def test_a_run_folder_left_open_to_others_is_refused_not_trusted(store):
@@ -66,50 +61,35 @@ def test_a_run_folder_left_open_to_others_is_refused_not_trusted(store):
     assert not (run / "service.sock").exists()
 
 
-def _connect_as(uid: int, socket_path) -> str:
-    """Fork; the child drops to ``uid`` and tries the socket. Returns what it saw.
+def _connect_as(uid: int, socket_path: Path) -> str:
+    """As ``uid``, try the socket; returns what that client saw.
 
-    The child first changes into the socket's folder (as root), so that only that folder's and
-    the socket's own modes decide whether it can reach the socket, not those of the test's
-    private temporary folders above it.
+    The client works in the socket's folder (as_other_user changes into it as root), so that only
+    that folder's and the socket's own modes decide whether it can reach the socket, not those
+    of the test's private temporary folders above it.
     """
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: plain system calls only, then _exit (never back into pytest)
-        report = "child failed"
+
+    def attempt(report: Callable[[str], None]) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(20)
         try:
-            os.close(read_fd)
-            os.chdir(socket_path.parent)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(20)
-            try:
-                sock.connect(socket_path.name)
-            except OSError as exc:
-                report = f"connect failed: {exc.strerror}"
-            else:
-                try:
-                    sock.sendall(request_frame({"v": 1, "id": 1, "op": "stats"}))
-                    report = "answered" if sock.recv(4) else "closed"
-                except (ConnectionResetError, BrokenPipeError):
-                    report = "closed"
-                except TimeoutError:
-                    report = "no answer, not closed"
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            report = f"child failed: {exc!r}"
-        finally:
-            os.write(write_fd, report.encode())
-            os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as f:
-        report = f.read().decode()
-    os.waitpid(pid, 0)
-    return report
+            sock.connect(socket_path.name)
+        except OSError as exc:
+            report(f"connect failed: {exc.strerror}")
+            return
+        try:
+            sock.sendall(request_frame({"v": 1, "id": 1, "op": "stats"}))
+            report("answered" if sock.recv(4) else "closed")
+        except (ConnectionResetError, BrokenPipeError):
+            report("closed")
+        except TimeoutError:
+            report("no answer, not closed")
+
+    (seen,) = as_other_user(attempt, cwd=socket_path.parent, uid=uid)
+    return seen
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="running a client as another user needs root")
+@pytest.mark.skipif(os.geteuid() != 0, reason=NEEDS_ROOT)
 def test_a_client_of_another_uid_is_refused_by_the_service_itself(hash_service):
     layout = hash_service.layout
     # With the normal modes another user cannot even reach the socket:
@@ -172,25 +152,27 @@ def test_pickles_sent_every_way_get_a_clean_error_and_are_never_unpickled(hash_s
 # -- API keys ------------------------------------------------------------------------------------------
 
 
-def test_the_api_key_never_appears_in_logs_stats_state_cli_or_errors(store, monkeypatch):
+@requires("openai")
+def test_the_api_key_never_appears_in_logs_stats_state_cli_or_errors(store, make_service, monkeypatch):
     secret = "sk-live-" + secrets.token_hex(20)
     with FakeOpenAIServer(dim=64, api_key=secret) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", secret)
-        with EmbeddingService(store, model="openai:fake-embed", export_env=False, verbose=2) as service:
-            client = SharedEmbeddingManager(service.address, on_failure="error")
-            client.get_embeddings(["first text", "second text"])
-            server.fail_next(429, retry_after=0)  # retried: logged at debug level
-            client.get_embedding("after a rate limit")
-            server.fail_next(400, message=f"Incorrect API key provided: {secret}")  # a server that echoes it
-            with pytest.raises(RemoteError) as info:
-                client.get_embedding("the server echoes the key")
-            error = str(info.value)
-            stats = json.dumps(service.stats())
-            state = service.layout.state.read_text()
-            cli = subprocess.run([sys.executable, "-m", "embedshare.cli", "-vv", "stats", "--json", "--store", str(store)],
-                                 capture_output=True, text=True, timeout=60, check=False)
-            client.close()
+        service = make_service("openai:fake-embed", registry=None, export_env=False, verbose=2)
+        client = SharedEmbeddingManager(service.address, on_failure="error")
+        client.get_embeddings(["first text", "second text"])
+        server.fail_next(429, retry_after=0)  # retried: logged at debug level
+        client.get_embedding("after a rate limit")
+        server.fail_next(400, message=f"Incorrect API key provided: {secret}")  # a server that echoes it
+        with pytest.raises(RemoteError) as info:
+            client.get_embedding("the server echoes the key")
+        error = str(info.value)
+        stats = json.dumps(service.stats())
+        state = service.layout.state.read_text()
+        cli = subprocess.run([sys.executable, "-m", "embedshare.cli", "-vv", "stats", "--json", "--store", str(store)],
+                             capture_output=True, text=True, timeout=60, check=False)
+        client.close()
+        service.stop()  # the whole log, its last lines included
         log = service.layout.log.read_text()
     assert any(r.headers.get("authorization") == f"Bearer {secret}" for r in server.requests)  # it was used
     assert "DEBUG" in log and "429" in log  # the log is verbose, and mentions the retry
@@ -236,70 +218,69 @@ def test_tcp_without_a_usable_token_file_does_not_start(tmp_path, tcp, token, wo
     assert "a" * 32 not in str(info.value)
 
 
-def test_tcp_with_a_token_serves_only_clients_that_present_it(store, token_file, monkeypatch):
+def test_tcp_with_a_token_serves_only_clients_that_present_it(make_service, token_file, monkeypatch):
     from embedshare.service.listeners import TCP_HELLO_MAX_FRAME, TCP_HELLO_TIMEOUT
 
     token = token_file.read_text().strip()
     monkeypatch.delenv("EMBEDSHARE_TOKEN", raising=False)
-    with EmbeddingService(store, model="hash:64", registry="bundled", tcp="0", token_file=token_file,
-                          export_env=False) as service:
-        address = service.tcp_address
-        assert address.startswith("tcp://127.0.0.1:")  # loopback unless another host is asked for
-        port = int(address.rsplit(":", 1)[1])
-        assert [(a.ip, a.port) for a in _listening(service.pid)] == [("127.0.0.1", port)]
-        idle = connect_raw(address)  # says nothing: must be cut off after TCP_HELLO_TIMEOUT
-        idle_since = time.monotonic()
+    service = make_service(tcp="0", token_file=token_file, export_env=False)
+    address = service.tcp_address
+    assert address.startswith("tcp://127.0.0.1:")  # loopback unless another host is asked for
+    port = int(address.rsplit(":", 1)[1])
+    assert [(a.ip, a.port) for a in _listening(service.pid)] == [("127.0.0.1", port)]
+    idle = connect_raw(address)  # says nothing: must be cut off after TCP_HELLO_TIMEOUT
+    idle_since = time.monotonic()
 
-        # a client with the token gets exactly what a Unix-socket client gets
-        tcp_client = SharedEmbeddingManager(address, token=token, on_failure="error")
-        unix_client = SharedEmbeddingManager(service.address, on_failure="error")
-        texts = [f"over tcp {i}" for i in range(20)]
-        assert tcp_client.get_embeddings(texts).tobytes() == EMBEDDER.embed(texts).tobytes()
-        assert tcp_client.get_embeddings(texts).tobytes() == unix_client.get_embeddings(texts).tobytes()
-        assert [r.name for r in tcp_client.search("read a csv file")] == [r.name for r in unix_client.search("read a csv file")]
-        monkeypatch.setenv("EMBEDSHARE_TOKEN", token)  # or from the environment
-        assert SharedEmbeddingManager(address, on_failure="error").get_embedding("env token").shape == (64,)
-        monkeypatch.delenv("EMBEDSHARE_TOKEN")
+    # a client with the token gets exactly what a Unix-socket client gets
+    tcp_client = SharedEmbeddingManager(address, token=token, on_failure="error")
+    unix_client = SharedEmbeddingManager(service.address, on_failure="error")
+    texts = [f"over tcp {i}" for i in range(20)]
+    assert tcp_client.get_embeddings(texts).tobytes() == EMBEDDER.embed(texts).tobytes()
+    assert tcp_client.get_embeddings(texts).tobytes() == unix_client.get_embeddings(texts).tobytes()
+    assert [r.name for r in tcp_client.search("read a csv file")] == [r.name for r in unix_client.search("read a csv file")]
+    monkeypatch.setenv("EMBEDSHARE_TOKEN", token)  # or from the environment
+    assert SharedEmbeddingManager(address, on_failure="error").get_embedding("env token").shape == (64,)
+    monkeypatch.delenv("EMBEDSHARE_TOKEN")
 
-        # wrong or missing token: refused, counted, and said so
-        with pytest.raises(PermissionError, match="refused this client"):
-            SharedEmbeddingManager(address, token="0" * len(token), on_failure="error")
-        with pytest.raises(PermissionError, match="no token given"):
-            SharedEmbeddingManager(address, on_failure="error")
+    # wrong or missing token: refused, counted, and said so
+    with pytest.raises(PermissionError, match="refused this client"):
+        SharedEmbeddingManager(address, token="0" * len(token), on_failure="error")
+    with pytest.raises(PermissionError, match="no token given"):
+        SharedEmbeddingManager(address, on_failure="error")
 
-        # nothing but a hello with the token is read before that hello; the connection is closed
-        refused_ops = []
-        for op in ("ping", "stats", "embed", "preload", "shutdown", "hello"):
-            with connect_raw(address) as sock:
-                message = {"v": 1, "id": 5, "op": op, "texts": ["x"]}
-                if op == "hello":
-                    message["token"] = 12345  # not even a string
-                reply = exchange(sock, message)
-                assert reply == {"id": 5, "ok": False, "error": {"code": "unauthorized", "message": reply["error"]["message"]}}
-                assert "token" in reply["error"]["message"]
-                assert closed_by_peer(sock)
-                refused_ops.append(op)
-        with connect_raw(address) as sock:  # garbage first
-            reply = exchange(sock, frame(b"\xc1 not msgpack"))
-            assert reply["error"]["code"] == "bad_request" and closed_by_peer(sock)
-        with connect_raw(address) as sock:  # a big first frame is refused before it is read
-            sock.sendall((TCP_HELLO_MAX_FRAME + 1).to_bytes(4, "big"))
-            reply = read_reply(sock)
-            assert reply["error"]["code"] == "too_large" and closed_by_peer(sock)
-        with connect_raw(address) as sock:  # the right hello, then anything
-            hello = exchange(sock, {"v": 1, "id": 1, "op": "hello", "token": token})
-            assert hello["ok"] and hello["model_id"] == EMBEDDER.model_id
-            assert exchange(sock, {"v": 1, "id": 2, "op": "ping"}) == {"id": 2, "ok": True}
+    # nothing but a hello with the token is read before that hello; the connection is closed
+    refused_ops = []
+    for op in ("ping", "stats", "embed", "preload", "shutdown", "hello"):
+        with connect_raw(address) as sock:
+            message = {"v": 1, "id": 5, "op": op, "texts": ["x"]}
+            if op == "hello":
+                message["token"] = 12345  # not even a string
+            reply = exchange(sock, message)
+            assert reply == {"id": 5, "ok": False, "error": {"code": "unauthorized", "message": reply["error"]["message"]}}
+            assert "token" in reply["error"]["message"]
+            assert closed_by_peer(sock)
+            refused_ops.append(op)
+    with connect_raw(address) as sock:  # garbage first
+        reply = exchange(sock, frame(b"\xc1 not msgpack"))
+        assert reply["error"]["code"] == "bad_request" and closed_by_peer(sock)
+    with connect_raw(address) as sock:  # a big first frame is refused before it is read
+        sock.sendall((TCP_HELLO_MAX_FRAME + 1).to_bytes(4, "big"))
+        reply = read_reply(sock)
+        assert reply["error"]["code"] == "too_large" and closed_by_peer(sock)
+    with connect_raw(address) as sock:  # the right hello, then anything
+        hello = exchange(sock, {"v": 1, "id": 1, "op": "hello", "token": token})
+        assert hello["ok"] and hello["model_id"] == EMBEDDER.model_id
+        assert exchange(sock, {"v": 1, "id": 2, "op": "ping"}) == {"id": 2, "ok": True}
 
-        assert closed_by_peer(idle, timeout=TCP_HELLO_TIMEOUT + 30)
-        idle_seconds = time.monotonic() - idle_since
-        stats = service.stats()
-        assert stats["pid"] == service.pid  # the refused shutdown did nothing
-        assert stats["auth_failures"] == 2 + len(refused_ops)  # the two clients, the raw attempts
-        state = service.layout.state.read_text()
-        log = service.log_tail(500)
-        tcp_client.close()
-        unix_client.close()
+    assert closed_by_peer(idle, timeout=TCP_HELLO_TIMEOUT + 30)
+    idle_seconds = time.monotonic() - idle_since
+    stats = service.stats()
+    assert stats["pid"] == service.pid  # the refused shutdown did nothing
+    assert stats["auth_failures"] == 2 + len(refused_ops)  # the two clients, the raw attempts
+    state = service.layout.state.read_text()
+    log = service.log_tail(500)
+    tcp_client.close()
+    unix_client.close()
     for where, text in (("stats", json.dumps(stats)), ("service.json", state), ("service.log", log)):
         assert token not in text, f"the token leaked into the {where}"
     assert "refused a TCP connection" in log
@@ -308,14 +289,13 @@ def test_tcp_with_a_token_serves_only_clients_that_present_it(store, token_file,
            first_frame_limit_bytes=TCP_HELLO_MAX_FRAME)
 
 
-def test_get_embedding_manager_follows_a_tcp_address(store, token_file, monkeypatch):
+def test_get_embedding_manager_follows_a_tcp_address(make_service, token_file, monkeypatch):
     from embedshare.access import get_embedding_manager, reset_embedding_manager
 
-    with EmbeddingService(store, model="hash:64", tcp="127.0.0.1:0", token_file=token_file,
-                          export_env=False) as service:
-        monkeypatch.setenv("EMBEDSHARE_ADDRESS", service.tcp_address)
-        monkeypatch.setenv("EMBEDSHARE_TOKEN", token_file.read_text().strip())
-        manager = get_embedding_manager(model="hash:64")
-        assert manager.stats()["mode"] == "shared" and manager.address == service.tcp_address
-        assert manager.get_embedding("via get_embedding_manager").tobytes() == EMBEDDER.embed(["via get_embedding_manager"])[0].tobytes()
-        reset_embedding_manager()
+    service = make_service(registry=None, tcp="127.0.0.1:0", token_file=token_file, export_env=False)
+    monkeypatch.setenv("EMBEDSHARE_ADDRESS", service.tcp_address)
+    monkeypatch.setenv("EMBEDSHARE_TOKEN", token_file.read_text().strip())
+    manager = get_embedding_manager(model="hash:64")
+    assert manager.stats()["mode"] == "shared" and manager.address == service.tcp_address
+    assert manager.get_embedding("via get_embedding_manager").tobytes() == EMBEDDER.embed(["via get_embedding_manager"])[0].tobytes()
+    reset_embedding_manager()

@@ -6,30 +6,24 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import signal
 import socket
 import stat
 import struct
-import threading
 
 import msgpack
 import numpy as np
 import pytest
 
-import service_tasks
 from embedshare.manager import EmbeddingManager
 from embedshare.client import protocol
 from embedshare.access import SharedEmbeddingManager
 from embedshare.client.connection import ServiceUnavailable
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
+from helpers.frames import connect_raw, exchange, frame, read_reply
+from helpers.services import kill_service
+from helpers.spawned import service_tasks
 
 TEXTS = [f"tool query number {i} about files and networks" for i in range(40)]
-
-
-def _kill_service(service: EmbeddingService) -> None:
-    """SIGKILL the service this handle started and reap it (no clean-up runs)."""
-    os.kill(service.pid, signal.SIGKILL)
-    service._process.wait(timeout=30)
 
 
 # -- lifecycle -------------------------------------------------------------------------------
@@ -67,13 +61,13 @@ def test_a_service_that_fails_to_start_leaves_no_process_behind(store):
     assert {pid: status for pid, status in children().items() if pid not in before} == {}
 
 
-def test_stale_socket_of_a_killed_service_is_replaced(store):
-    first = EmbeddingService(store, model="hash:64", export_env=False).start()
-    _kill_service(first)
+def test_stale_socket_of_a_killed_service_is_replaced(make_service):
+    first = make_service(registry=None, export_env=False)
+    kill_service(first)
     assert first.layout.socket.exists()  # left behind: nobody cleaned up
-    with EmbeddingService(store, model="hash:64", export_env=False) as second:
-        assert second.owned and second.pid != first.pid
-        assert SharedEmbeddingManager(second.address).get_embedding("hello").shape == (64,)
+    second = make_service(registry=None, export_env=False)
+    assert second.owned and second.pid != first.pid
+    assert SharedEmbeddingManager(second.address).get_embedding("hello").shape == (64,)
 
 
 def test_stop_removes_socket_and_exports_address_while_running(store):
@@ -118,7 +112,7 @@ def test_all_misses_of_one_call_go_in_one_request(hash_service):
     assert hash_service.stats()["embed_requests"] == 1
 
 
-def test_hundred_threads_get_the_serial_results(hash_service, tmp_path):
+def test_hundred_threads_get_the_serial_results(hash_service, tmp_path, run_threads):
     client = SharedEmbeddingManager(hash_service.address)
     reference = EmbeddingManager(tmp_path / "ref", model="hash:64", registry="bundled")
     calls = [("embed", t) for t in TEXTS] + [("search", q) for q in ("csv", "http post", "zip a folder")]
@@ -127,25 +121,16 @@ def test_hundred_threads_get_the_serial_results(hash_service, tmp_path):
             else [(r.name, r.score) for r in reference.search(c[1])])
         for c in calls
     }
-    barrier = threading.Barrier(100)
-    errors, results = [], []
 
-    def worker(i):
-        try:
-            barrier.wait(timeout=30)
-            for call in calls[i % len(calls):] + calls[: i % len(calls)]:
-                got = (client.get_embedding(call[1]).tobytes() if call[0] == "embed"
-                       else [(r.name, r.score) for r in client.search(call[1])])
-                results.append(got == expected[call])
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+    def worker(i: int) -> list[bool]:
+        results = []
+        for call in calls[i % len(calls):] + calls[: i % len(calls)]:
+            got = (client.get_embedding(call[1]).tobytes() if call[0] == "embed"
+                   else [(r.name, r.score) for r in client.search(call[1])])
+            results.append(got == expected[call])
+        return results
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(100)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors
+    results = [same for per_thread in run_threads(100, worker, timeout=120) for same in per_thread]
     assert len(results) == 100 * len(calls) and all(results)
 
 
@@ -153,18 +138,18 @@ def test_hundred_threads_get_the_serial_results(hash_service, tmp_path):
 
 
 @pytest.mark.slow
-def test_25_processes_asking_the_same_new_text_cause_one_model_call(store):
-    with EmbeddingService(store, model="hash:64") as service:
-        ctx = multiprocessing.get_context("fork")  # 25 spawned pytest children would take ~20 s
-        barrier, results = ctx.Barrier(25), ctx.Queue()
-        procs = [ctx.Process(target=service_tasks.embed_after_barrier,
-                             args=(service.address, "a brand new text", barrier, results)) for _ in range(25)]
-        for p in procs:
-            p.start()
-        vectors = [results.get(timeout=120) for _ in procs]
-        for p in procs:
-            p.join(timeout=60)
-        stats = service.stats()
+def test_25_processes_asking_the_same_new_text_cause_one_model_call(make_service):
+    service = make_service(registry=None)
+    ctx = multiprocessing.get_context("fork")  # 25 spawned pytest children would take ~20 s
+    barrier, results = ctx.Barrier(25), ctx.Queue()
+    procs = [ctx.Process(target=service_tasks.embed_after_barrier,
+                         args=(service.address, "a brand new text", barrier, results)) for _ in range(25)]
+    for p in procs:
+        p.start()
+    vectors = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    stats = service.stats()
     assert len({v for _, v in vectors}) == 1
     assert stats["texts_embedded"] == 1
     assert stats["model_calls"] == 1
@@ -173,19 +158,19 @@ def test_25_processes_asking_the_same_new_text_cause_one_model_call(store):
 
 
 @pytest.mark.slow
-def test_model_calls_over_a_run_equal_its_distinct_texts(store):
+def test_model_calls_over_a_run_equal_its_distinct_texts(store, make_service):
     texts = [f"distinct text {i}" for i in range(300)]
-    with EmbeddingService(store, model="hash:64") as service:
-        ctx = multiprocessing.get_context("spawn")
-        results = ctx.Queue()
-        procs = [ctx.Process(target=service_tasks.embed_subset, args=(service.address, texts, seed, results))
-                 for seed in range(8)]
-        for p in procs:
-            p.start()
-        outputs = [results.get(timeout=120) for _ in procs]
-        for p in procs:
-            p.join(timeout=60)
-        stats = service.stats()
+    service = make_service(registry=None)
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=service_tasks.embed_subset, args=(service.address, texts, seed, results))
+             for seed in range(8)]
+    for p in procs:
+        p.start()
+    outputs = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    stats = service.stats()
     distinct = set().union(*outputs)
     assert stats["texts_embedded"] == len(distinct)
     reference = EmbeddingManager(store.parent / "ref", model="hash:64")
@@ -195,20 +180,6 @@ def test_model_calls_over_a_run_equal_its_distinct_texts(store):
 
 
 # -- protocol robustness ---------------------------------------------------------------------
-
-
-def _raw(address: str) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(30)
-    sock.connect(address)
-    return sock
-
-
-def _exchange(sock: socket.socket, body: bytes) -> dict:
-    sock.sendall(struct.pack(">I", len(body)) + body)
-    header = sock.recv(4, socket.MSG_WAITALL)
-    (length,) = struct.unpack(">I", header)
-    return msgpack.unpackb(sock.recv(length, socket.MSG_WAITALL), raw=False)
 
 
 @pytest.mark.parametrize(
@@ -227,22 +198,21 @@ def _exchange(sock: socket.socket, body: bytes) -> dict:
     ],
 )
 def test_bad_requests_get_a_clear_error_and_the_service_keeps_serving(hash_service, body, code, words):
-    with _raw(hash_service.address) as sock:
-        reply = _exchange(sock, body)
+    with connect_raw(hash_service.address) as sock:
+        reply = exchange(sock, frame(body))
         assert reply["ok"] is False
         assert reply["error"]["code"] == code
         assert words in reply["error"]["message"]
         # the same connection still works
-        ok = _exchange(sock, msgpack.packb({"v": 1, "id": 6, "op": "ping"}))
+        ok = exchange(sock, frame(msgpack.packb({"v": 1, "id": 6, "op": "ping"})))
         assert ok == {"id": 6, "ok": True}
     assert SharedEmbeddingManager(hash_service.address).get_embedding("still fine").shape == (64,)
 
 
 def test_an_oversized_frame_is_refused_without_reading_it(hash_service):
-    with _raw(hash_service.address) as sock:
+    with connect_raw(hash_service.address) as sock:
         sock.sendall(struct.pack(">I", protocol.MAX_FRAME + 1))
-        header = sock.recv(4, socket.MSG_WAITALL)
-        reply = msgpack.unpackb(sock.recv(struct.unpack(">I", header)[0], socket.MSG_WAITALL))
+        reply = read_reply(sock)
         assert reply["error"]["code"] == "too_large"
         assert sock.recv(1) == b""  # that connection is closed: its stream cannot be resynchronised
     assert hash_service.stats()["errors"] >= 1
@@ -250,7 +220,7 @@ def test_an_oversized_frame_is_refused_without_reading_it(hash_service):
 
 
 def test_a_client_vanishing_mid_frame_harms_no_one(hash_service):
-    with _raw(hash_service.address) as sock:
+    with connect_raw(hash_service.address) as sock:
         sock.sendall(struct.pack(">I", 1000) + b"only part of it")
     assert SharedEmbeddingManager(hash_service.address).get_embedding("after a broken peer").shape == (64,)
 
@@ -274,31 +244,25 @@ def test_stats_count_requests_hits_misses_batches_and_clients(hash_service):
 # -- failure policies ------------------------------------------------------------------------
 
 
-def test_restart_policy_brings_the_service_back(store):
-    service = EmbeddingService(store, model="hash:64", registry="bundled", export_env=False).start()
-    try:
-        client = SharedEmbeddingManager(service.address, on_failure="restart")
-        expected = client.get_embedding("before the crash")
-        _kill_service(service)
-        vector = client.get_embedding("after the crash")  # a miss: needs the service
-        assert vector.shape == (64,)
-        assert client.get_embedding("before the crash").tobytes() == expected.tobytes()
-        assert client.stats()["restarts"] == 1
-        assert client.service_stats()["pid"] != service.pid
-        assert [r.name for r in client.search("read csv")]  # the index is still there
-    finally:
-        EmbeddingService(store, model="hash:64", export_env=False).start().owned = True
-        from embedshare.client.connection import ServiceConnection
-
-        conn = ServiceConnection(service.address)
-        conn.request("shutdown", timeout=30)
-        conn.close()
+def test_restart_policy_brings_the_service_back(make_service):
+    # the service the client restarts is stopped by make_service: this handle stops whatever
+    # service runs on the store
+    service = make_service(export_env=False)
+    client = SharedEmbeddingManager(service.address, on_failure="restart")
+    expected = client.get_embedding("before the crash")
+    kill_service(service)
+    vector = client.get_embedding("after the crash")  # a miss: needs the service
+    assert vector.shape == (64,)
+    assert client.get_embedding("before the crash").tobytes() == expected.tobytes()
+    assert client.stats()["restarts"] == 1
+    assert client.service_stats()["pid"] != service.pid
+    assert [r.name for r in client.search("read csv")]  # the index is still there
 
 
-def test_local_policy_falls_back_once_with_a_warning(store, caplog):
-    service = EmbeddingService(store, model="hash:64", registry="bundled", export_env=False).start()
+def test_local_policy_falls_back_once_with_a_warning(store, make_service, caplog):
+    service = make_service(export_env=False)
     client = SharedEmbeddingManager(service.address, on_failure="local")
-    _kill_service(service)
+    kill_service(service)
     with caplog.at_level(logging.WARNING, logger="embedshare"):
         a = client.get_embedding("new text one")
         b = client.get_embedding("new text two")
@@ -311,11 +275,11 @@ def test_local_policy_falls_back_once_with_a_warning(store, caplog):
     assert client.search("read csv")[0].name
 
 
-def test_error_policy_raises_but_cache_hits_still_work(store):
-    service = EmbeddingService(store, model="hash:64", export_env=False).start()
+def test_error_policy_raises_but_cache_hits_still_work(make_service):
+    service = make_service(registry=None, export_env=False)
     client = SharedEmbeddingManager(service.address, on_failure="error")
     cached = client.get_embedding("cached before the crash")
-    _kill_service(service)
+    kill_service(service)
     with pytest.raises(ServiceUnavailable):
         client.get_embedding("needs the service")
     assert np.array_equal(client.get_embedding("cached before the crash"), cached)
@@ -334,11 +298,11 @@ def test_serve_on_a_served_store_reports_the_running_service(hash_service, store
     assert hash_service.stats()["pid"] == hash_service.pid
 
 
-def test_the_owner_s_clients_default_to_restart_and_others_to_local(store, monkeypatch):
-    with EmbeddingService(store, model="hash:64") as service:
-        assert SharedEmbeddingManager(service.address).on_failure == "restart"
-        monkeypatch.delenv("EMBEDSHARE_ON_FAILURE")  # a process that did not start it
-        assert SharedEmbeddingManager(service.address).on_failure == "local"
+def test_the_owner_s_clients_default_to_restart_and_others_to_local(make_service, monkeypatch):
+    service = make_service(registry=None)  # it exports EMBEDSHARE_ON_FAILURE=restart, as its owner
+    assert SharedEmbeddingManager(service.address).on_failure == "restart"
+    monkeypatch.delenv("EMBEDSHARE_ON_FAILURE")  # a process that did not start it
+    assert SharedEmbeddingManager(service.address).on_failure == "local"
 
 
 @pytest.mark.parametrize("policy", ["error", "local"])

@@ -29,6 +29,7 @@ from embedshare.service.batcher import Batcher
 from embedshare.service.config import LIMIT_FIELDS, ServiceConfig
 from embedshare.settings import SettingError
 from embedshare.store import StoreLayout
+from helpers.extras import requires
 
 BAD_MAX_BATCH = [0, -1, 2.5, True, "8", None]
 BAD_MAX_WAIT_MS = [-1, -0.001, math.nan, math.inf, "2", None]
@@ -152,6 +153,7 @@ def test_a_restart_from_a_state_file_with_a_bad_setting_names_the_file_and_the_s
         EmbeddingService.from_state(store)
 
 
+@requires("ray")
 def test_ray_settings_are_checked():
     pytest.importorskip("ray")
     from embedshare.ray import api

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-import pool_jobs
 from embedshare.manager import EmbeddingManager
 from embedshare.bench.demo import make_tasks, run_demo
 from embedshare.pool.shared import SharedPool
 from embedshare.registry import field_texts, load_registry
+from helpers.extras import requires
+from helpers.spawned import pool_jobs
 
 QUERIES = [f"query {i % 37} about reading files and sending requests" for i in range(120)]
 
@@ -56,6 +57,7 @@ def test_25_workers_each_cost_under_5_mb_beyond_a_bare_worker(store):
     assert max(extra_mb) < 5.0, f"per-worker PSS beyond a bare worker: {sorted(extra_mb)}"
 
 
+@requires("bench", "threadpoolctl")  # what the workers' BLAS really uses
 def test_workers_share_the_cores_blas_threads_and_a_user_setting_wins(store, monkeypatch):
     """25 workers on a few cores must not each start a BLAS thread per core (they would wait
     for each other in every large search); a setting the user made is kept."""

@@ -1,6 +1,6 @@
 """A service asked to stop while its model is still loading stops at once, not after the load.
 
-The load is held on a FIFO (tests/slow_load_server.py) that these tests never open for writing,
+The load is held on a FIFO (tests/helpers/spawned/slow_load_server.py) that these tests never open for writing,
 so the load cannot end by itself: a service that waited for it would never exit. Before the
 stop, a raw client has a ``hello`` waiting inside the service (its ``ping``, sent after it on the
 same connection, was answered while ``hello`` was not); that client must see its connection
@@ -13,18 +13,19 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from embedshare.client.state import acquire_service_lock
 from embedshare.store import StoreLayout
 
-from reliability_helpers import closed_by_peer, connect_raw, exchange, read_reply, request_frame, stop_process, wait_for
+from helpers.frames import closed_by_peer, connect_raw, exchange, read_reply, request_frame
+from helpers.processes import SPAWNED, stop_process
+from helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
-HELPER = Path(__file__).with_name("slow_load_server.py")
+HELPER = SPAWNED / "slow_load_server.py"
 EXIT_DEADLINE = 10.0  # generous: without the fix the service never exits while the gate is shut
 
 

@@ -16,8 +16,6 @@ import subprocess
 import sys
 
 import pytest
-from reliability_helpers import record
-from security_helpers import NEEDS_ROOT, NOBODY, as_other_user
 
 from embedshare.embedders import create_embedder
 from embedshare.manager import EmbeddingManager
@@ -25,6 +23,8 @@ from embedshare.access import SharedEmbeddingManager
 from embedshare.client.connection import ForeignServiceError, ServiceConnection
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
 from embedshare.store import EmbeddingCache
+from helpers.figures import record
+from helpers.users import NEEDS_ROOT, NOBODY, as_other_user
 
 EMBEDDER = create_embedder("hash:64")
 

@@ -18,7 +18,6 @@ from embedshare.access import NoServiceWarning, reset_embedding_manager
 from embedshare.cli import main as cli
 from embedshare.manager import EmbeddingManager, NoIndexError
 from embedshare.registry import load_registry
-from embedshare.service.launcher import EmbeddingService
 from embedshare.store import StoreLayout
 
 pytestmark = pytest.mark.timeout(180)
@@ -165,8 +164,8 @@ def test_no_registry_anywhere_is_an_error_naming_the_store(store):
         manager.search("read a csv file")
 
 
-def test_a_service_started_with_a_registry_records_it(store, zoo):
-    with EmbeddingService(store, model="hash:64", registry=zoo, export_env=False):
-        record = json.loads(StoreLayout(store).record.read_text())
+def test_a_service_started_with_a_registry_records_it(store, zoo, make_service):
+    make_service(registry=zoo, export_env=False)
+    record = json.loads(StoreLayout(store).record.read_text())
     assert record["registry"]["hash"] == load_registry(zoo).content_hash
     assert Path(record["registry"]["index"], "tools.jsonl").exists()

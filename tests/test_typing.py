@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("mypy")
+from helpers.extras import skip_module_unless
+
+skip_module_unless("dev", "mypy")
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
-import time
 from pathlib import Path
-from typing import Callable
 
 import psutil
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # spawned workers inherit sys.path
-
-import pool_tasks  # noqa: E402
-
-from embedshare.pool.outcomes import TaskFailed, WorkerInitError  # noqa: E402
-from embedshare.pool.workers import WorkerPool  # noqa: E402
+from embedshare.pool.outcomes import TaskFailed, WorkerInitError
+from embedshare.pool.workers import WorkerPool
+from helpers.spawned import pool_tasks
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -53,18 +47,6 @@ def no_leftover_processes():
     existing = frozenset(p.pid for p in psutil.Process().children(recursive=True))
     yield
     assert _leftover_children(existing) == []
-
-
-def _wait_for(cond: Callable[[], object], what: str, timeout: float = 15.0) -> object:
-    """Wait for a condition another process or thread will make true (with a hard deadline)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 @pytest.mark.parametrize("start_method", START_METHODS + ["forkserver"])
@@ -173,7 +155,7 @@ def test_task_timeout_must_be_positive() -> None:
         WorkerPool(1, task_timeout=0)
 
 
-def test_worker_killed_from_outside_loses_no_task(tmp_path: Path) -> None:
+def test_worker_killed_from_outside_loses_no_task(tmp_path: Path, wait_for) -> None:
     items = [(i, str(tmp_path)) for i in range(6)]
     with WorkerPool(2) as pool:
         initial = set(pool.worker_pids())
@@ -189,12 +171,12 @@ def test_worker_killed_from_outside_loses_no_task(tmp_path: Path) -> None:
         thread.start()
         # Item 0 is dispatched first; its task tells us which worker holds it and then blocks.
         running = tmp_path / "running-0"
-        _wait_for(running.exists, "item 0 to start")
+        wait_for(running.exists, 15, "item 0 to start")
         victim = int(running.read_text())
         assert victim in initial
         os.kill(victim, signal.SIGKILL)
         # Release only once the pool has reaped the victim, so the kill surely hit mid-task.
-        _wait_for(lambda: len(pool.crashes) == 1, "the pool to notice the crash")
+        wait_for(lambda: len(pool.crashes) == 1, 15, "the pool to notice the crash")
         (tmp_path / "release").touch()
         thread.join(30)
         assert not thread.is_alive()

@@ -1,6 +1,6 @@
 """Hold N idle connections to an address (a Unix socket path, or HOST:PORT) until stdin closes.
 
-Run as its own process (``python tests/flood.py ADDRESS N``), so the flood's descriptors are
+Run as its own process (``python tests/helpers/spawned/flood.py ADDRESS N``), so the flood's descriptors are
 not the test's. It prints ``held K failed F`` once K connects succeeded, then waits; closing
 its stdin ends it. The connections never send a byte: the idle flood of issue 11.
 

@@ -1,4 +1,4 @@
-"""Helpers for the tests that act as another local user (issue 11).
+"""Acting as another local user (issue 11), for the tests of who may use a store or a service.
 
 ``as_other_user(fn)`` forks; the child changes into ``cwd`` (as root, so that only that
 folder's mode decides what it can reach), drops to uid/gid 65534 (``nobody``) and runs
@@ -31,7 +31,11 @@ def as_other_user(fn: Callable[[Callable[[str], None]], None], cwd: Path, ready:
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
-            fn(lambda line: os.write(write_fd, (line + "\n").encode()))
+
+            def report(line: str) -> None:
+                os.write(write_fd, (line + "\n").encode())
+
+            fn(report)
         except BaseException as exc:  # noqa: BLE001 - reported to the parent
             os.write(write_fd, f"child failed: {exc!r}\n".encode())
         finally:

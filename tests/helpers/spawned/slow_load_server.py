@@ -1,6 +1,6 @@
 """Run the embedding service with a model whose load blocks until the test lets it finish.
 
-    python tests/slow_load_server.py --gate FIFO <the service's own arguments>
+    python tests/helpers/spawned/slow_load_server.py --gate FIFO <the service's own arguments>
 
 The hashing embedder gets a ``load()`` that opens FIFO and reads one line: the service stays
 "loading the model" exactly as long as the test keeps the FIFO unwritten, like the local model's

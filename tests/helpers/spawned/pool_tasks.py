@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
+
+from helpers.waiting import wait_for
 
 
 def record(path: str | os.PathLike, line: str) -> None:
@@ -71,11 +72,7 @@ def block_until_released(arg: tuple[int, str]) -> int:
     tmp = dd / f".running-{x}-{os.getpid()}"
     tmp.write_text(str(os.getpid()))
     os.replace(tmp, dd / f"running-{x}")  # atomic: the test never reads a half-written pid
-    deadline = time.monotonic() + 20
-    while not (dd / "release").exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the test never released the task")
-        time.sleep(0.005)
+    wait_for((dd / "release").exists, 20, "the test to release the task")
     record(dd / f"done-{x}", str(os.getpid()))
     return x
 

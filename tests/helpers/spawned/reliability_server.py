@@ -1,6 +1,6 @@
 """Run the embedding service with a capped cache map (the map-size-limit test, no root needed).
 
-    python tests/reliability_server.py --max-map-size BYTES <the service's own arguments>
+    python tests/helpers/spawned/reliability_server.py --max-map-size BYTES <the service's own arguments>
 
 Every cache the service opens starts at a 64 KiB map and may grow to BYTES, no further.
 """
