@@ -198,7 +198,7 @@ def test_importing_the_cli_loads_click_the_standard_library_and_its_settings_onl
     third_party = {m.split(".")[0] for m in modules} - set(sys.stdlib_module_names) - {"embedshare"}
     assert {name for name in third_party if not name.startswith("_")} == {"click"}
     ours = {m for m in modules if m.startswith("embedshare") and not m.startswith("embedshare.cli")}
-    assert ours == {"embedshare", "embedshare.env", "embedshare.service", "embedshare.service.config",
+    assert ours == {"embedshare", "embedshare._moved", "embedshare.env", "embedshare.service", "embedshare.service.config",
                     "embedshare.settings"}
 
 
