@@ -47,12 +47,22 @@ class Rates:
 
     @classmethod
     def between(cls, before: dict[str, Any] | None, now: dict[str, Any]) -> Rates:
-        zero = {"requests": 0, "texts": 0, "hits": 0, "misses": 0, "model_calls": 0,
-                "uptime_s": 0.0, "batch_size": {"count": 0, "sum": 0.0}}
+        zero = {
+            "requests": 0,
+            "texts": 0,
+            "hits": 0,
+            "misses": 0,
+            "model_calls": 0,
+            "uptime_s": 0.0,
+            "batch_size": {"count": 0, "sum": 0.0},
+        }
         since_start = before is None
         before = zero if before is None else before
         seconds = max(float(now["uptime_s"]) - float(before["uptime_s"]), 1e-9)
-        delta = {k: int(now.get(k, 0)) - int(before.get(k, 0)) for k in ("requests", "texts", "hits", "misses", "model_calls")}
+        delta = {
+            k: int(now.get(k, 0)) - int(before.get(k, 0))
+            for k in ("requests", "texts", "hits", "misses", "model_calls")
+        }
         looked_up = delta["hits"] + delta["misses"]
         batches = now["batch_size"]["count"] - before["batch_size"]["count"]
         batched = _batch_sum(now) - _batch_sum(before)
@@ -97,8 +107,7 @@ def render(stats: dict[str, Any], rates: Rates) -> Any:
 
     head = Text()  # short lines: the frame fits an 80-column terminal
     head.append("embedshare top", style="bold")
-    head.append(f"  service pid {stats['pid']}  up {_duration(stats['uptime_s'])}  "
-                f"PSS {_mb(stats.get('pss'))}\n")
+    head.append(f"  service pid {stats['pid']}  up {_duration(stats['uptime_s'])}  PSS {_mb(stats.get('pss'))}\n")
     head.append(f"model {stats['model_id']} ({stats['dim']} dims)  tools {stats.get('tools', 0)}\n")
     head.append(f"store {stats['store']}")
     if stats.get("http"):
@@ -119,28 +128,48 @@ def render(stats: dict[str, Any], rates: Rates) -> Any:
     waits = Table(title="latency and queue", title_justify="left", expand=False)
     for column in ("p50", "p99", "queue", "max queue", "errors"):
         waits.add_column(column, justify="right")
-    waits.add_row(_ms(latency.get("p50")), _ms(latency.get("p99")), str(stats["queue_depth"]),
-                  str(stats["max_queue_depth"]), str(stats["errors"]))
+    waits.add_row(
+        _ms(latency.get("p50")),
+        _ms(latency.get("p99")),
+        str(stats["queue_depth"]),
+        str(stats["max_queue_depth"]),
+        str(stats["errors"]),
+    )
 
     clients = Table(title=f"clients {len(stats['clients'])}", title_justify="left", expand=False)
-    for column, justify in (("PID", "right"), ("PSS", "right"), ("requests", "right"), ("connected", "right"), ("", "left")):
+    for column, justify in (
+        ("PID", "right"),
+        ("PSS", "right"),
+        ("requests", "right"),
+        ("connected", "right"),
+        ("", "left"),
+    ):
         clients.add_column(column, justify=justify)  # type: ignore[arg-type]
     now = time.time()
     for client in sorted(stats["clients"], key=lambda c: c["pid"]):
         note = "this command" if client["pid"] == os.getpid() else ""
-        clients.add_row(str(client["pid"]), _mb(client.get("pss")), str(client["requests"]),
-                        _duration(max(0.0, now - client["connected"])), note)
-    foot = Text("p50/p99: the service's last 10,000 requests.  hit rate: of the texts that reached "
-                "the service (workers answer their own cache hits).  requests include this view's "
-                "own, one a refresh.", style="dim")
+        clients.add_row(
+            str(client["pid"]),
+            _mb(client.get("pss")),
+            str(client["requests"]),
+            _duration(max(0.0, now - client["connected"])),
+            note,
+        )
+    foot = Text(
+        "p50/p99: the service's last 10,000 requests.  hit rate: of the texts that reached "
+        "the service (workers answer their own cache hits).  requests include this view's "
+        "own, one a refresh.",
+        style="dim",
+    )
     return Group(head, summary, waits, clients, foot)
 
 
 def render_error(address: str, exc: Exception) -> Any:
     from rich.text import Text
 
-    return Text(f"embedshare top: no service at {address}: {exc}\nretrying every second; Ctrl-C to quit",
-                style="bold red")
+    return Text(
+        f"embedshare top: no service at {address}: {exc}\nretrying every second; Ctrl-C to quit", style="bold red"
+    )
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

@@ -14,8 +14,26 @@ import os
 import sys
 import time
 
-WORDS = ("read", "parse", "csv", "file", "send", "http", "json", "compute", "hash", "merge",
-         "filter", "rows", "upload", "image", "resize", "query", "database", "schedule")
+WORDS = (
+    "read",
+    "parse",
+    "csv",
+    "file",
+    "send",
+    "http",
+    "json",
+    "compute",
+    "hash",
+    "merge",
+    "filter",
+    "rows",
+    "upload",
+    "image",
+    "resize",
+    "query",
+    "database",
+    "schedule",
+)
 
 
 def send_misses(manager, seconds: float, per_request: int, tag: str) -> dict[str, float]:

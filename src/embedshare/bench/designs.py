@@ -166,8 +166,7 @@ class DictSource(VectorSource):
     def served_index(self, embed: EmbedFn) -> ToolIndex | None:
         return self.index
 
-    def index_for(self, registry: Registry, name: str, embed: EmbedFn,
-                  progress: Progress | None = None) -> ToolIndex:
+    def index_for(self, registry: Registry, name: str, embed: EmbedFn, progress: Progress | None = None) -> ToolIndex:
         raise ValueError(f"the {self.mode} design searches the index the main process built, no other")
 
     def no_index_advice(self) -> str:
@@ -201,8 +200,9 @@ def init_option_a(proxy: Any, index_path: str, spec: str) -> None:
 class HybridSource(DictSource):
     """The hybrid: hits from the pre-filled Manager dict; a miss is asked of the main process."""
 
-    def __init__(self, proxy: Any, requests: Any, responses: Any, slot: int, index_path: str,
-                 model_id: str, dim: int) -> None:
+    def __init__(
+        self, proxy: Any, requests: Any, responses: Any, slot: int, index_path: str, model_id: str, dim: int
+    ) -> None:
         super().__init__("hybrid", proxy, index_path, model_id, dim)
         self._requests, self._responses, self._slot = requests, responses, slot
         self._ask_lock = threading.Lock()  # one question at a time on this worker's queue
@@ -219,14 +219,16 @@ class HybridSource(DictSource):
         return np.stack([np.frombuffer(v, dtype=np.float32) for v in values])
 
 
-def init_hybrid(proxy: Any, requests: Any, responses: list[Any], slots: Any, index_path: str,
-                model_id: str, dim: int) -> None:
+def init_hybrid(
+    proxy: Any, requests: Any, responses: list[Any], slots: Any, index_path: str, model_id: str, dim: int
+) -> None:
     from ..access import set_embedding_manager
 
     started = time.perf_counter()
     slot = slots.get()  # which response queue is this worker's
-    set_embedding_manager(EmbeddingManager(source=HybridSource(proxy, requests, responses[slot], slot,
-                                                               index_path, model_id, dim)))
+    set_embedding_manager(
+        EmbeddingManager(source=HybridSource(proxy, requests, responses[slot], slot, index_path, model_id, dim))
+    )
     attach._attach_seconds = time.perf_counter() - started
 
 
@@ -322,8 +324,26 @@ def miss_phase(seconds: float, threads: int, tag: str) -> dict[str, Any]:
     from ..access import get_embedding_manager
 
     manager = get_embedding_manager()
-    words = ("read", "parse", "csv", "file", "send", "http", "json", "compute", "hash", "merge",
-             "filter", "rows", "upload", "image", "resize", "query", "database", "schedule")
+    words = (
+        "read",
+        "parse",
+        "csv",
+        "file",
+        "send",
+        "http",
+        "json",
+        "compute",
+        "hash",
+        "merge",
+        "filter",
+        "rows",
+        "upload",
+        "image",
+        "resize",
+        "query",
+        "database",
+        "schedule",
+    )
     deadline = time.time() + seconds
     counts = [0] * threads
 

@@ -130,7 +130,9 @@ class FakeOpenAIServer:
         httpd.block_on_close = False  # idle keep-alive connections must not block stop()
         self._httpd = httpd
         self._thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
             name="fake-openai-server",
         )
         self._thread.start()
@@ -186,9 +188,7 @@ class FakeOpenAIServer:
         with 200, so a request rejected for a bad key or path leaves the queue alone.
         """
         if isinstance(kind, str) and kind not in FAULTS:
-            raise ValueError(
-                f"unknown fault {kind!r}; expected a status code or one of {sorted(FAULTS)}"
-            )
+            raise ValueError(f"unknown fault {kind!r}; expected a status code or one of {sorted(FAULTS)}")
         with self._state.lock:
             for _ in range(times):
                 self._state.faults.append(_Fault(kind, retry_after, message, delay))
@@ -250,8 +250,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY_BYTES:
             self.close_connection = True
-            self._finish(arrived, split.path, query, headers, None, [], 413,
-                         error_body(413, "Request body too large"))
+            self._finish(arrived, split.path, query, headers, None, [], 413, error_body(413, "Request body too large"))
             return
         raw = self.rfile.read(length) if length else b""
         try:
@@ -263,15 +262,21 @@ class _Handler(BaseHTTPRequestHandler):
         if fake.latency:
             time.sleep(fake.latency)
 
-        status, payload, extra = answer(split.path, query, headers, body, inputs, dim=fake.dim,
-                                        api_key=fake.api_key, floats_only=fake.floats_only,
-                                        reverse_order=fake.reverse_order)
+        status, payload, extra = answer(
+            split.path,
+            query,
+            headers,
+            body,
+            inputs,
+            dim=fake.dim,
+            api_key=fake.api_key,
+            floats_only=fake.floats_only,
+            reverse_order=fake.reverse_order,
+        )
         fault = fake._take_fault() if status == 200 else None
         if fault is not None:
             if fault.kind == "disconnect":
-                fake._record(
-                    RecordedRequest(arrived, "POST", split.path, query, headers, body, inputs, 0)
-                )
+                fake._record(RecordedRequest(arrived, "POST", split.path, query, headers, body, inputs, 0))
                 self.close_connection = True
                 return
             if fault.kind == "delay":
@@ -304,9 +309,7 @@ class _Handler(BaseHTTPRequestHandler):
         extra: dict[str, str] | None = None,
     ) -> None:
         # Record before answering, so a client that has its answer always finds it recorded.
-        self.fake._record(
-            RecordedRequest(arrived, self.command, path, query, headers, body, inputs, status)
-        )
+        self.fake._record(RecordedRequest(arrived, self.command, path, query, headers, body, inputs, status))
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode("utf-8")
         try:
             self.send_response(status)
@@ -326,8 +329,9 @@ class _Handler(BaseHTTPRequestHandler):
 def _usage(requests: list[RecordedRequest]) -> dict[str, int]:
     """What the API served: requests answered with 200, the inputs they held, distinct ones."""
     ok = [r for r in requests if r.status == 200]
-    distinct = {hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-                for r in ok for t in r.inputs}
+    distinct = {
+        hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest() for r in ok for t in r.inputs
+    }
     return {"requests": len(ok), "inputs": sum(len(r.inputs) for r in ok), "distinct_inputs": len(distinct)}
 
 
@@ -356,8 +360,9 @@ class ServerProcess:
 
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_server_process, args=(child, dim, api_key, latency),
-                                   daemon=True, name="fake-openai-server")
+        self.process = ctx.Process(
+            target=_server_process, args=(child, dim, api_key, latency), daemon=True, name="fake-openai-server"
+        )
         self.process.start()
         child.close()
         self.base_url: str = self._conn.recv()

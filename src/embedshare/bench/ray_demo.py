@@ -111,11 +111,14 @@ def _barrier_wait(ray: Any, barrier: Any, n: int, timeout: float = 900.0) -> lis
     try:
         return ray.get(barrier.wait_for.remote(n), timeout=timeout)
     except ray.exceptions.GetTimeoutError:
-        raise RuntimeError(f"{n} tasks could not run at once within {timeout:.0f} s: "
-                           "the cluster needs at least --in-flight CPUs") from None
+        raise RuntimeError(
+            f"{n} tasks could not run at once within {timeout:.0f} s: the cluster needs at least --in-flight CPUs"
+        ) from None
 
 
-def _windowed(ray: Any, fn: Any, items: list[Any], in_flight: int, bar: Any) -> tuple[float, list[Any], list[float], int]:
+def _windowed(
+    ray: Any, fn: Any, items: list[Any], in_flight: int, bar: Any
+) -> tuple[float, list[Any], list[float], int]:
     """Run ``fn`` on every item with ``in_flight`` tasks in flight: (wall, results, seconds, failed)."""
     began = time.perf_counter()
     results: list[Any] = [None] * len(items)
@@ -178,7 +181,9 @@ def start_local_cluster(nodes: int, cpus: int, object_store_mb: int = 100) -> An
 
     per_node = [cpus // nodes + (1 if i < cpus % nodes else 0) for i in range(nodes)]
     args = {"object_store_memory": object_store_mb * MB}
-    cluster = Cluster(initialize_head=True, head_node_args={**args, "num_cpus": per_node[0], "include_dashboard": False})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={**args, "num_cpus": per_node[0], "include_dashboard": False}
+    )
     for n in per_node[1:]:
         cluster.add_node(**args, num_cpus=n)
     cluster.wait_for_nodes()
@@ -256,8 +261,10 @@ def run_ray_demo(
         held = [hold.remote(holder) for _ in range(in_flight)]
         arrivals = _barrier_wait(ray, holder, in_flight)
         stats = deployment.stats()
-        bare = [Bare.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nid, soft=False)).remote()
-                for nid in stats["nodes"]]
+        bare = [
+            Bare.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nid, soft=False)).remote()
+            for nid in stats["nodes"]
+        ]
         roles: dict[int, str] = {stats["coordinator_pid"]: "embedshare coordinator"}
         roles.update({pid: "bare ray worker" for pid in ray.get([b.pid.remote() for b in bare])})
         roles.update({a["pid"]: "workers" for a in arrivals})
@@ -268,17 +275,27 @@ def run_ray_demo(
             ray.kill(b)
 
         head = _head_processes(memory)
-        nodes_out = {nid: {"processes": memory[nid]["processes"], "stats": stats["nodes"][nid]}
-                     for nid in memory}
+        nodes_out = {nid: {"processes": memory[nid]["processes"], "stats": stats["nodes"][nid]} for nid in memory}
         texts = deployment.texts_embedded(stats)
         calls = deployment.model_calls(stats)
         report = RayDemoReport(
-            tasks=len(task_list), failed=failed, in_flight=in_flight, model=model, wall_seconds=wall,
+            tasks=len(task_list),
+            failed=failed,
+            in_flight=in_flight,
+            model=model,
+            wall_seconds=wall,
             noop_wall_seconds=noop_wall,
-            deploy_seconds=deploy_seconds, attach_seconds=[a["seconds"] for a in attach_info],
-            task_seconds=seconds, nodes=nodes_out, head=head, texts_embedded=texts, model_calls=calls,
-            distinct_texts=_distinct_texts(task_list, registry), index_builds=stats["index_builds"],
-            results=results, single_machine=single,
+            deploy_seconds=deploy_seconds,
+            attach_seconds=[a["seconds"] for a in attach_info],
+            task_seconds=seconds,
+            nodes=nodes_out,
+            head=head,
+            texts_embedded=texts,
+            model_calls=calls,
+            distinct_texts=_distinct_texts(task_list, registry),
+            index_builds=stats["index_builds"],
+            results=results,
+            single_machine=single,
         )
         if single_results is not None:
             from .demo import _agreement

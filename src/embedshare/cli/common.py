@@ -40,9 +40,21 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
     # OSError covers what the machine refuses: a port in use, a read-only or full disk, a
     # permission (PermissionError), a missing file (FileNotFoundError).
-    return (EmbedderError, InvalidTextError, UnknownModelError, NoIndexError, RegistryError,
-            RemoteError, ServiceStartError, ServiceUnavailable, CacheError, ToolIndexError,
-            UnknownToolError, OSError, ValueError)
+    return (
+        EmbedderError,
+        InvalidTextError,
+        UnknownModelError,
+        NoIndexError,
+        RegistryError,
+        RemoteError,
+        ServiceStartError,
+        ServiceUnavailable,
+        CacheError,
+        ToolIndexError,
+        UnknownToolError,
+        OSError,
+        ValueError,
+    )
 
 
 @contextmanager
@@ -64,22 +76,28 @@ def errors_as_messages() -> Iterator[None]:
 
 
 store_option = click.option(
-    "--store", type=click.Path(file_okay=False, path_type=Path), default=None,
+    "--store",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
     help=f"Store folder (cache, indexes, service socket). Default: ${ENV_STORE} or ~/.cache/embedshare.",
 )
 model_option = click.option(
-    "--model", default=lambda: os.environ.get(ENV_MODEL),
+    "--model",
+    default=lambda: os.environ.get(ENV_MODEL),
     help=f"Embedder spec: local, hash:<dim>, openai:<model>. Default: ${ENV_MODEL}, else the "
-         "running service's, else the one the store records, else local.",
+    "running service's, else the one the store records, else local.",
 )
 registry_option = click.option(
-    "--registry", default="bundled", show_default=True,
+    "--registry",
+    default="bundled",
+    show_default=True,
     help="Tool registry JSON file, or 'bundled' for the example registry shipped with embedshare.",
 )
 store_registry_option = click.option(
-    "--registry", default=None,
+    "--registry",
+    default=None,
     help="Tool registry JSON file, or 'bundled'. Default: the one the store's service serves, else "
-         "the one the store records. Another one than the service's is an error.",
+    "the one the store records. Another one than the service's is an error.",
 )
 
 

@@ -55,8 +55,11 @@ def _format_stats(s: dict[str, Any]) -> str:
         f"mean batch {batch['mean'] or 0:.1f}  queue {s['queue_depth']} (max {s['max_queue_depth']})",
         f"latency p50 {ms(lat['p50'])}  p99 {ms(lat['p99'])}",
         f"clients {len(s['clients'])}:",
-        *(f"  pid {c['pid']:>7}  PSS {_pss_mb(c.get('pss'))}  requests {c['requests']}"
-          + ("  (this command)" if c["pid"] == os.getpid() else "") for c in s["clients"]),
+        *(
+            f"  pid {c['pid']:>7}  PSS {_pss_mb(c.get('pss'))}  requests {c['requests']}"
+            + ("  (this command)" if c["pid"] == os.getpid() else "")
+            for c in s["clients"]
+        ),
     ]
     if s.get("http"):
         lines.insert(2, f"http {s['http']}/v1  (metrics {s['http']}/metrics)")

@@ -39,13 +39,17 @@ def index_build(registry: str, store: Path | None, model: str | None) -> None:
         manager = EmbeddingManager(layout.root, model=resolve_model(model, store))
         idx = manager.load_registry(registry, progress=progress_callback("embedding tools"))
         click.echo(f"index of {len(idx)} tools ({idx.model_id}, {idx.dim} dims) at {idx.path}")
-        click.echo(f"the store {layout.root} now serves it: search, serve and workers use it when "
-                   "given no registry", err=True)
+        click.echo(
+            f"the store {layout.root} now serves it: search, serve and workers use it when given no registry", err=True
+        )
         served = read_state(layout).get("index")
         if service_lock_held(layout) and served != str(idx.path):
-            click.echo(f"note: the running service serves another index ({served}); restart it "
-                       f"(`embedshare stop --store {layout.root}`, then `embedshare serve --store "
-                       f"{layout.root} --detach`) to serve this one", err=True)
+            click.echo(
+                f"note: the running service serves another index ({served}); restart it "
+                f"(`embedshare stop --store {layout.root}`, then `embedshare serve --store "
+                f"{layout.root} --detach`) to serve this one",
+                err=True,
+            )
 
 
 @index.command("list")
@@ -64,8 +68,10 @@ def index_list(as_json: bool, store: Path | None) -> None:
             if "damaged" in s:
                 click.echo(f"{s['name']}  damaged: {s['damaged']}")
             else:
-                click.echo(f"{s['name']}  {s['model_id']} ({s['dim']} dims)  {s['tools']} tools  "
-                           f"registry {s['registry_hash'][:12]} {s['registry_source'] or ''}".rstrip())
+                click.echo(
+                    f"{s['name']}  {s['model_id']} ({s['dim']} dims)  {s['tools']} tools  "
+                    f"registry {s['registry_hash'][:12]} {s['registry_source'] or ''}".rstrip()
+                )
         if not indexes:
             click.echo(f"no index in {store_layout(store).indexes}")
 
@@ -84,7 +90,9 @@ def index_show(name: str, as_json: bool, store: Path | None) -> None:
             click.echo(json.dumps(info, indent=2))
             return
         click.echo(f"index {info['path']}")
-        click.echo(f"model {info['model_id']} ({info['dim']} dims)" + (f", {info['ann']} search" if info["ann"] else ""))
+        click.echo(
+            f"model {info['model_id']} ({info['dim']} dims)" + (f", {info['ann']} search" if info["ann"] else "")
+        )
         click.echo(f"registry {info['registry_hash']} from {info['registry_source']}")
         click.echo(f"{info['tools']} tools in {len(info['categories'])} categories:")
         for category, names in info["categories"].items():
@@ -100,8 +108,16 @@ def index_show(name: str, as_json: bool, store: Path | None) -> None:
 @store_option
 @model_option
 @store_registry_option
-def search(query: str, k: int, category: str | None, threshold: float, as_json: bool,
-           store: Path | None, model: str | None, registry: str | None) -> None:
+def search(
+    query: str,
+    k: int,
+    category: str | None,
+    threshold: float,
+    as_json: bool,
+    store: Path | None,
+    model: str | None,
+    registry: str | None,
+) -> None:
     """Find the tools that best match QUERY."""
     from ..settings import whole_number
 

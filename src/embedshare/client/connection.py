@@ -190,7 +190,8 @@ def _check_served_by_us(sock: socket.socket, address: str) -> None:
         raise ForeignServiceError(
             f"the socket {address} is served by uid {uid} (pid {pid}), not by you (uid {os.getuid()}): "
             "another user controls it, so embedshare will not use it. Check who can write its folder, "
-            "or use a store of your own (--store or EMBEDSHARE_STORE).")
+            "or use a store of your own (--store or EMBEDSHARE_STORE)."
+        )
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:

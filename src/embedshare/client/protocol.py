@@ -99,9 +99,7 @@ def check_request(message: dict[str, Any]) -> tuple[int, str]:
         raise ProtocolError("bad_request", "field 'id' must be an integer")
     version = message.get("v")
     if version != VERSION:
-        raise ProtocolError(
-            "version", f"protocol version {version!r} is not supported; this service speaks {VERSION}"
-        )
+        raise ProtocolError("version", f"protocol version {version!r} is not supported; this service speaks {VERSION}")
     op = message.get("op")
     if op not in OPS:
         raise ProtocolError("unknown_op", f"unknown op {op!r}; expected one of {', '.join(OPS)}")
@@ -114,9 +112,7 @@ def request_texts(message: dict[str, Any]) -> list[str]:
     if not isinstance(texts, list):
         raise ProtocolError("bad_request", f"field 'texts' must be a list, got {type(texts).__name__}")
     if len(texts) > MAX_TEXTS_PER_REQUEST:
-        raise ProtocolError(
-            "too_large", f"{len(texts)} texts in one request; the limit is {MAX_TEXTS_PER_REQUEST}"
-        )
+        raise ProtocolError("too_large", f"{len(texts)} texts in one request; the limit is {MAX_TEXTS_PER_REQUEST}")
     return texts
 
 

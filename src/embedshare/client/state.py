@@ -106,6 +106,8 @@ def stopped_on_purpose(layout: StoreLayout) -> str | None:
     if not isinstance(stopped, dict):
         return None
     when = time.strftime("%H:%M:%S", time.localtime(float(stopped.get("at") or 0)))
-    return (f"the embedshare service of {layout.root} (pid {stopped.get('pid')}) was stopped by "
-            f"`{stopped.get('by')}` at {when}, so it is not restarted; start it again with "
-            f"`embedshare serve --store {layout.root} --detach` (or start your pool again)")
+    return (
+        f"the embedshare service of {layout.root} (pid {stopped.get('pid')}) was stopped by "
+        f"`{stopped.get('by')}` at {when}, so it is not restarted; start it again with "
+        f"`embedshare serve --store {layout.root} --detach` (or start your pool again)"
+    )

@@ -55,7 +55,7 @@ def create_embedder(spec: str | Embedder, **options: object) -> Embedder:
     kind, _, arg = spec.strip().partition(":")
     kind = kind.lower()
     if kind.startswith("local@"):  # "local@torch" is "local:@torch": the bundled model
-        kind, arg = "local", f"{arg}{kind[len('local'):]}"
+        kind, arg = "local", f"{arg}{kind[len('local') :]}"
     if kind == "hash":
         from .hashing import HashingEmbedder
 

@@ -137,8 +137,9 @@ def build_bert_mean_pooling(weights: dict[str, np.ndarray], shape: BertShape):
     # additive attention bias [B, 1, 1, S]: 0 where attended, float32 min where padded
     mask = g.op("Cast", ["attention_mask"], to=TensorProto.FLOAT)
     masked = g.op("Sub", [const("one_float", 1.0, np.float32), mask])
-    bias = g.op("Unsqueeze", [g.op("Mul", [masked, const("min_float", _MIN_FLOAT, np.float32)]),
-                              const("bias_axes", [1, 2])])
+    bias = g.op(
+        "Unsqueeze", [g.op("Mul", [masked, const("min_float", _MIN_FLOAT, np.float32)]), const("bias_axes", [1, 2])]
+    )
     heads_shape = const("heads_shape", [0, 0, shape.heads, head_dim])
     hidden_shape = const("hidden_shape", [0, 0, shape.hidden])
     scale = const("attention_scale", 1.0 / math.sqrt(head_dim), np.float32)
@@ -147,20 +148,34 @@ def build_bert_mean_pooling(weights: dict[str, np.ndarray], shape: BertShape):
 
     for i in range(shape.layers):
         p = f"encoder.layer.{i}"
-        q = g.op("Transpose", [g.op("Reshape", [g.linear(x, weights, f"{p}.attention.self.query"), heads_shape])],
-                 perm=[0, 2, 1, 3])
-        k = g.op("Transpose", [g.op("Reshape", [g.linear(x, weights, f"{p}.attention.self.key"), heads_shape])],
-                 perm=[0, 2, 3, 1])
-        v = g.op("Transpose", [g.op("Reshape", [g.linear(x, weights, f"{p}.attention.self.value"), heads_shape])],
-                 perm=[0, 2, 1, 3])
+        q = g.op(
+            "Transpose",
+            [g.op("Reshape", [g.linear(x, weights, f"{p}.attention.self.query"), heads_shape])],
+            perm=[0, 2, 1, 3],
+        )
+        k = g.op(
+            "Transpose",
+            [g.op("Reshape", [g.linear(x, weights, f"{p}.attention.self.key"), heads_shape])],
+            perm=[0, 2, 3, 1],
+        )
+        v = g.op(
+            "Transpose",
+            [g.op("Reshape", [g.linear(x, weights, f"{p}.attention.self.value"), heads_shape])],
+            perm=[0, 2, 1, 3],
+        )
         scores = g.op("Add", [g.op("Mul", [g.op("MatMul", [q, k]), scale]), bias])
         context = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v])
         context = g.op("Reshape", [g.op("Transpose", [context], perm=[0, 2, 1, 3]), hidden_shape])
         attended = g.linear(context, weights, f"{p}.attention.output.dense")
         x = g.layer_norm(g.op("Add", [attended, x]), weights, f"{p}.attention.output.LayerNorm", shape.eps)
         inner = g.linear(x, weights, f"{p}.intermediate.dense")
-        gelu = g.op("Mul", [g.op("Mul", [inner, half]),
-                            g.op("Add", [g.op("Erf", [g.op("Div", [inner, sqrt2])]), const(f"one_{i}", 1.0, np.float32)])])
+        gelu = g.op(
+            "Mul",
+            [
+                g.op("Mul", [inner, half]),
+                g.op("Add", [g.op("Erf", [g.op("Div", [inner, sqrt2])]), const(f"one_{i}", 1.0, np.float32)]),
+            ],
+        )
         out = g.linear(gelu, weights, f"{p}.output.dense")
         x = g.layer_norm(g.op("Add", [out, x]), weights, f"{p}.output.LayerNorm", shape.eps)
 
@@ -172,14 +187,18 @@ def build_bert_mean_pooling(weights: dict[str, np.ndarray], shape: BertShape):
     g.nodes.append(helper.make_node("Div", [summed, counts], ["mean_pooled"], name="mean_pooled"))
 
     graph = helper.make_graph(
-        g.nodes, "bert_mean_pooling",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])],
+        g.nodes,
+        "bert_mean_pooling",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
+        ],
         [helper.make_tensor_value_info("mean_pooled", TensorProto.FLOAT, ["batch", shape.hidden])],
         initializer=g.initializers,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                             producer_name="embedshare.bert_graph", ir_version=8)
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="embedshare.bert_graph", ir_version=8
+    )
 
 
 def build_from_folder(folder: Path):

@@ -144,14 +144,14 @@ class OnnxLocalEmbedder:
         start = 0
         while start < len(texts):
             width = len(encodings[order[start]].ids)  # the longest of this chunk: sorted
-            chunk = order[start:start + max(1, min(self.batch_size, TOKEN_BUDGET // width))]
+            chunk = order[start : start + max(1, min(self.batch_size, TOKEN_BUDGET // width))]
             start += len(chunk)
             ids = np.zeros((len(chunk), width), dtype=np.int64)
             mask = np.zeros((len(chunk), width), dtype=np.int64)
             for row, index in enumerate(chunk):
                 tokens = encodings[index].ids
-                ids[row, :len(tokens)] = tokens
-                mask[row, :len(tokens)] = 1
+                ids[row, : len(tokens)] = tokens
+                mask[row, : len(tokens)] = 1
             (pooled,) = self._session.run(None, {"input_ids": ids, "attention_mask": mask})
             out[chunk] = pooled
         return out

@@ -106,7 +106,11 @@ class PoolReport:
             bare = d["bare_interpreter_pss_mb"]
             lines.append(
                 f"   per worker: {d['pss_per_worker_mb']:.1f} MB"
-                + (f" (a bare spawned worker with numpy: {bare:.1f} MB, so +{d['pss_per_worker_mb'] - bare:.1f} MB)" if bare else "")
+                + (
+                    f" (a bare spawned worker with numpy: {bare:.1f} MB, so +{d['pss_per_worker_mb'] - bare:.1f} MB)"
+                    if bare
+                    else ""
+                )
             )
         lines += [
             f"   cache: {d['hits']} hits, {d['misses']} misses;  model calls {d['model_calls']} "
@@ -154,8 +158,13 @@ class SharedPool:
         self.progress = progress
         self.label = label
         self.service = EmbeddingService(
-            store, model=model, registry=None if config is not None and registry == BUNDLED_REGISTRY else registry,
-            config=config, preload=preload, max_batch=max_batch, max_wait_ms=max_wait_ms,
+            store,
+            model=model,
+            registry=None if config is not None and registry == BUNDLED_REGISTRY else registry,
+            config=config,
+            preload=preload,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
         )
         self.store = Path(self.service.config.store)
         self.model = self.service.config.model
@@ -178,8 +187,12 @@ class SharedPool:
         }
         try:
             self._pool = WorkerPool(
-                self.workers, initializer=attach_worker, start_method=self.start_method,
-                max_retries=self.max_retries, env=env, task_timeout=self.task_timeout,
+                self.workers,
+                initializer=attach_worker,
+                start_method=self.start_method,
+                max_retries=self.max_retries,
+                env=env,
+                task_timeout=self.task_timeout,
             )
         except BaseException:
             self.service.stop()
@@ -200,8 +213,14 @@ class SharedPool:
             raise RuntimeError("use SharedPool as a context manager: with SharedPool(...) as pool")
         return self._pool
 
-    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], *, raise_on_failure: bool = True,
-            on_result: Callable[[int, TaskOutcome], None] | None = None) -> list[Any]:
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        items: Iterable[Any],
+        *,
+        raise_on_failure: bool = True,
+        on_result: Callable[[int, TaskOutcome], None] | None = None,
+    ) -> list[Any]:
         """Run ``fn(item)`` in the workers; results in order. Measures the run for ``report``.
 
         ``on_result(index, outcome)`` is called in this process as each task finishes (after the
@@ -217,7 +236,8 @@ class SharedPool:
         started = time.perf_counter()
         try:
             self.outcomes = pool.map(
-                timed_call, [(fn, item) for item in items],
+                timed_call,
+                [(fn, item) for item in items],
                 on_result=_chain(bar.update if bar is not None else None, on_result),
             )
         finally:
@@ -238,12 +258,20 @@ class SharedPool:
             service_stats = self.service.stats()
         except (OSError, ConnectionError):
             service_stats = None
-        return measure_run(self.label, self.worker_pool, self.outcomes, wall, self._startup,
-                           service_pid=service_pid, service_stats=service_stats)
+        return measure_run(
+            self.label,
+            self.worker_pool,
+            self.outcomes,
+            wall,
+            self._startup,
+            service_pid=service_pid,
+            service_stats=service_stats,
+        )
 
 
-def _chain(tick: Callable[[int], Any] | None,
-           on_result: Callable[[int, TaskOutcome], None] | None) -> Callable[[int, TaskOutcome], None] | None:
+def _chain(
+    tick: Callable[[int], Any] | None, on_result: Callable[[int, TaskOutcome], None] | None
+) -> Callable[[int, TaskOutcome], None] | None:
     """One on_result hook: advance the progress bar, then call the caller's hook."""
     if tick is None:
         return on_result
@@ -267,16 +295,25 @@ def measure_run(
 ) -> PoolReport:
     """Measure a finished run while its workers are still alive (they hold their memory)."""
     with BareInterpreter(env=pool.env) as bare:
-        memory = measure({
-            "service": [service_pid] if service_pid else [],
-            "worker": pool.worker_pids(),
-            "parent": [os.getpid()],
-        })
+        memory = measure(
+            {
+                "service": [service_pid] if service_pid else [],
+                "worker": pool.worker_pids(),
+                "parent": [os.getpid()],
+            }
+        )
         bare_pss = bare.pss()
     return PoolReport(
-        label=label, workers=pool.size, tasks=len(outcomes),
-        failed=sum(not o.ok for o in outcomes), wall_seconds=wall,
-        startup_seconds=startup, memory=memory, bare_interpreter_pss=bare_pss,
-        worker_stats=pool.collect(worker_stats), service_stats=service_stats,
-        crashes=list(pool.crashes), task_seconds=[o.value[1] for o in outcomes if o.ok],
+        label=label,
+        workers=pool.size,
+        tasks=len(outcomes),
+        failed=sum(not o.ok for o in outcomes),
+        wall_seconds=wall,
+        startup_seconds=startup,
+        memory=memory,
+        bare_interpreter_pss=bare_pss,
+        worker_stats=pool.collect(worker_stats),
+        service_stats=service_stats,
+        crashes=list(pool.crashes),
+        task_seconds=[o.value[1] for o in outcomes if o.ok],
     )

@@ -115,12 +115,14 @@ class WorkerPool:
         self.env = {str(k): str(v) for k, v in (env or {}).items()}
         # Pickled once here: a non-importable initializer fails now, in the caller's frame.
         init_blob = bytes(dumps(Initializer(initializer, tuple(initargs))))
-        init_name = (
-            "(none)" if initializer is None else getattr(initializer, "__qualname__", repr(initializer))
-        )
+        init_name = "(none)" if initializer is None else getattr(initializer, "__qualname__", repr(initializer))
         self._supervisor = WorkerSupervisor(
-            multiprocessing.get_context(start_method), init_blob, init_name, self.env,
-            max_startup_retries=max_retries, task_timeout=self.task_timeout,
+            multiprocessing.get_context(start_method),
+            init_blob,
+            init_name,
+            self.env,
+            max_startup_retries=max_retries,
+            task_timeout=self.task_timeout,
         )
         self._closed = False
         self._finalizer = weakref.finalize(self, kill_workers, self._supervisor.workers)

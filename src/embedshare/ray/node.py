@@ -85,9 +85,16 @@ class NodeService:
         self._inflight: SingleFlight[Promise] = SingleFlight(Promise)  # keys being fetched from owners
         self._counters_lock = threading.Lock()
         self.counters = {
-            "service_starts": 0, "fetch_requests": 0, "fetch_texts": 0, "fetch_cache_hits": 0,
-            "fetch_joined": 0, "asked_owners": 0, "owner_retries": 0, "owner_failovers": 0,
-            "compute_requests": 0, "compute_texts": 0,
+            "service_starts": 0,
+            "fetch_requests": 0,
+            "fetch_texts": 0,
+            "fetch_cache_hits": 0,
+            "fetch_joined": 0,
+            "asked_owners": 0,
+            "owner_retries": 0,
+            "owner_failovers": 0,
+            "compute_requests": 0,
+            "compute_texts": 0,
         }
         self._start_service()
 
@@ -113,8 +120,9 @@ class NodeService:
                 # closes, which happened already; wait for that process to exit, then start.
                 self._wait_exit(int(detail), deadline)
                 continue
-            raise RuntimeError(f"the embedshare service of node {self.node_id} did not start: {detail}\n"
-                               f"{self._log_tail()}")
+            raise RuntimeError(
+                f"the embedshare service of node {self.node_id} did not start: {detail}\n{self._log_tail()}"
+            )
         conn = ServiceConnection(layout.socket, connect_timeout=10.0)
         self._hello = conn.request("hello", timeout=max(1.0, deadline - time.monotonic()))
         self._conn = conn
@@ -128,8 +136,11 @@ class NodeService:
         life_read, life_write = os.pipe()
         try:
             process, line = spawn_service(
-                self.config, deadline - time.monotonic(), pass_fds=(life_read,),
-                entry=("embedshare.ray._service", "--lifeline-fd", str(life_read)))
+                self.config,
+                deadline - time.monotonic(),
+                pass_fds=(life_read,),
+                entry=("embedshare.ray._service", "--lifeline-fd", str(life_read)),
+            )
         except ServiceStartError as exc:  # no answer in time: it was killed
             os.close(life_write)
             return "error", str(exc)
@@ -201,10 +212,15 @@ class NodeService:
     def info(self) -> dict[str, Any]:
         process = self._process
         return {
-            "node_id": self.node_id, "address": str(self.layout.socket), "store": str(self.layout.root),
-            "actor_pid": os.getpid(), "service_pid": process.pid if process else None,
-            "model_id": self._hello.get("model_id"), "dim": self._hello.get("dim"),
-            "incarnation": self.incarnation, "ring": self.ring,
+            "node_id": self.node_id,
+            "address": str(self.layout.socket),
+            "store": str(self.layout.root),
+            "actor_pid": os.getpid(),
+            "service_pid": process.pid if process else None,
+            "model_id": self._hello.get("model_id"),
+            "dim": self._hello.get("dim"),
+            "incarnation": self.incarnation,
+            "ring": self.ring,
         }
 
     def stop(self) -> None:
@@ -226,7 +242,7 @@ class NodeService:
         """Vectors from this node's service (which computes each text once and caches it)."""
         out = np.empty((len(texts), int(self._hello["dim"])), dtype=np.float32)
         for start in range(0, len(texts), CHUNK):
-            chunk = texts[start:start + CHUNK]
+            chunk = texts[start : start + CHUNK]
             for attempt in range(4):
                 conn = self._conn
                 try:
@@ -238,7 +254,7 @@ class NodeService:
                     if attempt == 3:
                         raise
                     self.ensure()
-            out[start:start + len(chunk)] = _vectors(reply, len(chunk))
+            out[start : start + len(chunk)] = _vectors(reply, len(chunk))
         return out
 
     def compute(self, texts: list[str]) -> np.ndarray:
@@ -298,16 +314,24 @@ class NodeService:
                 return np.asarray(ray.get(ref), dtype=np.float32)
             except RETRYABLE as exc:
                 self._count(owner_retries=1)
-                log.warning("node %s: the service of node %s failed (%s); asking again",
-                            self.node_id[:8], owner[:8], type(exc).__name__)
+                log.warning(
+                    "node %s: the service of node %s failed (%s); asking again",
+                    self.node_id[:8],
+                    owner[:8],
+                    type(exc).__name__,
+                )
                 try:
                     ref = self._owner(owner, restart=True).compute.remote(chunk)
                 except NodeGone:
                     break
         # The owner's node is gone (or keeps failing): compute here. Counted, never silent.
         self._count(owner_failovers=1)
-        log.warning("node %s: node %s cannot compute its texts; computing %d of them here",
-                    self.node_id[:8], owner[:8], len(chunk))
+        log.warning(
+            "node %s: node %s cannot compute its texts; computing %d of them here",
+            self.node_id[:8],
+            owner[:8],
+            len(chunk),
+        )
         return self._request(chunk)
 
     def _owner(self, node_id: str, restart: bool = False) -> Any:

@@ -85,8 +85,7 @@ class Batcher:
     batches at the model at once; a local model gets one, since it already uses every core.
     """
 
-    def __init__(self, source: ModelAndCache, metrics: ServiceMetrics,
-                 max_batch: int, max_wait_ms: float) -> None:
+    def __init__(self, source: ModelAndCache, metrics: ServiceMetrics, max_batch: int, max_wait_ms: float) -> None:
         self.source = source
         self.metrics = metrics
         # Checked here too, not only in ServiceConfig: with max_batch < 1 every turn of _run

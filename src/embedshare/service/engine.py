@@ -101,9 +101,16 @@ class Engine:
                 self.served_config = dataclasses.replace(self.config, registry=name)
             self._registry = {"hash": registry_hash, "source": name, "index": str(index.path)}
         registry = self._registry or {}
-        write_record(self.layout, model=self.config.model, model_id=source.model_id, dim=source.dim,
-                     registry_hash=registry.get("hash"), registry_source=registry.get("source"),
-                     index=registry.get("index"), tools=len(index) if index is not None else None)
+        write_record(
+            self.layout,
+            model=self.config.model,
+            model_id=source.model_id,
+            dim=source.dim,
+            registry_hash=registry.get("hash"),
+            registry_source=registry.get("source"),
+            index=registry.get("index"),
+            tools=len(index) if index is not None else None,
+        )
 
     def start(self) -> None:
         """Start the batcher and answer (in the loop, once :meth:`load` has returned)."""

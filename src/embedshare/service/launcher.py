@@ -84,14 +84,31 @@ class EmbeddingService:
         (``{"max_connections": 64}``). Every setting is checked here, before anything starts.
         """
         self.config = service_config(  # SettingError (a ValueError) for a bad setting
-            config, store=store, model=model, registry=registry, preload=preload or None,
-            max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads, http=http, tcp=tcp,
-            token_file=token_file, http_token_file=http_token_file, http_no_auth=http_no_auth, limits=limits)
+            config,
+            store=store,
+            model=model,
+            registry=registry,
+            preload=preload or None,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            threads=threads,
+            http=http,
+            tcp=tcp,
+            token_file=token_file,
+            http_token_file=http_token_file,
+            http_no_auth=http_no_auth,
+            limits=limits,
+        )
         self.layout = StoreLayout(self.config.store)
         if self.config.http:  # a missing or unsafe token is one clear error here, not in the log
             http_host = parse_http_address(self.config.http)[0]
-            http_token(self.config.http_token_file, self.config.http_no_auth, is_loopback(http_host),
-                       self.config.http, warn=False)
+            http_token(
+                self.config.http_token_file,
+                self.config.http_no_auth,
+                is_loopback(http_host),
+                self.config.http,
+                warn=False,
+            )
         self.detach = detach
         self.start_timeout = settings.seconds("start_timeout", start_timeout)
         self.export_env = export_env
@@ -113,7 +130,8 @@ class EmbeddingService:
         if not config:
             raise ServiceUnavailable(
                 f"no embedshare service has run on {layout.root}, so there is none to restart: start "
-                f"one with `embedshare serve --store {layout.root} --detach` (or EmbeddingService)")
+                f"one with `embedshare serve --store {layout.root} --detach` (or EmbeddingService)"
+            )
         try:
             if not isinstance(config, dict):
                 raise SettingError(f"'config' is a {type(config).__name__}, not an object")
@@ -155,8 +173,10 @@ class EmbeddingService:
         deadline = time.monotonic() + self.start_timeout
         while True:
             if time.monotonic() > deadline:
-                raise ServiceStartError(f"no embedshare service answered on {self.layout.root} within "
-                                        f"{self.start_timeout} s (each one started let go of the lock)")
+                raise ServiceStartError(
+                    f"no embedshare service answered on {self.layout.root} within "
+                    f"{self.start_timeout} s (each one started let go of the lock)"
+                )
             if service_lock_held(self.layout):
                 joined = self._join_running(deadline)
                 if joined is not None:
@@ -190,8 +210,10 @@ class EmbeddingService:
                 self.pid, self.owned = joined
             return joined is not None
         self._reap_own_process(timeout=30.0)  # it exits after saying why: no zombie left
-        raise ServiceStartError(f"the embedshare service did not start: {detail or 'it exited'} "
-                                f"(its log: {self.layout.log})", self.log_tail())
+        raise ServiceStartError(
+            f"the embedshare service did not start: {detail or 'it exited'} (its log: {self.layout.log})",
+            self.log_tail(),
+        )
 
     def _join_running(self, deadline: float) -> tuple[int, bool] | None:
         """Another service holds the store: wait until it answers ``hello`` and check its model.
@@ -223,8 +245,12 @@ class EmbeddingService:
             )
         log.info("joined the running embedshare service (pid %s)", hello["pid"])
         if self.config.http and not read_state(self.layout).get("http"):
-            log.warning("the running embedshare service (pid %s) has no HTTP endpoint; stop it and "
-                        "start it again with http=%s to get one", hello["pid"], self.config.http)
+            log.warning(
+                "the running embedshare service (pid %s) has no HTTP endpoint; stop it and "
+                "start it again with http=%s to get one",
+                hello["pid"],
+                self.config.http,
+            )
         return int(hello["pid"]), False
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -297,9 +323,14 @@ class EmbeddingService:
         self._saved_env.clear()
 
 
-def spawn_service(config: ServiceConfig, timeout: float, *, verbose: int = 0,
-                  entry: Sequence[str] = ("embedshare.service",),
-                  pass_fds: Sequence[int] = ()) -> tuple[subprocess.Popen, str]:
+def spawn_service(
+    config: ServiceConfig,
+    timeout: float,
+    *,
+    verbose: int = 0,
+    entry: Sequence[str] = ("embedshare.service",),
+    pass_fds: Sequence[int] = (),
+) -> tuple[subprocess.Popen, str]:
     """Start a service process for ``config`` and return it with the line it says once it answers.
 
     The line is ``ready PID``, ``already PID`` (another service holds the store) or ``error

@@ -86,8 +86,9 @@ class Slot:
 class Listener:
     """The open connections of one listener, within its cap and deadlines (see the module)."""
 
-    def __init__(self, name: str, cap: int, *, first_frame_timeout: float, frame_timeout: float,
-                 idle_timeout: float) -> None:
+    def __init__(
+        self, name: str, cap: int, *, first_frame_timeout: float, frame_timeout: float, idle_timeout: float
+    ) -> None:
         self.name = name
         self.cap = cap
         self.first_frame_timeout = first_frame_timeout
@@ -102,15 +103,17 @@ class Listener:
         if len(self.open) >= self.cap:
             if not self.fresh:
                 self.counts["refused"] += 1
-                log.warning("%s: %d connections, every one in use (the limit); refused a new one",
-                            self.name, len(self.open))
+                log.warning(
+                    "%s: %d connections, every one in use (the limit); refused a new one", self.name, len(self.open)
+                )
                 return None
             oldest = next(iter(self.fresh))
             self.release(oldest)
             oldest.close()
             self.counts["evicted"] += 1
-            log.warning("%s: %d connections (the limit); closed the oldest that had sent nothing yet",
-                        self.name, self.cap)
+            log.warning(
+                "%s: %d connections (the limit); closed the oldest that had sent nothing yet", self.name, self.cap
+            )
         slot = Slot(self, close)
         self.open[slot] = None
         self.fresh[slot] = None
@@ -126,9 +129,13 @@ class Listener:
             self.release(slot)
             slot.close()
             self.counts["timed_out"] += 1
-            log.warning("%s: closed a connection that missed its deadline (first frame %.0f s, "
-                        "frame %.0f s, idle %.0f s)", self.name, self.first_frame_timeout,
-                        self.frame_timeout, self.idle_timeout)
+            log.warning(
+                "%s: closed a connection that missed its deadline (first frame %.0f s, frame %.0f s, idle %.0f s)",
+                self.name,
+                self.first_frame_timeout,
+                self.frame_timeout,
+                self.idle_timeout,
+            )
 
     def stats(self) -> dict[str, Any]:
         return {"open": len(self.open), "cap": self.cap, **self.counts}
@@ -145,8 +152,9 @@ async def sweep_forever(listeners: list[Listener], tick: float) -> None:
 
 def sweep_tick(listeners: list[Listener]) -> float:
     """A quarter of the shortest deadline, at most 1 s: deadlines hold within 25%."""
-    shortest = min((t for l in listeners for t in (l.first_frame_timeout, l.frame_timeout, l.idle_timeout) if t),
-                   default=4.0)
+    shortest = min(
+        (t for l in listeners for t in (l.first_frame_timeout, l.frame_timeout, l.idle_timeout) if t), default=4.0
+    )
     return max(0.01, min(1.0, shortest / 4))
 
 

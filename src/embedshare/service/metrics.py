@@ -16,9 +16,19 @@ class ServiceMetrics:
         self.started = time.time()
         self._lock = threading.Lock()
         self.counters: dict[str, int] = {
-            "requests": 0, "errors": 0, "embed_requests": 0, "texts": 0, "hits": 0,
-            "misses": 0, "joined_inflight": 0, "model_calls": 0, "texts_embedded": 0,
-            "cache_write_failures": 0, "connections_total": 0, "refused_peers": 0, "auth_failures": 0,
+            "requests": 0,
+            "errors": 0,
+            "embed_requests": 0,
+            "texts": 0,
+            "hits": 0,
+            "misses": 0,
+            "joined_inflight": 0,
+            "model_calls": 0,
+            "texts_embedded": 0,
+            "cache_write_failures": 0,
+            "connections_total": 0,
+            "refused_peers": 0,
+            "auth_failures": 0,
         }
         self.request_latency = Histogram()
         self.batch_sizes = Histogram(bounds=tuple(float(2**i) for i in range(14)))

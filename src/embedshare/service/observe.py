@@ -26,12 +26,24 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "texts": ("embedshare_texts", "Texts asked for in embed and preload requests."),
     "hits": ("embedshare_cache_hits", "Texts the service found in the cache."),
     "misses": ("embedshare_cache_misses", "Texts the service did not find in the cache."),
-    "joined_inflight": ("embedshare_joined_inflight", "Texts that joined one already queued or computing (single-flight)."),
-    "model_calls": ("embedshare_model_calls", "Calls to the model, the service's own index build and preload included."),
+    "joined_inflight": (
+        "embedshare_joined_inflight",
+        "Texts that joined one already queued or computing (single-flight).",
+    ),
+    "model_calls": (
+        "embedshare_model_calls",
+        "Calls to the model, the service's own index build and preload included.",
+    ),
     "texts_embedded": ("embedshare_texts_embedded", "Texts the model embedded."),
     "cache_write_failures": ("embedshare_cache_write_failures", "Batches whose vectors could not be cached."),
-    "corrupt_vectors": ("embedshare_corrupt_vectors", "Cached vectors that failed their checksum, recomputed and replaced."),
-    "old_format_vectors": ("embedshare_old_format_vectors", "Cached vectors without a checksum (older format), replaced."),
+    "corrupt_vectors": (
+        "embedshare_corrupt_vectors",
+        "Cached vectors that failed their checksum, recomputed and replaced.",
+    ),
+    "old_format_vectors": (
+        "embedshare_old_format_vectors",
+        "Cached vectors without a checksum (older format), replaced.",
+    ),
     "connections_total": ("embedshare_connections", "Socket connections accepted."),
     "refused_peers": ("embedshare_refused_peers", "Socket connections refused (another uid)."),
     "auth_failures": ("embedshare_auth_failures", "Connections refused for a missing or wrong token."),
@@ -42,8 +54,6 @@ HISTOGRAMS: dict[str, tuple[str, str]] = {
     "batch_size": ("embedshare_batch_size_texts", "Texts per model call of the batcher."),
     "model_call_seconds": ("embedshare_model_call_seconds", "Duration of the batcher's model calls, in seconds."),
 }
-
-
 
 
 def with_memory(stats: dict[str, Any]) -> dict[str, Any]:
@@ -94,8 +104,15 @@ class ServiceCollector:
         if self._memory:
             stats = with_memory(stats)
         info = InfoMetricFamily("embedshare_service", "The service: model, dimension, store, pid.")
-        info.add_metric([], {"model_id": str(stats["model_id"]), "dim": str(stats["dim"] or ""),
-                             "store": str(stats["store"]), "pid": str(stats["pid"])})
+        info.add_metric(
+            [],
+            {
+                "model_id": str(stats["model_id"]),
+                "dim": str(stats["dim"] or ""),
+                "store": str(stats["store"]),
+                "pid": str(stats["pid"]),
+            },
+        )
         yield info
         for key, (name, doc) in COUNTERS.items():
             yield CounterMetricFamily(name, doc, value=float(stats.get(key, 0)))
@@ -109,18 +126,22 @@ class ServiceCollector:
             "embedshare_queue_depth": ("Texts waiting for the model now.", stats["queue_depth"]),
             "embedshare_queue_depth_max": ("Most texts ever waiting for the model.", stats["max_queue_depth"]),
             "embedshare_clients": ("Connected socket clients.", len(stats["clients"])),
-            "embedshare_ready": ("1 once the model and index are loaded, 0 while they load.",
-                                 1.0 if stats.get("ready") else 0.0),
+            "embedshare_ready": (
+                "1 once the model and index are loaded, 0 while they load.",
+                1.0 if stats.get("ready") else 0.0,
+            ),
             "embedshare_tools": ("Tools in the service's index.", stats.get("tools") or 0),
         }
         for name, (doc, value) in gauges.items():
             yield GaugeMetricFamily(name, doc, value=float(value))
         if "pss" in stats:  # read here (memory=True) or by the caller, off the event loop
             if stats.get("pss") is not None:
-                yield GaugeMetricFamily("embedshare_process_pss_bytes", "PSS of the service process.",
-                                        value=float(stats["pss"]))
-            pss = GaugeMetricFamily("embedshare_client_pss_bytes", "PSS of each connected client process.",
-                                    labels=["pid"])
+                yield GaugeMetricFamily(
+                    "embedshare_process_pss_bytes", "PSS of the service process.", value=float(stats["pss"])
+                )
+            pss = GaugeMetricFamily(
+                "embedshare_client_pss_bytes", "PSS of each connected client process.", labels=["pid"]
+            )
             for client in stats["clients"]:
                 if client.get("pss") is not None:
                     pss.add_metric([str(client["pid"])], float(client["pss"]))
@@ -131,8 +152,9 @@ class ServiceCollector:
         for client in stats["clients"]:
             pid = "tcp" if client.get("pid") is None else str(client["pid"])
             by_pid[pid] = by_pid.get(pid, 0.0) + float(client["requests"])
-        requests = CounterMetricFamily("embedshare_client_requests",
-                                       "Requests of each connected client process.", labels=["pid"])
+        requests = CounterMetricFamily(
+            "embedshare_client_requests", "Requests of each connected client process.", labels=["pid"]
+        )
         for pid, count in by_pid.items():
             requests.add_metric([pid], count)
         yield requests

@@ -65,8 +65,7 @@ class VectorSource(ABC):
         """
 
     @abstractmethod
-    def index_for(self, registry: Registry, name: str, embed: EmbedFn,
-                  progress: Progress | None = None) -> ToolIndex:
+    def index_for(self, registry: Registry, name: str, embed: EmbedFn, progress: Progress | None = None) -> ToolIndex:
         """The index of ``registry`` (named ``name`` in errors): built, checked or refused."""
 
     @abstractmethod

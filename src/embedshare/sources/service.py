@@ -179,8 +179,7 @@ class ServiceSource(ServiceBackedSource):
     def served_index(self, embed: EmbedFn) -> ToolIndex | None:
         return self._index
 
-    def index_for(self, registry: Registry, name: str, embed: EmbedFn,
-                  progress: Progress | None = None) -> ToolIndex:
+    def index_for(self, registry: Registry, name: str, embed: EmbedFn, progress: Progress | None = None) -> ToolIndex:
         """The service's index, if ``registry`` is the one it serves (RegistryMismatchError if not)."""
         check_served_registry(registry, name, self.served_registry, self.layout.root)
         if self._index is None:
@@ -189,10 +188,12 @@ class ServiceSource(ServiceBackedSource):
 
     def no_index_advice(self) -> str:
         root = self.layout.root
-        return (f"the service at {self.address} serves no tool registry, and its store {root} records "
-                f"none: run `embedshare index build FILE --store {root}` (or `bundled` for the example), "
-                f"then restart the service (`embedshare stop --store {root}`, then "
-                f"`embedshare serve --store {root} --detach`)")
+        return (
+            f"the service at {self.address} serves no tool registry, and its store {root} records "
+            f"none: run `embedshare index build FILE --store {root}` (or `bundled` for the example), "
+            f"then restart the service (`embedshare stop --store {root}`, then "
+            f"`embedshare serve --store {root} --detach`)"
+        )
 
     # -- extras -------------------------------------------------------------------------------
 
@@ -232,12 +233,14 @@ def check_served_registry(asked: Registry, name: str, served: dict[str, Any] | N
         raise RegistryMismatchError(
             f"the embedshare service of {store} serves no tool registry, not {what}: stop it "
             f"(`embedshare stop --store {store}`) and start it with this one "
-            f"(`embedshare serve --store {store} --registry {name} --detach`)")
+            f"(`embedshare serve --store {store} --registry {name} --detach`)"
+        )
     raise RegistryMismatchError(
         f"the embedshare service of {store} serves {describe_registry(served.get('hash'), served.get('source'))}, "
         f"not {what}: use the served one (ask for no registry), or stop the service "
         f"(`embedshare stop --store {store}`) and start it with this one "
-        f"(`embedshare serve --store {store} --registry {name} --detach`), or use another --store")
+        f"(`embedshare serve --store {store} --registry {name} --detach`), or use another --store"
+    )
 
 
 def _chunks(texts: list[str]) -> list[tuple[int, int]]:

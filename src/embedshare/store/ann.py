@@ -50,13 +50,14 @@ def default_nprobe(nlist: int) -> int:
 def _assign(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     out = np.empty(len(vectors), dtype=np.int64)
     for start in range(0, len(vectors), _CHUNK):
-        chunk = np.asarray(vectors[start:start + _CHUNK], dtype=np.float32)
-        out[start:start + len(chunk)] = np.argmax(chunk @ centroids.T, axis=1)
+        chunk = np.asarray(vectors[start : start + _CHUNK], dtype=np.float32)
+        out[start : start + len(chunk)] = np.argmax(chunk @ centroids.T, axis=1)
     return out
 
 
-def train_centroids(vectors: np.ndarray, nlist: int, *, iterations: int = 8, sample_per_list: int = 40,
-                    seed: int = 0) -> np.ndarray:
+def train_centroids(
+    vectors: np.ndarray, nlist: int, *, iterations: int = 8, sample_per_list: int = 40, seed: int = 0
+) -> np.ndarray:
     """Spherical k-means on a seeded sample of ``vectors``: ``(nlist, dim)`` unit rows."""
     n = len(vectors)
     if not 1 <= nlist <= n:
@@ -83,8 +84,9 @@ def _sum_by_label(sample: np.ndarray, labels: np.ndarray, sums: np.ndarray) -> N
     sums[sorted_labels[starts]] = np.add.reduceat(sample[order], starts, axis=0)
 
 
-def build_ivf(vectors: np.ndarray, destination: str | Path, nlist: int | None = None, *,
-              iterations: int = 8, seed: int = 0) -> Path:
+def build_ivf(
+    vectors: np.ndarray, destination: str | Path, nlist: int | None = None, *, iterations: int = 8, seed: int = 0
+) -> Path:
     """Write the IVF files for ``vectors`` (unit rows, float32, may be a memory map)."""
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
@@ -96,14 +98,13 @@ def build_ivf(vectors: np.ndarray, destination: str | Path, nlist: int | None = 
     assign = _assign(vectors, centroids)
     order = np.argsort(assign, kind="stable")
     offsets = np.searchsorted(assign[order], np.arange(nlist + 1), side="left").astype(np.int64)
-    grouped = np.lib.format.open_memmap(destination / "ann_vectors.npy", mode="w+", dtype=np.float32,
-                                        shape=(n, dim))
+    grouped = np.lib.format.open_memmap(destination / "ann_vectors.npy", mode="w+", dtype=np.float32, shape=(n, dim))
     for start in range(0, n, _CHUNK):
-        rows = order[start:start + _CHUNK]
+        rows = order[start : start + _CHUNK]
         # gather in row order (sequential reads of a memory map), then scatter back
         sorted_rows = np.sort(rows)
         gathered = np.asarray(vectors[sorted_rows], dtype=np.float32)
-        grouped[start:start + len(rows)] = gathered[np.searchsorted(sorted_rows, rows)]
+        grouped[start : start + len(rows)] = gathered[np.searchsorted(sorted_rows, rows)]
     grouped.flush()
     del grouped
     np.save(destination / "ann_centroids.npy", centroids.astype(np.float32))
@@ -125,8 +126,11 @@ class IVFIndex:
         except (OSError, ValueError) as exc:
             raise ValueError(f"no usable ANN index at {self.path}: {exc}") from None
         self.nlist, self.dim = self.centroids.shape
-        if self.offsets.shape != (self.nlist + 1,) or len(self.rows) != len(self.vectors) \
-                or int(self.offsets[-1]) != len(self.rows):
+        if (
+            self.offsets.shape != (self.nlist + 1,)
+            or len(self.rows) != len(self.vectors)
+            or int(self.offsets[-1]) != len(self.rows)
+        ):
             raise ValueError(f"ANN index at {self.path} is inconsistent")
         self.nprobe = nprobe or default_nprobe(self.nlist)
 

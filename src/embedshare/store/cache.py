@@ -172,9 +172,18 @@ class EmbeddingCache:
                 self._env = None
                 if self._release is not None:
                     self._release.detach()  # the parent's entry is not this process's
-            key, shared = acquire_shared_env(self.path, self.readonly, functools.partial(
-                open_environment, self.path, readonly=self.readonly, map_size=self._map_size,
-                max_readers=self._max_readers, durable=self._durable))
+            key, shared = acquire_shared_env(
+                self.path,
+                self.readonly,
+                functools.partial(
+                    open_environment,
+                    self.path,
+                    readonly=self.readonly,
+                    map_size=self._map_size,
+                    max_readers=self._max_readers,
+                    durable=self._durable,
+                ),
+            )
             self._release = weakref.finalize(self, release_shared_env, key, shared.env)
             self._guard = shared.guard
             self._env = shared.env
@@ -258,8 +267,11 @@ class EmbeddingCache:
             self.corrupt_vectors += corrupt
             self.old_format_vectors += old_format
         if first:
-            log.warning("embedding cache at %s: a stored vector failed its checksum; it was recomputed "
-                        "and replaced (counted as corrupt_vectors in stats)", self.path)
+            log.warning(
+                "embedding cache at %s: a stored vector failed its checksum; it was recomputed "
+                "and replaced (counted as corrupt_vectors in stats)",
+                self.path,
+            )
 
     def get(self, text: str) -> np.ndarray | None:
         """The cached vector of ``text`` (a fresh array), or ``None``."""
@@ -341,8 +353,7 @@ class EmbeddingCache:
         if current >= self._max_map_size:
             size = f"{current >> 20} MiB" if current >= 1 << 20 else f"{current >> 10} KiB"
             raise CacheFullError(
-                f"embedding cache at {self.path} reached its size limit "
-                f"({size}); raise max_map_size or clear the cache"
+                f"embedding cache at {self.path} reached its size limit ({size}); raise max_map_size or clear the cache"
             )
         new_size = min(current * 2, self._max_map_size)
         with self._guard.exclusive():

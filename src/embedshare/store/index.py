@@ -33,8 +33,15 @@ from ..registry.loader import tool_protocol
 from ..util.digests import blake2b, sha256
 
 FORMAT_VERSION = 1
-ARRAY_FILES = ("vectors.npy", "fields.npy", "weights.npy", "categories.npy",
-               "names_sorted.npy", "rows_by_name.npy", "tool_offsets.npy")
+ARRAY_FILES = (
+    "vectors.npy",
+    "fields.npy",
+    "weights.npy",
+    "categories.npy",
+    "names_sorted.npy",
+    "rows_by_name.npy",
+    "tool_offsets.npy",
+)
 DATA_FILES = ARRAY_FILES + ("tools.jsonl",)
 
 
@@ -133,8 +140,7 @@ class ToolIndex:
                 raise ToolIndexError(f"tool index {self.path}: cannot read {fname} ({exc})") from None
             if array.shape != shape or array.dtype.kind != np.dtype(dtype).kind:
                 raise ToolIndexError(
-                    f"tool index {self.path}: {fname} has shape {array.shape} {array.dtype}, "
-                    f"expected {shape} {dtype}"
+                    f"tool index {self.path}: {fname} has shape {array.shape} {array.dtype}, expected {shape} {dtype}"
                 )
             return array
 
@@ -254,11 +260,14 @@ class ToolIndex:
             candidates = candidates[scores[candidates] >= kth]
         # best first; ties broken by row so the order is the same in every process
         rows = candidates[np.lexsort((candidates, -scores[candidates]))[:k]]
-        field_sims = np.einsum("kfd,d->kf", self.fields[rows], query) if rows.size else np.zeros((0, len(FIELDS)), np.float32)
+        field_sims = (
+            np.einsum("kfd,d->kf", self.fields[rows], query) if rows.size else np.zeros((0, len(FIELDS)), np.float32)
+        )
         return Hits(rows=rows, scores=scores[rows], field_sims=field_sims)
 
-    def _ann_hits(self, query: np.ndarray, k: int, category: str | None, threshold: float,
-                  exclude_row: int | None) -> Hits | None:
+    def _ann_hits(
+        self, query: np.ndarray, k: int, category: str | None, threshold: float, exclude_row: int | None
+    ) -> Hits | None:
         """``search_hits`` through the approximate index: exact scores of its candidates, the
         same filters and tie-break; None (search exactly) when fewer than k candidates pass."""
         rows, scores = self.ann.candidates(query)
@@ -288,18 +297,26 @@ class ToolIndex:
             present = [(FIELDS[i], sims[i], float(weights[i])) for i in range(len(FIELDS)) if weights[i] > 0]
             present.sort(key=lambda x: -x[1] * x[2])
             positive = [p for p in present if p[1] > 0] or present[:1]
-            out.append(SearchResult(
-                name=self.name_of(row),
-                score=score,
-                category=self.category_of(row),
-                reason=" + ".join(f"{name} match {sim:.2f}" for name, sim, _ in positive),
-                protocol=self.protocol(row),
-                field_scores={name: sim for name, sim, _ in present},
-            ))
+            out.append(
+                SearchResult(
+                    name=self.name_of(row),
+                    score=score,
+                    category=self.category_of(row),
+                    reason=" + ".join(f"{name} match {sim:.2f}" for name, sim, _ in positive),
+                    protocol=self.protocol(row),
+                    field_scores={name: sim for name, sim, _ in present},
+                )
+            )
         return out
 
-    def search_vector(self, query: np.ndarray, k: int = 5, category: str | None = None,
-                      threshold: float = 0.0, exclude_row: int | None = None) -> list[SearchResult]:
+    def search_vector(
+        self,
+        query: np.ndarray,
+        k: int = 5,
+        category: str | None = None,
+        threshold: float = 0.0,
+        exclude_row: int | None = None,
+    ) -> list[SearchResult]:
         """The ``k`` tools closest to ``query`` (a unit vector), best first."""
         return self.results(self.search_hits(query, k, category, threshold, exclude_row))
 
@@ -307,6 +324,4 @@ class ToolIndex:
         """Tools whose combined vectors are closest to tool ``name`` (itself excluded)."""
         row = self.row_of(name)
         category = self.category_of(row) if same_category_only else None
-        return self.search_vector(
-            np.array(self.vectors[row]), k=k, category=category, threshold=-1.0, exclude_row=row
-        )
+        return self.search_vector(np.array(self.vectors[row]), k=k, category=category, threshold=-1.0, exclude_row=row)

@@ -43,8 +43,11 @@ class Histogram:
 
     def summary(self, with_samples: bool = False) -> dict[str, Any]:
         recent = self.recent
-        out: dict[str, Any] = {"count": self.count, "sum": self.total,
-                               "mean": self.total / self.count if self.count else None}
+        out: dict[str, Any] = {
+            "count": self.count,
+            "sum": self.total,
+            "mean": self.total / self.count if self.count else None,
+        }
         out.update(percentiles(recent))
         out["buckets"] = {f"{b:.6g}": c for b, c in zip(self.bounds + (float("inf"),), self.counts)}
         if with_samples:
