@@ -23,10 +23,10 @@ if TYPE_CHECKING:
         reset_embedding_manager,
         set_embedding_manager,
     )
+    from .client.connection import ServiceUnavailable  # noqa: F401
     from .embedders import create_embedder  # noqa: F401
     from .manager import EmbeddingManager  # noqa: F401
     from .pool.shared import SharedPool  # noqa: F401
-    from .client.connection import ServiceUnavailable  # noqa: F401
     from .service.launcher import EmbeddingService  # noqa: F401
 
 

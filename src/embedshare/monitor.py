@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from .client.connection import ServiceConnection, ServiceUnavailable
-from .service.observe import with_memory
 from .client.protocol import RemoteError
+from .service.observe import with_memory
 
 MB = 1024 * 1024
 

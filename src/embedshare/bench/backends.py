@@ -106,8 +106,8 @@ def run_variant(spec: str, threads: int | None, workers: int, seconds: float, ta
     """One service with this backend, ``workers`` workers, every phase; see the module doc."""
     import psutil
 
-    from ..util.pss import pss_bytes
     from ..service.launcher import EmbeddingService
+    from ..util.pss import pss_bytes
 
     result: dict[str, Any] = {"phases": {}}
     with tempfile.TemporaryDirectory(prefix="embedshare-backends-") as tmp:

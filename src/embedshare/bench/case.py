@@ -120,11 +120,11 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     import psutil
 
     from ..manager import EmbeddingManager
-    from ..util.memory import MB, BareInterpreter, measure
     from ..pool.shared import SharedPool
     from ..pool.workers import WorkerPool, blas_thread_env, timed_call
-    from .workload import common_queries, make_tasks, run_task
+    from ..util.memory import MB, BareInterpreter, measure
     from . import designs
+    from .workload import common_queries, make_tasks, run_task
 
     design, model, workers = spec["design"], spec["model"], int(spec["workers"])
     registry = spec["registry"]

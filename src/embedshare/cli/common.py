@@ -30,12 +30,12 @@ def store_layout(store: Path | None) -> Any:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """What a user can get wrong: shown as one line, never as a traceback."""
+    from ..client.connection import ServiceUnavailable
+    from ..client.protocol import RemoteError
     from ..embedders import EmbedderError, InvalidTextError, UnknownModelError
     from ..manager import NoIndexError
     from ..registry import RegistryError
-    from ..client.connection import ServiceUnavailable
     from ..service.launcher import ServiceStartError
-    from ..client.protocol import RemoteError
     from ..store import CacheError, ToolIndexError, UnknownToolError
 
     # OSError covers what the machine refuses: a port in use, a read-only or full disk, a
@@ -130,9 +130,9 @@ def open_manager(store: Path | None, model: str | None, registry: str | None) ->
     With no registry, the service's (or the one the store records); another registry than the
     service's is an error, never silently the service's.
     """
-    from ..manager import EmbeddingManager
     from ..access import SharedEmbeddingManager
     from ..client.connection import ServiceUnavailable
+    from ..manager import EmbeddingManager
 
     layout = store_layout(store)
     if layout.socket.exists():

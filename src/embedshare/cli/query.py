@@ -31,8 +31,8 @@ def index() -> None:
 def index_build(registry: str, store: Path | None, model: str | None) -> None:
     """Embed every tool of REGISTRY (a JSON file, or 'bundled'), write its index, and record it
     as the store's registry (what search, serve and workers use when given none)."""
-    from ..manager import EmbeddingManager
     from ..client.state import read_state, service_lock_held
+    from ..manager import EmbeddingManager
 
     with errors_as_messages():
         layout = store_layout(store)

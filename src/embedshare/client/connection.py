@@ -16,8 +16,8 @@ from typing import Any
 
 from .. import settings
 from . import protocol
-from .peercred import peer_credentials
 from .address import TCP_SCHEME, parse_tcp_address
+from .peercred import peer_credentials
 
 
 class ServiceUnavailable(ConnectionError):

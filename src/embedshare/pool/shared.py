@@ -21,11 +21,11 @@ from typing import Any, Callable, Iterable, Sequence
 from .. import settings
 from ..env import ENV_ADDRESS, ENV_MODEL, ENV_ON_FAILURE, ENV_STORE
 from ..registry.loader import BUNDLED_REGISTRY
-from ..util.latency import percentiles
 from ..service.config import ServiceConfig
 from ..service.launcher import EmbeddingService
-from .attach import attach_worker, worker_stats
+from ..util.latency import percentiles
 from ..util.memory import BareInterpreter, ProcessMemory, measure
+from .attach import attach_worker, worker_stats
 from .outcomes import TaskFailed, TaskOutcome, WorkerCrash
 from .workers import WorkerPool, blas_thread_env, timed_call
 

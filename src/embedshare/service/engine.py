@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from ..client import protocol
-from .config import ServiceConfig
 from ..embedders import create_embedder, validate_text, validate_texts
 from ..registry import load_registry
 from ..sources.local import LocalSource
@@ -35,6 +34,7 @@ from ..store import EmbeddingCache, StoreLayout, ToolIndex
 from ..store.cache import lookup
 from ..store.record import recorded_registry, write_record
 from .batcher import Batcher
+from .config import ServiceConfig
 from .metrics import ServiceMetrics
 
 

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import settings
+from ..client.connection import ServiceConnection, ServiceUnavailable
+from ..client.state import StateFileError, read_state, service_lock_held, stopped_on_purpose
 from ..env import ENV_ADDRESS, ENV_ON_FAILURE, ENV_STORE
 from ..settings import SettingError
 from ..store import StoreLayout
 from ..store.files import open_private, write_atomic
-from ..client.connection import ServiceConnection, ServiceUnavailable
-from ..client.state import StateFileError, read_state, service_lock_held, stopped_on_purpose
 from .config import ServiceConfig, service_config
 from .http.address import http_token, is_loopback, parse_http_address
 

@@ -25,16 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from ..client import protocol
-from ..client.peercred import peer_credentials
 from ..client.address import parse_tcp_address
+from ..client.peercred import peer_credentials
 from ..client.state import mark_stopped
-from .token_file import read_token_file
 from ..embedders import EmbedderError, InvalidTextError
 from ..store import CacheError
 from .engine import Engine
 from .http.address import is_loopback
 from .limits import ByteBudget, Listener, Slot
 from .metrics import ServiceMetrics
+from .token_file import read_token_file
 
 log = logging.getLogger("embedshare.service")
 

@@ -33,8 +33,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..client import protocol
-from .config import ServiceConfig
 from ..store.files import write_atomic
+from .config import ServiceConfig
 from .engine import Engine
 from .limits import (
     ByteBudget,

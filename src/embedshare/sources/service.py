@@ -24,13 +24,13 @@ import numpy as np
 
 from .. import settings
 from ..client import protocol
+from ..client.address import TCP_SCHEME
 from ..client.connection import ServiceConnection, ServiceUnavailable
 from ..embedders import model_id_of
+from ..env import ENV_TOKEN
 from ..registry import Registry
 from ..store import EmbeddingCache, StoreLayout, ToolIndex
 from ..store.record import RegistryMismatchError, describe_registry
-from ..client.address import TCP_SCHEME
-from ..env import ENV_TOKEN
 from .base import EmbedFn, NoIndexError, Progress, ServiceBackedSource
 
 MAX_REQUEST_TEXTS = 4096

@@ -10,8 +10,8 @@ from __future__ import annotations
 import multiprocessing
 from dataclasses import dataclass
 
-from .pss import pss_bytes
 from .bare import bare_worker
+from .pss import pss_bytes
 
 MB = 1024 * 1024
 

@@ -10,8 +10,8 @@ import ipaddress
 import os
 from importlib.util import find_spec
 
-from ..token_file import read_token_file
 from ...env import ENV_HTTP_TOKEN
+from ..token_file import read_token_file
 
 DEFAULT_HOST = "127.0.0.1"
 NEEDS = ("starlette", "uvicorn", "prometheus_client")  # the `http` extra
