@@ -28,8 +28,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 MB = 1 << 20
 VARIANTS = [  # (label, spec, intra-op threads; None = the backend's default)
@@ -93,7 +94,7 @@ class _PeakPss:
             self.peak = max(self.peak, pss_bytes(self.pid) or 0)
             self._stop.wait(0.25)
 
-    def __enter__(self) -> "_PeakPss":
+    def __enter__(self) -> _PeakPss:
         self._thread.start()
         return self
 

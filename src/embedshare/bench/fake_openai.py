@@ -384,7 +384,7 @@ class ServerProcess:
             self.process.join()
         self._conn.close()
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:

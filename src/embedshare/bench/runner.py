@@ -15,9 +15,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..env import ENV_ADDRESS, ENV_MODEL, ENV_REGISTRY, ENV_STORE
 from .designs import DESIGNS

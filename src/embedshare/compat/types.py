@@ -54,7 +54,7 @@ class ToolEmbedding:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ToolEmbedding":
+    def from_dict(cls, data: dict[str, Any]) -> ToolEmbedding:
         arrays = {name: np.asarray(data[name], dtype=np.float32) for name in _EMBEDDINGS}
         return cls(
             tool_name=data["tool_name"],

@@ -48,7 +48,7 @@ class BertShape:
     max_positions: int
 
     @classmethod
-    def from_folder(cls, folder: Path) -> "BertShape":
+    def from_folder(cls, folder: Path) -> BertShape:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         if config.get("model_type") != "bert" or config.get("hidden_act", "gelu") != "gelu":
             raise UnsupportedModelError(

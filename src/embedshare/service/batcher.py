@@ -134,7 +134,7 @@ class Batcher:
             if not model_was_busy and len(self._queue) < self.max_batch and self.max_wait > 0:
                 try:  # gather more texts for a moment, unless the batch fills first
                     await asyncio.wait_for(self._full.wait(), self.max_wait)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             keys = list(self._queue)[: self.max_batch]
             texts = [self._queue.pop(k) for k in keys]

@@ -119,7 +119,7 @@ class EmbeddingService:
         self._saved_env: dict[str, str | None] = {}
 
     @classmethod
-    def from_state(cls, store: str | Path, **overrides: Any) -> "EmbeddingService":
+    def from_state(cls, store: str | Path, **overrides: Any) -> EmbeddingService:
         """A handle configured as the store's last service was (to restart it)."""
         layout = StoreLayout(store)
         try:
@@ -161,7 +161,7 @@ class EmbeddingService:
 
     # -- start and stop -------------------------------------------------------------------
 
-    def start(self, *, respect_stop: bool = False) -> "EmbeddingService":
+    def start(self, *, respect_stop: bool = False) -> EmbeddingService:
         """Start the service, or join the one already running; return once it answers.
 
         A service that holds the store's lock is joined without starting an interpreter (25
@@ -283,7 +283,7 @@ class EmbeddingService:
             self._process.send_signal(signal.SIGKILL)
             self._process.wait()
 
-    def __enter__(self) -> "EmbeddingService":
+    def __enter__(self) -> EmbeddingService:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

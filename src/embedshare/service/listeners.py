@@ -158,7 +158,7 @@ class FrameServer:
         try:
             try:
                 accepted = await self._hello_tcp(reader, writer, where)
-            except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
+            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                 accepted = False
             if not accepted:
                 writer.close()

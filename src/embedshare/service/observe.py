@@ -13,7 +13,8 @@ helpers need psutil only (a core dependency).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from ..util.pss import pss_bytes
 

@@ -95,7 +95,7 @@ class Lookup:
         return self.vectors
 
 
-def lookup(cache: "EmbeddingCache", texts: Sequence[str]) -> Lookup:
+def lookup(cache: EmbeddingCache, texts: Sequence[str]) -> Lookup:
     """Read the cached vectors of ``texts`` and list their misses, de-duplicated.
 
     Uses only ``cache.key``, ``cache.dim`` and ``cache.get_many_into``, so any cache of that
@@ -196,7 +196,7 @@ class EmbeddingCache:
                 self._release()  # runs once, whether here or when the handle is collected
             self._env = None
 
-    def __enter__(self) -> "EmbeddingCache":
+    def __enter__(self) -> EmbeddingCache:
         return self
 
     def __exit__(self, *exc: object) -> None:

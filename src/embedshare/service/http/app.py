@@ -402,7 +402,7 @@ class HttpEndpoint:
         self._server.should_exit = True
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout)
-        except (asyncio.TimeoutError, Exception):
+        except (TimeoutError, Exception):
             self._task.cancel()
 
 
