@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-from ._moved import install as _install_moved_paths  # noqa: E402 - after the docstring's imports
+from ._moved import install as _install_moved_paths
 
 _install_moved_paths()  # the module paths of 0.1 still import (embedshare/_moved.py)
 

@@ -313,12 +313,13 @@ def format_table(results: dict[str, Any]) -> str:
     ]
     lines = ["| | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
     for title, key, fmt in rows:
-        cells = [("-" if summary[l][key] is None else format(summary[l][key], fmt)) for l in labels]
+        cells = [("-" if summary[label][key] is None else format(summary[label][key], fmt)) for label in labels]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     if results.get("search_quality"):
         lines.append("")
         lines.append(
-            "| search quality (tests/data/search_quality.json, bundled registry) | top-1 | top-3 | cosine to fp32, min / mean |"
+            "| search quality (tests/data/search_quality.json, bundled registry) | top-1 | top-3 "
+            "| cosine to fp32, min / mean |"
         )
         lines.append("|---|---|---|---|")
         for spec, q in results["search_quality"].items():

@@ -236,13 +236,13 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 10  # idle keep-alive connections end on their own
     disable_nagle_algorithm = True  # headers and body go out in two writes; avoid 40 ms stalls
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:  # the stdlib signature
         pass  # quiet: tests inspect .requests instead
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:  # the stdlib naming
         self._answer_error(405, "Only POST is supported")
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+    def do_POST(self) -> None:  # the stdlib naming
         arrived = time.monotonic()
         split = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(split.query).items()}

@@ -266,7 +266,7 @@ def run_ray_demo(
             for nid in stats["nodes"]
         ]
         roles: dict[int, str] = {stats["coordinator_pid"]: "embedshare coordinator"}
-        roles.update({pid: "bare ray worker" for pid in ray.get([b.pid.remote() for b in bare])})
+        roles.update(dict.fromkeys(ray.get([b.pid.remote() for b in bare]), "bare ray worker"))
         roles.update({a["pid"]: "workers" for a in arrivals})
         memory = deployment.node_memory(roles)
         ray.get(holder.open.remote())

@@ -80,7 +80,10 @@ class RayDemoReport:
 
     def format(self) -> str:
         d = self.as_dict()
-        ms = lambda v: f"{v * 1e3:.1f} ms" if v is not None else "-"
+
+        def ms(v: float | None) -> str:
+            return f"{v * 1e3:.1f} ms" if v is not None else "-"
+
         lines = [
             (
                 f"== embedshare on Ray: {len(d['nodes'])} nodes, {d['in_flight']} tasks in flight, "

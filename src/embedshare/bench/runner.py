@@ -174,6 +174,18 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
     }
     with tempfile.TemporaryDirectory(prefix="embedshare-bench-") as tmp:
         work = Path(tmp)
+
+        def model_alone(label: str, alone_spec: dict[str, Any], when: str) -> None:
+            alone = _run_case(alone_spec, work, config.case_timeout)
+            alone["when"] = when
+            results["model_alone"].append(alone)
+            log(
+                f"[{label}] the model alone ({when}): best {alone.get('best_texts_per_second', 0):.0f} "
+                f"texts/s (batch {alone.get('best_batch')})"
+                if "error" not in alone
+                else f"[{label}] the model alone FAILED: {alone['error']}"
+            )
+
         for label in config.models:
             spec_base: dict[str, Any] = {"model": MODEL_SPECS[label], "model_label": label, "registry": config.registry}
             if label == "api":
@@ -185,20 +197,9 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
                 "seconds": config.model_seconds,
             }
 
-            def model_alone(when: str) -> None:
-                alone = _run_case(alone_spec, work, config.case_timeout)
-                alone["when"] = when
-                results["model_alone"].append(alone)
-                log(
-                    f"[{label}] the model alone ({when}): best {alone.get('best_texts_per_second', 0):.0f} "
-                    f"texts/s (batch {alone.get('best_batch')})"
-                    if "error" not in alone
-                    else f"[{label}] the model alone FAILED: {alone['error']}"
-                )
-
             # Measured twice: before this model's cases, and right after embedshare with the most
             # workers, so that the throughput target compares figures measured minutes apart at most.
-            model_alone("before the designs")
+            model_alone(label, alone_spec, "before the designs")
             for workers in config.workers:
                 for design in config.designs:
                     spec = {
@@ -216,7 +217,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
                     case["_results_path"] = spec["results_path"]
                     results["cases"].append(case)
                     log(_case_line(case))
-            model_alone(f"right after the designs at {max(config.workers)} workers")
+            model_alone(label, alone_spec, f"right after the designs at {max(config.workers)} workers")
             # A case that failed (a crash, a timeout) is run once more, labelled as such.
             for i, case in enumerate(results["cases"]):
                 if case["model_label"] == label and "error" in case:

@@ -39,7 +39,7 @@ class _Reply:
     ``logging``, ~1 MB in every worker process.
     """
 
-    __slots__ = ("_ready", "_value", "_error")
+    __slots__ = ("_error", "_ready", "_value")
 
     def __init__(self) -> None:
         self._ready = threading.Event()

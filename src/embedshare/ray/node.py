@@ -309,7 +309,7 @@ class NodeService:
         return out
 
     def _from_owner(self, owner: str, chunk: list[str], ref: Any) -> np.ndarray:
-        for attempt in range(5):
+        for _attempt in range(5):
             try:
                 return np.asarray(ray.get(ref), dtype=np.float32)
             except RETRYABLE as exc:

@@ -49,7 +49,7 @@ def in_ray_worker() -> bool:
         if not ray.is_initialized():
             return False
         return bool(ray.get_runtime_context().worker.mode == ray.WORKER_MODE)
-    except Exception:  # noqa: BLE001 - an odd or half-initialised Ray: not ours to use
+    except Exception:  # an odd or half-initialised Ray: not ours to use
         return False
 
 

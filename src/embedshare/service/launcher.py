@@ -354,7 +354,7 @@ def spawn_service(
     try:
         with os.fdopen(open_private(layout.log), "ab") as log_file:
             process = subprocess.Popen(
-                args + ["--ready-fd", str(write_fd)],
+                [*args, "--ready-fd", str(write_fd)],
                 pass_fds=(*pass_fds, write_fd),
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,

@@ -39,7 +39,7 @@ FD_RESERVE = 256  # descriptors kept for the model, LMDB, logs, threads and the 
 class Slot:
     """One admitted connection's place in its listener, and its current deadline."""
 
-    __slots__ = ("listener", "close", "deadline", "fresh", "reading", "pending")
+    __slots__ = ("close", "deadline", "fresh", "listener", "pending", "reading")
 
     def __init__(self, listener: Listener, close: Callable[[], None]) -> None:
         self.listener = listener
@@ -153,7 +153,13 @@ async def sweep_forever(listeners: list[Listener], tick: float) -> None:
 def sweep_tick(listeners: list[Listener]) -> float:
     """A quarter of the shortest deadline, at most 1 s: deadlines hold within 25%."""
     shortest = min(
-        (t for l in listeners for t in (l.first_frame_timeout, l.frame_timeout, l.idle_timeout) if t), default=4.0
+        (
+            t
+            for listener in listeners
+            for t in (listener.first_frame_timeout, listener.frame_timeout, listener.idle_timeout)
+            if t
+        ),
+        default=4.0,
     )
     return max(0.01, min(1.0, shortest / 4))
 

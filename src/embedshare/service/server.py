@@ -168,8 +168,8 @@ class EmbeddingServer:
         reserve, so that accept() never fails with EMFILE (asyncio would log each failure)."""
         listeners = {"socket": self.socket_listener, "tcp": self.tcp_listener, "http": self.http_listener}
         active = {
-            name: l.cap
-            for name, l in listeners.items()
+            name: listener.cap
+            for name, listener in listeners.items()
             if name == "socket" or (name == "tcp" and self.config.tcp) or (name == "http" and self.config.http)
         }
         for name, cap in fit_caps(active, raise_fd_limit()).items():

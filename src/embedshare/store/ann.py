@@ -39,7 +39,7 @@ _CHUNK = 1 << 15  # rows per matrix product while building
 
 def default_nlist(n: int) -> int:
     """About sqrt(n) lists: 1,000 lists of ~1,000 vectors at 1M."""
-    return max(1, min(n, int(round(math.sqrt(n)))))
+    return max(1, min(n, round(math.sqrt(n))))
 
 
 def default_nprobe(nlist: int) -> int:
@@ -144,8 +144,8 @@ class IVFIndex:
         centroid_scores = self.centroids @ query
         lists = np.argpartition(-centroid_scores, probe - 1)[:probe] if probe < self.nlist else np.arange(self.nlist)
         rows, scores = [], []
-        for l in np.sort(lists):  # in file order: sequential reads
-            start, end = int(self.offsets[l]), int(self.offsets[l + 1])
+        for cell in np.sort(lists):  # in file order: sequential reads
+            start, end = int(self.offsets[cell]), int(self.offsets[cell + 1])
             if end > start:
                 scores.append(self.vectors[start:end] @ query)
                 rows.append(self.rows[start:end])

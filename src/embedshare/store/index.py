@@ -42,7 +42,7 @@ ARRAY_FILES = (
     "rows_by_name.npy",
     "tool_offsets.npy",
 )
-DATA_FILES = ARRAY_FILES + ("tools.jsonl",)
+DATA_FILES = (*ARRAY_FILES, "tools.jsonl")
 
 
 class ToolIndexError(ValueError):

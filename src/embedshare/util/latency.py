@@ -49,7 +49,7 @@ class Histogram:
             "mean": self.total / self.count if self.count else None,
         }
         out.update(percentiles(recent))
-        out["buckets"] = {f"{b:.6g}": c for b, c in zip(self.bounds + (float("inf"),), self.counts)}
+        out["buckets"] = {f"{b:.6g}": c for b, c in zip((*self.bounds, float("inf")), self.counts, strict=True)}
         if with_samples:
             out["samples"] = recent.tolist()
         return out

@@ -4,8 +4,8 @@ Off by default; ``embedshare serve --http 127.0.0.1:8080`` (or ``EmbeddingServic
 turns it on. It is a Starlette app served by uvicorn *inside the service's own asyncio loop*
 (``uvicorn.Server.serve()`` runs as one more task), so an HTTP request takes exactly the path a
 socket request takes, through the service's engine (``engine.py``): the LMDB cache, then the
-one ``Batcher`` shared by every client (batching across clients, single-flight). An HTTP client and 25 socket clients asking for the
-same new text cause one model call.
+one ``Batcher`` shared by every client (batching across clients, single-flight). An HTTP client and
+25 socket clients asking for the same new text cause one model call.
 
 Routes:
 

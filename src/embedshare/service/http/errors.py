@@ -17,7 +17,7 @@ class ApiError(Exception):
         status: int,
         message: str,
         *,
-        type: str = "invalid_request_error",  # noqa: A002
+        type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
     ) -> None:
@@ -34,7 +34,7 @@ def error_response(
     status: int,
     message: str,
     *,
-    type: str = "invalid_request_error",  # noqa: A002
+    type: str = "invalid_request_error",
     param: str | None = None,
     code: str | None = None,
     headers: dict[str, str] | None = None,
