@@ -190,7 +190,9 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
                 from ..store.cache import cache_key
 
                 vectors = main_manager.get_embeddings(preload)  # pre-fill with the common texts
-                proxy.update({cache_key(main_manager.model_id, t): v.tobytes() for t, v in zip(preload, vectors)})
+                proxy.update(
+                    {cache_key(main_manager.model_id, t): v.tobytes() for t, v in zip(preload, vectors, strict=True)}
+                )
                 requests = manager_server.Queue()
                 responses = [manager_server.Queue() for _ in range(workers + 4)]
                 slots = manager_server.Queue()

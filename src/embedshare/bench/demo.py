@@ -128,12 +128,12 @@ def run_demo(
 
 def _agreement(a: list[dict], b: list[dict]) -> float:
     same = total = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         if x is None or y is None:
             total += 1
             continue
         for key in ("search", "similar"):
-            for p, q in zip(x[key], y[key]):
+            for p, q in zip(x[key], y[key], strict=False):  # position by position, as far as both go
                 same += p == q
                 total += 1
     return same / total if total else 1.0

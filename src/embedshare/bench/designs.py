@@ -146,7 +146,9 @@ class DictCache:
         return out, self.get_many_into([self.key(t) for t in texts], out)
 
     def put_many_keys(self, keys: list[bytes], vectors: np.ndarray) -> None:
-        self.proxy.update({k: np.ascontiguousarray(v, dtype=np.float32).tobytes() for k, v in zip(keys, vectors)})
+        self.proxy.update(
+            {k: np.ascontiguousarray(v, dtype=np.float32).tobytes() for k, v in zip(keys, vectors, strict=True)}
+        )
 
     def close(self) -> None:
         pass
@@ -245,10 +247,10 @@ def serve_hybrid_misses(requests: Any, responses: list[Any], proxy: Any, embedde
             return
         slot, request_id, texts = message
         keys = [cache_key(embedder.model_id, t) for t in texts]
-        todo = {k: t for k, t in zip(keys, texts) if k not in computed}
+        todo = {k: t for k, t in zip(keys, texts, strict=True) if k not in computed}
         if todo:
             vectors = embedder.embed(list(todo.values()))
-            fresh = {k: v.tobytes() for k, v in zip(todo, vectors)}
+            fresh = {k: v.tobytes() for k, v in zip(todo, vectors, strict=True)}
             computed.update(fresh)
             proxy.update(fresh)
         responses[slot].put((request_id, [computed[k] for k in keys]))

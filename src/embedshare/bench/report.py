@@ -152,13 +152,13 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
 
     plain = FuncFormatter(lambda v, _: f"{v:,.0f}")
     fig, axes = plt.subplots(1, len(models), figsize=(max(6.5, 4.2 * len(models)), 3.8), squeeze=False)
-    for ax, label in zip(axes[0], models):
+    for ax, label in zip(axes[0], models, strict=True):
         for design in DESIGNS:
             points = sorted(
                 (c["workers"], c["pss_total_mb"]) for c in cases if c["model_label"] == label and c["design"] == design
             )
             if points:
-                ax.plot(*zip(*points), marker="o", color=COLORS[design], label=DESIGN_NAMES[design])
+                ax.plot(*zip(*points, strict=True), marker="o", color=COLORS[design], label=DESIGN_NAMES[design])
         ax.set_title(MODEL_NAMES.get(label, label), fontsize=9)
         ax.set_xlabel("workers")
         ax.set_ylabel("PSS of every process (MB)")
@@ -219,7 +219,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
             )
         hnsw = [(r["tools"], r["usearch"]["p50_ms"]) for r in rows if "p50_ms" in r["usearch"]]
         if hnsw:
-            ax.plot(*zip(*hnsw), marker="^", label="usearch HNSW (view=True)")
+            ax.plot(*zip(*hnsw, strict=True), marker="^", label="usearch HNSW (view=True)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("tools in the index")

@@ -105,7 +105,7 @@ def _timed(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray) -> t
 
 
 def _recall(found: list[np.ndarray], truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f[:K].tolist()) & set(t.tolist())) / K for f, t in zip(found, truth)]))
+    return float(np.mean([len(set(f[:K].tolist()) & set(t.tolist())) / K for f, t in zip(found, truth, strict=True)]))
 
 
 def _latency(seconds: list[float]) -> dict[str, float]:

@@ -150,5 +150,5 @@ def embed(texts: tuple[str, ...], as_json: bool, store: Path | None, model: str 
         import numpy as np
 
         with np.printoptions(precision=4, threshold=8, edgeitems=3, suppress=True):
-            for text, vector in zip(texts, vectors):
+            for text, vector in zip(texts, vectors, strict=True):
                 click.echo(f"{text[:40]!r}: {vector}")

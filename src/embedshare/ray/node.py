@@ -286,7 +286,7 @@ class NodeService:
                 self._inflight.fail(mine, exc)
                 raise
             self._inflight.settle(mine, vectors)
-        for row, future in zip(missing, claim.futures):
+        for row, future in zip(missing, claim.futures, strict=True):
             out[row] = future.result()
         return out
 

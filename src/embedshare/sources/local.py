@@ -75,7 +75,7 @@ class LocalSource(VectorSource):
         # Another process may have stored some of these between our lookup and our claim.
         cached = np.empty((len(keys), self.dim), dtype=np.float32)
         found = self.cache.get_many_into(keys, cached)
-        self._flights.settle([k for k, f in zip(keys, found) if f], cached[found])
+        self._flights.settle([k for k, f in zip(keys, found, strict=True) if f], cached[found])
         todo = np.flatnonzero(~found)
         if not todo.size:
             return

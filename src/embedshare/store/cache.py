@@ -320,7 +320,7 @@ class EmbeddingCache:
             try:
                 with self._transaction(write=True) as txn:
                     added = corrupt = old_format = 0
-                    for key, row in zip(keys, vectors):
+                    for key, row in zip(keys, vectors, strict=True):
                         value = cache_format.seal(row.tobytes())
                         if txn.put(key, value, overwrite=False):
                             added += 1

@@ -292,7 +292,7 @@ class ToolIndex:
     def results(self, hits: Hits) -> list[SearchResult]:
         """Full results (name, category, protocol, reason) for compact hits."""
         out = []
-        for row, score, sims in zip(hits.rows.tolist(), hits.scores.tolist(), hits.field_sims.tolist()):
+        for row, score, sims in zip(hits.rows.tolist(), hits.scores.tolist(), hits.field_sims.tolist(), strict=True):
             weights = self.weights[row]
             present = [(FIELDS[i], sims[i], float(weights[i])) for i in range(len(FIELDS)) if weights[i] > 0]
             present.sort(key=lambda x: -x[1] * x[2])

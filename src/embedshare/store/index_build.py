@@ -52,7 +52,7 @@ def build_index(
         vecs = np.asarray(embed(chunk), dtype=np.float32)
         if vecs.shape != (len(chunk), dim):
             raise ToolIndexError(f"embedder returned shape {vecs.shape}, expected ({len(chunk)}, {dim})")
-        vectors_of.update(zip(chunk, vecs))
+        vectors_of.update(zip(chunk, vecs, strict=True))
         if progress:
             progress(min(start + batch_size, len(unique)), len(unique))
 
