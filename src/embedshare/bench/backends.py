@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 MB = 1 << 20
 VARIANTS = [  # (label, spec, intra-op threads; None = the backend's default)
@@ -94,7 +94,7 @@ class _PeakPss:
             self.peak = max(self.peak, pss_bytes(self.pid) or 0)
             self._stop.wait(0.25)
 
-    def __enter__(self) -> _PeakPss:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

@@ -39,7 +39,7 @@ import binascii
 import logging
 import os
 import threading
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Self
 
 import numpy as np
 
@@ -335,7 +335,7 @@ class OpenAIEmbedder:
         """Release pooled connections."""
         self._client.close()
 
-    def __enter__(self) -> OpenAIEmbedder:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

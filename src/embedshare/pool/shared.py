@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from .. import settings
 from ..env import ENV_ADDRESS, ENV_MODEL, ENV_ON_FAILURE, ENV_STORE
@@ -175,7 +175,7 @@ class SharedPool:
         self.outcomes: list[TaskOutcome] = []
         self.report: PoolReport | None = None
 
-    def __enter__(self) -> SharedPool:
+    def __enter__(self) -> Self:
         self._started = time.perf_counter()
         self.service.start()
         env = {

@@ -44,7 +44,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Self
 
 from .. import settings
 from .messages import CallItem, ErrorInfo, Initializer, Reply, dumps
@@ -143,7 +143,7 @@ class WorkerPool:
 
     # -- context manager ----------------------------------------------------------------------
 
-    def __enter__(self) -> WorkerPool:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from .. import settings
 from ..client.connection import ServiceConnection, ServiceUnavailable
@@ -283,7 +283,7 @@ class EmbeddingService:
             self._process.send_signal(signal.SIGKILL)
             self._process.wait()
 
-    def __enter__(self) -> EmbeddingService:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import lmdb
 import numpy as np
@@ -196,7 +197,7 @@ class EmbeddingCache:
                 self._release()  # runs once, whether here or when the handle is collected
             self._env = None
 
-    def __enter__(self) -> EmbeddingCache:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

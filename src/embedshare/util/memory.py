@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 from dataclasses import dataclass
+from typing import Self
 
 from .bare import bare_worker
 from .pss import pss_bytes
@@ -43,7 +44,7 @@ class BareInterpreter:
     def __init__(self, env: dict[str, str] | None = None) -> None:
         self.env = dict(env or {})  # the workers' environment (BLAS threads change its PSS)
 
-    def __enter__(self) -> BareInterpreter:
+    def __enter__(self) -> Self:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self.process = ctx.Process(target=bare_worker, args=(child, self.env), daemon=True)
