@@ -146,10 +146,11 @@ def render(stats: dict[str, Any], rates: Rates) -> Any:
     ):
         clients.add_column(column, justify=justify)  # type: ignore[arg-type]
     now = time.time()
-    for client in sorted(stats["clients"], key=lambda c: c["pid"]):
+    # TCP clients have no pid here: listed last, as "tcp"
+    for client in sorted(stats["clients"], key=lambda c: (c["pid"] is None, c["pid"] or 0)):
         note = "this command" if client["pid"] == os.getpid() else ""
         clients.add_row(
-            str(client["pid"]),
+            str(client["pid"]) if client["pid"] is not None else "tcp",
             _mb(client.get("pss")),
             str(client["requests"]),
             _duration(max(0.0, now - client["connected"])),

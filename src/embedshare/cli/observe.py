@@ -56,8 +56,8 @@ def _format_stats(s: dict[str, Any]) -> str:
         f"latency p50 {ms(lat['p50'])}  p99 {ms(lat['p99'])}",
         f"clients {len(s['clients'])}:",
         *(
-            f"  pid {c['pid']:>7}  PSS {_pss_mb(c.get('pss'))}  requests {c['requests']}"
-            + ("  (this command)" if c["pid"] == os.getpid() else "")
+            f"  pid {c['pid'] if c['pid'] is not None else 'tcp':>7}  PSS {_pss_mb(c.get('pss'))}"
+            f"  requests {c['requests']}" + ("  (this command)" if c["pid"] == os.getpid() else "")
             for c in s["clients"]
         ),
     ]

@@ -62,11 +62,14 @@ def with_memory(stats: dict[str, Any]) -> dict[str, Any]:
 
     Read where this runs: the service's clients are processes of this machine and this user,
     so a CLI next to the service reads their ``/proc`` as well as the service would, and the
-    service's event loop is not held up by it.
+    service's event loop is not held up by it. A TCP client has no pid here: its ``pss`` is None.
     """
     out = dict(stats)
     out["pss"] = pss_bytes(int(stats["pid"]))
-    out["clients"] = [{**client, "pss": pss_bytes(int(client["pid"]))} for client in stats.get("clients", [])]
+    out["clients"] = [
+        {**client, "pss": pss_bytes(int(client["pid"])) if client["pid"] is not None else None}
+        for client in stats.get("clients", [])
+    ]
     return out
 
 
