@@ -55,7 +55,9 @@ class MovedModules:
     """A finder and loader of :data:`MOVED`'s old paths (after every real module: the last finder)."""
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> ModuleSpec | None:
-        return ModuleSpec(fullname, self) if fullname in MOVED else None
+        # A loader by protocol (create_module, exec_module): importlib.abc, whose Loader typeshed
+        # asks for, is not imported into every worker for a base class.
+        return ModuleSpec(fullname, self) if fullname in MOVED else None  # type: ignore[arg-type]
 
     def create_module(self, spec: ModuleSpec) -> None:
         return None  # the default module object
@@ -73,7 +75,7 @@ class MovedModules:
                     return value
             raise AttributeError(f"module {old!r} (moved to {', '.join(homes)}) has no attribute {name!r}")
 
-        module.__getattr__ = __getattr__  # type: ignore[method-assign]
+        module.__getattr__ = __getattr__  # type: ignore[method-assign]  # PEP 562's module __getattr__
 
 
 _ABSENT = object()

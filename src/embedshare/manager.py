@@ -125,7 +125,10 @@ class EmbeddingManager:
     @property
     def embedder(self) -> Embedder:
         """The model of a manager that embeds in this process (AttributeError otherwise)."""
-        return self._source.embedder  # type: ignore[attr-defined,no-any-return]
+        source = self._source
+        if not isinstance(source, LocalSource):
+            raise AttributeError(f"a {type(source).__name__} embeds outside this process: no embedder here")
+        return source.embedder
 
     # -- embeddings --------------------------------------------------------------------------
 
@@ -135,7 +138,8 @@ class EmbeddingManager:
         cache = self.cache
         vector = cache.get_one(cache.key(validate_text(text)))
         if vector is None:  # a miss: the general path computes it once
-            return self.get_embeddings([text])[0]
+            computed: np.ndarray = self.get_embeddings([text])[0]
+            return computed
         # The hot path of every worker: one counter (stats() adds it to embed_calls, texts and
         # hits) and the lock taken without a ``with`` block, which costs more than the lookup.
         lock = self._lock

@@ -132,6 +132,7 @@ def run_variant(spec: str, threads: int | None, workers: int, seconds: float, ta
                 )
                 for _ in range(workers)
             ]
+            # Their stdin and stdout are pipes, never None (the union-attr ignores below).
             try:
                 for proc in procs:  # each says "ready" once attached
                     line = proc.stdout.readline().strip()  # type: ignore[union-attr]

@@ -126,7 +126,7 @@ def run_demo(
             shutil.rmtree(store_path, ignore_errors=True)
 
 
-def _agreement(a: list[dict], b: list[dict]) -> float:
+def _agreement(a: list[dict[str, Any] | None], b: list[dict[str, Any] | None]) -> float:
     same = total = 0
     for x, y in zip(a, b, strict=True):
         if x is None or y is None:

@@ -123,7 +123,7 @@ class FakeOpenAIServer:
 
     # ---------------------------------------------------------------- lifecycle
 
-    def start(self) -> FakeOpenAIServer:
+    def start(self) -> Self:
         handler = type("Handler", (_Handler,), {"fake": self})
         httpd = ThreadingHTTPServer((self._host, 0), handler)
         httpd.daemon_threads = True

@@ -180,7 +180,7 @@ def start_local_cluster(nodes: int, cpus: int, object_store_mb: int = 100) -> An
     from ray.cluster_utils import Cluster
 
     per_node = [cpus // nodes + (1 if i < cpus % nodes else 0) for i in range(nodes)]
-    args = {"object_store_memory": object_store_mb * MB}
+    args: dict[str, Any] = {"object_store_memory": object_store_mb * MB}
     cluster = Cluster(
         initialize_head=True, head_node_args={**args, "num_cpus": per_node[0], "include_dashboard": False}
     )
@@ -216,7 +216,9 @@ def run_ray_demo(
         try:
             with SharedPool(in_flight, store, model=model, registry=registry, progress=progress) as pool:
                 single_results = pool.map(run_task, task_list)
-                single = pool.report.as_dict()  # type: ignore[union-attr]
+                pool_report = pool.report
+                assert pool_report is not None  # map() made it
+                single = pool_report.as_dict()
         finally:
             shutil.rmtree(store, ignore_errors=True)
 
@@ -228,7 +230,7 @@ def run_ray_demo(
     from ..ray import api
 
     cluster = start_local_cluster(nodes, in_flight) if address is None else None
-    ray.init(address=cluster.address if cluster else address, logging_level="WARNING", log_to_driver=False)
+    ray.init(address=cluster.address if cluster else address, logging_level=logging.WARNING, log_to_driver=False)
     root = tempfile.mkdtemp(prefix="esr-demo-", dir="/tmp")
     deployment = None
     try:

@@ -96,7 +96,7 @@ def machine_info() -> dict[str, Any]:
         pass
     from importlib import metadata
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in ("numpy", "torch", "sentence-transformers", "lmdb", "usearch"):
         try:
             versions[package] = metadata.version(package)
@@ -134,7 +134,7 @@ def _run_case(spec: dict[str, Any], workdir: Path, timeout: float) -> dict[str, 
                 env=env,
                 timeout=timeout,
             )
-            code = proc.returncode
+            code: int | str = proc.returncode
         except subprocess.TimeoutExpired:
             code = "timeout"
     elapsed = time.perf_counter() - started
@@ -270,7 +270,7 @@ def _add_agreement(cases: list[dict[str, Any]]) -> None:
         reference = json.loads(Path(ref["_results_path"]).read_text()) if ref else None
         for case in group:
             path = case.pop("_results_path")
-            if "error" in case or reference is None:
+            if "error" in case or ref is None or reference is None:
                 continue
             mine = json.loads(Path(path).read_text())
             case["agreement"] = agreement(mine, reference)

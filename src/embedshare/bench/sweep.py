@@ -143,7 +143,11 @@ def run_sweep(
             # exact: a matrix-vector product per query over the memory map; at 1M each one
             # reads 1.5 GB, so fewer queries are timed there
             timed = qs[: max(20, count // max(1, n // 100_000))]
-            _, exact_s = _timed(lambda q, v=vectors: exact_top(v, q), timed)
+
+            def exact(q: np.ndarray, v: np.ndarray = vectors) -> np.ndarray:
+                return exact_top(v, q)
+
+            _, exact_s = _timed(exact, timed)
             row: dict[str, Any] = {
                 "tools": n,
                 "dim": DIM,
@@ -156,7 +160,11 @@ def run_sweep(
             build_ivf(vectors, folder / "ivf")
             ivf_build = time.perf_counter() - started
             ivf = IVFIndex(folder / "ivf")
-            found, ivf_s = _timed(lambda q, index=ivf: index.search(q, K)[0], qs)
+
+            def ivf_top(q: np.ndarray, index: IVFIndex = ivf) -> np.ndarray:
+                return index.search(q, K)[0]
+
+            found, ivf_s = _timed(ivf_top, qs)
             row["ivf"] = {
                 **_latency(ivf_s),
                 "recall_at_5": _recall(found, truth),
@@ -215,6 +223,8 @@ def _usearch(vectors: np.ndarray, qs: np.ndarray, truth: np.ndarray, path: Path)
     build = time.perf_counter() - started
     del index
     view = Index.restore(str(path), view=True)  # memory-mapped, shared by every process
+    if view is None:
+        raise RuntimeError(f"usearch could not open the index it saved in {path}")
     found, seconds = _timed(lambda q: view.search(q, K).keys, qs)
     return {
         **_latency(seconds),

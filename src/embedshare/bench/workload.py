@@ -26,8 +26,7 @@ def common_queries(registry: str = "bundled") -> list[str]:
     for tool in load_registry(registry).tools:
         queries.append(tool.name.replace("_", " "))
         queries += [a.replace("_", " ") for a in tool.raw.get("aliases", [])[:2]]
-    seen: set[str] = set()
-    return [q for q in queries if not (q in seen or seen.add(q))]
+    return list(dict.fromkeys(queries))  # each once, in order
 
 
 def _zipf_weights(n: int, top10_share: float) -> list[float]:

@@ -68,8 +68,9 @@ def errors_as_messages() -> Iterator[None]:
             import traceback
 
             traceback.print_exc()
-            if getattr(exc, "log_tail", ""):
-                click.echo(f"the end of the service's log:\n{exc.log_tail}", err=True)
+            log_tail = getattr(exc, "log_tail", "")  # a ServiceStartError's
+            if log_tail:
+                click.echo(f"the end of the service's log:\n{log_tail}", err=True)
         message = " ".join(str(exc).split()) or type(exc).__name__
         click.echo(f"error: {message}", err=True)
         sys.exit(1)

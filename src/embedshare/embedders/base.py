@@ -35,7 +35,11 @@ class Embedder(Protocol):
     """
 
     model_id: str
-    dim: int
+
+    @property
+    def dim(self) -> int:
+        """Of every vector; an attribute or a read-only property."""
+        ...
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Return an ``(len(texts), dim)`` float32 array, each row L2-normalised."""

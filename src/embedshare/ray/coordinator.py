@@ -70,7 +70,8 @@ def get_coordinator(namespace: str) -> Any:
 def create_coordinator(settings: dict[str, Any], registry: Any) -> Any:
     """Get or create the cluster's coordinator (one per namespace; whoever comes first wins)."""
     here = ray.get_runtime_context().get_node_id()
-    return ClusterCoordinator.options(
+    # @ray.remote made the class an ActorClass; ray's annotations keep the plain class.
+    return ClusterCoordinator.options(  # type: ignore[attr-defined]
         name=COORDINATOR_NAME,
         namespace=settings["namespace"],
         get_if_exists=True,
@@ -129,7 +130,7 @@ class ClusterCoordinator:
                     if node_id not in alive_nodes():
                         self._nodes.pop(node_id, None)
                         raise NodeGone(f"node {node_id} is not alive in the Ray cluster")
-                    handle = NodeService.options(
+                    handle = NodeService.options(  # type: ignore[attr-defined]  # an ActorClass, as above
                         name=service_name(node_id),
                         namespace=self.settings["namespace"],
                         get_if_exists=True,

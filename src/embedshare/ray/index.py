@@ -79,8 +79,8 @@ class ObjectStoreToolIndex(ToolIndex):
         self.names_sorted = a["names_sorted"]
         self.rows_by_name = a["rows_by_name"]
         self.tool_offsets = a["tool_offsets"]
-        self._tools_map = payload["tools"]
-        if self._tools_map.size != int(self.tool_offsets[-1]):
+        self._tools_text: np.ndarray = payload["tools"]  # uint8, the tools.jsonl of a file index
+        if self._tools_text.size != int(self.tool_offsets[-1]):
             raise ToolIndexError(f"index payload {payload['id']}: tools text has the wrong length")
         self._row_info = functools.lru_cache(maxsize=512)(self._parse_row)
         self.ann = _ivf_from_arrays(self.path, payload["ann"], n, dim) if payload.get("ann") else None
@@ -90,7 +90,8 @@ class ObjectStoreToolIndex(ToolIndex):
 
     def tool(self, row: int) -> dict[str, Any]:
         start, end = int(self.tool_offsets[row]), int(self.tool_offsets[row + 1])
-        return json.loads(self._tools_map[start:end].tobytes())
+        tool: dict[str, Any] = json.loads(self._tools_text[start:end].tobytes())
+        return tool
 
 
 def _ivf_from_arrays(path: Path, arrays: dict[str, np.ndarray], count: int, dim: int) -> Any:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import sys
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -38,6 +38,13 @@ from ..sources.service import ServiceSource
 from ..store import ToolIndex
 from ..store.record import RegistryMismatchError, describe_registry
 from .config import owner_of
+
+
+class _Timeouts(TypedDict):
+    """A node service's connection settings, kept for the reconnections after a restart."""
+
+    request_timeout: float
+    connect_timeout: float
 
 
 def in_ray_worker() -> bool:
@@ -179,7 +186,7 @@ class RayEmbeddingManager(EmbeddingManager):
         self._namespace = namespace or api.current_namespace()
         self._coordinator = api.coordinator(self._namespace, create=True)
         self.node_id: str = ray.get_runtime_context().get_node_id()
-        self._timeouts = {"request_timeout": request_timeout, "connect_timeout": connect_timeout}
+        self._timeouts: _Timeouts = {"request_timeout": request_timeout, "connect_timeout": connect_timeout}
         info = self._call_coordinator("attach", self.node_id)
         for attempt in range(3):
             try:

@@ -105,7 +105,7 @@ def _tcp_address(name: str, value: Any) -> str:
     from ..client.address import parse_tcp_address
 
     parse_tcp_address(value)
-    return value
+    return str(value)
 
 
 def _http_address(name: str, value: Any) -> str | None:

@@ -7,7 +7,7 @@ import os
 MIN_TOKEN_CHARS = 16
 
 
-def read_token_file(path: str | os.PathLike) -> bytes:
+def read_token_file(path: str | os.PathLike[str]) -> bytes:
     """The token in ``path``, checked: private to its owner (no group or other bits), long enough.
 
     The token itself never appears in an error message, a log line or ``stats``.

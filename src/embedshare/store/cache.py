@@ -39,7 +39,7 @@ import numpy as np
 from ..util.digests import blake2b
 from ..util.lazylog import LazyLogger
 from . import cache_format
-from .cache_env import TxnGuard, acquire_shared_env, open_environment, release_shared_env
+from .cache_env import EnvKey, TxnGuard, acquire_shared_env, open_environment, release_shared_env
 from .cache_errors import CacheError, CacheFullError, damaged, disk_full, read_error, readers_full
 
 log = LazyLogger(__name__)  # logging is imported only if something is logged
@@ -107,7 +107,7 @@ def lookup(cache: EmbeddingCache, texts: Sequence[str]) -> Lookup:
     found = cache.get_many_into(keys, out) if keys else np.zeros(0, dtype=bool)
     missing = np.flatnonzero(~found)
     unique: dict[bytes, str] = {}
-    for i in missing:
+    for i in missing.tolist():
         unique.setdefault(keys[i], texts[i])
     return Lookup(out, keys, missing, list(unique), list(unique.values()))
 
@@ -153,7 +153,7 @@ class EmbeddingCache:
         self._open_lock = threading.Lock()
         self._env: lmdb.Environment | None = None
         self._opened_at_fork = -1  # the value of _forks when this process opened it
-        self._release: weakref.finalize | None = None
+        self._release: weakref.finalize[[EnvKey, lmdb.Environment], EmbeddingCache] | None = None
         self._env_for_this_process()
 
     # -- opening -------------------------------------------------------------------------
@@ -329,6 +329,7 @@ class EmbeddingCache:
                         # A value that fails verification (damaged, old format, another
                         # dimension) is a miss for every reader; replace it, or it misses forever.
                         existing = txn.get(key)
+                        assert existing is not None  # put refused it: the key is there
                         if self._verified(existing) is None:
                             if len(existing) == self._nbytes:
                                 old_format += 1

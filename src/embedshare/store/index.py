@@ -24,13 +24,16 @@ import mmap
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..registry import FIELDS
 from ..registry.loader import tool_protocol
 from ..util.digests import blake2b, sha256
+
+if TYPE_CHECKING:  # imported when an index has one (large indexes): see _open_ann
+    from .ann import IVFIndex
 
 FORMAT_VERSION = 1
 ARRAY_FILES = (
@@ -135,7 +138,7 @@ class ToolIndex:
 
         def load(fname: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
             try:
-                array = np.load(self.path / fname, mmap_mode="r", allow_pickle=False)
+                array: np.ndarray = np.load(self.path / fname, mmap_mode="r", allow_pickle=False)
             except (ValueError, OSError) as exc:
                 raise ToolIndexError(f"tool index {self.path}: cannot read {fname} ({exc})") from None
             if array.shape != shape or array.dtype.kind != np.dtype(dtype).kind:
@@ -158,7 +161,7 @@ class ToolIndex:
         self._row_info = functools.lru_cache(maxsize=512)(self._parse_row)
         self.ann = self._open_ann(verify) if m.get("ann") else None
 
-    def _open_ann(self, verify: bool) -> Any:
+    def _open_ann(self, verify: bool) -> IVFIndex:
         """The approximate index the manifest lists (large indexes), checked like the rest."""
         from .ann import IVFIndex
 
@@ -187,7 +190,8 @@ class ToolIndex:
     def tool(self, row: int) -> dict[str, Any]:
         """The tool JSON of ``row``, parsed from the mapped file (nothing kept in memory)."""
         start, end = int(self.tool_offsets[row]), int(self.tool_offsets[row + 1])
-        return json.loads(self._tools_map[start:end])
+        tool: dict[str, Any] = json.loads(self._tools_map[start:end])
+        return tool
 
     def _parse_row(self, row: int) -> tuple[str, dict[str, Any]]:
         raw = self.tool(row)
@@ -239,7 +243,7 @@ class ToolIndex:
         if query.shape[0] != self.dim:
             raise ValueError(f"query vector has {query.shape[0]} dims, the index has {self.dim}")
         if self.ann is not None:
-            hits = self._ann_hits(query, k, category, threshold, exclude_row)
+            hits = self._ann_hits(self.ann, query, k, category, threshold, exclude_row)
             if hits is not None:
                 return hits
         scores = self.vectors @ query
@@ -266,11 +270,11 @@ class ToolIndex:
         return Hits(rows=rows, scores=scores[rows], field_sims=field_sims)
 
     def _ann_hits(
-        self, query: np.ndarray, k: int, category: str | None, threshold: float, exclude_row: int | None
+        self, ann: IVFIndex, query: np.ndarray, k: int, category: str | None, threshold: float, exclude_row: int | None
     ) -> Hits | None:
         """``search_hits`` through the approximate index: exact scores of its candidates, the
         same filters and tie-break; None (search exactly) when fewer than k candidates pass."""
-        rows, scores = self.ann.candidates(query)
+        rows, scores = ann.candidates(query)
         eligible = scores >= threshold
         if category is not None:
             if category not in self.categories:

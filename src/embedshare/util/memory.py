@@ -54,7 +54,8 @@ class BareInterpreter:
         return self
 
     def pss(self) -> int | None:
-        return pss_bytes(self.process.pid)  # type: ignore[arg-type]
+        pid = self.process.pid  # None only before start()
+        return pss_bytes(pid) if pid is not None else None
 
     def __exit__(self, *exc: object) -> None:
         self._conn.send("done")

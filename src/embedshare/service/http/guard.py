@@ -102,7 +102,7 @@ def guarded_protocol(listener: Listener, header_timeout: float) -> type[H11Proto
         _slot: Slot | None = None
         _cycle_seen: Any = None
 
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             self._slot = listener.admit(transport.abort)
             if self._slot is None:
