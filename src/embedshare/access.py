@@ -18,10 +18,10 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Any
 
 from . import settings
 from .client.connection import ServiceStopped, ServiceUnavailable
+from .client.protocol import ServedRegistry, StatsReply
 from .client.state import stopped_on_purpose
 from .env import ENV_ADDRESS, ENV_MODEL, ENV_ON_FAILURE, ENV_RAY, ENV_REGISTRY, default_store
 from .manager import DEFAULT_MODEL, EmbeddingManager
@@ -90,7 +90,7 @@ class SharedEmbeddingManager(EmbeddingManager):
         return self._failover.policy
 
     @property
-    def served_registry(self) -> dict[str, Any] | None:
+    def served_registry(self) -> ServedRegistry | None:
         """What the service serves: its registry's ``hash``, ``source`` and ``index``, or None."""
         return self._service.served_registry
 
@@ -100,7 +100,7 @@ class SharedEmbeddingManager(EmbeddingManager):
         assert isinstance(source, FailoverSource)
         return source
 
-    def service_stats(self) -> dict[str, Any]:
+    def service_stats(self) -> StatsReply:
         """The service's own counters (every client's requests, batches, latency)."""
         return self._service.service_stats()
 

@@ -17,20 +17,21 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .client.connection import ServiceConnection, ServiceUnavailable
-from .client.protocol import RemoteError
+from .client.protocol import RemoteError, StatsWithMemory
 from .service.observe import with_memory
 
 MB = 1024 * 1024
 
 
-def fetch_stats(conn: ServiceConnection) -> dict[str, Any]:
+def fetch_stats(conn: ServiceConnection) -> StatsWithMemory:
     """The service's stats, with PSS of the service and of each client (read here)."""
-    return with_memory(conn.request("stats", timeout=10)["stats"])
+    return with_memory(conn.stats(timeout=10))
 
 
 @dataclass
@@ -46,8 +47,9 @@ class Rates:
     model_calls: int  # in the interval
 
     @classmethod
-    def between(cls, before: dict[str, Any] | None, now: dict[str, Any]) -> Rates:
-        zero = {
+    def between(cls, before: Mapping[str, Any] | None, now: Mapping[str, Any]) -> Rates:
+        """Read by name: a snapshot, or its few counters (``before`` None: the service's start)."""
+        zero: dict[str, Any] = {
             "requests": 0,
             "texts": 0,
             "hits": 0,
@@ -77,7 +79,7 @@ class Rates:
         )
 
 
-def _batch_sum(stats: dict[str, Any]) -> float:
+def _batch_sum(stats: Mapping[str, Any]) -> float:
     summary = stats["batch_size"]
     if summary.get("sum") is not None:
         return float(summary["sum"])
@@ -99,7 +101,7 @@ def _duration(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
 
 
-def render(stats: dict[str, Any], rates: Rates) -> Any:
+def render(stats: StatsWithMemory, rates: Rates) -> Any:
     """One frame (a rich renderable) for a stats snapshot (with PSS) and its rates."""
     from rich.console import Group
     from rich.table import Table
@@ -137,14 +139,15 @@ def render(stats: dict[str, Any], rates: Rates) -> Any:
     )
 
     clients = Table(title=f"clients {len(stats['clients'])}", title_justify="left", expand=False)
-    for column, justify in (
+    columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
         ("PID", "right"),
         ("PSS", "right"),
         ("requests", "right"),
         ("connected", "right"),
         ("", "left"),
-    ):
-        clients.add_column(column, justify=justify)  # type: ignore[arg-type]
+    )
+    for column, justify in columns:
+        clients.add_column(column, justify=justify)
     now = time.time()
     # TCP clients have no pid here: listed last, as "tcp"
     for client in sorted(stats["clients"], key=lambda c: (c["pid"] is None, c["pid"] or 0)):
@@ -188,8 +191,9 @@ def run_top(address: str | Path, *, once: bool = False, interval: float = 1.0, c
 
     address = str(address)
     if console is None:
-        wide = {} if sys.stdout.isatty() or "COLUMNS" in os.environ else {"width": 140}
-        console = Console(highlight=False, **wide)  # a pipe gets whole lines, not 80 columns
+        width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 140
+        console = Console(highlight=False, width=width)  # a pipe gets whole lines, not 80 columns
+    conn: ServiceConnection | None = None
     if once:
         conn = ServiceConnection(address, connect_timeout=5.0)
         try:
@@ -199,8 +203,7 @@ def run_top(address: str | Path, *, once: bool = False, interval: float = 1.0, c
         console.print(render(stats, Rates.between(None, stats)))
         return 0
 
-    conn: ServiceConnection | None = None
-    previous: dict[str, Any] | None = None
+    previous: StatsWithMemory | None = None
     # SIGTERM (kill, a closing terminal multiplexer) must leave through Live's exit, which
     # shows the cursor again; by default it would end the process with the cursor hidden.
     old_handler = signal.signal(signal.SIGTERM, _raise_interrupt)

@@ -26,7 +26,10 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # a case imports what its design needs, in its own process
+    from ..client.protocol import StatsReply
 
 # Workers that run a model of their own get one BLAS/torch thread: the per-process designs'
 # best case on a machine with fewer cores than workers (as in pool/demo.py).
@@ -56,7 +59,13 @@ def _p(samples: list[float], q: float) -> float | None:
     return float(np.percentile(samples, q)) if samples else None
 
 
-def _model_seconds(stats: dict[str, Any]) -> float:
+def _ms(seconds: list[float], q: float) -> float | None:
+    """The ``q``-th percentile of ``seconds``, in milliseconds; None when there are none."""
+    p = _p(seconds, q)
+    return p * 1e3 if p is not None else None
+
+
+def _model_seconds(stats: StatsReply) -> float:
     summary = stats["model_call_seconds"]
     return (summary.get("mean") or 0.0) * summary.get("count", 0)
 
@@ -100,7 +109,7 @@ def run_model_alone(spec: dict[str, Any]) -> dict[str, Any]:
                 done += batch
             key = str(batch) if threads is None else f"{batch} (1 thread)"
             by_batch[key] = done / (time.perf_counter() - started)
-    best = max(by_batch, key=by_batch.get)
+    best = max(by_batch, key=lambda batch: by_batch[batch])
     return {
         "kind": "model-alone",
         "model": spec["model"],
@@ -157,7 +166,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
             shared_pool.__enter__()
             pool = shared_pool.worker_pool
             service = shared_pool.service
-            roles["service"] = [service.pid]
+            roles["service"] = [service.pid] if service.pid is not None else []
         elif design in ("per-process", "option-c"):
             if design == "option-c":
                 processes, threads = option_c_shape(workers)
@@ -176,6 +185,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
             main_manager = EmbeddingManager(workdir / "main", model=main_embedder, registry=registry)
             index_path = main_manager.index_path
             manager_server = multiprocessing.get_context("spawn").Manager()
+            # SyncManager keeps its server process private
             roles["manager-server"] = [manager_server._process.pid]  # type: ignore[attr-defined]
             proxy = manager_server.dict()
             if design == "option-a":
@@ -254,12 +264,14 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         if design == "embedshare":
             from ..store import EmbeddingCache
 
+            assert service is not None  # the embedshare design has one
             stats = service.stats()
             model_calls, texts_embedded = int(stats["model_calls"]), int(stats["texts_embedded"])
-            cache = EmbeddingCache(service.layout.cache, stats["model_id"], int(stats["dim"]), readonly=True)
+            assert stats["dim"] is not None  # the service is ready
+            cache = EmbeddingCache(service.layout.cache, stats["model_id"], stats["dim"], readonly=True)
             distinct_embedded = cache.count()  # every text the service embedded, once each
             cache.close()
-            mean_batch = stats.get("batch_size", {}).get("mean")
+            mean_batch = stats["batch_size"]["mean"]
         else:
             model_calls = sum(c["calls"] for c in counted)
             texts_embedded = sum(c["texts"] for c in counted)
@@ -284,7 +296,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         miss_wall = max(m["ended"] for m in misses) - miss_started
         miss_throughput = miss_texts / miss_wall
         miss_service = None
-        if service is not None:  # where the service's time went during the miss phase
+        if service is not None and before is not None and service_cpu is not None:  # where its time went
             after_stats = service.stats()
             model_s = _model_seconds(after_stats) - _model_seconds(before)
             texts_done = after_stats["texts_embedded"] - before["texts_embedded"]
@@ -349,10 +361,10 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         "startup_s": startup,
         "first_result_s": first[0] - t0 if first else None,
         "wall_s": wall,
-        "task_p50_ms": _p(task_seconds, 50) * 1e3,
-        "task_p99_ms": _p(task_seconds, 99) * 1e3,
-        "attach_p50_ms": _p(attach_s, 50) * 1e3 if attach_s else None,
-        "attach_p99_ms": _p(attach_s, 99) * 1e3 if attach_s else None,
+        "task_p50_ms": _ms(task_seconds, 50),
+        "task_p99_ms": _ms(task_seconds, 99),
+        "attach_p50_ms": _ms(attach_s, 50),
+        "attach_p99_ms": _ms(attach_s, 99),
         "pss_mb": {role: v / MB for role, v in pss.items()},
         "pss_total_mb": total / MB,
         "bare_mb": bare_pss / MB,
@@ -376,8 +388,8 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         "hit_quantiles_us": _quantiles(hit_us),
         "hit_get_one_p50_us": hit_parts["get_one"],
         "hit_lmdb_floor_p50_us": hit_parts["lmdb_floor"],
-        "search_p50_ms": _p(search, 50) * 1e3 if search else None,
-        "search_p99_ms": _p(search, 99) * 1e3 if search else None,
+        "search_p50_ms": _ms(search, 50),
+        "search_p99_ms": _ms(search, 99),
         "search_quantiles_ms": _quantiles([x * 1e3 for x in search]),
         "cache_hits": sum(r["hits"] for r in reports),
         "cache_misses": sum(r["misses"] for r in reports),

@@ -12,7 +12,7 @@ import socket
 import struct
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .. import settings
 from . import protocol
@@ -128,6 +128,14 @@ class ServiceConnection:
             raise protocol.RemoteError(str(error.get("code")), str(error.get("message")))
         return reply
 
+    def hello(self, timeout: float | None = None, **fields: Any) -> protocol.HelloReply:
+        """The ``hello`` request: the service's model, cache and index (``fields``: model_id, token)."""
+        return cast(protocol.HelloReply, self.request("hello", timeout=timeout, **fields))
+
+    def stats(self, timeout: float | None = None) -> protocol.StatsReply:
+        """The service's counters, model, store, limits and clients."""
+        return cast(protocol.StatsReply, self.request("stats", timeout=timeout)["stats"])
+
     def _read_loop(self) -> None:
         sock = self._sock
         try:
@@ -136,8 +144,9 @@ class ServiceConnection:
                 body = _recv_exactly(sock, protocol.frame_length(header))
                 reply = protocol.unpack(body)
                 with self._lock:
-                    future = self._pending.pop(reply.get("id"), None)
-                    if future is None and reply.get("id") == 0 and not reply.get("ok"):
+                    request_id = reply.get("id")
+                    future = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
+                    if future is None and request_id == 0 and not reply.get("ok"):
                         # The service could not tell which request this error answers (an old
                         # service, or an envelope it could not read): fail every waiting request
                         # with it rather than leave them waiting for a reply that will not come.

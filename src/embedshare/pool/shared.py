@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any, Self
 
 from .. import settings
+from ..client.protocol import StatsReply
 from ..env import ENV_ADDRESS, ENV_MODEL, ENV_ON_FAILURE, ENV_STORE
 from ..registry.loader import BUNDLED_REGISTRY
 from ..service.config import ServiceConfig
 from ..service.launcher import EmbeddingService
-from ..util.latency import percentiles
+from ..util.latency import Percentiles, percentiles
 from ..util.memory import BareInterpreter, ProcessMemory, measure
 from .attach import attach_worker, worker_stats
 from .outcomes import TaskFailed, TaskOutcome, WorkerCrash
@@ -44,7 +45,7 @@ class PoolReport:
     memory: list[ProcessMemory]
     bare_interpreter_pss: int | None
     worker_stats: list[dict[str, Any]]
-    service_stats: dict[str, Any] | None
+    service_stats: StatsReply | None
     crashes: list[WorkerCrash] = field(default_factory=list)
     task_seconds: list[float] = field(default_factory=list)
 
@@ -64,7 +65,7 @@ class PoolReport:
             return int(self.service_stats["texts_embedded"])
         return self.count("texts_embedded")
 
-    def latency(self, call: str) -> dict[str, float | None]:
+    def latency(self, call: str) -> Percentiles:
         samples = [x for s in self.worker_stats for x in s["latency"][call].get("samples", [])]
         return percentiles(samples)
 
@@ -85,7 +86,7 @@ class PoolReport:
             "misses": self.count("misses"),
             "model_calls": self.model_calls(),
             "texts_embedded": self.texts_embedded(),
-            "mean_batch": (self.service_stats or {}).get("batch_size", {}).get("mean"),
+            "mean_batch": self.service_stats["batch_size"]["mean"] if self.service_stats is not None else None,
             "attach_seconds": percentiles([s["attach_seconds"] for s in self.worker_stats if s.get("attach_seconds")]),
             "task_seconds": percentiles(self.task_seconds),
             "search_seconds": self.latency("search"),
@@ -292,7 +293,7 @@ def measure_run(
     wall: float,
     startup: float,
     service_pid: int | None = None,
-    service_stats: dict[str, Any] | None = None,
+    service_stats: StatsReply | None = None,
 ) -> PoolReport:
     """Measure a finished run while its workers are still alive (they hold their memory)."""
     with BareInterpreter(env=pool.env) as bare:

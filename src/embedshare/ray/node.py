@@ -30,6 +30,7 @@ import ray
 from ray.exceptions import ActorUnschedulableError, RayActorError
 
 from ..client.connection import ServiceConnection, ServiceUnavailable
+from ..client.protocol import HelloReply
 from ..service.config import ServiceConfig
 from ..service.launcher import ServiceStartError, spawn_service
 from ..store import EmbeddingCache, StoreLayout
@@ -76,10 +77,10 @@ class NodeService:
         self.config = ServiceConfig(store=str(self.layout.root), **settings["service"])
         self.incarnation = uuid.uuid4().hex[:12]
         self._lock = threading.RLock()  # starts and restarts of the service process
-        self._process: subprocess.Popen | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._lifeline: int | None = None
         self._conn: ServiceConnection | None = None
-        self._hello: dict[str, Any] = {}
+        self._hello: HelloReply | None = None  # the service's, once started
         self._cache: EmbeddingCache | None = None
         self._owners: dict[str, Any] = {}
         self._inflight: SingleFlight[Promise] = SingleFlight(Promise)  # keys being fetched from owners
@@ -124,12 +125,13 @@ class NodeService:
                 f"the embedshare service of node {self.node_id} did not start: {detail}\n{self._log_tail()}"
             )
         conn = ServiceConnection(layout.socket, connect_timeout=10.0)
-        self._hello = conn.request("hello", timeout=max(1.0, deadline - time.monotonic()))
+        self._hello = hello = conn.hello(timeout=max(1.0, deadline - time.monotonic()))
         self._conn = conn
         if self._cache is None:
-            self._cache = EmbeddingCache(self._hello["cache"], self._hello["model_id"], int(self._hello["dim"]))
+            self._cache = EmbeddingCache(hello["cache"], hello["model_id"], int(hello["dim"]))
         self._count(service_starts=1)
-        log.info("node %s: embedshare service pid %s on %s", self.node_id[:8], self._process.pid, layout.socket)
+        pid = self._process.pid if self._process is not None else None
+        log.info("node %s: embedshare service pid %s on %s", self.node_id[:8], pid, layout.socket)
 
     def _spawn(self, deadline: float) -> tuple[str, str]:
         """The launcher's spawn, plus a lifeline: the service stops when this actor's process dies."""
@@ -217,8 +219,8 @@ class NodeService:
             "store": str(self.layout.root),
             "actor_pid": os.getpid(),
             "service_pid": process.pid if process else None,
-            "model_id": self._hello.get("model_id"),
-            "dim": self._hello.get("dim"),
+            "model_id": self._hello["model_id"] if self._hello else None,
+            "dim": self._hello["dim"] if self._hello else None,
             "incarnation": self.incarnation,
             "ring": self.ring,
         }
@@ -238,9 +240,16 @@ class NodeService:
 
     # -- texts this node owns -------------------------------------------------------------
 
+    @property
+    def _dim(self) -> int:
+        """The model's, as the node's service said (it is started before any request)."""
+        if self._hello is None:
+            raise RuntimeError(f"the embedshare service of node {self.node_id} has not started")
+        return self._hello["dim"]
+
     def _request(self, texts: list[str]) -> np.ndarray:
         """Vectors from this node's service (which computes each text once and caches it)."""
-        out = np.empty((len(texts), int(self._hello["dim"])), dtype=np.float32)
+        out = np.empty((len(texts), self._dim), dtype=np.float32)
         for start in range(0, len(texts), CHUNK):
             chunk = texts[start : start + CHUNK]
             for attempt in range(4):
@@ -295,7 +304,7 @@ class NodeService:
         by_owner: dict[str, list[int]] = {}
         for i, key in enumerate(keys):
             by_owner.setdefault(owner_of(key, self.ring), []).append(i)
-        out = np.empty((len(texts), int(self._hello["dim"])), dtype=np.float32)
+        out = np.empty((len(texts), self._dim), dtype=np.float32)
         pending = {}
         for owner, rows in by_owner.items():
             chunk = [texts[i] for i in rows]
@@ -337,7 +346,8 @@ class NodeService:
     def _owner(self, node_id: str, restart: bool = False) -> Any:
         handle = None if restart else self._owners.get(node_id)
         if handle is None:
-            coordinator = ray.get_actor(COORDINATOR_NAME, namespace=self.settings["namespace"])
+            # An actor handle: its methods are remote calls, which ray's annotations do not type.
+            coordinator: Any = ray.get_actor(COORDINATOR_NAME, namespace=self.settings["namespace"])
             handle = ray.get(coordinator.node.remote(node_id, restart=restart))["handle"]
             self._owners[node_id] = handle
         return handle

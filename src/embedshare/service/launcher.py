@@ -21,7 +21,8 @@ from typing import Any, Self
 
 from .. import settings
 from ..client.connection import ServiceConnection, ServiceUnavailable
-from ..client.state import StateFileError, read_state, service_lock_held, stopped_on_purpose
+from ..client.protocol import StatsReply
+from ..client.state import ServiceState, StateFileError, read_state, service_lock_held, stopped_on_purpose
 from ..env import ENV_ADDRESS, ENV_ON_FAILURE, ENV_STORE
 from ..settings import SettingError
 from ..store import StoreLayout
@@ -115,7 +116,7 @@ class EmbeddingService:
         self.verbose = verbose
         self.pid: int | None = None
         self.owned = False
-        self._process: subprocess.Popen | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._saved_env: dict[str, str | None] = {}
 
     @classmethod
@@ -161,7 +162,7 @@ class EmbeddingService:
 
     # -- start and stop -------------------------------------------------------------------
 
-    def start(self, *, respect_stop: bool = False) -> EmbeddingService:
+    def start(self, *, respect_stop: bool = False) -> Self:
         """Start the service, or join the one already running; return once it answers.
 
         A service that holds the store's lock is joined without starting an interpreter (25
@@ -224,7 +225,7 @@ class EmbeddingService:
             try:
                 conn = ServiceConnection(self.address)
                 try:
-                    hello = conn.request("hello", timeout=max(1.0, deadline - time.monotonic()))
+                    hello = conn.hello(timeout=max(1.0, deadline - time.monotonic()))
                 finally:
                     conn.close()
                 break
@@ -294,10 +295,10 @@ class EmbeddingService:
 
     # -- inspection -----------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> StatsReply:
         conn = ServiceConnection(self.address)
         try:
-            return conn.request("stats", timeout=30)["stats"]
+            return conn.stats(timeout=30)
         finally:
             conn.close()
 
@@ -330,7 +331,7 @@ def spawn_service(
     verbose: int = 0,
     entry: Sequence[str] = ("embedshare.service",),
     pass_fds: Sequence[int] = (),
-) -> tuple[subprocess.Popen, str]:
+) -> tuple[subprocess.Popen[bytes], str]:
     """Start a service process for ``config`` and return it with the line it says once it answers.
 
     The line is ``ready PID``, ``already PID`` (another service holds the store) or ``error
@@ -373,7 +374,7 @@ def spawn_service(
             preload_file.unlink(missing_ok=True)
 
 
-def _read_ready_line(process: subprocess.Popen, fd: int, timeout: float) -> str:
+def _read_ready_line(process: subprocess.Popen[bytes], fd: int, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     data = b""
     while not data.endswith(b"\n"):
@@ -401,6 +402,6 @@ def restart_service(store: str | Path) -> EmbeddingService:
     return EmbeddingService.from_state(store, export_env=False, detach=True).start(respect_stop=True)
 
 
-def service_state(store: str | Path) -> dict[str, Any]:
+def service_state(store: str | Path) -> ServiceState:
     """What ``run/service.json`` says of the store's (last) service."""
     return read_state(StoreLayout(store))

@@ -29,7 +29,8 @@ import math
 import resource
 import time
 from collections.abc import Callable
-from typing import Any
+
+from ..client.protocol import BudgetStats, ListenerStats
 
 log = logging.getLogger("embedshare.service.limits")
 
@@ -137,8 +138,15 @@ class Listener:
                 self.idle_timeout,
             )
 
-    def stats(self) -> dict[str, Any]:
-        return {"open": len(self.open), "cap": self.cap, **self.counts}
+    def stats(self) -> ListenerStats:
+        counts = self.counts
+        return {
+            "open": len(self.open),
+            "cap": self.cap,
+            "refused": counts["refused"],
+            "evicted": counts["evicted"],
+            "timed_out": counts["timed_out"],
+        }
 
 
 async def sweep_forever(listeners: list[Listener], tick: float) -> None:
@@ -181,7 +189,7 @@ class ByteBudget:
         self.reserve = capacity // 8
         self.used = 0
         self.peak = 0
-        self._waiters: list[tuple[int, asyncio.Future]] = []
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     def _limit(self, n: int) -> int:
         return self.capacity if n <= self.SMALL else self.capacity - self.reserve
@@ -196,7 +204,7 @@ class ByteBudget:
         if self.used + n <= self._limit(n):
             self._take(n)
             return
-        waiter = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (n, waiter)
         self._waiters.append(entry)
         try:
@@ -227,7 +235,7 @@ class ByteBudget:
                 self._take(n)
                 waiter.set_result(None)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> BudgetStats:
         return {"used": self.used, "peak": self.peak, "capacity": self.capacity, "waiting": len(self._waiters)}
 
 

@@ -68,7 +68,7 @@ class FrameServer:
         socket_listener: Listener,
         tcp_listener: Listener,
         frame_budget: ByteBudget,
-        stats: Callable[[], dict[str, Any]],
+        stats: Callable[[], protocol.StatsReply],
         stop: Callable[[], None],
     ) -> None:
         self.engine = engine
@@ -78,7 +78,7 @@ class FrameServer:
         self.frame_budget = frame_budget
         self._stats = stats
         self._stop = stop
-        self.clients: dict[int, dict[str, Any]] = {}  # the open connections, for stats
+        self.clients: dict[int, protocol.Connection] = {}  # the open connections, for stats
         self._next_client = 0
         self.tcp_server: asyncio.Server | None = None
         self.tcp_address: str | None = None  # HOST:PORT it is bound to, once started
@@ -217,7 +217,7 @@ class FrameServer:
     # -- one connection, either listener -----------------------------------------------------------
 
     async def _serve_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: dict[str, Any], slot: Slot
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: protocol.Peer, slot: Slot
     ) -> None:
         """Answer a peer's requests until it leaves: a Unix peer of our uid, or TCP after hello.
 
@@ -279,7 +279,7 @@ class FrameServer:
             self.clients.pop(client_id, None)
             writer.close()
 
-    async def _answer(self, body: bytes, writer: asyncio.StreamWriter, peer: dict[str, Any]) -> None:
+    async def _answer(self, body: bytes, writer: asyncio.StreamWriter, peer: protocol.Peer) -> None:
         started = time.perf_counter()
         request_id = 0
         message: Any = None
@@ -326,7 +326,7 @@ class FrameServer:
     # -- operations -----------------------------------------------------------------------------
 
     async def _op_hello(self, message: dict[str, Any]) -> dict[str, Any]:
-        return await self.engine.hello(message.get("model_id"))
+        return {**await self.engine.hello(message.get("model_id"))}
 
     async def _op_embed(self, message: dict[str, Any]) -> dict[str, Any]:
         await self.engine.ready()
@@ -357,7 +357,7 @@ class FrameServer:
         return {"pid": os.getpid(), "clients": others}
 
 
-def log_request(message: Any, reply: dict[str, Any], seconds: float, peer: dict[str, Any]) -> None:
+def log_request(message: Any, reply: dict[str, Any], seconds: float, peer: protocol.Peer) -> None:
     """One debug line for a socket request: operation, how many texts, latency, client pid."""
     op = message.get("op") if isinstance(message, dict) else None
     texts = message.get("texts") if isinstance(message, dict) else None

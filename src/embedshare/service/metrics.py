@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import cast
 
+from ..client.protocol import MetricsSnapshot
 from ..util.latency import Histogram
 
 
@@ -56,9 +57,9 @@ class ServiceMetrics:
         self.queue_depth = depth
         self.max_queue_depth = max(self.max_queue_depth, depth)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> MetricsSnapshot:
         with self._lock:
-            return {
+            snapshot = {
                 "uptime_s": time.time() - self.started,
                 **self.counters,
                 "queue_depth": self.queue_depth,
@@ -67,3 +68,5 @@ class ServiceMetrics:
                 "batch_size": self.batch_sizes.summary(),
                 "model_call_seconds": self.model_seconds.summary(),
             }
+        # The counters' names are MetricsSnapshot's: those of __init__, and add()'s callers'.
+        return cast(MetricsSnapshot, snapshot)

@@ -13,9 +13,11 @@ helpers need psutil only (a core dependency).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from ..client.protocol import ClientMemory, StatsReply, StatsWithMemory
+from ..util.latency import Summary
 from ..util.pss import pss_bytes
 
 # Counters of the stats snapshot -> (Prometheus name without _total, help).
@@ -57,23 +59,21 @@ HISTOGRAMS: dict[str, tuple[str, str]] = {
 }
 
 
-def with_memory(stats: dict[str, Any]) -> dict[str, Any]:
+def with_memory(stats: StatsReply | StatsWithMemory) -> StatsWithMemory:
     """``stats`` with ``pss`` (bytes or None) for the service and for every client.
 
     Read where this runs: the service's clients are processes of this machine and this user,
     so a CLI next to the service reads their ``/proc`` as well as the service would, and the
     service's event loop is not held up by it. A TCP client has no pid here: its ``pss`` is None.
     """
-    out = dict(stats)
-    out["pss"] = pss_bytes(int(stats["pid"]))
-    out["clients"] = [
-        {**client, "pss": pss_bytes(int(client["pid"])) if client["pid"] is not None else None}
+    clients: list[ClientMemory] = [
+        {**client, "pss": pss_bytes(client["pid"]) if client["pid"] is not None else None}
         for client in stats.get("clients", [])
     ]
-    return out
+    return {**stats, "pss": pss_bytes(stats["pid"]), "clients": clients}
 
 
-def _bucket_pairs(summary: dict[str, Any]) -> list[tuple[str, float]]:
+def _bucket_pairs(summary: Summary) -> list[tuple[str, float]]:
     """Cumulative ``(le, count)`` pairs from a latency.Histogram summary (its fixed buckets)."""
     from prometheus_client.utils import floatToGoString
 
@@ -81,7 +81,7 @@ def _bucket_pairs(summary: dict[str, Any]) -> list[tuple[str, float]]:
     pairs, running = [], 0
     for bound, count in bounds:
         running += count
-        pairs.append((floatToGoString(bound), float(running)))
+        pairs.append((floatToGoString(bound), float(running)))  # type: ignore[no-untyped-call]  # unannotated upstream
     return pairs
 
 
@@ -92,7 +92,7 @@ class ServiceCollector:
     (``with_memory``); a snapshot that already carries ``pss`` gets them either way.
     """
 
-    def __init__(self, snapshot: Callable[[], dict[str, Any]], memory: bool = True) -> None:
+    def __init__(self, snapshot: Callable[[], StatsReply | StatsWithMemory], memory: bool = True) -> None:
         self._snapshot = snapshot
         self._memory = memory
 
@@ -104,9 +104,9 @@ class ServiceCollector:
             InfoMetricFamily,
         )
 
-        stats = self._snapshot()
-        if self._memory:
-            stats = with_memory(stats)
+        snapshot = self._snapshot()
+        # Read by the names of the tables above, with or without the memory gauges' ``pss``.
+        stats: Mapping[str, Any] = with_memory(snapshot) if self._memory else snapshot
         info = InfoMetricFamily("embedshare_service", "The service: model, dimension, store, pid.")
         info.add_metric(
             [],
@@ -121,7 +121,7 @@ class ServiceCollector:
         for key, (name, doc) in COUNTERS.items():
             yield CounterMetricFamily(name, doc, value=float(stats.get(key, 0)))
         for key, (name, doc) in HISTOGRAMS.items():
-            summary = stats[key]
+            summary: Summary = stats[key]
             total = summary.get("sum")
             if total is None:
                 total = (summary.get("mean") or 0.0) * summary["count"]
@@ -164,12 +164,12 @@ class ServiceCollector:
         yield requests
 
 
-def metrics_registry(stats: dict[str, Any]) -> Any:
+def metrics_registry(stats: StatsReply | StatsWithMemory) -> Any:
     """A prometheus-client registry over one stats snapshot (PSS already read, if wanted),
     plus the standard ``process_*`` metrics."""
     from prometheus_client import CollectorRegistry, ProcessCollector
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServiceCollector(lambda: stats, memory=False))  # type: ignore[arg-type]
+    registry.register(ServiceCollector(lambda: stats, memory=False))
     ProcessCollector(registry=registry)
     return registry

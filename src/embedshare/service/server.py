@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..client import protocol
+from ..client.state import ServiceState
 from ..store.files import write_atomic
 from .config import ServiceConfig
 from .engine import Engine
@@ -199,7 +200,7 @@ class EmbeddingServer:
     def _write_state(self) -> None:
         """``run/service.json``: how to reach this service, and how to start it again."""
         served = self.engine.served_config  # with the registry it found: a restart serves the same
-        state = {
+        state: ServiceState = {
             "pid": os.getpid(),
             "socket": str(self.layout.socket),
             "model": self.config.model,
@@ -216,7 +217,7 @@ class EmbeddingServer:
 
     # -- stats ----------------------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> protocol.StatsReply:
         """The engine's counters, and the listeners': clients, the HTTP address, limits."""
         return {
             **self.engine.stats(),
@@ -225,7 +226,7 @@ class EmbeddingServer:
             "limits": self.limit_stats(),
         }
 
-    def limit_stats(self) -> dict[str, Any]:
+    def limit_stats(self) -> protocol.LimitStats:
         """Each listener's connections (open, cap, refused, evicted, timed out) and budgets."""
         return {
             "socket": self.socket_listener.stats(),

@@ -75,21 +75,22 @@ class ServiceSource(ServiceBackedSource):
                 f"the service at {self.address} keeps its store in {self.layout.root}, which is not on "
                 "this machine: a TCP client reads the cache and index from the store's files"
             )
-        self.served_registry: dict[str, Any] | None = hello.get("registry")
+        self.served_registry: protocol.ServedRegistry | None = hello.get("registry")
         self.cache = EmbeddingCache(hello["cache"], self.model_id, self.dim)
-        self._index = ToolIndex(hello["index"]) if hello.get("index") else None
+        index = hello.get("index")
+        self._index = ToolIndex(index) if index else None
 
     def __repr__(self) -> str:
         return f"ServiceSource(address={self.address!r}, model={self.model_id!r})"
 
     # -- the connection -----------------------------------------------------------------------
 
-    def _connect(self) -> dict[str, Any]:
+    def _connect(self) -> protocol.HelloReply:
         """Open a connection and say hello (model, token); it becomes the current one."""
         conn = ServiceConnection(self.address, connect_timeout=self.connect_timeout)
         auth = {"token": self._token} if self.address.startswith(TCP_SCHEME) and self._token else {}
         try:
-            hello = conn.request("hello", timeout=self.request_timeout, model_id=self._wanted_model_id, **auth)
+            hello = conn.hello(timeout=self.request_timeout, model_id=self._wanted_model_id, **auth)
         except protocol.RemoteError as exc:
             conn.close()
             if exc.code == "unauthorized":
@@ -197,10 +198,9 @@ class ServiceSource(ServiceBackedSource):
 
     # -- extras -------------------------------------------------------------------------------
 
-    def service_stats(self) -> dict[str, Any]:
+    def service_stats(self) -> protocol.StatsReply:
         """The service's own counters (every client's requests, batches, latency)."""
-        stats: dict[str, Any] = self._connection().request("stats", timeout=self.request_timeout)["stats"]
-        return stats
+        return self._connection().stats(timeout=self.request_timeout)
 
     def _count(self, **amounts: int) -> None:
         with self._counters_lock:
@@ -220,7 +220,7 @@ class ServiceSource(ServiceBackedSource):
                 self._conn = None
 
 
-def check_served_registry(asked: Registry, name: str, served: dict[str, Any] | None, store: Path) -> None:
+def check_served_registry(asked: Registry, name: str, served: protocol.ServedRegistry | None, store: Path) -> None:
     """Raise unless ``asked`` (the registry named ``name``) is the one the service serves.
 
     Another registry than the one served is :class:`RegistryMismatchError`, never silently

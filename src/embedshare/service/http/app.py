@@ -67,6 +67,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "the HTTP endpoint needs starlette, uvicorn and prometheus-client: pip install 'embedshare[http]'"
     ) from exc
 
+from ...client.protocol import StatsReply
 from ...embedders import EmbedderError, InvalidTextError
 from .address import http_token, is_loopback, parse_http_address
 from .errors import EXCEPTION_HANDLERS, ApiError, error_response
@@ -131,7 +132,7 @@ def create_app(
     metrics: ServiceMetrics,
     config: ServiceConfig,
     budget: ByteBudget,
-    stats: Callable[[], dict[str, Any]],
+    stats: Callable[[], StatsReply],
 ) -> Any:
     """The ASGI app over a service's ``engine``; request bodies share ``budget``, and
     ``/metrics`` reads ``stats`` (the whole service's)."""
@@ -331,7 +332,7 @@ def _host_name(host: str) -> str:
 class _EmbeddedServer(uvicorn.Server):
     """uvicorn without its signal handling: the service owns SIGTERM and SIGINT."""
 
-    def capture_signals(self) -> Any:  # type: ignore[override]
+    def capture_signals(self) -> Any:
         import contextlib
 
         return contextlib.nullcontext()
@@ -355,7 +356,7 @@ class HttpEndpoint:
         config: ServiceConfig,
         listener: Listener,
         budget: ByteBudget,
-        stats: Callable[[], dict[str, Any]],
+        stats: Callable[[], StatsReply],
     ) -> HttpEndpoint:
         """Bind ``address`` (raising OSError at once if it is taken) and start serving ``engine``.
 
@@ -379,6 +380,7 @@ class HttpEndpoint:
             timeout_graceful_shutdown=5,
             server_header=False,
             http=guarded_protocol(listener, config.first_frame_timeout),
+            # uvicorn annotates it int, but hands it to call_later: fractions of a second hold
             timeout_keep_alive=config.http_keepalive_timeout,  # type: ignore[arg-type]
             h11_max_incomplete_event_size=MAX_HEADER_BYTES,
             backlog=BACKLOG,
