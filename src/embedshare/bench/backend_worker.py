@@ -13,6 +13,10 @@ import json
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported by main(), once the environment is set
+    from embedshare.manager import EmbeddingManager
 
 WORDS = (
     "read",
@@ -36,7 +40,7 @@ WORDS = (
 )
 
 
-def send_misses(manager, seconds: float, per_request: int, tag: str) -> dict[str, float]:
+def send_misses(manager: EmbeddingManager, seconds: float, per_request: int, tag: str) -> dict[str, float]:
     """Distinct texts of query length (6-8 words), as the workload's searches are."""
     deadline = time.time() + seconds
     sent = i = 0

@@ -26,9 +26,12 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # onnx is imported by the build, in its own process (see the module doc)
+    from onnx import ModelProto, NodeProto, TensorProto
 
 OPSET = 17  # LayerNormalization is a standard op from 17 on
 _MIN_FLOAT = float(np.finfo(np.float32).min)  # what transformers adds for a masked position
@@ -82,8 +85,8 @@ class _GraphBuilder:
     """Accumulates nodes and initializers; one name counter for unique intermediate names."""
 
     def __init__(self) -> None:
-        self.nodes: list = []
-        self.initializers: list = []
+        self.nodes: list[NodeProto] = []
+        self.initializers: list[TensorProto] = []
         self._count = 0
         self._names: set[str] = set()
 
@@ -116,7 +119,7 @@ class _GraphBuilder:
         return self.op("LayerNormalization", [x, scale, bias], axis=-1, epsilon=eps)
 
 
-def build_bert_mean_pooling(weights: dict[str, np.ndarray], shape: BertShape):
+def build_bert_mean_pooling(weights: dict[str, np.ndarray], shape: BertShape) -> ModelProto:
     """The ``onnx.ModelProto`` of encoder + mean pooling for these weights (see the module doc)."""
     from onnx import TensorProto, helper
 
@@ -202,7 +205,7 @@ def build_bert_mean_pooling(weights: dict[str, np.ndarray], shape: BertShape):
     )
 
 
-def build_from_folder(folder: Path):
+def build_from_folder(folder: Path) -> ModelProto:
     """Read ``model.safetensors`` and config from a sentence-transformers folder; build the graph."""
     from safetensors.numpy import load_file
 

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -46,7 +47,7 @@ def default_threads() -> int:
         return min(2, os.cpu_count() or 1)
 
 
-def _require(what: str):
+def _require(what: str) -> ModuleType:
     try:
         if what == "onnxruntime":
             import onnxruntime

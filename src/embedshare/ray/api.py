@@ -48,7 +48,7 @@ def coordinator(namespace: str | None = None, create: bool = False) -> Any:
     return create_coordinator(settings, _registry_arg(os.environ.get(ENV_REGISTRY)))
 
 
-def _registry_arg(registry: str | Path | list | dict | None) -> Any:
+def _registry_arg(registry: str | Path | list[Any] | dict[str, Any] | None) -> Any:
     """What the coordinator gets: ``bundled``, or the registry's JSON (read here, on the
     driver, so a file need not exist on the coordinator's node)."""
     if registry is None or isinstance(registry, (list, dict)) or str(registry) == "bundled":
@@ -102,7 +102,7 @@ class RayDeployment:
 
 def init(
     model: str | None = None,
-    registry: str | Path | list | dict | None = None,
+    registry: str | Path | list[Any] | dict[str, Any] | None = None,
     *,
     config: ServiceConfig | None = None,
     store_root: str | Path | None = None,

@@ -88,7 +88,7 @@ def bundled_registry_path() -> Path:
     return Path(__file__).parent / "data" / "tools.json"
 
 
-def load_registry(source: str | Path | list | dict) -> Registry:
+def load_registry(source: str | Path | list[Any] | dict[str, Any]) -> Registry:
     """Load a registry from a file path, ``"bundled"``, or already-parsed JSON data."""
     if isinstance(source, (list, dict)):
         return parse_registry(source, origin="<data>")
