@@ -29,8 +29,10 @@ import math
 import resource
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from ..client.protocol import BudgetStats, ListenerStats
+if TYPE_CHECKING:
+    from ..client.protocol import BudgetStats, ListenerStats
 
 log = logging.getLogger("embedshare.service.limits")
 

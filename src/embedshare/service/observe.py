@@ -14,11 +14,13 @@ helpers need psutil only (a core dependency).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..client.protocol import ClientMemory, StatsReply, StatsWithMemory
-from ..util.latency import Summary
 from ..util.pss import pss_bytes
+
+if TYPE_CHECKING:  # util.latency imports numpy, which `embedshare stats` and `top` need not load
+    from ..util.latency import Summary
 
 # Counters of the stats snapshot -> (Prometheus name without _total, help).
 COUNTERS: dict[str, tuple[str, str]] = {
