@@ -8,7 +8,7 @@ STAMP := $(VENV)/.embedshare-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv test test-fast demo bench clean
+.PHONY: venv check test test-fast demo bench clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[local,local-torch,openai,http,langchain,ray,bench,dev]'
 	touch $(STAMP)
+
+# Lint, format, types and layers, as configured in pyproject.toml (the same as .pre-commit-config.yaml).
+# tests/ joins CHECKED once it is formatted.
+CHECKED := src bench
+check: $(STAMP)
+	$(VENV)/bin/ruff check $(CHECKED)
+	$(VENV)/bin/ruff format --check $(CHECKED)
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider

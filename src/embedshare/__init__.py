@@ -23,16 +23,16 @@ if TYPE_CHECKING:
         reset_embedding_manager,
         set_embedding_manager,
     )
+    from .client.connection import ServiceUnavailable  # noqa: F401
     from .embedders import create_embedder  # noqa: F401
     from .manager import EmbeddingManager  # noqa: F401
     from .pool.shared import SharedPool  # noqa: F401
-    from .client.connection import ServiceUnavailable  # noqa: F401
     from .service.launcher import EmbeddingService  # noqa: F401
 
 
 __version__ = "0.1.0"
 
-from ._moved import install as _install_moved_paths  # noqa: E402 - after the docstring's imports
+from ._moved import install as _install_moved_paths
 
 _install_moved_paths()  # the module paths of 0.1 still import (embedshare/_moved.py)
 

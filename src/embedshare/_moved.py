@@ -29,15 +29,22 @@ MOVED: dict[str, tuple[str, ...]] = {
     "embedshare.ray.demo": ("embedshare.bench.ray_demo", "embedshare.bench.ray_demo_report"),
     "embedshare.ray.actors": ("embedshare.ray.node", "embedshare.ray.coordinator"),
     "embedshare.ray.worker": ("embedshare.ray.source",),
-    "embedshare.service.client": ("embedshare.access", "embedshare.sources.service",
-                                  "embedshare.sources.failover"),
+    "embedshare.service.client": ("embedshare.access", "embedshare.sources.service", "embedshare.sources.failover"),
     "embedshare.service.connection": ("embedshare.client.connection",),
     "embedshare.service.peercred": ("embedshare.client.peercred",),
     "embedshare.service.protocol": ("embedshare.client.protocol",),
-    "embedshare.service.state": ("embedshare.client.state", "embedshare.service.config", "embedshare.env",
-                                 "embedshare.client.address", "embedshare.service.token_file"),
-    "embedshare.service.http_address": ("embedshare.service.http.address", "embedshare.env",
-                                        "embedshare.service.token_file"),
+    "embedshare.service.state": (
+        "embedshare.client.state",
+        "embedshare.service.config",
+        "embedshare.env",
+        "embedshare.client.address",
+        "embedshare.service.token_file",
+    ),
+    "embedshare.service.http_address": (
+        "embedshare.service.http.address",
+        "embedshare.env",
+        "embedshare.service.token_file",
+    ),
     "embedshare.service.http_guard": ("embedshare.service.http.guard",),
     "embedshare.service.probes": ("embedshare.service.http.probes",),
     "embedshare.service.tokens": ("embedshare.service.http.tokens",),
@@ -48,15 +55,18 @@ class MovedModules:
     """A finder and loader of :data:`MOVED`'s old paths (after every real module: the last finder)."""
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> ModuleSpec | None:
-        return ModuleSpec(fullname, self) if fullname in MOVED else None
+        # A loader by protocol (create_module, exec_module): importlib.abc, whose Loader typeshed
+        # asks for, is not imported into every worker for a base class.
+        return ModuleSpec(fullname, self) if fullname in MOVED else None  # type: ignore[arg-type]
 
     def create_module(self, spec: ModuleSpec) -> None:
         return None  # the default module object
 
     def exec_module(self, module: ModuleType) -> None:
         old, homes = module.__name__, MOVED[module.__name__]
-        warnings.warn(f"{old} moved in embedshare 0.2: import from {' or '.join(homes)}",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"{old} moved in embedshare 0.2: import from {' or '.join(homes)}", DeprecationWarning, stacklevel=2
+        )
 
         def __getattr__(name: str) -> Any:
             for home in homes:
@@ -65,7 +75,7 @@ class MovedModules:
                     return value
             raise AttributeError(f"module {old!r} (moved to {', '.join(homes)}) has no attribute {name!r}")
 
-        module.__getattr__ = __getattr__  # type: ignore[method-assign]
+        module.__getattr__ = __getattr__  # type: ignore[method-assign]  # PEP 562's module __getattr__
 
 
 _ABSENT = object()

@@ -18,10 +18,10 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Any
 
 from . import settings
 from .client.connection import ServiceStopped, ServiceUnavailable
+from .client.protocol import ServedRegistry, StatsReply
 from .client.state import stopped_on_purpose
 from .env import ENV_ADDRESS, ENV_MODEL, ENV_ON_FAILURE, ENV_RAY, ENV_REGISTRY, default_store
 from .manager import DEFAULT_MODEL, EmbeddingManager
@@ -62,8 +62,9 @@ class SharedEmbeddingManager(EmbeddingManager):
         if on_failure is None:
             on_failure = settings.env_choice(ENV_ON_FAILURE, POLICIES, default="local")
         policy = settings.choice("on_failure", on_failure, POLICIES)
-        service = ServiceSource(address, model, token=token, request_timeout=request_timeout,
-                                connect_timeout=connect_timeout)
+        service = ServiceSource(
+            address, model, token=token, request_timeout=request_timeout, connect_timeout=connect_timeout
+        )
         source = FailoverSource(service, policy, revive=lambda: revive_store_service(service.layout))
         try:
             super().__init__(source=source, registry=registry, search_cache_size=search_cache_size)
@@ -89,7 +90,7 @@ class SharedEmbeddingManager(EmbeddingManager):
         return self._failover.policy
 
     @property
-    def served_registry(self) -> dict[str, Any] | None:
+    def served_registry(self) -> ServedRegistry | None:
         """What the service serves: its registry's ``hash``, ``source`` and ``index``, or None."""
         return self._service.served_registry
 
@@ -99,7 +100,7 @@ class SharedEmbeddingManager(EmbeddingManager):
         assert isinstance(source, FailoverSource)
         return source
 
-    def service_stats(self) -> dict[str, Any]:
+    def service_stats(self) -> StatsReply:
         """The service's own counters (every client's requests, batches, latency)."""
         return self._service.service_stats()
 
@@ -192,8 +193,13 @@ def reset_embedding_manager() -> None:
         _instance, _instance_pid = None, None
 
 
-def _create(model: str | None, store: str | Path | None, registry: str | Path | None,
-            on_failure: str | None, default_model: str = DEFAULT_MODEL) -> EmbeddingManager:
+def _create(
+    model: str | None,
+    store: str | Path | None,
+    registry: str | Path | None,
+    on_failure: str | None,
+    default_model: str = DEFAULT_MODEL,
+) -> EmbeddingManager:
     registry = registry or os.environ.get(ENV_REGISTRY)
     if store is None:  # inside a Ray task or actor: its node's service (embedshare.ray)
         ray_manager = _ray_node_manager(model, on_failure, registry)
@@ -212,13 +218,23 @@ def _create(model: str | None, store: str | Path | None, registry: str | Path | 
     else:
         reason = f"no socket at {address}"
         if policy != "local":
-            return _restarted(address, store_path, model, on_failure, registry, policy,
-                              ServiceUnavailable(f"no embedshare service at {address}"))
+            return _restarted(
+                address,
+                store_path,
+                model,
+                on_failure,
+                registry,
+                policy,
+                ServiceUnavailable(f"no embedshare service at {address}"),
+            )
     layout = StoreLayout(store_path)
     model = model or recorded_model(layout) or default_model
     has_registry = registry or recorded_registry(layout)
-    hint = f"embedshare serve --store {layout.root} --model {model}" + (
-        "" if has_registry else " --registry FILE (or bundled)") + " --detach"
+    hint = (
+        f"embedshare serve --store {layout.root} --model {model}"
+        + ("" if has_registry else " --registry FILE (or bundled)")
+        + " --detach"
+    )
     message = (
         f"no embedshare service is running ({reason}); this process (pid {os.getpid()}) builds "
         f"its own local embedding manager. Start one with `{hint}` to share it."
@@ -229,8 +245,15 @@ def _create(model: str | None, store: str | Path | None, registry: str | Path | 
     return EmbeddingManager(store_path, model=model, registry=registry)
 
 
-def _restarted(address: str, store: Path, model: str | None, on_failure: str | None,
-               registry: str | Path | None, policy: str, exc: ServiceUnavailable) -> EmbeddingManager:
+def _restarted(
+    address: str,
+    store: Path,
+    model: str | None,
+    on_failure: str | None,
+    registry: str | Path | None,
+    policy: str,
+    exc: ServiceUnavailable,
+) -> EmbeddingManager:
     """No service answered and the policy is not ``local``: never a process-own model.
 
     ``restart`` (pool workers, processes under an owning EmbeddingService) waits for the
@@ -248,8 +271,9 @@ def _restarted(address: str, store: Path, model: str | None, on_failure: str | N
     return SharedEmbeddingManager(service.address, model=model, on_failure=on_failure, registry=registry)
 
 
-def _ray_node_manager(model: str | None, on_failure: str | None,
-                      registry: str | Path | None) -> EmbeddingManager | None:
+def _ray_node_manager(
+    model: str | None, on_failure: str | None, registry: str | Path | None
+) -> EmbeddingManager | None:
     """The node's manager in a Ray worker (a task or an actor), else None.
 
     Ray is never imported here: a process that has not imported it is not a Ray worker, and

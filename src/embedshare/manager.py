@@ -78,8 +78,7 @@ class EmbeddingManager:
         if source is None:
             source = _local_source(store, model, embedder_options, cache_options, cache)
         elif store is not None or cache is not None or embedder_options or cache_options:
-            raise ValueError("give EmbeddingManager a source, or a store and model to build a local "
-                             "one from, not both")
+            raise ValueError("give EmbeddingManager a source, or a store and model to build a local one from, not both")
         self._source = source
         self.cache = source.cache
         self.model_id = source.model_id
@@ -93,8 +92,13 @@ class EmbeddingManager:
         self._search_cache_size = search_cache_size
         self._lock = threading.Lock()
         self._counters: dict[str, int] = {
-            "embed_calls": 0, "texts": 0, "hits": 0, "misses": 0,
-            "searches": 0, "search_cache_hits": 0, "similar_calls": 0,
+            "embed_calls": 0,
+            "texts": 0,
+            "hits": 0,
+            "misses": 0,
+            "searches": 0,
+            "search_cache_hits": 0,
+            "similar_calls": 0,
         }
         # Wall time of each public call in this process, for the pool's report.
         self._latency = {call: Histogram() for call in _CALLS}
@@ -121,7 +125,10 @@ class EmbeddingManager:
     @property
     def embedder(self) -> Embedder:
         """The model of a manager that embeds in this process (AttributeError otherwise)."""
-        return self._source.embedder  # type: ignore[attr-defined,no-any-return]
+        source = self._source
+        if not isinstance(source, LocalSource):
+            raise AttributeError(f"a {type(source).__name__} embeds outside this process: no embedder here")
+        return source.embedder
 
     # -- embeddings --------------------------------------------------------------------------
 
@@ -131,7 +138,8 @@ class EmbeddingManager:
         cache = self.cache
         vector = cache.get_one(cache.key(validate_text(text)))
         if vector is None:  # a miss: the general path computes it once
-            return self.get_embeddings([text])[0]
+            computed: np.ndarray = self.get_embeddings([text])[0]
+            return computed
         # The hot path of every worker: one counter (stats() adds it to embed_calls, texts and
         # hits) and the lock taken without a ``with`` block, which costs more than the lookup.
         lock = self._lock
@@ -162,8 +170,7 @@ class EmbeddingManager:
 
     # -- the tool index ----------------------------------------------------------------------
 
-    def load_registry(self, registry: str | Path | Registry,
-                      progress: Any = None) -> ToolIndex:
+    def load_registry(self, registry: str | Path | Registry, progress: Any = None) -> ToolIndex:
         """Search ``registry`` from now on; what that takes is the source's rule: a local
         manager indexes it (embedding through this manager) and records it as the store's; a
         service's client checks that it is the registry the service serves."""
@@ -197,8 +204,7 @@ class EmbeddingManager:
         """Search ``index`` from now on (e.g. another registry's, built through this manager)."""
         if (index.model_id, index.dim) != (self.model_id, self.dim):
             raise ToolIndexError(
-                f"tool index {index.path} holds {index.model_id!r} vectors, this manager embeds "
-                f"with {self.model_id!r}"
+                f"tool index {index.path} holds {index.model_id!r} vectors, this manager embeds with {self.model_id!r}"
             )
         with self._lock:
             self._index = index
@@ -210,9 +216,7 @@ class EmbeddingManager:
         with self._lock:
             self._search_cache.clear()
 
-    def search(
-        self, query: str, k: int = 5, category: str | None = None, threshold: float = 0.0
-    ) -> list[SearchResult]:
+    def search(self, query: str, k: int = 5, category: str | None = None, threshold: float = 0.0) -> list[SearchResult]:
         """The ``k`` tools that best match ``query``, with score, category, protocol, reason."""
         started = time.perf_counter()
         query = validate_text(query, "query")
@@ -294,8 +298,13 @@ class EmbeddingManager:
         self._source.close()
 
 
-def _local_source(store: str | Path | None, model: str | Embedder, embedder_options: dict[str, Any] | None,
-                  cache_options: dict[str, Any] | None, cache: EmbeddingCache | None) -> LocalSource:
+def _local_source(
+    store: str | Path | None,
+    model: str | Embedder,
+    embedder_options: dict[str, Any] | None,
+    cache_options: dict[str, Any] | None,
+    cache: EmbeddingCache | None,
+) -> LocalSource:
     """The default source: this process's model on the store's cache."""
     layout = StoreLayout(store or default_store())
     layout.make_private_root()  # 0700, or refused if another user could write it

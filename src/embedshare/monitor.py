@@ -17,20 +17,21 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .client.connection import ServiceConnection, ServiceUnavailable
+from .client.protocol import RemoteError, StatsWithMemory
 from .service.observe import with_memory
-from .client.protocol import RemoteError
 
 MB = 1024 * 1024
 
 
-def fetch_stats(conn: ServiceConnection) -> dict[str, Any]:
+def fetch_stats(conn: ServiceConnection) -> StatsWithMemory:
     """The service's stats, with PSS of the service and of each client (read here)."""
-    return with_memory(conn.request("stats", timeout=10)["stats"])
+    return with_memory(conn.stats(timeout=10))
 
 
 @dataclass
@@ -46,13 +47,24 @@ class Rates:
     model_calls: int  # in the interval
 
     @classmethod
-    def between(cls, before: dict[str, Any] | None, now: dict[str, Any]) -> Rates:
-        zero = {"requests": 0, "texts": 0, "hits": 0, "misses": 0, "model_calls": 0,
-                "uptime_s": 0.0, "batch_size": {"count": 0, "sum": 0.0}}
+    def between(cls, before: Mapping[str, Any] | None, now: Mapping[str, Any]) -> Rates:
+        """Read by name: a snapshot, or its few counters (``before`` None: the service's start)."""
+        zero: dict[str, Any] = {
+            "requests": 0,
+            "texts": 0,
+            "hits": 0,
+            "misses": 0,
+            "model_calls": 0,
+            "uptime_s": 0.0,
+            "batch_size": {"count": 0, "sum": 0.0},
+        }
         since_start = before is None
         before = zero if before is None else before
         seconds = max(float(now["uptime_s"]) - float(before["uptime_s"]), 1e-9)
-        delta = {k: int(now.get(k, 0)) - int(before.get(k, 0)) for k in ("requests", "texts", "hits", "misses", "model_calls")}
+        delta = {
+            k: int(now.get(k, 0)) - int(before.get(k, 0))
+            for k in ("requests", "texts", "hits", "misses", "model_calls")
+        }
         looked_up = delta["hits"] + delta["misses"]
         batches = now["batch_size"]["count"] - before["batch_size"]["count"]
         batched = _batch_sum(now) - _batch_sum(before)
@@ -67,7 +79,7 @@ class Rates:
         )
 
 
-def _batch_sum(stats: dict[str, Any]) -> float:
+def _batch_sum(stats: Mapping[str, Any]) -> float:
     summary = stats["batch_size"]
     if summary.get("sum") is not None:
         return float(summary["sum"])
@@ -89,7 +101,7 @@ def _duration(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
 
 
-def render(stats: dict[str, Any], rates: Rates) -> Any:
+def render(stats: StatsWithMemory, rates: Rates) -> Any:
     """One frame (a rich renderable) for a stats snapshot (with PSS) and its rates."""
     from rich.console import Group
     from rich.table import Table
@@ -97,8 +109,7 @@ def render(stats: dict[str, Any], rates: Rates) -> Any:
 
     head = Text()  # short lines: the frame fits an 80-column terminal
     head.append("embedshare top", style="bold")
-    head.append(f"  service pid {stats['pid']}  up {_duration(stats['uptime_s'])}  "
-                f"PSS {_mb(stats.get('pss'))}\n")
+    head.append(f"  service pid {stats['pid']}  up {_duration(stats['uptime_s'])}  PSS {_mb(stats.get('pss'))}\n")
     head.append(f"model {stats['model_id']} ({stats['dim']} dims)  tools {stats.get('tools', 0)}\n")
     head.append(f"store {stats['store']}")
     if stats.get("http"):
@@ -119,28 +130,50 @@ def render(stats: dict[str, Any], rates: Rates) -> Any:
     waits = Table(title="latency and queue", title_justify="left", expand=False)
     for column in ("p50", "p99", "queue", "max queue", "errors"):
         waits.add_column(column, justify="right")
-    waits.add_row(_ms(latency.get("p50")), _ms(latency.get("p99")), str(stats["queue_depth"]),
-                  str(stats["max_queue_depth"]), str(stats["errors"]))
+    waits.add_row(
+        _ms(latency.get("p50")),
+        _ms(latency.get("p99")),
+        str(stats["queue_depth"]),
+        str(stats["max_queue_depth"]),
+        str(stats["errors"]),
+    )
 
     clients = Table(title=f"clients {len(stats['clients'])}", title_justify="left", expand=False)
-    for column, justify in (("PID", "right"), ("PSS", "right"), ("requests", "right"), ("connected", "right"), ("", "left")):
-        clients.add_column(column, justify=justify)  # type: ignore[arg-type]
+    columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
+        ("PID", "right"),
+        ("PSS", "right"),
+        ("requests", "right"),
+        ("connected", "right"),
+        ("", "left"),
+    )
+    for column, justify in columns:
+        clients.add_column(column, justify=justify)
     now = time.time()
-    for client in sorted(stats["clients"], key=lambda c: c["pid"]):
+    # TCP clients have no pid here: listed last, as "tcp"
+    for client in sorted(stats["clients"], key=lambda c: (c["pid"] is None, c["pid"] or 0)):
         note = "this command" if client["pid"] == os.getpid() else ""
-        clients.add_row(str(client["pid"]), _mb(client.get("pss")), str(client["requests"]),
-                        _duration(max(0.0, now - client["connected"])), note)
-    foot = Text("p50/p99: the service's last 10,000 requests.  hit rate: of the texts that reached "
-                "the service (workers answer their own cache hits).  requests include this view's "
-                "own, one a refresh.", style="dim")
+        clients.add_row(
+            str(client["pid"]) if client["pid"] is not None else "tcp",
+            _mb(client.get("pss")),
+            str(client["requests"]),
+            _duration(max(0.0, now - client["connected"])),
+            note,
+        )
+    foot = Text(
+        "p50/p99: the service's last 10,000 requests.  hit rate: of the texts that reached "
+        "the service (workers answer their own cache hits).  requests include this view's "
+        "own, one a refresh.",
+        style="dim",
+    )
     return Group(head, summary, waits, clients, foot)
 
 
 def render_error(address: str, exc: Exception) -> Any:
     from rich.text import Text
 
-    return Text(f"embedshare top: no service at {address}: {exc}\nretrying every second; Ctrl-C to quit",
-                style="bold red")
+    return Text(
+        f"embedshare top: no service at {address}: {exc}\nretrying every second; Ctrl-C to quit", style="bold red"
+    )
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -158,8 +191,9 @@ def run_top(address: str | Path, *, once: bool = False, interval: float = 1.0, c
 
     address = str(address)
     if console is None:
-        wide = {} if sys.stdout.isatty() or "COLUMNS" in os.environ else {"width": 140}
-        console = Console(highlight=False, **wide)  # a pipe gets whole lines, not 80 columns
+        width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 140
+        console = Console(highlight=False, width=width)  # a pipe gets whole lines, not 80 columns
+    conn: ServiceConnection | None = None
     if once:
         conn = ServiceConnection(address, connect_timeout=5.0)
         try:
@@ -169,8 +203,7 @@ def run_top(address: str | Path, *, once: bool = False, interval: float = 1.0, c
         console.print(render(stats, Rates.between(None, stats)))
         return 0
 
-    conn: ServiceConnection | None = None
-    previous: dict[str, Any] | None = None
+    previous: StatsWithMemory | None = None
     # SIGTERM (kill, a closing terminal multiplexer) must leave through Live's exit, which
     # shows the cursor again; by default it would end the process with the cursor hidden.
     old_handler = signal.signal(signal.SIGTERM, _raise_interrupt)

@@ -52,7 +52,7 @@ def optional_seconds(name: str, value: Any) -> float | None:
 
 
 def choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise SettingError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
 

@@ -13,12 +13,34 @@ import json
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
-WORDS = ("read", "parse", "csv", "file", "send", "http", "json", "compute", "hash", "merge",
-         "filter", "rows", "upload", "image", "resize", "query", "database", "schedule")
+if TYPE_CHECKING:  # imported by main(), once the environment is set
+    from embedshare.manager import EmbeddingManager
+
+WORDS = (
+    "read",
+    "parse",
+    "csv",
+    "file",
+    "send",
+    "http",
+    "json",
+    "compute",
+    "hash",
+    "merge",
+    "filter",
+    "rows",
+    "upload",
+    "image",
+    "resize",
+    "query",
+    "database",
+    "schedule",
+)
 
 
-def send_misses(manager, seconds: float, per_request: int, tag: str) -> dict[str, float]:
+def send_misses(manager: EmbeddingManager, seconds: float, per_request: int, tag: str) -> dict[str, float]:
     """Distinct texts of query length (6-8 words), as the workload's searches are."""
     deadline = time.time() + seconds
     sent = i = 0

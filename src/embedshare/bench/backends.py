@@ -28,8 +28,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Self
 
 MB = 1 << 20
 VARIANTS = [  # (label, spec, intra-op threads; None = the backend's default)
@@ -38,8 +39,11 @@ VARIANTS = [  # (label, spec, intra-op threads; None = the backend's default)
     ("onnx fp32, 2 threads", "local", 2),
     ("onnx int8, 2 threads", "local@int8", 2),
 ]
-PHASES = [("misses, 1 text/request", 1, False), ("misses, 16 texts/request", 16, False),
-          ("misses, 1 text/request, CPU hog on one core", 1, True)]
+PHASES = [
+    ("misses, 1 text/request", 1, False),
+    ("misses, 16 texts/request", 16, False),
+    ("misses, 1 text/request, CPU hog on one core", 1, True),
+]
 LOAD_SCRIPT = """
 import json, sys, time
 started = time.perf_counter()
@@ -65,8 +69,14 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def measure_load(spec: str, threads: int | None) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, spec, str(threads) if threads else "-"],
-                         capture_output=True, text=True, env=_env(), timeout=600, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", LOAD_SCRIPT, spec, str(threads) if threads else "-"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=600,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -84,7 +94,7 @@ class _PeakPss:
             self.peak = max(self.peak, pss_bytes(self.pid) or 0)
             self._stop.wait(0.25)
 
-    def __enter__(self) -> "_PeakPss":
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -97,23 +107,32 @@ def run_variant(spec: str, threads: int | None, workers: int, seconds: float, ta
     """One service with this backend, ``workers`` workers, every phase; see the module doc."""
     import psutil
 
-    from ..util.pss import pss_bytes
     from ..service.launcher import EmbeddingService
+    from ..util.pss import pss_bytes
 
     result: dict[str, Any] = {"phases": {}}
     with tempfile.TemporaryDirectory(prefix="embedshare-backends-") as tmp:
         started = time.perf_counter()
-        with EmbeddingService(Path(tmp) / "store", model=spec, threads=threads, export_env=False,
-                              start_timeout=600) as service:
+        with EmbeddingService(
+            Path(tmp) / "store", model=spec, threads=threads, export_env=False, start_timeout=600
+        ) as service:
             result["service_start_s"] = time.perf_counter() - started
             stats = service.stats()
             pid = stats["pid"]
             result["torch_imported"] = stats.get("torch_imported")
             result["pss_idle_mb"] = (pss_bytes(pid) or 0) / MB
             env = _env(EMBEDSHARE_ADDRESS=service.address, EMBEDSHARE_MODEL=spec)
-            procs = [subprocess.Popen([sys.executable, "-m", "embedshare.bench.backend_worker"], env=env,
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                     for _ in range(workers)]
+            procs = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "embedshare.bench.backend_worker"],
+                    env=env,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                for _ in range(workers)
+            ]
+            # Their stdin and stdout are pipes, never None (the union-attr ignores below).
             try:
                 for proc in procs:  # each says "ready" once attached
                     line = proc.stdout.readline().strip()  # type: ignore[union-attr]
@@ -122,8 +141,9 @@ def run_variant(spec: str, threads: int | None, workers: int, seconds: float, ta
                 service_proc = psutil.Process(pid)
                 peak = 0
                 for name, per_request, hog in PHASES:
-                    hog_proc = (subprocess.Popen([sys.executable, "-c", HOG_SCRIPT, str(seconds * 3 + 30)])
-                                if hog else None)
+                    hog_proc = (
+                        subprocess.Popen([sys.executable, "-c", HOG_SCRIPT, str(seconds * 3 + 30)]) if hog else None
+                    )
                     try:
                         before, calls_before = service_proc.cpu_times(), service.stats()
                         phase_started = time.time()
@@ -181,8 +201,14 @@ print(json.dumps({"queries": len(cases), "top1": top1 / len(cases), "top3": top3
 
 def search_quality(spec: str, cases: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="embedshare-quality-") as tmp:
-        out = subprocess.run([sys.executable, "-c", QUALITY_SCRIPT, spec, str(cases), str(Path(tmp) / "store")],
-                             capture_output=True, text=True, env=_env(), timeout=900, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", QUALITY_SCRIPT, spec, str(cases), str(Path(tmp) / "store")],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=900,
+            check=True,
+        )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -198,39 +224,60 @@ def install_size(project: Path, log: Callable[[str], None]) -> dict[str, Any]:
             venv = Path(tmp) / name.split()[0]
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
             for step in steps:
-                subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *step],
-                               check=True, capture_output=True)
+                subprocess.run(
+                    [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *step],
+                    check=True,
+                    capture_output=True,
+                )
             du = subprocess.run(["du", "-sm", str(venv)], capture_output=True, text=True, check=True)
             sizes[name] = int(du.stdout.split()[0])
             log(f"[backends] fresh venv, {name}: {sizes[name]} MB")
     return sizes
 
 
-def run_backends(rounds: int = 3, workers: int = 25, seconds: float = 6.0, with_install_size: bool = True,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_backends(
+    rounds: int = 3,
+    workers: int = 25,
+    seconds: float = 6.0,
+    with_install_size: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Every variant in every round, interleaved; then medians per variant."""
     raw: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in VARIANTS}
     loads: list[list[float]] = []
     for r in range(rounds):
         loads.append(list(os.getloadavg()))
         for label, spec, threads in VARIANTS:
-            one = {"load": measure_load(spec, threads),
-                   **run_variant(spec, threads, workers, seconds, f"r{r}")}
+            one = {"load": measure_load(spec, threads), **run_variant(spec, threads, workers, seconds, f"r{r}")}
             raw[label].append(one)
             phases = ", ".join(f"{p['texts_per_s']:.0f}" for p in one["phases"].values())
-            log(f"[backends] round {r + 1}/{rounds} {label}: load {one['load']['load_s']:.2f} s, "
+            log(
+                f"[backends] round {r + 1}/{rounds} {label}: load {one['load']['load_s']:.2f} s, "
                 f"PSS idle {one['pss_idle_mb']:.0f} MB, under load {one['pss_load_mb']:.0f} MB, "
-                f"texts/s (1, 16, 1+hog) {phases}")
+                f"texts/s (1, 16, 1+hog) {phases}"
+            )
     summary = {label: _median_of(runs) for label, runs in raw.items()}
     project = Path(__file__).resolve().parents[3]
     cases = project / "tests" / "data" / "search_quality.json"
-    quality = {spec: search_quality(spec, cases) for spec in ("local@torch", "local", "local@int8")} if cases.exists() else None
+    quality = (
+        {spec: search_quality(spec, cases) for spec in ("local@torch", "local", "local@int8")}
+        if cases.exists()
+        else None
+    )
     if quality:
         log("[backends] search quality: " + json.dumps(quality))
     sizes = install_size(project, log) if with_install_size and (project / "pyproject.toml").exists() else None
-    return {"started_load_average": loads, "end_load_average": list(os.getloadavg()),
-            "workers": workers, "seconds_per_phase": seconds, "rounds": rounds,
-            "summary": summary, "raw": raw, "install_size_mb": sizes, "search_quality": quality}
+    return {
+        "started_load_average": loads,
+        "end_load_average": list(os.getloadavg()),
+        "workers": workers,
+        "seconds_per_phase": seconds,
+        "rounds": rounds,
+        "summary": summary,
+        "raw": raw,
+        "install_size_mb": sizes,
+        "search_quality": quality,
+    }
 
 
 def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -253,30 +300,46 @@ def format_table(results: dict[str, Any]) -> str:
     """The same-run table, markdown."""
     summary = results["summary"]
     labels = list(summary)
-    rows = [("service PSS idle, MB", "pss_idle_mb", ".0f"), ("service PSS under 25-worker load (peak), MB", "pss_load_mb", ".0f")]
+    rows = [
+        ("service PSS idle, MB", "pss_idle_mb", ".0f"),
+        ("service PSS under 25-worker load (peak), MB", "pss_load_mb", ".0f"),
+    ]
     rows += [(f"{name}, texts/s", f"{name}: texts_per_s", ".0f") for name, _, _ in PHASES]
     rows += [(f"{name}, service CPU (cores)", f"{name}: service_cpu_cores", ".2f") for name, _, _ in PHASES[:1]]
     rows += [(f"the model alone, batch {b}, texts/s", f"alone, batch {b}", ".0f") for b in ("1", "16", "64")]
-    rows += [("model load + warm-up (fresh interpreter), s", "load_s", ".2f"),
-             ("service start until ready, s", "service_start_s", ".2f"), ("torch in the service", "torch_imported", "")]
+    rows += [
+        ("model load + warm-up (fresh interpreter), s", "load_s", ".2f"),
+        ("service start until ready, s", "service_start_s", ".2f"),
+        ("torch in the service", "torch_imported", ""),
+    ]
     lines = ["| | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
     for title, key, fmt in rows:
-        cells = [("-" if summary[l][key] is None else format(summary[l][key], fmt)) for l in labels]
+        cells = [("-" if summary[label][key] is None else format(summary[label][key], fmt)) for label in labels]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     if results.get("search_quality"):
         lines.append("")
-        lines.append("| search quality (tests/data/search_quality.json, bundled registry) | top-1 | top-3 | cosine to fp32, min / mean |")
+        lines.append(
+            "| search quality (tests/data/search_quality.json, bundled registry) | top-1 | top-3 "
+            "| cosine to fp32, min / mean |"
+        )
         lines.append("|---|---|---|---|")
         for spec, q in results["search_quality"].items():
-            lines.append(f"| {spec} ({q['queries']} queries) | {q['top1']:.3f} | {q['top3']:.3f} | "
-                         f"{q['cosine_to_fp32_min']:.4f} / {q['cosine_to_fp32_mean']:.4f} |")
+            lines.append(
+                f"| {spec} ({q['queries']} queries) | {q['top1']:.3f} | {q['top3']:.3f} | "
+                f"{q['cosine_to_fp32_min']:.4f} / {q['cosine_to_fp32_mean']:.4f} |"
+            )
     if results.get("install_size_mb"):
         lines.append("")
-        lines.append("Fresh virtualenv, `du -sm`: " + ", ".join(f"{k} {v} MB" for k, v in results["install_size_mb"].items()))
+        lines.append(
+            "Fresh virtualenv, `du -sm`: " + ", ".join(f"{k} {v} MB" for k, v in results["install_size_mb"].items())
+        )
     lines.append("")
-    lines.append(f"Medians of {results['rounds']} interleaved rounds, {results['workers']} workers, "
-                 f"{results['seconds_per_phase']:.0f} s a phase; load average at each round's start: "
-                 + "; ".join("/".join(f"{x:.2f}" for x in la) for la in results["started_load_average"]) + ".")
+    lines.append(
+        f"Medians of {results['rounds']} interleaved rounds, {results['workers']} workers, "
+        f"{results['seconds_per_phase']:.0f} s a phase; load average at each round's start: "
+        + "; ".join("/".join(f"{x:.2f}" for x in la) for la in results["started_load_average"])
+        + "."
+    )
     return "\n".join(lines)
 
 

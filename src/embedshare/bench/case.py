@@ -26,7 +26,10 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # a case imports what its design needs, in its own process
+    from ..client.protocol import StatsReply
 
 # Workers that run a model of their own get one BLAS/torch thread: the per-process designs'
 # best case on a machine with fewer cores than workers (as in pool/demo.py).
@@ -56,7 +59,13 @@ def _p(samples: list[float], q: float) -> float | None:
     return float(np.percentile(samples, q)) if samples else None
 
 
-def _model_seconds(stats: dict[str, Any]) -> float:
+def _ms(seconds: list[float], q: float) -> float | None:
+    """The ``q``-th percentile of ``seconds``, in milliseconds; None when there are none."""
+    p = _p(seconds, q)
+    return p * 1e3 if p is not None else None
+
+
+def _model_seconds(stats: StatsReply) -> float:
     summary = stats["model_call_seconds"]
     return (summary.get("mean") or 0.0) * summary.get("count", 0)
 
@@ -100,10 +109,15 @@ def run_model_alone(spec: dict[str, Any]) -> dict[str, Any]:
                 done += batch
             key = str(batch) if threads is None else f"{batch} (1 thread)"
             by_batch[key] = done / (time.perf_counter() - started)
-    best = max(by_batch, key=by_batch.get)
-    return {"kind": "model-alone", "model": spec["model"], "model_label": spec["model_label"],
-            "texts_per_second_by_batch": by_batch, "best_batch": best,
-            "best_texts_per_second": by_batch[best]}
+    best = max(by_batch, key=lambda batch: by_batch[batch])
+    return {
+        "kind": "model-alone",
+        "model": spec["model"],
+        "model_label": spec["model_label"],
+        "texts_per_second_by_batch": by_batch,
+        "best_batch": best,
+        "best_texts_per_second": by_batch[best],
+    }
 
 
 def run_case(spec: dict[str, Any]) -> dict[str, Any]:
@@ -115,11 +129,11 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     import psutil
 
     from ..manager import EmbeddingManager
-    from ..util.memory import MB, BareInterpreter, measure
     from ..pool.shared import SharedPool
     from ..pool.workers import WorkerPool, blas_thread_env, timed_call
-    from .workload import common_queries, make_tasks, run_task
+    from ..util.memory import MB, BareInterpreter, measure
     from . import designs
+    from .workload import common_queries, make_tasks, run_task
 
     design, model, workers = spec["design"], spec["model"], int(spec["workers"])
     registry = spec["registry"]
@@ -146,18 +160,23 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         if design == "embedshare":
-            shared_pool = SharedPool(workers, workdir / "store", model=model, registry=registry,
-                                     preload=preload, progress=False)
+            shared_pool = SharedPool(
+                workers, workdir / "store", model=model, registry=registry, preload=preload, progress=False
+            )
             shared_pool.__enter__()
             pool = shared_pool.worker_pool
             service = shared_pool.service
-            roles["service"] = [service.pid]
+            roles["service"] = [service.pid] if service.pid is not None else []
         elif design in ("per-process", "option-c"):
             if design == "option-c":
                 processes, threads = option_c_shape(workers)
-            pool = WorkerPool(processes, initializer=designs.init_own_manager,
-                              initargs=(str(workdir / "stores"), model, registry),
-                              start_method="spawn", env=OWN_MODEL_ENV)
+            pool = WorkerPool(
+                processes,
+                initializer=designs.init_own_manager,
+                initargs=(str(workdir / "stores"), model, registry),
+                start_method="spawn",
+                env=OWN_MODEL_ENV,
+            )
         elif design in ("option-a", "hybrid"):
             # The main process holds the real manager (the note's Option A and hybrid both do):
             # it builds the index once, which the workers then open.
@@ -166,38 +185,50 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
             main_manager = EmbeddingManager(workdir / "main", model=main_embedder, registry=registry)
             index_path = main_manager.index_path
             manager_server = multiprocessing.get_context("spawn").Manager()
+            # SyncManager keeps its server process private
             roles["manager-server"] = [manager_server._process.pid]  # type: ignore[attr-defined]
             proxy = manager_server.dict()
             if design == "option-a":
-                pool = WorkerPool(workers, initializer=designs.init_option_a,
-                                  initargs=(proxy, index_path, model), start_method="spawn",
-                                  env=OWN_MODEL_ENV)
+                pool = WorkerPool(
+                    workers,
+                    initializer=designs.init_option_a,
+                    initargs=(proxy, index_path, model),
+                    start_method="spawn",
+                    env=OWN_MODEL_ENV,
+                )
             else:
                 from ..store.cache import cache_key
 
                 vectors = main_manager.get_embeddings(preload)  # pre-fill with the common texts
-                proxy.update({cache_key(main_manager.model_id, t): v.tobytes() for t, v in zip(preload, vectors)})
+                proxy.update(
+                    {cache_key(main_manager.model_id, t): v.tobytes() for t, v in zip(preload, vectors, strict=True)}
+                )
                 requests = manager_server.Queue()
                 responses = [manager_server.Queue() for _ in range(workers + 4)]
                 slots = manager_server.Queue()
                 for slot in range(workers + 4):  # a few spare, for a replaced worker
                     slots.put(slot)
                 hybrid_thread = threading.Thread(
-                    target=designs.serve_hybrid_misses, args=(requests, responses, proxy, main_embedder),
-                    daemon=True, name="hybrid-main",
+                    target=designs.serve_hybrid_misses,
+                    args=(requests, responses, proxy, main_embedder),
+                    daemon=True,
+                    name="hybrid-main",
                 )
                 hybrid_thread.start()
-                pool = WorkerPool(workers, initializer=designs.init_hybrid,
-                                  initargs=(proxy, requests, responses, slots, index_path,
-                                            main_manager.model_id, main_manager.dim),
-                                  start_method="spawn", env={**LEAN_ENV, **blas_thread_env(workers)})
+                pool = WorkerPool(
+                    workers,
+                    initializer=designs.init_hybrid,
+                    initargs=(proxy, requests, responses, slots, index_path, main_manager.model_id, main_manager.dim),
+                    start_method="spawn",
+                    env={**LEAN_ENV, **blas_thread_env(workers)},
+                )
         else:
             raise ValueError(f"unknown design {design!r}")
         startup = time.perf_counter() - t0
 
         if design == "option-c":
             per_chunk = max(1, math.ceil(len(tasks) / (processes * 4)))
-            items = [(tasks[i:i + per_chunk], threads) for i in range(0, len(tasks), per_chunk)]
+            items = [(tasks[i : i + per_chunk], threads) for i in range(0, len(tasks), per_chunk)]
             fn = designs.run_chunk
         else:
             items = [(run_task, t) for t in tasks]
@@ -213,8 +244,9 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         wall = time.perf_counter() - began
         failed = [o for o in outcomes if not o.ok]
         if failed:
-            raise RuntimeError(f"{len(failed)} of {len(outcomes)} task items failed; first: {failed[0].error}\n"
-                               f"{failed[0].traceback}")
+            raise RuntimeError(
+                f"{len(failed)} of {len(outcomes)} task items failed; first: {failed[0].error}\n{failed[0].traceback}"
+            )
         pairs = [pair for o in outcomes for pair in (o.value if design == "option-c" else [o.value])]
         results = [value for value, _ in pairs]
         task_seconds = [seconds for _, seconds in pairs]
@@ -232,12 +264,14 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         if design == "embedshare":
             from ..store import EmbeddingCache
 
+            assert service is not None  # the embedshare design has one
             stats = service.stats()
             model_calls, texts_embedded = int(stats["model_calls"]), int(stats["texts_embedded"])
-            cache = EmbeddingCache(service.layout.cache, stats["model_id"], int(stats["dim"]), readonly=True)
+            assert stats["dim"] is not None  # the service is ready
+            cache = EmbeddingCache(service.layout.cache, stats["model_id"], stats["dim"], readonly=True)
             distinct_embedded = cache.count()  # every text the service embedded, once each
             cache.close()
-            mean_batch = stats.get("batch_size", {}).get("mean")
+            mean_batch = stats["batch_size"]["mean"]
         else:
             model_calls = sum(c["calls"] for c in counted)
             texts_embedded = sum(c["texts"] for c in counted)
@@ -247,8 +281,9 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         # -- cache hits, then misses ------------------------------------------------------
         hits = pool.collect(partial(designs.hit_latencies, common[:50], spec["hit_calls"]))
         hit_ns = [x for r in hits for x in r["get_embedding"]]
-        hit_parts = {part: _p([x / 1000 for r in hits for x in r.get(part, [])], 50)
-                     for part in ("get_one", "lmdb_floor")}
+        hit_parts = {
+            part: _p([x / 1000 for r in hits for x in r.get(part, [])], 50) for part in ("get_one", "lmdb_floor")
+        }
         before = service.stats() if service is not None else None
         # CPU seconds of the service and of the whole machine: with a model that costs nothing
         # (hash), what bounds the misses is whether the service's loop or the cores are busy.
@@ -261,19 +296,23 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         miss_wall = max(m["ended"] for m in misses) - miss_started
         miss_throughput = miss_texts / miss_wall
         miss_service = None
-        if service is not None:  # where the service's time went during the miss phase
+        if service is not None and before is not None and service_cpu is not None:  # where its time went
             after_stats = service.stats()
-            model_s = (_model_seconds(after_stats) - _model_seconds(before))
+            model_s = _model_seconds(after_stats) - _model_seconds(before)
             texts_done = after_stats["texts_embedded"] - before["texts_embedded"]
             service_cpu_after, machine_cpu_after = psutil.Process(service.pid).cpu_times(), psutil.cpu_times()
             idle = (machine_cpu_after.idle - machine_cpu.idle) / (miss_wall * (os.cpu_count() or 1))
-            miss_service = {"model_busy_share": model_s / miss_wall,
-                            "service_cpu_share": (service_cpu_after.user + service_cpu_after.system
-                                                  - service_cpu.user - service_cpu.system) / miss_wall,
-                            "machine_idle_share": idle,
-                            "model_texts_per_s_while_busy": texts_done / model_s if model_s else None,
-                            "batches": after_stats["model_calls"] - before["model_calls"],
-                            "mean_batch": texts_done / max(1, after_stats["model_calls"] - before["model_calls"])}
+            miss_service = {
+                "model_busy_share": model_s / miss_wall,
+                "service_cpu_share": (
+                    service_cpu_after.user + service_cpu_after.system - service_cpu.user - service_cpu.system
+                )
+                / miss_wall,
+                "machine_idle_share": idle,
+                "model_texts_per_s_while_busy": texts_done / model_s if model_s else None,
+                "batches": after_stats["model_calls"] - before["model_calls"],
+                "mean_batch": texts_done / max(1, after_stats["model_calls"] - before["model_calls"]),
+            }
         api_after = spec["_api"].usage() if spec.get("_api") else None
         dim = reports[0]["dim"]
         # Does anything per process grow with the data? Measure every process, send more new
@@ -311,15 +350,21 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     hit_us = [x / 1000 for x in hit_ns]
     return {
         "kind": "design",
-        "design": design, "model": model, "model_label": spec["model_label"], "workers": workers,
-        "processes": processes, "threads_per_process": threads, "tasks": len(tasks),
+        "design": design,
+        "model": model,
+        "model_label": spec["model_label"],
+        "workers": workers,
+        "processes": processes,
+        "threads_per_process": threads,
+        "tasks": len(tasks),
         "tasks_label": spec.get("tasks_label"),
         "startup_s": startup,
         "first_result_s": first[0] - t0 if first else None,
         "wall_s": wall,
-        "task_p50_ms": _p(task_seconds, 50) * 1e3, "task_p99_ms": _p(task_seconds, 99) * 1e3,
-        "attach_p50_ms": _p(attach_s, 50) * 1e3 if attach_s else None,
-        "attach_p99_ms": _p(attach_s, 99) * 1e3 if attach_s else None,
+        "task_p50_ms": _ms(task_seconds, 50),
+        "task_p99_ms": _ms(task_seconds, 99),
+        "attach_p50_ms": _ms(attach_s, 50),
+        "attach_p99_ms": _ms(attach_s, 99),
         "pss_mb": {role: v / MB for role, v in pss.items()},
         "pss_total_mb": total / MB,
         "bare_mb": bare_pss / MB,
@@ -331,22 +376,33 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         "vector_kb": dim * 4 / 1024,
         "growth_texts": more_texts,
         "worker_growth_per_1k_texts_kb": (
-            (sum(worker_after) / len(worker_after) - sum(worker_before_more) / len(worker_before_more)) / 1024
-            / max(more_texts, 1) * 1000 if worker_before_more and worker_after else None),
-        "hit_p50_us": _p(hit_us, 50), "hit_p99_us": _p(hit_us, 99),
+            (sum(worker_after) / len(worker_after) - sum(worker_before_more) / len(worker_before_more))
+            / 1024
+            / max(more_texts, 1)
+            * 1000
+            if worker_before_more and worker_after
+            else None
+        ),
+        "hit_p50_us": _p(hit_us, 50),
+        "hit_p99_us": _p(hit_us, 99),
         "hit_quantiles_us": _quantiles(hit_us),
-        "hit_get_one_p50_us": hit_parts["get_one"], "hit_lmdb_floor_p50_us": hit_parts["lmdb_floor"],
-        "search_p50_ms": _p(search, 50) * 1e3 if search else None,
-        "search_p99_ms": _p(search, 99) * 1e3 if search else None,
+        "hit_get_one_p50_us": hit_parts["get_one"],
+        "hit_lmdb_floor_p50_us": hit_parts["lmdb_floor"],
+        "search_p50_ms": _ms(search, 50),
+        "search_p99_ms": _ms(search, 99),
         "search_quantiles_ms": _quantiles([x * 1e3 for x in search]),
-        "cache_hits": sum(r["hits"] for r in reports), "cache_misses": sum(r["misses"] for r in reports),
-        "model_calls": model_calls, "texts_embedded": texts_embedded,
+        "cache_hits": sum(r["hits"] for r in reports),
+        "cache_misses": sum(r["misses"] for r in reports),
+        "model_calls": model_calls,
+        "texts_embedded": texts_embedded,
         "distinct_texts_embedded": distinct_embedded,
         "distinct_texts_needed": distinct_texts_needed(tasks, registry, preload),
         "mean_batch": mean_batch,
         "api": {"tasks": api_usage, "after_miss_phase": api_after} if api_usage else None,
-        "miss_texts": miss_texts, "miss_texts_per_s": miss_throughput,
-        "miss_senders": senders * processes, "miss_service": miss_service,
+        "miss_texts": miss_texts,
+        "miss_texts_per_s": miss_throughput,
+        "miss_senders": senders * processes,
+        "miss_service": miss_service,
     }
 
 

@@ -76,8 +76,9 @@ def run_demo(
     own_store = store is None
     store_path = Path(store) if store else Path(tempfile.mkdtemp(prefix="embedshare-demo-"))
     try:
-        with SharedPool(workers, store_path, model=model, registry=registry, progress=progress,
-                        start_method=start_method) as pool:
+        with SharedPool(
+            workers, store_path, model=model, registry=registry, progress=progress, start_method=start_method
+        ) as pool:
             shared_results = pool.map(run_task, task_list)
             shared_report = pool.report
         assert shared_report is not None
@@ -87,9 +88,13 @@ def run_demo(
         naive_root = Path(tempfile.mkdtemp(prefix="embedshare-naive-"))
         try:
             started = time.perf_counter()
-            with WorkerPool(naive_workers or workers, initializer=attach_own_manager,
-                            initargs=(str(naive_root), model, registry), start_method=start_method,
-                            env=NAIVE_WORKER_ENV) as worker_pool:
+            with WorkerPool(
+                naive_workers or workers,
+                initializer=attach_own_manager,
+                initargs=(str(naive_root), model, registry),
+                start_method=start_method,
+                env=NAIVE_WORKER_ENV,
+            ) as worker_pool:
                 startup = time.perf_counter() - started
                 bar = None
                 if progress:
@@ -98,12 +103,20 @@ def run_demo(
                     bar = task_progress(len(task_list), "tasks (per-process managers)")
 
                 began = time.perf_counter()
-                outcomes = worker_pool.map(timed_call, [(run_task, t) for t in task_list],
-                                           on_result=(lambda i, o: bar.update(1)) if bar else None)
+                outcomes = worker_pool.map(
+                    timed_call,
+                    [(run_task, t) for t in task_list],
+                    on_result=(lambda i, o: bar.update(1)) if bar else None,
+                )
                 if bar:
                     bar.close()
-                naive_report = measure_run("per-process managers (each worker its own model, cache, index)",
-                                           worker_pool, outcomes, time.perf_counter() - began, startup)
+                naive_report = measure_run(
+                    "per-process managers (each worker its own model, cache, index)",
+                    worker_pool,
+                    outcomes,
+                    time.perf_counter() - began,
+                    startup,
+                )
             naive_results = [o.value[0] if o.ok else None for o in outcomes]
         finally:
             shutil.rmtree(naive_root, ignore_errors=True)
@@ -113,14 +126,14 @@ def run_demo(
             shutil.rmtree(store_path, ignore_errors=True)
 
 
-def _agreement(a: list[dict], b: list[dict]) -> float:
+def _agreement(a: list[dict[str, Any] | None], b: list[dict[str, Any] | None]) -> float:
     same = total = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         if x is None or y is None:
             total += 1
             continue
         for key in ("search", "similar"):
-            for p, q in zip(x[key], y[key]):
+            for p, q in zip(x[key], y[key], strict=False):  # position by position, as far as both go
                 same += p == q
                 total += 1
     return same / total if total else 1.0

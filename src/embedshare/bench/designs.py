@@ -146,7 +146,9 @@ class DictCache:
         return out, self.get_many_into([self.key(t) for t in texts], out)
 
     def put_many_keys(self, keys: list[bytes], vectors: np.ndarray) -> None:
-        self.proxy.update({k: np.ascontiguousarray(v, dtype=np.float32).tobytes() for k, v in zip(keys, vectors)})
+        self.proxy.update(
+            {k: np.ascontiguousarray(v, dtype=np.float32).tobytes() for k, v in zip(keys, vectors, strict=True)}
+        )
 
     def close(self) -> None:
         pass
@@ -159,6 +161,7 @@ class DictSource(VectorSource):
         self.mode = mode
         self.model_id = model_id
         self.dim = dim
+        # what the hit path calls of an EmbeddingCache, over a Manager dict
         self.cache = DictCache(proxy, model_id, dim)  # type: ignore[assignment]
         self.index = ToolIndex(index_path)
         self.layout = StoreLayout(Path(index_path).parent.parent)  # <store>/indexes/<index>
@@ -166,8 +169,7 @@ class DictSource(VectorSource):
     def served_index(self, embed: EmbedFn) -> ToolIndex | None:
         return self.index
 
-    def index_for(self, registry: Registry, name: str, embed: EmbedFn,
-                  progress: Progress | None = None) -> ToolIndex:
+    def index_for(self, registry: Registry, name: str, embed: EmbedFn, progress: Progress | None = None) -> ToolIndex:
         raise ValueError(f"the {self.mode} design searches the index the main process built, no other")
 
     def no_index_advice(self) -> str:
@@ -201,8 +203,9 @@ def init_option_a(proxy: Any, index_path: str, spec: str) -> None:
 class HybridSource(DictSource):
     """The hybrid: hits from the pre-filled Manager dict; a miss is asked of the main process."""
 
-    def __init__(self, proxy: Any, requests: Any, responses: Any, slot: int, index_path: str,
-                 model_id: str, dim: int) -> None:
+    def __init__(
+        self, proxy: Any, requests: Any, responses: Any, slot: int, index_path: str, model_id: str, dim: int
+    ) -> None:
         super().__init__("hybrid", proxy, index_path, model_id, dim)
         self._requests, self._responses, self._slot = requests, responses, slot
         self._ask_lock = threading.Lock()  # one question at a time on this worker's queue
@@ -219,14 +222,16 @@ class HybridSource(DictSource):
         return np.stack([np.frombuffer(v, dtype=np.float32) for v in values])
 
 
-def init_hybrid(proxy: Any, requests: Any, responses: list[Any], slots: Any, index_path: str,
-                model_id: str, dim: int) -> None:
+def init_hybrid(
+    proxy: Any, requests: Any, responses: list[Any], slots: Any, index_path: str, model_id: str, dim: int
+) -> None:
     from ..access import set_embedding_manager
 
     started = time.perf_counter()
     slot = slots.get()  # which response queue is this worker's
-    set_embedding_manager(EmbeddingManager(source=HybridSource(proxy, requests, responses[slot], slot,
-                                                               index_path, model_id, dim)))
+    set_embedding_manager(
+        EmbeddingManager(source=HybridSource(proxy, requests, responses[slot], slot, index_path, model_id, dim))
+    )
     attach._attach_seconds = time.perf_counter() - started
 
 
@@ -243,10 +248,10 @@ def serve_hybrid_misses(requests: Any, responses: list[Any], proxy: Any, embedde
             return
         slot, request_id, texts = message
         keys = [cache_key(embedder.model_id, t) for t in texts]
-        todo = {k: t for k, t in zip(keys, texts) if k not in computed}
+        todo = {k: t for k, t in zip(keys, texts, strict=True) if k not in computed}
         if todo:
             vectors = embedder.embed(list(todo.values()))
-            fresh = {k: v.tobytes() for k, v in zip(todo, vectors)}
+            fresh = {k: v.tobytes() for k, v in zip(todo, vectors, strict=True)}
             computed.update(fresh)
             proxy.update(fresh)
         responses[slot].put((request_id, [computed[k] for k in keys]))
@@ -308,7 +313,8 @@ def hit_latencies(texts: list[str], calls: int) -> dict[str, list[int]]:
             between = clock()
             get_one(key)
             last = clock()
-            np.frombuffer(txn.get(key), dtype=np.float32)
+            # every key was just written: get never misses here, and a check would be timed
+            np.frombuffer(txn.get(key), dtype=np.float32)  # type: ignore[arg-type]
             ended = clock()
             out["get_embedding"].append(between - started)
             out["get_one"].append(last - between)
@@ -322,8 +328,26 @@ def miss_phase(seconds: float, threads: int, tag: str) -> dict[str, Any]:
     from ..access import get_embedding_manager
 
     manager = get_embedding_manager()
-    words = ("read", "parse", "csv", "file", "send", "http", "json", "compute", "hash", "merge",
-             "filter", "rows", "upload", "image", "resize", "query", "database", "schedule")
+    words = (
+        "read",
+        "parse",
+        "csv",
+        "file",
+        "send",
+        "http",
+        "json",
+        "compute",
+        "hash",
+        "merge",
+        "filter",
+        "rows",
+        "upload",
+        "image",
+        "resize",
+        "query",
+        "database",
+        "schedule",
+    )
     deadline = time.time() + seconds
     counts = [0] * threads
 

@@ -30,7 +30,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -123,14 +123,16 @@ class FakeOpenAIServer:
 
     # ---------------------------------------------------------------- lifecycle
 
-    def start(self) -> FakeOpenAIServer:
+    def start(self) -> Self:
         handler = type("Handler", (_Handler,), {"fake": self})
         httpd = ThreadingHTTPServer((self._host, 0), handler)
         httpd.daemon_threads = True
         httpd.block_on_close = False  # idle keep-alive connections must not block stop()
         self._httpd = httpd
         self._thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
             name="fake-openai-server",
         )
         self._thread.start()
@@ -145,7 +147,7 @@ class FakeOpenAIServer:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> FakeOpenAIServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -186,9 +188,7 @@ class FakeOpenAIServer:
         with 200, so a request rejected for a bad key or path leaves the queue alone.
         """
         if isinstance(kind, str) and kind not in FAULTS:
-            raise ValueError(
-                f"unknown fault {kind!r}; expected a status code or one of {sorted(FAULTS)}"
-            )
+            raise ValueError(f"unknown fault {kind!r}; expected a status code or one of {sorted(FAULTS)}")
         with self._state.lock:
             for _ in range(times):
                 self._state.faults.append(_Fault(kind, retry_after, message, delay))
@@ -236,13 +236,13 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 10  # idle keep-alive connections end on their own
     disable_nagle_algorithm = True  # headers and body go out in two writes; avoid 40 ms stalls
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:  # the stdlib signature
         pass  # quiet: tests inspect .requests instead
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:  # the stdlib naming
         self._answer_error(405, "Only POST is supported")
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+    def do_POST(self) -> None:  # the stdlib naming
         arrived = time.monotonic()
         split = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(split.query).items()}
@@ -250,8 +250,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY_BYTES:
             self.close_connection = True
-            self._finish(arrived, split.path, query, headers, None, [], 413,
-                         error_body(413, "Request body too large"))
+            self._finish(arrived, split.path, query, headers, None, [], 413, error_body(413, "Request body too large"))
             return
         raw = self.rfile.read(length) if length else b""
         try:
@@ -263,15 +262,21 @@ class _Handler(BaseHTTPRequestHandler):
         if fake.latency:
             time.sleep(fake.latency)
 
-        status, payload, extra = answer(split.path, query, headers, body, inputs, dim=fake.dim,
-                                        api_key=fake.api_key, floats_only=fake.floats_only,
-                                        reverse_order=fake.reverse_order)
+        status, payload, extra = answer(
+            split.path,
+            query,
+            headers,
+            body,
+            inputs,
+            dim=fake.dim,
+            api_key=fake.api_key,
+            floats_only=fake.floats_only,
+            reverse_order=fake.reverse_order,
+        )
         fault = fake._take_fault() if status == 200 else None
         if fault is not None:
             if fault.kind == "disconnect":
-                fake._record(
-                    RecordedRequest(arrived, "POST", split.path, query, headers, body, inputs, 0)
-                )
+                fake._record(RecordedRequest(arrived, "POST", split.path, query, headers, body, inputs, 0))
                 self.close_connection = True
                 return
             if fault.kind == "delay":
@@ -304,9 +309,7 @@ class _Handler(BaseHTTPRequestHandler):
         extra: dict[str, str] | None = None,
     ) -> None:
         # Record before answering, so a client that has its answer always finds it recorded.
-        self.fake._record(
-            RecordedRequest(arrived, self.command, path, query, headers, body, inputs, status)
-        )
+        self.fake._record(RecordedRequest(arrived, self.command, path, query, headers, body, inputs, status))
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode("utf-8")
         try:
             self.send_response(status)
@@ -326,8 +329,9 @@ class _Handler(BaseHTTPRequestHandler):
 def _usage(requests: list[RecordedRequest]) -> dict[str, int]:
     """What the API served: requests answered with 200, the inputs they held, distinct ones."""
     ok = [r for r in requests if r.status == 200]
-    distinct = {hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-                for r in ok for t in r.inputs}
+    distinct = {
+        hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest() for r in ok for t in r.inputs
+    }
     return {"requests": len(ok), "inputs": sum(len(r.inputs) for r in ok), "distinct_inputs": len(distinct)}
 
 
@@ -356,8 +360,9 @@ class ServerProcess:
 
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_server_process, args=(child, dim, api_key, latency),
-                                   daemon=True, name="fake-openai-server")
+        self.process = ctx.Process(
+            target=_server_process, args=(child, dim, api_key, latency), daemon=True, name="fake-openai-server"
+        )
         self.process.start()
         child.close()
         self.base_url: str = self._conn.recv()
@@ -379,7 +384,7 @@ class ServerProcess:
             self.process.join()
         self._conn.close()
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -82,8 +82,10 @@ def answer(
         "object": "list",
         "data": items,
         "model": body.get("model", azure.group(1) if azure else ""),
-        "usage": {"prompt_tokens": sum(len(t.split()) for t in inputs),
-                  "total_tokens": sum(len(t.split()) for t in inputs)},
+        "usage": {
+            "prompt_tokens": sum(len(t.split()) for t in inputs),
+            "total_tokens": sum(len(t.split()) for t in inputs),
+        },
     }
     return 200, payload, {}
 
@@ -103,9 +105,7 @@ def error_body(status: int, message: str) -> dict[str, Any]:
     return {
         "error": {
             "message": message,
-            "type": ERROR_TYPES.get(
-                status, "server_error" if status >= 500 else "invalid_request_error"
-            ),
+            "type": ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
             "param": None,
             "code": None,
         }

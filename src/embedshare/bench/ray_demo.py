@@ -111,11 +111,14 @@ def _barrier_wait(ray: Any, barrier: Any, n: int, timeout: float = 900.0) -> lis
     try:
         return ray.get(barrier.wait_for.remote(n), timeout=timeout)
     except ray.exceptions.GetTimeoutError:
-        raise RuntimeError(f"{n} tasks could not run at once within {timeout:.0f} s: "
-                           "the cluster needs at least --in-flight CPUs") from None
+        raise RuntimeError(
+            f"{n} tasks could not run at once within {timeout:.0f} s: the cluster needs at least --in-flight CPUs"
+        ) from None
 
 
-def _windowed(ray: Any, fn: Any, items: list[Any], in_flight: int, bar: Any) -> tuple[float, list[Any], list[float], int]:
+def _windowed(
+    ray: Any, fn: Any, items: list[Any], in_flight: int, bar: Any
+) -> tuple[float, list[Any], list[float], int]:
     """Run ``fn`` on every item with ``in_flight`` tasks in flight: (wall, results, seconds, failed)."""
     began = time.perf_counter()
     results: list[Any] = [None] * len(items)
@@ -177,8 +180,10 @@ def start_local_cluster(nodes: int, cpus: int, object_store_mb: int = 100) -> An
     from ray.cluster_utils import Cluster
 
     per_node = [cpus // nodes + (1 if i < cpus % nodes else 0) for i in range(nodes)]
-    args = {"object_store_memory": object_store_mb * MB}
-    cluster = Cluster(initialize_head=True, head_node_args={**args, "num_cpus": per_node[0], "include_dashboard": False})
+    args: dict[str, Any] = {"object_store_memory": object_store_mb * MB}
+    cluster = Cluster(
+        initialize_head=True, head_node_args={**args, "num_cpus": per_node[0], "include_dashboard": False}
+    )
     for n in per_node[1:]:
         cluster.add_node(**args, num_cpus=n)
     cluster.wait_for_nodes()
@@ -211,7 +216,9 @@ def run_ray_demo(
         try:
             with SharedPool(in_flight, store, model=model, registry=registry, progress=progress) as pool:
                 single_results = pool.map(run_task, task_list)
-                single = pool.report.as_dict()  # type: ignore[union-attr]
+                pool_report = pool.report
+                assert pool_report is not None  # map() made it
+                single = pool_report.as_dict()
         finally:
             shutil.rmtree(store, ignore_errors=True)
 
@@ -223,7 +230,7 @@ def run_ray_demo(
     from ..ray import api
 
     cluster = start_local_cluster(nodes, in_flight) if address is None else None
-    ray.init(address=cluster.address if cluster else address, logging_level="WARNING", log_to_driver=False)
+    ray.init(address=cluster.address if cluster else address, logging_level=logging.WARNING, log_to_driver=False)
     root = tempfile.mkdtemp(prefix="esr-demo-", dir="/tmp")
     deployment = None
     try:
@@ -256,10 +263,12 @@ def run_ray_demo(
         held = [hold.remote(holder) for _ in range(in_flight)]
         arrivals = _barrier_wait(ray, holder, in_flight)
         stats = deployment.stats()
-        bare = [Bare.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nid, soft=False)).remote()
-                for nid in stats["nodes"]]
+        bare = [
+            Bare.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nid, soft=False)).remote()
+            for nid in stats["nodes"]
+        ]
         roles: dict[int, str] = {stats["coordinator_pid"]: "embedshare coordinator"}
-        roles.update({pid: "bare ray worker" for pid in ray.get([b.pid.remote() for b in bare])})
+        roles.update(dict.fromkeys(ray.get([b.pid.remote() for b in bare]), "bare ray worker"))
         roles.update({a["pid"]: "workers" for a in arrivals})
         memory = deployment.node_memory(roles)
         ray.get(holder.open.remote())
@@ -268,17 +277,27 @@ def run_ray_demo(
             ray.kill(b)
 
         head = _head_processes(memory)
-        nodes_out = {nid: {"processes": memory[nid]["processes"], "stats": stats["nodes"][nid]}
-                     for nid in memory}
+        nodes_out = {nid: {"processes": memory[nid]["processes"], "stats": stats["nodes"][nid]} for nid in memory}
         texts = deployment.texts_embedded(stats)
         calls = deployment.model_calls(stats)
         report = RayDemoReport(
-            tasks=len(task_list), failed=failed, in_flight=in_flight, model=model, wall_seconds=wall,
+            tasks=len(task_list),
+            failed=failed,
+            in_flight=in_flight,
+            model=model,
+            wall_seconds=wall,
             noop_wall_seconds=noop_wall,
-            deploy_seconds=deploy_seconds, attach_seconds=[a["seconds"] for a in attach_info],
-            task_seconds=seconds, nodes=nodes_out, head=head, texts_embedded=texts, model_calls=calls,
-            distinct_texts=_distinct_texts(task_list, registry), index_builds=stats["index_builds"],
-            results=results, single_machine=single,
+            deploy_seconds=deploy_seconds,
+            attach_seconds=[a["seconds"] for a in attach_info],
+            task_seconds=seconds,
+            nodes=nodes_out,
+            head=head,
+            texts_embedded=texts,
+            model_calls=calls,
+            distinct_texts=_distinct_texts(task_list, registry),
+            index_builds=stats["index_builds"],
+            results=results,
+            single_machine=single,
         )
         if single_results is not None:
             from .demo import _agreement

@@ -56,31 +56,49 @@ class RayDemoReport:
         nodes = {nid: self._node_dict(nid, node) for nid, node in self.nodes.items()}
         head = sum((p["pss"] or 0) for p in self.head) / MB
         return {
-            "label": "embedshare on Ray", "tasks": self.tasks, "failed": self.failed,
-            "in_flight": self.in_flight, "model": self.model, "wall_seconds": self.wall_seconds,
+            "label": "embedshare on Ray",
+            "tasks": self.tasks,
+            "failed": self.failed,
+            "in_flight": self.in_flight,
+            "model": self.model,
+            "wall_seconds": self.wall_seconds,
             "noop_wall_seconds": self.noop_wall_seconds,
             "deploy_seconds": self.deploy_seconds,
-            "attach_seconds": percentiles(self.attach_seconds), "task_seconds": percentiles(self.task_seconds),
-            "nodes": nodes, "head_pss_mb": head,
+            "attach_seconds": percentiles(self.attach_seconds),
+            "task_seconds": percentiles(self.task_seconds),
+            "nodes": nodes,
+            "head_pss_mb": head,
             "head_processes": [{k: p[k] for k in ("name", "pss")} for p in self.head],
             "pss_total_mb": sum(n["pss_total_mb"] for n in nodes.values()) + head,
-            "texts_embedded": self.texts_embedded, "model_calls": self.model_calls,
-            "distinct_texts": self.distinct_texts, "index_builds": self.index_builds,
-            "single_machine": self.single_machine, "agreement": self.agreement,
+            "texts_embedded": self.texts_embedded,
+            "model_calls": self.model_calls,
+            "distinct_texts": self.distinct_texts,
+            "index_builds": self.index_builds,
+            "single_machine": self.single_machine,
+            "agreement": self.agreement,
         }
 
     def format(self) -> str:
         d = self.as_dict()
-        ms = lambda v: f"{v * 1e3:.1f} ms" if v is not None else "-"
+
+        def ms(v: float | None) -> str:
+            return f"{v * 1e3:.1f} ms" if v is not None else "-"
+
         lines = [
-            (f"== embedshare on Ray: {len(d['nodes'])} nodes, {d['in_flight']} tasks in flight, "
-             f"{d['tasks']} tasks ({d['failed']} failed), model {d['model']}"),
-            (f"   deploy (a service per node, index into the object store) {d['deploy_seconds']:.1f} s; "
-             f"workers attach p50 {ms(d['attach_seconds']['p50'])} p99 {ms(d['attach_seconds']['p99'])}; "
-             f"wall time of the tasks {d['wall_seconds']:.1f} s (as many empty Ray tasks: "
-             f"{d['noop_wall_seconds']:.1f} s)"),
-            (f"   texts embedded across the cluster: {d['texts_embedded']} (distinct texts: {d['distinct_texts']}) "
-             f"in {d['model_calls']} model calls; index built {d['index_builds']} time(s)"),
+            (
+                f"== embedshare on Ray: {len(d['nodes'])} nodes, {d['in_flight']} tasks in flight, "
+                f"{d['tasks']} tasks ({d['failed']} failed), model {d['model']}"
+            ),
+            (
+                f"   deploy (a service per node, index into the object store) {d['deploy_seconds']:.1f} s; "
+                f"workers attach p50 {ms(d['attach_seconds']['p50'])} p99 {ms(d['attach_seconds']['p99'])}; "
+                f"wall time of the tasks {d['wall_seconds']:.1f} s (as many empty Ray tasks: "
+                f"{d['noop_wall_seconds']:.1f} s)"
+            ),
+            (
+                f"   texts embedded across the cluster: {d['texts_embedded']} (distinct texts: {d['distinct_texts']}) "
+                f"in {d['model_calls']} model calls; index built {d['index_builds']} time(s)"
+            ),
         ]
         for i, (nid, n) in enumerate(sorted(d["nodes"].items())):
             roles = "  ".join(f"{role} {mb:.0f}" for role, mb in sorted(n["pss_by_role_mb"].items()))
@@ -91,8 +109,10 @@ class RayDemoReport:
                 f"{per} each (a bare Ray worker: {bare}); embedded {n['texts_embedded']} texts, "
                 f"fetched {n['fetched_from_owners']} from their owners"
             )
-        lines.append(f"   head-only processes and the driver: {d['head_pss_mb']:.0f} MB; "
-                     f"all nodes and head: {d['pss_total_mb']:.0f} MB")
+        lines.append(
+            f"   head-only processes and the driver: {d['head_pss_mb']:.0f} MB; "
+            f"all nodes and head: {d['pss_total_mb']:.0f} MB"
+        )
         if self.single_machine:
             s = self.single_machine
             lines += [

@@ -15,10 +15,18 @@ DESIGN_NAMES = {
     "hybrid": "hybrid (dict + queue to main)",
     "embedshare": "embedshare",
 }
-MODEL_NAMES = {"hash": "hashing embedder (hash:384)", "local": "local model (all-MiniLM-L6-v2)",
-               "api": "simulated API (openai:text-embedding-3-small)"}
-COLORS = {"per-process": "#d62728", "option-c": "#ff7f0e", "option-a": "#9467bd", "hybrid": "#8c564b",
-          "embedshare": "#1f77b4"}
+MODEL_NAMES = {
+    "hash": "hashing embedder (hash:384)",
+    "local": "local model (all-MiniLM-L6-v2)",
+    "api": "simulated API (openai:text-embedding-3-small)",
+}
+COLORS = {
+    "per-process": "#d62728",
+    "option-c": "#ff7f0e",
+    "option-a": "#9467bd",
+    "hybrid": "#8c564b",
+    "embedshare": "#1f77b4",
+}
 
 
 def _f(value: Any, fmt: str = ".1f") -> str:
@@ -85,7 +93,8 @@ def markdown(results: dict[str, Any], plots: list[str] | None = None) -> str:
                 f"{_f(case['search_p50_ms'], '.2f')} / {_f(case['search_p99_ms'], '.0f')} | "
                 f"{case['miss_texts_per_s']:.0f} | {case['model_calls']} | {case['texts_embedded']} "
                 f"({case['distinct_texts_embedded']} / {case['distinct_texts_needed']}) | {case['wall_s']:.1f} | "
-                f"{_f(case.get('agreement', None) and case['agreement'] * 100, '.1f')}% |")
+                f"{_f(case.get('agreement', None) and case['agreement'] * 100, '.1f')}% |"
+            )
         lines.append("")
     lines += [
         "Columns: *PSS all processes*: summed over every process of the design (workers, main, service or "
@@ -101,18 +110,27 @@ def markdown(results: dict[str, Any], plots: list[str] | None = None) -> str:
     ]
     sweep = results.get("sweep")
     if sweep:
-        lines += ["## Search latency against index size", "",
-                  f"Data: {sweep['data']}. One BLAS thread; k = {sweep['k']}; up to {sweep['queries']} queries a size.",
-                  "", "| tools | exact p50 / p99 ms | IVF (store/ann.py) p50 / p99 ms | IVF recall@5 | IVF build s "
-                  "| usearch HNSW (view=True) p50 / p99 ms | usearch recall@5 | usearch build s |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Search latency against index size",
+            "",
+            f"Data: {sweep['data']}. One BLAS thread; k = {sweep['k']}; up to {sweep['queries']} queries a size.",
+            "",
+            "| tools | exact p50 / p99 ms | IVF (store/ann.py) p50 / p99 ms | IVF recall@5 | IVF build s "
+            "| usearch HNSW (view=True) p50 / p99 ms | usearch recall@5 | usearch build s |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for row in sweep["rows"]:
             e, i, u = row["exact"], row["ivf"], row["usearch"]
-            us = (f"{u['p50_ms']:.3f} / {u['p99_ms']:.2f} | {u['recall_at_5']:.3f} | {u['build_s']:.1f}"
-                  if "p50_ms" in u else f"{u.get('skipped', '-')} | - | -")
-            lines.append(f"| {row['tools']:,} | {e['p50_ms']:.3f} / {e['p99_ms']:.2f} | {i['p50_ms']:.3f} / "
-                         f"{i['p99_ms']:.2f} | {i['recall_at_5']:.3f} (nprobe {i['nprobe']}/{i['nlist']}) | "
-                         f"{i['build_s']:.1f} | {us} |")
+            us = (
+                f"{u['p50_ms']:.3f} / {u['p99_ms']:.2f} | {u['recall_at_5']:.3f} | {u['build_s']:.1f}"
+                if "p50_ms" in u
+                else f"{u.get('skipped', '-')} | - | -"
+            )
+            lines.append(
+                f"| {row['tools']:,} | {e['p50_ms']:.3f} / {e['p99_ms']:.2f} | {i['p50_ms']:.3f} / "
+                f"{i['p99_ms']:.2f} | {i['recall_at_5']:.3f} (nprobe {i['nprobe']}/{i['nlist']}) | "
+                f"{i['build_s']:.1f} | {us} |"
+            )
         lines.append("")
     for plot in plots or []:
         lines += [f"![{plot}]({plot})", ""]
@@ -134,12 +152,13 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
 
     plain = FuncFormatter(lambda v, _: f"{v:,.0f}")
     fig, axes = plt.subplots(1, len(models), figsize=(max(6.5, 4.2 * len(models)), 3.8), squeeze=False)
-    for ax, label in zip(axes[0], models):
+    for ax, label in zip(axes[0], models, strict=True):
         for design in DESIGNS:
-            points = sorted((c["workers"], c["pss_total_mb"]) for c in cases
-                            if c["model_label"] == label and c["design"] == design)
+            points = sorted(
+                (c["workers"], c["pss_total_mb"]) for c in cases if c["model_label"] == label and c["design"] == design
+            )
             if points:
-                ax.plot(*zip(*points), marker="o", color=COLORS[design], label=DESIGN_NAMES[design])
+                ax.plot(*zip(*points, strict=True), marker="o", color=COLORS[design], label=DESIGN_NAMES[design])
         ax.set_title(MODEL_NAMES.get(label, label), fontsize=9)
         ax.set_xlabel("workers")
         ax.set_ylabel("PSS of every process (MB)")
@@ -158,16 +177,20 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
 
     fig, axes = plt.subplots(2, len(models), figsize=(max(5.0, 4.2 * len(models)), 6.4), squeeze=False)
     for col, label in enumerate(models):
-        for row, (key, unit, title) in enumerate((("hit_quantiles_us", "us", "cache hit, get_embedding"),
-                                                  ("search_quantiles_ms", "ms", "search()"))):
+        for row, (key, unit, title) in enumerate(
+            (("hit_quantiles_us", "us", "cache hit, get_embedding"), ("search_quantiles_ms", "ms", "search()"))
+        ):
             ax = axes[row][col]
             for design in DESIGNS:
-                case = next((c for c in cases if c["model_label"] == label and c["design"] == design
-                             and c["workers"] == top), None)
+                case = next(
+                    (c for c in cases if c["model_label"] == label and c["design"] == design and c["workers"] == top),
+                    None,
+                )
                 if case and case.get(key):
                     q = case[key]
-                    ax.plot(q, [i / (len(q) - 1) for i in range(len(q))], color=COLORS[design],
-                            label=DESIGN_NAMES[design])
+                    ax.plot(
+                        q, [i / (len(q) - 1) for i in range(len(q))], color=COLORS[design], label=DESIGN_NAMES[design]
+                    )
             ax.set_xscale("log")
             ax.set_xlabel(f"latency ({unit}, log scale)")
             ax.set_ylabel("share of calls")
@@ -187,11 +210,16 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
         ax.plot(sizes, [r["exact"]["p50_ms"] for r in rows], marker="o", label="exact (matrix-vector product)")
         ax.plot(sizes, [r["ivf"]["p50_ms"] for r in rows], marker="s", label="IVF, store/ann.py (mmap)")
         for r in rows:
-            ax.annotate(f"{r['ivf']['recall_at_5']:.2f}", (r["tools"], r["ivf"]["p50_ms"]), fontsize=7,
-                        textcoords="offset points", xytext=(4, -10))
+            ax.annotate(
+                f"{r['ivf']['recall_at_5']:.2f}",
+                (r["tools"], r["ivf"]["p50_ms"]),
+                fontsize=7,
+                textcoords="offset points",
+                xytext=(4, -10),
+            )
         hnsw = [(r["tools"], r["usearch"]["p50_ms"]) for r in rows if "p50_ms" in r["usearch"]]
         if hnsw:
-            ax.plot(*zip(*hnsw), marker="^", label="usearch HNSW (view=True)")
+            ax.plot(*zip(*hnsw, strict=True), marker="^", label="usearch HNSW (view=True)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("tools in the index")

@@ -15,9 +15,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..env import ENV_ADDRESS, ENV_MODEL, ENV_REGISTRY, ENV_STORE
 from .designs import DESIGNS
@@ -66,9 +67,20 @@ class BenchConfig:
 
 def quick_config(out: Path) -> BenchConfig:
     """A few minutes on 2 cores: hashing model, 1 and 4 workers, a small sweep."""
-    return BenchConfig(out=out, workers=[1, 4], tasks=150, models=["hash"], sweep_sizes=[1_000, 10_000],
-                       sweep_queries=50, usearch_max=10_000, miss_seconds=1.0, miss_threads=2, hit_calls=500,
-                       model_seconds=0.5, quick=True)
+    return BenchConfig(
+        out=out,
+        workers=[1, 4],
+        tasks=150,
+        models=["hash"],
+        sweep_sizes=[1_000, 10_000],
+        sweep_queries=50,
+        usearch_max=10_000,
+        miss_seconds=1.0,
+        miss_threads=2,
+        hit_calls=500,
+        model_seconds=0.5,
+        quick=True,
+    )
 
 
 def machine_info() -> dict[str, Any]:
@@ -84,24 +96,30 @@ def machine_info() -> dict[str, Any]:
         pass
     from importlib import metadata
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in ("numpy", "torch", "sentence-transformers", "lmdb", "usearch"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
     return {
-        "cpus": os.cpu_count(), "cpu_model": cpu,
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(), "platform": platform.platform(),
-        "load_average_at_start": list(os.getloadavg()), "versions": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average_at_start": list(os.getloadavg()),
+        "versions": versions,
     }
 
 
 def _run_case(spec: dict[str, Any], workdir: Path, timeout: float) -> dict[str, Any]:
     name = f"{spec['model_label']}-{spec['design']}-{spec.get('workers', 0)}"
-    spec_path, out_path, log_path = (workdir / f"{name}.spec.json", workdir / f"{name}.out.json",
-                                     workdir / f"{name}.log")
+    spec_path, out_path, log_path = (
+        workdir / f"{name}.spec.json",
+        workdir / f"{name}.out.json",
+        workdir / f"{name}.log",
+    )
     spec_path.write_text(json.dumps(spec))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     for name_ in (ENV_ADDRESS, ENV_STORE, ENV_MODEL, ENV_REGISTRY):
@@ -109,9 +127,14 @@ def _run_case(spec: dict[str, Any], workdir: Path, timeout: float) -> dict[str, 
     started = time.perf_counter()
     with open(log_path, "wb") as log:
         try:
-            proc = subprocess.run([sys.executable, "-m", "embedshare.bench.case", str(spec_path), str(out_path)],
-                                  stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout)
-            code = proc.returncode
+            proc = subprocess.run(
+                [sys.executable, "-m", "embedshare.bench.case", str(spec_path), str(out_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                timeout=timeout,
+            )
+            code: int | str = proc.returncode
         except subprocess.TimeoutExpired:
             code = "timeout"
     elapsed = time.perf_counter() - started
@@ -142,42 +165,59 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
     """Run every case and the sweep; returns the results (also what ``latest.json`` holds)."""
     config.check()
     began = time.perf_counter()
-    results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine_info(),
-                               "config": {**asdict(config), "out": str(config.out)},
-                               "model_alone": [], "cases": []}
+    results: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine_info(),
+        "config": {**asdict(config), "out": str(config.out)},
+        "model_alone": [],
+        "cases": [],
+    }
     with tempfile.TemporaryDirectory(prefix="embedshare-bench-") as tmp:
         work = Path(tmp)
+
+        def model_alone(label: str, alone_spec: dict[str, Any], when: str) -> None:
+            alone = _run_case(alone_spec, work, config.case_timeout)
+            alone["when"] = when
+            results["model_alone"].append(alone)
+            log(
+                f"[{label}] the model alone ({when}): best {alone.get('best_texts_per_second', 0):.0f} "
+                f"texts/s (batch {alone.get('best_batch')})"
+                if "error" not in alone
+                else f"[{label}] the model alone FAILED: {alone['error']}"
+            )
+
         for label in config.models:
-            spec_base: dict[str, Any] = {"model": MODEL_SPECS[label], "model_label": label,
-                                         "registry": config.registry}
+            spec_base: dict[str, Any] = {"model": MODEL_SPECS[label], "model_label": label, "registry": config.registry}
             if label == "api":
                 spec_base["api"] = {"dim": API_DIM, "latency": config.api_latency_ms / 1000}
-            alone_spec = {**spec_base, "design": "model-alone", "batch_sizes": MODEL_BATCHES[label],
-                          "seconds": config.model_seconds}
-
-            def model_alone(when: str) -> None:
-                alone = _run_case(alone_spec, work, config.case_timeout)
-                alone["when"] = when
-                results["model_alone"].append(alone)
-                log(f"[{label}] the model alone ({when}): best {alone.get('best_texts_per_second', 0):.0f} "
-                    f"texts/s (batch {alone.get('best_batch')})" if "error" not in alone
-                    else f"[{label}] the model alone FAILED: {alone['error']}")
+            alone_spec = {
+                **spec_base,
+                "design": "model-alone",
+                "batch_sizes": MODEL_BATCHES[label],
+                "seconds": config.model_seconds,
+            }
 
             # Measured twice: before this model's cases, and right after embedshare with the most
             # workers, so that the throughput target compares figures measured minutes apart at most.
-            model_alone("before the designs")
+            model_alone(label, alone_spec, "before the designs")
             for workers in config.workers:
                 for design in config.designs:
-                    spec = {**spec_base, "design": design, "workers": workers, "tasks": config.tasks,
-                            "workdir": str(work / f"{label}-{design}-{workers}"),
-                            "results_path": str(work / f"{label}-{design}-{workers}.results.json"),
-                            "hit_calls": config.hit_calls, "miss_seconds": config.miss_seconds,
-                            "miss_threads": config.miss_threads}
+                    spec = {
+                        **spec_base,
+                        "design": design,
+                        "workers": workers,
+                        "tasks": config.tasks,
+                        "workdir": str(work / f"{label}-{design}-{workers}"),
+                        "results_path": str(work / f"{label}-{design}-{workers}.results.json"),
+                        "hit_calls": config.hit_calls,
+                        "miss_seconds": config.miss_seconds,
+                        "miss_threads": config.miss_threads,
+                    }
                     case = _run_case(spec, work, config.case_timeout)
                     case["_results_path"] = spec["results_path"]
                     results["cases"].append(case)
                     log(_case_line(case))
-            model_alone(f"right after the designs at {max(config.workers)} workers")
+            model_alone(label, alone_spec, f"right after the designs at {max(config.workers)} workers")
             # A case that failed (a crash, a timeout) is run once more, labelled as such.
             for i, case in enumerate(results["cases"]):
                 if case["model_label"] == label and "error" in case:
@@ -191,8 +231,13 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
         if config.sweep_sizes:
             from .sweep import run_sweep
 
-            results["sweep"] = run_sweep(config.sweep_sizes, queries=config.sweep_queries,
-                                         usearch_max=config.usearch_max, workdir=work / "sweep", log=log)
+            results["sweep"] = run_sweep(
+                config.sweep_sizes,
+                queries=config.sweep_queries,
+                usearch_max=config.usearch_max,
+                workdir=work / "sweep",
+                log=log,
+            )
         else:
             results["sweep"] = None
     results["targets"] = evaluate_targets(results)
@@ -205,10 +250,12 @@ def _case_line(case: dict[str, Any]) -> str:
     head = f"[{case['model_label']}] {case['design']:<11} {case.get('workers', 0):>2} workers:"
     if "error" in case:
         return f"{head} FAILED ({case['error']}): " + " | ".join(case.get("log_tail", [])[-3:])
-    return (f"{head} PSS {case['pss_total_mb']:7.0f} MB, worker-bare {case['worker_over_bare_mb']:6.1f} MB, "
-            f"start {case['startup_s']:5.1f} s, wall {case['wall_s']:5.1f} s, hit p50 {case['hit_p50_us']:7.1f} us, "
-            f"texts embedded {case['texts_embedded']} (distinct needed {case['distinct_texts_needed']}), "
-            f"misses {case['miss_texts_per_s']:.0f}/s")
+    return (
+        f"{head} PSS {case['pss_total_mb']:7.0f} MB, worker-bare {case['worker_over_bare_mb']:6.1f} MB, "
+        f"start {case['startup_s']:5.1f} s, wall {case['wall_s']:5.1f} s, hit p50 {case['hit_p50_us']:7.1f} us, "
+        f"texts embedded {case['texts_embedded']} (distinct needed {case['distinct_texts_needed']}), "
+        f"misses {case['miss_texts_per_s']:.0f}/s"
+    )
 
 
 def _add_agreement(cases: list[dict[str, Any]]) -> None:
@@ -223,7 +270,7 @@ def _add_agreement(cases: list[dict[str, Any]]) -> None:
         reference = json.loads(Path(ref["_results_path"]).read_text()) if ref else None
         for case in group:
             path = case.pop("_results_path")
-            if "error" in case or reference is None:
+            if "error" in case or ref is None or reference is None:
                 continue
             mine = json.loads(Path(path).read_text())
             case["agreement"] = agreement(mine, reference)
@@ -232,7 +279,11 @@ def _add_agreement(cases: list[dict[str, Any]]) -> None:
 
 def _find(results: dict[str, Any], label: str, design: str, workers: int) -> dict[str, Any] | None:
     for case in results["cases"]:
-        if (case["model_label"], case["design"], case.get("workers")) == (label, design, workers) and "error" not in case:
+        if (case["model_label"], case["design"], case.get("workers")) == (
+            label,
+            design,
+            workers,
+        ) and "error" not in case:
             return case
     return None
 
@@ -256,49 +307,79 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             add("embedshare ran", label, "no successful embedshare case", False)
             continue
         extra = es["worker_over_bare_mb"]
-        add(f"memory: {top} workers + service <= service + {top} bare interpreters + 3 MB a worker", label,
+        add(
+            f"memory: {top} workers + service <= service + {top} bare interpreters + 3 MB a worker",
+            label,
             f"{es['pss_mb'].get('worker', 0) + es['pss_mb'].get('service', 0):.0f} MB vs "
             f"{es['pss_mb'].get('service', 0) + top * (es['bare_mb'] + 3):.0f} MB "
-            f"(+{extra:.1f} MB a worker over a bare one of {es['bare_mb']:.1f} MB)", extra <= 3.0)
-        add("a worker attaches in < 50 ms", label,
+            f"(+{extra:.1f} MB a worker over a bare one of {es['bare_mb']:.1f} MB)",
+            extra <= 3.0,
+        )
+        add(
+            "a worker attaches in < 50 ms",
+            label,
             f"p50 {es['attach_p50_ms']:.1f} ms, p99 {es['attach_p99_ms']:.1f} ms ({top} attaching at once)",
-            es["attach_p50_ms"] < 50)
-        add("cache hit p50 <= 3 us", label,
+            es["attach_p50_ms"] < 50,
+        )
+        add(
+            "cache hit p50 <= 3 us",
+            label,
             f"p50 {es['hit_p50_us']:.2f} us, p99 {es['hit_p99_us']:.1f} us (same workers: get_one "
             f"{_num(es.get('hit_get_one_p50_us'))} us, an LMDB get in a long-lived transaction "
-            f"{_num(es.get('hit_lmdb_floor_p50_us'))} us)", es["hit_p50_us"] <= 3.0)
+            f"{_num(es.get('hit_lmdb_floor_p50_us'))} us)",
+            es["hit_p50_us"] <= 3.0,
+        )
         a = _find(results, label, "option-a", top)
         if a is not None:
             ratio = a["hit_p50_us"] / es["hit_p50_us"]
-            add(">= 20x faster than a Manager dict proxy (Option A, same run)", label,
-                f"{ratio:.0f}x ({a['hit_p50_us']:.0f} us vs {es['hit_p50_us']:.1f} us)", ratio >= 20)
+            add(
+                ">= 20x faster than a Manager dict proxy (Option A, same run)",
+                label,
+                f"{ratio:.0f}x ({a['hit_p50_us']:.0f} us vs {es['hit_p50_us']:.1f} us)",
+                ratio >= 20,
+            )
         growth = es.get("worker_growth_per_1k_texts_kb")
         # decidable only when enough texts were added to rise above the noise of PSS readings
         if growth is not None and es.get("growth_texts", 0) >= 1000:
             # A per-process copy of the vectors (a dict, a private cache) would grow by at least
             # their own size: 1,000 x dim x 4 bytes.
             own = es["vector_kb"] * 1000
-            add("no per-process structure growing with the data", label,
+            add(
+                "no per-process structure growing with the data",
+                label,
                 f"a worker's PSS {growth:+.0f} KB per 1,000 new cached texts ({es['growth_texts']} added); "
-                f"a private copy of those vectors alone: {own:.0f} KB", growth <= 0.1 * own)
-        calls_ok = all(c["texts_embedded"] == c["distinct_texts_needed"] == c["distinct_texts_embedded"]
-                       for c in results["cases"] if c["model_label"] == label and c["design"] == "embedshare"
-                       and "error" not in c)
-        add("model calls == distinct texts, whatever the workers", label,
-            ", ".join(f"{c['workers']}w: {c['texts_embedded']} texts for {c['distinct_texts_needed']} distinct"
-                      for c in results["cases"] if c["model_label"] == label and c["design"] == "embedshare"
-                      and "error" not in c), calls_ok)
+                f"a private copy of those vectors alone: {own:.0f} KB",
+                growth <= 0.1 * own,
+            )
+        calls_ok = all(
+            c["texts_embedded"] == c["distinct_texts_needed"] == c["distinct_texts_embedded"]
+            for c in results["cases"]
+            if c["model_label"] == label and c["design"] == "embedshare" and "error" not in c
+        )
+        add(
+            "model calls == distinct texts, whatever the workers",
+            label,
+            ", ".join(
+                f"{c['workers']}w: {c['texts_embedded']} texts for {c['distinct_texts_needed']} distinct"
+                for c in results["cases"]
+                if c["model_label"] == label and c["design"] == "embedshare" and "error" not in c
+            ),
+            calls_ok,
+        )
         measured = [m for m in results["model_alone"] if m.get("model_label") == label and "error" not in m]
         alone = measured[-1] if measured else None  # the one closest in time to embedshare's
         if alone is not None:
             share = es["miss_texts_per_s"] / alone["best_texts_per_second"]
             ms = es.get("miss_service") or {}
-            add(f"service throughput, {top} workers sending distinct texts >= 80% of the model's best", label,
+            add(
+                f"service throughput, {top} workers sending distinct texts >= 80% of the model's best",
+                label,
                 f"{es['miss_texts_per_s']:.0f} texts/s = {share:.0%} of {alone['best_texts_per_second']:.0f} "
                 f"(batch {alone['best_batch']}, one process); in the service the model was busy "
                 f"{_num(ms.get('model_busy_share'), '.0%')} of the time, at "
                 f"{_num(ms.get('model_texts_per_s_while_busy'), '.0f')} texts/s while busy, mean batch "
                 f"{_num(ms.get('mean_batch'), '.1f')}; the service used {_num(ms.get('service_cpu_share'), '.0%')} "
                 f"of a core, and the machine's cores were {_num(ms.get('machine_idle_share'), '.0%')} idle",
-                share >= 0.8)
+                share >= 0.8,
+            )
     return out

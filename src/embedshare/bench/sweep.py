@@ -22,8 +22,9 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -45,13 +46,16 @@ def synthetic_vectors(n: int, path: Path, seed: int = 0, chunk: int = 1 << 16) -
     rng = np.random.default_rng(seed)
     topics = _unit(rng.standard_normal((max(1, n // TOOLS_PER_TOPIC), DIM), dtype=np.float32))
     groups_n = max(1, n // TOOLS_PER_GROUP)
-    groups = _unit(topics[rng.integers(0, len(topics), groups_n)]
-                   + GROUP_NOISE * rng.standard_normal((groups_n, DIM), dtype=np.float32))
+    groups = _unit(
+        topics[rng.integers(0, len(topics), groups_n)]
+        + GROUP_NOISE * rng.standard_normal((groups_n, DIM), dtype=np.float32)
+    )
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, DIM))
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
-        out[start:start + m] = _unit(groups[rng.integers(0, len(groups), m)]
-                                     + NOISE * rng.standard_normal((m, DIM), dtype=np.float32))
+        out[start : start + m] = _unit(
+            groups[rng.integers(0, len(groups), m)] + NOISE * rng.standard_normal((m, DIM), dtype=np.float32)
+        )
     out.flush()
     del out
     return np.load(path, mmap_mode="r")
@@ -75,7 +79,7 @@ def exact_truth(vectors: np.ndarray, queries: np.ndarray, k: int = K, chunk: int
     best_rows = np.zeros((len(queries), 0), dtype=np.int64)
     best_scores = np.zeros((len(queries), 0), dtype=np.float32)
     for start in range(0, len(vectors), chunk):
-        scores = queries @ np.asarray(vectors[start:start + chunk]).T
+        scores = queries @ np.asarray(vectors[start : start + chunk]).T
         rows = np.broadcast_to(np.arange(start, start + scores.shape[1]), scores.shape)
         all_scores = np.concatenate([best_scores, scores], axis=1)
         all_rows = np.concatenate([best_rows, rows], axis=1)
@@ -101,21 +105,25 @@ def _timed(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray) -> t
 
 
 def _recall(found: list[np.ndarray], truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f[:K].tolist()) & set(t.tolist())) / K for f, t in zip(found, truth)]))
+    return float(np.mean([len(set(f[:K].tolist()) & set(t.tolist())) / K for f, t in zip(found, truth, strict=True)]))
 
 
 def _latency(seconds: list[float]) -> dict[str, float]:
     ms = np.asarray(seconds) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "mean_ms": float(ms.mean())}
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
 
 
 def _bytes(paths: list[Path]) -> int:
     return sum(p.stat().st_size for p in paths if p.exists())
 
 
-def run_sweep(sizes: list[int], queries: int = 200, usearch_max: int = 100_000,
-              workdir: str | Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_sweep(
+    sizes: list[int],
+    queries: int = 200,
+    usearch_max: int = 100_000,
+    workdir: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Measure every size; usearch only up to ``usearch_max`` tools (its build time grows
     fastest: it is reported for the sizes it ran at)."""
     from ..store.ann import IVFIndex, build_ivf
@@ -135,38 +143,69 @@ def run_sweep(sizes: list[int], queries: int = 200, usearch_max: int = 100_000,
             # exact: a matrix-vector product per query over the memory map; at 1M each one
             # reads 1.5 GB, so fewer queries are timed there
             timed = qs[: max(20, count // max(1, n // 100_000))]
-            _, exact_s = _timed(lambda q, v=vectors: exact_top(v, q), timed)
-            row: dict[str, Any] = {"tools": n, "dim": DIM, "queries": count, "generate_s": generate_s,
-                                   "exact": {**_latency(exact_s), "queries_timed": len(timed),
-                                             "bytes": _bytes([folder / "vectors.npy"])}}
+
+            def exact(q: np.ndarray, v: np.ndarray = vectors) -> np.ndarray:
+                return exact_top(v, q)
+
+            _, exact_s = _timed(exact, timed)
+            row: dict[str, Any] = {
+                "tools": n,
+                "dim": DIM,
+                "queries": count,
+                "generate_s": generate_s,
+                "exact": {**_latency(exact_s), "queries_timed": len(timed), "bytes": _bytes([folder / "vectors.npy"])},
+            }
 
             started = time.perf_counter()
             build_ivf(vectors, folder / "ivf")
             ivf_build = time.perf_counter() - started
             ivf = IVFIndex(folder / "ivf")
-            found, ivf_s = _timed(lambda q, index=ivf: index.search(q, K)[0], qs)
-            row["ivf"] = {**_latency(ivf_s), "recall_at_5": _recall(found, truth), "build_s": ivf_build,
-                          "nlist": ivf.nlist, "nprobe": ivf.nprobe,
-                          "bytes": _bytes([folder / "ivf" / f for f in ("ann_centroids.npy", "ann_offsets.npy",
-                                                                        "ann_rows.npy", "ann_vectors.npy")])}
+
+            def ivf_top(q: np.ndarray, index: IVFIndex = ivf) -> np.ndarray:
+                return index.search(q, K)[0]
+
+            found, ivf_s = _timed(ivf_top, qs)
+            row["ivf"] = {
+                **_latency(ivf_s),
+                "recall_at_5": _recall(found, truth),
+                "build_s": ivf_build,
+                "nlist": ivf.nlist,
+                "nprobe": ivf.nprobe,
+                "bytes": _bytes(
+                    [
+                        folder / "ivf" / f
+                        for f in ("ann_centroids.npy", "ann_offsets.npy", "ann_rows.npy", "ann_vectors.npy")
+                    ]
+                ),
+            }
             del ivf
             if n <= usearch_max:
                 row["usearch"] = _usearch(vectors, qs, truth, folder / "hnsw.usearch")
             else:
                 row["usearch"] = {"skipped": f"built only up to {usearch_max:,} tools (see build_s there)"}
             rows.append(row)
-            log(f"sweep {n:>9,} tools: exact p50 {row['exact']['p50_ms']:.3f} ms, "
+            log(
+                f"sweep {n:>9,} tools: exact p50 {row['exact']['p50_ms']:.3f} ms, "
                 f"ivf p50 {row['ivf']['p50_ms']:.3f} ms recall {row['ivf']['recall_at_5']:.3f}"
-                + (f", usearch p50 {row['usearch']['p50_ms']:.3f} ms recall {row['usearch']['recall_at_5']:.3f}"
-                   if "p50_ms" in row["usearch"] else ""))
+                + (
+                    f", usearch p50 {row['usearch']['p50_ms']:.3f} ms recall {row['usearch']['recall_at_5']:.3f}"
+                    if "p50_ms" in row["usearch"]
+                    else ""
+                )
+            )
             del vectors
             shutil.rmtree(folder, ignore_errors=True)
     finally:
         if workdir is None:
             shutil.rmtree(root, ignore_errors=True)
-    return {"rows": rows, "k": K, "queries": queries, "usearch_max": usearch_max,
-            "data": f"random unit vectors in topics of {TOOLS_PER_TOPIC} tools and groups of "
-                    f"{TOOLS_PER_GROUP}; queries: a tool's vector plus noise (cosine ~0.65)"}
+    return {
+        "rows": rows,
+        "k": K,
+        "queries": queries,
+        "usearch_max": usearch_max,
+        "data": f"random unit vectors in topics of {TOOLS_PER_TOPIC} tools and groups of "
+        f"{TOOLS_PER_GROUP}; queries: a tool's vector plus noise (cosine ~0.65)",
+    }
 
 
 def _usearch(vectors: np.ndarray, qs: np.ndarray, truth: np.ndarray, path: Path) -> dict[str, Any]:
@@ -178,12 +217,21 @@ def _usearch(vectors: np.ndarray, qs: np.ndarray, truth: np.ndarray, path: Path)
     started = time.perf_counter()
     index = Index(ndim=DIM, metric="ip", dtype="f32", connectivity=16, expansion_add=64, expansion_search=64)
     for start in range(0, n, 1 << 16):
-        chunk = np.asarray(vectors[start:start + (1 << 16)])
+        chunk = np.asarray(vectors[start : start + (1 << 16)])
         index.add(np.arange(start, start + len(chunk)), chunk, threads=0)
     index.save(str(path))
     build = time.perf_counter() - started
     del index
     view = Index.restore(str(path), view=True)  # memory-mapped, shared by every process
+    if view is None:
+        raise RuntimeError(f"usearch could not open the index it saved in {path}")
     found, seconds = _timed(lambda q: view.search(q, K).keys, qs)
-    return {**_latency(seconds), "recall_at_5": _recall(found, truth), "build_s": build,
-            "bytes": path.stat().st_size, "connectivity": 16, "expansion_add": 64, "expansion_search": 64}
+    return {
+        **_latency(seconds),
+        "recall_at_5": _recall(found, truth),
+        "build_s": build,
+        "bytes": path.stat().st_size,
+        "connectivity": 16,
+        "expansion_add": 64,
+        "expansion_search": 64,
+    }

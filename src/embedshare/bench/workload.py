@@ -26,8 +26,7 @@ def common_queries(registry: str = "bundled") -> list[str]:
     for tool in load_registry(registry).tools:
         queries.append(tool.name.replace("_", " "))
         queries += [a.replace("_", " ") for a in tool.raw.get("aliases", [])[:2]]
-    seen: set[str] = set()
-    return [q for q in queries if not (q in seen or seen.add(q))]
+    return list(dict.fromkeys(queries))  # each once, in order
 
 
 def _zipf_weights(n: int, top10_share: float) -> list[float]:
@@ -35,7 +34,7 @@ def _zipf_weights(n: int, top10_share: float) -> list[float]:
     lo, hi = 0.0, 5.0
     for _ in range(60):
         s = (lo + hi) / 2
-        w = [1 / (r ** s) for r in range(1, n + 1)]
+        w = [1 / (r**s) for r in range(1, n + 1)]
         share = sum(w[:10]) / sum(w)
         lo, hi = (s, hi) if share < top10_share else (lo, s)
     return w
@@ -49,7 +48,9 @@ def make_tasks(count: int, registry: str = "bundled", seed: int = 7) -> list[dic
     weights = _zipf_weights(len(queries), TOP10_SHARE)
     tools = [t.name for t in load_registry(registry).tools]
     tool_weights = _zipf_weights(len(tools), 0.4)
-    vocabulary = sorted({w for t in load_registry(registry).tools for w in re.findall(r"[a-z]{4,}", t.description.lower())})
+    vocabulary = sorted(
+        {w for t in load_registry(registry).tools for w in re.findall(r"[a-z]{4,}", t.description.lower())}
+    )
     tasks = []
     new_count = 0
     for i in range(count):

@@ -30,19 +30,31 @@ def store_layout(store: Path | None) -> Any:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """What a user can get wrong: shown as one line, never as a traceback."""
+    from ..client.connection import ServiceUnavailable
+    from ..client.protocol import RemoteError
     from ..embedders import EmbedderError, InvalidTextError, UnknownModelError
     from ..manager import NoIndexError
     from ..registry import RegistryError
-    from ..client.connection import ServiceUnavailable
     from ..service.launcher import ServiceStartError
-    from ..client.protocol import RemoteError
     from ..store import CacheError, ToolIndexError, UnknownToolError
 
     # OSError covers what the machine refuses: a port in use, a read-only or full disk, a
     # permission (PermissionError), a missing file (FileNotFoundError).
-    return (EmbedderError, InvalidTextError, UnknownModelError, NoIndexError, RegistryError,
-            RemoteError, ServiceStartError, ServiceUnavailable, CacheError, ToolIndexError,
-            UnknownToolError, OSError, ValueError)
+    return (
+        EmbedderError,
+        InvalidTextError,
+        UnknownModelError,
+        NoIndexError,
+        RegistryError,
+        RemoteError,
+        ServiceStartError,
+        ServiceUnavailable,
+        CacheError,
+        ToolIndexError,
+        UnknownToolError,
+        OSError,
+        ValueError,
+    )
 
 
 @contextmanager
@@ -56,30 +68,37 @@ def errors_as_messages() -> Iterator[None]:
             import traceback
 
             traceback.print_exc()
-            if getattr(exc, "log_tail", ""):
-                click.echo(f"the end of the service's log:\n{exc.log_tail}", err=True)
+            log_tail = getattr(exc, "log_tail", "")  # a ServiceStartError's
+            if log_tail:
+                click.echo(f"the end of the service's log:\n{log_tail}", err=True)
         message = " ".join(str(exc).split()) or type(exc).__name__
         click.echo(f"error: {message}", err=True)
         sys.exit(1)
 
 
 store_option = click.option(
-    "--store", type=click.Path(file_okay=False, path_type=Path), default=None,
+    "--store",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
     help=f"Store folder (cache, indexes, service socket). Default: ${ENV_STORE} or ~/.cache/embedshare.",
 )
 model_option = click.option(
-    "--model", default=lambda: os.environ.get(ENV_MODEL),
+    "--model",
+    default=lambda: os.environ.get(ENV_MODEL),
     help=f"Embedder spec: local, hash:<dim>, openai:<model>. Default: ${ENV_MODEL}, else the "
-         "running service's, else the one the store records, else local.",
+    "running service's, else the one the store records, else local.",
 )
 registry_option = click.option(
-    "--registry", default="bundled", show_default=True,
+    "--registry",
+    default="bundled",
+    show_default=True,
     help="Tool registry JSON file, or 'bundled' for the example registry shipped with embedshare.",
 )
 store_registry_option = click.option(
-    "--registry", default=None,
+    "--registry",
+    default=None,
     help="Tool registry JSON file, or 'bundled'. Default: the one the store's service serves, else "
-         "the one the store records. Another one than the service's is an error.",
+    "the one the store records. Another one than the service's is an error.",
 )
 
 
@@ -112,9 +131,9 @@ def open_manager(store: Path | None, model: str | None, registry: str | None) ->
     With no registry, the service's (or the one the store records); another registry than the
     service's is an error, never silently the service's.
     """
-    from ..manager import EmbeddingManager
     from ..access import SharedEmbeddingManager
     from ..client.connection import ServiceUnavailable
+    from ..manager import EmbeddingManager
 
     layout = store_layout(store)
     if layout.socket.exists():

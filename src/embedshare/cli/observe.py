@@ -6,11 +6,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from .common import errors_as_messages, store_layout, store_option
+
+if TYPE_CHECKING:  # the CLI imports its commands' modules when they run
+    from ..client.protocol import StatsWithMemory
 
 
 @click.command()
@@ -24,12 +27,12 @@ def stats(as_json: bool, store: Path | None) -> None:
     with errors_as_messages():
         conn = ServiceConnection(layout.socket)
         try:
-            data = conn.request("stats", timeout=30)["stats"]
+            reply = conn.stats(timeout=30)
         finally:
             conn.close()
         from ..service.observe import with_memory
 
-        data = with_memory(data)  # PSS of the service and of each client, read here
+        data = with_memory(reply)  # PSS of the service and of each client, read here
         if as_json:
             click.echo(json.dumps(data, indent=2))
             return
@@ -40,13 +43,13 @@ def _pss_mb(value: int | None) -> str:
     return f"{value / 2**20:.1f} MB" if value is not None else "-"
 
 
-def _format_stats(s: dict[str, Any]) -> str:
+def _format_stats(s: StatsWithMemory) -> str:
     lat = s["request_latency"]
     batch = s["batch_size"]
     ms = lambda v: f"{v * 1000:.2f} ms" if v is not None else "-"  # noqa: E731
     lines = [
         f"service pid {s['pid']}  model {s['model_id']} ({s['dim']} dims)  up {s['uptime_s']:.0f} s"
-        + (f"  PSS {s['pss'] / 2**20:.1f} MB" if s.get("pss") is not None else ""),
+        + (f"  PSS {s['pss'] / 2**20:.1f} MB" if s["pss"] is not None else ""),
         f"store {s['store']}  tools {s['tools']}",
         f"requests {s['requests']}  errors {s['errors']}  corrupt vectors replaced "
         f"{s.get('corrupt_vectors', 0)}  texts {s['texts']}  "
@@ -55,8 +58,11 @@ def _format_stats(s: dict[str, Any]) -> str:
         f"mean batch {batch['mean'] or 0:.1f}  queue {s['queue_depth']} (max {s['max_queue_depth']})",
         f"latency p50 {ms(lat['p50'])}  p99 {ms(lat['p99'])}",
         f"clients {len(s['clients'])}:",
-        *(f"  pid {c['pid']:>7}  PSS {_pss_mb(c.get('pss'))}  requests {c['requests']}"
-          + ("  (this command)" if c["pid"] == os.getpid() else "") for c in s["clients"]),
+        *(
+            f"  pid {c['pid'] if c['pid'] is not None else 'tcp':>7}  PSS {_pss_mb(c['pss'])}"
+            f"  requests {c['requests']}" + ("  (this command)" if c["pid"] == os.getpid() else "")
+            for c in s["clients"]
+        ),
     ]
     if s.get("http"):
         lines.insert(2, f"http {s['http']}/v1  (metrics {s['http']}/metrics)")

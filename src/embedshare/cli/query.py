@@ -31,21 +31,25 @@ def index() -> None:
 def index_build(registry: str, store: Path | None, model: str | None) -> None:
     """Embed every tool of REGISTRY (a JSON file, or 'bundled'), write its index, and record it
     as the store's registry (what search, serve and workers use when given none)."""
-    from ..manager import EmbeddingManager
     from ..client.state import read_state, service_lock_held
+    from ..manager import EmbeddingManager
 
     with errors_as_messages():
         layout = store_layout(store)
         manager = EmbeddingManager(layout.root, model=resolve_model(model, store))
         idx = manager.load_registry(registry, progress=progress_callback("embedding tools"))
         click.echo(f"index of {len(idx)} tools ({idx.model_id}, {idx.dim} dims) at {idx.path}")
-        click.echo(f"the store {layout.root} now serves it: search, serve and workers use it when "
-                   "given no registry", err=True)
+        click.echo(
+            f"the store {layout.root} now serves it: search, serve and workers use it when given no registry", err=True
+        )
         served = read_state(layout).get("index")
         if service_lock_held(layout) and served != str(idx.path):
-            click.echo(f"note: the running service serves another index ({served}); restart it "
-                       f"(`embedshare stop --store {layout.root}`, then `embedshare serve --store "
-                       f"{layout.root} --detach`) to serve this one", err=True)
+            click.echo(
+                f"note: the running service serves another index ({served}); restart it "
+                f"(`embedshare stop --store {layout.root}`, then `embedshare serve --store "
+                f"{layout.root} --detach`) to serve this one",
+                err=True,
+            )
 
 
 @index.command("list")
@@ -64,8 +68,10 @@ def index_list(as_json: bool, store: Path | None) -> None:
             if "damaged" in s:
                 click.echo(f"{s['name']}  damaged: {s['damaged']}")
             else:
-                click.echo(f"{s['name']}  {s['model_id']} ({s['dim']} dims)  {s['tools']} tools  "
-                           f"registry {s['registry_hash'][:12]} {s['registry_source'] or ''}".rstrip())
+                click.echo(
+                    f"{s['name']}  {s['model_id']} ({s['dim']} dims)  {s['tools']} tools  "
+                    f"registry {s['registry_hash'][:12]} {s['registry_source'] or ''}".rstrip()
+                )
         if not indexes:
             click.echo(f"no index in {store_layout(store).indexes}")
 
@@ -84,7 +90,9 @@ def index_show(name: str, as_json: bool, store: Path | None) -> None:
             click.echo(json.dumps(info, indent=2))
             return
         click.echo(f"index {info['path']}")
-        click.echo(f"model {info['model_id']} ({info['dim']} dims)" + (f", {info['ann']} search" if info["ann"] else ""))
+        click.echo(
+            f"model {info['model_id']} ({info['dim']} dims)" + (f", {info['ann']} search" if info["ann"] else "")
+        )
         click.echo(f"registry {info['registry_hash']} from {info['registry_source']}")
         click.echo(f"{info['tools']} tools in {len(info['categories'])} categories:")
         for category, names in info["categories"].items():
@@ -100,8 +108,16 @@ def index_show(name: str, as_json: bool, store: Path | None) -> None:
 @store_option
 @model_option
 @store_registry_option
-def search(query: str, k: int, category: str | None, threshold: float, as_json: bool,
-           store: Path | None, model: str | None, registry: str | None) -> None:
+def search(
+    query: str,
+    k: int,
+    category: str | None,
+    threshold: float,
+    as_json: bool,
+    store: Path | None,
+    model: str | None,
+    registry: str | None,
+) -> None:
     """Find the tools that best match QUERY."""
     from ..settings import whole_number
 
@@ -134,5 +150,5 @@ def embed(texts: tuple[str, ...], as_json: bool, store: Path | None, model: str 
         import numpy as np
 
         with np.printoptions(precision=4, threshold=8, edgeitems=3, suppress=True):
-            for text, vector in zip(texts, vectors):
+            for text, vector in zip(texts, vectors, strict=True):
                 click.echo(f"{text[:40]!r}: {vector}")

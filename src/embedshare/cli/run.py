@@ -17,13 +17,29 @@ from .common import DEFAULT_MODEL, errors_as_messages, model_option, registry_op
 @model_option
 @registry_option
 @store_option
-@click.option("--naive/--no-naive", default=True, show_default=True,
-              help="Also run the same tasks with per-process managers and compare.")
+@click.option(
+    "--naive/--no-naive",
+    default=True,
+    show_default=True,
+    help="Also run the same tasks with per-process managers and compare.",
+)
 @click.option("--naive-workers", type=int, default=None, help="Workers for the per-process run (default: --workers).")
-@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the measurements as JSON.")
-def demo(workers: int, tasks: int, model: str | None, registry: str, store: Path | None, naive: bool,
-         naive_workers: int | None, json_out: Path | None) -> None:
+@click.option(
+    "--json-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the measurements as JSON.",
+)
+def demo(
+    workers: int,
+    tasks: int,
+    model: str | None,
+    registry: str,
+    store: Path | None,
+    naive: bool,
+    naive_workers: int | None,
+    json_out: Path | None,
+) -> None:
     """Run a tool-search workload on N worker processes that share one service, and measure it.
 
     Each task makes ~2 searches and ~2 similar-tool lookups. With --naive (the default) the same
@@ -38,8 +54,16 @@ def demo(workers: int, tasks: int, model: str | None, registry: str, store: Path
         whole_number("--tasks", tasks, 1)
         if naive_workers is not None:
             whole_number("--naive-workers", naive_workers, 1)
-        result = run_demo(workers=workers, tasks=tasks, model=model or DEFAULT_MODEL, registry=registry, store=store,
-                          naive=naive, naive_workers=naive_workers, progress=sys.stderr.isatty())
+        result = run_demo(
+            workers=workers,
+            tasks=tasks,
+            model=model or DEFAULT_MODEL,
+            registry=registry,
+            store=store,
+            naive=naive,
+            naive_workers=naive_workers,
+            progress=sys.stderr.isatty(),
+        )
         click.echo(result.format())
         if json_out:
             json_out.write_text(json.dumps(result.as_dict(), indent=2))
@@ -47,22 +71,48 @@ def demo(workers: int, tasks: int, model: str | None, registry: str, store: Path
 
 @click.command("ray-demo")
 @click.option("--address", default=None, help="A running Ray cluster (e.g. auto). Default: start a local one.")
-@click.option("--nodes", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Simulated nodes of the local cluster.")
-@click.option("--in-flight", type=click.IntRange(min=1), default=25, show_default=True,
-              help="Tasks in flight (and the CPUs of the local cluster).")
-@click.option("--tasks", type=click.IntRange(min=1), default=2000, show_default=True,
-              help="Tasks (each ~2 searches, ~2 similar-tool lookups).")
+@click.option(
+    "--nodes", type=click.IntRange(min=1), default=3, show_default=True, help="Simulated nodes of the local cluster."
+)
+@click.option(
+    "--in-flight",
+    type=click.IntRange(min=1),
+    default=25,
+    show_default=True,
+    help="Tasks in flight (and the CPUs of the local cluster).",
+)
+@click.option(
+    "--tasks",
+    type=click.IntRange(min=1),
+    default=2000,
+    show_default=True,
+    help="Tasks (each ~2 searches, ~2 similar-tool lookups).",
+)
 @model_option
 @registry_option
-@click.option("--service-threads", type=click.IntRange(min=1), default=None,
-              help="Torch threads of each node's service.")
+@click.option(
+    "--service-threads", type=click.IntRange(min=1), default=None, help="Torch threads of each node's service."
+)
 @click.option("--compare", is_flag=True, help="First run the same tasks on this machine alone (demo --no-naive).")
-@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the measurements as JSON.")
+@click.option(
+    "--json-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the measurements as JSON.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def ray_demo(address: str | None, nodes: int, in_flight: int, tasks: int, model: str, registry: str,
-             service_threads: int | None, compare: bool, json_out: Path | None, no_progress: bool) -> None:
+def ray_demo(
+    address: str | None,
+    nodes: int,
+    in_flight: int,
+    tasks: int,
+    model: str,
+    registry: str,
+    service_threads: int | None,
+    compare: bool,
+    json_out: Path | None,
+    no_progress: bool,
+) -> None:
     """Run the tool-search workload on Ray, a service per node, and measure memory per node and model calls."""
     with errors_as_messages():
         try:
@@ -71,9 +121,17 @@ def ray_demo(address: str | None, nodes: int, in_flight: int, tasks: int, model:
             raise ValueError("ray-demo needs Ray: pip install 'embedshare[ray]'") from None
         from ..bench.ray_demo import run_ray_demo
 
-        report = run_ray_demo(address=address, nodes=nodes, in_flight=in_flight, tasks=tasks,
-                              model=model or DEFAULT_MODEL, registry=registry, service_threads=service_threads,
-                              progress=not no_progress and sys.stderr.isatty(), compare=compare)
+        report = run_ray_demo(
+            address=address,
+            nodes=nodes,
+            in_flight=in_flight,
+            tasks=tasks,
+            model=model or DEFAULT_MODEL,
+            registry=registry,
+            service_threads=service_threads,
+            progress=not no_progress and sys.stderr.isatty(),
+            compare=compare,
+        )
         click.echo(report.format())
         if json_out:
             json_out.write_text(json.dumps(report.as_dict(), indent=2, default=str))
@@ -98,35 +156,85 @@ def _name_list(ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 @click.command()
 @click.option("--quick", is_flag=True, help="A few minutes: hashing model, 1 and 4 workers, small sweep.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench/results"),
-              show_default=True, help="Folder for latest.json, latest.md and the PNG plots.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("bench/results"),
+    show_default=True,
+    help="Folder for latest.json, latest.md and the PNG plots.",
+)
 @click.option("--workers", callback=_int_list, default=None, help="Worker counts, e.g. 1,8,25.")
 @click.option("--tasks", type=click.IntRange(min=1), default=None, help="Tasks per case (default 2000).")
 @click.option("--models", callback=_name_list, default=None, help="Of hash,local,api (default all three).")
-@click.option("--designs", callback=_name_list, default=None,
-              help="Of per-process, option-c (threads), option-a (Manager dict), hybrid, embedshare "
-                   "(default all).")
-@click.option("--api-latency-ms", type=click.FloatRange(min=0), default=None,
-              help="Added to every request of the simulated API (default 150).")
-@click.option("--sweep-sizes", callback=_int_list, default=None,
-              help="Index sizes of the search sweep (default 1000,10000,100000,1000000).")
+@click.option(
+    "--designs",
+    callback=_name_list,
+    default=None,
+    help="Of per-process, option-c (threads), option-a (Manager dict), hybrid, embedshare (default all).",
+)
+@click.option(
+    "--api-latency-ms",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Added to every request of the simulated API (default 150).",
+)
+@click.option(
+    "--sweep-sizes",
+    callback=_int_list,
+    default=None,
+    help="Index sizes of the search sweep (default 1000,10000,100000,1000000).",
+)
 @click.option("--no-sweep", is_flag=True, help="Skip the index-size sweep.")
-@click.option("--usearch-max", type=click.IntRange(min=0), default=None,
-              help="Largest sweep size for the usearch HNSW index (default 100000; its build is slow).")
-@click.option("--miss-seconds", type=click.FloatRange(min=0.1), default=None,
-              help="Length of the miss-throughput phase (default 4).")
-@click.option("--miss-threads", type=click.IntRange(min=1), default=None,
-              help="Threads sending misses in each worker (default 4).")
-@click.option("--backends", "backends_only", is_flag=True,
-              help="Only the local model's backends (torch, ONNX fp32 at 1 and 2 threads, int8), "
-                   "interleaved rounds; writes backends.{json,md}.")
-@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
-              help="With --backends: interleaved rounds (medians are reported).")
+@click.option(
+    "--usearch-max",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Largest sweep size for the usearch HNSW index (default 100000; its build is slow).",
+)
+@click.option(
+    "--miss-seconds",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Length of the miss-throughput phase (default 4).",
+)
+@click.option(
+    "--miss-threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Threads sending misses in each worker (default 4).",
+)
+@click.option(
+    "--backends",
+    "backends_only",
+    is_flag=True,
+    help="Only the local model's backends (torch, ONNX fp32 at 1 and 2 threads, int8), "
+    "interleaved rounds; writes backends.{json,md}.",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="With --backends: interleaved rounds (medians are reported).",
+)
 @click.option("--no-install-size", is_flag=True, help="With --backends: skip the fresh-virtualenv sizes.")
-def bench(quick: bool, out: Path, workers: list[int] | None, tasks: int | None, models: list[str] | None,
-          designs: list[str] | None, api_latency_ms: float | None, sweep_sizes: list[int] | None,
-          no_sweep: bool, usearch_max: int | None, miss_seconds: float | None, miss_threads: int | None,
-          backends_only: bool, rounds: int, no_install_size: bool) -> None:
+def bench(
+    quick: bool,
+    out: Path,
+    workers: list[int] | None,
+    tasks: int | None,
+    models: list[str] | None,
+    designs: list[str] | None,
+    api_latency_ms: float | None,
+    sweep_sizes: list[int] | None,
+    no_sweep: bool,
+    usearch_max: int | None,
+    miss_seconds: float | None,
+    miss_threads: int | None,
+    backends_only: bool,
+    rounds: int,
+    no_install_size: bool,
+) -> None:
     """Compare ways of sharing an embedding manager between processes, on the same tasks.
 
     The designs: a manager per process, threads sharing one manager per process (option-c), a
@@ -137,19 +245,30 @@ def bench(quick: bool, out: Path, workers: list[int] | None, tasks: int | None, 
     if backends_only:
         from ..bench.backends import format_table, run_backends, write_backends
 
-        results = run_backends(rounds=rounds, workers=max(workers or [25]), seconds=miss_seconds or 6.0,
-                               with_install_size=not no_install_size,
-                               log=lambda line: click.echo(line, err=True))
+        results = run_backends(
+            rounds=rounds,
+            workers=max(workers or [25]),
+            seconds=miss_seconds or 6.0,
+            with_install_size=not no_install_size,
+            log=lambda line: click.echo(line, err=True),
+        )
         click.echo(format_table(results))
         click.echo(f"wrote {write_backends(results, out)}")
         return
     from ..bench.runner import BenchConfig, quick_config, run_bench
 
     config = quick_config(out) if quick else BenchConfig(out=out)
-    for name, value in (("workers", workers), ("tasks", tasks), ("models", models), ("designs", designs),
-                        ("api_latency_ms", api_latency_ms), ("sweep_sizes", sweep_sizes),
-                        ("usearch_max", usearch_max), ("miss_seconds", miss_seconds),
-                        ("miss_threads", miss_threads)):
+    for name, value in (
+        ("workers", workers),
+        ("tasks", tasks),
+        ("models", models),
+        ("designs", designs),
+        ("api_latency_ms", api_latency_ms),
+        ("sweep_sizes", sweep_sizes),
+        ("usearch_max", usearch_max),
+        ("miss_seconds", miss_seconds),
+        ("miss_threads", miss_threads),
+    ):
         if value is not None:
             setattr(config, name, value)
     if no_sweep:
@@ -166,5 +285,7 @@ def bench(quick: bool, out: Path, workers: list[int] | None, tasks: int | None, 
         click.echo(f"wrote {path}")
     missed = [t for t in results["targets"] if not t["ok"]]
     failed = [c for c in results["cases"] if "error" in c]
-    click.echo(f"{len(results['targets']) - len(missed)} of {len(results['targets'])} targets met; "
-               f"{len(failed)} case(s) failed")
+    click.echo(
+        f"{len(results['targets']) - len(missed)} of {len(results['targets'])} targets met; "
+        f"{len(failed)} case(s) failed"
+    )

@@ -27,8 +27,15 @@ def _click_option(option: CommandOption) -> Callable[[F], F]:
     if option.kind is bool:
         return click.option(option.flag, option.name, is_flag=True, help=option.help)
     kind: Any = click.Path(dir_okay=False, path_type=Path) if option.path else option.kind
-    return click.option(option.flag, option.name, type=kind, default=option.default, metavar=option.metavar,
-                        show_default=option.default is not None, help=option.help)
+    return click.option(
+        option.flag,
+        option.name,
+        type=kind,
+        default=option.default,
+        metavar=option.metavar,
+        show_default=option.default is not None,
+        help=option.help,
+    )
 
 
 def config_options(command: F) -> F:
@@ -41,9 +48,12 @@ def config_options(command: F) -> F:
 @click.command()
 @store_option
 @model_option
-@click.option("--registry", default=None,
-              help="Tool registry to index and serve ('bundled' for the example). Default: the one "
-                   "the store records (embedshare index build), if any.")
+@click.option(
+    "--registry",
+    default=None,
+    help="Tool registry to index and serve ('bundled' for the example). Default: the one "
+    "the store records (embedshare index build), if any.",
+)
 @click.option("--detach", is_flag=True, help="Start in the background and return once it answers.")
 @config_options
 def serve(store: Path | None, model: str | None, registry: str | None, detach: bool, **settings: Any) -> None:
@@ -62,11 +72,16 @@ def serve(store: Path | None, model: str | None, registry: str | None, detach: b
             service = EmbeddingService(config=config, detach=True, export_env=False, verbose=verbose).start()
             if config.http and not _is_loopback_http(config.http) and config.http_no_auth:
                 # the service says it in its log only
-                click.echo(f"warning: the HTTP endpoint on {settings['http']} is reachable beyond loopback, "
-                           "without authentication (--http-no-auth)", err=True)
+                click.echo(
+                    f"warning: the HTTP endpoint on {settings['http']} is reachable beyond loopback, "
+                    "without authentication (--http-no-auth)",
+                    err=True,
+                )
             verb = "started" if service.owned else "already running"
-            click.echo(f"embedshare service {verb}: pid {service.pid}, socket {service.address}"
-                       + (f", http {service.http_url}/v1" if service.http_url else ""))
+            click.echo(
+                f"embedshare service {verb}: pid {service.pid}, socket {service.address}"
+                + (f", http {service.http_url}/v1" if service.http_url else "")
+            )
             return
         from ..service.process import LOG_FORMAT, run_service
 
@@ -76,8 +91,9 @@ def serve(store: Path | None, model: str | None, registry: str | None, detach: b
         def announce(line: str) -> None:  # only once it answers: a failed start says only why
             status, _, detail = line.partition(" ")
             if status == "ready":
-                click.echo(f"embedshare service for {config.store} (model {model}, pid {detail}); "
-                           "Ctrl-C to stop", err=True)
+                click.echo(
+                    f"embedshare service for {config.store} (model {model}, pid {detail}); Ctrl-C to stop", err=True
+                )
             elif status == "already":
                 click.echo(f"a service already runs on this store (pid {detail}); not starting another", err=True)
 
@@ -104,11 +120,17 @@ def stop(store: Path | None) -> None:
         finally:
             conn.close()
         clients = reply.get("clients") or []
-        attached = (f"{len(clients)} client process(es) were attached (pids {', '.join(map(str, clients[:10]))}"
-                    f"{', ...' if len(clients) > 10 else ''}); their calls now fail with ServiceUnavailable, "
-                    "they do not restart it" if clients else "no client was attached")
-        click.echo(f"stopped the embedshare service of {layout.root} (pid {reply.get('pid')}); {attached}. "
-                   f"Start it again with `embedshare serve --store {layout.root} --detach`.")
+        attached = (
+            f"{len(clients)} client process(es) were attached (pids {', '.join(map(str, clients[:10]))}"
+            f"{', ...' if len(clients) > 10 else ''}); their calls now fail with ServiceUnavailable, "
+            "they do not restart it"
+            if clients
+            else "no client was attached"
+        )
+        click.echo(
+            f"stopped the embedshare service of {layout.root} (pid {reply.get('pid')}); {attached}. "
+            f"Start it again with `embedshare serve --store {layout.root} --detach`."
+        )
 
 
 @click.group()

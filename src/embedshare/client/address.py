@@ -14,7 +14,7 @@ def parse_tcp_address(spec: str) -> tuple[str, int]:
     A bare port means loopback (127.0.0.1): listening on another interface must be asked for.
     """
     spec = str(spec)
-    text = spec[len(TCP_SCHEME):] if spec.startswith(TCP_SCHEME) else spec
+    text = spec[len(TCP_SCHEME) :] if spec.startswith(TCP_SCHEME) else spec
     host, sep, port = text.rpartition(":")
     if not sep:
         host, port = "127.0.0.1", text

@@ -12,12 +12,12 @@ import socket
 import struct
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .. import settings
 from . import protocol
-from .peercred import peer_credentials
 from .address import TCP_SCHEME, parse_tcp_address
+from .peercred import peer_credentials
 
 
 class ServiceUnavailable(ConnectionError):
@@ -39,7 +39,7 @@ class _Reply:
     ``logging``, ~1 MB in every worker process.
     """
 
-    __slots__ = ("_ready", "_value", "_error")
+    __slots__ = ("_error", "_ready", "_value")
 
     def __init__(self) -> None:
         self._ready = threading.Event()
@@ -128,6 +128,14 @@ class ServiceConnection:
             raise protocol.RemoteError(str(error.get("code")), str(error.get("message")))
         return reply
 
+    def hello(self, timeout: float | None = None, **fields: Any) -> protocol.HelloReply:
+        """The ``hello`` request: the service's model, cache and index (``fields``: model_id, token)."""
+        return cast(protocol.HelloReply, self.request("hello", timeout=timeout, **fields))
+
+    def stats(self, timeout: float | None = None) -> protocol.StatsReply:
+        """The service's counters, model, store, limits and clients."""
+        return cast(protocol.StatsReply, self.request("stats", timeout=timeout)["stats"])
+
     def _read_loop(self) -> None:
         sock = self._sock
         try:
@@ -136,8 +144,9 @@ class ServiceConnection:
                 body = _recv_exactly(sock, protocol.frame_length(header))
                 reply = protocol.unpack(body)
                 with self._lock:
-                    future = self._pending.pop(reply.get("id"), None)
-                    if future is None and reply.get("id") == 0 and not reply.get("ok"):
+                    request_id = reply.get("id")
+                    future = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
+                    if future is None and request_id == 0 and not reply.get("ok"):
                         # The service could not tell which request this error answers (an old
                         # service, or an envelope it could not read): fail every waiting request
                         # with it rather than leave them waiting for a reply that will not come.
@@ -190,7 +199,8 @@ def _check_served_by_us(sock: socket.socket, address: str) -> None:
         raise ForeignServiceError(
             f"the socket {address} is served by uid {uid} (pid {pid}), not by you (uid {os.getuid()}): "
             "another user controls it, so embedshare will not use it. Check who can write its folder, "
-            "or use a store of your own (--store or EMBEDSHARE_STORE).")
+            "or use a store of your own (--store or EMBEDSHARE_STORE)."
+        )
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:

@@ -10,10 +10,37 @@ import fcntl
 import json
 import os
 import time
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from ..store.files import open_private
 from ..store.layout import StoreLayout
+
+
+class StopMark(TypedDict):
+    """A deliberate stop (``embedshare stop``): restart-policy clients do not bring it back."""
+
+    by: str
+    at: float  # time.time()
+    pid: int | None  # the service's
+    clients: list[int]  # pids of the clients connected then
+
+
+class ServiceState(TypedDict, total=False):
+    """``run/service.json``: written by the service once it answers (``EmbeddingServer``), read
+    back by ``read_state``, which gives ``{}`` for a missing or damaged file: any key may be absent."""
+
+    pid: int
+    socket: str
+    model: str  # the spec served
+    model_id: str
+    dim: int
+    index: str | None
+    config: dict[str, Any]  # the ServiceConfig's fields: a restart serves the same
+    started: float  # time.time()
+    protocol: int
+    http: str | None  # the HTTP endpoint's URL
+    tcp: str | None  # the TCP listener's tcp://HOST:PORT
+    stopped: StopMark
 
 
 class AlreadyRunning(RuntimeError):
@@ -59,7 +86,7 @@ class StateFileError(ValueError):
     """``run/service.json`` exists but cannot be read back (garbled, cut short, not an object)."""
 
 
-def read_state(layout: StoreLayout, *, strict: bool = False) -> dict[str, Any]:
+def read_state(layout: StoreLayout, *, strict: bool = False) -> ServiceState:
     """What the store's (last) service wrote about itself; ``{}`` if no service has written it.
 
     A damaged file reads as ``{}`` too, unless ``strict``: then it is a :class:`StateFileError`
@@ -84,7 +111,7 @@ def read_state(layout: StoreLayout, *, strict: bool = False) -> dict[str, Any]:
                 f"rewrites it: embedshare serve --store {layout.root} --model MODEL [--registry R]"
             ) from None
         return {}
-    return state
+    return cast(ServiceState, state)  # an object; its fields are read with .get
 
 
 def mark_stopped(layout: StoreLayout, by: str, clients: list[int]) -> None:
@@ -106,6 +133,8 @@ def stopped_on_purpose(layout: StoreLayout) -> str | None:
     if not isinstance(stopped, dict):
         return None
     when = time.strftime("%H:%M:%S", time.localtime(float(stopped.get("at") or 0)))
-    return (f"the embedshare service of {layout.root} (pid {stopped.get('pid')}) was stopped by "
-            f"`{stopped.get('by')}` at {when}, so it is not restarted; start it again with "
-            f"`embedshare serve --store {layout.root} --detach` (or start your pool again)")
+    return (
+        f"the embedshare service of {layout.root} (pid {stopped.get('pid')}) was stopped by "
+        f"`{stopped.get('by')}` at {when}, so it is not restarted; start it again with "
+        f"`embedshare serve --store {layout.root} --detach` (or start your pool again)"
+    )

@@ -16,9 +16,10 @@ import threading
 import time
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -60,8 +61,11 @@ class MCPEmbeddingManager:
                     f"this process's embedding manager embeds with {manager.model_id!r}, not "
                     f"{self._asked!r}: one process has one model (reset_embedding_manager() first)"
                 )
-        elif (manager.mode == "local" and manager.model_id.startswith(cfg.LOCAL_SPEC)
-              and not os.environ.get(cfg.API_KEY_ENV)):
+        elif (
+            manager.mode == "local"
+            and manager.model_id.startswith(cfg.LOCAL_SPEC)
+            and not os.environ.get(cfg.API_KEY_ENV)
+        ):
             cfg.warn_local_default()
         return manager
 
@@ -97,21 +101,33 @@ class MCPEmbeddingManager:
         """One text's vector (float32, unit length), through the shared cache and service."""
         return self.manager.get_embedding(text)
 
-    def search(self, query: str, k: int = 5, category_filter: str | None = None,
-               return_scores: bool = True, similarity_threshold: float = 0.0) -> list[SearchResult]:
+    def search(
+        self,
+        query: str,
+        k: int = 5,
+        category_filter: str | None = None,
+        return_scores: bool = True,
+        similarity_threshold: float = 0.0,
+    ) -> list[SearchResult]:
         """The ``k`` tools that best match ``query``; every result carries its score."""
         hits = self.manager.search(query, k=k, category=category_filter, threshold=similarity_threshold)
-        return [SearchResult(tool_name=h.name, score=float(h.score), mcp_protocol=h.protocol,
-                             category=h.category, reason=h.reason) for h in hits]
+        return [
+            SearchResult(
+                tool_name=h.name, score=float(h.score), mcp_protocol=h.protocol, category=h.category, reason=h.reason
+            )
+            for h in hits
+        ]
 
-    def find_similar_tools(self, tool_name: str, k: int = 5,
-                           same_category_only: bool = False) -> list[tuple[str, float]]:
+    def find_similar_tools(
+        self, tool_name: str, k: int = 5, same_category_only: bool = False
+    ) -> list[tuple[str, float]]:
         """``(name, score)`` of the ``k`` tools closest to ``tool_name`` (itself excluded)."""
         hits = self.manager.find_similar_tools(tool_name, k=k, same_category_only=same_category_only)
         return [(h.name, float(h.score)) for h in hits]
 
-    def get_tool_protocols(self, tool_names: Sequence[str],
-                           include_embeddings: bool = False) -> dict[str, dict[str, Any]]:
+    def get_tool_protocols(
+        self, tool_names: Sequence[str], include_embeddings: bool = False
+    ) -> dict[str, dict[str, Any]]:
         """MCP protocols by name; ``include_embeddings`` adds each tool's combined vector."""
         names = [tool_names] if isinstance(tool_names, str) else list(tool_names)
         protocols = {name: dict(p) for name, p in self.manager.get_tool_protocols(names).items()}
@@ -212,7 +228,10 @@ class MCPEmbeddingManager:
             warnings.warn(
                 "clear_cache(keep_embeddings=False): the embedding cache is shared by every process "
                 f"of the store ({self.manager.layout.root}) and is kept; stop the service and delete "
-                "its cache/ folder to empty it", UserWarning, stacklevel=2)
+                "its cache/ folder to empty it",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def get_cache_stats(self) -> dict[str, Any]:
         """Hits, misses and sizes of this process's caches."""
@@ -266,8 +285,10 @@ def get_embedding_manager(config: EmbeddingConfig | None = None) -> MCPEmbedding
         elif config is not None and config.model_given:
             asked, current = cfg.to_spec(config.model), _instance.manager.model_id
             if not _same_model(asked, current):  # one process, one model: never silently another
-                raise ValueError(f"this process's embedding manager embeds with {current!r}, not {asked!r}; "
-                                 "call reset_embedding_manager() first")
+                raise ValueError(
+                    f"this process's embedding manager embeds with {current!r}, not {asked!r}; "
+                    "call reset_embedding_manager() first"
+                )
         return _instance
 
 

@@ -47,16 +47,23 @@ class ToolEmbedding:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (arrays as lists of floats)."""
-        data = {name: getattr(self, name) for name in ("tool_name", "category", "description",
-                                                        "mcp_protocol", "metadata")}
+        data = {
+            name: getattr(self, name) for name in ("tool_name", "category", "description", "mcp_protocol", "metadata")
+        }
         data.update({name: np.asarray(getattr(self, name), dtype=np.float32).tolist() for name in _EMBEDDINGS})
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ToolEmbedding":
+    def from_dict(cls, data: dict[str, Any]) -> ToolEmbedding:
         arrays = {name: np.asarray(data[name], dtype=np.float32) for name in _EMBEDDINGS}
-        return cls(tool_name=data["tool_name"], category=data["category"], description=data["description"],
-                   mcp_protocol=data.get("mcp_protocol") or {}, metadata=data.get("metadata") or {}, **arrays)
+        return cls(
+            tool_name=data["tool_name"],
+            category=data["category"],
+            description=data["description"],
+            mcp_protocol=data.get("mcp_protocol") or {},
+            metadata=data.get("metadata") or {},
+            **arrays,
+        )
 
 
 class ToolEmbeddings(Mapping[str, ToolEmbedding]):

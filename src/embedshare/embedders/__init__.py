@@ -11,6 +11,8 @@ default, no torch), ``local@torch`` is sentence-transformers on torch (same vect
 
 from __future__ import annotations
 
+from typing import Any
+
 from .base import (
     MAX_TEXT_CHARS,
     Embedder,
@@ -42,7 +44,7 @@ class UnknownModelError(ValueError):
     """A model spec string names no known embedder."""
 
 
-def create_embedder(spec: str | Embedder, **options: object) -> Embedder:
+def create_embedder(spec: str | Embedder, **options: Any) -> Embedder:
     """Build the embedder a spec string names; an :class:`Embedder` is returned as is.
 
     ``options`` go to the backend's constructor (for example ``threads=`` for ``local``,
@@ -55,7 +57,7 @@ def create_embedder(spec: str | Embedder, **options: object) -> Embedder:
     kind, _, arg = spec.strip().partition(":")
     kind = kind.lower()
     if kind.startswith("local@"):  # "local@torch" is "local:@torch": the bundled model
-        kind, arg = "local", f"{arg}{kind[len('local'):]}"
+        kind, arg = "local", f"{arg}{kind[len('local') :]}"
     if kind == "hash":
         from .hashing import HashingEmbedder
 
@@ -63,7 +65,7 @@ def create_embedder(spec: str | Embedder, **options: object) -> Embedder:
             dim = int(arg) if arg else 384
         except ValueError:
             raise UnknownModelError(f"bad model spec {spec!r}: hash:<dim> needs an integer") from None
-        return HashingEmbedder(dim=dim, **options)  # type: ignore[arg-type]
+        return HashingEmbedder(dim=dim, **options)
     if kind == "local":
         return _create_local(spec, arg, options)
     if kind == "openai":
@@ -71,11 +73,11 @@ def create_embedder(spec: str | Embedder, **options: object) -> Embedder:
 
         if not arg:
             raise UnknownModelError(f"bad model spec {spec!r}: openai:<model> needs a model name")
-        return OpenAIEmbedder(model=arg, **options)  # type: ignore[arg-type]
+        return OpenAIEmbedder(model=arg, **options)
     raise UnknownModelError(f"unknown model spec {spec!r}; expected {SPEC_HELP}")
 
 
-def _create_local(spec: str, arg: str, options: dict[str, object]) -> Embedder:
+def _create_local(spec: str, arg: str, options: dict[str, Any]) -> Embedder:
     """``local[:<model>][@<backend>]``: ONNX Runtime unless the backend says torch."""
     name, _, backend = arg.partition("@")
     backend = backend.strip().lower() or "onnx"
@@ -84,15 +86,15 @@ def _create_local(spec: str, arg: str, options: dict[str, object]) -> Embedder:
             f"bad model spec {spec!r}: unknown local backend {backend!r}; expected one of "
             + ", ".join(f"local@{b}" for b in LOCAL_BACKENDS)
         )
-    named = {"model_name": name.strip()} if name.strip() else {}
+    named: dict[str, Any] = {"model_name": name.strip()} if name.strip() else {}
     if backend == "torch":
         from .local import LocalEmbedder
 
-        return LocalEmbedder(**named, **options)  # type: ignore[arg-type]
+        return LocalEmbedder(**named, **options)
     from .onnx_local import OnnxLocalEmbedder
 
-    quantize = {"quantize": "int8"} if backend == "int8" else {}
-    return OnnxLocalEmbedder(**named, **quantize, **options)  # type: ignore[arg-type]
+    quantize: dict[str, Any] = {"quantize": "int8"} if backend == "int8" else {}
+    return OnnxLocalEmbedder(**named, **quantize, **options)
 
 
 def model_id_of(spec: str | Embedder) -> str:

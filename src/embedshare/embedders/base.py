@@ -35,7 +35,11 @@ class Embedder(Protocol):
     """
 
     model_id: str
-    dim: int
+
+    @property
+    def dim(self) -> int:
+        """Of every vector; an attribute or a read-only property."""
+        ...
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Return an ``(len(texts), dim)`` float32 array, each row L2-normalised."""
@@ -54,9 +58,7 @@ def validate_texts(texts: object) -> list[str]:
     every framework that sends documents as they come (LangChain, LlamaIndex, Haystack).
     """
     if isinstance(texts, (str, bytes)) or not isinstance(texts, (list, tuple)):
-        raise InvalidTextError(
-            f"texts must be a list of strings, got {type(texts).__name__}"
-        )
+        raise InvalidTextError(f"texts must be a list of strings, got {type(texts).__name__}")
     clean: list[str] = []
     for i, text in enumerate(texts):
         clean.append(validate_text(text, where=f"texts[{i}]"))
@@ -72,9 +74,7 @@ def validate_text(text: object, where: str = "text") -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InvalidTextError(
-            f"{where} is not valid Unicode (lone surrogate at position {exc.start})"
-        ) from None
+        raise InvalidTextError(f"{where} is not valid Unicode (lone surrogate at position {exc.start})") from None
     if len(text) > MAX_TEXT_CHARS:
         text = text[:MAX_TEXT_CHARS]
     return text
@@ -88,9 +88,7 @@ def check_vectors(vectors: object, count: int, dim: int, source: str) -> np.ndar
     """
     array = np.asarray(vectors, dtype=np.float32)
     if array.ndim != 2 or array.shape[0] != count or array.shape[1] != dim:
-        raise EmbedderError(
-            f"{source} returned vectors of shape {array.shape}, expected ({count}, {dim})"
-        )
+        raise EmbedderError(f"{source} returned vectors of shape {array.shape}, expected ({count}, {dim})")
     if not np.isfinite(array).all():
         raise EmbedderError(f"{source} returned NaN or infinite values")
     norms = np.linalg.norm(array, axis=1, keepdims=True)

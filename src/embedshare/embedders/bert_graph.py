@@ -26,8 +26,12 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # onnx is imported by the build, in its own process (see the module doc)
+    from onnx import ModelProto, NodeProto, TensorProto
 
 OPSET = 17  # LayerNormalization is a standard op from 17 on
 _MIN_FLOAT = float(np.finfo(np.float32).min)  # what transformers adds for a masked position
@@ -48,7 +52,7 @@ class BertShape:
     max_positions: int
 
     @classmethod
-    def from_folder(cls, folder: Path) -> "BertShape":
+    def from_folder(cls, folder: Path) -> BertShape:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         if config.get("model_type") != "bert" or config.get("hidden_act", "gelu") != "gelu":
             raise UnsupportedModelError(
@@ -81,8 +85,8 @@ class _GraphBuilder:
     """Accumulates nodes and initializers; one name counter for unique intermediate names."""
 
     def __init__(self) -> None:
-        self.nodes: list = []
-        self.initializers: list = []
+        self.nodes: list[NodeProto] = []
+        self.initializers: list[TensorProto] = []
         self._count = 0
         self._names: set[str] = set()
 
@@ -95,7 +99,7 @@ class _GraphBuilder:
             self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], **attrs: object) -> str:
+    def op(self, op_type: str, inputs: list[str], **attrs: Any) -> str:
         from onnx import helper
 
         self._count += 1
@@ -115,7 +119,7 @@ class _GraphBuilder:
         return self.op("LayerNormalization", [x, scale, bias], axis=-1, epsilon=eps)
 
 
-def build_bert_mean_pooling(weights: dict[str, np.ndarray], shape: BertShape):
+def build_bert_mean_pooling(weights: dict[str, np.ndarray], shape: BertShape) -> ModelProto:
     """The ``onnx.ModelProto`` of encoder + mean pooling for these weights (see the module doc)."""
     from onnx import TensorProto, helper
 
@@ -137,8 +141,9 @@ def build_bert_mean_pooling(weights: dict[str, np.ndarray], shape: BertShape):
     # additive attention bias [B, 1, 1, S]: 0 where attended, float32 min where padded
     mask = g.op("Cast", ["attention_mask"], to=TensorProto.FLOAT)
     masked = g.op("Sub", [const("one_float", 1.0, np.float32), mask])
-    bias = g.op("Unsqueeze", [g.op("Mul", [masked, const("min_float", _MIN_FLOAT, np.float32)]),
-                              const("bias_axes", [1, 2])])
+    bias = g.op(
+        "Unsqueeze", [g.op("Mul", [masked, const("min_float", _MIN_FLOAT, np.float32)]), const("bias_axes", [1, 2])]
+    )
     heads_shape = const("heads_shape", [0, 0, shape.heads, head_dim])
     hidden_shape = const("hidden_shape", [0, 0, shape.hidden])
     scale = const("attention_scale", 1.0 / math.sqrt(head_dim), np.float32)
@@ -147,20 +152,34 @@ def build_bert_mean_pooling(weights: dict[str, np.ndarray], shape: BertShape):
 
     for i in range(shape.layers):
         p = f"encoder.layer.{i}"
-        q = g.op("Transpose", [g.op("Reshape", [g.linear(x, weights, f"{p}.attention.self.query"), heads_shape])],
-                 perm=[0, 2, 1, 3])
-        k = g.op("Transpose", [g.op("Reshape", [g.linear(x, weights, f"{p}.attention.self.key"), heads_shape])],
-                 perm=[0, 2, 3, 1])
-        v = g.op("Transpose", [g.op("Reshape", [g.linear(x, weights, f"{p}.attention.self.value"), heads_shape])],
-                 perm=[0, 2, 1, 3])
+        q = g.op(
+            "Transpose",
+            [g.op("Reshape", [g.linear(x, weights, f"{p}.attention.self.query"), heads_shape])],
+            perm=[0, 2, 1, 3],
+        )
+        k = g.op(
+            "Transpose",
+            [g.op("Reshape", [g.linear(x, weights, f"{p}.attention.self.key"), heads_shape])],
+            perm=[0, 2, 3, 1],
+        )
+        v = g.op(
+            "Transpose",
+            [g.op("Reshape", [g.linear(x, weights, f"{p}.attention.self.value"), heads_shape])],
+            perm=[0, 2, 1, 3],
+        )
         scores = g.op("Add", [g.op("Mul", [g.op("MatMul", [q, k]), scale]), bias])
         context = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v])
         context = g.op("Reshape", [g.op("Transpose", [context], perm=[0, 2, 1, 3]), hidden_shape])
         attended = g.linear(context, weights, f"{p}.attention.output.dense")
         x = g.layer_norm(g.op("Add", [attended, x]), weights, f"{p}.attention.output.LayerNorm", shape.eps)
         inner = g.linear(x, weights, f"{p}.intermediate.dense")
-        gelu = g.op("Mul", [g.op("Mul", [inner, half]),
-                            g.op("Add", [g.op("Erf", [g.op("Div", [inner, sqrt2])]), const(f"one_{i}", 1.0, np.float32)])])
+        gelu = g.op(
+            "Mul",
+            [
+                g.op("Mul", [inner, half]),
+                g.op("Add", [g.op("Erf", [g.op("Div", [inner, sqrt2])]), const(f"one_{i}", 1.0, np.float32)]),
+            ],
+        )
         out = g.linear(gelu, weights, f"{p}.output.dense")
         x = g.layer_norm(g.op("Add", [out, x]), weights, f"{p}.output.LayerNorm", shape.eps)
 
@@ -172,17 +191,21 @@ def build_bert_mean_pooling(weights: dict[str, np.ndarray], shape: BertShape):
     g.nodes.append(helper.make_node("Div", [summed, counts], ["mean_pooled"], name="mean_pooled"))
 
     graph = helper.make_graph(
-        g.nodes, "bert_mean_pooling",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])],
+        g.nodes,
+        "bert_mean_pooling",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
+        ],
         [helper.make_tensor_value_info("mean_pooled", TensorProto.FLOAT, ["batch", shape.hidden])],
         initializer=g.initializers,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                             producer_name="embedshare.bert_graph", ir_version=8)
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="embedshare.bert_graph", ir_version=8
+    )
 
 
-def build_from_folder(folder: Path):
+def build_from_folder(folder: Path) -> ModelProto:
     """Read ``model.safetensors`` and config from a sentence-transformers folder; build the graph."""
     from safetensors.numpy import load_file
 

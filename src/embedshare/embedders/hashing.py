@@ -8,6 +8,7 @@ enough for tests, CI and benchmarks that must not depend on a model.
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import numpy as np
@@ -46,7 +47,7 @@ class HashingEmbedder:
 def _features(text: str) -> list[tuple[str, float]]:
     words = _WORD.findall(text.lower())
     features = [("w:" + w, 1.0) for w in words]
-    features += [("b:" + a + " " + b, 0.5) for a, b in zip(words, words[1:])]
+    features += [("b:" + a + " " + b, 0.5) for a, b in itertools.pairwise(words)]
     for w in words:
         padded = f"<{w}>"
         features += [("c:" + padded[i : i + 3], 0.25) for i in range(len(padded) - 2)]

@@ -15,10 +15,14 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .base import EmbedderError, check_vectors
+
+if TYPE_CHECKING:  # imported by load(): torch costs ~1 s and ~300 MB
+    from sentence_transformers import SentenceTransformer
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
@@ -60,7 +64,7 @@ class LocalEmbedder:
         self._model_path = Path(model_path) if model_path else None
         self.dim = 384
         self.model_id = f"local:{DEFAULT_MODEL}:v1" if model_path is None else f"local:{model_path}"
-        self._model = None
+        self._model: SentenceTransformer | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -68,9 +72,12 @@ class LocalEmbedder:
 
     def load(self) -> None:
         """Load the model now (otherwise the first ``embed`` does)."""
+        self._loaded()
+
+    def _loaded(self) -> SentenceTransformer:
         with self._lock:
             if self._model is not None:
-                return
+                return self._model
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -94,14 +101,18 @@ class LocalEmbedder:
             model = SentenceTransformer(str(path), device="cpu")
             dim_of = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
             if self._model_path is not None:
-                self.dim = int(dim_of())
+                dim = dim_of()
+                if dim is None:
+                    raise EmbedderError(f"the model in {path} does not say its dimension")
+                self.dim = int(dim)
             self._model = model
         self.embed(["warm up the model"])  # first-call allocations happen before "ready"
+        return model
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        self.load()
+        model = self._loaded()
         with self._lock:  # one forward pass at a time: torch already uses every core
-            vectors = self._model.encode(  # type: ignore[union-attr]
+            vectors = model.encode(
                 list(texts),
                 batch_size=self.batch_size,
                 normalize_embeddings=True,

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -46,7 +47,7 @@ def default_threads() -> int:
         return min(2, os.cpu_count() or 1)
 
 
-def _require(what: str):
+def _require(what: str) -> ModuleType:
     try:
         if what == "onnxruntime":
             import onnxruntime
@@ -144,14 +145,14 @@ class OnnxLocalEmbedder:
         start = 0
         while start < len(texts):
             width = len(encodings[order[start]].ids)  # the longest of this chunk: sorted
-            chunk = order[start:start + max(1, min(self.batch_size, TOKEN_BUDGET // width))]
+            chunk = order[start : start + max(1, min(self.batch_size, TOKEN_BUDGET // width))]
             start += len(chunk)
             ids = np.zeros((len(chunk), width), dtype=np.int64)
             mask = np.zeros((len(chunk), width), dtype=np.int64)
             for row, index in enumerate(chunk):
                 tokens = encodings[index].ids
-                ids[row, :len(tokens)] = tokens
-                mask[row, :len(tokens)] = 1
+                ids[row, : len(tokens)] = tokens
+                mask[row, : len(tokens)] = 1
             (pooled,) = self._session.run(None, {"input_ids": ids, "attention_mask": mask})
             out[chunk] = pooled
         return out

@@ -39,7 +39,7 @@ import binascii
 import logging
 import os
 import threading
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Self
 
 import numpy as np
 
@@ -89,14 +89,16 @@ class OpenAIEmbedder:
         try:
             import openai
         except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "the 'openai' embedder needs the openai SDK: pip install 'embedshare[openai]'"
-            ) from exc
+            raise ImportError("the 'openai' embedder needs the openai SDK: pip install 'embedshare[openai]'") from exc
 
         if not isinstance(model, str) or not model.strip():
             raise ValueError("model must be a non-empty string")
-        for name, value in (("dimensions", dimensions), ("dim", dim), ("batch_size", batch_size),
-                            ("concurrency", concurrency)):
+        for name, value in (
+            ("dimensions", dimensions),
+            ("dim", dim),
+            ("batch_size", batch_size),
+            ("concurrency", concurrency),
+        ):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if dim is not None and dimensions is not None and dim != dimensions:
@@ -123,8 +125,12 @@ class OpenAIEmbedder:
         self._stats = {"requests": 0, "retries": 0, "texts": 0, "failures": 0}
         # Counts every HTTP attempt, the SDK's retries included (it numbers them in a header).
         http_client = openai.DefaultHttpxClient(event_hooks={"request": [self._count_attempt]})
-        common: dict[str, Any] = {"api_key": self._key, "max_retries": max_retries,
-                                  "timeout": self.timeout, "http_client": http_client}
+        common: dict[str, Any] = {
+            "api_key": self._key,
+            "max_retries": max_retries,
+            "timeout": self.timeout,
+            "http_client": http_client,
+        }
         if self.deployment is not None:
             # Azure: the endpoint is per resource; OPENAI_BASE_URL (usually api.openai.com)
             # would be the wrong default, so only AZURE_OPENAI_ENDPOINT is consulted.
@@ -134,8 +140,9 @@ class OpenAIEmbedder:
             self.api_version: str | None = api_version or DEFAULT_AZURE_API_VERSION
             self.base_url = root.rstrip("/")
             self._auth_header = "api-key"
-            self._client: Any = openai.AzureOpenAI(azure_endpoint=self.base_url, azure_deployment=self.deployment,
-                                                   api_version=self.api_version, **common)
+            self._client: Any = openai.AzureOpenAI(
+                azure_endpoint=self.base_url, azure_deployment=self.deployment, api_version=self.api_version, **common
+            )
         else:
             self.api_version = api_version
             self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
@@ -198,8 +205,9 @@ class OpenAIEmbedder:
         clean = validate_texts(texts)
         if not clean:
             return np.zeros((0, self.dim), dtype=np.float32)
-        parts = [self._embed_batch(clean[start : start + self.batch_size])
-                 for start in range(0, len(clean), self.batch_size)]
+        parts = [
+            self._embed_batch(clean[start : start + self.batch_size]) for start in range(0, len(clean), self.batch_size)
+        ]
         with self._lock:
             self._stats["texts"] += len(clean)
         result = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
@@ -327,7 +335,7 @@ class OpenAIEmbedder:
         """Release pooled connections."""
         self._client.close()
 
-    def __enter__(self) -> OpenAIEmbedder:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -16,7 +16,8 @@ reads cache hits from the memory map without a round trip.
 
 The manager's rules hold: texts must be non-empty strings (an empty document is an
 ``InvalidTextError`` naming it; a whitespace-only one is embedded as the model embeds it),
-and a service with another model than the one asked for is an error, never silently used. Needs ``pip install 'embedshare[langchain]'``.
+and a service with another model than the one asked for is an error, never silently used.
+Needs ``pip install 'embedshare[langchain]'``.
 """
 
 from __future__ import annotations

@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Self
 
 from .. import settings
+from ..client.protocol import StatsReply
 from ..env import ENV_ADDRESS, ENV_MODEL, ENV_ON_FAILURE, ENV_STORE
 from ..registry.loader import BUNDLED_REGISTRY
-from ..util.latency import percentiles
 from ..service.config import ServiceConfig
 from ..service.launcher import EmbeddingService
-from .attach import attach_worker, worker_stats
+from ..util.latency import Percentiles, percentiles
 from ..util.memory import BareInterpreter, ProcessMemory, measure
+from .attach import attach_worker, worker_stats
 from .outcomes import TaskFailed, TaskOutcome, WorkerCrash
 from .workers import WorkerPool, blas_thread_env, timed_call
 
@@ -43,7 +45,7 @@ class PoolReport:
     memory: list[ProcessMemory]
     bare_interpreter_pss: int | None
     worker_stats: list[dict[str, Any]]
-    service_stats: dict[str, Any] | None
+    service_stats: StatsReply | None
     crashes: list[WorkerCrash] = field(default_factory=list)
     task_seconds: list[float] = field(default_factory=list)
 
@@ -63,7 +65,7 @@ class PoolReport:
             return int(self.service_stats["texts_embedded"])
         return self.count("texts_embedded")
 
-    def latency(self, call: str) -> dict[str, float | None]:
+    def latency(self, call: str) -> Percentiles:
         samples = [x for s in self.worker_stats for x in s["latency"][call].get("samples", [])]
         return percentiles(samples)
 
@@ -84,7 +86,7 @@ class PoolReport:
             "misses": self.count("misses"),
             "model_calls": self.model_calls(),
             "texts_embedded": self.texts_embedded(),
-            "mean_batch": (self.service_stats or {}).get("batch_size", {}).get("mean"),
+            "mean_batch": self.service_stats["batch_size"]["mean"] if self.service_stats is not None else None,
             "attach_seconds": percentiles([s["attach_seconds"] for s in self.worker_stats if s.get("attach_seconds")]),
             "task_seconds": percentiles(self.task_seconds),
             "search_seconds": self.latency("search"),
@@ -106,7 +108,11 @@ class PoolReport:
             bare = d["bare_interpreter_pss_mb"]
             lines.append(
                 f"   per worker: {d['pss_per_worker_mb']:.1f} MB"
-                + (f" (a bare spawned worker with numpy: {bare:.1f} MB, so +{d['pss_per_worker_mb'] - bare:.1f} MB)" if bare else "")
+                + (
+                    f" (a bare spawned worker with numpy: {bare:.1f} MB, so +{d['pss_per_worker_mb'] - bare:.1f} MB)"
+                    if bare
+                    else ""
+                )
             )
         lines += [
             f"   cache: {d['hits']} hits, {d['misses']} misses;  model calls {d['model_calls']} "
@@ -154,8 +160,13 @@ class SharedPool:
         self.progress = progress
         self.label = label
         self.service = EmbeddingService(
-            store, model=model, registry=None if config is not None and registry == BUNDLED_REGISTRY else registry,
-            config=config, preload=preload, max_batch=max_batch, max_wait_ms=max_wait_ms,
+            store,
+            model=model,
+            registry=None if config is not None and registry == BUNDLED_REGISTRY else registry,
+            config=config,
+            preload=preload,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
         )
         self.store = Path(self.service.config.store)
         self.model = self.service.config.model
@@ -165,7 +176,7 @@ class SharedPool:
         self.outcomes: list[TaskOutcome] = []
         self.report: PoolReport | None = None
 
-    def __enter__(self) -> "SharedPool":
+    def __enter__(self) -> Self:
         self._started = time.perf_counter()
         self.service.start()
         env = {
@@ -178,8 +189,12 @@ class SharedPool:
         }
         try:
             self._pool = WorkerPool(
-                self.workers, initializer=attach_worker, start_method=self.start_method,
-                max_retries=self.max_retries, env=env, task_timeout=self.task_timeout,
+                self.workers,
+                initializer=attach_worker,
+                start_method=self.start_method,
+                max_retries=self.max_retries,
+                env=env,
+                task_timeout=self.task_timeout,
             )
         except BaseException:
             self.service.stop()
@@ -200,8 +215,14 @@ class SharedPool:
             raise RuntimeError("use SharedPool as a context manager: with SharedPool(...) as pool")
         return self._pool
 
-    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], *, raise_on_failure: bool = True,
-            on_result: Callable[[int, TaskOutcome], None] | None = None) -> list[Any]:
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        items: Iterable[Any],
+        *,
+        raise_on_failure: bool = True,
+        on_result: Callable[[int, TaskOutcome], None] | None = None,
+    ) -> list[Any]:
         """Run ``fn(item)`` in the workers; results in order. Measures the run for ``report``.
 
         ``on_result(index, outcome)`` is called in this process as each task finishes (after the
@@ -217,7 +238,8 @@ class SharedPool:
         started = time.perf_counter()
         try:
             self.outcomes = pool.map(
-                timed_call, [(fn, item) for item in items],
+                timed_call,
+                [(fn, item) for item in items],
                 on_result=_chain(bar.update if bar is not None else None, on_result),
             )
         finally:
@@ -238,12 +260,20 @@ class SharedPool:
             service_stats = self.service.stats()
         except (OSError, ConnectionError):
             service_stats = None
-        return measure_run(self.label, self.worker_pool, self.outcomes, wall, self._startup,
-                           service_pid=service_pid, service_stats=service_stats)
+        return measure_run(
+            self.label,
+            self.worker_pool,
+            self.outcomes,
+            wall,
+            self._startup,
+            service_pid=service_pid,
+            service_stats=service_stats,
+        )
 
 
-def _chain(tick: Callable[[int], Any] | None,
-           on_result: Callable[[int, TaskOutcome], None] | None) -> Callable[[int, TaskOutcome], None] | None:
+def _chain(
+    tick: Callable[[int], Any] | None, on_result: Callable[[int, TaskOutcome], None] | None
+) -> Callable[[int, TaskOutcome], None] | None:
     """One on_result hook: advance the progress bar, then call the caller's hook."""
     if tick is None:
         return on_result
@@ -263,20 +293,29 @@ def measure_run(
     wall: float,
     startup: float,
     service_pid: int | None = None,
-    service_stats: dict[str, Any] | None = None,
+    service_stats: StatsReply | None = None,
 ) -> PoolReport:
     """Measure a finished run while its workers are still alive (they hold their memory)."""
     with BareInterpreter(env=pool.env) as bare:
-        memory = measure({
-            "service": [service_pid] if service_pid else [],
-            "worker": pool.worker_pids(),
-            "parent": [os.getpid()],
-        })
+        memory = measure(
+            {
+                "service": [service_pid] if service_pid else [],
+                "worker": pool.worker_pids(),
+                "parent": [os.getpid()],
+            }
+        )
         bare_pss = bare.pss()
     return PoolReport(
-        label=label, workers=pool.size, tasks=len(outcomes),
-        failed=sum(not o.ok for o in outcomes), wall_seconds=wall,
-        startup_seconds=startup, memory=memory, bare_interpreter_pss=bare_pss,
-        worker_stats=pool.collect(worker_stats), service_stats=service_stats,
-        crashes=list(pool.crashes), task_seconds=[o.value[1] for o in outcomes if o.ok],
+        label=label,
+        workers=pool.size,
+        tasks=len(outcomes),
+        failed=sum(not o.ok for o in outcomes),
+        wall_seconds=wall,
+        startup_seconds=startup,
+        memory=memory,
+        bare_interpreter_pss=bare_pss,
+        worker_stats=pool.collect(worker_stats),
+        service_stats=service_stats,
+        crashes=list(pool.crashes),
+        task_seconds=[o.value[1] for o in outcomes if o.ok],
     )

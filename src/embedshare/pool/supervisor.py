@@ -149,9 +149,7 @@ class WorkerSupervisor:
     def start_worker(self) -> WorkerHandle:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         # Only a forked child inherits our pipe ends (spawn/forkserver pass just child_conn).
-        inherited = (
-            [w.conn for w in self.workers] + [parent_conn] if self._start_method == "fork" else []
-        )
+        inherited = [w.conn for w in self.workers] + [parent_conn] if self._start_method == "fork" else []
         # Every concrete context has Process; typeshed's BaseContext does not say so.
         proc: BaseProcess = self._ctx.Process(  # type: ignore[attr-defined]
             target=worker_main,

@@ -52,7 +52,7 @@ def worker_main(
         init: Initializer = loads(init_blob)
         if init.fn is not None:
             init.fn(*init.args)
-    except BaseException as exc:  # noqa: BLE001 - SystemExit in an initializer is a failure too
+    except BaseException as exc:  # SystemExit in an initializer is a failure too
         try:
             conn.send_bytes(dumps(InitFailed(ErrorInfo.from_exception(exc))))
         except Exception:

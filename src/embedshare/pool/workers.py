@@ -44,7 +44,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Self
 
 from .. import settings
 from .messages import CallItem, ErrorInfo, Initializer, Reply, dumps
@@ -115,12 +115,14 @@ class WorkerPool:
         self.env = {str(k): str(v) for k, v in (env or {}).items()}
         # Pickled once here: a non-importable initializer fails now, in the caller's frame.
         init_blob = bytes(dumps(Initializer(initializer, tuple(initargs))))
-        init_name = (
-            "(none)" if initializer is None else getattr(initializer, "__qualname__", repr(initializer))
-        )
+        init_name = "(none)" if initializer is None else getattr(initializer, "__qualname__", repr(initializer))
         self._supervisor = WorkerSupervisor(
-            multiprocessing.get_context(start_method), init_blob, init_name, self.env,
-            max_startup_retries=max_retries, task_timeout=self.task_timeout,
+            multiprocessing.get_context(start_method),
+            init_blob,
+            init_name,
+            self.env,
+            max_startup_retries=max_retries,
+            task_timeout=self.task_timeout,
         )
         self._closed = False
         self._finalizer = weakref.finalize(self, kill_workers, self._supervisor.workers)
@@ -141,11 +143,11 @@ class WorkerPool:
 
     # -- context manager ----------------------------------------------------------------------
 
-    def __enter__(self) -> WorkerPool:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):  # type: ignore[arg-type]
+    def __exit__(self, exc_type: type[BaseException] | None, exc: object, tb: object) -> None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             self.terminate()
         else:
             self.close()
@@ -218,7 +220,7 @@ class WorkerPool:
         except BaseException:
             self.terminate()
             raise
-        return outcomes  # type: ignore[return-value]
+        return outcomes  # type: ignore[return-value]  # no None left: remaining reached 0
 
     def map_values(
         self,

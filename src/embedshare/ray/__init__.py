@@ -10,7 +10,7 @@
         return [hit.name for hit in get_embedding_manager().search(query, k=5)]
 
 Inside a Ray task or actor, ``get_embedding_manager()`` returns a manager bound to its node's
-service (see ``worker.py``); nothing changes in task code. Names are imported on first use:
+service (see ``source.py``); nothing changes in task code. Names are imported on first use:
 ``python -m embedshare.ray._service`` (the node's service process) must not import Ray.
 See docs/ray.md.
 """
@@ -37,7 +37,7 @@ def get_node_manager(model: str | None = None, *, on_failure: str | None = None)
 
     Tasks and actors need not call it: ``get_embedding_manager()`` does it for them.
     """
-    from .worker import RayEmbeddingManager
+    from .source import RayEmbeddingManager
 
     return RayEmbeddingManager(model=model, on_failure=on_failure)
 

@@ -48,7 +48,7 @@ def coordinator(namespace: str | None = None, create: bool = False) -> Any:
     return create_coordinator(settings, _registry_arg(os.environ.get(ENV_REGISTRY)))
 
 
-def _registry_arg(registry: str | Path | list | dict | None) -> Any:
+def _registry_arg(registry: str | Path | list[Any] | dict[str, Any] | None) -> Any:
     """What the coordinator gets: ``bundled``, or the registry's JSON (read here, on the
     driver, so a file need not exist on the coordinator's node)."""
     if registry is None or isinstance(registry, (list, dict)) or str(registry) == "bundled":
@@ -102,7 +102,7 @@ class RayDeployment:
 
 def init(
     model: str | None = None,
-    registry: str | Path | list | dict | None = None,
+    registry: str | Path | list[Any] | dict[str, Any] | None = None,
     *,
     config: ServiceConfig | None = None,
     store_root: str | Path | None = None,
@@ -128,8 +128,15 @@ def init(
     ``max_wait_ms`` and ``threads``, not both (a ``SettingError`` names them). On Ray the
     config's ``store`` is the store root, and its ``registry`` the deployment's (``registry``).
     """
-    config = service_config(config, store=store_root, fallback_store=default_store_root, model=model,
-                            max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads)
+    config = service_config(
+        config,
+        store=store_root,
+        fallback_store=default_store_root,
+        model=model,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        threads=threads,
+    )
     if config.registry is not None:
         if registry is not None:
             raise SettingError("give the deployment's registry in config= or as registry=, not both")
@@ -140,8 +147,10 @@ def init(
     settings = make_settings(config, namespace=namespace, ring=nodes, start_timeout=start_timeout)
     handle = create_coordinator(settings, _registry_arg(registry))
     running = ray.get(handle.get_settings.remote())
-    for key, want, have in (("model", config.model, running["service"]["model"]),
-                            ("store_root", settings["store_root"], running["store_root"])):
+    for key, want, have in (
+        ("model", config.model, running["service"]["model"]),
+        ("store_root", settings["store_root"], running["store_root"]),
+    ):
         if have != want:
             raise ValueError(
                 f"an embedshare deployment already runs in namespace {namespace!r} with "

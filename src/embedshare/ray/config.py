@@ -66,6 +66,7 @@ def owner_ranking(key: bytes, ring: Sequence[str]) -> list[str]:
     The first is the owner. Every process computes the same order from the same ring, a node
     leaving moves only the keys it owned (to their second choice), and no table is kept.
     """
+
     def weight(node_id: str) -> bytes:
         return blake2b(key + node_id.encode(), digest_size=8).digest()
 

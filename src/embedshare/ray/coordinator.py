@@ -39,8 +39,9 @@ def default_ring() -> list[str]:
     return sorted(nid for nid, n in alive_nodes().items() if n.get("Resources", {}).get("CPU", 0) > 0)
 
 
-def make_settings(config: ServiceConfig, *, namespace: str, ring: list[str] | None = None,
-                  start_timeout: float = 600.0) -> dict[str, Any]:
+def make_settings(
+    config: ServiceConfig, *, namespace: str, ring: list[str] | None = None, start_timeout: float = 600.0
+) -> dict[str, Any]:
     """What the coordinator and each node actor run with: plain data (it is an actor argument).
 
     ``service``: the fields of every node's ``ServiceConfig`` but two. Its ``store`` is the
@@ -52,8 +53,13 @@ def make_settings(config: ServiceConfig, *, namespace: str, ring: list[str] | No
     if not ring:
         raise RuntimeError("the Ray cluster has no alive node with CPUs to run embedshare services on")
     service = {name: value for name, value in dataclasses.asdict(config).items() if name not in ("store", "registry")}
-    return {"service": service, "store_root": config.store, "namespace": namespace, "ring": ring,
-            "start_timeout": float(start_timeout)}
+    return {
+        "service": service,
+        "store_root": config.store,
+        "namespace": namespace,
+        "ring": ring,
+        "start_timeout": float(start_timeout),
+    }
 
 
 def get_coordinator(namespace: str) -> Any:
@@ -64,9 +70,14 @@ def get_coordinator(namespace: str) -> Any:
 def create_coordinator(settings: dict[str, Any], registry: Any) -> Any:
     """Get or create the cluster's coordinator (one per namespace; whoever comes first wins)."""
     here = ray.get_runtime_context().get_node_id()
-    return ClusterCoordinator.options(
-        name=COORDINATOR_NAME, namespace=settings["namespace"], get_if_exists=True,
-        lifetime="detached", num_cpus=0, max_concurrency=NODE_CONCURRENCY,
+    # @ray.remote made the class an ActorClass; ray's annotations keep the plain class.
+    return ClusterCoordinator.options(  # type: ignore[attr-defined]
+        name=COORDINATOR_NAME,
+        namespace=settings["namespace"],
+        get_if_exists=True,
+        lifetime="detached",
+        num_cpus=0,
+        max_concurrency=NODE_CONCURRENCY,
         scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
     ).remote(settings, registry)
 
@@ -95,7 +106,10 @@ class ClusterCoordinator:
         self._incarnations: dict[str, set[str]] = {}
 
     def get_settings(self) -> dict[str, Any]:
-        return {**self.settings, "registry": self.registry if isinstance(self.registry, (str, type(None))) else "<data>"}
+        return {
+            **self.settings,
+            "registry": self.registry if isinstance(self.registry, (str, type(None))) else "<data>",
+        }
 
     def pid(self) -> int:
         return os.getpid()
@@ -116,10 +130,14 @@ class ClusterCoordinator:
                     if node_id not in alive_nodes():
                         self._nodes.pop(node_id, None)
                         raise NodeGone(f"node {node_id} is not alive in the Ray cluster")
-                    handle = NodeService.options(
-                        name=service_name(node_id), namespace=self.settings["namespace"],
-                        get_if_exists=True, lifetime="detached", num_cpus=0,
-                        max_concurrency=NODE_CONCURRENCY, max_restarts=-1,
+                    handle = NodeService.options(  # type: ignore[attr-defined]  # an ActorClass, as above
+                        name=service_name(node_id),
+                        namespace=self.settings["namespace"],
+                        get_if_exists=True,
+                        lifetime="detached",
+                        num_cpus=0,
+                        max_concurrency=NODE_CONCURRENCY,
+                        max_restarts=-1,
                         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
                     ).remote(node_id, self.settings)
                 try:
@@ -130,8 +148,11 @@ class ClusterCoordinator:
                         raise RuntimeError(f"the embedshare service of node {node_id} failed to start: {exc}") from None
                     # Dead (killed, or its process crashed): the GCS frees its name, and the
                     # next get_if_exists starts a new one on the node.
-                    log.warning("the embedshare service of node %s is gone (%s); starting a new one",
-                                node_id[:8], type(exc).__name__)
+                    log.warning(
+                        "the embedshare service of node %s is gone (%s); starting a new one",
+                        node_id[:8],
+                        type(exc).__name__,
+                    )
                     handle = None
                     time.sleep(min(0.05 * 2**attempt, 2.0))  # let the GCS mark it dead
                     continue
@@ -173,8 +194,11 @@ class ClusterCoordinator:
 
         path = registry_copy(self.settings["store_root"])
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = registry if isinstance(registry, (list, dict)) else json.loads(
-            Path(load_registry_path(registry)).read_text(encoding="utf-8"))
+        data = (
+            registry
+            if isinstance(registry, (list, dict))
+            else json.loads(Path(load_registry_path(registry)).read_text(encoding="utf-8"))
+        )
         write_atomic(path, json.dumps(data))
 
     def _build_index(self) -> dict[str, Any]:
@@ -195,8 +219,10 @@ class ClusterCoordinator:
             for i, text in enumerate(texts):
                 by_owner.setdefault(owner_of(cache_key(model_id, text), ring), []).append(i)
             out = np.empty((len(texts), dim), dtype=np.float32)
-            refs = {owner: self.node(owner)["handle"].compute.remote([texts[i] for i in rows])
-                    for owner, rows in by_owner.items()}
+            refs = {
+                owner: self.node(owner)["handle"].compute.remote([texts[i] for i in rows])
+                for owner, rows in by_owner.items()
+            }
             for owner, ref in refs.items():
                 out[by_owner[owner]] = ray.get(ref)
             return out
@@ -218,8 +244,13 @@ class ClusterCoordinator:
                 nodes[nid] = ray.get(ref, timeout=60)
             except (*RETRYABLE, GetTimeoutError) as exc:
                 nodes[nid] = {"error": f"{type(exc).__name__}: {exc}"}
-        return {"nodes": nodes, "index_builds": self.index_builds, "node_starts": dict(self.node_starts),
-                "ring": list(self.settings["ring"]), "coordinator_pid": os.getpid()}
+        return {
+            "nodes": nodes,
+            "index_builds": self.index_builds,
+            "node_starts": dict(self.node_starts),
+            "ring": list(self.settings["ring"]),
+            "coordinator_pid": os.getpid(),
+        }
 
     def shutdown(self) -> None:
         """Stop every node's service and its actor."""

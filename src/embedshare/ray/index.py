@@ -33,8 +33,14 @@ def index_payload(path: str | Path) -> dict[str, Any]:
     ann = None
     if getattr(index, "ann", None) is not None:  # a large index's approximate index, same arrays
         ann = {name: np.load(folder / f"ann_{name}.npy", allow_pickle=False) for name in ANN_ARRAYS}
-    return {"payload_format": PAYLOAD_FORMAT, "id": folder.name, "manifest": index.manifest,
-            "arrays": arrays, "tools": tools, "ann": ann}
+    return {
+        "payload_format": PAYLOAD_FORMAT,
+        "id": folder.name,
+        "manifest": index.manifest,
+        "arrays": arrays,
+        "tools": tools,
+        "ann": ann,
+    }
 
 
 class ObjectStoreToolIndex(ToolIndex):
@@ -54,8 +60,12 @@ class ObjectStoreToolIndex(ToolIndex):
         a = payload["arrays"]
         n, dim, nf = self.count, self.dim, len(FIELDS)
         expected = {
-            "vectors": ((n, dim), "f"), "fields": ((n, nf, dim), "f"), "weights": ((n, nf), "f"),
-            "categories": ((n,), "i"), "names_sorted": ((n,), "S"), "rows_by_name": ((n,), "i"),
+            "vectors": ((n, dim), "f"),
+            "fields": ((n, nf, dim), "f"),
+            "weights": ((n, nf), "f"),
+            "categories": ((n,), "i"),
+            "names_sorted": ((n,), "S"),
+            "rows_by_name": ((n,), "i"),
             "tool_offsets": ((n + 1,), "i"),
         }
         for name, (shape, kind) in expected.items():
@@ -69,8 +79,8 @@ class ObjectStoreToolIndex(ToolIndex):
         self.names_sorted = a["names_sorted"]
         self.rows_by_name = a["rows_by_name"]
         self.tool_offsets = a["tool_offsets"]
-        self._tools_map = payload["tools"]
-        if self._tools_map.size != int(self.tool_offsets[-1]):
+        self._tools_text: np.ndarray = payload["tools"]  # uint8, the tools.jsonl of a file index
+        if self._tools_text.size != int(self.tool_offsets[-1]):
             raise ToolIndexError(f"index payload {payload['id']}: tools text has the wrong length")
         self._row_info = functools.lru_cache(maxsize=512)(self._parse_row)
         self.ann = _ivf_from_arrays(self.path, payload["ann"], n, dim) if payload.get("ann") else None
@@ -80,7 +90,8 @@ class ObjectStoreToolIndex(ToolIndex):
 
     def tool(self, row: int) -> dict[str, Any]:
         start, end = int(self.tool_offsets[row]), int(self.tool_offsets[row + 1])
-        return json.loads(self._tools_map[start:end].tobytes())
+        tool: dict[str, Any] = json.loads(self._tools_text[start:end].tobytes())
+        return tool
 
 
 def _ivf_from_arrays(path: Path, arrays: dict[str, np.ndarray], count: int, dim: int) -> Any:
@@ -91,8 +102,13 @@ def _ivf_from_arrays(path: Path, arrays: dict[str, np.ndarray], count: int, dim:
     ann.path = path
     ann.centroids, ann.offsets, ann.rows, ann.vectors = (arrays[name] for name in ANN_ARRAYS)
     ann.nlist, ann.dim = ann.centroids.shape
-    if (ann.offsets.shape != (ann.nlist + 1,) or len(ann.rows) != count or len(ann.vectors) != count
-            or int(ann.offsets[-1]) != count or ann.dim != dim):
+    if (
+        ann.offsets.shape != (ann.nlist + 1,)
+        or len(ann.rows) != count
+        or len(ann.vectors) != count
+        or int(ann.offsets[-1]) != count
+        or ann.dim != dim
+    ):
         raise ToolIndexError(f"index payload {path.name}: its ANN arrays do not match its vectors")
     ann.nprobe = default_nprobe(ann.nlist)
     return ann

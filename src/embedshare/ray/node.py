@@ -30,6 +30,7 @@ import ray
 from ray.exceptions import ActorUnschedulableError, RayActorError
 
 from ..client.connection import ServiceConnection, ServiceUnavailable
+from ..client.protocol import HelloReply
 from ..service.config import ServiceConfig
 from ..service.launcher import ServiceStartError, spawn_service
 from ..store import EmbeddingCache, StoreLayout
@@ -76,18 +77,25 @@ class NodeService:
         self.config = ServiceConfig(store=str(self.layout.root), **settings["service"])
         self.incarnation = uuid.uuid4().hex[:12]
         self._lock = threading.RLock()  # starts and restarts of the service process
-        self._process: subprocess.Popen | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._lifeline: int | None = None
         self._conn: ServiceConnection | None = None
-        self._hello: dict[str, Any] = {}
+        self._hello: HelloReply | None = None  # the service's, once started
         self._cache: EmbeddingCache | None = None
         self._owners: dict[str, Any] = {}
         self._inflight: SingleFlight[Promise] = SingleFlight(Promise)  # keys being fetched from owners
         self._counters_lock = threading.Lock()
         self.counters = {
-            "service_starts": 0, "fetch_requests": 0, "fetch_texts": 0, "fetch_cache_hits": 0,
-            "fetch_joined": 0, "asked_owners": 0, "owner_retries": 0, "owner_failovers": 0,
-            "compute_requests": 0, "compute_texts": 0,
+            "service_starts": 0,
+            "fetch_requests": 0,
+            "fetch_texts": 0,
+            "fetch_cache_hits": 0,
+            "fetch_joined": 0,
+            "asked_owners": 0,
+            "owner_retries": 0,
+            "owner_failovers": 0,
+            "compute_requests": 0,
+            "compute_texts": 0,
         }
         self._start_service()
 
@@ -113,23 +121,28 @@ class NodeService:
                 # closes, which happened already; wait for that process to exit, then start.
                 self._wait_exit(int(detail), deadline)
                 continue
-            raise RuntimeError(f"the embedshare service of node {self.node_id} did not start: {detail}\n"
-                               f"{self._log_tail()}")
+            raise RuntimeError(
+                f"the embedshare service of node {self.node_id} did not start: {detail}\n{self._log_tail()}"
+            )
         conn = ServiceConnection(layout.socket, connect_timeout=10.0)
-        self._hello = conn.request("hello", timeout=max(1.0, deadline - time.monotonic()))
+        self._hello = hello = conn.hello(timeout=max(1.0, deadline - time.monotonic()))
         self._conn = conn
         if self._cache is None:
-            self._cache = EmbeddingCache(self._hello["cache"], self._hello["model_id"], int(self._hello["dim"]))
+            self._cache = EmbeddingCache(hello["cache"], hello["model_id"], int(hello["dim"]))
         self._count(service_starts=1)
-        log.info("node %s: embedshare service pid %s on %s", self.node_id[:8], self._process.pid, layout.socket)
+        pid = self._process.pid if self._process is not None else None
+        log.info("node %s: embedshare service pid %s on %s", self.node_id[:8], pid, layout.socket)
 
     def _spawn(self, deadline: float) -> tuple[str, str]:
         """The launcher's spawn, plus a lifeline: the service stops when this actor's process dies."""
         life_read, life_write = os.pipe()
         try:
             process, line = spawn_service(
-                self.config, deadline - time.monotonic(), pass_fds=(life_read,),
-                entry=("embedshare.ray._service", "--lifeline-fd", str(life_read)))
+                self.config,
+                deadline - time.monotonic(),
+                pass_fds=(life_read,),
+                entry=("embedshare.ray._service", "--lifeline-fd", str(life_read)),
+            )
         except ServiceStartError as exc:  # no answer in time: it was killed
             os.close(life_write)
             return "error", str(exc)
@@ -201,10 +214,15 @@ class NodeService:
     def info(self) -> dict[str, Any]:
         process = self._process
         return {
-            "node_id": self.node_id, "address": str(self.layout.socket), "store": str(self.layout.root),
-            "actor_pid": os.getpid(), "service_pid": process.pid if process else None,
-            "model_id": self._hello.get("model_id"), "dim": self._hello.get("dim"),
-            "incarnation": self.incarnation, "ring": self.ring,
+            "node_id": self.node_id,
+            "address": str(self.layout.socket),
+            "store": str(self.layout.root),
+            "actor_pid": os.getpid(),
+            "service_pid": process.pid if process else None,
+            "model_id": self._hello["model_id"] if self._hello else None,
+            "dim": self._hello["dim"] if self._hello else None,
+            "incarnation": self.incarnation,
+            "ring": self.ring,
         }
 
     def stop(self) -> None:
@@ -222,11 +240,18 @@ class NodeService:
 
     # -- texts this node owns -------------------------------------------------------------
 
+    @property
+    def _dim(self) -> int:
+        """The model's, as the node's service said (it is started before any request)."""
+        if self._hello is None:
+            raise RuntimeError(f"the embedshare service of node {self.node_id} has not started")
+        return self._hello["dim"]
+
     def _request(self, texts: list[str]) -> np.ndarray:
         """Vectors from this node's service (which computes each text once and caches it)."""
-        out = np.empty((len(texts), int(self._hello["dim"])), dtype=np.float32)
+        out = np.empty((len(texts), self._dim), dtype=np.float32)
         for start in range(0, len(texts), CHUNK):
-            chunk = texts[start:start + CHUNK]
+            chunk = texts[start : start + CHUNK]
             for attempt in range(4):
                 conn = self._conn
                 try:
@@ -238,7 +263,7 @@ class NodeService:
                     if attempt == 3:
                         raise
                     self.ensure()
-            out[start:start + len(chunk)] = _vectors(reply, len(chunk))
+            out[start : start + len(chunk)] = _vectors(reply, len(chunk))
         return out
 
     def compute(self, texts: list[str]) -> np.ndarray:
@@ -270,7 +295,7 @@ class NodeService:
                 self._inflight.fail(mine, exc)
                 raise
             self._inflight.settle(mine, vectors)
-        for row, future in zip(missing, claim.futures):
+        for row, future in zip(missing, claim.futures, strict=True):
             out[row] = future.result()
         return out
 
@@ -279,7 +304,7 @@ class NodeService:
         by_owner: dict[str, list[int]] = {}
         for i, key in enumerate(keys):
             by_owner.setdefault(owner_of(key, self.ring), []).append(i)
-        out = np.empty((len(texts), int(self._hello["dim"])), dtype=np.float32)
+        out = np.empty((len(texts), self._dim), dtype=np.float32)
         pending = {}
         for owner, rows in by_owner.items():
             chunk = [texts[i] for i in rows]
@@ -293,27 +318,36 @@ class NodeService:
         return out
 
     def _from_owner(self, owner: str, chunk: list[str], ref: Any) -> np.ndarray:
-        for attempt in range(5):
+        for _attempt in range(5):
             try:
                 return np.asarray(ray.get(ref), dtype=np.float32)
             except RETRYABLE as exc:
                 self._count(owner_retries=1)
-                log.warning("node %s: the service of node %s failed (%s); asking again",
-                            self.node_id[:8], owner[:8], type(exc).__name__)
+                log.warning(
+                    "node %s: the service of node %s failed (%s); asking again",
+                    self.node_id[:8],
+                    owner[:8],
+                    type(exc).__name__,
+                )
                 try:
                     ref = self._owner(owner, restart=True).compute.remote(chunk)
                 except NodeGone:
                     break
         # The owner's node is gone (or keeps failing): compute here. Counted, never silent.
         self._count(owner_failovers=1)
-        log.warning("node %s: node %s cannot compute its texts; computing %d of them here",
-                    self.node_id[:8], owner[:8], len(chunk))
+        log.warning(
+            "node %s: node %s cannot compute its texts; computing %d of them here",
+            self.node_id[:8],
+            owner[:8],
+            len(chunk),
+        )
         return self._request(chunk)
 
     def _owner(self, node_id: str, restart: bool = False) -> Any:
         handle = None if restart else self._owners.get(node_id)
         if handle is None:
-            coordinator = ray.get_actor(COORDINATOR_NAME, namespace=self.settings["namespace"])
+            # An actor handle: its methods are remote calls, which ray's annotations do not type.
+            coordinator: Any = ray.get_actor(COORDINATOR_NAME, namespace=self.settings["namespace"])
             handle = ray.get(coordinator.node.remote(node_id, restart=restart))["handle"]
             self._owners[node_id] = handle
         return handle

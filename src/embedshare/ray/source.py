@@ -23,7 +23,7 @@ from __future__ import annotations
 import sys
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -40,6 +40,13 @@ from ..store.record import RegistryMismatchError, describe_registry
 from .config import owner_of
 
 
+class _Timeouts(TypedDict):
+    """A node service's connection settings, kept for the reconnections after a restart."""
+
+    request_timeout: float
+    connect_timeout: float
+
+
 def in_ray_worker() -> bool:
     """True in a Ray task or actor process; never imports Ray itself."""
     ray = sys.modules.get("ray")
@@ -49,7 +56,7 @@ def in_ray_worker() -> bool:
         if not ray.is_initialized():
             return False
         return bool(ray.get_runtime_context().worker.mode == ray.WORKER_MODE)
-    except Exception:  # noqa: BLE001 - an odd or half-initialised Ray: not ours to use
+    except Exception:  # an odd or half-initialised Ray: not ours to use
         return False
 
 
@@ -59,8 +66,7 @@ class RayNodeSource(ServiceBackedSource):
 
     mode = "ray"
 
-    def __init__(self, node_id: str, info: dict[str, Any], service: ServiceSource,
-                 index: ToolIndex | None) -> None:
+    def __init__(self, node_id: str, info: dict[str, Any], service: ServiceSource, index: ToolIndex | None) -> None:
         self.node_id = node_id
         self.service = service
         self.model_id, self.dim = service.model_id, service.dim
@@ -113,7 +119,8 @@ class RayNodeSource(ServiceBackedSource):
             raise ServiceUnavailable(f"the node's service actor failed: {type(exc).__name__}") from None
         except FutureTimeout:
             raise ServiceUnavailable(
-                f"the node's service actor did not answer within {self.service.request_timeout} s") from None
+                f"the node's service actor did not answer within {self.service.request_timeout} s"
+            ) from None
         if vectors.shape != (len(texts), self.dim):
             raise ServiceUnavailable(f"the node's service actor answered {vectors.shape} for {len(texts)} texts")
         self._counters["remote_requests"] += 1
@@ -126,21 +133,27 @@ class RayNodeSource(ServiceBackedSource):
     def served_index(self, embed: EmbedFn) -> ToolIndex | None:
         return self.index
 
-    def index_for(self, registry: Registry, name: str, embed: EmbedFn,
-                  progress: Progress | None = None) -> ToolIndex:
+    def index_for(self, registry: Registry, name: str, embed: EmbedFn, progress: Progress | None = None) -> ToolIndex:
         check_deployment_registry(name, registry, deployment_registry(self.index))
         assert self.index is not None  # a deployment that serves a registry has its index
         return self.index
 
     def no_index_advice(self) -> str:
-        return ("the embedshare deployment on this Ray cluster serves no tool registry: call "
-                "embedshare.ray.init(model=..., registry='bundled' or a JSON file) in the driver once "
-                "(later sessions on the same store_root reuse it), or set EMBEDSHARE_REGISTRY in the "
-                "job's runtime_env")
+        return (
+            "the embedshare deployment on this Ray cluster serves no tool registry: call "
+            "embedshare.ray.init(model=..., registry='bundled' or a JSON file) in the driver once "
+            "(later sessions on the same store_root reuse it), or set EMBEDSHARE_REGISTRY in the "
+            "job's runtime_env"
+        )
 
     def stats(self) -> dict[str, Any]:
-        return {**self.service.stats(), **self._counters, "node_id": self.node_id,
-                "incarnation": self.incarnation, "index_type": type(self.index).__name__}
+        return {
+            **self.service.stats(),
+            **self._counters,
+            "node_id": self.node_id,
+            "incarnation": self.incarnation,
+            "index_type": type(self.index).__name__,
+        }
 
     def close(self) -> None:
         self.service.close()
@@ -167,12 +180,13 @@ class RayEmbeddingManager(EmbeddingManager):
         settings.whole_number("search_cache_size", search_cache_size, 0)
         # Loaded before anything is deployed: a missing or bad file is a RegistryError, here.
         wanted = None if registry is None else load_registry(registry)
-        policy = settings.choice("on_failure", on_failure or settings.env_choice(
-            ENV_ON_FAILURE, POLICIES, default="restart"), POLICIES)
+        policy = settings.choice(
+            "on_failure", on_failure or settings.env_choice(ENV_ON_FAILURE, POLICIES, default="restart"), POLICIES
+        )
         self._namespace = namespace or api.current_namespace()
         self._coordinator = api.coordinator(self._namespace, create=True)
         self.node_id: str = ray.get_runtime_context().get_node_id()
-        self._timeouts = {"request_timeout": request_timeout, "connect_timeout": connect_timeout}
+        self._timeouts: _Timeouts = {"request_timeout": request_timeout, "connect_timeout": connect_timeout}
         info = self._call_coordinator("attach", self.node_id)
         for attempt in range(3):
             try:
@@ -266,9 +280,11 @@ def check_deployment_registry(name: str, asked: Any, served: dict[str, Any] | No
         raise RegistryMismatchError(
             f"the embedshare deployment on this Ray cluster serves no tool registry, not {what}: "
             f"deploy it with this one, in the driver: embedshare.ray.init(model=..., registry={name!r}) "
-            "(after embedshare.ray.shutdown() if a deployment runs)")
+            "(after embedshare.ray.shutdown() if a deployment runs)"
+        )
     raise RegistryMismatchError(
         f"the embedshare deployment on this Ray cluster serves "
         f"{describe_registry(served.get('hash'), served.get('source'))}, not {what}: use the served one "
         f"(ask for no registry), or redeploy with this one: embedshare.ray.shutdown(), then "
-        f"embedshare.ray.init(model=..., registry={name!r}) in the driver")
+        f"embedshare.ray.init(model=..., registry={name!r}) in the driver"
+    )

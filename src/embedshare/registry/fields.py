@@ -30,10 +30,7 @@ def field_texts(tool: Tool) -> dict[str, str]:
     metadata = raw.get("metadata") or {}
     texts = {"description": f"{_words(tool.name)}: {tool.description}"}
 
-    params = [
-        f"{p['name']} ({p.get('type', 'any')}): {p.get('description', '')}".strip()
-        for p in tool.parameters
-    ]
+    params = [f"{p['name']} ({p.get('type', 'any')}): {p.get('description', '')}".strip() for p in tool.parameters]
     texts["parameters"] = (
         f"{_words(tool.name)} takes " + "; ".join(params) if params else f"{_words(tool.name)} takes no parameters"
     )
@@ -41,7 +38,9 @@ def field_texts(tool: Tool) -> dict[str, str]:
     parts = [f"{_words(tool.category)} {metadata.get('operation', '')}".strip()]
     if raw.get("aliases"):
         parts.append("also called " + ", ".join(raw["aliases"]))
-    returns = [r.get("description", r.get("name", "")) if isinstance(r, dict) else str(r) for r in raw.get("returns", [])]
+    returns = [
+        r.get("description", r.get("name", "")) if isinstance(r, dict) else str(r) for r in raw.get("returns", [])
+    ]
     if any(returns):
         parts.append("returns " + "; ".join(r for r in returns if r))
     texts["functionality"] = ". ".join(parts)

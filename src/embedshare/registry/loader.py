@@ -88,7 +88,7 @@ def bundled_registry_path() -> Path:
     return Path(__file__).parent / "data" / "tools.json"
 
 
-def load_registry(source: str | Path | list | dict) -> Registry:
+def load_registry(source: str | Path | list[Any] | dict[str, Any]) -> Registry:
     """Load a registry from a file path, ``"bundled"``, or already-parsed JSON data."""
     if isinstance(source, (list, dict)):
         return parse_registry(source, origin="<data>")
@@ -104,9 +104,7 @@ def load_registry(source: str | Path | list | dict) -> Registry:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise RegistryError(
-            f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        ) from None
+        raise RegistryError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     return parse_registry(data, origin=str(path))
 
 
@@ -119,8 +117,7 @@ def parse_registry(data: Any, origin: str = "<data>") -> Registry:
                 raise RegistryError(f"{origin}: tool {key!r}: must be an object, got {_kind(value)}")
             if "name" in value and value["name"] != key:
                 raise RegistryError(
-                    f"{origin}: tool {key!r}: field 'name' is {value['name']!r}, "
-                    f"but the registry key is {key!r}"
+                    f"{origin}: tool {key!r}: field 'name' is {value['name']!r}, but the registry key is {key!r}"
                 )
             entries.append({**value, "name": key})
     elif isinstance(data, list):
@@ -208,9 +205,7 @@ def _parse_tool(entry: Any, position: int, origin: str) -> Tool:
             if key in diff and not isinstance(diff[key], str):
                 raise fail(f"differentiation.{key}", f"must be a string, got {_kind(diff[key])}")
         for key in ("key_differentiators", "usage_keywords", "avoid_keywords"):
-            if key in diff and not (
-                isinstance(diff[key], list) and all(isinstance(x, str) for x in diff[key])
-            ):
+            if key in diff and not (isinstance(diff[key], list) and all(isinstance(x, str) for x in diff[key])):
                 raise fail(f"differentiation.{key}", "must be an array of strings")
 
     category = metadata.get("category") or entry.get("category") or "uncategorized"

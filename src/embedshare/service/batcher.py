@@ -85,8 +85,7 @@ class Batcher:
     batches at the model at once; a local model gets one, since it already uses every core.
     """
 
-    def __init__(self, source: ModelAndCache, metrics: ServiceMetrics,
-                 max_batch: int, max_wait_ms: float) -> None:
+    def __init__(self, source: ModelAndCache, metrics: ServiceMetrics, max_batch: int, max_wait_ms: float) -> None:
         self.source = source
         self.metrics = metrics
         # Checked here too, not only in ServiceConfig: with max_batch < 1 every turn of _run
@@ -135,7 +134,7 @@ class Batcher:
             if not model_was_busy and len(self._queue) < self.max_batch and self.max_wait > 0:
                 try:  # gather more texts for a moment, unless the batch fills first
                     await asyncio.wait_for(self._full.wait(), self.max_wait)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             keys = list(self._queue)[: self.max_batch]
             texts = [self._queue.pop(k) for k in keys]

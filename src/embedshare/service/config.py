@@ -105,7 +105,7 @@ def _tcp_address(name: str, value: Any) -> str:
     from ..client.address import parse_tcp_address
 
     parse_tcp_address(value)
-    return value
+    return str(value)
 
 
 def _http_address(name: str, value: Any) -> str | None:
@@ -121,54 +121,87 @@ class ServiceConfig:
     Frozen: a changed setting is a new config (``dataclasses.replace``), checked again.
     """
 
-    store: str = _setting(MISSING, _folder, "Store folder (cache, indexes, service socket).",
-                          metavar="DIR", serve=False)  # serve: every command's --store
-    model: str = _setting("local", _model_spec, "Embedder spec: local, hash:<dim>, openai:<model>.",
-                          serve=False)  # serve: every command's --model, with its defaults
+    store: str = _setting(
+        MISSING, _folder, "Store folder (cache, indexes, service socket).", metavar="DIR", serve=False
+    )  # serve: every command's --store
+    model: str = _setting(
+        "local", _model_spec, "Embedder spec: local, hash:<dim>, openai:<model>.", serve=False
+    )  # serve: every command's --model, with its defaults
     registry: str | None = _setting(
-        None, _registry, "Tool registry to index and serve: a JSON file, or 'bundled'. Default: the "
-        "one the store records, if any.", serve=False)  # serve: its own --registry (its help says more)
+        None,
+        _registry,
+        "Tool registry to index and serve: a JSON file, or 'bundled'. Default: the one the store records, if any.",
+        serve=False,
+    )  # serve: its own --registry (its help says more)
     max_batch: int = _setting(64, _whole(1), "Most texts per model call.")
-    max_wait_ms: float = _setting(2.0, _duration(allow_zero=True, unit="milliseconds"),
-                                  "How long to gather requests into a batch.")
+    max_wait_ms: float = _setting(
+        2.0, _duration(allow_zero=True, unit="milliseconds"), "How long to gather requests into a batch."
+    )
     threads: int | None = _setting(None, _optional(_whole(1)), "Torch threads for the local model.")
     http: str | None = _setting(
-        None, _optional(_http_address), "Also serve an OpenAI-compatible /v1/embeddings and /metrics "
-        "(off by default; a bare PORT listens on 127.0.0.1).", metavar="HOST:PORT")
+        None,
+        _optional(_http_address),
+        "Also serve an OpenAI-compatible /v1/embeddings and /metrics "
+        "(off by default; a bare PORT listens on 127.0.0.1).",
+        metavar="HOST:PORT",
+    )
     http_token_file: str | None = _setting(
-        None, _file, f"A file (mode 0600) holding the bearer token HTTP clients must send; or set "
-        f"{ENV_HTTP_TOKEN}. Optional on loopback, required on other hosts.", path=True)
+        None,
+        _file,
+        f"A file (mode 0600) holding the bearer token HTTP clients must send; or set "
+        f"{ENV_HTTP_TOKEN}. Optional on loopback, required on other hosts.",
+        path=True,
+    )
     http_no_auth: bool = _setting(False, _flag, "Serve a non-loopback --http without a token (warned).")
     # Limits at the edge (service/limits.py; docs/reliability.md, "Security", has the reasons).
-    max_connections: int = _setting(1024, _whole(1), "Connections open at once on the Unix socket.",
-                                    limit=True)
+    max_connections: int = _setting(1024, _whole(1), "Connections open at once on the Unix socket.", limit=True)
     max_http_connections: int = _setting(
-        256, _whole(1), "Connections open at once on the HTTP port (apart from the socket's).", limit=True)
-    max_tcp_connections: int = _setting(64, _whole(1), "Connections open at once on the --tcp listener.",
-                                        limit=True)
+        256, _whole(1), "Connections open at once on the HTTP port (apart from the socket's).", limit=True
+    )
+    max_tcp_connections: int = _setting(64, _whole(1), "Connections open at once on the --tcp listener.", limit=True)
     first_frame_timeout: float = _setting(
-        10.0, _duration(), "Seconds a new connection has to send its first request (HTTP: its headers).",
-        limit=True)
+        10.0, _duration(), "Seconds a new connection has to send its first request (HTTP: its headers).", limit=True
+    )
     frame_timeout: float = _setting(
-        60.0, _duration(), "Seconds to finish sending a request once begun (HTTP: its body).", limit=True)
+        60.0, _duration(), "Seconds to finish sending a request once begun (HTTP: its body).", limit=True
+    )
     idle_timeout: float = _setting(
-        0.0, _duration(allow_zero=True), "Close socket/TCP connections idle this long (0: never; clients "
-        "reconnect).", limit=True)
+        0.0,
+        _duration(allow_zero=True),
+        "Close socket/TCP connections idle this long (0: never; clients reconnect).",
+        limit=True,
+    )
     http_keepalive_timeout: float = _setting(
-        5.0, _duration(), "Seconds an HTTP connection may wait between requests.", limit=True)
+        5.0, _duration(), "Seconds an HTTP connection may wait between requests.", limit=True
+    )
     max_buffered_mb: int = _setting(
-        256, _whole(1), "Request bytes held at once across socket and TCP connections.", limit=True)
+        256, _whole(1), "Request bytes held at once across socket and TCP connections.", limit=True
+    )
     max_http_buffered_mb: int = _setting(
-        64, _whole(1), "Request body bytes held at once across HTTP connections.", limit=True)
+        64, _whole(1), "Request body bytes held at once across HTTP connections.", limit=True
+    )
     log_interval: float = _setting(
-        10.0, _duration(allow_zero=True), "Seconds between two warnings or errors of the same kind in "
-        "the log (0: no limit).", limit=True)
+        10.0,
+        _duration(allow_zero=True),
+        "Seconds between two warnings or errors of the same kind in the log (0: no limit).",
+        limit=True,
+    )
     # The optional token-checked TCP listener (docs/reliability.md, "The TCP listener"): started
     # with `python -m embedshare.service` or EmbeddingService, not an option of `embedshare serve`.
-    tcp: str | None = _setting(None, _optional(_tcp_address), "HOST:PORT (or PORT, on loopback) for a "
-                               "token-checked TCP listener (default: off).", metavar="HOST:PORT", serve=False)
-    token_file: str | None = _setting(None, _file, "A file (mode 0600) holding the token TCP clients must "
-                                      "present; required with --tcp.", path=True, serve=False)
+    tcp: str | None = _setting(
+        None,
+        _optional(_tcp_address),
+        "HOST:PORT (or PORT, on loopback) for a token-checked TCP listener (default: off).",
+        metavar="HOST:PORT",
+        serve=False,
+    )
+    token_file: str | None = _setting(
+        None,
+        _file,
+        "A file (mode 0600) holding the token TCP clients must present; required with --tcp.",
+        path=True,
+        serve=False,
+    )
     # Texts to embed at start: the launcher hands them over in a file (--preload-file), not argv.
     preload: tuple[str, ...] = _setting((), _texts, "Texts to embed at start.", serve=False, argv=False)
 
@@ -215,19 +248,34 @@ def command_options() -> tuple[CommandOption, ...]:
         kinds = [k for k in typing.get_args(hints[f.name]) if k is not type(None)] or [hints[f.name]]
         kind = typing.get_origin(kinds[0]) or kinds[0]
         required = f.default is MISSING
-        options.append(CommandOption(
-            name=f.name, flag="--" + f.name.replace("_", "-"), kind=kind, default=None if required else f.default,
-            required=required, help=option.help, metavar=option.metavar, path=option.path,
-            serve=option.serve, argv=option.argv))
+        options.append(
+            CommandOption(
+                name=f.name,
+                flag="--" + f.name.replace("_", "-"),
+                kind=kind,
+                default=None if required else f.default,
+                required=required,
+                help=option.help,
+                metavar=option.metavar,
+                path=option.path,
+                serve=option.serve,
+                argv=option.argv,
+            )
+        )
     return tuple(options)
 
 
 LIMIT_FIELDS = tuple(f.name for f in fields(ServiceConfig) if f.metadata["option"].limit)
 
 
-def service_config(config: ServiceConfig | None = None, *, store: str | os.PathLike[str] | None = None,
-                   fallback_store: Callable[[], str | os.PathLike[str]] = default_store,
-                   limits: Mapping[str, float] | None = None, **given: Any) -> ServiceConfig:
+def service_config(
+    config: ServiceConfig | None = None,
+    *,
+    store: str | os.PathLike[str] | None = None,
+    fallback_store: Callable[[], str | os.PathLike[str]] = default_store,
+    limits: Mapping[str, float] | None = None,
+    **given: Any,
+) -> ServiceConfig:
     """The one config a caller means: ``config``, or one made of keyword settings; not both.
 
     A keyword left at None is not given: its field keeps its default (the dataclass's, the one
@@ -247,8 +295,9 @@ def service_config(config: ServiceConfig | None = None, *, store: str | os.PathL
         raise SettingError(f"config must be a ServiceConfig, got {type(config).__name__}")
     both = sorted(given) + (["store"] if store is not None else [])
     if both:
-        raise SettingError(f"give the service's settings in config= or as keywords, not both: got config= "
-                           f"and {', '.join(both)}")
+        raise SettingError(
+            f"give the service's settings in config= or as keywords, not both: got config= and {', '.join(both)}"
+        )
     return config
 
 
@@ -262,14 +311,23 @@ def service_parser() -> argparse.ArgumentParser:
         if not option.argv:
             continue
         if option.kind is bool:
-            parser.add_argument(option.flag, dest=option.name, action="store_true", default=argparse.SUPPRESS,
-                                help=option.help)
+            parser.add_argument(
+                option.flag, dest=option.name, action="store_true", default=argparse.SUPPRESS, help=option.help
+            )
         else:
-            parser.add_argument(option.flag, dest=option.name, type=option.kind, required=option.required,
-                                default=argparse.SUPPRESS, metavar=option.metavar, help=option.help)
+            parser.add_argument(
+                option.flag,
+                dest=option.name,
+                type=option.kind,
+                required=option.required,
+                default=argparse.SUPPRESS,
+                metavar=option.metavar,
+                help=option.help,
+            )
     parser.add_argument("--preload-file", help="a file of texts, one per line, to embed at start")
-    parser.add_argument("--ready-fd", type=int,
-                        help="a pipe to write one line on: ready PID, already PID or error MESSAGE")
+    parser.add_argument(
+        "--ready-fd", type=int, help="a pipe to write one line on: ready PID, already PID or error MESSAGE"
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0)
     return parser
 

@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from ..client import protocol
-from .config import ServiceConfig
 from ..embedders import create_embedder, validate_text, validate_texts
 from ..registry import load_registry
 from ..sources.local import LocalSource
@@ -35,6 +34,7 @@ from ..store import EmbeddingCache, StoreLayout, ToolIndex
 from ..store.cache import lookup
 from ..store.record import recorded_registry, write_record
 from .batcher import Batcher
+from .config import ServiceConfig
 from .metrics import ServiceMetrics
 
 
@@ -54,7 +54,7 @@ class Engine:
         self.metrics = metrics
         self._source: LocalSource | None = None
         self._index: ToolIndex | None = None
-        self._registry: dict[str, Any] | None = None  # hash, source, index of what it serves
+        self._registry: protocol.ServedRegistry | None = None  # what it serves
         self._batcher: Batcher | None = None
         self._ready = asyncio.Event()
 
@@ -100,10 +100,17 @@ class Engine:
             if not self.config.registry and name:  # a restart serves the same
                 self.served_config = dataclasses.replace(self.config, registry=name)
             self._registry = {"hash": registry_hash, "source": name, "index": str(index.path)}
-        registry = self._registry or {}
-        write_record(self.layout, model=self.config.model, model_id=source.model_id, dim=source.dim,
-                     registry_hash=registry.get("hash"), registry_source=registry.get("source"),
-                     index=registry.get("index"), tools=len(index) if index is not None else None)
+        registry = self._registry
+        write_record(
+            self.layout,
+            model=self.config.model,
+            model_id=source.model_id,
+            dim=source.dim,
+            registry_hash=registry["hash"] if registry else None,
+            registry_source=registry["source"] if registry else None,
+            index=registry["index"] if registry else None,
+            tools=len(index) if index is not None else None,
+        )
 
     def start(self) -> None:
         """Start the batcher and answer (in the loop, once :meth:`load` has returned)."""
@@ -156,7 +163,7 @@ class Engine:
             found.fill(await self._batcher.embed(found.miss_keys, found.miss_texts))
         return found.vectors, misses
 
-    async def hello(self, wanted_model_id: Any) -> dict[str, Any]:
+    async def hello(self, wanted_model_id: Any) -> protocol.HelloReply:
         """What a client checks before its first request; refused if it wants another model."""
         await self._ready.wait()  # a client that comes while the model loads waits here
         if wanted_model_id is not None and wanted_model_id != self.model_id:
@@ -175,7 +182,7 @@ class Engine:
             "max_texts": protocol.MAX_TEXTS_PER_REQUEST,
         }
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> protocol.EngineStats:
         """The counters; while the model loads (``ready`` false) model fields are the spec's."""
         snapshot = self.metrics.snapshot()
         source = self._source if self.is_ready else None
@@ -184,13 +191,13 @@ class Engine:
         own = source.stats() if source is not None else {"model_calls": 0, "texts_embedded": 0}
         snapshot["model_calls"] += own["model_calls"]
         snapshot["texts_embedded"] += own["texts_embedded"]
-        snapshot["startup_model_calls"] = own["model_calls"]
-        snapshot["startup_texts_embedded"] = own["texts_embedded"]
-        # damaged values it replaced
-        snapshot["corrupt_vectors"] = source.cache.corrupt_vectors if source is not None else 0
-        snapshot["old_format_vectors"] = source.cache.old_format_vectors if source is not None else 0
         return {
             **snapshot,
+            "startup_model_calls": own["model_calls"],
+            "startup_texts_embedded": own["texts_embedded"],
+            # damaged values it replaced
+            "corrupt_vectors": source.cache.corrupt_vectors if source is not None else 0,
+            "old_format_vectors": source.cache.old_format_vectors if source is not None else 0,
             "ready": source is not None,
             "pid": os.getpid(),
             "model_id": source.model_id if source is not None else self.config.model,

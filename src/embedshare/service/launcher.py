@@ -17,15 +17,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from .. import settings
+from ..client.connection import ServiceConnection, ServiceUnavailable
+from ..client.protocol import StatsReply
+from ..client.state import ServiceState, StateFileError, read_state, service_lock_held, stopped_on_purpose
 from ..env import ENV_ADDRESS, ENV_ON_FAILURE, ENV_STORE
 from ..settings import SettingError
 from ..store import StoreLayout
 from ..store.files import open_private, write_atomic
-from ..client.connection import ServiceConnection, ServiceUnavailable
-from ..client.state import StateFileError, read_state, service_lock_held, stopped_on_purpose
 from .config import ServiceConfig, service_config
 from .http.address import http_token, is_loopback, parse_http_address
 
@@ -84,25 +85,42 @@ class EmbeddingService:
         (``{"max_connections": 64}``). Every setting is checked here, before anything starts.
         """
         self.config = service_config(  # SettingError (a ValueError) for a bad setting
-            config, store=store, model=model, registry=registry, preload=preload or None,
-            max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads, http=http, tcp=tcp,
-            token_file=token_file, http_token_file=http_token_file, http_no_auth=http_no_auth, limits=limits)
+            config,
+            store=store,
+            model=model,
+            registry=registry,
+            preload=preload or None,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            threads=threads,
+            http=http,
+            tcp=tcp,
+            token_file=token_file,
+            http_token_file=http_token_file,
+            http_no_auth=http_no_auth,
+            limits=limits,
+        )
         self.layout = StoreLayout(self.config.store)
         if self.config.http:  # a missing or unsafe token is one clear error here, not in the log
             http_host = parse_http_address(self.config.http)[0]
-            http_token(self.config.http_token_file, self.config.http_no_auth, is_loopback(http_host),
-                       self.config.http, warn=False)
+            http_token(
+                self.config.http_token_file,
+                self.config.http_no_auth,
+                is_loopback(http_host),
+                self.config.http,
+                warn=False,
+            )
         self.detach = detach
         self.start_timeout = settings.seconds("start_timeout", start_timeout)
         self.export_env = export_env
         self.verbose = verbose
         self.pid: int | None = None
         self.owned = False
-        self._process: subprocess.Popen | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._saved_env: dict[str, str | None] = {}
 
     @classmethod
-    def from_state(cls, store: str | Path, **overrides: Any) -> "EmbeddingService":
+    def from_state(cls, store: str | Path, **overrides: Any) -> EmbeddingService:
         """A handle configured as the store's last service was (to restart it)."""
         layout = StoreLayout(store)
         try:
@@ -113,7 +131,8 @@ class EmbeddingService:
         if not config:
             raise ServiceUnavailable(
                 f"no embedshare service has run on {layout.root}, so there is none to restart: start "
-                f"one with `embedshare serve --store {layout.root} --detach` (or EmbeddingService)")
+                f"one with `embedshare serve --store {layout.root} --detach` (or EmbeddingService)"
+            )
         try:
             if not isinstance(config, dict):
                 raise SettingError(f"'config' is a {type(config).__name__}, not an object")
@@ -143,7 +162,7 @@ class EmbeddingService:
 
     # -- start and stop -------------------------------------------------------------------
 
-    def start(self, *, respect_stop: bool = False) -> "EmbeddingService":
+    def start(self, *, respect_stop: bool = False) -> Self:
         """Start the service, or join the one already running; return once it answers.
 
         A service that holds the store's lock is joined without starting an interpreter (25
@@ -155,8 +174,10 @@ class EmbeddingService:
         deadline = time.monotonic() + self.start_timeout
         while True:
             if time.monotonic() > deadline:
-                raise ServiceStartError(f"no embedshare service answered on {self.layout.root} within "
-                                        f"{self.start_timeout} s (each one started let go of the lock)")
+                raise ServiceStartError(
+                    f"no embedshare service answered on {self.layout.root} within "
+                    f"{self.start_timeout} s (each one started let go of the lock)"
+                )
             if service_lock_held(self.layout):
                 joined = self._join_running(deadline)
                 if joined is not None:
@@ -190,8 +211,10 @@ class EmbeddingService:
                 self.pid, self.owned = joined
             return joined is not None
         self._reap_own_process(timeout=30.0)  # it exits after saying why: no zombie left
-        raise ServiceStartError(f"the embedshare service did not start: {detail or 'it exited'} "
-                                f"(its log: {self.layout.log})", self.log_tail())
+        raise ServiceStartError(
+            f"the embedshare service did not start: {detail or 'it exited'} (its log: {self.layout.log})",
+            self.log_tail(),
+        )
 
     def _join_running(self, deadline: float) -> tuple[int, bool] | None:
         """Another service holds the store: wait until it answers ``hello`` and check its model.
@@ -202,7 +225,7 @@ class EmbeddingService:
             try:
                 conn = ServiceConnection(self.address)
                 try:
-                    hello = conn.request("hello", timeout=max(1.0, deadline - time.monotonic()))
+                    hello = conn.hello(timeout=max(1.0, deadline - time.monotonic()))
                 finally:
                     conn.close()
                 break
@@ -223,8 +246,12 @@ class EmbeddingService:
             )
         log.info("joined the running embedshare service (pid %s)", hello["pid"])
         if self.config.http and not read_state(self.layout).get("http"):
-            log.warning("the running embedshare service (pid %s) has no HTTP endpoint; stop it and "
-                        "start it again with http=%s to get one", hello["pid"], self.config.http)
+            log.warning(
+                "the running embedshare service (pid %s) has no HTTP endpoint; stop it and "
+                "start it again with http=%s to get one",
+                hello["pid"],
+                self.config.http,
+            )
         return int(hello["pid"]), False
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -257,7 +284,7 @@ class EmbeddingService:
             self._process.send_signal(signal.SIGKILL)
             self._process.wait()
 
-    def __enter__(self) -> "EmbeddingService":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -268,10 +295,10 @@ class EmbeddingService:
 
     # -- inspection -----------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> StatsReply:
         conn = ServiceConnection(self.address)
         try:
-            return conn.request("stats", timeout=30)["stats"]
+            return conn.stats(timeout=30)
         finally:
             conn.close()
 
@@ -297,9 +324,14 @@ class EmbeddingService:
         self._saved_env.clear()
 
 
-def spawn_service(config: ServiceConfig, timeout: float, *, verbose: int = 0,
-                  entry: Sequence[str] = ("embedshare.service",),
-                  pass_fds: Sequence[int] = ()) -> tuple[subprocess.Popen, str]:
+def spawn_service(
+    config: ServiceConfig,
+    timeout: float,
+    *,
+    verbose: int = 0,
+    entry: Sequence[str] = ("embedshare.service",),
+    pass_fds: Sequence[int] = (),
+) -> tuple[subprocess.Popen[bytes], str]:
     """Start a service process for ``config`` and return it with the line it says once it answers.
 
     The line is ``ready PID``, ``already PID`` (another service holds the store) or ``error
@@ -323,7 +355,7 @@ def spawn_service(config: ServiceConfig, timeout: float, *, verbose: int = 0,
     try:
         with os.fdopen(open_private(layout.log), "ab") as log_file:
             process = subprocess.Popen(
-                args + ["--ready-fd", str(write_fd)],
+                [*args, "--ready-fd", str(write_fd)],
                 pass_fds=(*pass_fds, write_fd),
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
@@ -342,7 +374,7 @@ def spawn_service(config: ServiceConfig, timeout: float, *, verbose: int = 0,
             preload_file.unlink(missing_ok=True)
 
 
-def _read_ready_line(process: subprocess.Popen, fd: int, timeout: float) -> str:
+def _read_ready_line(process: subprocess.Popen[bytes], fd: int, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     data = b""
     while not data.endswith(b"\n"):
@@ -370,6 +402,6 @@ def restart_service(store: str | Path) -> EmbeddingService:
     return EmbeddingService.from_state(store, export_env=False, detach=True).start(respect_stop=True)
 
 
-def service_state(store: str | Path) -> dict[str, Any]:
+def service_state(store: str | Path) -> ServiceState:
     """What ``run/service.json`` says of the store's (last) service."""
     return read_state(StoreLayout(store))

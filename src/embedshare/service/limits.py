@@ -29,7 +29,10 @@ import math
 import resource
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..client.protocol import BudgetStats, ListenerStats
 
 log = logging.getLogger("embedshare.service.limits")
 
@@ -39,7 +42,7 @@ FD_RESERVE = 256  # descriptors kept for the model, LMDB, logs, threads and the 
 class Slot:
     """One admitted connection's place in its listener, and its current deadline."""
 
-    __slots__ = ("listener", "close", "deadline", "fresh", "reading", "pending")
+    __slots__ = ("close", "deadline", "fresh", "listener", "pending", "reading")
 
     def __init__(self, listener: Listener, close: Callable[[], None]) -> None:
         self.listener = listener
@@ -86,8 +89,9 @@ class Slot:
 class Listener:
     """The open connections of one listener, within its cap and deadlines (see the module)."""
 
-    def __init__(self, name: str, cap: int, *, first_frame_timeout: float, frame_timeout: float,
-                 idle_timeout: float) -> None:
+    def __init__(
+        self, name: str, cap: int, *, first_frame_timeout: float, frame_timeout: float, idle_timeout: float
+    ) -> None:
         self.name = name
         self.cap = cap
         self.first_frame_timeout = first_frame_timeout
@@ -102,15 +106,17 @@ class Listener:
         if len(self.open) >= self.cap:
             if not self.fresh:
                 self.counts["refused"] += 1
-                log.warning("%s: %d connections, every one in use (the limit); refused a new one",
-                            self.name, len(self.open))
+                log.warning(
+                    "%s: %d connections, every one in use (the limit); refused a new one", self.name, len(self.open)
+                )
                 return None
             oldest = next(iter(self.fresh))
             self.release(oldest)
             oldest.close()
             self.counts["evicted"] += 1
-            log.warning("%s: %d connections (the limit); closed the oldest that had sent nothing yet",
-                        self.name, self.cap)
+            log.warning(
+                "%s: %d connections (the limit); closed the oldest that had sent nothing yet", self.name, self.cap
+            )
         slot = Slot(self, close)
         self.open[slot] = None
         self.fresh[slot] = None
@@ -126,12 +132,23 @@ class Listener:
             self.release(slot)
             slot.close()
             self.counts["timed_out"] += 1
-            log.warning("%s: closed a connection that missed its deadline (first frame %.0f s, "
-                        "frame %.0f s, idle %.0f s)", self.name, self.first_frame_timeout,
-                        self.frame_timeout, self.idle_timeout)
+            log.warning(
+                "%s: closed a connection that missed its deadline (first frame %.0f s, frame %.0f s, idle %.0f s)",
+                self.name,
+                self.first_frame_timeout,
+                self.frame_timeout,
+                self.idle_timeout,
+            )
 
-    def stats(self) -> dict[str, Any]:
-        return {"open": len(self.open), "cap": self.cap, **self.counts}
+    def stats(self) -> ListenerStats:
+        counts = self.counts
+        return {
+            "open": len(self.open),
+            "cap": self.cap,
+            "refused": counts["refused"],
+            "evicted": counts["evicted"],
+            "timed_out": counts["timed_out"],
+        }
 
 
 async def sweep_forever(listeners: list[Listener], tick: float) -> None:
@@ -145,8 +162,15 @@ async def sweep_forever(listeners: list[Listener], tick: float) -> None:
 
 def sweep_tick(listeners: list[Listener]) -> float:
     """A quarter of the shortest deadline, at most 1 s: deadlines hold within 25%."""
-    shortest = min((t for l in listeners for t in (l.first_frame_timeout, l.frame_timeout, l.idle_timeout) if t),
-                   default=4.0)
+    shortest = min(
+        (
+            t
+            for listener in listeners
+            for t in (listener.first_frame_timeout, listener.frame_timeout, listener.idle_timeout)
+            if t
+        ),
+        default=4.0,
+    )
     return max(0.01, min(1.0, shortest / 4))
 
 
@@ -167,7 +191,7 @@ class ByteBudget:
         self.reserve = capacity // 8
         self.used = 0
         self.peak = 0
-        self._waiters: list[tuple[int, asyncio.Future]] = []
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     def _limit(self, n: int) -> int:
         return self.capacity if n <= self.SMALL else self.capacity - self.reserve
@@ -182,7 +206,7 @@ class ByteBudget:
         if self.used + n <= self._limit(n):
             self._take(n)
             return
-        waiter = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (n, waiter)
         self._waiters.append(entry)
         try:
@@ -213,7 +237,7 @@ class ByteBudget:
                 self._take(n)
                 waiter.set_result(None)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> BudgetStats:
         return {"used": self.used, "peak": self.peak, "capacity": self.capacity, "waiting": len(self._waiters)}
 
 

@@ -25,16 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from ..client import protocol
-from ..client.peercred import peer_credentials
 from ..client.address import parse_tcp_address
+from ..client.peercred import peer_credentials
 from ..client.state import mark_stopped
-from .token_file import read_token_file
 from ..embedders import EmbedderError, InvalidTextError
 from ..store import CacheError
 from .engine import Engine
 from .http.address import is_loopback
 from .limits import ByteBudget, Listener, Slot
 from .metrics import ServiceMetrics
+from .token_file import read_token_file
 
 log = logging.getLogger("embedshare.service")
 
@@ -60,9 +60,17 @@ class FrameServer:
     service (the ``shutdown`` request).
     """
 
-    def __init__(self, engine: Engine, metrics: ServiceMetrics, *, socket_listener: Listener,
-                 tcp_listener: Listener, frame_budget: ByteBudget,
-                 stats: Callable[[], dict[str, Any]], stop: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: ServiceMetrics,
+        *,
+        socket_listener: Listener,
+        tcp_listener: Listener,
+        frame_budget: ByteBudget,
+        stats: Callable[[], protocol.StatsReply],
+        stop: Callable[[], None],
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.socket_listener = socket_listener
@@ -70,7 +78,7 @@ class FrameServer:
         self.frame_budget = frame_budget
         self._stats = stats
         self._stop = stop
-        self.clients: dict[int, dict[str, Any]] = {}  # the open connections, for stats
+        self.clients: dict[int, protocol.Connection] = {}  # the open connections, for stats
         self._next_client = 0
         self.tcp_server: asyncio.Server | None = None
         self.tcp_address: str | None = None  # HOST:PORT it is bound to, once started
@@ -84,8 +92,9 @@ class FrameServer:
             path.unlink()  # we hold the lock, so whoever made this socket is gone
         old_umask = os.umask(0o177)  # the socket is born 0600: no window where others can connect
         try:
-            server = await asyncio.start_unix_server(self._handle_unix, path=str(path), limit=READ_BUFFER,
-                                                     backlog=SOCKET_BACKLOG)
+            server = await asyncio.start_unix_server(
+                self._handle_unix, path=str(path), limit=READ_BUFFER, backlog=SOCKET_BACKLOG
+            )
         finally:
             os.umask(old_umask)
         os.chmod(path, 0o600)
@@ -126,8 +135,11 @@ class FrameServer:
         bound = self.tcp_server.sockets[0].getsockname()
         self.tcp_address = f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"
         if not is_loopback(host):
-            log.warning("the TCP listener is on %s, reachable from other machines; the token is "
-                        "its only protection and travels unencrypted", self.tcp_address)
+            log.warning(
+                "the TCP listener is on %s, reachable from other machines; the token is "
+                "its only protection and travels unencrypted",
+                self.tcp_address,
+            )
         log.info("TCP listener on %s (token required)", self.tcp_address)
 
     def stop_tcp(self) -> None:
@@ -146,7 +158,7 @@ class FrameServer:
         try:
             try:
                 accepted = await self._hello_tcp(reader, writer, where)
-            except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
+            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                 accepted = False
             if not accepted:
                 writer.close()
@@ -164,22 +176,34 @@ class FrameServer:
         try:
             if length > TCP_HELLO_MAX_FRAME:
                 raise protocol.ProtocolError(
-                    "too_large", f"a first frame of {length} bytes; a hello fits in {TCP_HELLO_MAX_FRAME}")
+                    "too_large", f"a first frame of {length} bytes; a hello fits in {TCP_HELLO_MAX_FRAME}"
+                )
             body = await asyncio.wait_for(reader.readexactly(length), TCP_HELLO_TIMEOUT)
             message = protocol.unpack(body)
             request_id = protocol.reply_id(message)
             request_id, op = protocol.check_request(message)
             token = message.get("token")
             assert self._token is not None
-            if op != "hello" or not isinstance(token, str) or not hmac.compare_digest(
-                    token.encode("utf-8"), self._token):
+            if (
+                op != "hello"
+                or not isinstance(token, str)
+                or not hmac.compare_digest(token.encode("utf-8"), self._token)
+            ):
                 self.metrics.add(auth_failures=1)
-                log.warning("refused a TCP connection from %s: %s", where,
-                            "no token" if op == "hello" and token is None else
-                            "wrong token" if op == "hello" else f"{op!r} before hello")
+                log.warning(
+                    "refused a TCP connection from %s: %s",
+                    where,
+                    "no token"
+                    if op == "hello" and token is None
+                    else "wrong token"
+                    if op == "hello"
+                    else f"{op!r} before hello",
+                )
                 raise protocol.ProtocolError(
-                    "unauthorized", "a TCP connection must start with a hello carrying the service's "
-                    "token (missing or wrong); connection closed")
+                    "unauthorized",
+                    "a TCP connection must start with a hello carrying the service's "
+                    "token (missing or wrong); connection closed",
+                )
             reply = await self._op_hello(message)
         except protocol.ProtocolError as exc:
             self.metrics.add(errors=1)
@@ -192,8 +216,9 @@ class FrameServer:
 
     # -- one connection, either listener -----------------------------------------------------------
 
-    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                                peer: dict[str, Any], slot: Slot) -> None:
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: protocol.Peer, slot: Slot
+    ) -> None:
         """Answer a peer's requests until it leaves: a Unix peer of our uid, or TCP after hello.
 
         ``slot`` carries the connection's deadlines; each frame's bytes are taken from
@@ -216,8 +241,10 @@ class FrameServer:
                     length = protocol.frame_length(header)
                     if length > budget.largest():
                         raise protocol.ProtocolError(
-                            "too_large", f"a frame of {length} bytes exceeds what the service's buffer "
-                            f"budget lets one frame hold, {budget.largest()} bytes (--max-buffered-mb)")
+                            "too_large",
+                            f"a frame of {length} bytes exceeds what the service's buffer "
+                            f"budget lets one frame hold, {budget.largest()} bytes (--max-buffered-mb)",
+                        )
                 except protocol.ProtocolError as exc:
                     # We cannot find the next frame boundary: answer, then drop this connection.
                     self.metrics.add(requests=1, errors=1)
@@ -252,7 +279,7 @@ class FrameServer:
             self.clients.pop(client_id, None)
             writer.close()
 
-    async def _answer(self, body: bytes, writer: asyncio.StreamWriter, peer: dict[str, Any]) -> None:
+    async def _answer(self, body: bytes, writer: asyncio.StreamWriter, peer: protocol.Peer) -> None:
         started = time.perf_counter()
         request_id = 0
         message: Any = None
@@ -299,7 +326,7 @@ class FrameServer:
     # -- operations -----------------------------------------------------------------------------
 
     async def _op_hello(self, message: dict[str, Any]) -> dict[str, Any]:
-        return await self.engine.hello(message.get("model_id"))
+        return {**await self.engine.hello(message.get("model_id"))}
 
     async def _op_embed(self, message: dict[str, Any]) -> dict[str, Any]:
         await self.engine.ready()
@@ -330,12 +357,18 @@ class FrameServer:
         return {"pid": os.getpid(), "clients": others}
 
 
-def log_request(message: Any, reply: dict[str, Any], seconds: float, peer: dict[str, Any]) -> None:
+def log_request(message: Any, reply: dict[str, Any], seconds: float, peer: protocol.Peer) -> None:
     """One debug line for a socket request: operation, how many texts, latency, client pid."""
     op = message.get("op") if isinstance(message, dict) else None
     texts = message.get("texts") if isinstance(message, dict) else None
     count = len(texts) if isinstance(texts, (list, tuple)) else 0
     outcome = "ok" if reply.get("ok") else f"error {reply.get('error', {}).get('code')}"
     who = f"pid {peer['pid']}" if peer.get("pid") is not None else f"tcp {peer.get('tcp')}"
-    log.debug("request %s texts=%d %.2f ms %s from %s", op if isinstance(op, str) else "?", count,
-              seconds * 1000, outcome, who)
+    log.debug(
+        "request %s texts=%d %.2f ms %s from %s",
+        op if isinstance(op, str) else "?",
+        count,
+        seconds * 1000,
+        outcome,
+        who,
+    )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import cast
 
+from ..client.protocol import MetricsSnapshot
 from ..util.latency import Histogram
 
 
@@ -16,9 +17,19 @@ class ServiceMetrics:
         self.started = time.time()
         self._lock = threading.Lock()
         self.counters: dict[str, int] = {
-            "requests": 0, "errors": 0, "embed_requests": 0, "texts": 0, "hits": 0,
-            "misses": 0, "joined_inflight": 0, "model_calls": 0, "texts_embedded": 0,
-            "cache_write_failures": 0, "connections_total": 0, "refused_peers": 0, "auth_failures": 0,
+            "requests": 0,
+            "errors": 0,
+            "embed_requests": 0,
+            "texts": 0,
+            "hits": 0,
+            "misses": 0,
+            "joined_inflight": 0,
+            "model_calls": 0,
+            "texts_embedded": 0,
+            "cache_write_failures": 0,
+            "connections_total": 0,
+            "refused_peers": 0,
+            "auth_failures": 0,
         }
         self.request_latency = Histogram()
         self.batch_sizes = Histogram(bounds=tuple(float(2**i) for i in range(14)))
@@ -46,9 +57,9 @@ class ServiceMetrics:
         self.queue_depth = depth
         self.max_queue_depth = max(self.max_queue_depth, depth)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> MetricsSnapshot:
         with self._lock:
-            return {
+            snapshot = {
                 "uptime_s": time.time() - self.started,
                 **self.counters,
                 "queue_depth": self.queue_depth,
@@ -57,3 +68,5 @@ class ServiceMetrics:
                 "batch_size": self.batch_sizes.summary(),
                 "model_call_seconds": self.model_seconds.summary(),
             }
+        # The counters' names are MetricsSnapshot's: those of __init__, and add()'s callers'.
+        return cast(MetricsSnapshot, snapshot)

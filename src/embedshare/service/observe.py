@@ -13,9 +13,14 @@ helpers need psutil only (a core dependency).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
+from ..client.protocol import ClientMemory, StatsReply, StatsWithMemory
 from ..util.pss import pss_bytes
+
+if TYPE_CHECKING:  # util.latency imports numpy, which `embedshare stats` and `top` need not load
+    from ..util.latency import Summary
 
 # Counters of the stats snapshot -> (Prometheus name without _total, help).
 COUNTERS: dict[str, tuple[str, str]] = {
@@ -26,12 +31,24 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "texts": ("embedshare_texts", "Texts asked for in embed and preload requests."),
     "hits": ("embedshare_cache_hits", "Texts the service found in the cache."),
     "misses": ("embedshare_cache_misses", "Texts the service did not find in the cache."),
-    "joined_inflight": ("embedshare_joined_inflight", "Texts that joined one already queued or computing (single-flight)."),
-    "model_calls": ("embedshare_model_calls", "Calls to the model, the service's own index build and preload included."),
+    "joined_inflight": (
+        "embedshare_joined_inflight",
+        "Texts that joined one already queued or computing (single-flight).",
+    ),
+    "model_calls": (
+        "embedshare_model_calls",
+        "Calls to the model, the service's own index build and preload included.",
+    ),
     "texts_embedded": ("embedshare_texts_embedded", "Texts the model embedded."),
     "cache_write_failures": ("embedshare_cache_write_failures", "Batches whose vectors could not be cached."),
-    "corrupt_vectors": ("embedshare_corrupt_vectors", "Cached vectors that failed their checksum, recomputed and replaced."),
-    "old_format_vectors": ("embedshare_old_format_vectors", "Cached vectors without a checksum (older format), replaced."),
+    "corrupt_vectors": (
+        "embedshare_corrupt_vectors",
+        "Cached vectors that failed their checksum, recomputed and replaced.",
+    ),
+    "old_format_vectors": (
+        "embedshare_old_format_vectors",
+        "Cached vectors without a checksum (older format), replaced.",
+    ),
     "connections_total": ("embedshare_connections", "Socket connections accepted."),
     "refused_peers": ("embedshare_refused_peers", "Socket connections refused (another uid)."),
     "auth_failures": ("embedshare_auth_failures", "Connections refused for a missing or wrong token."),
@@ -44,22 +61,21 @@ HISTOGRAMS: dict[str, tuple[str, str]] = {
 }
 
 
-
-
-def with_memory(stats: dict[str, Any]) -> dict[str, Any]:
+def with_memory(stats: StatsReply | StatsWithMemory) -> StatsWithMemory:
     """``stats`` with ``pss`` (bytes or None) for the service and for every client.
 
     Read where this runs: the service's clients are processes of this machine and this user,
     so a CLI next to the service reads their ``/proc`` as well as the service would, and the
-    service's event loop is not held up by it.
+    service's event loop is not held up by it. A TCP client has no pid here: its ``pss`` is None.
     """
-    out = dict(stats)
-    out["pss"] = pss_bytes(int(stats["pid"]))
-    out["clients"] = [{**client, "pss": pss_bytes(int(client["pid"]))} for client in stats.get("clients", [])]
-    return out
+    clients: list[ClientMemory] = [
+        {**client, "pss": pss_bytes(client["pid"]) if client["pid"] is not None else None}
+        for client in stats.get("clients", [])
+    ]
+    return {**stats, "pss": pss_bytes(stats["pid"]), "clients": clients}
 
 
-def _bucket_pairs(summary: dict[str, Any]) -> list[tuple[str, float]]:
+def _bucket_pairs(summary: Summary) -> list[tuple[str, float]]:
     """Cumulative ``(le, count)`` pairs from a latency.Histogram summary (its fixed buckets)."""
     from prometheus_client.utils import floatToGoString
 
@@ -67,7 +83,7 @@ def _bucket_pairs(summary: dict[str, Any]) -> list[tuple[str, float]]:
     pairs, running = [], 0
     for bound, count in bounds:
         running += count
-        pairs.append((floatToGoString(bound), float(running)))
+        pairs.append((floatToGoString(bound), float(running)))  # type: ignore[no-untyped-call]  # unannotated upstream
     return pairs
 
 
@@ -78,7 +94,7 @@ class ServiceCollector:
     (``with_memory``); a snapshot that already carries ``pss`` gets them either way.
     """
 
-    def __init__(self, snapshot: Callable[[], dict[str, Any]], memory: bool = True) -> None:
+    def __init__(self, snapshot: Callable[[], StatsReply | StatsWithMemory], memory: bool = True) -> None:
         self._snapshot = snapshot
         self._memory = memory
 
@@ -90,17 +106,24 @@ class ServiceCollector:
             InfoMetricFamily,
         )
 
-        stats = self._snapshot()
-        if self._memory:
-            stats = with_memory(stats)
+        snapshot = self._snapshot()
+        # Read by the names of the tables above, with or without the memory gauges' ``pss``.
+        stats: Mapping[str, Any] = with_memory(snapshot) if self._memory else snapshot
         info = InfoMetricFamily("embedshare_service", "The service: model, dimension, store, pid.")
-        info.add_metric([], {"model_id": str(stats["model_id"]), "dim": str(stats["dim"] or ""),
-                             "store": str(stats["store"]), "pid": str(stats["pid"])})
+        info.add_metric(
+            [],
+            {
+                "model_id": str(stats["model_id"]),
+                "dim": str(stats["dim"] or ""),
+                "store": str(stats["store"]),
+                "pid": str(stats["pid"]),
+            },
+        )
         yield info
         for key, (name, doc) in COUNTERS.items():
             yield CounterMetricFamily(name, doc, value=float(stats.get(key, 0)))
         for key, (name, doc) in HISTOGRAMS.items():
-            summary = stats[key]
+            summary: Summary = stats[key]
             total = summary.get("sum")
             if total is None:
                 total = (summary.get("mean") or 0.0) * summary["count"]
@@ -109,18 +132,22 @@ class ServiceCollector:
             "embedshare_queue_depth": ("Texts waiting for the model now.", stats["queue_depth"]),
             "embedshare_queue_depth_max": ("Most texts ever waiting for the model.", stats["max_queue_depth"]),
             "embedshare_clients": ("Connected socket clients.", len(stats["clients"])),
-            "embedshare_ready": ("1 once the model and index are loaded, 0 while they load.",
-                                 1.0 if stats.get("ready") else 0.0),
+            "embedshare_ready": (
+                "1 once the model and index are loaded, 0 while they load.",
+                1.0 if stats.get("ready") else 0.0,
+            ),
             "embedshare_tools": ("Tools in the service's index.", stats.get("tools") or 0),
         }
         for name, (doc, value) in gauges.items():
             yield GaugeMetricFamily(name, doc, value=float(value))
         if "pss" in stats:  # read here (memory=True) or by the caller, off the event loop
             if stats.get("pss") is not None:
-                yield GaugeMetricFamily("embedshare_process_pss_bytes", "PSS of the service process.",
-                                        value=float(stats["pss"]))
-            pss = GaugeMetricFamily("embedshare_client_pss_bytes", "PSS of each connected client process.",
-                                    labels=["pid"])
+                yield GaugeMetricFamily(
+                    "embedshare_process_pss_bytes", "PSS of the service process.", value=float(stats["pss"])
+                )
+            pss = GaugeMetricFamily(
+                "embedshare_client_pss_bytes", "PSS of each connected client process.", labels=["pid"]
+            )
             for client in stats["clients"]:
                 if client.get("pss") is not None:
                     pss.add_metric([str(client["pid"])], float(client["pss"]))
@@ -131,19 +158,20 @@ class ServiceCollector:
         for client in stats["clients"]:
             pid = "tcp" if client.get("pid") is None else str(client["pid"])
             by_pid[pid] = by_pid.get(pid, 0.0) + float(client["requests"])
-        requests = CounterMetricFamily("embedshare_client_requests",
-                                       "Requests of each connected client process.", labels=["pid"])
+        requests = CounterMetricFamily(
+            "embedshare_client_requests", "Requests of each connected client process.", labels=["pid"]
+        )
         for pid, count in by_pid.items():
             requests.add_metric([pid], count)
         yield requests
 
 
-def metrics_registry(stats: dict[str, Any]) -> Any:
+def metrics_registry(stats: StatsReply | StatsWithMemory) -> Any:
     """A prometheus-client registry over one stats snapshot (PSS already read, if wanted),
     plus the standard ``process_*`` metrics."""
     from prometheus_client import CollectorRegistry, ProcessCollector
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServiceCollector(lambda: stats, memory=False))  # type: ignore[arg-type]
+    registry.register(ServiceCollector(lambda: stats, memory=False))
     ProcessCollector(registry=registry)
     return registry

@@ -25,8 +25,7 @@ log = logging.getLogger("embedshare.service")
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 
-def run_service(config: ServiceConfig, ready_fd: int | None = None,
-                ready: Callable[[str], None] | None = None) -> int:
+def run_service(config: ServiceConfig, ready_fd: int | None = None, ready: Callable[[str], None] | None = None) -> int:
     """Run a service in this process until SIGTERM, SIGINT or a shutdown request.
 
     ``ready_fd``: a pipe on which one line is written once the service answers

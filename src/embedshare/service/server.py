@@ -33,8 +33,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ..client import protocol
-from .config import ServiceConfig
+from ..client.state import ServiceState
 from ..store.files import write_atomic
+from .config import ServiceConfig
 from .engine import Engine
 from .limits import (
     ByteBudget,
@@ -64,13 +65,20 @@ class EmbeddingServer:
         deadlines = {"first_frame_timeout": c.first_frame_timeout, "frame_timeout": c.frame_timeout}
         self.socket_listener = Listener("socket", c.max_connections, idle_timeout=c.idle_timeout, **deadlines)
         self.tcp_listener = Listener("tcp", c.max_tcp_connections, idle_timeout=c.idle_timeout, **deadlines)
-        self.http_listener = Listener("http", c.max_http_connections, idle_timeout=c.http_keepalive_timeout,
-                                      **deadlines)
+        self.http_listener = Listener(
+            "http", c.max_http_connections, idle_timeout=c.http_keepalive_timeout, **deadlines
+        )
         self.frame_budget = ByteBudget(c.max_buffered_mb << 20)  # the socket's and TCP's frames
         self.http_budget = ByteBudget(c.max_http_buffered_mb << 20)  # HTTP bodies
-        self.frames = FrameServer(self.engine, self.metrics, socket_listener=self.socket_listener,
-                                  tcp_listener=self.tcp_listener, frame_budget=self.frame_budget,
-                                  stats=self.stats, stop=self._stop.set)
+        self.frames = FrameServer(
+            self.engine,
+            self.metrics,
+            socket_listener=self.socket_listener,
+            tcp_listener=self.tcp_listener,
+            frame_budget=self.frame_budget,
+            stats=self.stats,
+            stop=self._stop.set,
+        )
 
     async def serve(self, ready: Callable[[str], None] | None = None) -> None:
         """Listen at once, load the model and index in a thread, answer until stopped.
@@ -160,8 +168,11 @@ class EmbeddingServer:
         """Raise the open-file limit to its hard limit and keep every cap under it, with a
         reserve, so that accept() never fails with EMFILE (asyncio would log each failure)."""
         listeners = {"socket": self.socket_listener, "tcp": self.tcp_listener, "http": self.http_listener}
-        active = {name: l.cap for name, l in listeners.items()
-                  if name == "socket" or (name == "tcp" and self.config.tcp) or (name == "http" and self.config.http)}
+        active = {
+            name: listener.cap
+            for name, listener in listeners.items()
+            if name == "socket" or (name == "tcp" and self.config.tcp) or (name == "http" and self.config.http)
+        }
         for name, cap in fit_caps(active, raise_fd_limit()).items():
             listeners[name].cap = cap
 
@@ -172,9 +183,15 @@ class EmbeddingServer:
             return None
         from .http.app import HttpEndpoint
 
-        return await HttpEndpoint.start(self.config.http, engine=self.engine, metrics=self.metrics,
-                                        config=self.config, listener=self.http_listener,
-                                        budget=self.http_budget, stats=self.stats)
+        return await HttpEndpoint.start(
+            self.config.http,
+            engine=self.engine,
+            metrics=self.metrics,
+            config=self.config,
+            listener=self.http_listener,
+            budget=self.http_budget,
+            stats=self.stats,
+        )
 
     async def _stop_http(self) -> None:
         if self.http is not None:
@@ -183,7 +200,7 @@ class EmbeddingServer:
     def _write_state(self) -> None:
         """``run/service.json``: how to reach this service, and how to start it again."""
         served = self.engine.served_config  # with the registry it found: a restart serves the same
-        state = {
+        state: ServiceState = {
             "pid": os.getpid(),
             "socket": str(self.layout.socket),
             "model": self.config.model,
@@ -200,7 +217,7 @@ class EmbeddingServer:
 
     # -- stats ----------------------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> protocol.StatsReply:
         """The engine's counters, and the listeners': clients, the HTTP address, limits."""
         return {
             **self.engine.stats(),
@@ -209,8 +226,12 @@ class EmbeddingServer:
             "limits": self.limit_stats(),
         }
 
-    def limit_stats(self) -> dict[str, Any]:
+    def limit_stats(self) -> protocol.LimitStats:
         """Each listener's connections (open, cap, refused, evicted, timed out) and budgets."""
-        return {"socket": self.socket_listener.stats(), "tcp": self.tcp_listener.stats(),
-                "http": self.http_listener.stats(), "frame_bytes": self.frame_budget.stats(),
-                "http_body_bytes": self.http_budget.stats()}
+        return {
+            "socket": self.socket_listener.stats(),
+            "tcp": self.tcp_listener.stats(),
+            "http": self.http_listener.stats(),
+            "frame_bytes": self.frame_budget.stats(),
+            "http_body_bytes": self.http_budget.stats(),
+        }

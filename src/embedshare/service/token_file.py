@@ -7,7 +7,7 @@ import os
 MIN_TOKEN_CHARS = 16
 
 
-def read_token_file(path: str | os.PathLike) -> bytes:
+def read_token_file(path: str | os.PathLike[str]) -> bytes:
     """The token in ``path``, checked: private to its owner (no group or other bits), long enough.
 
     The token itself never appears in an error message, a log line or ``stats``.
@@ -20,8 +20,7 @@ def read_token_file(path: str | os.PathLike) -> bytes:
         raise ValueError(f"cannot read the token file {path}: {exc.strerror or exc}") from None
     if st.st_mode & 0o077:
         raise ValueError(
-            f"the token file {path} is readable by other users (mode {st.st_mode & 0o777:04o}); "
-            "chmod 600 it"
+            f"the token file {path} is readable by other users (mode {st.st_mode & 0o777:04o}); chmod 600 it"
         )
     token = data.strip()
     if len(token) < MIN_TOKEN_CHARS:

@@ -65,8 +65,7 @@ class VectorSource(ABC):
         """
 
     @abstractmethod
-    def index_for(self, registry: Registry, name: str, embed: EmbedFn,
-                  progress: Progress | None = None) -> ToolIndex:
+    def index_for(self, registry: Registry, name: str, embed: EmbedFn, progress: Progress | None = None) -> ToolIndex:
         """The index of ``registry`` (named ``name`` in errors): built, checked or refused."""
 
     @abstractmethod
@@ -77,7 +76,7 @@ class VectorSource(ABC):
         """This source's counters, merged into ``EmbeddingManager.stats()``."""
         return {}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a default, not abstract: most sources hold no connection
         """Let go of connections (the cache belongs to whoever opened it)."""
 
 

@@ -43,8 +43,7 @@ class FailoverSource(VectorSource):
     """``primary`` under the failure ``policy``; ``revive`` brings its service back (``restart``)
     and returns whether this process started it."""
 
-    def __init__(self, primary: ServiceBackedSource, policy: str,
-                 revive: Callable[[], bool] | None = None) -> None:
+    def __init__(self, primary: ServiceBackedSource, policy: str, revive: Callable[[], bool] | None = None) -> None:
         if policy not in POLICIES:
             raise ValueError(f"on_failure must be one of {', '.join(POLICIES)}, got {policy!r}")
         if policy == "restart" and revive is None:
@@ -116,8 +115,7 @@ class FailoverSource(VectorSource):
         embedder = create_embedder(spec)
         if embedder.model_id != self.model_id:
             raise ServiceUnavailable(
-                f"cannot fall back: the local model is {embedder.model_id!r}, "
-                f"the service's was {self.model_id!r}"
+                f"cannot fall back: the local model is {embedder.model_id!r}, the service's was {self.model_id!r}"
             ) from exc
         # The same LMDB handle: py-lmdb allows one per path and process.
         return LocalSource(self.layout, embedder, self.cache, spec=spec)
@@ -132,8 +130,7 @@ class FailoverSource(VectorSource):
     def served_index(self, embed: EmbedFn) -> ToolIndex | None:
         return self.primary.served_index(embed)
 
-    def index_for(self, registry: Registry, name: str, embed: EmbedFn,
-                  progress: Progress | None = None) -> ToolIndex:
+    def index_for(self, registry: Registry, name: str, embed: EmbedFn, progress: Progress | None = None) -> ToolIndex:
         return self.primary.index_for(registry, name, embed, progress)
 
     def no_index_advice(self) -> str:

@@ -26,14 +26,14 @@ from .base import EmbedFn, NoIndexError, Progress, VectorSource
 
 log = LazyLogger(__name__)  # logging is imported only if something is logged
 
+
 class LocalSource(VectorSource):
     """Misses embedded by ``embedder`` in this process, written to ``cache``."""
 
     mode = "local"
     index_on_first_use = True
 
-    def __init__(self, layout: StoreLayout, embedder: Embedder, cache: EmbeddingCache,
-                 spec: str | None = None) -> None:
+    def __init__(self, layout: StoreLayout, embedder: Embedder, cache: EmbeddingCache, spec: str | None = None) -> None:
         if (cache.model_id, cache.dim) != (embedder.model_id, int(embedder.dim)):
             raise ValueError(f"cache is for {cache.model_id!r}, the model is {embedder.model_id!r}")
         self.layout = layout
@@ -75,15 +75,16 @@ class LocalSource(VectorSource):
         # Another process may have stored some of these between our lookup and our claim.
         cached = np.empty((len(keys), self.dim), dtype=np.float32)
         found = self.cache.get_many_into(keys, cached)
-        self._flights.settle([k for k, f in zip(keys, found) if f], cached[found])
+        self._flights.settle([k for k, f in zip(keys, found, strict=True) if f], cached[found])
         todo = np.flatnonzero(~found)
         if not todo.size:
             return
         todo_keys = [keys[i] for i in todo]
         started = time.perf_counter()
         vectors = self.embedder.embed([texts[i] for i in todo])
-        self.count(model_calls=1, texts_embedded=len(todo_keys),
-                   model_seconds_ms=int((time.perf_counter() - started) * 1000))
+        self.count(
+            model_calls=1, texts_embedded=len(todo_keys), model_seconds_ms=int((time.perf_counter() - started) * 1000)
+        )
         try:
             self.cache.put_many_keys(todo_keys, vectors)
         except CacheError as exc:  # full disk, size limit, I/O error: the vectors are still good
@@ -94,15 +95,20 @@ class LocalSource(VectorSource):
 
     # -- what the store serves ----------------------------------------------------------------
 
-    def index_for(self, registry: Registry, name: str, embed: EmbedFn,
-                  progress: Progress | None = None) -> ToolIndex:
+    def index_for(self, registry: Registry, name: str, embed: EmbedFn, progress: Progress | None = None) -> ToolIndex:
         """Open (or build, embedding through ``embed``) the registry's index; record it as the
         store's, so that every later entry point given no registry finds it."""
-        index = open_or_build_index(self.layout.indexes, registry, embed, self.model_id, self.dim,
-                                    progress=progress)
-        write_record(self.layout, model=self.spec, model_id=self.model_id, dim=self.dim,
-                     registry_hash=registry.content_hash, registry_source=name,
-                     index=str(index.path), tools=len(index))
+        index = open_or_build_index(self.layout.indexes, registry, embed, self.model_id, self.dim, progress=progress)
+        write_record(
+            self.layout,
+            model=self.spec,
+            model_id=self.model_id,
+            dim=self.dim,
+            registry_hash=registry.content_hash,
+            registry_source=name,
+            index=str(index.path),
+            tools=len(index),
+        )
         return index
 
     def served_index(self, embed: EmbedFn) -> ToolIndex | None:
@@ -131,9 +137,11 @@ class LocalSource(VectorSource):
                 return index
         source = recorded.get("source")
         if not source:
-            raise NoIndexError(f"the store {self.layout.root} records a registry whose index "
-                               f"{folder} is gone and whose source is unknown: "
-                               f"{no_registry_advice(self.layout.root)}")
+            raise NoIndexError(
+                f"the store {self.layout.root} records a registry whose index "
+                f"{folder} is gone and whose source is unknown: "
+                f"{no_registry_advice(self.layout.root)}"
+            )
         return self.index_for(load_registry(source), source, embed)
 
     def no_index_advice(self) -> str:

@@ -24,13 +24,13 @@ import numpy as np
 
 from .. import settings
 from ..client import protocol
+from ..client.address import TCP_SCHEME
 from ..client.connection import ServiceConnection, ServiceUnavailable
 from ..embedders import model_id_of
+from ..env import ENV_TOKEN
 from ..registry import Registry
 from ..store import EmbeddingCache, StoreLayout, ToolIndex
 from ..store.record import RegistryMismatchError, describe_registry
-from ..client.address import TCP_SCHEME
-from ..env import ENV_TOKEN
 from .base import EmbedFn, NoIndexError, Progress, ServiceBackedSource
 
 MAX_REQUEST_TEXTS = 4096
@@ -75,21 +75,22 @@ class ServiceSource(ServiceBackedSource):
                 f"the service at {self.address} keeps its store in {self.layout.root}, which is not on "
                 "this machine: a TCP client reads the cache and index from the store's files"
             )
-        self.served_registry: dict[str, Any] | None = hello.get("registry")
+        self.served_registry: protocol.ServedRegistry | None = hello.get("registry")
         self.cache = EmbeddingCache(hello["cache"], self.model_id, self.dim)
-        self._index = ToolIndex(hello["index"]) if hello.get("index") else None
+        index = hello.get("index")
+        self._index = ToolIndex(index) if index else None
 
     def __repr__(self) -> str:
         return f"ServiceSource(address={self.address!r}, model={self.model_id!r})"
 
     # -- the connection -----------------------------------------------------------------------
 
-    def _connect(self) -> dict[str, Any]:
+    def _connect(self) -> protocol.HelloReply:
         """Open a connection and say hello (model, token); it becomes the current one."""
         conn = ServiceConnection(self.address, connect_timeout=self.connect_timeout)
         auth = {"token": self._token} if self.address.startswith(TCP_SCHEME) and self._token else {}
         try:
-            hello = conn.request("hello", timeout=self.request_timeout, model_id=self._wanted_model_id, **auth)
+            hello = conn.hello(timeout=self.request_timeout, model_id=self._wanted_model_id, **auth)
         except protocol.RemoteError as exc:
             conn.close()
             if exc.code == "unauthorized":
@@ -179,8 +180,7 @@ class ServiceSource(ServiceBackedSource):
     def served_index(self, embed: EmbedFn) -> ToolIndex | None:
         return self._index
 
-    def index_for(self, registry: Registry, name: str, embed: EmbedFn,
-                  progress: Progress | None = None) -> ToolIndex:
+    def index_for(self, registry: Registry, name: str, embed: EmbedFn, progress: Progress | None = None) -> ToolIndex:
         """The service's index, if ``registry`` is the one it serves (RegistryMismatchError if not)."""
         check_served_registry(registry, name, self.served_registry, self.layout.root)
         if self._index is None:
@@ -189,17 +189,18 @@ class ServiceSource(ServiceBackedSource):
 
     def no_index_advice(self) -> str:
         root = self.layout.root
-        return (f"the service at {self.address} serves no tool registry, and its store {root} records "
-                f"none: run `embedshare index build FILE --store {root}` (or `bundled` for the example), "
-                f"then restart the service (`embedshare stop --store {root}`, then "
-                f"`embedshare serve --store {root} --detach`)")
+        return (
+            f"the service at {self.address} serves no tool registry, and its store {root} records "
+            f"none: run `embedshare index build FILE --store {root}` (or `bundled` for the example), "
+            f"then restart the service (`embedshare stop --store {root}`, then "
+            f"`embedshare serve --store {root} --detach`)"
+        )
 
     # -- extras -------------------------------------------------------------------------------
 
-    def service_stats(self) -> dict[str, Any]:
+    def service_stats(self) -> protocol.StatsReply:
         """The service's own counters (every client's requests, batches, latency)."""
-        stats: dict[str, Any] = self._connection().request("stats", timeout=self.request_timeout)["stats"]
-        return stats
+        return self._connection().stats(timeout=self.request_timeout)
 
     def _count(self, **amounts: int) -> None:
         with self._counters_lock:
@@ -219,7 +220,7 @@ class ServiceSource(ServiceBackedSource):
                 self._conn = None
 
 
-def check_served_registry(asked: Registry, name: str, served: dict[str, Any] | None, store: Path) -> None:
+def check_served_registry(asked: Registry, name: str, served: protocol.ServedRegistry | None, store: Path) -> None:
     """Raise unless ``asked`` (the registry named ``name``) is the one the service serves.
 
     Another registry than the one served is :class:`RegistryMismatchError`, never silently
@@ -232,12 +233,14 @@ def check_served_registry(asked: Registry, name: str, served: dict[str, Any] | N
         raise RegistryMismatchError(
             f"the embedshare service of {store} serves no tool registry, not {what}: stop it "
             f"(`embedshare stop --store {store}`) and start it with this one "
-            f"(`embedshare serve --store {store} --registry {name} --detach`)")
+            f"(`embedshare serve --store {store} --registry {name} --detach`)"
+        )
     raise RegistryMismatchError(
         f"the embedshare service of {store} serves {describe_registry(served.get('hash'), served.get('source'))}, "
         f"not {what}: use the served one (ask for no registry), or stop the service "
         f"(`embedshare stop --store {store}`) and start it with this one "
-        f"(`embedshare serve --store {store} --registry {name} --detach`), or use another --store")
+        f"(`embedshare serve --store {store} --registry {name} --detach`), or use another --store"
+    )
 
 
 def _chunks(texts: list[str]) -> list[tuple[int, int]]:

@@ -39,7 +39,7 @@ _CHUNK = 1 << 15  # rows per matrix product while building
 
 def default_nlist(n: int) -> int:
     """About sqrt(n) lists: 1,000 lists of ~1,000 vectors at 1M."""
-    return max(1, min(n, int(round(math.sqrt(n)))))
+    return max(1, min(n, round(math.sqrt(n))))
 
 
 def default_nprobe(nlist: int) -> int:
@@ -50,13 +50,14 @@ def default_nprobe(nlist: int) -> int:
 def _assign(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     out = np.empty(len(vectors), dtype=np.int64)
     for start in range(0, len(vectors), _CHUNK):
-        chunk = np.asarray(vectors[start:start + _CHUNK], dtype=np.float32)
-        out[start:start + len(chunk)] = np.argmax(chunk @ centroids.T, axis=1)
+        chunk = np.asarray(vectors[start : start + _CHUNK], dtype=np.float32)
+        out[start : start + len(chunk)] = np.argmax(chunk @ centroids.T, axis=1)
     return out
 
 
-def train_centroids(vectors: np.ndarray, nlist: int, *, iterations: int = 8, sample_per_list: int = 40,
-                    seed: int = 0) -> np.ndarray:
+def train_centroids(
+    vectors: np.ndarray, nlist: int, *, iterations: int = 8, sample_per_list: int = 40, seed: int = 0
+) -> np.ndarray:
     """Spherical k-means on a seeded sample of ``vectors``: ``(nlist, dim)`` unit rows."""
     n = len(vectors)
     if not 1 <= nlist <= n:
@@ -83,8 +84,9 @@ def _sum_by_label(sample: np.ndarray, labels: np.ndarray, sums: np.ndarray) -> N
     sums[sorted_labels[starts]] = np.add.reduceat(sample[order], starts, axis=0)
 
 
-def build_ivf(vectors: np.ndarray, destination: str | Path, nlist: int | None = None, *,
-              iterations: int = 8, seed: int = 0) -> Path:
+def build_ivf(
+    vectors: np.ndarray, destination: str | Path, nlist: int | None = None, *, iterations: int = 8, seed: int = 0
+) -> Path:
     """Write the IVF files for ``vectors`` (unit rows, float32, may be a memory map)."""
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
@@ -96,14 +98,13 @@ def build_ivf(vectors: np.ndarray, destination: str | Path, nlist: int | None = 
     assign = _assign(vectors, centroids)
     order = np.argsort(assign, kind="stable")
     offsets = np.searchsorted(assign[order], np.arange(nlist + 1), side="left").astype(np.int64)
-    grouped = np.lib.format.open_memmap(destination / "ann_vectors.npy", mode="w+", dtype=np.float32,
-                                        shape=(n, dim))
+    grouped = np.lib.format.open_memmap(destination / "ann_vectors.npy", mode="w+", dtype=np.float32, shape=(n, dim))
     for start in range(0, n, _CHUNK):
-        rows = order[start:start + _CHUNK]
+        rows = order[start : start + _CHUNK]
         # gather in row order (sequential reads of a memory map), then scatter back
         sorted_rows = np.sort(rows)
         gathered = np.asarray(vectors[sorted_rows], dtype=np.float32)
-        grouped[start:start + len(rows)] = gathered[np.searchsorted(sorted_rows, rows)]
+        grouped[start : start + len(rows)] = gathered[np.searchsorted(sorted_rows, rows)]
     grouped.flush()
     del grouped
     np.save(destination / "ann_centroids.npy", centroids.astype(np.float32))
@@ -125,8 +126,11 @@ class IVFIndex:
         except (OSError, ValueError) as exc:
             raise ValueError(f"no usable ANN index at {self.path}: {exc}") from None
         self.nlist, self.dim = self.centroids.shape
-        if self.offsets.shape != (self.nlist + 1,) or len(self.rows) != len(self.vectors) \
-                or int(self.offsets[-1]) != len(self.rows):
+        if (
+            self.offsets.shape != (self.nlist + 1,)
+            or len(self.rows) != len(self.vectors)
+            or int(self.offsets[-1]) != len(self.rows)
+        ):
             raise ValueError(f"ANN index at {self.path} is inconsistent")
         self.nprobe = nprobe or default_nprobe(self.nlist)
 
@@ -140,8 +144,8 @@ class IVFIndex:
         centroid_scores = self.centroids @ query
         lists = np.argpartition(-centroid_scores, probe - 1)[:probe] if probe < self.nlist else np.arange(self.nlist)
         rows, scores = [], []
-        for l in np.sort(lists):  # in file order: sequential reads
-            start, end = int(self.offsets[l]), int(self.offsets[l + 1])
+        for cell in np.sort(lists):  # in file order: sequential reads
+            start, end = int(self.offsets[cell]), int(self.offsets[cell + 1])
             if end > start:
                 scores.append(self.vectors[start:end] @ query)
                 rows.append(self.rows[start:end])

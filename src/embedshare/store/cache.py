@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import lmdb
 import numpy as np
@@ -38,7 +39,7 @@ import numpy as np
 from ..util.digests import blake2b
 from ..util.lazylog import LazyLogger
 from . import cache_format
-from .cache_env import TxnGuard, acquire_shared_env, open_environment, release_shared_env
+from .cache_env import EnvKey, TxnGuard, acquire_shared_env, open_environment, release_shared_env
 from .cache_errors import CacheError, CacheFullError, damaged, disk_full, read_error, readers_full
 
 log = LazyLogger(__name__)  # logging is imported only if something is logged
@@ -95,7 +96,7 @@ class Lookup:
         return self.vectors
 
 
-def lookup(cache: "EmbeddingCache", texts: Sequence[str]) -> Lookup:
+def lookup(cache: EmbeddingCache, texts: Sequence[str]) -> Lookup:
     """Read the cached vectors of ``texts`` and list their misses, de-duplicated.
 
     Uses only ``cache.key``, ``cache.dim`` and ``cache.get_many_into``, so any cache of that
@@ -106,7 +107,7 @@ def lookup(cache: "EmbeddingCache", texts: Sequence[str]) -> Lookup:
     found = cache.get_many_into(keys, out) if keys else np.zeros(0, dtype=bool)
     missing = np.flatnonzero(~found)
     unique: dict[bytes, str] = {}
-    for i in missing:
+    for i in missing.tolist():
         unique.setdefault(keys[i], texts[i])
     return Lookup(out, keys, missing, list(unique), list(unique.values()))
 
@@ -152,7 +153,7 @@ class EmbeddingCache:
         self._open_lock = threading.Lock()
         self._env: lmdb.Environment | None = None
         self._opened_at_fork = -1  # the value of _forks when this process opened it
-        self._release: weakref.finalize | None = None
+        self._release: weakref.finalize[[EnvKey, lmdb.Environment], EmbeddingCache] | None = None
         self._env_for_this_process()
 
     # -- opening -------------------------------------------------------------------------
@@ -172,9 +173,18 @@ class EmbeddingCache:
                 self._env = None
                 if self._release is not None:
                     self._release.detach()  # the parent's entry is not this process's
-            key, shared = acquire_shared_env(self.path, self.readonly, functools.partial(
-                open_environment, self.path, readonly=self.readonly, map_size=self._map_size,
-                max_readers=self._max_readers, durable=self._durable))
+            key, shared = acquire_shared_env(
+                self.path,
+                self.readonly,
+                functools.partial(
+                    open_environment,
+                    self.path,
+                    readonly=self.readonly,
+                    map_size=self._map_size,
+                    max_readers=self._max_readers,
+                    durable=self._durable,
+                ),
+            )
             self._release = weakref.finalize(self, release_shared_env, key, shared.env)
             self._guard = shared.guard
             self._env = shared.env
@@ -187,7 +197,7 @@ class EmbeddingCache:
                 self._release()  # runs once, whether here or when the handle is collected
             self._env = None
 
-    def __enter__(self) -> "EmbeddingCache":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -258,8 +268,11 @@ class EmbeddingCache:
             self.corrupt_vectors += corrupt
             self.old_format_vectors += old_format
         if first:
-            log.warning("embedding cache at %s: a stored vector failed its checksum; it was recomputed "
-                        "and replaced (counted as corrupt_vectors in stats)", self.path)
+            log.warning(
+                "embedding cache at %s: a stored vector failed its checksum; it was recomputed "
+                "and replaced (counted as corrupt_vectors in stats)",
+                self.path,
+            )
 
     def get(self, text: str) -> np.ndarray | None:
         """The cached vector of ``text`` (a fresh array), or ``None``."""
@@ -308,7 +321,7 @@ class EmbeddingCache:
             try:
                 with self._transaction(write=True) as txn:
                     added = corrupt = old_format = 0
-                    for key, row in zip(keys, vectors):
+                    for key, row in zip(keys, vectors, strict=True):
                         value = cache_format.seal(row.tobytes())
                         if txn.put(key, value, overwrite=False):
                             added += 1
@@ -316,6 +329,7 @@ class EmbeddingCache:
                         # A value that fails verification (damaged, old format, another
                         # dimension) is a miss for every reader; replace it, or it misses forever.
                         existing = txn.get(key)
+                        assert existing is not None  # put refused it: the key is there
                         if self._verified(existing) is None:
                             if len(existing) == self._nbytes:
                                 old_format += 1
@@ -341,8 +355,7 @@ class EmbeddingCache:
         if current >= self._max_map_size:
             size = f"{current >> 20} MiB" if current >= 1 << 20 else f"{current >> 10} KiB"
             raise CacheFullError(
-                f"embedding cache at {self.path} reached its size limit "
-                f"({size}); raise max_map_size or clear the cache"
+                f"embedding cache at {self.path} reached its size limit ({size}); raise max_map_size or clear the cache"
             )
         new_size = min(current * 2, self._max_map_size)
         with self._guard.exclusive():

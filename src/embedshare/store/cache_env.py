@@ -139,8 +139,7 @@ def acquire_shared_env(
             shared = _shared_envs[key] = SharedEnv(open_env(), readonly)
         elif shared.readonly and not readonly:
             raise CacheError(
-                f"cannot open embedding cache at {path} for writing: this process "
-                "already has it open read-only"
+                f"cannot open embedding cache at {path} for writing: this process already has it open read-only"
             )
         shared.handles += 1
     return key, shared
@@ -161,9 +160,7 @@ def release_shared_env(key: EnvKey, env: lmdb.Environment) -> None:
 # -- opening ----------------------------------------------------------------------------------
 
 
-def open_environment(
-    path: Path, *, readonly: bool, map_size: int, max_readers: int, durable: bool
-) -> lmdb.Environment:
+def open_environment(path: Path, *, readonly: bool, map_size: int, max_readers: int, durable: bool) -> lmdb.Environment:
     """Open the environment, retrying while other processes grow the data under us.
 
     LMDB sizes a new map to at least the data committed when it opens; py-lmdb then begins

@@ -29,8 +29,12 @@ digest = xxhash.xxh3_64_digest  # bytes -> 8 bytes; EmbeddingCache._verified che
 
 # LMDB errors that mean the file's content is wrong (not a full disk, not a busy map).
 DAMAGE_ERRORS: tuple[type[lmdb.Error], ...] = (
-    lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.PanicError,
-    lmdb.VersionMismatchError, lmdb.BadTxnError,
+    lmdb.CorruptedError,
+    lmdb.PageNotFoundError,
+    lmdb.InvalidError,
+    lmdb.PanicError,
+    lmdb.VersionMismatchError,
+    lmdb.BadTxnError,
 )
 
 RESET_COMMAND = "embedshare cache reset --store {store}"
@@ -64,8 +68,10 @@ def truncation(env: lmdb.Environment, data_file: Path) -> str | None:
 
 def damaged_message(path: Path, problem: str) -> str:
     store = path.parent
-    return (f"the embedding cache at {path} is damaged: {problem}. Move it aside and start with an "
-            f"empty cache: {RESET_COMMAND.format(store=store)}")
+    return (
+        f"the embedding cache at {path} is damaged: {problem}. Move it aside and start with an "
+        f"empty cache: {RESET_COMMAND.format(store=store)}"
+    )
 
 
 def move_aside(cache_dir: Path) -> Path:

@@ -17,8 +17,7 @@ def list_indexes(indexes: Path) -> list[dict[str, Any]]:
     """A summary of every index folder under ``indexes`` (folders being written excluded)."""
     if not indexes.is_dir():
         return []
-    return [summary(path) for path in sorted(indexes.iterdir())
-            if path.is_dir() and not path.name.startswith(".tmp-")]
+    return [summary(path) for path in sorted(indexes.iterdir()) if path.is_dir() and not path.name.startswith(".tmp-")]
 
 
 def summary(path: Path) -> dict[str, Any]:
@@ -26,9 +25,14 @@ def summary(path: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"name": path.name, "path": str(path)}
     try:
         manifest = json.loads((path / "manifest.json").read_text())
-        out.update(model_id=manifest["model_id"], dim=int(manifest["dim"]), tools=int(manifest["count"]),
-                   registry_hash=manifest["registry_hash"], registry_source=manifest.get("registry_source"),
-                   ann=(manifest.get("ann") or {}).get("kind"))
+        out.update(
+            model_id=manifest["model_id"],
+            dim=int(manifest["dim"]),
+            tools=int(manifest["count"]),
+            registry_hash=manifest["registry_hash"],
+            registry_source=manifest.get("registry_source"),
+            ann=(manifest.get("ann") or {}).get("kind"),
+        )
     except FileNotFoundError:
         out["damaged"] = "manifest.json is missing"
     except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -103,7 +103,8 @@ def check_private(path: str | os.PathLike[str], st: os.stat_result, kind: str) -
     if stat.S_ISLNK(st.st_mode):
         raise UnsafeStoreError(
             f"{path} is a symbolic link; embedshare refuses it, because whoever can change a link "
-            f"inside a store can redirect it. Replace it with a real {kind} of your own.")
+            f"inside a store can redirect it. Replace it with a real {kind} of your own."
+        )
     if not expected(st.st_mode):
         raise UnsafeStoreError(f"{path} is not a {kind}; remove it and let embedshare create it")
     me = os.getuid()
@@ -111,14 +112,16 @@ def check_private(path: str | os.PathLike[str], st: os.stat_result, kind: str) -
         raise UnsafeStoreError(
             f"{path} belongs to uid {st.st_uid} ({_user(st.st_uid)}), not to you (uid {me}): that "
             "user could read or replace what embedshare keeps there. Use a store of your own "
-            "(--store or EMBEDSHARE_STORE), or have it removed and let embedshare create it.")
+            "(--store or EMBEDSHARE_STORE), or have it removed and let embedshare create it."
+        )
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o022:
         who = " and ".join(w for w, bit in (("its group", 0o020), ("other users", 0o002)) if mode & bit)
         fix = f"chmod {'700' if kind == 'folder' else '600'} {path}"
         raise UnsafeStoreError(
             f"{path} is writable by {who} (mode {mode:04o}): they could have replaced what is in "
-            f"it. Check its contents, then `{fix}`, or remove it and let embedshare create it.")
+            f"it. Check its contents, then `{fix}`, or remove it and let embedshare create it."
+        )
 
 
 def _user(uid: int) -> str:

@@ -24,7 +24,7 @@ import mmap
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,10 +32,20 @@ from ..registry import FIELDS
 from ..registry.loader import tool_protocol
 from ..util.digests import blake2b, sha256
 
+if TYPE_CHECKING:  # imported when an index has one (large indexes): see _open_ann
+    from .ann import IVFIndex
+
 FORMAT_VERSION = 1
-ARRAY_FILES = ("vectors.npy", "fields.npy", "weights.npy", "categories.npy",
-               "names_sorted.npy", "rows_by_name.npy", "tool_offsets.npy")
-DATA_FILES = ARRAY_FILES + ("tools.jsonl",)
+ARRAY_FILES = (
+    "vectors.npy",
+    "fields.npy",
+    "weights.npy",
+    "categories.npy",
+    "names_sorted.npy",
+    "rows_by_name.npy",
+    "tool_offsets.npy",
+)
+DATA_FILES = (*ARRAY_FILES, "tools.jsonl")
 
 
 class ToolIndexError(ValueError):
@@ -128,13 +138,12 @@ class ToolIndex:
 
         def load(fname: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
             try:
-                array = np.load(self.path / fname, mmap_mode="r", allow_pickle=False)
+                array: np.ndarray = np.load(self.path / fname, mmap_mode="r", allow_pickle=False)
             except (ValueError, OSError) as exc:
                 raise ToolIndexError(f"tool index {self.path}: cannot read {fname} ({exc})") from None
             if array.shape != shape or array.dtype.kind != np.dtype(dtype).kind:
                 raise ToolIndexError(
-                    f"tool index {self.path}: {fname} has shape {array.shape} {array.dtype}, "
-                    f"expected {shape} {dtype}"
+                    f"tool index {self.path}: {fname} has shape {array.shape} {array.dtype}, expected {shape} {dtype}"
                 )
             return array
 
@@ -152,7 +161,7 @@ class ToolIndex:
         self._row_info = functools.lru_cache(maxsize=512)(self._parse_row)
         self.ann = self._open_ann(verify) if m.get("ann") else None
 
-    def _open_ann(self, verify: bool) -> Any:
+    def _open_ann(self, verify: bool) -> IVFIndex:
         """The approximate index the manifest lists (large indexes), checked like the rest."""
         from .ann import IVFIndex
 
@@ -181,7 +190,8 @@ class ToolIndex:
     def tool(self, row: int) -> dict[str, Any]:
         """The tool JSON of ``row``, parsed from the mapped file (nothing kept in memory)."""
         start, end = int(self.tool_offsets[row]), int(self.tool_offsets[row + 1])
-        return json.loads(self._tools_map[start:end])
+        tool: dict[str, Any] = json.loads(self._tools_map[start:end])
+        return tool
 
     def _parse_row(self, row: int) -> tuple[str, dict[str, Any]]:
         raw = self.tool(row)
@@ -233,7 +243,7 @@ class ToolIndex:
         if query.shape[0] != self.dim:
             raise ValueError(f"query vector has {query.shape[0]} dims, the index has {self.dim}")
         if self.ann is not None:
-            hits = self._ann_hits(query, k, category, threshold, exclude_row)
+            hits = self._ann_hits(self.ann, query, k, category, threshold, exclude_row)
             if hits is not None:
                 return hits
         scores = self.vectors @ query
@@ -254,14 +264,17 @@ class ToolIndex:
             candidates = candidates[scores[candidates] >= kth]
         # best first; ties broken by row so the order is the same in every process
         rows = candidates[np.lexsort((candidates, -scores[candidates]))[:k]]
-        field_sims = np.einsum("kfd,d->kf", self.fields[rows], query) if rows.size else np.zeros((0, len(FIELDS)), np.float32)
+        field_sims = (
+            np.einsum("kfd,d->kf", self.fields[rows], query) if rows.size else np.zeros((0, len(FIELDS)), np.float32)
+        )
         return Hits(rows=rows, scores=scores[rows], field_sims=field_sims)
 
-    def _ann_hits(self, query: np.ndarray, k: int, category: str | None, threshold: float,
-                  exclude_row: int | None) -> Hits | None:
+    def _ann_hits(
+        self, ann: IVFIndex, query: np.ndarray, k: int, category: str | None, threshold: float, exclude_row: int | None
+    ) -> Hits | None:
         """``search_hits`` through the approximate index: exact scores of its candidates, the
         same filters and tie-break; None (search exactly) when fewer than k candidates pass."""
-        rows, scores = self.ann.candidates(query)
+        rows, scores = ann.candidates(query)
         eligible = scores >= threshold
         if category is not None:
             if category not in self.categories:
@@ -283,23 +296,31 @@ class ToolIndex:
     def results(self, hits: Hits) -> list[SearchResult]:
         """Full results (name, category, protocol, reason) for compact hits."""
         out = []
-        for row, score, sims in zip(hits.rows.tolist(), hits.scores.tolist(), hits.field_sims.tolist()):
+        for row, score, sims in zip(hits.rows.tolist(), hits.scores.tolist(), hits.field_sims.tolist(), strict=True):
             weights = self.weights[row]
             present = [(FIELDS[i], sims[i], float(weights[i])) for i in range(len(FIELDS)) if weights[i] > 0]
             present.sort(key=lambda x: -x[1] * x[2])
             positive = [p for p in present if p[1] > 0] or present[:1]
-            out.append(SearchResult(
-                name=self.name_of(row),
-                score=score,
-                category=self.category_of(row),
-                reason=" + ".join(f"{name} match {sim:.2f}" for name, sim, _ in positive),
-                protocol=self.protocol(row),
-                field_scores={name: sim for name, sim, _ in present},
-            ))
+            out.append(
+                SearchResult(
+                    name=self.name_of(row),
+                    score=score,
+                    category=self.category_of(row),
+                    reason=" + ".join(f"{name} match {sim:.2f}" for name, sim, _ in positive),
+                    protocol=self.protocol(row),
+                    field_scores={name: sim for name, sim, _ in present},
+                )
+            )
         return out
 
-    def search_vector(self, query: np.ndarray, k: int = 5, category: str | None = None,
-                      threshold: float = 0.0, exclude_row: int | None = None) -> list[SearchResult]:
+    def search_vector(
+        self,
+        query: np.ndarray,
+        k: int = 5,
+        category: str | None = None,
+        threshold: float = 0.0,
+        exclude_row: int | None = None,
+    ) -> list[SearchResult]:
         """The ``k`` tools closest to ``query`` (a unit vector), best first."""
         return self.results(self.search_hits(query, k, category, threshold, exclude_row))
 
@@ -307,6 +328,4 @@ class ToolIndex:
         """Tools whose combined vectors are closest to tool ``name`` (itself excluded)."""
         row = self.row_of(name)
         category = self.category_of(row) if same_category_only else None
-        return self.search_vector(
-            np.array(self.vectors[row]), k=k, category=category, threshold=-1.0, exclude_row=row
-        )
+        return self.search_vector(np.array(self.vectors[row]), k=k, category=category, threshold=-1.0, exclude_row=row)

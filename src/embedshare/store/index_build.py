@@ -52,7 +52,7 @@ def build_index(
         vecs = np.asarray(embed(chunk), dtype=np.float32)
         if vecs.shape != (len(chunk), dim):
             raise ToolIndexError(f"embedder returned shape {vecs.shape}, expected ({len(chunk)}, {dim})")
-        vectors_of.update(zip(chunk, vecs))
+        vectors_of.update(zip(chunk, vecs, strict=True))
         if progress:
             progress(min(start + batch_size, len(unique)), len(unique))
 
@@ -109,9 +109,13 @@ def build_index(
             from .ann import ANN_FILES, build_ivf
 
             build_ivf(arrays["vectors.npy"], tmp)
-            manifest["ann"] = {"kind": "ivf-flat", "files": {
-                fname: {"bytes": (tmp / fname).stat().st_size, "sha256": file_sha256(tmp / fname)}
-                for fname in ANN_FILES}}
+            manifest["ann"] = {
+                "kind": "ivf-flat",
+                "files": {
+                    fname: {"bytes": (tmp / fname).stat().st_size, "sha256": file_sha256(tmp / fname)}
+                    for fname in ANN_FILES
+                },
+            }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         for path in tmp.iterdir():
             with open(path, "rb") as f:
@@ -141,8 +145,9 @@ def open_or_build_index(
     path = private_dir(root) / index_folder_name(registry.content_hash, model_id)
     if not (path / "manifest.json").exists():
         if path.exists():
-            raise ToolIndexError(f"tool index {path} exists but has no manifest.json (damaged); "
-                                 "delete the folder to rebuild it")
+            raise ToolIndexError(
+                f"tool index {path} exists but has no manifest.json (damaged); delete the folder to rebuild it"
+            )
         build_index(registry, embed, model_id, dim, path, progress=progress)
     try:
         index = ToolIndex(path, verify=True)

@@ -35,9 +35,17 @@ def read_record(store: str | Path | StoreLayout) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def write_record(store: str | Path | StoreLayout, *, model: str | None, model_id: str, dim: int,
-                 registry_hash: str | None, registry_source: str | None, index: str | None,
-                 tools: int | None = None) -> None:
+def write_record(
+    store: str | Path | StoreLayout,
+    *,
+    model: str | None,
+    model_id: str,
+    dim: int,
+    registry_hash: str | None,
+    registry_source: str | None,
+    index: str | None,
+    tools: int | None = None,
+) -> None:
     """Record what the store serves (owner-only, written whole or not at all)."""
     layout = store if isinstance(store, StoreLayout) else StoreLayout(store)
     layout.make_private_root()  # 0700, or refused if another user could write it
@@ -47,8 +55,7 @@ def write_record(store: str | Path | StoreLayout, *, model: str | None, model_id
         "registry": None,
     }
     if registry_hash:
-        record["registry"] = {"hash": registry_hash, "source": registry_source, "index": index,
-                              "tools": tools}
+        record["registry"] = {"hash": registry_hash, "source": registry_source, "index": index, "tools": tools}
     write_atomic(layout.record, json.dumps(record, indent=2, sort_keys=True))
 
 
@@ -72,7 +79,9 @@ def describe_registry(hash_: str | None, source: str | None) -> str:
 def no_registry_advice(store: str | Path) -> str:
     """The commands that give a store a registry (for a NoIndexError's message)."""
     root = StoreLayout(store).root
-    return (f"the store {root} records no tool registry: build one with "
-            f"`embedshare index build FILE --store {root}` (or `embedshare index build bundled "
-            f"--store {root}` for the example), or pass --registry / registry= ('bundled' or a JSON file) or call "
-            "load_registry() once: the store remembers it")
+    return (
+        f"the store {root} records no tool registry: build one with "
+        f"`embedshare index build FILE --store {root}` (or `embedshare index build bundled "
+        f"--store {root}` for the example), or pass --registry / registry= ('bundled' or a JSON file) or call "
+        "load_registry() once: the store remembers it"
+    )

@@ -7,12 +7,31 @@ recent percentiles. Used by the managers (per process) and by the service.
 from __future__ import annotations
 
 import bisect
-from typing import Any
+from typing import NotRequired, TypedDict
 
 import numpy as np
 
 # Upper bounds in seconds: 1 us .. ~100 s, 4 buckets per decade.
 LATENCY_BUCKETS: tuple[float, ...] = tuple(10 ** (e / 4) * 1e-6 for e in range(33))
+
+
+class Percentiles(TypedDict):
+    """Of the recent samples; None when there are none."""
+
+    p50: float | None
+    p90: float | None
+    p99: float | None
+    max: float | None
+
+
+class Summary(Percentiles):
+    """``Histogram.summary()``: what the service's ``stats`` and a manager's report carry."""
+
+    count: int
+    sum: float
+    mean: float | None
+    buckets: dict[str, int]  # upper bound (``%.6g``, the last ``inf``) -> samples in the bucket
+    samples: NotRequired[list[float]]  # with_samples: the recent window, oldest first
 
 
 class Histogram:
@@ -41,18 +60,25 @@ class Histogram:
         start = n % size
         return np.concatenate((self._window[start:], self._window[:start]))
 
-    def summary(self, with_samples: bool = False) -> dict[str, Any]:
+    def summary(self, with_samples: bool = False) -> Summary:
         recent = self.recent
-        out: dict[str, Any] = {"count": self.count, "sum": self.total,
-                               "mean": self.total / self.count if self.count else None}
-        out.update(percentiles(recent))
-        out["buckets"] = {f"{b:.6g}": c for b, c in zip(self.bounds + (float("inf"),), self.counts)}
+        p = percentiles(recent)
+        out: Summary = {
+            "count": self.count,
+            "sum": self.total,
+            "mean": self.total / self.count if self.count else None,
+            "p50": p["p50"],
+            "p90": p["p90"],
+            "p99": p["p99"],
+            "max": p["max"],
+            "buckets": {f"{b:.6g}": c for b, c in zip((*self.bounds, float("inf")), self.counts, strict=True)},
+        }
         if with_samples:
             out["samples"] = recent.tolist()
         return out
 
 
-def percentiles(samples: np.ndarray | list[float]) -> dict[str, float | None]:
+def percentiles(samples: np.ndarray | list[float]) -> Percentiles:
     """p50, p90, p99 and max of samples (None when there are none)."""
     array = np.asarray(samples, dtype=np.float64)
     if array.size == 0:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import multiprocessing
 from dataclasses import dataclass
+from typing import Self
 
-from .pss import pss_bytes
 from .bare import bare_worker
+from .pss import pss_bytes
 
 MB = 1024 * 1024
 
@@ -43,7 +44,7 @@ class BareInterpreter:
     def __init__(self, env: dict[str, str] | None = None) -> None:
         self.env = dict(env or {})  # the workers' environment (BLAS threads change its PSS)
 
-    def __enter__(self) -> "BareInterpreter":
+    def __enter__(self) -> Self:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self.process = ctx.Process(target=bare_worker, args=(child, self.env), daemon=True)
@@ -53,7 +54,8 @@ class BareInterpreter:
         return self
 
     def pss(self) -> int | None:
-        return pss_bytes(self.process.pid)  # type: ignore[arg-type]
+        pid = self.process.pid  # None only before start()
+        return pss_bytes(pid) if pid is not None else None
 
     def __exit__(self, *exc: object) -> None:
         self._conn.send("done")

@@ -109,7 +109,7 @@ class SingleFlight(Generic[F]):
     def settle(self, keys: Iterable[Hashable], results: Iterable[Any]) -> None:
         """Give each claimed key its result and forget it."""
         with self._lock:
-            settled = [(self._futures.pop(key, None), result) for key, result in zip(keys, results)]
+            settled = [(self._futures.pop(key, None), result) for key, result in zip(keys, results, strict=True)]
         for future, result in settled:
             if future is not None and not future.done():
                 future.set_result(result)

@@ -10,8 +10,8 @@ import ipaddress
 import os
 from importlib.util import find_spec
 
-from ..token_file import read_token_file
 from ...env import ENV_HTTP_TOKEN
+from ..token_file import read_token_file
 
 DEFAULT_HOST = "127.0.0.1"
 NEEDS = ("starlette", "uvicorn", "prometheus_client")  # the `http` extra
@@ -64,8 +64,7 @@ def normalise_http_address(address: str | None) -> str | None:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def http_token(token_file: str | None, no_auth: bool, loopback: bool, where: str,
-               warn: bool = True) -> bytes | None:
+def http_token(token_file: str | None, no_auth: bool, loopback: bool, where: str, warn: bool = True) -> bytes | None:
     """The token HTTP clients must send, or None; raises ValueError on a setting that is unsafe.
 
     The launcher calls it too (``warn=False``), so a bad setting is one clear error at once,
@@ -85,10 +84,12 @@ def http_token(token_file: str | None, no_auth: bool, loopback: bool, where: str
             raise ValueError(
                 f"--http on {where} is reachable from other machines and needs a bearer token: "
                 f"--http-token-file FILE (mode 0600) or {ENV_HTTP_TOKEN}; or pass --http-no-auth "
-                "to serve without one")
+                "to serve without one"
+            )
         if warn:
             import logging
 
             logging.getLogger("embedshare.service.http").warning(
-                "the HTTP endpoint on %s serves anyone who can reach it: no token (--http-no-auth)", where)
+                "the HTTP endpoint on %s serves anyone who can reach it: no token (--http-no-auth)", where
+            )
     return token

@@ -4,8 +4,8 @@ Off by default; ``embedshare serve --http 127.0.0.1:8080`` (or ``EmbeddingServic
 turns it on. It is a Starlette app served by uvicorn *inside the service's own asyncio loop*
 (``uvicorn.Server.serve()`` runs as one more task), so an HTTP request takes exactly the path a
 socket request takes, through the service's engine (``engine.py``): the LMDB cache, then the
-one ``Batcher`` shared by every client (batching across clients, single-flight). An HTTP client and 25 socket clients asking for the
-same new text cause one model call.
+one ``Batcher`` shared by every client (batching across clients, single-flight). An HTTP client and
+25 socket clients asking for the same new text cause one model call.
 
 Routes:
 
@@ -64,10 +64,10 @@ try:
     from starlette.routing import Route
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "the HTTP endpoint needs starlette, uvicorn and prometheus-client: "
-        "pip install 'embedshare[http]'"
+        "the HTTP endpoint needs starlette, uvicorn and prometheus-client: pip install 'embedshare[http]'"
     ) from exc
 
+from ...client.protocol import StatsReply
 from ...embedders import EmbedderError, InvalidTextError
 from .address import http_token, is_loopback, parse_http_address
 from .errors import EXCEPTION_HANDLERS, ApiError, error_response
@@ -127,8 +127,13 @@ def count_tokens(texts: list[str]) -> int:
     return sum(sum(1 for _ in _TOKEN.finditer(text)) for text in texts)
 
 
-def create_app(engine: Engine, metrics: ServiceMetrics, config: ServiceConfig, budget: ByteBudget,
-               stats: Callable[[], dict[str, Any]]) -> Any:
+def create_app(
+    engine: Engine,
+    metrics: ServiceMetrics,
+    config: ServiceConfig,
+    budget: ByteBudget,
+    stats: Callable[[], StatsReply],
+) -> Any:
     """The ASGI app over a service's ``engine``; request bodies share ``budget``, and
     ``/metrics`` reads ``stats`` (the whole service's)."""
 
@@ -141,8 +146,7 @@ def create_app(engine: Engine, metrics: ServiceMetrics, config: ServiceConfig, b
 
     def model_object() -> dict[str, Any]:
         canonical, _ = model_ids()
-        return {"id": canonical, "object": "model", "created": int(metrics.started),
-                "owned_by": "embedshare"}
+        return {"id": canonical, "object": "model", "created": int(metrics.started), "owned_by": "embedshare"}
 
     async def counted(handler: Callable[[Request], Awaitable[Response]], request: Request) -> Response:
         """Count an API request like a socket request: requests, errors, latency."""
@@ -159,15 +163,21 @@ def create_app(engine: Engine, metrics: ServiceMetrics, config: ServiceConfig, b
         except Exception:  # a failing model or cache must not take the endpoint down
             metrics.add(errors=1)
             log.exception("HTTP request %s %s failed", request.method, request.url.path)
-            return error_response(500, "internal error; see the service log", type="server_error",
-                                  code="internal_error")
+            return error_response(
+                500, "internal error; see the service log", type="server_error", code="internal_error"
+            )
         finally:
             seconds = time.perf_counter() - started
             metrics.observe_request(seconds)
             if log.isEnabledFor(logging.DEBUG):  # -vv: one line a request, never its texts
                 peer = request.client
-                log.debug("request http %s %s %.2f ms from %s", request.method, request.url.path,
-                          seconds * 1000, f"{peer.host}:{peer.port}" if peer else "?")
+                log.debug(
+                    "request http %s %s %.2f ms from %s",
+                    request.method,
+                    request.url.path,
+                    seconds * 1000,
+                    f"{peer.host}:{peer.port}" if peer else "?",
+                )
 
     async def embeddings(request: Request) -> Response:
         return await counted(_embeddings, request)
@@ -179,27 +189,44 @@ def create_app(engine: Engine, metrics: ServiceMetrics, config: ServiceConfig, b
         dim = engine.dim
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            raise ApiError(400, "you must give 'model', a string; GET /v1/models lists it",
-                           param="model", code="missing_required_parameter" if model is None else "invalid_type")
+            raise ApiError(
+                400,
+                "you must give 'model', a string; GET /v1/models lists it",
+                param="model",
+                code="missing_required_parameter" if model is None else "invalid_type",
+            )
         if model not in accepted:
-            raise ApiError(404, f"The model '{model}' does not exist: this service embeds with "
-                                f"'{canonical}' only", param="model", code="model_not_found")
+            raise ApiError(
+                404,
+                f"The model '{model}' does not exist: this service embeds with '{canonical}' only",
+                param="model",
+                code="model_not_found",
+            )
         texts = await input_texts(body.get("input"))
         encoding = body.get("encoding_format", "float")
         if encoding is None:
             encoding = "float"
         if encoding not in ("float", "base64"):
-            raise ApiError(400, f"'encoding_format' must be 'float' or 'base64', got {encoding!r}",
-                           param="encoding_format", code="invalid_value")
+            raise ApiError(
+                400,
+                f"'encoding_format' must be 'float' or 'base64', got {encoding!r}",
+                param="encoding_format",
+                code="invalid_value",
+            )
         dimensions = body.get("dimensions")
         if dimensions is not None:
             if isinstance(dimensions, bool) or not isinstance(dimensions, int):
-                raise ApiError(400, f"'dimensions' must be an integer, got {dimensions!r}",
-                               param="dimensions", code="invalid_type")
+                raise ApiError(
+                    400, f"'dimensions' must be an integer, got {dimensions!r}", param="dimensions", code="invalid_type"
+                )
             if dimensions != dim:
-                raise ApiError(400, f"model '{canonical}' cannot change its output size: 'dimensions' "
-                                    f"must be {dim} (its own) or left out, got {dimensions}",
-                               param="dimensions", code="invalid_value")
+                raise ApiError(
+                    400,
+                    f"model '{canonical}' cannot change its output size: 'dimensions' "
+                    f"must be {dim} (its own) or left out, got {dimensions}",
+                    param="dimensions",
+                    code="invalid_value",
+                )
         try:
             vectors, _ = await engine.embed(texts)
         except InvalidTextError as exc:
@@ -226,8 +253,12 @@ def create_app(engine: Engine, metrics: ServiceMetrics, config: ServiceConfig, b
             wanted = request.path_params["model"]
             canonical, accepted = model_ids()
             if wanted not in accepted:
-                raise ApiError(404, f"The model '{wanted}' does not exist: this service embeds with "
-                                    f"'{canonical}' only", param="model", code="model_not_found")
+                raise ApiError(
+                    404,
+                    f"The model '{wanted}' does not exist: this service embeds with '{canonical}' only",
+                    param="model",
+                    code="model_not_found",
+                )
             return JSONResponse(model_object())
 
         return await counted(handler, request)
@@ -281,8 +312,9 @@ class LoopbackHostOnly:
                     host = value.decode("latin-1")
                     break
             if host and not is_loopback(_host_name(host)):
-                response = error_response(421, f"this endpoint answers loopback names only, not {host!r}",
-                                          code="misdirected_request")
+                response = error_response(
+                    421, f"this endpoint answers loopback names only, not {host!r}", code="misdirected_request"
+                )
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -300,7 +332,7 @@ def _host_name(host: str) -> str:
 class _EmbeddedServer(uvicorn.Server):
     """uvicorn without its signal handling: the service owns SIGTERM and SIGINT."""
 
-    def capture_signals(self) -> Any:  # type: ignore[override]
+    def capture_signals(self) -> Any:
         import contextlib
 
         return contextlib.nullcontext()
@@ -315,8 +347,17 @@ class HttpEndpoint:
         self._task = task
 
     @classmethod
-    async def start(cls, address: str, *, engine: Engine, metrics: ServiceMetrics, config: ServiceConfig,
-                    listener: Listener, budget: ByteBudget, stats: Callable[[], dict[str, Any]]) -> HttpEndpoint:
+    async def start(
+        cls,
+        address: str,
+        *,
+        engine: Engine,
+        metrics: ServiceMetrics,
+        config: ServiceConfig,
+        listener: Listener,
+        budget: ByteBudget,
+        stats: Callable[[], StatsReply],
+    ) -> HttpEndpoint:
         """Bind ``address`` (raising OSError at once if it is taken) and start serving ``engine``.
 
         ``listener`` caps and times the endpoint's connections, ``budget`` its request bodies.
@@ -330,18 +371,30 @@ class HttpEndpoint:
         if is_loopback(host):
             app = LoopbackHostOnly(app)
         uvicorn_config = uvicorn.Config(
-            app, lifespan="off", log_config=None, access_log=False, proxy_headers=False,
-            ws="none", timeout_graceful_shutdown=5, server_header=False,
+            app,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,
+            ws="none",
+            timeout_graceful_shutdown=5,
+            server_header=False,
             http=guarded_protocol(listener, config.first_frame_timeout),
+            # uvicorn annotates it int, but hands it to call_later: fractions of a second hold
             timeout_keep_alive=config.http_keepalive_timeout,  # type: ignore[arg-type]
-            h11_max_incomplete_event_size=MAX_HEADER_BYTES, backlog=BACKLOG,
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            backlog=BACKLOG,
         )
         server = _EmbeddedServer(uvicorn_config)
         task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]), name="embedshare-http")
         task.add_done_callback(_report_crash)
         endpoint = cls(_url(sock), server, task)
-        log.info("OpenAI-compatible HTTP endpoint on %s/v1 (metrics on %s/metrics; %s)", endpoint.url,
-                 endpoint.url, "bearer token required" if token is not None else "no token")
+        log.info(
+            "OpenAI-compatible HTTP endpoint on %s/v1 (metrics on %s/metrics; %s)",
+            endpoint.url,
+            endpoint.url,
+            "bearer token required" if token is not None else "no token",
+        )
         return endpoint
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -351,7 +404,7 @@ class HttpEndpoint:
         self._server.should_exit = True
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout)
-        except (asyncio.TimeoutError, Exception):
+        except (TimeoutError, Exception):
             self._task.cancel()
 
 

@@ -12,19 +12,33 @@ from starlette.responses import JSONResponse, Response
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",  # noqa: A002
-                 param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
     def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
-        return error_response(self.status, self.message, type=self.type, param=self.param,
-                              code=self.code, headers=headers)
+        return error_response(
+            self.status, self.message, type=self.type, param=self.param, code=self.code, headers=headers
+        )
 
 
-def error_response(status: int, message: str, *, type: str = "invalid_request_error",  # noqa: A002
-                   param: str | None = None, code: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    *,
+    type: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body = {"error": {"message": message, "type": type, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -35,11 +49,12 @@ _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     status = exc.status_code
-    message = {404: f"no route {request.method} {request.url.path}",
-               405: f"method {request.method} is not allowed on {request.url.path}"}.get(status, str(exc.detail))
+    message = {
+        404: f"no route {request.method} {request.url.path}",
+        405: f"method {request.method} is not allowed on {request.url.path}",
+    }.get(status, str(exc.detail))
     kind = "invalid_request_error" if status < 500 else "server_error"
-    return error_response(status, message, type=kind, code=_STATUS_CODES.get(status),
-                          headers=dict(exc.headers or {}))
+    return error_response(status, message, type=kind, code=_STATUS_CODES.get(status), headers=dict(exc.headers or {}))
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:

@@ -54,27 +54,45 @@ class BearerAuth:
                 if self._on_refused is not None:
                     self._on_refused()
                 client = scope.get("client") or ("?", 0)
-                log.warning("refused an HTTP request from %s: %s", client[0],
-                            "no Authorization header" if not given else "wrong bearer token")
-                await _send_json(send, 401, "a valid bearer token is required: send "
-                                 "'Authorization: Bearer <token>' (the openai client's api_key)",
-                                 "invalid_api_key", extra=[(b"www-authenticate", b"Bearer")])
+                log.warning(
+                    "refused an HTTP request from %s: %s",
+                    client[0],
+                    "no Authorization header" if not given else "wrong bearer token",
+                )
+                await _send_json(
+                    send,
+                    401,
+                    "a valid bearer token is required: send "
+                    "'Authorization: Bearer <token>' (the openai client's api_key)",
+                    "invalid_api_key",
+                    extra=[(b"www-authenticate", b"Bearer")],
+                )
                 return
         await self.app(scope, receive, send)
 
 
-async def _send_json(send: Any, status: int, message: str, code: str,
-                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _send_json(
+    send: Any, status: int, message: str, code: str, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     body = _error_body(message, code)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()), *(extra or [])]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(extra or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
 def _error_body(message: str, code: str) -> bytes:
-    return json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                 "code": code}}).encode()
+    return json.dumps(
+        {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+    ).encode()
 
 
 def guarded_protocol(listener: Listener, header_timeout: float) -> type[H11Protocol]:
@@ -84,7 +102,7 @@ def guarded_protocol(listener: Listener, header_timeout: float) -> type[H11Proto
         _slot: Slot | None = None
         _cycle_seen: Any = None
 
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             self._slot = listener.admit(transport.abort)
             if self._slot is None:
@@ -111,8 +129,10 @@ def guarded_protocol(listener: Listener, header_timeout: float) -> type[H11Proto
         def send_400_response(self, msg: str) -> None:
             """A malformed request (bad request line or headers, too large): OpenAI's error shape."""
             body = _error_body(f"malformed HTTP request: {msg}", "bad_request")
-            head = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n"
-                    b"content-length: " + str(len(body)).encode() + b"\r\n\r\n")
+            head = (
+                b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                b"content-length: " + str(len(body)).encode() + b"\r\n\r\n"
+            )
             self.transport.write(head + body)
             self.transport.close()
 

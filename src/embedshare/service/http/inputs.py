@@ -33,8 +33,9 @@ async def read_json(request: Request, budget: ByteBudget, timeout: float) -> dic
     """
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() != "application/json":
-        raise ApiError(415, "send the body as JSON with 'Content-Type: application/json'",
-                       code="unsupported_media_type")
+        raise ApiError(
+            415, "send the body as JSON with 'Content-Type: application/json'", code="unsupported_media_type"
+        )
     limit = min(MAX_BODY_BYTES, budget.largest())
     declared = request.headers.get("content-length")
     length = int(declared) if declared is not None and declared.isdigit() else 0
@@ -92,22 +93,38 @@ async def input_texts(value: Any) -> list[str]:
 def _inputs(value: Any) -> list[str]:
     """``input`` as a list of checked texts (each cut to 8,192 characters, as everywhere)."""
     if value is None:
-        raise ApiError(400, "you must give 'input': a string or a list of strings",
-                       param="input", code="missing_required_parameter")
+        raise ApiError(
+            400,
+            "you must give 'input': a string or a list of strings",
+            param="input",
+            code="missing_required_parameter",
+        )
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list):
-        raise ApiError(400, f"'input' must be a string or a list of strings, got {type(value).__name__}",
-                       param="input", code="invalid_type")
+        raise ApiError(
+            400,
+            f"'input' must be a string or a list of strings, got {type(value).__name__}",
+            param="input",
+            code="invalid_type",
+        )
     if not items:
         raise ApiError(400, "'input' must not be an empty list", param="input", code="invalid_value")
     if len(items) > MAX_INPUTS:
-        raise ApiError(400, f"'input' has {len(items)} items; the limit is {MAX_INPUTS} per request",
-                       param="input", code="invalid_value")
+        raise ApiError(
+            400,
+            f"'input' has {len(items)} items; the limit is {MAX_INPUTS} per request",
+            param="input",
+            code="invalid_value",
+        )
     texts = []
     for i, item in enumerate(items):
         if isinstance(item, (int, list)) and not isinstance(item, bool):
-            raise ApiError(400, f"input[{i}] is a token id or array in a list of texts: send all "
-                                "texts or all token arrays", param="input", code="invalid_type")
+            raise ApiError(
+                400,
+                f"input[{i}] is a token id or array in a list of texts: send all texts or all token arrays",
+                param="input",
+                code="invalid_type",
+            )
         where = "input" if isinstance(value, str) else f"input[{i}]"
         try:
             texts.append(validate_text(item, where))

@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from ...client.protocol import StatsReply
 from ..observe import metrics_registry, with_memory
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
 class MetricsApp:
     """The ``/metrics`` ASGI app of one service (a class: Starlette routes an instance as ASGI)."""
 
-    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, stats: Callable[[], StatsReply]) -> None:
         self.stats = stats
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -44,7 +45,7 @@ class MetricsApp:
         await make_asgi_app(metrics_registry(stats))(scope, receive, send)
 
 
-def probe_routes(engine: Engine, stats: Callable[[], dict[str, Any]]) -> list[Route]:
+def probe_routes(engine: Engine, stats: Callable[[], StatsReply]) -> list[Route]:
     """The three monitoring routes over a service's ``engine``; ``/metrics`` reads ``stats``."""
 
     async def health(request: Request) -> JSONResponse:

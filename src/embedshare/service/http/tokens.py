@@ -71,8 +71,7 @@ def decode_token_input(value: list[Any]) -> list[str]:
             raise TokenInputError(f"{where} must be a list of token ids (integers), like the other items")
         bad = next((t for t in ids if not 0 <= t <= encoding.max_token_value), None)
         if bad is not None:
-            raise TokenInputError(f"{where} holds {bad}, not a {ENCODING} token id "
-                                  f"(0 to {encoding.max_token_value})")
+            raise TokenInputError(f"{where} holds {bad}, not a {ENCODING} token id (0 to {encoding.max_token_value})")
         try:
             texts.append(encoding.decode(ids))
         except KeyError:  # an id inside the range that the encoding does not use
