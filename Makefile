@@ -24,8 +24,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Lint, format, types and layers, as configured in pyproject.toml (the same as .pre-commit-config.yaml).
-# tests/ joins CHECKED once it is formatted.
-CHECKED := src bench
+CHECKED := src bench tests
 check: $(STAMP)
 	$(VENV)/bin/ruff check $(CHECKED)
 	$(VENV)/bin/ruff format --check $(CHECKED)

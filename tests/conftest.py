@@ -15,15 +15,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))  # the helpers package, here and in spawned processes
 
-from embedshare.service.launcher import EmbeddingService  # noqa: E402 (after the environment above)
-from helpers import threads, waiting  # noqa: E402 (found through the line above)
-from helpers.disks import mount_tmpfs, unmount  # noqa: E402
-from helpers.embedders import RecordingEmbedder  # noqa: E402
-from helpers.extras import requires  # noqa: E402
-from helpers.services import ServiceFactory  # noqa: E402
+from helpers import threads, waiting
+from helpers.disks import mount_tmpfs, unmount
+from helpers.embedders import RecordingEmbedder
+from helpers.extras import requires
+from helpers.services import ServiceFactory
 
-ENV_VARS = ("EMBEDSHARE_ADDRESS", "EMBEDSHARE_STORE", "EMBEDSHARE_MODEL", "EMBEDSHARE_REGISTRY",
-            "EMBEDSHARE_ON_FAILURE")
+from embedshare.service.launcher import EmbeddingService
+
+ENV_VARS = (
+    "EMBEDSHARE_ADDRESS",
+    "EMBEDSHARE_STORE",
+    "EMBEDSHARE_MODEL",
+    "EMBEDSHARE_REGISTRY",
+    "EMBEDSHARE_ON_FAILURE",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

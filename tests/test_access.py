@@ -11,14 +11,13 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
-
-from embedshare import get_embedding_manager
-from embedshare.access import NoServiceWarning
-from embedshare.manager import EmbeddingManager
-from embedshare.access import SharedEmbeddingManager
-from embedshare.service.launcher import EmbeddingService
 from helpers.processes import with_tests_on_path
 from helpers.spawned import service_tasks
+
+from embedshare import get_embedding_manager
+from embedshare.access import NoServiceWarning, SharedEmbeddingManager
+from embedshare.manager import EmbeddingManager
+from embedshare.service.launcher import EmbeddingService
 
 QUERY = "read a csv file into rows"
 
@@ -67,7 +66,9 @@ def test_separately_started_process_inherits_the_address(service, expected):
         "import json; from helpers.spawned import service_tasks;"
         f"r = service_tasks.manager_report({QUERY!r}); r['vector'] = r['vector'].hex(); print(json.dumps(r))"
     )
-    out = subprocess.run([sys.executable, "-c", code], env=with_tests_on_path(), capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=with_tests_on_path(), capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     report["vector"] = bytes.fromhex(report["vector"])

@@ -54,8 +54,14 @@ def test_ivf_is_memory_mapped_and_rejects_bad_input(tmp_path):
 
 def _bundled_index(tmp_path, ann: bool):
     embedder = create_embedder("hash:64")
-    path = build_index(load_registry("bundled"), embedder.embed, embedder.model_id, 64,
-                       tmp_path / ("ann" if ann else "exact"), ann_min_tools=10 if ann else 10**9)
+    path = build_index(
+        load_registry("bundled"),
+        embedder.embed,
+        embedder.model_id,
+        64,
+        tmp_path / ("ann" if ann else "exact"),
+        ann_min_tools=10 if ann else 10**9,
+    )
     return ToolIndex(path, verify=True), embedder
 
 
@@ -69,8 +75,16 @@ def test_small_indexes_have_no_ann_and_large_ones_do(tmp_path):
 def test_toolindex_search_through_the_ann_agrees_with_exact(tmp_path):
     exact, embedder = _bundled_index(tmp_path, ann=False)
     approx, _ = _bundled_index(tmp_path, ann=True)
-    queries = ["read a csv file", "send an http post", "resize an image", "hash a password",
-               "schedule a job", "merge two json objects", "query a database", "zip files"]
+    queries = [
+        "read a csv file",
+        "send an http post",
+        "resize an image",
+        "hash a password",
+        "schedule a job",
+        "merge two json objects",
+        "query a database",
+        "zip files",
+    ]
     same = 0
     for q in embedder.embed(queries):
         a, e = approx.search_hits(q, k=5), exact.search_hits(q, k=5)

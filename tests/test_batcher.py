@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from embedshare.embedders import create_embedder
-from embedshare.service.metrics import ServiceMetrics
 from embedshare.service.batcher import Batcher
+from embedshare.service.metrics import ServiceMetrics
 from embedshare.store import CacheError
 
 pytestmark = pytest.mark.timeout(60)
@@ -66,7 +66,9 @@ def test_the_model_computes_the_next_batch_while_the_previous_one_commits(wait_f
             wait_for(second_batch_started.is_set, DEADLINE, "the second batch")
 
     cache = RecordingCache(before_commit=hold_the_first_commit)
-    embedder = recording_embedder(HASH.dim, before_embed=lambda n, texts: second_batch_started.set() if n == 2 else None)
+    embedder = recording_embedder(
+        HASH.dim, before_embed=lambda n, texts: second_batch_started.set() if n == 2 else None
+    )
     batcher = _batcher(embedder, cache, max_batch=2)
     texts = [f"text {i}" for i in range(4)]
 
@@ -79,7 +81,10 @@ def test_the_model_computes_the_next_batch_while_the_previous_one_commits(wait_f
     first, second = _run(batcher, body)
     assert embedder.calls == [texts[:2], texts[2:]]
     assert np.array_equal(np.concatenate([first, second]), HASH.embed(texts))
-    assert [sorted(c) for c in cache.commits] == [sorted(t.encode() for t in texts[:2]), sorted(t.encode() for t in texts[2:])]
+    assert [sorted(c) for c in cache.commits] == [
+        sorted(t.encode() for t in texts[:2]),
+        sorted(t.encode() for t in texts[2:]),
+    ]
 
 
 def test_an_answer_comes_only_after_its_commit_and_a_repeat_joins_it(wait_for, recording_embedder):
@@ -112,7 +117,9 @@ def test_an_answer_comes_only_after_its_commit_and_a_repeat_joins_it(wait_for, r
 
 def test_batches_of_a_network_bound_embedder_run_concurrently(recording_embedder):
     together = threading.Barrier(3, timeout=DEADLINE)  # three calls must be in flight at once
-    embedder = recording_embedder(HASH.dim, concurrency=3, before_embed=lambda n, texts: together.wait() if n <= 3 else None)
+    embedder = recording_embedder(
+        HASH.dim, concurrency=3, before_embed=lambda n, texts: together.wait() if n <= 3 else None
+    )
     cache = RecordingCache()
     batcher = _batcher(embedder, cache, max_batch=1)
     texts = [f"api text {i}" for i in range(3)]

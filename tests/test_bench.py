@@ -13,6 +13,7 @@ import threading
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers.extras import requires
 
 from embedshare.bench import designs
 from embedshare.bench.case import option_c_shape
@@ -21,7 +22,6 @@ from embedshare.bench.runner import BenchConfig, agreement
 from embedshare.cli import main
 from embedshare.manager import EmbeddingManager
 from embedshare.store.cache import cache_key
-from helpers.extras import requires
 
 
 @pytest.fixture(scope="module")
@@ -64,35 +64,50 @@ def test_hybrid_asks_the_main_process_for_misses_and_never_returns_none(mp_manag
     proxy = mp_manager.dict()
     main_embedder = designs.counting_embedder("hash:64")
     common = ["csv parser", "http post"]
-    proxy.update({cache_key(main_embedder.model_id, t): v.tobytes()
-                  for t, v in zip(common, main_embedder.embed(common))})
+    vectors = main_embedder.embed(common)
+    proxy.update({cache_key(main_embedder.model_id, t): v.tobytes() for t, v in zip(common, vectors, strict=True)})
     requests = mp_manager.Queue()
     responses = [mp_manager.Queue(), mp_manager.Queue()]
-    server = threading.Thread(target=designs.serve_hybrid_misses,
-                              args=(requests, responses, proxy, main_embedder), daemon=True)
+    server = threading.Thread(
+        target=designs.serve_hybrid_misses, args=(requests, responses, proxy, main_embedder), daemon=True
+    )
     server.start()
     try:
-        workers = [EmbeddingManager(source=designs.HybridSource(
-            proxy, requests, responses[i], i, reference.index_path, main_embedder.model_id, main_embedder.dim))
-            for i in range(2)]
+        workers = [
+            EmbeddingManager(
+                source=designs.HybridSource(
+                    proxy, requests, responses[i], i, reference.index_path, main_embedder.model_id, main_embedder.dim
+                )
+            )
+            for i in range(2)
+        ]
         for w in workers:  # pre-filled: hits, no question to the main process
             np.testing.assert_array_equal(w.get_embedding("csv parser"), reference.get_embedding("csv parser"))
         assert main_embedder.counts()["calls"] == 1
         for w in workers:  # a miss, asked twice: computed once by the main process
-            np.testing.assert_array_equal(w.get_embedding("merge two tables"),
-                                          reference.get_embedding("merge two tables"))
+            np.testing.assert_array_equal(
+                w.get_embedding("merge two tables"), reference.get_embedding("merge two tables")
+            )
         assert main_embedder.counts()["texts"] == len(common) + 1
-        assert [r.name for r in workers[1].search("send a request", k=3)] == \
-            [r.name for r in reference.search("send a request", k=3)]
+        assert [r.name for r in workers[1].search("send a request", k=3)] == [
+            r.name for r in reference.search("send a request", k=3)
+        ]
     finally:
         requests.put(None)
         server.join(timeout=30)
     assert not server.is_alive()
 
 
-@pytest.mark.parametrize("spec", ["hash:384", "hash:64", "local",
-                                  pytest.param("openai:text-embedding-3-small", marks=requires("openai")),
-                                  pytest.param(" openai:text-embedding-3-large ", marks=requires("openai"))])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "hash:384",
+        "hash:64",
+        "local",
+        pytest.param("openai:text-embedding-3-small", marks=requires("openai")),
+        pytest.param(" openai:text-embedding-3-large ", marks=requires("openai")),
+    ],
+)
 def test_model_id_of_matches_the_embedder_without_building_an_api_client(spec):
     from embedshare.embedders import create_embedder, model_id_of
 
@@ -114,14 +129,17 @@ def test_agreement_counts_identical_top5_lists():
     assert agreement(a, b) == pytest.approx(2 / 3)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--workers", "0"], "positive"),
-    (["--workers", "two"], "comma-separated whole numbers"),
-    (["--models", "bert"], "unknown model"),
-    (["--designs", "option-b"], "unknown design"),
-    (["--sweep-sizes", "5"], "sweep sizes"),
-    (["--tasks", "0"], "0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--workers", "0"], "positive"),
+        (["--workers", "two"], "comma-separated whole numbers"),
+        (["--models", "bert"], "unknown model"),
+        (["--designs", "option-b"], "unknown design"),
+        (["--sweep-sizes", "5"], "sweep sizes"),
+        (["--tasks", "0"], "0"),
+    ],
+)
 def test_bench_cli_rejects_bad_input_with_a_clear_error(args, message, tmp_path):
     result = CliRunner().invoke(main, ["bench", "--out", str(tmp_path), *args])
     assert result.exit_code == 2
@@ -141,8 +159,12 @@ def test_bench_config_defaults_are_the_issue_s():
 @requires("bench")
 def test_quick_bench_writes_consistent_outputs(tmp_path):
     out = tmp_path / "results"
-    proc = subprocess.run([sys.executable, "-m", "embedshare.cli", "bench", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "embedshare.cli", "bench", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("latest.json", "latest.md", "memory.png", "latency.png", "sweep.png"):
         assert (out / name).stat().st_size > 0, name
@@ -152,8 +174,7 @@ def test_quick_bench_writes_consistent_outputs(tmp_path):
     cases = results["cases"]
     assert not [c for c in cases if "error" in c], [c.get("log_tail") for c in cases if "error" in c]
     config = results["config"]
-    assert {(c["design"], c["workers"]) for c in cases} == {
-        (d, w) for d in designs.DESIGNS for w in config["workers"]}
+    assert {(c["design"], c["workers"]) for c in cases} == {(d, w) for d in designs.DESIGNS for w in config["workers"]}
 
     for c in cases:
         # every design computed the same top-5 lists (the hashing model is deterministic)

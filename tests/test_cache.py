@@ -10,10 +10,10 @@ import threading
 
 import numpy as np
 import pytest
+from helpers.spawned import cachetools_workers
 
 from embedshare.embedders import create_embedder
 from embedshare.store import CacheError, CacheFullError, EmbeddingCache
-from helpers.spawned import cachetools_workers
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,7 +45,7 @@ def _join(proc, timeout: float = DEADLINE) -> None:
 
 
 def test_round_trip_bit_for_bit(cache):
-    texts = _texts("round trip", 50) + ["ünïcödé ✓", "lone \ud800 surrogate is still a key"]
+    texts = [*_texts("round trip", 50), "ünïcödé ✓", "lone � surrogate is still a key"]
     vectors = EMBEDDER.embed(texts)
     assert cache.put_many(texts, vectors) == len(texts)
     got, found = cache.get_many(texts)
@@ -245,7 +245,7 @@ def test_sigkill_while_writing(tmp_path):
         assert int(found.sum()) == total > 0
         expected = EMBEDDER.embed(every_text)
         assert got[found].tobytes() == expected[found].tobytes()
-        lookup = dict(zip(every_text, found))
+        lookup = dict(zip(every_text, found, strict=True))
         for r, batches in enumerate(all_batches):
             for b in batches[: committed[r]]:
                 assert all(lookup[t] for t in b), f"round {r}: an acknowledged commit is missing"
@@ -272,7 +272,7 @@ def test_fork_child_reopens(cache):
             ok = ok and added == 10 and found.all() and got.tobytes() == EMBEDDER.embed(child_texts).tobytes()
             os.write(write_fd, b"ok" if ok else b"wrong")
             status = 0
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             os.write(write_fd, repr(exc).encode()[:500])
         finally:
             os._exit(status)
@@ -437,7 +437,7 @@ def test_many_threads_read_concurrently(tmp_path, max_readers, run_threads):
                     got, found = cache.get_many(mine)
                     if not found.all() or got.tobytes() != vectors[i : i + 100].tobytes():
                         errors.append(f"thread {i}: wrong result")
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 inside.abort()
                 errors.append(f"thread {i}: {exc!r}")
 

@@ -74,7 +74,9 @@ def test_index_build_prints_count_and_path(store):
 
 
 def test_search_prints_k_ranked_lines(store):
-    result = run("search", "read a csv file", "-k", "3", "--store", str(store), "--model", "hash:64", "--registry", "bundled")
+    result = run(
+        "search", "read a csv file", "-k", "3", "--store", str(store), "--model", "hash:64", "--registry", "bundled"
+    )
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 3, result.stdout
@@ -90,8 +92,19 @@ def test_search_prints_k_ranked_lines(store):
 
 
 def test_search_json(store):
-    result = run("search", "send an http request", "-k", "4", "--json",
-                 "--store", str(store), "--model", "hash:64", "--registry", "bundled")
+    result = run(
+        "search",
+        "send an http request",
+        "-k",
+        "4",
+        "--json",
+        "--store",
+        str(store),
+        "--model",
+        "hash:64",
+        "--registry",
+        "bundled",
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert isinstance(data, list) and len(data) == 4
@@ -108,8 +121,21 @@ def test_search_json(store):
 
 
 def test_search_category_filters(store):
-    result = run("search", "read a csv file", "-k", "5", "--category", "network", "--json",
-                 "--store", str(store), "--model", "hash:64", "--registry", "bundled")
+    result = run(
+        "search",
+        "read a csv file",
+        "-k",
+        "5",
+        "--category",
+        "network",
+        "--json",
+        "--store",
+        str(store),
+        "--model",
+        "hash:64",
+        "--registry",
+        "bundled",
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data
@@ -117,8 +143,18 @@ def test_search_category_filters(store):
 
 
 def test_search_unknown_category_says_no_tool_matches(store):
-    result = run("search", "read a csv file", "--category", "no_such_category",
-                 "--store", str(store), "--model", "hash:64", "--registry", "bundled")
+    result = run(
+        "search",
+        "read a csv file",
+        "--category",
+        "no_such_category",
+        "--store",
+        str(store),
+        "--model",
+        "hash:64",
+        "--registry",
+        "bundled",
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "no tool matches"
 
@@ -156,11 +192,14 @@ def test_invalid_registry_via_search_is_one_line_error(store, tmp_path):
     assert_one_line_error(result, "tool_a", "description")
 
 
-@pytest.mark.parametrize("command", [
-    ["search", "read a csv file"],
-    ["embed", "hello"],
-    ["index", "build", "bundled"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["search", "read a csv file"],
+        ["embed", "hello"],
+        ["index", "build", "bundled"],
+    ],
+)
 def test_unknown_model_spec_is_one_line_error(store, command):
     result = run(*command, "--store", str(store), "--model", "no-such-model:1")
     assert_one_line_error(result, "no-such-model")
@@ -178,7 +217,9 @@ def test_stop_without_a_service_is_one_line_error(store):
 
 
 def test_nothing_touches_the_default_store_when_store_is_given(store, tmp_path):
-    result = run("search", "read a csv file", "-k", "1", "--store", str(store), "--model", "hash:64", "--registry", "bundled")
+    result = run(
+        "search", "read a csv file", "-k", "1", "--store", str(store), "--model", "hash:64", "--registry", "bundled"
+    )
     assert result.exit_code == 0, result.output
     assert store.is_dir()
     assert not (tmp_path / "env-store").exists()
@@ -190,16 +231,24 @@ def test_importing_the_cli_loads_click_the_standard_library_and_its_settings_onl
     import subprocess
     import sys
 
-    probe = ("import sys; before = set(sys.modules); import embedshare.cli; "
-             "print(' '.join(sorted(set(sys.modules) - before)))")
+    probe = (
+        "import sys; before = set(sys.modules); import embedshare.cli; "
+        "print(' '.join(sorted(set(sys.modules) - before)))"
+    )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     modules = loaded.stdout.split()
     assert "embedshare.cli.serve" in modules, loaded.stderr
     third_party = {m.split(".")[0] for m in modules} - set(sys.stdlib_module_names) - {"embedshare"}
     assert {name for name in third_party if not name.startswith("_")} == {"click"}
     ours = {m for m in modules if m.startswith("embedshare") and not m.startswith("embedshare.cli")}
-    assert ours == {"embedshare", "embedshare._moved", "embedshare.env", "embedshare.service", "embedshare.service.config",
-                    "embedshare.settings"}
+    assert ours == {
+        "embedshare",
+        "embedshare._moved",
+        "embedshare.env",
+        "embedshare.service",
+        "embedshare.service.config",
+        "embedshare.settings",
+    }
 
 
 def test_the_command_s_entry_point_loads_nothing_a_spawned_worker_would_repeat():
@@ -211,8 +260,10 @@ def test_the_command_s_entry_point_loads_nothing_a_spawned_worker_would_repeat()
 
     (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "embedshare"]
     assert script.value == "embedshare.console:main"
-    probe = ("import sys, embedshare.console; "
-             "print(sorted(m for m in ('click', 'logging', 'embedshare.cli') if m in sys.modules))")
+    probe = (
+        "import sys, embedshare.console; "
+        "print(sorted(m for m in ('click', 'logging', 'embedshare.cli') if m in sys.modules))"
+    )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert loaded.stdout.strip() == "[]", loaded.stderr
     # and ``python -m embedshare`` is the same command

@@ -14,10 +14,10 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-
-from embedshare.cli import main
 from helpers.disks import fill, mount_tmpfs, unmount
 from helpers.extras import requires
+
+from embedshare.cli import main
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -26,8 +26,14 @@ README = Path(__file__).parent.parent / "README.md"
 
 def cli(*args: str, env: dict | None = None, timeout: float = 90) -> subprocess.CompletedProcess:
     """``python -m embedshare ARGS`` in a fresh interpreter, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "embedshare", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "embedshare", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def assert_one_error_line(result, *fragments: str) -> str:
@@ -46,8 +52,13 @@ def assert_one_error_line(result, *fragments: str) -> str:
 
 def test_the_no_service_warning_is_printed_once(tmp_path):
     code = "from embedshare import get_embedding_manager; get_embedding_manager(model='hash:64')"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "EMBEDSHARE_STORE": str(tmp_path / "store")})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "EMBEDSHARE_STORE": str(tmp_path / "store")},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stderr.count("no embedshare service is running") == 1, out.stderr
 
@@ -89,9 +100,16 @@ def _full_store(tmp_path: Path, mounts) -> Path:
 
 
 @pytest.mark.parametrize("detach", [False, True], ids=["foreground", "detach"])
-@pytest.mark.parametrize("case", ["unknown model", "missing registry",
-                                  pytest.param("port in use", marks=requires("http")), "read-only store",
-                                  "full store"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unknown model",
+        "missing registry",
+        pytest.param("port in use", marks=requires("http")),
+        "read-only store",
+        "full store",
+    ],
+)
 def test_serve_start_up_errors_are_one_line(case, detach, tmp_path, mounts, busy_port):
     store, args, fragment = tmp_path / "store", ["--model", "hash:64"], ""
     if case == "unknown model":
@@ -119,8 +137,9 @@ def test_serve_with_v_shows_the_traceback(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
-@pytest.mark.parametrize("error", [PermissionError(13, "Permission denied", "/some/store/cache"),
-                                   OSError(28, "No space left on device")])
+@pytest.mark.parametrize(
+    "error", [PermissionError(13, "Permission denied", "/some/store/cache"), OSError(28, "No space left on device")]
+)
 def test_permission_and_os_errors_of_any_command_are_one_line(error, monkeypatch, tmp_path):
     import embedshare.manager
 
@@ -178,11 +197,13 @@ def test_index_list_and_show_describe_the_stores_indexes(tmp_path):
     folder = Path(built.stdout.strip().rsplit(" at ", 1)[1])
     (folder.parent / "left-behind").mkdir()
     listed = runner.invoke(main, ["index", "list", "--store", store]).stdout.strip().splitlines()
-    assert sorted(listed) == sorted([
-        f"{folder.name}  hash:64:v1 (64 dims)  82 tools  registry {folder.name[:12]} "
-        + str(Path(__import__("embedshare.registry", fromlist=["x"]).bundled_registry_path())),
-        "left-behind  damaged: manifest.json is missing",
-    ])
+    assert sorted(listed) == sorted(
+        [
+            f"{folder.name}  hash:64:v1 (64 dims)  82 tools  registry {folder.name[:12]} "
+            + str(Path(__import__("embedshare.registry", fromlist=["x"]).bundled_registry_path())),
+            "left-behind  damaged: manifest.json is missing",
+        ]
+    )
     as_json = json.loads(runner.invoke(main, ["index", "list", "--store", store, "--json"]).stdout)
     assert {entry["name"] for entry in as_json} == {folder.name, "left-behind"}
     shown = runner.invoke(main, ["index", "show", folder.name[:8], "--store", store])
@@ -227,8 +248,9 @@ def test_the_ray_demo_is_a_subcommand_with_the_clis_conventions(monkeypatch):
     assert seen["model"] == "hash:64" and seen["tasks"] == 10
     failed = CliRunner().invoke(main, ["ray-demo", "--tasks", "13"])
     assert failed.exit_code == 1 and failed.stderr == "error: the cluster at nowhere:1 did not answer\n"
-    module_help = subprocess.run([sys.executable, "-m", "embedshare.cli", "ray-demo", "--help"],
-                                 capture_output=True, text=True, timeout=60)
+    module_help = subprocess.run(
+        [sys.executable, "-m", "embedshare.cli", "ray-demo", "--help"], capture_output=True, text=True, timeout=60
+    )
     command_help = CliRunner().invoke(main, ["ray-demo", "--help"]).stdout
     assert module_help.returncode == 0 and "$EMBEDSHARE_MODEL" in module_help.stdout
     assert module_help.stdout.startswith("Usage: python -m embedshare.cli ray-demo [OPTIONS]")

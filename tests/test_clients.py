@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from embedshare.manager import EmbeddingManager
 from helpers.extras import requires
 from helpers.services import running_service
+
+from embedshare.manager import EmbeddingManager
 
 pytestmark = [pytest.mark.timeout(120), requires("http")]  # every client here talks to the endpoint
 
@@ -112,8 +112,9 @@ def test_haystack(base_url, reference, monkeypatch):
 
     text_embedder = OpenAITextEmbedder(api_base_url=base_url, model="hash:64", api_key=Secret.from_token("unused"))
     assert_same([text_embedder.run(text=TEXTS[1])["embedding"]], reference.get_embeddings(TEXTS[1:2]))
-    documents = OpenAIDocumentEmbedder(api_base_url=base_url, model="hash:64", progress_bar=False,
-                                       api_key=Secret.from_token("unused"))
+    documents = OpenAIDocumentEmbedder(
+        api_base_url=base_url, model="hash:64", progress_bar=False, api_key=Secret.from_token("unused")
+    )
     embedded = documents.run(documents=[Document(content=t) for t in BATCH_WITH_BLANKS])["documents"]
     assert all(d.embedding is not None for d in embedded)  # Haystack's sign of a failed batch: None
     assert_same([d.embedding for d in embedded], reference.get_embeddings(BATCH_WITH_BLANKS))
@@ -127,16 +128,16 @@ def test_langchain_openai_default_settings_send_token_arrays(base_url, reference
     embeddings = OpenAIEmbeddings(model="hash:64", base_url=base_url, api_key="unused")
     assert_same(embeddings.embed_documents(TEXTS), reference.get_embeddings(TEXTS), exact=False)
     assert_same([embeddings.embed_query(TEXTS[2])], reference.get_embeddings(TEXTS[2:]), exact=False)
-    assert_same(embeddings.embed_documents(BATCH_WITH_BLANKS), reference.get_embeddings(BATCH_WITH_BLANKS),
-                exact=False)
+    assert_same(embeddings.embed_documents(BATCH_WITH_BLANKS), reference.get_embeddings(BATCH_WITH_BLANKS), exact=False)
 
 
 @requires("dev", "langchain_openai", "openai")
 def test_langchain_openai_text_settings(base_url, reference):
     from langchain_openai import OpenAIEmbeddings
 
-    embeddings = OpenAIEmbeddings(model="hash:64", base_url=base_url, api_key="unused",
-                                  check_embedding_ctx_length=False)
+    embeddings = OpenAIEmbeddings(
+        model="hash:64", base_url=base_url, api_key="unused", check_embedding_ctx_length=False
+    )
     assert_same(embeddings.embed_documents(TEXTS), reference.get_embeddings(TEXTS))
     assert_same(embeddings.embed_documents(BATCH_WITH_BLANKS), reference.get_embeddings(BATCH_WITH_BLANKS))
 
@@ -145,8 +146,8 @@ def test_langchain_openai_text_settings(base_url, reference):
 def test_embedshare_langchain_adapter_with_blank_documents(service, reference):
     from langchain_core.vectorstores import InMemoryVectorStore
 
-    from embedshare.integrations.langchain import EmbedshareEmbeddings
     from embedshare.access import SharedEmbeddingManager
+    from embedshare.integrations.langchain import EmbedshareEmbeddings
 
     manager = SharedEmbeddingManager(service.address)
     try:

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.extras import requires
+from helpers.processes import SPAWNED, with_tests_on_path
+from helpers.spawned import compat_calls
 
 from embedshare.access import NoServiceWarning
 from embedshare.access import get_embedding_manager as get_native_manager
@@ -35,9 +38,6 @@ from embedshare.compat import (
 from embedshare.registry import load_registry
 from embedshare.service.launcher import EmbeddingService
 from embedshare.store import ToolIndexError
-from helpers.extras import requires
-from helpers.processes import SPAWNED, with_tests_on_path
-from helpers.spawned import compat_calls
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -64,8 +64,11 @@ def service(make_service) -> EmbeddingService:
 
 def _comparable(report: dict) -> dict:
     """A report without what differs between processes by nature (pid, how full the cache is)."""
-    out = {k: v for k, v in report.items() if k not in ("pid", "mode", "shared_address", "loaded_at_start",
-                                                         "index_before_build", "model", "heavy_modules")}
+    out = {
+        k: v
+        for k, v in report.items()
+        if k not in ("pid", "mode", "shared_address", "loaded_at_start", "index_before_build", "model", "heavy_modules")
+    }
     out["info"] = {k: v for k, v in report["info"].items() if k != "cached_embeddings"}
     out["build"] = {k: v for k, v in report["build"].items() if k != "rebuilt"}
     return out
@@ -90,15 +93,29 @@ def test_the_original_registry_shape_indexes_as_is():
     assert len(registry) == 30
     assert sorted({tool.category for tool in registry.tools}) == CATEGORIES
     raw = registry.by_name()["data_processing_filter"].raw
-    for key in ("name", "description", "parameters", "returns", "errors", "dependencies",
-                "dependency_metadata", "metadata", "differentiation"):
+    for key in (
+        "name",
+        "description",
+        "parameters",
+        "returns",
+        "errors",
+        "dependencies",
+        "dependency_metadata",
+        "metadata",
+        "differentiation",
+    ):
         assert key in raw, key
     assert {"category", "operation", "version", "created_at"} <= set(raw["metadata"])
 
 
 def test_call_patterns_in_this_process(reference):
-    assert reference["build"] == {"total_tools": 30, "categories": {c: 5 for c in CATEGORIES},
-                                  "model": "hash:64:v1", "dimension": 64, "rebuilt": True}
+    assert reference["build"] == {
+        "total_tools": 30,
+        "categories": dict.fromkeys(CATEGORIES, 5),
+        "model": "hash:64:v1",
+        "dimension": 64,
+        "rebuilt": True,
+    }
     assert reference["tools"] == 30
     assert reference["loaded_at_start"] is False and reference["index_before_build"] is False
     for q, results in reference["searches"].items():
@@ -110,8 +127,10 @@ def test_call_patterns_in_this_process(reference):
     for tool, similar in reference["similar"].items():
         assert len(similar) == 5 and tool not in [name for name, _ in similar]
     assert all(name.startswith("network_") for name in reference["same_category"])
-    assert reference["protocols"]["network_fetcher"] == [["description", "embedding", "errors", "inputSchema",
-                                                          "name", "returns"], 64]
+    assert reference["protocols"]["network_fetcher"] == [
+        ["description", "embedding", "errors", "inputSchema", "name", "returns"],
+        64,
+    ]
     assert reference["tool_embedding"][:3] == ["network_fetcher", "network", "fetch"]
     assert reference["info"]["index_loaded"] is True and reference["info"]["dimension"] == 64
 
@@ -122,8 +141,15 @@ def test_25_popen_shards_share_one_service_and_get_the_reference_answers(referen
     for i in range(25):
         how = "config" if i % 2 else "env"
         shard_env = {**env, "EMBEDSHARE_MODEL": "hash:64"} if how == "env" else env
-        shards.append(subprocess.Popen([sys.executable, str(SPAWNED / "compat_calls.py"), str(REGISTRY), how],
-                                       env=shard_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        shards.append(
+            subprocess.Popen(
+                [sys.executable, str(SPAWNED / "compat_calls.py"), str(REGISTRY), how],
+                env=shard_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     reports = []
     for shard in shards:
         out, err = shard.communicate(timeout=240)
@@ -167,7 +193,7 @@ def test_threads_share_one_compat_manager(service, hash_env, run_threads):
         em = get_embedding_manager()
         return em, [r.tool_name for r in em.search("read a file", k=3)]
 
-    managers, results = zip(*run_threads(16, grab))
+    managers, results = zip(*run_threads(16, grab), strict=True)
     assert len(managers) == 16 and all(m is managers[0] for m in managers)
     assert managers[0].manager.mode == "shared"
     assert all(r == results[0] for r in results)
@@ -180,8 +206,12 @@ def test_tool_embeddings_are_views_of_the_mapped_index(service, hash_env):
     assert sorted(embeddings) == sorted(load_registry(REGISTRY).by_name())
     tool = embeddings["network_fetcher"]
     index = em.index
-    for array in (tool.combined_embedding, tool.description_embedding, tool.parameter_embedding,
-                  tool.functionality_embedding):
+    for array in (
+        tool.combined_embedding,
+        tool.description_embedding,
+        tool.parameter_embedding,
+        tool.functionality_embedding,
+    ):
         assert isinstance(array, np.memmap) and not array.flags.writeable
     assert np.shares_memory(tool.combined_embedding, index.vectors)
     assert np.shares_memory(tool.description_embedding, index.fields)
@@ -193,8 +223,13 @@ def test_tool_embeddings_are_views_of_the_mapped_index(service, hash_env):
 
 def test_search_result_has_the_original_shape():
     result = SearchResult("t", 0.5, {"name": "t"}, "utility")
-    assert (result.tool_name, result.score, result.mcp_protocol, result.category, result.reason) == \
-        ("t", 0.5, {"name": "t"}, "utility", "")
+    assert (result.tool_name, result.score, result.mcp_protocol, result.category, result.reason) == (
+        "t",
+        0.5,
+        {"name": "t"},
+        "utility",
+        "",
+    )
 
 
 @requires("openai")

@@ -23,13 +23,14 @@ from pathlib import Path
 import lmdb
 import numpy as np
 import pytest
-from embedshare.embedders import create_embedder
-from embedshare.manager import EmbeddingManager
-from embedshare.access import SharedEmbeddingManager
-from embedshare.service.launcher import EmbeddingService, ServiceStartError
-from embedshare.store import CacheDamagedError, CacheError, EmbeddingCache, StoreLayout
 from helpers.disks import fill
 from helpers.frames import connect_raw, exchange
+
+from embedshare.access import SharedEmbeddingManager
+from embedshare.embedders import create_embedder
+from embedshare.manager import EmbeddingManager
+from embedshare.service.launcher import EmbeddingService, ServiceStartError
+from embedshare.store import CacheDamagedError, CacheError, EmbeddingCache, StoreLayout
 
 EMBEDDER = create_embedder("hash:64")
 TEXTS = [f"damaged files text {i}" for i in range(300)]
@@ -37,8 +38,13 @@ TEXTS = [f"damaged files text {i}" for i in range(300)]
 
 def _cli(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
     """``embedshare ARGS`` in its own interpreter: a SIGBUS there is an exit code, not our crash."""
-    return subprocess.run([sys.executable, "-m", "embedshare", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "embedshare", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 def _filled_store(store: Path, registry: str | None = "bundled") -> None:
@@ -199,8 +205,11 @@ def test_garbled_pages_are_a_project_error_naming_the_path_and_the_fix(store):
     _garble_pages_after_the_meta_pages(store)
     manager = EmbeddingManager(store, model="hash:64")
     try:
-        for read in (lambda: manager.get_embedding(TEXTS[0]), lambda: manager.get_embeddings(TEXTS[:3]),
-                     lambda: TEXTS[0] in manager.cache):
+        for read in (
+            lambda: manager.get_embedding(TEXTS[0]),
+            lambda: manager.get_embeddings(TEXTS[:3]),
+            lambda: TEXTS[0] in manager.cache,
+        ):
             with pytest.raises(CacheDamagedError) as error:
                 read()
             assert isinstance(error.value, CacheError)
@@ -242,8 +251,11 @@ def test_a_full_disk_at_the_state_write_leaves_nothing_half_written_and_a_later_
     # a preload list cannot be written either: an error, no partial preload file
     with pytest.raises(OSError, match="No space left"):
         EmbeddingService(store, model="hash:64", preload=["x" * 100_000], export_env=False).start()
-    leftovers = sorted(p.name for p in [*layout.run.iterdir(), *layout.root.iterdir()] if p.name.endswith(".tmp")
-                       or p.name.startswith("preload-"))
+    leftovers = sorted(
+        p.name
+        for p in [*layout.run.iterdir(), *layout.root.iterdir()]
+        if p.name.endswith(".tmp") or p.name.startswith("preload-")
+    )
     assert leftovers == [], leftovers
     assert [f.read_text() for f in small_files] == before
     # room again: the next start works and cleans up its preload file
@@ -256,13 +268,18 @@ def test_a_full_disk_at_the_state_write_leaves_nothing_half_written_and_a_later_
     assert json.loads(layout.state.read_text())["pid"] == service.pid
 
 
-@pytest.mark.parametrize("content, message", [
-    ('{"pid": 12, "config": {"model": "hash:6', "is damaged"),
-    ("", "is damaged"),
-    ("[1, 2]", "not an object"),
-    ('{"pid": 12, "config": "hash:64"}', "holds an invalid config"),
-])
-def test_a_garbled_state_file_is_a_clear_restart_error_and_does_not_block_a_new_service(store, make_service, content, message):
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"pid": 12, "config": {"model": "hash:6', "is damaged"),
+        ("", "is damaged"),
+        ("[1, 2]", "not an object"),
+        ('{"pid": 12, "config": "hash:64"}', "holds an invalid config"),
+    ],
+)
+def test_a_garbled_state_file_is_a_clear_restart_error_and_does_not_block_a_new_service(
+    store, make_service, content, message
+):
     layout = StoreLayout(store)
     layout.make_private_run_dir()
     layout.state.write_text(content)

@@ -20,20 +20,20 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
-from embedshare.cli import main as cli
-from embedshare.embedders import create_embedder
-from embedshare.manager import EmbeddingManager
-from embedshare.pool.shared import SharedPool
-from embedshare.access import SharedEmbeddingManager
-from embedshare.client.connection import ServiceConnection, ServiceUnavailable
-from embedshare.client.state import read_state
-from embedshare.store import StoreLayout
 from helpers.figures import record
 from helpers.processes import PYTHON, SPAWNED, alive, with_tests_on_path
 from helpers.services import kill_service
 from helpers.spawned import failover_tasks
 from helpers.waiting import wait_for
+
+from embedshare.access import SharedEmbeddingManager
+from embedshare.cli import main as cli
+from embedshare.client.connection import ServiceConnection, ServiceUnavailable
+from embedshare.client.state import read_state
+from embedshare.embedders import create_embedder
+from embedshare.manager import EmbeddingManager
+from embedshare.pool.shared import SharedPool
+from embedshare.store import StoreLayout
 
 SEED = int(os.environ.get("EMBEDSHARE_FAULT_SEED", "20261202"))
 EMBEDDER = create_embedder("hash:64")
@@ -87,7 +87,7 @@ def test_a_25_worker_pool_loses_no_task_through_service_and_worker_sigkills(stor
     points = sorted(rng.sample(range(tasks // 20, tasks * 3 // 4), service_kills + worker_kills))
     kinds = ["service"] * service_kills + ["worker"] * worker_kills
     rng.shuffle(kinds)
-    plan = list(zip(points, kinds))
+    plan = list(zip(points, kinds, strict=True))
     reference = _reference(tmp_path, tasks)
     layout = StoreLayout(store)
     completed: Counter[int] = Counter()
@@ -116,10 +116,10 @@ def test_a_25_worker_pool_loses_no_task_through_service_and_worker_sigkills(stor
         killed.append({"kind": kind, "pid": pid, "after_tasks": done})
 
     started = time.monotonic()
-    with SharedPool(workers=25, store=store, model="hash:64", registry="bundled", progress=False,
-                    max_retries=5) as pool:
-        results = pool.map(failover_tasks.failover_task, range(tasks), on_result=on_result,
-                           raise_on_failure=False)
+    with SharedPool(
+        workers=25, store=store, model="hash:64", registry="bundled", progress=False, max_retries=5
+    ) as pool:
+        results = pool.map(failover_tasks.failover_task, range(tasks), on_result=on_result, raise_on_failure=False)
         final_pid = pool.service.stats()["pid"]
     wall = time.monotonic() - started
 
@@ -128,8 +128,7 @@ def test_a_25_worker_pool_loses_no_task_through_service_and_worker_sigkills(stor
     assert [k["kind"] for k in killed] == kinds, f"not every kill happened: {killed}"
     assert final_pid not in [k["pid"] for k in killed if k["kind"] == "service"]
     assert len(completed) == tasks and set(completed.values()) == {1}  # each reported once
-    wrong = [r["index"] for r in results
-             if {k: r[k] for k in ("index", "digest", "top")} != reference[r["index"]]]
+    wrong = [r["index"] for r in results if {k: r[k] for k in ("index", "digest", "top")} != reference[r["index"]]]
     assert not wrong, f"results that differ from a local manager's: tasks {wrong[:10]}"
     assert {r["mode"] for r in results} == {"shared"}  # no worker built its own manager
     crashes = pool.report.crashes
@@ -141,11 +140,20 @@ def test_a_25_worker_pool_loses_no_task_through_service_and_worker_sigkills(stor
     # one reconnect per worker per service that came back, at most (attempts that failed while
     # it restarted are not reconnects)
     assert reconnects <= 25 * service_kills, reconnects
-    record("failover_25_workers", seed=SEED, tasks=tasks, workers=25, failed=len(failed),
-           service_kills=service_kills, worker_kills=worker_kills,
-           killed_after_tasks=[(k["kind"], k["after_tasks"]) for k in killed],
-           tasks_rerun=sum(o.attempts > 1 for o in pool.outcomes), worker_restarts=restarts,
-           worker_reconnects=reconnects, wall_seconds=round(wall, 1))
+    record(
+        "failover_25_workers",
+        seed=SEED,
+        tasks=tasks,
+        workers=25,
+        failed=len(failed),
+        service_kills=service_kills,
+        worker_kills=worker_kills,
+        killed_after_tasks=[(k["kind"], k["after_tasks"]) for k in killed],
+        tasks_rerun=sum(o.attempts > 1 for o in pool.outcomes),
+        worker_restarts=restarts,
+        worker_reconnects=reconnects,
+        wall_seconds=round(wall, 1),
+    )
 
 
 # -- 16 threads on one client --------------------------------------------------------------------
@@ -168,7 +176,7 @@ def test_16_threads_on_one_client_lose_no_call_through_three_service_kills(store
             text = f"thread {t} text {i}"
             try:
                 vector = client.get_embedding(text)
-            except BaseException as exc:  # noqa: BLE001 - every failure is counted
+            except BaseException as exc:
                 errors.append(exc)
             else:
                 if vector.tobytes() != EMBEDDER.embed([text])[0].tobytes():
@@ -180,9 +188,10 @@ def test_16_threads_on_one_client_lose_no_call_through_three_service_kills(store
     def killer() -> None:
         for point in kill_after:
             with lock:
-                lock.wait_for(lambda: done[0] >= point, timeout=120)
-            pid = wait_for(lambda: (p := read_state(layout).get("pid")) not in killed and alive(p) and p,
-                           60, "a restarted service")
+                lock.wait_for(lambda point=point: done[0] >= point, timeout=120)
+            pid = wait_for(
+                lambda: (p := read_state(layout).get("pid")) not in killed and alive(p) and p, 60, "a restarted service"
+            )
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
@@ -200,8 +209,15 @@ def test_16_threads_on_one_client_lose_no_call_through_three_service_kills(store
     assert not wrong
     # one reconnect per restart (a restart that is killed again before it answers costs one more)
     assert 1 <= stats["reconnects"] <= 2 * kills, stats["reconnects"]
-    record("failover_16_threads", threads=threads, calls=threads * per_thread, kills=kills,
-           failed_calls=len(errors), reconnects=stats["reconnects"], restarts=stats["restarts"])
+    record(
+        "failover_16_threads",
+        threads=threads,
+        calls=threads * per_thread,
+        kills=kills,
+        failed_calls=len(errors),
+        reconnects=stats["reconnects"],
+        restarts=stats["restarts"],
+    )
 
 
 # -- interpreters started while the service is down -----------------------------------------------
@@ -210,11 +226,23 @@ def test_16_threads_on_one_client_lose_no_call_through_three_service_kills(store
 def test_interpreters_started_while_the_service_is_down_get_the_shared_service_and_its_registry(store, make_service):
     service = make_service(export_env=False)
     kill_service(service)
-    env = {**with_tests_on_path(), "EMBEDSHARE_STORE": str(store), "EMBEDSHARE_ON_FAILURE": "restart",
-           "EMBEDSHARE_MODEL": "hash:64"}
+    env = {
+        **with_tests_on_path(),
+        "EMBEDSHARE_STORE": str(store),
+        "EMBEDSHARE_ON_FAILURE": "restart",
+        "EMBEDSHARE_MODEL": "hash:64",
+    }
     env.pop("EMBEDSHARE_ADDRESS", None)
-    procs = [subprocess.Popen([PYTHON, str(SPAWNED / "failover_tasks.py"), str(i)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
+    procs = [
+        subprocess.Popen(
+            [PYTHON, str(SPAWNED / "failover_tasks.py"), str(i)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
     try:
         outputs = [p.communicate(timeout=120) for p in procs]
     finally:

@@ -26,7 +26,13 @@ from collections import Counter
 
 import msgpack
 import pytest
+from helpers.extras import skip_module_unless
+from helpers.figures import record
+from helpers.frames import closed_by_peer, connect_raw, read_reply
+from helpers.waiting import wait_for
 
+from embedshare.access import SharedEmbeddingManager
+from embedshare.client import protocol
 from embedshare.embedders import (
     InvalidTextError,
     create_embedder,
@@ -34,17 +40,11 @@ from embedshare.embedders import (
     validate_texts,
 )
 from embedshare.manager import EmbeddingManager
-from embedshare.client import protocol
-from embedshare.access import SharedEmbeddingManager
-from helpers.figures import record
-from helpers.frames import closed_by_peer, connect_raw, read_reply
-from helpers.extras import skip_module_unless
-from helpers.waiting import wait_for
 
 skip_module_unless("dev", "hypothesis")
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 SEED = int(os.environ.get("EMBEDSHARE_FUZZ_SEED", "5150"))
 FRAMES = int(os.environ.get("EMBEDSHARE_FUZZ_FRAMES", "20000"))
@@ -59,11 +59,18 @@ MODEL_ID = EMBEDDER.model_id
 def random_text(rng: random.Random) -> str:
     kind = rng.random()
     if kind < 0.6:
-        return " ".join(rng.choice(["read", "csv", "file", "http", "post", "json", "zip", "hash"])
-                        for _ in range(rng.randint(1, 5))) + f" {rng.randrange(10**6)}"
+        return (
+            " ".join(
+                rng.choice(["read", "csv", "file", "http", "post", "json", "zip", "hash"])
+                for _ in range(rng.randint(1, 5))
+            )
+            + f" {rng.randrange(10**6)}"
+        )
     if kind < 0.8:  # any code point but surrogates (msgpack cannot encode those)
-        return "".join(chr(rng.choice([rng.randrange(0x20, 0x7F), rng.randrange(0xA0, 0xD800),
-                                       rng.randrange(0xE000, 0x110000)])) for _ in range(rng.randint(0, 40)))
+        return "".join(
+            chr(rng.choice([rng.randrange(0x20, 0x7F), rng.randrange(0xA0, 0xD800), rng.randrange(0xE000, 0x110000)]))
+            for _ in range(rng.randint(0, 40))
+        )
     return rng.choice(["", " ", "\t\n", "\x00", "\u200b", "a" * rng.randint(1, 20000)])
 
 
@@ -89,8 +96,10 @@ def random_value(rng: random.Random, depth: int = 0):
         return [random_value(rng, depth + 1) for _ in range(rng.randint(0, 6))]
     if kind == 10:
         return {random_text(rng)[:10]: random_value(rng, depth + 1) for _ in range(rng.randint(0, 6))}
-    return {rng.choice(["v", "id", "op", "texts", "model_id", "token"]): random_value(rng, depth + 1)
-            for _ in range(rng.randint(0, 6))}
+    return {
+        rng.choice(["v", "id", "op", "texts", "model_id", "token"]): random_value(rng, depth + 1)
+        for _ in range(rng.randint(0, 6))
+    }
 
 
 def valid_request(rng: random.Random) -> dict:
@@ -115,13 +124,13 @@ def mutate_bytes(rng: random.Random, body: bytes) -> bytes:
         elif choice == 2 and data:  # a msgpack type byte that claims a large length
             data[rng.randrange(len(data))] = rng.choice([0xC1, 0xC6, 0xC7, 0xC8, 0xC9, 0xDB, 0xDD, 0xDF, 0xDC, 0xDE])
         elif choice == 3:  # cut it short
-            del data[rng.randrange(len(data) + 1):]
+            del data[rng.randrange(len(data) + 1) :]
         elif choice == 4:  # insert random bytes
             i = rng.randrange(len(data) + 1)
             data[i:i] = rng.randbytes(rng.randint(1, 8))
         elif data:  # duplicate a slice
             i = rng.randrange(len(data))
-            data[i:i] = data[i:i + rng.randint(1, 16)]
+            data[i:i] = data[i : i + rng.randint(1, 16)]
     return bytes(data)
 
 
@@ -166,7 +175,9 @@ def _framing_attack(address: str, rng: random.Random) -> str:
     sock = connect_raw(address)
     try:
         if kind == "too_large":
-            sock.sendall(struct.pack(">I", rng.randrange(protocol.MAX_FRAME + 1, 2**32)) + rng.randbytes(rng.randint(0, 64)))
+            sock.sendall(
+                struct.pack(">I", rng.randrange(protocol.MAX_FRAME + 1, 2**32)) + rng.randbytes(rng.randint(0, 64))
+            )
             reply = read_reply(sock)
             assert reply["ok"] is False and reply["error"]["code"] == "too_large"
             assert closed_by_peer(sock)
@@ -229,7 +240,7 @@ class WellBehavedClient(threading.Thread):
                 if names != [r.name for r in self.reference.search(query, k=3)]:
                     self.failures.append(f"wrong search results for {query!r}")
                 self.checks += 1
-            except Exception as exc:  # noqa: BLE001 - reported by the test
+            except Exception as exc:
                 self.failures.append(f"{type(exc).__name__}: {exc}")
 
 
@@ -283,24 +294,42 @@ def test_10k_random_and_mutated_frames_never_crash_or_hang_the_service(hash_serv
     wait_for(lambda: len(hash_service.stats()["clients"]) <= 2, 30, "the fuzz connections to be forgotten")
     log = hash_service.log_tail(100000)
     assert "Traceback" not in log, log[-3000:]
-    record("protocol_fuzz", seed=SEED, frames=sent, frame_kinds=dict(kinds), replies=dict(codes),
-           framing_attacks=dict(attacks), framing_attacks_total=sum(attacks.values()),
-           shutdowns_defused=shutdowns_defused, well_behaved_checks=checker.checks,
-           seconds=round(seconds, 1), service_errors_counted=stats["errors"])
+    record(
+        "protocol_fuzz",
+        seed=SEED,
+        frames=sent,
+        frame_kinds=dict(kinds),
+        replies=dict(codes),
+        framing_attacks=dict(attacks),
+        framing_attacks_total=sum(attacks.values()),
+        shutdowns_defused=shutdowns_defused,
+        well_behaved_checks=checker.checks,
+        seconds=round(seconds, 1),
+        service_errors_counted=stats["errors"],
+    )
 
 
 # -- property tests of what the service runs on every frame -------------------------------------------
 
 DECODED = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.floats()
-    | st.text(max_size=30) | st.binary(max_size=30),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats()
+    | st.text(max_size=30)
+    | st.binary(max_size=30),
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5),
     max_leaves=20,
 )
-FIELDS = st.fixed_dictionaries({}, optional={
-    "v": DECODED | st.just(1), "id": DECODED | st.integers(-(2**63), 2**64 - 1), "op": DECODED | st.sampled_from(protocol.OPS),
-    "texts": DECODED | st.lists(DECODED | st.text(max_size=20), max_size=5),
-})
+FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "v": DECODED | st.just(1),
+        "id": DECODED | st.integers(-(2**63), 2**64 - 1),
+        "op": DECODED | st.sampled_from(protocol.OPS),
+        "texts": DECODED | st.lists(DECODED | st.text(max_size=20), max_size=5),
+    },
+)
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])

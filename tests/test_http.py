@@ -15,24 +15,24 @@ import threading
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from embedshare.cli import main
-from embedshare.embedders import create_embedder
-from embedshare.manager import EmbeddingManager
-from embedshare.access import SharedEmbeddingManager
-from embedshare.service.http.address import parse_http_address
-from embedshare.service.launcher import EmbeddingService, ServiceStartError
-from embedshare.client.state import read_state
-from embedshare.store import StoreLayout
 from helpers.extras import requires, skip_module_unless
 from helpers.services import running_service
+
+from embedshare.access import SharedEmbeddingManager
+from embedshare.cli import main
+from embedshare.client.state import read_state
+from embedshare.embedders import create_embedder
+from embedshare.manager import EmbeddingManager
+from embedshare.service.http.address import parse_http_address
+from embedshare.service.launcher import EmbeddingService, ServiceStartError
+from embedshare.store import StoreLayout
 
 skip_module_unless("http")  # the endpoint
 skip_module_unless("dev", "httpx")  # its client here
 
-import httpx  # noqa: E402
+import httpx
 
-from embedshare.service.http.app import count_tokens  # noqa: E402
+from embedshare.service.http.app import count_tokens
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -62,8 +62,9 @@ def post(url: str, body: object, **options) -> httpx.Response:
     return httpx.post(f"{url}/v1/embeddings", json=body, timeout=30, **options)
 
 
-def assert_openai_error(response: httpx.Response, status: int, param: str | None = None,
-                        code: str | None = None, words: str = "") -> dict:
+def assert_openai_error(
+    response: httpx.Response, status: int, param: str | None = None, code: str | None = None, words: str = ""
+) -> dict:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
@@ -82,13 +83,16 @@ def assert_openai_error(response: httpx.Response, status: int, param: str | None
 # -- the address ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("8080", ("127.0.0.1", 8080)),
-    (":0", ("127.0.0.1", 0)),
-    ("localhost:9000", ("localhost", 9000)),
-    ("0.0.0.0:80", ("0.0.0.0", 80)),
-    ("[::1]:8080", ("::1", 8080)),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("8080", ("127.0.0.1", 8080)),
+        (":0", ("127.0.0.1", 0)),
+        ("localhost:9000", ("localhost", 9000)),
+        ("0.0.0.0:80", ("0.0.0.0", 80)),
+        ("[::1]:8080", ("::1", 8080)),
+    ],
+)
 def test_http_address_defaults_to_loopback(value, expected):
     assert parse_http_address(value) == expected
 
@@ -119,8 +123,9 @@ def test_a_taken_port_is_a_clear_start_error(tmp_path):
         taken.listen(1)
         port = taken.getsockname()[1]
         with pytest.raises(ServiceStartError, match=f"cannot listen for HTTP on 127.0.0.1:{port}"):
-            EmbeddingService(tmp_path / "s", model="hash:64", http=f"127.0.0.1:{port}",
-                             export_env=False, start_timeout=60).start()
+            EmbeddingService(
+                tmp_path / "s", model="hash:64", http=f"127.0.0.1:{port}", export_env=False, start_timeout=60
+            ).start()
 
 
 # -- /v1/embeddings ----------------------------------------------------------------------------
@@ -144,8 +149,10 @@ def test_a_single_string_gives_one_embedding_and_the_spec_names_the_model(url, r
     reply = post(url, {"model": "hash:64", "input": "read a csv file"}).json()
     assert reply["model"] == MODEL
     assert len(reply["data"]) == 1
-    assert np.array(reply["data"][0]["embedding"], dtype=np.float32).tobytes() == \
-        reference.get_embedding("read a csv file").tobytes()
+    assert (
+        np.array(reply["data"][0]["embedding"], dtype=np.float32).tobytes()
+        == reference.get_embedding("read a csv file").tobytes()
+    )
 
 
 def test_usage_counts_words_and_punctuation(url):
@@ -157,32 +164,58 @@ def test_usage_counts_words_and_punctuation(url):
 def test_dimensions_may_only_name_the_native_size(url):
     ok = post(url, {"model": MODEL, "input": "abc", "dimensions": 64})
     assert ok.status_code == 200 and len(ok.json()["data"][0]["embedding"]) == 64
-    assert_openai_error(post(url, {"model": MODEL, "input": "abc", "dimensions": 32}), 400,
-                        param="dimensions", code="invalid_value", words="must be 64")
-    assert_openai_error(post(url, {"model": MODEL, "input": "abc", "dimensions": "64"}), 400,
-                        param="dimensions", code="invalid_type")
+    assert_openai_error(
+        post(url, {"model": MODEL, "input": "abc", "dimensions": 32}),
+        400,
+        param="dimensions",
+        code="invalid_value",
+        words="must be 64",
+    )
+    assert_openai_error(
+        post(url, {"model": MODEL, "input": "abc", "dimensions": "64"}), 400, param="dimensions", code="invalid_type"
+    )
 
 
-@pytest.mark.parametrize(("body", "status", "param", "words"), [
-    ({"input": "x"}, 400, "model", "'model'"),
-    ({"model": "text-embedding-3-small", "input": "x"}, 404, "model", "does not exist"),
-    ({"model": MODEL}, 400, "input", "'input'"),
-    ({"model": MODEL, "input": []}, 400, "input", "empty"),
-    ({"model": MODEL, "input": ["text", [1, 2]]}, 400, "input", "all texts or all token arrays"),
-    # token arrays are checked by the service's tokenizer
-    pytest.param({"model": MODEL, "input": [[1, 2], "text"]}, 400, "input", "input[1] must be a list of token ids",
-                 marks=requires("tokens")),
-    pytest.param({"model": MODEL, "input": [[15339], [1, -5]]}, 400, "input", "input[1] holds -5, not a cl100k_base",
-                 marks=requires("tokens")),
-    pytest.param({"model": MODEL, "input": [15339, 100256]}, 400, "input", "not a cl100k_base token",
-                 marks=requires("tokens")),
-    pytest.param({"model": MODEL, "input": [[15339], []]}, 400, "input", "input[1] is empty", marks=requires("tokens")),
-    ({"model": MODEL, "input": {"text": "x"}}, 400, "input", "string or a list"),
-    ({"model": MODEL, "input": ["fine", ""]}, 400, "input", "input[1] is empty"),
-    ({"model": MODEL, "input": ["fine", None]}, 400, "input", "input[1]"),
-    ({"model": MODEL, "input": ["x"] * 2049}, 400, "input", "2048"),
-    ({"model": MODEL, "input": "x", "encoding_format": "int8"}, 400, "encoding_format", "base64"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "param", "words"),
+    [
+        ({"input": "x"}, 400, "model", "'model'"),
+        ({"model": "text-embedding-3-small", "input": "x"}, 404, "model", "does not exist"),
+        ({"model": MODEL}, 400, "input", "'input'"),
+        ({"model": MODEL, "input": []}, 400, "input", "empty"),
+        ({"model": MODEL, "input": ["text", [1, 2]]}, 400, "input", "all texts or all token arrays"),
+        # token arrays are checked by the service's tokenizer
+        pytest.param(
+            {"model": MODEL, "input": [[1, 2], "text"]},
+            400,
+            "input",
+            "input[1] must be a list of token ids",
+            marks=requires("tokens"),
+        ),
+        pytest.param(
+            {"model": MODEL, "input": [[15339], [1, -5]]},
+            400,
+            "input",
+            "input[1] holds -5, not a cl100k_base",
+            marks=requires("tokens"),
+        ),
+        pytest.param(
+            {"model": MODEL, "input": [15339, 100256]},
+            400,
+            "input",
+            "not a cl100k_base token",
+            marks=requires("tokens"),
+        ),
+        pytest.param(
+            {"model": MODEL, "input": [[15339], []]}, 400, "input", "input[1] is empty", marks=requires("tokens")
+        ),
+        ({"model": MODEL, "input": {"text": "x"}}, 400, "input", "string or a list"),
+        ({"model": MODEL, "input": ["fine", ""]}, 400, "input", "input[1] is empty"),
+        ({"model": MODEL, "input": ["fine", None]}, 400, "input", "input[1]"),
+        ({"model": MODEL, "input": ["x"] * 2049}, 400, "input", "2048"),
+        ({"model": MODEL, "input": "x", "encoding_format": "int8"}, 400, "encoding_format", "base64"),
+    ],
+)
 def test_bad_requests_get_openai_errors(url, body, status, param, words):
     assert_openai_error(post(url, body), status, param=param, words=words)
 
@@ -200,23 +233,30 @@ def test_token_arrays_are_decoded_to_their_text(url, reference):
     got = np.array([d["embedding"] for d in many.json()["data"]], dtype=np.float32)
     assert got.tobytes() == reference.get_embeddings(texts).tobytes()
     one = post(url, {"model": MODEL, "input": encoding.encode(texts[1])})
-    assert np.array(one.json()["data"][0]["embedding"], dtype=np.float32).tobytes() == \
-        reference.get_embedding(texts[1]).tobytes()
+    assert (
+        np.array(one.json()["data"][0]["embedding"], dtype=np.float32).tobytes()
+        == reference.get_embedding(texts[1]).tobytes()
+    )
 
 
 def test_unknown_models_are_model_not_found(url):
-    assert_openai_error(post(url, {"model": "hash:32:v1", "input": "x"}), 404, param="model",
-                        code="model_not_found", words=MODEL)
+    assert_openai_error(
+        post(url, {"model": "hash:32:v1", "input": "x"}), 404, param="model", code="model_not_found", words=MODEL
+    )
 
 
 def test_bodies_that_are_not_json_objects_are_refused(url):
     endpoint = f"{url}/v1/embeddings"
-    assert_openai_error(httpx.post(endpoint, content=b"{not json", headers={"content-type": "application/json"}),
-                        400, code="invalid_json")
+    assert_openai_error(
+        httpx.post(endpoint, content=b"{not json", headers={"content-type": "application/json"}),
+        400,
+        code="invalid_json",
+    )
     assert_openai_error(httpx.post(endpoint, json=["a list"]), 400, code="invalid_json", words="object")
     body = json.dumps({"model": MODEL, "input": "x"}).encode()
-    assert_openai_error(httpx.post(endpoint, content=body, headers={"content-type": "text/plain"}),
-                        415, code="unsupported_media_type")
+    assert_openai_error(
+        httpx.post(endpoint, content=body, headers={"content-type": "text/plain"}), 415, code="unsupported_media_type"
+    )
 
 
 def test_unknown_routes_and_methods_get_openai_errors(url):
@@ -311,8 +351,11 @@ def test_http_and_socket_requests_meet_in_one_batch_and_one_flight(make_service,
     wait_for(lambda: service.stats()["queue_depth"] == 2, 30, "the HTTP request to wait in the queue")
     threads.append(threading.Thread(target=socket_call, args=("second", ["text a", "text c"])))
     threads[-1].start()
-    wait_for(lambda: (s := service.stats())["queue_depth"] == 3 and s["joined_inflight"] == 1, 30,
-             "the socket request to queue its new text and join the other")
+    wait_for(
+        lambda: (s := service.stats())["queue_depth"] == 3 and s["joined_inflight"] == 1,
+        30,
+        "the socket request to queue its new text and join the other",
+    )
     threads.append(threading.Thread(target=http_call, args=("third", ["text d"])))
     threads[-1].start()
     for thread in threads:
@@ -385,9 +428,22 @@ def test_a_failing_model_is_a_502_in_openai_s_shape_and_the_endpoint_goes_on(mak
 def test_serve_http_in_the_background_then_curl_like_requests(tmp_path):
     store = tmp_path / "cli-store"
     started = subprocess.run(
-        [sys.executable, "-m", "embedshare.cli", "serve", "--store", str(store), "--model", "hash:64",
-         "--http", "0", "--detach"],
-        capture_output=True, text=True, timeout=90,
+        [
+            sys.executable,
+            "-m",
+            "embedshare.cli",
+            "serve",
+            "--store",
+            str(store),
+            "--model",
+            "hash:64",
+            "--http",
+            "0",
+            "--detach",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
     try:
         assert started.returncode == 0, started.stderr
@@ -397,13 +453,15 @@ def test_serve_http_in_the_background_then_curl_like_requests(tmp_path):
         reply = httpx.post(f"{url}/v1/embeddings", json={"model": "hash:64", "input": "curl me"}, timeout=30)
         assert reply.status_code == 200 and len(reply.json()["data"][0]["embedding"]) == 64
     finally:
-        subprocess.run([sys.executable, "-m", "embedshare.cli", "stop", "--store", str(store)],
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [sys.executable, "-m", "embedshare.cli", "stop", "--store", str(store)], capture_output=True, timeout=60
+        )
 
 
 def test_serve_with_a_bad_http_address_is_a_one_line_error(tmp_path):
-    result = CliRunner().invoke(main, ["serve", "--store", str(tmp_path / "s"), "--model", "hash:64",
-                                       "--http", "somewhere:else", "--detach"])
+    result = CliRunner().invoke(
+        main, ["serve", "--store", str(tmp_path / "s"), "--model", "hash:64", "--http", "somewhere:else", "--detach"]
+    )
     assert result.exit_code == 1
     assert result.stderr.strip().startswith("error: bad HTTP address 'somewhere:else'")
     assert len(result.stderr.strip().splitlines()) == 1

@@ -25,25 +25,77 @@ pytestmark = pytest.mark.timeout(60)
 
 EMBEDDER = create_embedder("hash:64")
 CATEGORIES = ["file_operations", "data_processing", "network", "computation", "integration", "utility"]
-VOCAB = (
-    "read write file csv json parse http request send email compute mean median sum filter "
-    "sort merge join split convert image resize compress archive upload download schedule "
-    "timer random hash encrypt decrypt token user database query insert delete update cache "
-    "log metric alert queue message stream socket path folder text translate summarise"
-).split()
+VOCAB = [
+    "read",
+    "write",
+    "file",
+    "csv",
+    "json",
+    "parse",
+    "http",
+    "request",
+    "send",
+    "email",
+    "compute",
+    "mean",
+    "median",
+    "sum",
+    "filter",
+    "sort",
+    "merge",
+    "join",
+    "split",
+    "convert",
+    "image",
+    "resize",
+    "compress",
+    "archive",
+    "upload",
+    "download",
+    "schedule",
+    "timer",
+    "random",
+    "hash",
+    "encrypt",
+    "decrypt",
+    "token",
+    "user",
+    "database",
+    "query",
+    "insert",
+    "delete",
+    "update",
+    "cache",
+    "log",
+    "metric",
+    "alert",
+    "queue",
+    "message",
+    "stream",
+    "socket",
+    "path",
+    "folder",
+    "text",
+    "translate",
+    "summarise",
+]
 
 
 def _random_registry(n: int, seed: int):
     rng = random.Random(seed)
     tools = []
     for i in range(n):
-        words = lambda k: " ".join(rng.choice(VOCAB) for _ in range(k))  # noqa: E731
+        words = lambda k: " ".join(rng.choice(VOCAB) for _ in range(k))
         tool = {
             "name": f"tool_{i:03d}_{rng.choice(VOCAB)}",
             "description": words(rng.randint(4, 12)),
             "parameters": [
-                {"name": f"p{j}_{rng.choice(VOCAB)}", "type": rng.choice(["string", "integer"]),
-                 "description": words(3), "required": rng.random() < 0.5}
+                {
+                    "name": f"p{j}_{rng.choice(VOCAB)}",
+                    "type": rng.choice(["string", "integer"]),
+                    "description": words(3),
+                    "required": rng.random() < 0.5,
+                }
                 for j in range(rng.randint(0, 3))
             ],
             "returns": [{"name": "out", "type": "string", "description": words(3)}],
@@ -68,7 +120,7 @@ def _reference(registry):
         texts = field_texts(tool)
         names = list(texts)
         vecs = EMBEDDER.embed([texts[f] for f in names]).astype(np.float64)
-        for f, vec in zip(names, vecs):
+        for f, vec in zip(names, vecs, strict=True):
             fields[row, FIELDS.index(f)] = vec
             weights[row, FIELDS.index(f)] = field_weights(texts)[f]
     combined = np.einsum("nf,nfd->nd", weights, fields)
@@ -79,10 +131,9 @@ def _reference(registry):
 def _brute_force(registry, combined, query_vec, k, category=None, threshold=0.0, exclude=None):
     scores = combined @ query_vec.astype(np.float64)
     rows = [
-        r for r in range(len(registry))
-        if scores[r] >= threshold
-        and (category is None or registry.tools[r].category == category)
-        and r != exclude
+        r
+        for r in range(len(registry))
+        if scores[r] >= threshold and (category is None or registry.tools[r].category == category) and r != exclude
     ]
     rows.sort(key=lambda r: (-scores[r], r))
     rows = rows[:k]
@@ -92,8 +143,9 @@ def _brute_force(registry, combined, query_vec, k, category=None, threshold=0.0,
 @pytest.fixture(scope="module")
 def big(tmp_path_factory):
     registry = _random_registry(300, seed=7)
-    path = build_index(registry, EMBEDDER.embed, EMBEDDER.model_id, EMBEDDER.dim,
-                       tmp_path_factory.mktemp("big") / "index")
+    path = build_index(
+        registry, EMBEDDER.embed, EMBEDDER.model_id, EMBEDDER.dim, tmp_path_factory.mktemp("big") / "index"
+    )
     return registry, ToolIndex(path), _reference(registry)
 
 
@@ -114,8 +166,15 @@ def test_build_and_open(big):
     assert index.model_id == EMBEDDER.model_id
     assert index.categories == sorted({t.category for t in registry.tools})
     assert index.manifest["registry_hash"] == registry.content_hash
-    for array in (index.vectors, index.fields, index.weights, index.category_codes,
-                  index.names_sorted, index.rows_by_name, index.tool_offsets):
+    for array in (
+        index.vectors,
+        index.fields,
+        index.weights,
+        index.category_codes,
+        index.names_sorted,
+        index.rows_by_name,
+        index.tool_offsets,
+    ):
         assert isinstance(array, np.memmap)
     assert index.vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(index.vectors, axis=1), 1.0, atol=1e-5)
@@ -147,8 +206,14 @@ def test_row_of_unknown_names(big):
 # -- search against brute force ----------------------------------------------------------------------
 
 
-QUERIES = ["read csv file", "send email", "compute median of stream", "encrypt token hash",
-           "upload image to folder", "database query insert"]
+QUERIES = [
+    "read csv file",
+    "send email",
+    "compute median of stream",
+    "encrypt token hash",
+    "upload image to folder",
+    "database query insert",
+]
 
 
 @pytest.mark.parametrize("k", [1, 5, 20])
@@ -198,8 +263,9 @@ def test_ties_are_broken_by_row(tmp_path):
     # e_5 and every score exactly 1.0
     constant = np.zeros(EMBEDDER.dim, np.float32)
     constant[5] = 1.0
-    path = build_index(registry, lambda texts: np.tile(constant, (len(texts), 1)),
-                       "constant", EMBEDDER.dim, tmp_path / "index")
+    path = build_index(
+        registry, lambda texts: np.tile(constant, (len(texts), 1)), "constant", EMBEDDER.dim, tmp_path / "index"
+    )
     index = ToolIndex(path)
     assert np.all(index.vectors @ constant == 1.0)
     for k in (1, 3, 7, 20):
@@ -293,8 +359,9 @@ def test_open_or_build_builds_once(tmp_path, recording_embedder):
     first = open_or_build_index(tmp_path, registry, embedder.embed, EMBEDDER.model_id, EMBEDDER.dim)
     assert len(embedder.calls) > 0
     calls = len(embedder.calls)
-    second = open_or_build_index(tmp_path, load_registry([t.raw for t in registry.tools]),
-                                 embedder.embed, EMBEDDER.model_id, EMBEDDER.dim)
+    second = open_or_build_index(
+        tmp_path, load_registry([t.raw for t in registry.tools]), embedder.embed, EMBEDDER.model_id, EMBEDDER.dim
+    )
     assert len(embedder.calls) == calls
     assert second.path == first.path
     assert np.array_equal(second.vectors, first.vectors)
@@ -400,7 +467,7 @@ def test_checksum_mismatch_with_verify(small_index, fname):
 
 
 def test_wrong_shape_is_clear(small_index):
-    registry, path = small_index
+    _, path = small_index
     # a manifest that claims another dim than the arrays have: shapes do not match
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["dim"] = 32
@@ -462,8 +529,13 @@ def test_wrong_embed_shape_leaves_nothing(tmp_path):
     registry = _random_registry(10, seed=19)
     root = tmp_path / "indexes"
     with pytest.raises(ToolIndexError, match="shape"):
-        build_index(registry, lambda texts: np.ones((len(texts), 8), np.float32),
-                    EMBEDDER.model_id, EMBEDDER.dim, root / "index")
+        build_index(
+            registry,
+            lambda texts: np.ones((len(texts), 8), np.float32),
+            EMBEDDER.model_id,
+            EMBEDDER.dim,
+            root / "index",
+        )
     assert not root.exists() or list(root.iterdir()) == []
 
 

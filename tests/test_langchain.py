@@ -7,21 +7,20 @@ import asyncio
 
 import numpy as np
 import pytest
+from helpers.extras import skip_module_unless
 
-from embedshare.access import NoServiceWarning, get_embedding_manager
+from embedshare.access import NoServiceWarning, SharedEmbeddingManager, get_embedding_manager
 from embedshare.embedders import InvalidTextError
 from embedshare.manager import EmbeddingManager
-from embedshare.access import SharedEmbeddingManager
-from helpers.extras import skip_module_unless
 
 skip_module_unless("langchain")
 skip_module_unless("dev", "langchain_tests")
 
-from langchain_core.embeddings import Embeddings  # noqa: E402
-from langchain_tests.integration_tests import EmbeddingsIntegrationTests  # noqa: E402
-from langchain_tests.unit_tests import EmbeddingsUnitTests  # noqa: E402
+from langchain_core.embeddings import Embeddings
+from langchain_tests.integration_tests import EmbeddingsIntegrationTests
+from langchain_tests.unit_tests import EmbeddingsUnitTests
 
-from embedshare.integrations.langchain import EmbedshareEmbeddings  # noqa: E402
+from embedshare.integrations.langchain import EmbedshareEmbeddings
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.filterwarnings("ignore::embedshare.access.NoServiceWarning")]
 
@@ -71,8 +70,10 @@ def test_vectors_are_the_manager_s_as_floats(tmp_path, reference):
     got = embeddings.embed_documents(docs)
     assert all(type(x) is float for row in got for x in row)
     assert np.array(got, dtype=np.float32).tobytes() == reference.get_embeddings(docs).tobytes()
-    assert np.array(embeddings.embed_query("zip a folder"), dtype=np.float32).tobytes() == \
-        reference.get_embedding("zip a folder").tobytes()
+    assert (
+        np.array(embeddings.embed_query("zip a folder"), dtype=np.float32).tobytes()
+        == reference.get_embedding("zip a folder").tobytes()
+    )
     assert embeddings.embed_documents([]) == []
     assert asyncio.run(embeddings.aembed_documents(docs)) == got
     assert asyncio.run(embeddings.aembed_query("zip a folder")) == embeddings.embed_query("zip a folder")

@@ -15,17 +15,18 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
-
-from embedshare.embedders import create_embedder
-from embedshare.access import SharedEmbeddingManager
-from embedshare.service.launcher import EmbeddingService
 from helpers.extras import requires
 from helpers.figures import record
 from helpers.frames import closed_by_peer, connect_raw
 from helpers.processes import SPAWNED, memory_of
 from helpers.waiting import wait_for
+
+from embedshare.access import SharedEmbeddingManager
+from embedshare.embedders import create_embedder
+from embedshare.service.launcher import EmbeddingService
 
 EMBEDDER = create_embedder("hash:64")
 FLOOD = 20_000
@@ -50,14 +51,15 @@ class OwnerProbe(threading.Thread):
             n += 1
             started = time.monotonic()
             try:
-                client = SharedEmbeddingManager(self.address, on_failure="error", connect_timeout=OWNER_DEADLINE,
-                                                request_timeout=OWNER_DEADLINE)
+                client = SharedEmbeddingManager(
+                    self.address, on_failure="error", connect_timeout=OWNER_DEADLINE, request_timeout=OWNER_DEADLINE
+                )
                 text = f"owner probe {n} {started}"
                 assert client.get_embedding(text).tobytes() == EMBEDDER.embed([text])[0].tobytes()
                 client.close()
                 self.latencies.append(time.monotonic() - started)
                 self.finished.append(time.monotonic())
-            except Exception as exc:  # noqa: BLE001 - the test reports it
+            except Exception as exc:
                 self.failures.append(f"{type(exc).__name__}: {exc}")
             self.stop.wait(0.2)
 
@@ -68,17 +70,26 @@ def _flood(service: EmbeddingService, target: str) -> dict:
     pss_before = memory_of(service.pid)["pss"]
     probe.start()
     started = time.monotonic()
-    floods = [subprocess.Popen([sys.executable, str(SPAWNED / "flood.py"), target, str(FLOOD // FLOOD_PROCESSES)],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-              for _ in range(FLOOD_PROCESSES)]
+    floods = [
+        subprocess.Popen(
+            [sys.executable, str(SPAWNED / "flood.py"), target, str(FLOOD // FLOOD_PROCESSES)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(FLOOD_PROCESSES)
+    ]
     try:
         lines = [flood.stdout.readline().split() for flood in floods]  # "held K failed F"
         all_held = time.monotonic()
         flood_seconds = all_held - started
         held = sum(int(line[1]) for line in lines if line)
         probes_before = len(probe.latencies)
-        wait_for(lambda: len(probe.latencies) >= probes_before + 5 or probe.failures, 60,
-                 "five owner answers while the flood is held")
+        wait_for(
+            lambda: len(probe.latencies) >= probes_before + 5 or probe.failures,
+            60,
+            "five owner answers while the flood is held",
+        )
         pss_during = memory_of(service.pid)["pss"]
         stats = service.stats()
     finally:
@@ -89,15 +100,27 @@ def _flood(service: EmbeddingService, target: str) -> dict:
             flood.wait(60)
     log_bytes = service.layout.log.stat().st_size
     assert not probe.failures, probe.failures[:3]
-    rising = sorted(t for t, done in zip(probe.latencies, probe.finished) if done <= all_held)
-    held_phase = sorted(t for t, done in zip(probe.latencies, probe.finished) if done > all_held)
-    p50 = lambda values: round(values[len(values) // 2], 3) if values else None
-    return {"held": held, "flood_seconds": round(flood_seconds, 1), "owner_answers": len(probe.latencies),
-            "owner_while_connecting_p50_s": p50(rising), "owner_while_connecting_max_s": round(max(rising, default=0), 3),
-            "owner_while_held_p50_s": p50(held_phase), "owner_while_held_max_s": round(max(held_phase), 3),
-            "owner_while_held_answers": len(held_phase),
-            "pss_before_mb": round(pss_before / 2**20, 1), "pss_during_mb": round(pss_during / 2**20, 1),
-            "log_bytes": log_bytes, "limits": stats["limits"], "latencies": probe.latencies}
+    rising = sorted(t for t, done in zip(probe.latencies, probe.finished, strict=True) if done <= all_held)
+    held_phase = sorted(t for t, done in zip(probe.latencies, probe.finished, strict=True) if done > all_held)
+
+    def p50(values: list[float]) -> float | None:
+        return round(values[len(values) // 2], 3) if values else None
+
+    return {
+        "held": held,
+        "flood_seconds": round(flood_seconds, 1),
+        "owner_answers": len(probe.latencies),
+        "owner_while_connecting_p50_s": p50(rising),
+        "owner_while_connecting_max_s": round(max(rising, default=0), 3),
+        "owner_while_held_p50_s": p50(held_phase),
+        "owner_while_held_max_s": round(max(held_phase), 3),
+        "owner_while_held_answers": len(held_phase),
+        "pss_before_mb": round(pss_before / 2**20, 1),
+        "pss_during_mb": round(pss_during / 2**20, 1),
+        "log_bytes": log_bytes,
+        "limits": stats["limits"],
+        "latencies": probe.latencies,
+    }
 
 
 @pytest.mark.slow
@@ -117,7 +140,7 @@ def test_the_owner_is_answered_while_20000_idle_connections_flood_the_socket(mak
 @requires("http")
 def test_the_owners_socket_is_answered_while_20000_connections_flood_the_http_port(make_service):
     service = make_service(registry=None, http="127.0.0.1:0", export_env=False)
-    figures = _flood(service, service.http_url[len("http://"):])
+    figures = _flood(service, service.http_url[len("http://") :])
     assert figures["held"] == FLOOD
     assert max(figures["latencies"]) < OWNER_DEADLINE
     http_limits = figures["limits"]["http"]
@@ -134,8 +157,11 @@ def test_connections_that_say_nothing_are_closed_and_idle_ones_too_if_asked(make
     client = SharedEmbeddingManager(service.address, on_failure="error")
     assert client.get_embedding("before idle").shape == (64,)
     assert closed_by_peer(silent, timeout=10)
-    wait_for(lambda: service.stats()["limits"]["socket"]["timed_out"] >= 2, 10,
-             "the silent and the idle connection to be closed")
+    wait_for(
+        lambda: service.stats()["limits"]["socket"]["timed_out"] >= 2,
+        10,
+        "the silent and the idle connection to be closed",
+    )
     # the client's connection was closed while idle: its next call reconnects by itself
     assert client.get_embedding("after idle").tobytes() == EMBEDDER.embed(["after idle"])[0].tobytes()
     assert client.stats()["reconnects"] == 1
@@ -156,10 +182,16 @@ def test_buffered_request_bytes_are_capped_across_connections(make_service):
         sender = threading.Thread(target=lambda s=sock, d=data: _send_quietly(s, d), daemon=True)
         sender.start()
         senders.append(sender)
-    budget = wait_for(lambda: (b := service.stats()["limits"]["frame_bytes"])["waiting"] == 4 and b, 30,
-                      "four frames to wait for the budget")
-    wait_for(lambda: memory_of(service.pid)["rss_anon"] - before > 2 * sent_each * 0.9, 30,
-             "the two admitted frames to be read")
+    budget = wait_for(
+        lambda: (b := service.stats()["limits"]["frame_bytes"])["waiting"] == 4 and b,
+        30,
+        "four frames to wait for the budget",
+    )
+    wait_for(
+        lambda: memory_of(service.pid)["rss_anon"] - before > 2 * sent_each * 0.9,
+        30,
+        "the two admitted frames to be read",
+    )
     grown = memory_of(service.pid)["rss_anon"] - before
     assert 0 <= budget["used"] - 2 * frame < 1024 and budget["capacity"] == 24 << 20  # + the stats frame
     assert grown < 2 * sent_each + (6 << 20), f"the service grew by {grown >> 20} MiB"
@@ -167,11 +199,21 @@ def test_buffered_request_bytes_are_capped_across_connections(make_service):
         sock.close()
     for sender in senders:
         sender.join(30)
-    wait_for(lambda: (b := service.stats()["limits"]["frame_bytes"])["used"] < 1024 and not b["waiting"], 30,
-             "the budget to be given back (but for the stats request itself)")
+    wait_for(
+        lambda: (b := service.stats()["limits"]["frame_bytes"])["used"] < 1024 and not b["waiting"],
+        30,
+        "the budget to be given back (but for the stats request itself)",
+    )
     assert SharedEmbeddingManager(service.address, on_failure="error").get_embedding("after").shape == (64,)
-    record("buffered_bytes_cap", connections=connections, frame_bytes=frame, sent_each=sent_each,
-           budget_bytes=24 << 20, grown_mb=round(grown / 2**20, 1), unbounded_would_be_mb=connections * sent_each >> 20)
+    record(
+        "buffered_bytes_cap",
+        connections=connections,
+        frame_bytes=frame,
+        sent_each=sent_each,
+        budget_bytes=24 << 20,
+        grown_mb=round(grown / 2**20, 1),
+        unbounded_would_be_mb=connections * sent_each >> 20,
+    )
 
 
 def _send_quietly(sock, data: bytes) -> None:
@@ -203,7 +245,7 @@ def test_the_service_raises_its_open_file_limit_to_the_hard_limit(make_service):
         service = make_service(registry=None, export_env=False)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    limits = open(f"/proc/{service.pid}/limits").read()
+    limits = Path(f"/proc/{service.pid}/limits").read_text()
     line = next(line for line in limits.splitlines() if line.startswith("Max open files")).split()
     assert int(line[3]) == hard  # soft = hard
 
@@ -214,7 +256,10 @@ def test_the_log_filter_lets_one_line_of_a_kind_through_per_interval():
     from embedshare.service.ratelog import RateLimitFilter
 
     limiter = RateLimitFilter(interval=3600)
-    record = lambda msg, *args: logging.LogRecord("x", logging.WARNING, __file__, 1, msg, args, None)
+
+    def record(msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord("x", logging.WARNING, __file__, 1, msg, args, None)
+
     passed = [limiter.filter(record("accept failed: %s", i)) for i in range(1000)]
     assert passed.count(True) == 1
     assert limiter.filter(record("another kind"))

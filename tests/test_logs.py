@@ -11,10 +11,10 @@ import sys
 import time
 
 import pytest
+from helpers.extras import requires
 
 from embedshare.access import SharedEmbeddingManager
 from embedshare.store.layout import StoreLayout
-from helpers.extras import requires
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -22,14 +22,18 @@ STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
 
 
 def cli(*args: str, **options) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "embedshare", *args], capture_output=True, text=True,
-                          timeout=90, **options)
+    return subprocess.run(
+        [sys.executable, "-m", "embedshare", *args], capture_output=True, text=True, timeout=90, **options
+    )
 
 
 def test_foreground_serve_lines_have_timestamps_and_vv_logs_each_request(tmp_path):
     store = tmp_path / "store"
-    process = subprocess.Popen([sys.executable, "-m", "embedshare", "-vv", "serve", "--store", str(store),
-                                "--model", "hash:64"], stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "embedshare", "-vv", "serve", "--store", str(store), "--model", "hash:64"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert process.stderr is not None
     lines = []
     try:
@@ -62,12 +66,13 @@ def test_detach_with_a_non_loopback_http_warns_on_the_terminal(tmp_path):
     store = str(tmp_path / "store")
     refused = cli("serve", "--store", store, "--model", "hash:64", "--detach", "--http", "0.0.0.0:0")
     assert refused.returncode == 1 and "needs a bearer token" in refused.stderr  # a token, or say so
-    started = cli("serve", "--store", store, "--model", "hash:64", "--detach", "--http", "0.0.0.0:0",
-                  "--http-no-auth")
+    started = cli("serve", "--store", store, "--model", "hash:64", "--detach", "--http", "0.0.0.0:0", "--http-no-auth")
     try:
         assert started.returncode == 0, started.stderr
-        assert "warning: the HTTP endpoint on 0.0.0.0:0 is reachable beyond loopback, without " \
-               "authentication (--http-no-auth)" in started.stderr
+        assert (
+            "warning: the HTTP endpoint on 0.0.0.0:0 is reachable beyond loopback, without "
+            "authentication (--http-no-auth)" in started.stderr
+        )
     finally:
         cli("stop", "--store", store)
     loopback = cli("serve", "--store", store, "--model", "hash:64", "--detach", "--http", "127.0.0.1:0")

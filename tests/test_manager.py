@@ -152,13 +152,30 @@ def test_invalid_text_is_a_value_error(counting):
 # -- threads ---------------------------------------------------------------------------------
 
 TEXT_POOL = [
-    "read a csv file", "Read a CSV file", "send an email", "http get request", "parse json",
-    "compute the mean", "list files in a folder", "upload to s3", "generate a uuid",
-    "hash a file with sha256", "schedule a meeting", "translate text", "ping a host",
-    "sort records", "join two tables", "base64 encode", "write a log line", "query a database",
-    "publish to a queue", "fit a regression", "zip a folder", "check an ssl certificate",
+    "read a csv file",
+    "Read a CSV file",
+    "send an email",
+    "http get request",
+    "parse json",
+    "compute the mean",
+    "list files in a folder",
+    "upload to s3",
+    "generate a uuid",
+    "hash a file with sha256",
+    "schedule a meeting",
+    "translate text",
+    "ping a host",
+    "sort records",
+    "join two tables",
+    "base64 encode",
+    "write a log line",
+    "query a database",
+    "publish to a queue",
+    "fit a regression",
+    "zip a folder",
+    "check an ssl certificate",
 ]
-QUERIES = TEXT_POOL[:12] + ["  READ a   csv FILE ", "Send An Email"]
+QUERIES = [*TEXT_POOL[:12], "  READ a   csv FILE ", "Send An Email"]
 
 
 def _random_calls(seed: int, n: int) -> list[tuple]:
@@ -172,8 +189,9 @@ def _random_calls(seed: int, n: int) -> list[tuple]:
         elif op == "embeddings":
             calls.append((op, tuple(rng.choice(TEXT_POOL) for _ in range(rng.randint(1, 6)))))
         elif op == "search":
-            calls.append((op, rng.choice(QUERIES), rng.choice([1, 3, 5]),
-                          rng.choice([None, None, rng.choice(CATEGORIES)])))
+            calls.append(
+                (op, rng.choice(QUERIES), rng.choice([1, 3, 5]), rng.choice([None, None, rng.choice(CATEGORIES)]))
+            )
         elif op == "similar":
             calls.append((op, rng.choice(names), rng.choice([1, 5]), rng.random() < 0.5))
         else:
@@ -365,8 +383,7 @@ def test_search_cache_ignores_case_and_spacing(manager):
 
 
 def test_search_cache_is_bounded_and_keeps_the_recent(tmp_path):
-    manager = EmbeddingManager(store=tmp_path / "store", model=f"hash:{DIM}", registry="bundled",
-                               search_cache_size=4)
+    manager = EmbeddingManager(store=tmp_path / "store", model=f"hash:{DIM}", registry="bundled", search_cache_size=4)
     try:
         queries = [f"query number {i} about files" for i in range(10)]
         for q in queries:
@@ -503,8 +520,21 @@ def test_stats_has_the_documented_keys(manager):
     manager.search("read a csv file", k=3)
     manager.search("READ a csv file", k=3)
     s = manager.stats()
-    for key in ("embed_calls", "texts", "hits", "misses", "model_calls", "texts_embedded",
-                "searches", "search_cache_hits", "latency", "mode", "model_id", "dim", "tools"):
+    for key in (
+        "embed_calls",
+        "texts",
+        "hits",
+        "misses",
+        "model_calls",
+        "texts_embedded",
+        "searches",
+        "search_cache_hits",
+        "latency",
+        "mode",
+        "model_id",
+        "dim",
+        "tools",
+    ):
         assert key in s, key
     assert s["mode"] == "local"
     assert s["model_id"] == HashingEmbedder(DIM).model_id

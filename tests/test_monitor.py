@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers.processes import stop_process
 
 import embedshare
 from embedshare.cli import main
 from embedshare.client.connection import ServiceConnection
 from embedshare.service.launcher import EmbeddingService
-from helpers.processes import stop_process
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -48,8 +48,9 @@ def service(make_service) -> EmbeddingService:
 @pytest.fixture
 def other_client(service):
     """Another process, connected to the service, that embedded 3 texts (3 misses)."""
-    child = subprocess.Popen([sys.executable, "-c", CLIENT, service.address], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CLIENT, service.address], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert child.stdout.readline().strip() == "ready"
         # one hit at the service: a text it has, sent without looking in the cache first
@@ -66,8 +67,9 @@ def run_in_pty(argv: list[str], until: re.Pattern, timeout: float = 60.0, env=No
     """Start argv on a terminal; return (process, master fd, output so far) once ``until`` shows."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))  # a 150x40 terminal
-    process = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True, env=env,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True, env=env, start_new_session=True
+    )
     os.close(slave)
     output = read_pty(master, until, timeout)
     return process, master, output
@@ -109,7 +111,7 @@ def test_stats_shows_clients_with_pid_and_pss(service, other_client):
     assert data["pss"] > 1_000_000 and data["pid"] == service.pid
 
     text = CliRunner().invoke(main, ["stats", "--store", store]).stdout
-    line = next(l for l in text.splitlines() if f"pid {other_client:>7}" in l)
+    line = next(row for row in text.splitlines() if f"pid {other_client:>7}" in row)
     assert re.search(r"PSS \d+\.\d MB", line), line
     assert re.search(rf"service pid {service.pid} .* PSS \d+\.\d MB", text)
 
@@ -126,7 +128,7 @@ def test_top_once_prints_one_frame(service, other_client):
     for column in ("requests/s", "texts/s", "hit rate", "mean batch", "model calls", "p50", "p99", "PID", "PSS"):
         assert column in out, column
     assert "averages since start" in out
-    row = next(l for l in out.splitlines() if re.search(rf"\b{other_client}\b", l))
+    row = next(line for line in out.splitlines() if re.search(rf"\b{other_client}\b", line))
     assert re.search(r"\d+\.\d MB", row), row  # the client's PSS
     # 4 texts reached the service, 1 was in its cache: 25% hits; 3 embedded in 1-3 batches
     assert "25.0%" in out
@@ -156,14 +158,24 @@ def test_top_refreshes_live_and_exits_cleanly_on_ctrl_c(service, other_client):
 
 
 def test_top_fits_80_columns(service, other_client):
-    result = CliRunner().invoke(main, ["top", "--once", "--store", str(service.layout.root)],
-                                env={"COLUMNS": "80"})
+    result = CliRunner().invoke(main, ["top", "--once", "--store", str(service.layout.root)], env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80, max(lines, key=len)
     assert "…" not in result.stdout  # no heading or cell cut short
-    for column in ("requests/s", "texts/s", "hit rate", "mean batch", "model calls", "p50", "p99",
-                   "max queue", "errors", "PID", "PSS"):
+    for column in (
+        "requests/s",
+        "texts/s",
+        "hit rate",
+        "mean batch",
+        "model calls",
+        "p50",
+        "p99",
+        "max queue",
+        "errors",
+        "PID",
+        "PSS",
+    ):
         assert column in result.stdout, column
 
 
@@ -187,15 +199,23 @@ def test_top_restores_the_cursor_on_sigterm(service, other_client):
 
 def test_the_service_logs_with_v_and_is_quiet_without(tmp_path):
     quiet = tmp_path / "quiet"
-    started = subprocess.run([sys.executable, "-m", "embedshare.cli", "serve", "--detach", "--store", str(quiet),
-                              "--model", "hash:64"], capture_output=True, text=True, timeout=90)
+    started = subprocess.run(
+        [sys.executable, "-m", "embedshare.cli", "serve", "--detach", "--store", str(quiet), "--model", "hash:64"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert started.returncode == 0, started.stderr
     subprocess.run([sys.executable, "-m", "embedshare.cli", "stop", "--store", str(quiet)], timeout=60)
     assert " INFO " not in (quiet / "run" / "service.log").read_text()
 
     loud = tmp_path / "loud"
-    started = subprocess.run([sys.executable, "-m", "embedshare.cli", "-v", "serve", "--detach", "--store",
-                              str(loud), "--model", "hash:64"], capture_output=True, text=True, timeout=90)
+    started = subprocess.run(
+        [sys.executable, "-m", "embedshare.cli", "-v", "serve", "--detach", "--store", str(loud), "--model", "hash:64"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert started.returncode == 0, started.stderr
     subprocess.run([sys.executable, "-m", "embedshare.cli", "stop", "--store", str(loud)], timeout=60)
     assert re.search(r"embedshare.service INFO serving hash:64:v1", (loud / "run" / "service.log").read_text())
@@ -203,8 +223,12 @@ def test_the_service_logs_with_v_and_is_quiet_without(tmp_path):
 
 def test_a_foreground_service_logs_to_stderr_with_v(tmp_path):
     store = tmp_path / "fg"
-    process = subprocess.Popen([sys.executable, "-m", "embedshare.cli", "-v", "serve", "--store", str(store),
-                                "--model", "hash:64"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "embedshare.cli", "-v", "serve", "--store", str(store), "--model", "hash:64"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         lines = []
         for line in process.stderr:  # bounded by the test timeout
@@ -222,8 +246,18 @@ def test_a_foreground_service_logs_to_stderr_with_v(tmp_path):
 
 
 def test_index_build_shows_a_progress_bar_on_a_terminal(tmp_path):
-    argv = [sys.executable, "-m", "embedshare.cli", "index", "build", "bundled", "--store", str(tmp_path / "s"),
-            "--model", "hash:64"]
+    argv = [
+        sys.executable,
+        "-m",
+        "embedshare.cli",
+        "index",
+        "build",
+        "bundled",
+        "--store",
+        str(tmp_path / "s"),
+        "--model",
+        "hash:64",
+    ]
     process, master, output = run_in_pty(argv, re.compile(r"index of \d+ tools"))
     try:
         assert process.wait(timeout=60) == 0
@@ -243,8 +277,9 @@ def test_library_code_never_prints_or_configures_logging():
         if relative.startswith("cli/"):
             continue
         tree = ast.parse(path.read_text(), str(path))
-        entry_points = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == "main"
-                        for n in ast.walk(f)}
+        entry_points = {
+            id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == "main" for n in ast.walk(f)
+        }
         for node in ast.walk(tree):
             if not isinstance(node, ast.Call) or id(node) in entry_points:
                 continue

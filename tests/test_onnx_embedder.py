@@ -16,18 +16,95 @@ import sys
 
 import numpy as np
 import pytest
-
-from embedshare.embedders import UnknownModelError, create_embedder
 from helpers.extras import requires
 
-WORDS = (
-    "read write parse csv json yaml xml file folder http post get request send email queue "
-    "message hash sha256 compress archive unzip database query table row column filter sort "
-    "aggregate sum average image resize crop translate text summarise calendar event weather "
-    "the a of to and in is for on with as by at from that this it be are was were"
-).split()
-ODD = ["Héllo", "wörld", "漢字", "🙂", "naïve", "résumé", "C++", "$HOME/.cache", "ß", "Ωmega",
-       "e-mail", "don't", "3.14159", "#tag", "@user", "1,000,000", "\tTab", "UPPER", "MiXeD"]
+from embedshare.embedders import UnknownModelError, create_embedder
+
+WORDS = [
+    "read",
+    "write",
+    "parse",
+    "csv",
+    "json",
+    "yaml",
+    "xml",
+    "file",
+    "folder",
+    "http",
+    "post",
+    "get",
+    "request",
+    "send",
+    "email",
+    "queue",
+    "message",
+    "hash",
+    "sha256",
+    "compress",
+    "archive",
+    "unzip",
+    "database",
+    "query",
+    "table",
+    "row",
+    "column",
+    "filter",
+    "sort",
+    "aggregate",
+    "sum",
+    "average",
+    "image",
+    "resize",
+    "crop",
+    "translate",
+    "text",
+    "summarise",
+    "calendar",
+    "event",
+    "weather",
+    "the",
+    "a",
+    "of",
+    "to",
+    "and",
+    "in",
+    "is",
+    "for",
+    "on",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "that",
+    "this",
+    "it",
+    "be",
+    "are",
+    "was",
+    "were",
+]
+ODD = [
+    "Héllo",
+    "wörld",
+    "漢字",
+    "🙂",
+    "naïve",
+    "résumé",
+    "C++",
+    "$HOME/.cache",
+    "ß",
+    "Ωmega",
+    "e-mail",
+    "don't",
+    "3.14159",
+    "#tag",
+    "@user",
+    "1,000,000",
+    "\tTab",
+    "UPPER",
+    "MiXeD",
+]
 
 
 def varied_texts(count: int, seed: int = 13) -> list[str]:
@@ -110,11 +187,17 @@ with EmbeddingService(sys.argv[1], model=sys.argv[2], export_env=False, start_ti
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("spec, torch_expected", [("local", False),
-                                                   pytest.param("local@torch", True, marks=requires("local-torch"))])
+@pytest.mark.parametrize(
+    "spec, torch_expected", [("local", False), pytest.param("local@torch", True, marks=requires("local-torch"))]
+)
 def test_the_service_process_imports_torch_only_for_local_at_torch(tmp_path, spec, torch_expected):
-    out = subprocess.run([sys.executable, "-c", SERVICE_CHECK, str(tmp_path / "store"), spec],
-                         capture_output=True, text=True, timeout=240, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", SERVICE_CHECK, str(tmp_path / "store"), spec],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=True,
+    )
     answer = json.loads(out.stdout.strip().splitlines()[-1])
     assert answer == {"torch": torch_expected, "model_id": "local:all-MiniLM-L6-v2:v1"}
 
@@ -143,8 +226,9 @@ def test_load_runs_a_warm_up_forward_so_the_service_is_warm_when_it_says_ready(m
 
     forwards = []
     real_run = onnx_local.OnnxLocalEmbedder._run
-    monkeypatch.setattr(onnx_local.OnnxLocalEmbedder, "_run",
-                        lambda self, texts: forwards.append(list(texts)) or real_run(self, texts))
+    monkeypatch.setattr(
+        onnx_local.OnnxLocalEmbedder, "_run", lambda self, texts: forwards.append(list(texts)) or real_run(self, texts)
+    )
     embedder = create_embedder("local")
     embedder.load()  # what the service's prepare() calls before it reports ready
     assert forwards == [onnx_local.WARMUP_TEXTS]

@@ -9,11 +9,11 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
+from helpers.extras import requires
 
 from embedshare.bench.fake_openai import FakeOpenAIServer
 from embedshare.embedders import EmbedderError, InvalidTextError, create_embedder
 from embedshare.embedders.openai import OpenAIEmbedder
-from helpers.extras import requires
 
 pytestmark = requires("openai")  # every embedder here is the SDK's client
 
@@ -53,9 +53,7 @@ def make(server: FakeOpenAIServer) -> Iterator[Callable[..., OpenAIEmbedder]]:
         embedder.close()
 
 
-def expected(
-    server: FakeOpenAIServer, texts: list[str], dimensions: int | None = None
-) -> np.ndarray:
+def expected(server: FakeOpenAIServer, texts: list[str], dimensions: int | None = None) -> np.ndarray:
     return np.stack([server.vector(t, dimensions) for t in texts]).astype(np.float32)
 
 
@@ -185,9 +183,8 @@ def test_timeout_is_retried(server, make, wait_for):
 def test_gives_up_after_max_retries(server, make, caplog):
     server.fail_next(500, times=10, message="the engine is on fire")
     embedder = make(max_retries=2)
-    with caplog.at_level(logging.DEBUG, logger="embedshare.embedders.openai"):
-        with pytest.raises(EmbedderError) as info:
-            embedder.embed(["x"])
+    with caplog.at_level(logging.DEBUG, logger="embedshare.embedders.openai"), pytest.raises(EmbedderError) as info:
+        embedder.embed(["x"])
 
     message = str(info.value)
     assert "after 3 attempts" in message
@@ -296,8 +293,15 @@ def test_key_never_in_repr_model_id_errors_or_logs(server, make, caplog):
     assert len(caplog.records) > 3  # retries and the give-up were logged
     assert KEY not in caplog.text
     assert all(KEY not in r.getMessage() for r in caplog.records)
-    for text in (repr(embedder), str(embedder), embedder.model_id, str(embedder.stats()),
-                 str(retried.value), str(rejected.value), repr(rejected.value)):
+    for text in (
+        repr(embedder),
+        str(embedder),
+        embedder.model_id,
+        str(embedder.stats()),
+        str(retried.value),
+        str(rejected.value),
+        repr(rejected.value),
+    ):
         assert KEY not in text
     assert not any(KEY in str(v) for v in vars(embedder).values())
 

@@ -10,9 +10,9 @@ import sys
 import textwrap
 
 import pytest
+from helpers.processes import TESTS
 
 from embedshare.util.progress import LogProgress, task_progress
-from helpers.processes import TESTS
 
 pytestmark = pytest.mark.timeout(180)
 

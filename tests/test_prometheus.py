@@ -15,21 +15,21 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.extras import skip_module_unless
+from helpers.processes import SPAWNED, stop_process
 
-from embedshare.util.latency import LATENCY_BUCKETS
 from embedshare.access import SharedEmbeddingManager
 from embedshare.service.launcher import EmbeddingService
 from embedshare.service.observe import ServiceCollector, metrics_registry
-from helpers.extras import skip_module_unless
-from helpers.processes import SPAWNED, stop_process
+from embedshare.util.latency import LATENCY_BUCKETS
 
 skip_module_unless("http")  # the endpoint and prometheus-client
 skip_module_unless("dev", "httpx")  # the scraper here
 
-import httpx  # noqa: E402
-from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from prometheus_client.utils import floatToGoString  # noqa: E402
+import httpx
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -61,19 +61,25 @@ def test_metrics_are_the_service_s_own_counters(service):
     try:
         client.get_embeddings([f"metric text {i}" for i in range(30)])
         client.get_embeddings(["metric text 0", "a new one"])  # one hit in the worker, one miss
-        httpx.post(f"{url}/v1/embeddings", json={"model": "hash:64", "input": ["metric text 1", "fresh"]},
-                   timeout=30).raise_for_status()
+        httpx.post(
+            f"{url}/v1/embeddings", json={"model": "hash:64", "input": ["metric text 1", "fresh"]}, timeout=30
+        ).raise_for_status()
         httpx.post(f"{url}/v1/embeddings", json={"model": "nope", "input": "x"}, timeout=30)
         samples = scrape(url)
         stats = service.stats()
     finally:
         client.close()
 
-    for key, name in [("hits", "embedshare_cache_hits_total"), ("misses", "embedshare_cache_misses_total"),
-                      ("texts", "embedshare_texts_total"), ("model_calls", "embedshare_model_calls_total"),
-                      ("texts_embedded", "embedshare_texts_embedded_total"),
-                      ("embed_requests", "embedshare_embed_requests_total"),
-                      ("http_requests", "embedshare_http_requests_total"), ("errors", "embedshare_errors_total")]:
+    for key, name in [
+        ("hits", "embedshare_cache_hits_total"),
+        ("misses", "embedshare_cache_misses_total"),
+        ("texts", "embedshare_texts_total"),
+        ("model_calls", "embedshare_model_calls_total"),
+        ("texts_embedded", "embedshare_texts_embedded_total"),
+        ("embed_requests", "embedshare_embed_requests_total"),
+        ("http_requests", "embedshare_http_requests_total"),
+        ("errors", "embedshare_errors_total"),
+    ]:
         assert value(samples, name) == stats[key], key
     assert stats["hits"] == 1 and stats["http_requests"] == 2 and stats["errors"] == 1
     assert stats["model_calls"] > stats["startup_model_calls"]  # the index build counts too
@@ -113,8 +119,9 @@ def test_a_scrape_moves_no_counter(service):
     first = scrape(service.http_url)
     second = scrape(service.http_url)
     assert value(first, "embedshare_requests_total") == value(second, "embedshare_requests_total")
-    assert value(first, "embedshare_request_latency_seconds_count") == \
-        value(second, "embedshare_request_latency_seconds_count")
+    assert value(first, "embedshare_request_latency_seconds_count") == value(
+        second, "embedshare_request_latency_seconds_count"
+    )
 
 
 def test_the_collector_reads_the_snapshot_at_each_collect():
@@ -122,11 +129,27 @@ def test_the_collector_reads_the_snapshot_at_each_collect():
 
     def snapshot():
         calls.append(1)
-        histogram = {"count": len(calls), "sum": 0.5 * len(calls), "mean": 0.5,
-                     "buckets": {"0.1": 0, "1": len(calls), "inf": 0}}
-        return {"pid": os.getpid(), "model_id": "m", "dim": 8, "store": "/s", "requests": 10 * len(calls),
-                "request_latency": histogram, "batch_size": histogram, "model_call_seconds": histogram,
-                "queue_depth": 0, "max_queue_depth": 0, "clients": [], "uptime_s": 1.0, "tools": 0}
+        histogram = {
+            "count": len(calls),
+            "sum": 0.5 * len(calls),
+            "mean": 0.5,
+            "buckets": {"0.1": 0, "1": len(calls), "inf": 0},
+        }
+        return {
+            "pid": os.getpid(),
+            "model_id": "m",
+            "dim": 8,
+            "store": "/s",
+            "requests": 10 * len(calls),
+            "request_latency": histogram,
+            "batch_size": histogram,
+            "model_call_seconds": histogram,
+            "queue_depth": 0,
+            "max_queue_depth": 0,
+            "clients": [],
+            "uptime_s": 1.0,
+            "tools": 0,
+        }
 
     collector = ServiceCollector(snapshot, memory=False)
     for expected in (10.0, 20.0):
@@ -181,9 +204,24 @@ def test_health_and_metrics_answer_while_the_model_loads(tmp_path, wait_for):
     os.mkfifo(gate)
     helper = SPAWNED / "slow_load_server.py"
     process = subprocess.Popen(
-        [sys.executable, str(helper), "--gate", str(gate), "--store", str(tmp_path / "store"),
-         "--model", "hash:64", "--registry", "bundled", "--http", "127.0.0.1:0", "-v"],
-        stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            str(helper),
+            "--gate",
+            str(gate),
+            "--store",
+            str(tmp_path / "store"),
+            "--model",
+            "hash:64",
+            "--registry",
+            "bundled",
+            "--http",
+            "127.0.0.1:0",
+            "-v",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = _endpoint_url(process, time.monotonic() + 60)
         with httpx.Client(base_url=url, timeout=1.0) as http:  # a probe slower than 1 s fails
@@ -197,8 +235,11 @@ def test_health_and_metrics_answer_while_the_model_loads(tmp_path, wait_for):
             assert "process_start_time_seconds" in samples
             with open(gate, "w") as fifo:  # let the model finish loading
                 fifo.write("go\n")
-            wait_for(lambda: http.get("/ready").status_code == 200, 60,
-                     "the service to be ready (the index is built after the load)")
+            wait_for(
+                lambda: http.get("/ready").status_code == 200,
+                60,
+                "the service to be ready (the index is built after the load)",
+            )
             scrape = http.get("/metrics")
             samples = {s.name: s.value for f in text_string_to_metric_families(scrape.text) for s in f.samples}
             assert samples["embedshare_ready"] == 1 and samples["embedshare_tools"] > 0
@@ -229,8 +270,21 @@ def test_metrics_answer_while_the_local_model_loads(tmp_path):
     2 cores shared by a whole suite), and half of them within 1 s; before, every scrape waited
     for the whole load."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "embedshare.service", "--store", str(tmp_path / "store"),
-         "--model", "local", "--http", "127.0.0.1:0", "-v"], stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "embedshare.service",
+            "--store",
+            str(tmp_path / "store"),
+            "--model",
+            "local",
+            "--http",
+            "127.0.0.1:0",
+            "-v",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = _endpoint_url(process, time.monotonic() + 60)
         took: list[float] = []
@@ -242,8 +296,12 @@ def test_metrics_answer_while_the_local_model_loads(tmp_path):
                 started = time.monotonic()
                 text = http.get("/metrics").text
                 took.append(time.monotonic() - started)
-                ready = [s.value for f in text_string_to_metric_families(text) for s in f.samples
-                         if s.name == "embedshare_ready"]
+                ready = [
+                    s.value
+                    for f in text_string_to_metric_families(text)
+                    for s in f.samples
+                    if s.name == "embedshare_ready"
+                ]
                 assert ready == [0.0] or http.get("/ready").status_code == 200
         assert took, "no scrape while the model loaded"
         assert sorted(took)[len(took) // 2] < 1.0

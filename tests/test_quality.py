@@ -30,8 +30,7 @@ def _load_cases() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def manager(tmp_path_factory):
-    m = EmbeddingManager(store=tmp_path_factory.mktemp("quality") / "store", model="local",
-                         registry="bundled")
+    m = EmbeddingManager(store=tmp_path_factory.mktemp("quality") / "store", model="local", registry="bundled")
     yield m
     m.close()
 
@@ -60,8 +59,7 @@ def test_search_finds_the_expected_tool(manager):
         if case["expected"] not in got:
             not_top3.append((case["query"], case["expected"], got))
     rate = top1 / len(cases)
-    print(f"\nsearch quality: top-1 {top1}/{len(cases)} = {rate:.3f}, "
-          f"top-3 {len(cases) - len(not_top3)}/{len(cases)}")
+    print(f"\nsearch quality: top-1 {top1}/{len(cases)} = {rate:.3f}, top-3 {len(cases) - len(not_top3)}/{len(cases)}")
 
     def listing(misses):
         return "\n".join(f"  {q!r}: expected {e}, got {g}" for q, e, g in misses)

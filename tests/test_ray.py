@@ -23,7 +23,6 @@ import tempfile
 
 import numpy as np
 import pytest
-
 from helpers.extras import skip_module_unless
 
 # Before Ray is imported: every address on loopback (simulated nodes of one machine), no
@@ -34,19 +33,19 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 skip_module_unless("ray")
 
 import ray
+from helpers.processes import alive
+from helpers.waiting import wait_for
 from ray.cluster_utils import Cluster
 from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import embedshare.ray as embedshare_ray
 from embedshare import EmbeddingManager
-from embedshare.manager import normalise_query
 from embedshare.bench.workload import make_tasks
+from embedshare.manager import normalise_query
 from embedshare.ray.config import node_key, node_store, owner_of, service_name
 from embedshare.registry import field_texts, load_registry
 from embedshare.registry.loader import bundled_registry_path
-from helpers.processes import alive
-from helpers.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -58,6 +57,7 @@ NODE = {"num_cpus": 1, "object_store_memory": 80 * 1024 * 1024}
 
 
 # -- fixtures ---------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def cluster():
@@ -110,6 +110,7 @@ def on_node(node_id: str) -> dict:
 
 # -- what runs in the workers -----------------------------------------------------------------
 
+
 def _in_plasma(array: np.ndarray) -> bool:
     """Whether the array's memory is a shared mapping of Ray's object store."""
     address = array.__array_interface__["data"][0]
@@ -146,8 +147,9 @@ def probe_here(texts: list[str], queries: list[str], tools: list[str]) -> dict:
         "address": manager.address,
         "vectors": manager.get_embeddings(texts).tobytes(),
         "one": manager.get_embedding(texts[0]).tobytes(),
-        "search": [[(r.name, r.score, r.category, r.reason, r.field_scores) for r in manager.search(q, k=5)]
-                   for q in queries],
+        "search": [
+            [(r.name, r.score, r.category, r.reason, r.field_scores) for r in manager.search(q, k=5)] for q in queries
+        ],
         "similar": [[(r.name, r.score) for r in manager.find_similar_tools(t, k=4)] for t in tools],
         "protocols": manager.get_tool_protocols(tools),
         "index_type": type(index).__name__,
@@ -201,15 +203,21 @@ def two_phase(gate, before: list[str], after: list[str], tasks: list[dict]) -> d
     second = manager.get_embeddings(after).tobytes()
     results = [run_task(t) for t in tasks]
     stats = manager.stats()
-    return {"node_id": manager.node_id, "first": first, "second": second, "results": results,
-            "restarts": stats["restarts"], "incarnation": stats["incarnation"]}
+    return {
+        "node_id": manager.node_id,
+        "first": first,
+        "second": second,
+        "results": results,
+        "restarts": stats["restarts"],
+        "incarnation": stats["incarnation"],
+    }
 
 
 @ray.remote
 def policies_after_gate(gate, texts: list[str]) -> dict:
     """Managers with the other two policies, used after the node's service actor was killed."""
-    from embedshare.ray import RayEmbeddingManager
     from embedshare.client.connection import ServiceUnavailable
+    from embedshare.ray import RayEmbeddingManager
 
     error = RayEmbeddingManager(on_failure="error")
     local = RayEmbeddingManager(on_failure="local")
@@ -236,7 +244,7 @@ def attach_asking_for(registry: str, via_env: bool) -> dict:
     try:
         manager = get_embedding_manager() if via_env else RayEmbeddingManager(registry=registry)
         return {"type": type(manager).__name__, "search": [r.name for r in manager.search("parse csv", k=3)]}
-    except Exception as exc:  # noqa: BLE001 - the error is what the test looks at
+    except Exception as exc:
         return {"error": type(exc).__name__, "message": str(exc)}
     finally:
         os.environ.pop("EMBEDSHARE_REGISTRY", None)
@@ -244,6 +252,7 @@ def attach_asking_for(registry: str, via_env: bool) -> dict:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
 
 def _wait_until_dead(handle, deadline_s: float = 60.0) -> None:
     """``ray.kill`` is asynchronous: a call sent right after it may still be answered by the
@@ -277,6 +286,7 @@ def distinct_texts(tasks: list[dict], extra: list[str] = ()) -> set[str]:
 
 # -- tests ------------------------------------------------------------------------------------
 
+
 def test_get_embedding_manager_in_the_driver_is_not_bound_to_ray(deployment):
     from embedshare.ray import in_ray_worker
 
@@ -284,8 +294,7 @@ def test_get_embedding_manager_in_the_driver_is_not_bound_to_ray(deployment):
 
 
 def test_tasks_on_every_node_match_a_local_manager_bit_for_bit(deployment, local, job):
-    texts = ["read a CSV file", "send an HTTP POST with a JSON body", "read a CSV file",
-             "résumé parsing ✓", "x" * 9000]
+    texts = ["read a CSV file", "send an HTTP POST with a JSON body", "read a CSV file", "résumé parsing ✓", "x" * 9000]
     queries = ["parse csv", "  Send   an HTTP request ", "compress a folder"]
     tools = ["csv_parser", "http_post"]
     results = ray.get([probe.options(**on_node(nid)).remote(texts, queries, tools) for nid in job])
@@ -294,16 +303,18 @@ def test_tasks_on_every_node_match_a_local_manager_bit_for_bit(deployment, local
     ray.kill(actor)
 
     want_vectors = local.get_embeddings(texts).tobytes()
-    want_search = [[(r.name, r.score, r.category, r.reason, r.field_scores) for r in local.search(q, k=5)]
-                   for q in queries]
+    want_search = [
+        [(r.name, r.score, r.category, r.reason, r.field_scores) for r in local.search(q, k=5)] for q in queries
+    ]
     want_similar = [[(r.name, r.score) for r in local.find_similar_tools(t, k=4)] for t in tools]
     settings = deployment.settings()
     hosts = {n["NodeID"]: n["NodeManagerHostname"] for n in ray.nodes() if n["Alive"]}
-    for nid, got in zip([*job, job[-1]], results):
+    for nid, got in zip([*job, job[-1]], results, strict=True):
         assert got["type"] == "RayEmbeddingManager" and got["same_instance"]
         assert got["node_id"] == nid
-        assert got["address"] == str(node_store(settings["store_root"], node_key(nid, hosts)).resolve()
-                                     / "run" / "service.sock")
+        assert got["address"] == str(
+            node_store(settings["store_root"], node_key(nid, hosts)).resolve() / "run" / "service.sock"
+        )
         assert got["vectors"] == want_vectors  # bit for bit
         assert got["one"] == local.get_embedding(texts[0]).tobytes()
         assert got["search"] == want_search
@@ -337,7 +348,7 @@ def test_each_distinct_text_is_embedded_once_in_the_cluster(deployment, local, j
     model_id = local.model_id
     from embedshare.store.cache import cache_key
 
-    owned = {nid: 0 for nid in job}
+    owned = dict.fromkeys(job, 0)
     for text in want:
         owned[owner_of(cache_key(model_id, text), stats["ring"])] += 1
     assert per_node == owned
@@ -345,8 +356,7 @@ def test_each_distinct_text_is_embedded_once_in_the_cluster(deployment, local, j
     assert fetched > 0  # workers got texts of other nodes through their node's actor
 
     # the same tasks again: every text is cached on its node, the model does nothing
-    again = ray.get([workload_task.options(**on_node(job[(i + 1) % len(job)])).remote(t)
-                     for i, t in enumerate(tasks)])
+    again = ray.get([workload_task.options(**on_node(job[(i + 1) % len(job)])).remote(t) for i, t in enumerate(tasks)])
     assert again == results
     assert deployment.texts_embedded() == len(want)
 
@@ -356,9 +366,8 @@ def test_killing_a_node_service_actor_mid_run_loses_no_task(deployment, local, j
     gate = Gate.remote()
     before = {nid: [f"before {nid[:6]} {i}" for i in range(20)] for nid in job}
     after = {nid: [f"after {nid[:6]} {i}" for i in range(60)] for nid in job}  # owned by every node
-    slices = {nid: tasks[i::len(job)][:10] for i, nid in enumerate(job)}
-    phased = [two_phase.options(**on_node(nid)).remote(gate, before[nid], after[nid], slices[nid])
-              for nid in job]
+    slices = {nid: tasks[i :: len(job)][:10] for i, nid in enumerate(job)}
+    phased = [two_phase.options(**on_node(nid)).remote(gate, before[nid], after[nid], slices[nid]) for nid in job]
     assert ray.get(gate.wait_for.remote(len(job))) == len(job)  # every node's worker attached
 
     victim = job[1]
@@ -377,7 +386,7 @@ def test_killing_a_node_service_actor_mid_run_loses_no_task(deployment, local, j
 
     outcomes = ray.get(phased)
     assert ray.get(others) == [expected_task(local, t) for t in tasks]  # no task lost
-    for nid, got in zip(job, outcomes):
+    for nid, got in zip(job, outcomes, strict=True):
         assert got["first"] == local.get_embeddings(before[nid]).tobytes()
         assert got["second"] == local.get_embeddings(after[nid]).tobytes()
         assert got["results"] == [expected_task(local, t) for t in slices[nid]]
@@ -394,8 +403,11 @@ def search_task(query: str, texts: list[str]) -> dict:
     from embedshare import get_embedding_manager
 
     manager = get_embedding_manager()
-    return {"top": [(r.name, r.score) for r in manager.search(query, k=5)],
-            "vectors": manager.get_embeddings(texts).tobytes(), "stats": manager.stats()}
+    return {
+        "top": [(r.name, r.score) for r in manager.search(query, k=5)],
+        "vectors": manager.get_embeddings(texts).tobytes(),
+        "stats": manager.stats(),
+    }
 
 
 def test_a_later_session_s_task_needs_no_registry_and_survives_its_node_s_service_being_killed(cluster, local):
@@ -405,8 +417,10 @@ def test_a_later_session_s_task_needs_no_registry_and_survives_its_node_s_servic
     service process is SIGKILLed between two tasks, and the node stores are the same folders."""
     root = tempfile.mkdtemp(prefix="esr-", dir="/tmp")
     query, texts = "read a csv file", [f"session text {i}" for i in range(20)]
-    want = {"top": [(r.name, r.score) for r in local.search(query, k=5)],
-            "vectors": local.get_embeddings(texts).tobytes()}
+    want = {
+        "top": [(r.name, r.score) for r in local.search(query, k=5)],
+        "vectors": local.get_embeddings(texts).tobytes(),
+    }
     try:
         ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
         try:
@@ -418,8 +432,7 @@ def test_a_later_session_s_task_needs_no_registry_and_survives_its_node_s_servic
         finally:
             ray.shutdown()
         env = {"EMBEDSHARE_RAY_STORE": root, "EMBEDSHARE_MODEL": MODEL}  # no EMBEDSHARE_REGISTRY
-        ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False,
-                 runtime_env={"env_vars": env})
+        ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False, runtime_env={"env_vars": env})
         try:
             node = nodes[1]
             got = ray.get(search_task.options(**on_node(node)).remote(query, texts))
@@ -447,10 +460,16 @@ def test_a_task_asking_for_a_registry_gets_the_deployment_s_or_a_clear_error(dep
     # On Ray the node services serve no registry: the check is against the deployment's index.
     other = tmp_path / "other.json"
     other.write_text(json.dumps(dict(list(json.loads(bundled_registry_path().read_text()).items())[:3])))
-    asks = [("bundled", True), (str(bundled_registry_path()), False), (str(other), False),
-            (str(other), True), (str(tmp_path / "missing.json"), False)]
+    asks = [
+        ("bundled", True),
+        (str(bundled_registry_path()), False),
+        (str(other), False),
+        (str(other), True),
+        (str(tmp_path / "missing.json"), False),
+    ]
     same_env, same_file, other_arg, other_env, missing = ray.get(
-        [attach_asking_for.options(**on_node(job[i % len(job)])).remote(*ask) for i, ask in enumerate(asks)])
+        [attach_asking_for.options(**on_node(job[i % len(job)])).remote(*ask) for i, ask in enumerate(asks)]
+    )
 
     want = [r.name for r in local.search("parse csv", k=3)]
     assert same_env == {"type": "RayEmbeddingManager", "search": want}
@@ -488,8 +507,9 @@ def test_error_and_local_policies_when_the_node_service_is_gone(deployment, loca
 def test_the_ray_demo_measures_memory_per_node_and_model_calls(cluster):
     from embedshare.bench.ray_demo import run_ray_demo
 
-    report = run_ray_demo(address=cluster.address, tasks=60, in_flight=3, model=MODEL,
-                          registry="bundled", progress=False)
+    report = run_ray_demo(
+        address=cluster.address, tasks=60, in_flight=3, model=MODEL, registry="bundled", progress=False
+    )
     d = report.as_dict()
     assert d["failed"] == 0 and d["tasks"] == 60
     assert len(d["nodes"]) == 3

@@ -27,8 +27,14 @@ from embedshare.store.cache import cache_key
 
 def _modules_after(code: str, env: dict[str, str] | None = None) -> set[str]:
     script = code + "\nimport sys, json\nprint(json.dumps(sorted(sys.modules)))\n"
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                         env={**os.environ, **(env or {})}, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
@@ -68,7 +74,7 @@ def test_texts_spread_over_the_ring_and_a_leaving_node_moves_only_its_own():
     counts = Counter(owners)
     assert set(counts) == set(ring) and min(counts.values()) > 850  # ~1000 each
     smaller = ring[:2]
-    for key, owner in zip(keys, owners):
+    for key, owner in zip(keys, owners, strict=True):
         if owner in smaller:
             assert owner_of(key, smaller) == owner  # only the leaving node's keys move
     assert owner_of(keys[0], []) == ""
@@ -111,8 +117,9 @@ def test_the_object_store_index_answers_as_the_folder_index(built):
     for query in ("parse csv", "send an http request", "compress files"):
         vector = built.get_embedding(query)
         assert index.search_vector(vector, k=5) == folder.search_vector(vector, k=5)
-        assert index.search_vector(vector, k=3, category="data_processing") == \
-            folder.search_vector(vector, k=3, category="data_processing")
+        assert index.search_vector(vector, k=3, category="data_processing") == folder.search_vector(
+            vector, k=3, category="data_processing"
+        )
     for name in ("csv_parser", "http_post"):
         assert index.similar(name, k=4) == folder.similar(name, k=4)
     assert index.protocols(["csv_parser"]) == folder.protocols(["csv_parser"])
@@ -124,8 +131,14 @@ def test_a_large_index_keeps_its_approximate_index_in_the_object_store(built, tm
     from embedshare.store import ToolIndex
     from embedshare.store.index_build import build_index
 
-    folder = build_index(load_registry("bundled"), built.get_embeddings, built.model_id, built.dim,
-                         tmp_path / "ann-index", ann_min_tools=10)
+    folder = build_index(
+        load_registry("bundled"),
+        built.get_embeddings,
+        built.model_id,
+        built.dim,
+        tmp_path / "ann-index",
+        ann_min_tools=10,
+    )
     on_disk = ToolIndex(folder)
     assert on_disk.ann is not None
     index = ObjectStoreToolIndex(index_payload(folder))
@@ -158,9 +171,21 @@ def test_the_node_service_stops_when_its_lifeline_closes(tmp_path):
     life_read, life_write = os.pipe()
     ready_read, ready_write = os.pipe()
     process = subprocess.Popen(
-        [sys.executable, "-m", "embedshare.ray._service", "--lifeline-fd", str(life_read),
-         "--store", str(layout.root), "--model", "hash:16", "--ready-fd", str(ready_write)],
-        pass_fds=(life_read, ready_write), stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "embedshare.ray._service",
+            "--lifeline-fd",
+            str(life_read),
+            "--store",
+            str(layout.root),
+            "--model",
+            "hash:16",
+            "--ready-fd",
+            str(ready_write),
+        ],
+        pass_fds=(life_read, ready_write),
+        stdin=subprocess.DEVNULL,
     )
     os.close(life_read)
     os.close(ready_write)
@@ -184,8 +209,13 @@ def test_the_node_service_stops_when_its_lifeline_closes(tmp_path):
 
 
 def test_the_service_entry_point_needs_its_lifeline():
-    out = subprocess.run([sys.executable, "-m", "embedshare.ray._service", "--store", "/nonexistent"],
-                         capture_output=True, text=True, timeout=60, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "embedshare.ray._service", "--store", "/nonexistent"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 2 and "--lifeline-fd" in out.stderr
 
 
@@ -209,6 +239,9 @@ def test_the_ray_registry_check_accepts_the_served_content_and_names_both_otherw
     assert "other.json" in message and other.content_hash[:12] in message
     assert bundled.content_hash[:12] in message and "embedshare.ray.init(" in message
 
-    with pytest.raises(RegistryMismatchError, match=r"serves no tool registry, not bundled .*"
-                                                    r"embedshare\.ray\.init\(model=\.\.\., registry='bundled'\)"):
+    with pytest.raises(
+        RegistryMismatchError,
+        match=r"serves no tool registry, not bundled .*"
+        r"embedshare\.ray\.init\(model=\.\.\., registry='bundled'\)",
+    ):
         check_deployment_registry("bundled", bundled, deployment_registry(None))

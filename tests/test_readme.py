@@ -60,12 +60,20 @@ def test_readme_block_runs_as_written(number, newcomer):
     script = newcomer / "work" / f"readme_block_{number + 1}.py"
     script.write_text(block)
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDSHARE_")}
-    env.update(HOME=str(newcomer / "home"), HF_HUB_OFFLINE="1", PYTHONWARNINGS="default",
-               HAYSTACK_TELEMETRY_ENABLED="False")  # this machine has no network for its posthog calls
+    env.update(
+        HOME=str(newcomer / "home"), HF_HUB_OFFLINE="1", PYTHONWARNINGS="default", HAYSTACK_TELEMETRY_ENABLED="False"
+    )  # this machine has no network for its posthog calls
     if "model=" not in block:
         env["EMBEDSHARE_MODEL"] = "hash:64"
-    result = subprocess.run([sys.executable, script.name], cwd=script.parent, env=env,
-                            capture_output=True, text=True, timeout=840, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [sys.executable, script.name],
+        cwd=script.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=840,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0, f"block {number + 1} failed:\n{result.stderr[-3000:]}"
     assert "Traceback" not in result.stderr and "Error" not in result.stderr, result.stderr[-3000:]
     assert len(result.stderr.splitlines()) < 20, result.stderr[-3000:]  # quiet: no error per worker

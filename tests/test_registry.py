@@ -230,7 +230,7 @@ def test_bundled_registry():
         assert tool.parameters, tool.name
         assert tool.raw.get("returns"), tool.name
         assert tool.raw.get("errors"), tool.name
-        assert "uncategorized" != tool.category, tool.name
+        assert tool.category != "uncategorized", tool.name
         texts = field_texts(tool)
         assert ("differentiation" in texts) == bool(tool.differentiation), tool.name
 

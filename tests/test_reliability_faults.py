@@ -23,15 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from embedshare.embedders import create_embedder
-from embedshare.manager import EmbeddingManager
-from embedshare.pool.shared import SharedPool
-from embedshare.access import SharedEmbeddingManager
-from embedshare.client.connection import ServiceConnection
-from embedshare.service.launcher import EmbeddingService, ServiceStartError
-from embedshare.client.state import read_state
-from embedshare.store import EmbeddingCache, StoreLayout
 from helpers.disks import fill
 from helpers.figures import record
 from helpers.frames import connect_raw, exchange, read_reply, request_frame
@@ -39,6 +30,15 @@ from helpers.processes import PYTHON, SPAWNED, alive, start_with_ready_pipe, sto
 from helpers.services import kill_service
 from helpers.spawned import reliability_tasks
 from helpers.waiting import wait_for
+
+from embedshare.access import SharedEmbeddingManager
+from embedshare.client.connection import ServiceConnection
+from embedshare.client.state import read_state
+from embedshare.embedders import create_embedder
+from embedshare.manager import EmbeddingManager
+from embedshare.pool.shared import SharedPool
+from embedshare.service.launcher import EmbeddingService, ServiceStartError
+from embedshare.store import EmbeddingCache, StoreLayout
 
 SEED = int(os.environ.get("EMBEDSHARE_FAULT_SEED", "20261128"))
 EMBEDDER = create_embedder("hash:64")
@@ -55,7 +55,9 @@ def _reference(tmp_path: Path, n: int) -> dict[int, dict]:
 
 def _check_results(results: list[dict], reference: dict[int, dict]) -> None:
     assert [r["index"] for r in results] == sorted(reference)
-    wrong = [r["index"] for r in results if {k: r[k] for k in ("index", "digest", "top", "similar")} != reference[r["index"]]]
+    wrong = [
+        r["index"] for r in results if {k: r[k] for k in ("index", "digest", "top", "similar")} != reference[r["index"]]
+    ]
     assert not wrong, f"results that differ from a fault-free run: tasks {wrong[:10]}"
     assert {r["mode"] for r in results} == {"shared"}
 
@@ -98,8 +100,9 @@ def test_service_sigkilled_repeatedly_in_a_25_worker_run_every_task_exactly_once
     started = time.monotonic()
     with SharedPool(workers=25, store=store, model="hash:64", progress=False) as pool:
         first_pid = pool.service.pid
-        results = pool.map(reliability_tasks.fault_task, [(i, str(markers), 0.0, True) for i in range(tasks)],
-                           on_result=on_result)
+        results = pool.map(
+            reliability_tasks.fault_task, [(i, str(markers), 0.0, True) for i in range(tasks)], on_result=on_result
+        )
         final = pool.service.stats()
     wall = time.monotonic() - started
 
@@ -115,9 +118,18 @@ def test_service_sigkilled_repeatedly_in_a_25_worker_run_every_task_exactly_once
     assert restarts >= kills_wanted  # each kill was noticed and repaired by a worker
     # every text that was answered is in the cache, with the right vector: nothing corrupted
     entries = _check_cache(store, [t for i in range(tasks) for t in reliability_tasks.fault_task_texts(i)])
-    record("service_sigkill_25_workers", seed=SEED, tasks=tasks, workers=25, kills=len(killed),
-           killed_after_tasks=[k["after_tasks"] for k in killed], worker_restarts=restarts,
-           worker_reconnects=reconnects, wall_seconds=round(wall, 1), cache_entries=entries)
+    record(
+        "service_sigkill_25_workers",
+        seed=SEED,
+        tasks=tasks,
+        workers=25,
+        kills=len(killed),
+        killed_after_tasks=[k["after_tasks"] for k in killed],
+        worker_restarts=restarts,
+        worker_reconnects=reconnects,
+        wall_seconds=round(wall, 1),
+        cache_entries=entries,
+    )
 
 
 # -- workers SIGKILLed at random ----------------------------------------------------------------------
@@ -146,8 +158,9 @@ def test_workers_sigkilled_at_random_their_tasks_rerun_none_lost_none_duplicated
 
     with SharedPool(workers=workers, store=store, model="hash:64", progress=False, max_retries=5) as pool:
         # 50 ms of work per task: workers are busy, so a kill usually lands inside a task
-        results = pool.map(reliability_tasks.fault_task, [(i, str(markers), 0.05, False) for i in range(tasks)],
-                           on_result=on_result)
+        results = pool.map(
+            reliability_tasks.fault_task, [(i, str(markers), 0.05, False) for i in range(tasks)], on_result=on_result
+        )
     crashes = pool.report.crashes
     assert len(killed) == kills_wanted
     assert sorted(c.pid for c in crashes) == sorted(killed)
@@ -166,9 +179,18 @@ def test_workers_sigkilled_at_random_their_tasks_rerun_none_lost_none_duplicated
     assert sorted(runs) == list(range(tasks))
     twice = sorted(i for i, n in runs.items() if n > 1)
     assert set(twice) <= set(rerun)
-    record("worker_sigkill", seed=SEED + 1, tasks=tasks, workers=workers, kills=len(killed),
-           kills_inside_a_task=len(mid_task), tasks_rerun=len(rerun),
-           tasks_whose_side_effect_repeated=len(twice), results_lost=0, results_duplicated=0)
+    record(
+        "worker_sigkill",
+        seed=SEED + 1,
+        tasks=tasks,
+        workers=workers,
+        kills=len(killed),
+        kills_inside_a_task=len(mid_task),
+        tasks_rerun=len(rerun),
+        tasks_whose_side_effect_repeated=len(twice),
+        results_lost=0,
+        results_duplicated=0,
+    )
 
 
 # -- a client that vanishes while others wait for the same text ---------------------------------------
@@ -184,8 +206,11 @@ def test_a_client_leaving_mid_request_does_not_strand_others_waiting_for_the_sam
     stayer.sendall(request_frame({"v": 1, "id": 2, "op": "embed", "texts": [text]}))
     conn = ServiceConnection(service.address)
     # the second request joined the first one's computation (the batch waits 3 s to fill)
-    wait_for(lambda: conn.request("stats", timeout=30)["stats"]["joined_inflight"] >= 1, 30,
-             "the second request to join the first")
+    wait_for(
+        lambda: conn.request("stats", timeout=30)["stats"]["joined_inflight"] >= 1,
+        30,
+        "the second request to join the first",
+    )
     leaver.close()
     reply = read_reply(stayer)  # before the fix: no reply, ever
     assert reply["ok"] is True and reply["id"] == 2
@@ -213,7 +238,10 @@ def test_a_peer_pipelining_without_reading_is_throttled_not_buffered_forever(has
     # read them all and held 200k tasks and their replies for a peer that never reads)
     assert MAX_PENDING_PER_CONNECTION < sent < 200_000
     client = SharedEmbeddingManager(hash_service.address, on_failure="error")
-    assert client.get_embedding("others are still served").tobytes() == EMBEDDER.embed(["others are still served"])[0].tobytes()
+    assert (
+        client.get_embedding("others are still served").tobytes()
+        == EMBEDDER.embed(["others are still served"])[0].tobytes()
+    )
     greedy.close()
     record("pipelining_backpressure", frames_sent_unread=sent, limit=MAX_PENDING_PER_CONNECTION)
 
@@ -315,9 +343,17 @@ def test_cache_survives_50_sigkills_of_concurrent_writers_and_readers(tmp_path):
         assert cache.put_many(fresh, EMBEDDER.embed(fresh)) == 50  # the write lock is free
         entries = cache.count()
         size = (Path(path) / "data.mdb").stat().st_size
-    record("cache_sigkill", seed=SEED + 2, rounds=rounds, writers_killed=kills,
-           readers_killed_in_a_transaction=killed_readers, acknowledged_texts=int(acknowledged.sum()),
-           entries=entries, data_mdb_bytes=size, max_readers=16)
+    record(
+        "cache_sigkill",
+        seed=SEED + 2,
+        rounds=rounds,
+        writers_killed=kills,
+        readers_killed_in_a_transaction=killed_readers,
+        acknowledged_texts=int(acknowledged.sum()),
+        entries=entries,
+        data_mdb_bytes=size,
+        max_readers=16,
+    )
 
 
 # -- a full disk (tmpfs) and a map-size limit ------------------------------------------------------------
@@ -380,10 +416,16 @@ def test_a_full_disk_keeps_the_service_serving_hits_and_uncached_misses(small_tm
         got, found = cache.get_many(warm + after + misses)
         assert found[: len(warm) + len(after)].all()
         assert got[found].tobytes() == EMBEDDER.embed(warm + after + misses)[found].tobytes()
-        cached_misses = int(found[len(warm) + len(after):].sum())
-    record("disk_full_tmpfs", tmpfs_bytes=4 << 20, filler_bytes=filler, misses_while_full=len(misses),
-           misses_cached_anyway=cached_misses, cache_write_failures=during["cache_write_failures"],
-           hits_served_while_full=len(warm))
+        cached_misses = int(found[len(warm) + len(after) :].sum())
+    record(
+        "disk_full_tmpfs",
+        tmpfs_bytes=4 << 20,
+        filler_bytes=filler,
+        misses_while_full=len(misses),
+        misses_cached_anyway=cached_misses,
+        cache_write_failures=during["cache_write_failures"],
+        hits_served_while_full=len(warm),
+    )
 
 
 def test_a_map_size_limit_keeps_the_service_serving_hits_and_uncached_misses(store, tmp_path):
@@ -391,8 +433,18 @@ def test_a_map_size_limit_keeps_the_service_serving_hits_and_uncached_misses(sto
     layout = StoreLayout(store)
     layout.make_private_run_dir()
     proc, line = start_with_ready_pipe(
-        [PYTHON, str(SPAWNED / "reliability_server.py"), "--max-map-size", str(1 << 20),
-         "--store", str(store), "--model", "hash:64", "--registry", "bundled"],
+        [
+            PYTHON,
+            str(SPAWNED / "reliability_server.py"),
+            "--max-map-size",
+            str(1 << 20),
+            "--store",
+            str(store),
+            "--model",
+            "hash:64",
+            "--registry",
+            "bundled",
+        ],
         layout.log,
     )
     try:
@@ -418,10 +470,15 @@ def test_a_map_size_limit_keeps_the_service_serving_hits_and_uncached_misses(sto
         got, found = cache.get_many(warm + misses)
         assert found[: len(warm)].all()
         assert got[found].tobytes() == EMBEDDER.embed(warm + misses)[found].tobytes()
-        cached = int(found[len(warm):].sum())
+        cached = int(found[len(warm) :].sum())
     assert cached < len(misses)
-    record("map_size_limit", max_map_size=1 << 20, misses=len(misses), misses_cached=cached,
-           cache_write_failures=during["cache_write_failures"])
+    record(
+        "map_size_limit",
+        max_map_size=1 << 20,
+        misses=len(misses),
+        misses_cached=cached,
+        cache_write_failures=during["cache_write_failures"],
+    )
 
 
 # -- stale run files of a dead service --------------------------------------------------------------------
@@ -468,10 +525,18 @@ def test_a_lock_held_by_a_silent_process_is_a_bounded_clear_error(store, make_se
     layout = StoreLayout(store)
     layout.make_private_run_dir()
     holder = subprocess.Popen(
-        [PYTHON, "-c", ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600); "
-                        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()"),
-         str(layout.lock)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            PYTHON,
+            "-c",
+            (
+                "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600); "
+                "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()"
+            ),
+            str(layout.lock),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"

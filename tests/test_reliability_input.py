@@ -16,18 +16,18 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
-
-from embedshare.embedders import MAX_TEXT_CHARS, InvalidTextError, create_embedder
-from embedshare.manager import EmbeddingManager
-from embedshare.client import protocol
-from embedshare.access import SharedEmbeddingManager
-from embedshare.sources.service import MAX_REQUEST_TEXTS
-from embedshare.bench.fake_openai import FakeOpenAIServer
-from embedshare.service.launcher import EmbeddingService, ServiceStartError
 from helpers.extras import requires
 from helpers.figures import record
 from helpers.frames import connect_raw, exchange, frame, read_reply, request_frame
 from helpers.services import running_service
+
+from embedshare.access import SharedEmbeddingManager
+from embedshare.bench.fake_openai import FakeOpenAIServer
+from embedshare.client import protocol
+from embedshare.embedders import MAX_TEXT_CHARS, InvalidTextError, create_embedder
+from embedshare.manager import EmbeddingManager
+from embedshare.service.launcher import EmbeddingService, ServiceStartError
+from embedshare.sources.service import MAX_REQUEST_TEXTS
 
 EMBEDDER = create_embedder("hash:64")
 
@@ -75,7 +75,9 @@ def test_a_bad_text_is_a_clear_error_in_the_client_and_on_the_wire(service, bad,
     # answers a clear error for that request, on a connection that stays usable
     with connect_raw(service.address) as sock:
         if isinstance(bad, str) and "\ud800" in bad:  # msgpack cannot encode it: CESU-8 bytes
-            body = msgpack.packb({"v": 1, "id": 7, "op": "embed", "texts": ["@"]}).replace(b"\xa1@", b"\xa3\xed\xa0\x80")
+            body = msgpack.packb({"v": 1, "id": 7, "op": "embed", "texts": ["@"]}).replace(
+                b"\xa1@", b"\xa3\xed\xa0\x80"
+            )
             reply = exchange(sock, frame(body))
             assert reply["error"]["code"] == "bad_request" and "not valid UTF-8" in reply["error"]["message"]
         else:
@@ -153,8 +155,15 @@ def test_100k_short_texts_through_the_shared_client(make_service):
     stats = service.stats()
     client.close()
     assert stats["texts_embedded"] == len(texts) and stats["errors"] == 0
-    record("100k_texts", texts=len(texts), requests=requests, seconds=round(seconds, 1),
-           texts_per_request=MAX_REQUEST_TEXTS, model_calls=stats["model_calls"], max_batch=512)
+    record(
+        "100k_texts",
+        texts=len(texts),
+        requests=requests,
+        seconds=round(seconds, 1),
+        texts_per_request=MAX_REQUEST_TEXTS,
+        model_calls=stats["model_calls"],
+        max_batch=512,
+    )
 
 
 def test_a_reply_the_client_cannot_match_fails_its_requests_instead_of_hanging(tmp_path):
@@ -195,7 +204,10 @@ def test_more_texts_than_the_limit_in_one_request_is_a_clear_error(service):
     with connect_raw(service.address) as sock:
         reply = exchange(sock, {"v": 1, "id": 1, "op": "embed", "texts": too_many})
         assert reply["error"]["code"] == "too_large"
-        assert f"{len(too_many)} texts in one request; the limit is {protocol.MAX_TEXTS_PER_REQUEST}" in reply["error"]["message"]
+        assert (
+            f"{len(too_many)} texts in one request; the limit is {protocol.MAX_TEXTS_PER_REQUEST}"
+            in reply["error"]["message"]
+        )
         reply = exchange(sock, {"v": 1, "id": 2, "op": "embed", "texts": []})  # and none at all is fine
         assert reply["ok"] and reply["n"] == 0
     _still_serving(service.address, "served after too many texts")
@@ -251,17 +263,25 @@ def test_garbage_from_the_backend_fails_that_request_only_and_is_never_cached(op
         failures.append(fault)
         assert text not in client.cache and text + " too" not in client.cache  # nothing of it cached
         # the next request (another client's, then the same text again) is answered normally
-        assert np.allclose(np.frombuffer(bystander.get_embedding(f"bystander after {fault}").tobytes(), np.float32),
-                           np.frombuffer(expected(f"bystander after {fault}"), np.float32), atol=1e-6)
+        assert np.allclose(
+            np.frombuffer(bystander.get_embedding(f"bystander after {fault}").tobytes(), np.float32),
+            np.frombuffer(expected(f"bystander after {fault}"), np.float32),
+            atol=1e-6,
+        )
         assert np.allclose(client.get_embedding(text), np.frombuffer(expected(text), np.float32), atol=1e-6)
     stats = service.stats()
     assert stats["pid"] == service.pid and stats["errors"] >= len(BACKEND_FAULTS)
     # transient failures are retried by the embedder and never reach the client
     server.fail_next(500)
     server.fail_next("disconnect")
-    assert np.allclose(client.get_embedding("after a 500 and a dropped connection"),
-                       np.frombuffer(expected("after a 500 and a dropped connection"), np.float32), atol=1e-6)
-    record("backend_garbage", faults=failures, each_failed_only_its_request=True, retried_transients=[500, "disconnect"])
+    assert np.allclose(
+        client.get_embedding("after a 500 and a dropped connection"),
+        np.frombuffer(expected("after a 500 and a dropped connection"), np.float32),
+        atol=1e-6,
+    )
+    record(
+        "backend_garbage", faults=failures, each_failed_only_its_request=True, retried_transients=[500, "disconnect"]
+    )
 
 
 # -- damaged indexes and registries at start ---------------------------------------------------------
@@ -301,6 +321,7 @@ def _edit_manifest(change):
     def damage(folder: Path, other: Path) -> None:
         path = folder / "manifest.json"
         path.write_text(change(path.read_text()))
+
     return damage
 
 
@@ -309,13 +330,18 @@ def _drop_key(key):
         manifest = json.loads(text)
         del manifest[key]
         return json.dumps(manifest)
+
     return change
 
 
 DAMAGES = [
     pytest.param(_truncate, "vectors.npy has", id="truncated-matrix"),
     pytest.param(_flip_a_byte, "vectors.npy does not match its checksum", id="flipped-byte"),
-    pytest.param(_another_model, "another model or registry (model 'hash:32:v1', this service's is 'hash:64:v1')", id="another-model"),
+    pytest.param(
+        _another_model,
+        "another model or registry (model 'hash:32:v1', this service's is 'hash:64:v1')",
+        id="another-model",
+    ),
     pytest.param(_edit_manifest(lambda t: "{not json"), "manifest.json is not valid JSON", id="manifest-not-json"),
     pytest.param(_edit_manifest(lambda t: ""), "manifest.json is not valid JSON", id="manifest-empty"),
     pytest.param(_edit_manifest(_drop_key("files")), "manifest.json is incomplete", id="manifest-incomplete"),
@@ -327,7 +353,8 @@ DAMAGES = [
 
 @pytest.mark.parametrize(("damage", "words"), DAMAGES)
 def test_a_damaged_or_foreign_index_stops_the_service_from_starting_with_a_clear_error(
-        built_store, tmp_path, damage, words):
+    built_store, tmp_path, damage, words
+):
     source, folder_name, other = built_store
     store = tmp_path / "store"
     shutil.copytree(source, store)
@@ -341,18 +368,22 @@ def test_a_damaged_or_foreign_index_stops_the_service_from_starting_with_a_clear
     assert not (store / "run" / "service.sock").exists()  # it did not stay up half-working
 
 
-@pytest.mark.parametrize(("content", "words"), [
-    ('{"a": {"description": 5}}', "tool 'a': field 'description' must be a non-empty string, got int"),
-    ('{"a": {\n "description": "x",\n}', "invalid JSON at line 3, column 1"),
-    (None, "registry file not found"),
-])
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ('{"a": {"description": 5}}', "tool 'a': field 'description' must be a non-empty string, got int"),
+        ('{"a": {\n "description": "x",\n}', "invalid JSON at line 3, column 1"),
+        (None, "registry file not found"),
+    ],
+)
 def test_a_bad_registry_stops_the_service_from_starting_with_a_clear_error(tmp_path, content, words):
     registry = tmp_path / "tools.json"
     if content is not None:
         registry.write_text(content)
     with pytest.raises(ServiceStartError) as info:
-        EmbeddingService(tmp_path / "store", model="hash:64", registry=registry, export_env=False,
-                         start_timeout=60).start()
+        EmbeddingService(
+            tmp_path / "store", model="hash:64", registry=registry, export_env=False, start_timeout=60
+        ).start()
     message = str(info.value).splitlines()[0]
     assert "RegistryError" in message and str(registry) in message and words in message, message
 

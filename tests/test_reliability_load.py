@@ -17,11 +17,11 @@ import threading
 import time
 
 import pytest
-
-from embedshare.pool.shared import SharedPool
 from helpers.figures import record
 from helpers.processes import memory_of
 from helpers.spawned import reliability_tasks
+
+from embedshare.pool.shared import SharedPool
 
 SOAK_SECONDS = float(os.environ.get("EMBEDSHARE_SOAK_SECONDS", "60"))
 WORKERS, THREADS = 25, 8
@@ -39,8 +39,9 @@ def test_25_workers_x_8_threads_sustained_load_no_errors_bounded_latency_no_grow
     first_done = threading.Event()
     load_started = [0.0]
 
-    with SharedPool(workers=WORKERS, store=store, model="hash:64", progress=False,
-                    preload=reliability_tasks.COMMON_TEXTS) as pool:
+    with SharedPool(
+        workers=WORKERS, store=store, model="hash:64", progress=False, preload=reliability_tasks.COMMON_TEXTS
+    ) as pool:
         service_pid = pool.service.pid
 
         def sample() -> None:
@@ -66,8 +67,8 @@ def test_25_workers_x_8_threads_sustained_load_no_errors_bounded_latency_no_grow
     assert len({r["pid"] for r in results}) == WORKERS
 
     kinds = reliability_tasks.KINDS
-    merged = {k: [sum(c) for c in zip(*(r["histograms"][k] for r in results))] for k in kinds}
-    everything = [sum(c) for c in zip(*merged.values())]
+    merged = {k: [sum(c) for c in zip(*(r["histograms"][k] for r in results), strict=True)] for k in kinds}
+    everything = [sum(c) for c in zip(*merged.values(), strict=True)]
     counts = {k: sum(merged[k]) for k in kinds}
     p99 = reliability_tasks.percentile_of(everything, 99)
     worst = max(max(r["max"].values()) for r in results)
@@ -84,18 +85,28 @@ def test_25_workers_x_8_threads_sustained_load_no_errors_bounded_latency_no_grow
     median = lambda ms, key: statistics.median(m[key] for m in ms)
     growth = {key: (median(end, key) - median(base, key)) / median(base, key) for key in ("rss_anon", "rss", "pss")}
     mb = lambda ms, key: round(median(ms, key) / 2**20, 1)
-    figures = dict(
-        workers=WORKERS, threads_per_worker=THREADS, seconds=round(duration, 1), think_ms=THINK_SECONDS * 1e3,
-        calls=counts, calls_per_second=round(sum(counts.values()) / max(duration, 1), 0),
-        p50_ms={k: round(reliability_tasks.percentile_of(merged[k], 50) * 1e3, 3) for k in kinds},
-        p99_ms={k: round(reliability_tasks.percentile_of(merged[k], 99) * 1e3, 3) for k in kinds},
-        p99_all_ms=round(p99 * 1e3, 3), max_ms=round(worst * 1e3, 1),
-        service_requests=stats["requests"], service_texts_embedded=stats["texts_embedded"],
-        service_mean_batch=stats["batch_size"]["mean"], errors=error_count,
-        memory_mb={"after_warmup": {k: mb(base, k) for k in ("rss", "rss_anon", "pss")},
-                   "end": {k: mb(end, k) for k in ("rss", "rss_anon", "pss")}},
-        growth_percent={k: round(v * 100, 2) for k, v in growth.items()}, warmup_s=round(warmup, 1),
-        memory_samples=len(samples),
-    )
+    figures = {
+        "workers": WORKERS,
+        "threads_per_worker": THREADS,
+        "seconds": round(duration, 1),
+        "think_ms": THINK_SECONDS * 1e3,
+        "calls": counts,
+        "calls_per_second": round(sum(counts.values()) / max(duration, 1), 0),
+        "p50_ms": {k: round(reliability_tasks.percentile_of(merged[k], 50) * 1e3, 3) for k in kinds},
+        "p99_ms": {k: round(reliability_tasks.percentile_of(merged[k], 99) * 1e3, 3) for k in kinds},
+        "p99_all_ms": round(p99 * 1e3, 3),
+        "max_ms": round(worst * 1e3, 1),
+        "service_requests": stats["requests"],
+        "service_texts_embedded": stats["texts_embedded"],
+        "service_mean_batch": stats["batch_size"]["mean"],
+        "errors": error_count,
+        "memory_mb": {
+            "after_warmup": {k: mb(base, k) for k in ("rss", "rss_anon", "pss")},
+            "end": {k: mb(end, k) for k in ("rss", "rss_anon", "pss")},
+        },
+        "growth_percent": {k: round(v * 100, 2) for k, v in growth.items()},
+        "warmup_s": round(warmup, 1),
+        "memory_samples": len(samples),
+    }
     record("soak", **figures)
     assert growth["rss_anon"] < GROWTH_BOUND, f"the service's heap grew {growth['rss_anon']:.1%}: {figures}"

@@ -27,17 +27,17 @@ from pathlib import Path
 import msgpack
 import psutil
 import pytest
-
-from embedshare.bench.fake_openai import FakeOpenAIServer
-from embedshare.embedders import create_embedder
-from embedshare.access import SharedEmbeddingManager
-from embedshare.service.launcher import EmbeddingService, ServiceStartError
-from embedshare.client.protocol import RemoteError
-from embedshare.client.state import read_state
 from helpers.extras import requires
 from helpers.figures import record
 from helpers.frames import closed_by_peer, connect_raw, exchange, frame, read_reply, request_frame
 from helpers.users import NEEDS_ROOT, NOBODY, as_other_user
+
+from embedshare.access import SharedEmbeddingManager
+from embedshare.bench.fake_openai import FakeOpenAIServer
+from embedshare.client.protocol import RemoteError
+from embedshare.client.state import read_state
+from embedshare.embedders import create_embedder
+from embedshare.service.launcher import EmbeddingService, ServiceStartError
 
 EMBEDDER = create_embedder("hash:64")
 
@@ -169,20 +169,34 @@ def test_the_api_key_never_appears_in_logs_stats_state_cli_or_errors(store, make
         error = str(info.value)
         stats = json.dumps(service.stats())
         state = service.layout.state.read_text()
-        cli = subprocess.run([sys.executable, "-m", "embedshare.cli", "-vv", "stats", "--json", "--store", str(store)],
-                             capture_output=True, text=True, timeout=60, check=False)
+        cli = subprocess.run(
+            [sys.executable, "-m", "embedshare.cli", "-vv", "stats", "--json", "--store", str(store)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         client.close()
         service.stop()  # the whole log, its last lines included
         log = service.layout.log.read_text()
     assert any(r.headers.get("authorization") == f"Bearer {secret}" for r in server.requests)  # it was used
     assert "DEBUG" in log and "429" in log  # the log is verbose, and mentions the retry
     assert "***" in error  # the echoed key was redacted
-    for where, text in (("error", error), ("stats", stats), ("service.json", state), ("service.log", log),
-                        ("cli stdout", cli.stdout), ("cli stderr", cli.stderr)):
+    for where, text in (
+        ("error", error),
+        ("stats", stats),
+        ("service.json", state),
+        ("service.log", log),
+        ("cli stdout", cli.stdout),
+        ("cli stderr", cli.stderr),
+    ):
         assert secret not in text and secret[8:] not in text, f"the API key leaked into the {where}"
     assert cli.returncode == 0, cli.stderr
-    record("api_key_redaction", places_checked=["client error", "stats", "service.json", "service.log (-vv)",
-                                                "embedshare stats stdout/stderr"], log_bytes=len(log))
+    record(
+        "api_key_redaction",
+        places_checked=["client error", "stats", "service.json", "service.log (-vv)", "embedshare stats stdout/stderr"],
+        log_bytes=len(log),
+    )
 
 
 # -- the optional TCP listener ----------------------------------------------------------------------------
@@ -198,13 +212,16 @@ def test_tcp_is_off_by_default(hash_service):
     assert _listening(hash_service.pid) == []
 
 
-@pytest.mark.parametrize(("tcp", "token", "words"), [
-    ("0", None, "--tcp needs --token-file"),
-    ("0", ("a" * 32, 0o644), "is readable by other users (mode 0644); chmod 600 it"),
-    ("0", ("short", 0o600), "too short"),
-    ("0", "missing", "cannot read the token file"),
-    ("localhost:http", ("a" * 32, 0o600), "bad TCP address"),
-])
+@pytest.mark.parametrize(
+    ("tcp", "token", "words"),
+    [
+        ("0", None, "--tcp needs --token-file"),
+        ("0", ("a" * 32, 0o644), "is readable by other users (mode 0644); chmod 600 it"),
+        ("0", ("short", 0o600), "too short"),
+        ("0", "missing", "cannot read the token file"),
+        ("localhost:http", ("a" * 32, 0o600), "bad TCP address"),
+    ],
+)
 def test_tcp_without_a_usable_token_file_does_not_start(tmp_path, tcp, token, words):
     token_path = tmp_path / "token"
     if isinstance(token, tuple):
@@ -213,8 +230,14 @@ def test_tcp_without_a_usable_token_file_does_not_start(tmp_path, tcp, token, wo
     # A bad address is refused where it is given (a ValueError), the token file when the service reads it.
     error = ValueError if words == "bad TCP address" else ServiceStartError
     with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")) as info:
-        EmbeddingService(tmp_path / "store", model="hash:64", tcp=tcp, export_env=False, start_timeout=60,
-                         token_file=token_path if token is not None else None).start()
+        EmbeddingService(
+            tmp_path / "store",
+            model="hash:64",
+            tcp=tcp,
+            export_env=False,
+            start_timeout=60,
+            token_file=token_path if token is not None else None,
+        ).start()
     assert "a" * 32 not in str(info.value)
 
 
@@ -237,7 +260,9 @@ def test_tcp_with_a_token_serves_only_clients_that_present_it(make_service, toke
     texts = [f"over tcp {i}" for i in range(20)]
     assert tcp_client.get_embeddings(texts).tobytes() == EMBEDDER.embed(texts).tobytes()
     assert tcp_client.get_embeddings(texts).tobytes() == unix_client.get_embeddings(texts).tobytes()
-    assert [r.name for r in tcp_client.search("read a csv file")] == [r.name for r in unix_client.search("read a csv file")]
+    assert [r.name for r in tcp_client.search("read a csv file")] == [
+        r.name for r in unix_client.search("read a csv file")
+    ]
     monkeypatch.setenv("EMBEDSHARE_TOKEN", token)  # or from the environment
     assert SharedEmbeddingManager(address, on_failure="error").get_embedding("env token").shape == (64,)
     monkeypatch.delenv("EMBEDSHARE_TOKEN")
@@ -256,7 +281,11 @@ def test_tcp_with_a_token_serves_only_clients_that_present_it(make_service, toke
             if op == "hello":
                 message["token"] = 12345  # not even a string
             reply = exchange(sock, message)
-            assert reply == {"id": 5, "ok": False, "error": {"code": "unauthorized", "message": reply["error"]["message"]}}
+            assert reply == {
+                "id": 5,
+                "ok": False,
+                "error": {"code": "unauthorized", "message": reply["error"]["message"]},
+            }
             assert "token" in reply["error"]["message"]
             assert closed_by_peer(sock)
             refused_ops.append(op)
@@ -284,9 +313,14 @@ def test_tcp_with_a_token_serves_only_clients_that_present_it(make_service, toke
     for where, text in (("stats", json.dumps(stats)), ("service.json", state), ("service.log", log)):
         assert token not in text, f"the token leaked into the {where}"
     assert "refused a TCP connection" in log
-    record("tcp_listener", refused_before_hello=refused_ops, auth_failures=stats["auth_failures"],
-           idle_connection_closed_after_s=round(idle_seconds, 1), hello_timeout_s=TCP_HELLO_TIMEOUT,
-           first_frame_limit_bytes=TCP_HELLO_MAX_FRAME)
+    record(
+        "tcp_listener",
+        refused_before_hello=refused_ops,
+        auth_failures=stats["auth_failures"],
+        idle_connection_closed_after_s=round(idle_seconds, 1),
+        hello_timeout_s=TCP_HELLO_TIMEOUT,
+        first_frame_limit_bytes=TCP_HELLO_MAX_FRAME,
+    )
 
 
 def test_get_embedding_manager_follows_a_tcp_address(make_service, token_file, monkeypatch):
@@ -297,5 +331,8 @@ def test_get_embedding_manager_follows_a_tcp_address(make_service, token_file, m
     monkeypatch.setenv("EMBEDSHARE_TOKEN", token_file.read_text().strip())
     manager = get_embedding_manager(model="hash:64")
     assert manager.stats()["mode"] == "shared" and manager.address == service.tcp_address
-    assert manager.get_embedding("via get_embedding_manager").tobytes() == EMBEDDER.embed(["via get_embedding_manager"])[0].tobytes()
+    assert (
+        manager.get_embedding("via get_embedding_manager").tobytes()
+        == EMBEDDER.embed(["via get_embedding_manager"])[0].tobytes()
+    )
     reset_embedding_manager()

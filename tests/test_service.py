@@ -13,15 +13,15 @@ import struct
 import msgpack
 import numpy as np
 import pytest
-
-from embedshare.manager import EmbeddingManager
-from embedshare.client import protocol
-from embedshare.access import SharedEmbeddingManager
-from embedshare.client.connection import ServiceUnavailable
-from embedshare.service.launcher import EmbeddingService, ServiceStartError
 from helpers.frames import connect_raw, exchange, frame, read_reply
 from helpers.services import kill_service
 from helpers.spawned import service_tasks
+
+from embedshare.access import SharedEmbeddingManager
+from embedshare.client import protocol
+from embedshare.client.connection import ServiceUnavailable
+from embedshare.manager import EmbeddingManager
+from embedshare.service.launcher import EmbeddingService, ServiceStartError
 
 TEXTS = [f"tool query number {i} about files and networks" for i in range(40)]
 
@@ -117,16 +117,22 @@ def test_hundred_threads_get_the_serial_results(hash_service, tmp_path, run_thre
     reference = EmbeddingManager(tmp_path / "ref", model="hash:64", registry="bundled")
     calls = [("embed", t) for t in TEXTS] + [("search", q) for q in ("csv", "http post", "zip a folder")]
     expected = {
-        c: (reference.get_embedding(c[1]).tobytes() if c[0] == "embed"
-            else [(r.name, r.score) for r in reference.search(c[1])])
+        c: (
+            reference.get_embedding(c[1]).tobytes()
+            if c[0] == "embed"
+            else [(r.name, r.score) for r in reference.search(c[1])]
+        )
         for c in calls
     }
 
     def worker(i: int) -> list[bool]:
         results = []
-        for call in calls[i % len(calls):] + calls[: i % len(calls)]:
-            got = (client.get_embedding(call[1]).tobytes() if call[0] == "embed"
-                   else [(r.name, r.score) for r in client.search(call[1])])
+        for call in calls[i % len(calls) :] + calls[: i % len(calls)]:
+            got = (
+                client.get_embedding(call[1]).tobytes()
+                if call[0] == "embed"
+                else [(r.name, r.score) for r in client.search(call[1])]
+            )
             results.append(got == expected[call])
         return results
 
@@ -142,8 +148,12 @@ def test_25_processes_asking_the_same_new_text_cause_one_model_call(make_service
     service = make_service(registry=None)
     ctx = multiprocessing.get_context("fork")  # 25 spawned pytest children would take ~20 s
     barrier, results = ctx.Barrier(25), ctx.Queue()
-    procs = [ctx.Process(target=service_tasks.embed_after_barrier,
-                         args=(service.address, "a brand new text", barrier, results)) for _ in range(25)]
+    procs = [
+        ctx.Process(
+            target=service_tasks.embed_after_barrier, args=(service.address, "a brand new text", barrier, results)
+        )
+        for _ in range(25)
+    ]
     for p in procs:
         p.start()
     vectors = [results.get(timeout=120) for _ in procs]
@@ -163,8 +173,10 @@ def test_model_calls_over_a_run_equal_its_distinct_texts(store, make_service):
     service = make_service(registry=None)
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
-    procs = [ctx.Process(target=service_tasks.embed_subset, args=(service.address, texts, seed, results))
-             for seed in range(8)]
+    procs = [
+        ctx.Process(target=service_tasks.embed_subset, args=(service.address, texts, seed, results))
+        for seed in range(8)
+    ]
     for p in procs:
         p.start()
     outputs = [results.get(timeout=120) for _ in procs]
@@ -291,7 +303,9 @@ def test_serve_on_a_served_store_reports_the_running_service(hash_service, store
 
     out = subprocess.run(
         [sys.executable, "-m", "embedshare.cli", "serve", "--store", str(store), "--model", "hash:64"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0
     assert f"already runs on this store (pid {hash_service.pid})" in out.stderr

@@ -17,19 +17,19 @@ import subprocess
 import sys
 
 import pytest
+from helpers.extras import requires
 
+from embedshare.access import SharedEmbeddingManager
+from embedshare.client.connection import ServiceConnection
 from embedshare.manager import EmbeddingManager
 from embedshare.pool.shared import SharedPool
 from embedshare.pool.workers import WorkerPool
-from embedshare.access import SharedEmbeddingManager
-from embedshare.client.connection import ServiceConnection
-from embedshare.service.launcher import EmbeddingService, ServiceStartError
-from embedshare.service.metrics import ServiceMetrics
 from embedshare.service.batcher import Batcher
 from embedshare.service.config import LIMIT_FIELDS, ServiceConfig
+from embedshare.service.launcher import EmbeddingService, ServiceStartError
+from embedshare.service.metrics import ServiceMetrics
 from embedshare.settings import SettingError
 from embedshare.store import StoreLayout
-from helpers.extras import requires
 
 BAD_MAX_BATCH = [0, -1, 2.5, True, "8", None]
 BAD_MAX_WAIT_MS = [-1, -0.001, math.nan, math.inf, "2", None]
@@ -44,11 +44,13 @@ def _cases(**bad: list) -> list:
 # -- the Python API --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, value", _cases(max_batch=BAD_MAX_BATCH, max_wait_ms=BAD_MAX_WAIT_MS,
-                                               threads=BAD_THREADS))
+@pytest.mark.parametrize(
+    "name, value", _cases(max_batch=BAD_MAX_BATCH, max_wait_ms=BAD_MAX_WAIT_MS, threads=BAD_THREADS)
+)
 def test_service_config_refuses_a_bad_setting_naming_it(store, name, value):
-    with pytest.raises(SettingError, match=rf"^{name} must be .*got {value!r}" if not isinstance(value, str)
-                       else rf"^{name} must be"):
+    with pytest.raises(
+        SettingError, match=rf"^{name} must be .*got {value!r}" if not isinstance(value, str) else rf"^{name} must be"
+    ):
         ServiceConfig(store=str(store), model="hash:64", **{name: value})
 
 
@@ -57,8 +59,15 @@ def test_service_config_accepts_the_edges(store):
     assert (config.max_batch, config.max_wait_ms, config.threads) == (1, 0.0, 1)
 
 
-@pytest.mark.parametrize("name, value", _cases(max_batch=BAD_MAX_BATCH[:3], max_wait_ms=BAD_MAX_WAIT_MS[:3],
-                                               threads=BAD_THREADS[:1], start_timeout=BAD_TIMEOUTS[:3]))
+@pytest.mark.parametrize(
+    "name, value",
+    _cases(
+        max_batch=BAD_MAX_BATCH[:3],
+        max_wait_ms=BAD_MAX_WAIT_MS[:3],
+        threads=BAD_THREADS[:1],
+        start_timeout=BAD_TIMEOUTS[:3],
+    ),
+)
 def test_embedding_service_refuses_a_bad_setting_before_starting_anything(store, name, value):
     with pytest.raises(SettingError, match=rf"^{name} must be"):
         EmbeddingService(store, model="hash:64", **{name: value})
@@ -73,25 +82,34 @@ def test_ports_out_of_range_are_refused(store, spec):
         ServiceConfig(store=str(store), model="hash:64", tcp=spec, token_file="/nonexistent")
 
 
-@pytest.mark.parametrize("name, value", _cases(workers=[0, -1, 2.5, True], max_retries=[-1, 0.5],
-                                               task_timeout=[0, -1, math.nan, "10"],
-                                               max_batch=[0, -1], max_wait_ms=[-1, math.nan]))
+@pytest.mark.parametrize(
+    "name, value",
+    _cases(
+        workers=[0, -1, 2.5, True],
+        max_retries=[-1, 0.5],
+        task_timeout=[0, -1, math.nan, "10"],
+        max_batch=[0, -1],
+        max_wait_ms=[-1, math.nan],
+    ),
+)
 def test_shared_pool_refuses_a_bad_setting_before_starting_a_service(store, name, value):
     with pytest.raises(SettingError, match=rf"^{name} must be"):
         SharedPool(store=store, model="hash:64", registry=None, progress=False, **{name: value})
     assert not StoreLayout(store).run.exists()
 
 
-@pytest.mark.parametrize("name, value", _cases(workers=[0, -2, 1.5, True], max_retries=[-1],
-                                               task_timeout=[0, -5, math.inf]))
+@pytest.mark.parametrize(
+    "name, value", _cases(workers=[0, -2, 1.5, True], max_retries=[-1], task_timeout=[0, -5, math.inf])
+)
 def test_worker_pool_refuses_a_bad_setting(name, value):
     kwargs = {"workers": 1, name: value}
     with pytest.raises(SettingError, match=rf"^{name} must be"):
         WorkerPool(**kwargs)
 
 
-@pytest.mark.parametrize("name, value", _cases(request_timeout=BAD_TIMEOUTS, connect_timeout=BAD_TIMEOUTS[:4],
-                                               search_cache_size=[-1, 1.5]))
+@pytest.mark.parametrize(
+    "name, value", _cases(request_timeout=BAD_TIMEOUTS, connect_timeout=BAD_TIMEOUTS[:4], search_cache_size=[-1, 1.5])
+)
 def test_client_settings_are_refused_before_connecting(store, name, value):
     # The address does not exist: a bad setting must be reported, not "no service".
     with pytest.raises(SettingError, match=rf"^{name} must be"):
@@ -111,7 +129,9 @@ def test_local_manager_search_cache_size(store):
 @pytest.mark.parametrize("value", ["restrat", "LOCAL", "yes"])
 def test_a_bad_failure_policy_in_the_environment_names_the_variable(store, monkeypatch, value):
     monkeypatch.setenv("EMBEDSHARE_ON_FAILURE", value)
-    with pytest.raises(SettingError, match=f"EMBEDSHARE_ON_FAILURE must be one of restart, local, error, got '{value}'"):
+    with pytest.raises(
+        SettingError, match=f"EMBEDSHARE_ON_FAILURE must be one of restart, local, error, got '{value}'"
+    ):
         SharedEmbeddingManager(store / "no.sock")
 
 
@@ -149,7 +169,9 @@ def test_a_restart_from_a_state_file_with_a_bad_setting_names_the_file_and_the_s
     layout = StoreLayout(store)
     layout.make_private_run_dir()
     layout.state.write_text(json.dumps({"pid": 1, "config": {"model": "hash:64", "max_batch": 0}}))
-    with pytest.raises(ServiceStartError, match=r"service\.json holds an invalid config \(max_batch must be >= 1, got 0\)"):
+    with pytest.raises(
+        ServiceStartError, match=r"service\.json holds an invalid config \(max_batch must be >= 1, got 0\)"
+    ):
         EmbeddingService.from_state(store)
 
 
@@ -169,12 +191,12 @@ def test_ray_settings_are_checked():
 def test_serve_s_limit_options_have_the_service_s_own_defaults_and_types():
     """``embedshare serve``'s options are generated from ``ServiceConfig``'s fields: the two
     cannot drift apart."""
-    from embedshare.cli import serve
-
     import click
 
+    from embedshare.cli import serve
+
     options = {p.name: p for p in serve.params}
-    for name in LIMIT_FIELDS + ("max_batch", "max_wait_ms"):
+    for name in (*LIMIT_FIELDS, "max_batch", "max_wait_ms"):
         default = getattr(ServiceConfig, name)
         assert options[name].default == default, name
         assert options[name].type is {int: click.INT, float: click.FLOAT}[type(default)], name
@@ -187,9 +209,19 @@ def test_a_service_config_is_frozen_and_its_argv_reads_back_as_the_same_config(t
 
     limits = {o.name: o.default + (1 if o.kind is int else 1.5) for o in command_options() if o.name in LIMIT_FIELDS}
     config = ServiceConfig(
-        store=str(tmp_path / "s"), model="hash:64", registry="bundled", max_batch=8, max_wait_ms=0.5, threads=2,
-        http="127.0.0.1:0", http_token_file=str(tmp_path / "h"), http_no_auth=True, tcp="127.0.0.1:0",
-        token_file=str(tmp_path / "t"), **limits)
+        store=str(tmp_path / "s"),
+        model="hash:64",
+        registry="bundled",
+        max_batch=8,
+        max_wait_ms=0.5,
+        threads=2,
+        http="127.0.0.1:0",
+        http_token_file=str(tmp_path / "h"),
+        http_no_auth=True,
+        tcp="127.0.0.1:0",
+        token_file=str(tmp_path / "t"),
+        **limits,
+    )
     assert all(getattr(config, o.name) != o.default for o in command_options() if o.argv and not o.required)
     parsed, ready_fd, verbose = service_main_args([*config.argv(), "--ready-fd", "7", "-vv"])
     assert (parsed, ready_fd, verbose) == (config, 7, 2)
@@ -222,8 +254,14 @@ def test_a_token_file_in_the_home_folder_is_found(store, monkeypatch, tmp_path):
 
 
 def _run(args: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -271,15 +309,21 @@ def test_the_service_module_refuses_a_bad_setting(store, option, message):
     _assert_one_line_error(result, message)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["search", "read a csv", "-k", "0"], "-k must be >= 1, got 0"),
-    (["top", "--once", "--interval", "0"], "--interval must be a finite number of seconds > 0"),
-    (["top", "--interval", "-1"], "--interval must be a finite number of seconds > 0"),
-    (["demo", "--workers", "0", "--model", "hash:64"], "--workers must be >= 1, got 0"),
-    (["demo", "--tasks", "0", "--workers", "1", "--no-naive", "--model", "hash:64"], "--tasks must be >= 1, got 0"),
-    (["demo", "--naive-workers", "0", "--workers", "1", "--tasks", "1", "--model", "hash:64"],
-     "--naive-workers must be >= 1, got 0"),
-], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["search", "read a csv", "-k", "0"], "-k must be >= 1, got 0"),
+        (["top", "--once", "--interval", "0"], "--interval must be a finite number of seconds > 0"),
+        (["top", "--interval", "-1"], "--interval must be a finite number of seconds > 0"),
+        (["demo", "--workers", "0", "--model", "hash:64"], "--workers must be >= 1, got 0"),
+        (["demo", "--tasks", "0", "--workers", "1", "--no-naive", "--model", "hash:64"], "--tasks must be >= 1, got 0"),
+        (
+            ["demo", "--naive-workers", "0", "--workers", "1", "--tasks", "1", "--model", "hash:64"],
+            "--naive-workers must be >= 1, got 0",
+        ),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
 def test_other_commands_refuse_bad_numbers(store, args, message):
     from click.testing import CliRunner
 

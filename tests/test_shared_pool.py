@@ -4,13 +4,13 @@ per-worker memory stays small (PSS, against a bare worker measured in the same r
 from __future__ import annotations
 
 import pytest
-
-from embedshare.manager import EmbeddingManager
-from embedshare.bench.demo import make_tasks, run_demo
-from embedshare.pool.shared import SharedPool
-from embedshare.registry import field_texts, load_registry
 from helpers.extras import requires
 from helpers.spawned import pool_jobs
+
+from embedshare.bench.demo import make_tasks, run_demo
+from embedshare.manager import EmbeddingManager
+from embedshare.pool.shared import SharedPool
+from embedshare.registry import field_texts, load_registry
 
 QUERIES = [f"query {i % 37} about reading files and sending requests" for i in range(120)]
 
@@ -88,9 +88,8 @@ def test_an_attached_worker_loads_neither_logging_nor_concurrent_futures(store):
 def test_a_task_past_task_timeout_fails_alone_and_the_run_finishes(store):
     from embedshare.pool.outcomes import TaskFailed
 
-    queries = QUERIES[:6] + ["hang"] + QUERIES[6:12]
-    with SharedPool(workers=2, store=store, model="hash:64", progress=False,
-                    task_timeout=2.0, max_retries=0) as pool:
+    queries = [*QUERIES[:6], "hang", *QUERIES[6:12]]
+    with SharedPool(workers=2, store=store, model="hash:64", progress=False, task_timeout=2.0, max_retries=0) as pool:
         with pytest.raises(TaskFailed) as failed:
             pool.map(pool_jobs.hang_forever_on, [(q, "hang") for q in queries])
         (stuck,) = failed.value.failures
@@ -100,8 +99,8 @@ def test_a_task_past_task_timeout_fails_alone_and_the_run_finishes(store):
 
 
 def test_a_killed_worker_s_task_is_retried_and_nothing_is_lost(store, reference, tmp_path):
-    queries = QUERIES[:40] + ["crash one", "crash two"] + QUERIES[40:60]
-    reference.update({q: None for q in ("crash one", "crash two")})
+    queries = [*QUERIES[:40], "crash one", "crash two", *QUERIES[40:60]]
+    reference.update(dict.fromkeys(("crash one", "crash two")))
     with SharedPool(workers=3, store=store, model="hash:64", progress=False) as pool:
         results = pool.map(pool_jobs.crash_once_then_search, [(q, str(tmp_path)) for q in queries])
     assert [r["query"] for r in results] == queries
@@ -161,9 +160,10 @@ def test_with_the_local_model_workers_stay_small_and_the_model_lives_once(store)
         results = pool.map(pool_jobs.search_task, QUERIES[:40])
     assert [r["query"] for r in results] == QUERIES[:40]
     report = pool.report
-    service = [m.pss for m in report.memory if m.role == "service"][0]
+    service = next(m.pss for m in report.memory if m.role == "service")
     extra_mb = [(m.pss - report.bare_interpreter_pss) / 2**20 for m in report.memory if m.role == "worker"]
-    # A model in a worker would be +100 MB (ONNX Runtime) or +400 MB (torch). The client's own modules and data are ~5 MB here:
-    # with 4 workers each one carries a fifth of the shared index and cache pages, not a 26th.
+    # A model in a worker would be +100 MB (ONNX Runtime) or +400 MB (torch). The client's own modules
+    # and data are ~5 MB here: with 4 workers each one carries a fifth of the shared index and cache
+    # pages, not a 26th.
     assert max(extra_mb) < 6.5, f"per-worker PSS beyond a bare worker: {sorted(extra_mb)}"
     assert service > 100 * 2**20  # the model (ONNX Runtime and 90 MB of weights) is in the service, only there

@@ -15,13 +15,12 @@ import subprocess
 import sys
 
 import pytest
-
-from embedshare.client.state import acquire_service_lock
-from embedshare.store import StoreLayout
-
 from helpers.frames import closed_by_peer, connect_raw, exchange, read_reply, request_frame
 from helpers.processes import SPAWNED, stop_process
 from helpers.waiting import wait_for
+
+from embedshare.client.state import acquire_service_lock
+from embedshare.store import StoreLayout
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,20 +43,41 @@ def test_a_stop_during_the_model_load_exits_promptly(tmp_path, how):
     os.mkfifo(gate)
     layout = StoreLayout(tmp_path / "store")
     process = subprocess.Popen(
-        [sys.executable, str(HELPER), "--gate", str(gate), "--store", str(layout.root),
-         "--model", "hash:64", "--registry", "bundled"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            str(HELPER),
+            "--gate",
+            str(gate),
+            "--store",
+            str(layout.root),
+            "--model",
+            "hash:64",
+            "--registry",
+            "bundled",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     waiting = None
     try:
         address = str(layout.socket)
         wait_for(lambda: layout.socket.exists() and _answers_ping(address), 60, "the socket to answer ping")
         waiting = connect_raw(address, timeout=5)
-        waiting.sendall(request_frame({"v": 1, "id": 1, "op": "hello"}) + request_frame({"v": 1, "id": 2, "op": "ping"}))
+        waiting.sendall(
+            request_frame({"v": 1, "id": 1, "op": "hello"}) + request_frame({"v": 1, "id": 2, "op": "ping"})
+        )
         assert read_reply(waiting)["id"] == 2  # ping answered, hello still waits for the model
 
         if how == "embedshare stop":
-            stopped = subprocess.run([sys.executable, "-m", "embedshare", "stop", "--store", str(layout.root)],
-                                     capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+            stopped = subprocess.run(
+                [sys.executable, "-m", "embedshare", "stop", "--store", str(layout.root)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                stdin=subprocess.DEVNULL,
+            )
             assert stopped.returncode == 0, stopped.stderr
             assert f"pid {process.pid}" in stopped.stdout
         else:

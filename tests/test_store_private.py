@@ -16,15 +16,15 @@ import subprocess
 import sys
 
 import pytest
-
-from embedshare.embedders import create_embedder
-from embedshare.manager import EmbeddingManager
-from embedshare.access import SharedEmbeddingManager
-from embedshare.client.connection import ForeignServiceError, ServiceConnection
-from embedshare.service.launcher import EmbeddingService, ServiceStartError
-from embedshare.store import EmbeddingCache
 from helpers.figures import record
 from helpers.users import NEEDS_ROOT, NOBODY, as_other_user
+
+from embedshare.access import SharedEmbeddingManager
+from embedshare.client.connection import ForeignServiceError, ServiceConnection
+from embedshare.embedders import create_embedder
+from embedshare.manager import EmbeddingManager
+from embedshare.service.launcher import EmbeddingService, ServiceStartError
+from embedshare.store import EmbeddingCache
 
 EMBEDDER = create_embedder("hash:64")
 
@@ -51,18 +51,28 @@ print(repr(modes))
 @pytest.mark.parametrize("umask", ["000", "022"])
 def test_every_folder_is_0700_and_every_file_0600_whatever_the_umask(tmp_path, umask):
     store = tmp_path / "store"
-    done = subprocess.run([sys.executable, "-c", _RUN_A_STORE, str(store), umask], capture_output=True,
-                          text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", _RUN_A_STORE, str(store), umask],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
-    modes = {path: int(mode, 8) for path, mode in eval(done.stdout.strip().splitlines()[-1]).items()}  # noqa: S307
-    assert {"cache/data.mdb", "cache/lock.mdb", "run/service.sock", "run/service.log", "run/service.json",
-            "run/service.lock"} <= set(modes)
+    modes = {path: int(mode, 8) for path, mode in eval(done.stdout.strip().splitlines()[-1]).items()}
+    assert {
+        "cache/data.mdb",
+        "cache/lock.mdb",
+        "run/service.sock",
+        "run/service.log",
+        "run/service.json",
+        "run/service.lock",
+    } <= set(modes)
     assert any(p.startswith("indexes/") and p.endswith("vectors.npy") for p in modes)
     loose = {}
     for path, mode in modes.items():
-        if stat.S_ISDIR(mode) and stat.S_IMODE(mode) != 0o700:
-            loose[path] = oct(stat.S_IMODE(mode))
-        elif not stat.S_ISDIR(mode) and stat.S_IMODE(mode) != 0o600:
+        expected = 0o700 if stat.S_ISDIR(mode) else 0o600
+        if stat.S_IMODE(mode) != expected:
             loose[path] = oct(stat.S_IMODE(mode))
     assert not loose, f"under umask {umask}: {loose}"
     record("store_modes", umask=umask, entries=len(modes), loose=len(loose))
@@ -96,9 +106,11 @@ def test_a_folder_writable_by_others_is_refused_with_the_fix(tmp_path, where):
     (store / where).mkdir(parents=True, exist_ok=True)
     os.chmod(store / where, 0o777)  # pre-created open, e.g. by another user at /tmp/store
     target = str((store / where).resolve())
-    with pytest.raises((PermissionError, ServiceStartError)) as info:  # cache/: found by the service
-        with EmbeddingService(store, model="hash:64", export_env=False, start_timeout=60):
-            pass
+    with (
+        pytest.raises((PermissionError, ServiceStartError)) as info,  # cache/: found by the service
+        EmbeddingService(store, model="hash:64", export_env=False, start_timeout=60),
+    ):
+        pass
     message = str(info.value)
     assert target in message and "mode 0777" in message and f"chmod 700 {target}" in message
 
@@ -107,8 +119,13 @@ def test_serve_refuses_a_store_left_open_in_one_line(tmp_path):
     store = tmp_path / "store"
     store.mkdir()
     os.chmod(store, 0o777)
-    done = subprocess.run([sys.executable, "-m", "embedshare.cli", "serve", "--store", str(store), "--model",
-                           "hash:64", "--detach"], capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "embedshare.cli", "serve", "--store", str(store), "--model", "hash:64", "--detach"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 1
     assert done.stderr.startswith("error: ") and "writable by its group and other users" in done.stderr
     assert "Traceback" not in done.stderr
@@ -133,9 +150,11 @@ def test_a_store_part_owned_by_another_user_is_refused(tmp_path, owned):
         cache.put_many(["x"], EMBEDDER.embed(["x"]))
     (store / "run").mkdir(mode=0o700)
     os.chown(store / owned, NOBODY, NOBODY)  # as if that user had made it (or swapped the file in)
-    with pytest.raises((PermissionError, ServiceStartError)) as info:
-        with EmbeddingService(store, model="hash:64", export_env=False, start_timeout=60):
-            pass
+    with (
+        pytest.raises((PermissionError, ServiceStartError)) as info,
+        EmbeddingService(store, model="hash:64", export_env=False, start_timeout=60),
+    ):
+        pass
     assert f"belongs to uid {NOBODY}" in str(info.value) and str((store / owned).resolve()) in str(info.value)
 
 
@@ -189,8 +208,10 @@ def test_a_client_refuses_a_socket_served_by_another_user(tmp_path):
     errors = []
 
     def connect(_line):
-        for attempt in (lambda: SharedEmbeddingManager(str(rogue / "service.sock"), on_failure="local"),
-                        lambda: ServiceConnection(str(rogue / "service.sock"))):
+        for attempt in (
+            lambda: SharedEmbeddingManager(str(rogue / "service.sock"), on_failure="local"),
+            lambda: ServiceConnection(str(rogue / "service.sock")),
+        ):
             try:
                 attempt()
             except ForeignServiceError as exc:

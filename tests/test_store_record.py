@@ -23,10 +23,14 @@ from embedshare.store import StoreLayout
 pytestmark = pytest.mark.timeout(180)
 
 ZOO = {
-    "zebra_feeder": {"description": "Feed the zebras at the zoo.",
-                     "metadata": {"category": "zoo", "operation": "feed"}},
-    "lion_tamer": {"description": "Tame a lion in a circus ring.",
-                   "metadata": {"category": "zoo", "operation": "tame"}},
+    "zebra_feeder": {
+        "description": "Feed the zebras at the zoo.",
+        "metadata": {"category": "zoo", "operation": "feed"},
+    },
+    "lion_tamer": {
+        "description": "Tame a lion in a circus ring.",
+        "metadata": {"category": "zoo", "operation": "tame"},
+    },
 }
 
 
@@ -81,7 +85,7 @@ def test_search_asking_for_another_registry_than_the_service_s_is_a_clear_error(
     line = one_line_error(run("search", "read a csv file", "--store", store, "--registry", zoo))
     assert "zoo.json" in line and "bundled" not in line.split(" not ")[1].split(":")[0]
     assert load_registry("bundled").content_hash[:12] in line  # the served one, by hash
-    assert load_registry(zoo).content_hash[:12] in line        # the asked one, by hash
+    assert load_registry(zoo).content_hash[:12] in line  # the asked one, by hash
     assert "embedshare serve" in line and "embedshare stop" in line  # what to do
     # asking for the served one is fine
     assert run("search", "read a csv file", "--store", store, "--registry", "bundled").exit_code == 0
@@ -91,8 +95,9 @@ def test_a_nonexistent_registry_file_is_an_error_with_or_without_a_service(store
     missing = tmp_path / "no-such-tools.json"
     assert "no-such-tools.json" in one_line_error(run("search", "q", "--store", store, "--registry", missing))
     other = tmp_path / "other-store"
-    assert "no-such-tools.json" in one_line_error(run("search", "q", "--store", other, "--registry", missing,
-                                                      "--model", "hash:64"))
+    assert "no-such-tools.json" in one_line_error(
+        run("search", "q", "--store", other, "--registry", missing, "--model", "hash:64")
+    )
 
 
 def test_a_fresh_store_with_no_registry_names_the_store_and_the_fixing_command(store):

@@ -13,13 +13,39 @@ from embedshare.util.latency import Histogram
 
 def stats_with_a_tcp_client() -> dict:
     summary = Histogram().summary()
-    counters = dict.fromkeys(("requests", "errors", "texts", "hits", "misses", "joined_inflight",
-                              "model_calls", "texts_embedded", "queue_depth", "max_queue_depth"), 0)
-    return {**counters, "uptime_s": 5.0, "pid": os.getpid(), "model_id": "hash:8", "dim": 8,
-            "store": "/store", "tools": 0, "http": None, "ready": True,
-            "request_latency": summary, "batch_size": summary, "model_call_seconds": summary,
-            "clients": [{"id": 2, "pid": None, "tcp": "127.0.0.1:50000", "connected": time.time(), "requests": 1},
-                        {"id": 1, "pid": os.getpid(), "connected": time.time(), "requests": 3}]}
+    counters = dict.fromkeys(
+        (
+            "requests",
+            "errors",
+            "texts",
+            "hits",
+            "misses",
+            "joined_inflight",
+            "model_calls",
+            "texts_embedded",
+            "queue_depth",
+            "max_queue_depth",
+        ),
+        0,
+    )
+    return {
+        **counters,
+        "uptime_s": 5.0,
+        "pid": os.getpid(),
+        "model_id": "hash:8",
+        "dim": 8,
+        "store": "/store",
+        "tools": 0,
+        "http": None,
+        "ready": True,
+        "request_latency": summary,
+        "batch_size": summary,
+        "model_call_seconds": summary,
+        "clients": [
+            {"id": 2, "pid": None, "tcp": "127.0.0.1:50000", "connected": time.time(), "requests": 1},
+            {"id": 1, "pid": os.getpid(), "connected": time.time(), "requests": 3},
+        ],
+    }
 
 
 def test_memory_is_read_for_the_local_clients_and_none_for_a_tcp_one():

@@ -14,7 +14,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from helpers.extras import skip_module_unless
 
 skip_module_unless("dev", "mypy")
@@ -22,14 +21,14 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 
-USER_CODE = '''
+USER_CODE = """
 from embedshare import EmbeddingManager, get_embedding_manager
 
 manager = EmbeddingManager("/tmp/store", model="hash:64")
 reveal_type(manager.search)
 reveal_type(get_embedding_manager)
 wrong: int = manager.search("read a csv file")
-'''
+"""
 
 
 def test_users_mypy_sees_the_annotations(tmp_path):
@@ -38,8 +37,23 @@ def test_users_mypy_sees_the_annotations(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(wheels), str(source)], check=True, capture_output=True, timeout=240)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=240,
+    )
     (wheel,) = wheels.glob("embedshare-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         assert "embedshare/py.typed" in archive.namelist()
@@ -50,9 +64,21 @@ def test_users_mypy_sees_the_annotations(tmp_path):
     user = tmp_path / "user.py"
     user.write_text(USER_CODE)
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--no-incremental", "--python-executable", str(env / "bin" / "python"),
-         "--ignore-missing-imports", str(user)],  # numpy is not in that environment
-        capture_output=True, text=True, timeout=240, cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--no-incremental",
+            "--python-executable",
+            str(env / "bin" / "python"),
+            "--ignore-missing-imports",
+            str(user),
+        ],  # numpy is not in that environment
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
     out = result.stdout
     assert "missing library stubs or py.typed marker" not in out, out
     assert 'Revealed type is "def (query: str, k: int =, category: str | None =' in out, out

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers.spawned import pool_tasks
 
 from embedshare.pool.outcomes import TaskFailed, WorkerInitError
 from embedshare.pool.workers import WorkerPool
-from helpers.spawned import pool_tasks
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,7 +49,7 @@ def no_leftover_processes():
     assert _leftover_children(existing) == []
 
 
-@pytest.mark.parametrize("start_method", START_METHODS + ["forkserver"])
+@pytest.mark.parametrize("start_method", [*START_METHODS, "forkserver"])
 def test_results_in_input_order(start_method: str) -> None:
     seen: list[int] = []
     with WorkerPool(4, start_method=start_method) as pool:
@@ -113,9 +113,7 @@ def test_worker_killed_by_its_task_is_retried_once(tmp_path: Path, start_method:
 
 
 @pytest.mark.parametrize("start_method", START_METHODS)
-def test_task_that_always_kills_its_worker_fails_after_retries(
-    tmp_path: Path, start_method: str
-) -> None:
+def test_task_that_always_kills_its_worker_fails_after_retries(tmp_path: Path, start_method: str) -> None:
     with WorkerPool(2, start_method=start_method, max_retries=2) as pool:
         outcomes = pool.map(pool_tasks.always_die, [(i, str(tmp_path), 4) for i in range(8)])
         bad = outcomes[4]

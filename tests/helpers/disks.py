@@ -14,8 +14,9 @@ def mount_tmpfs(path: Path, options: str) -> None:
     Mounting needs root (CAP_SYS_ADMIN): the test is skipped cleanly where it is not allowed.
     """
     path.mkdir(parents=True)
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True, check=False
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() or result.returncode})")
 

@@ -28,9 +28,16 @@ class RecordingEmbedder:
       (above 1 for a network-bound embedder).
     """
 
-    def __init__(self, dim: int = 64, *, model_id: str | None = None, salt: str = "", concurrency: int = 1,
-                 before_embed: Callable[[int, list[str]], object] | None = None,
-                 failure: BaseException | None = None) -> None:
+    def __init__(
+        self,
+        dim: int = 64,
+        *,
+        model_id: str | None = None,
+        salt: str = "",
+        concurrency: int = 1,
+        before_embed: Callable[[int, list[str]], object] | None = None,
+        failure: BaseException | None = None,
+    ) -> None:
         self.model = HashingEmbedder(dim)
         self.dim = dim
         self.model_id = model_id or self.model.model_id

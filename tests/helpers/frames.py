@@ -16,7 +16,7 @@ import msgpack
 def connect_raw(address: str, timeout: float = 30.0) -> socket.socket:
     """A plain socket to a service: a Unix socket path, or ``tcp://HOST:PORT``."""
     if address.startswith("tcp://"):
-        host, _, port = address[len("tcp://"):].rpartition(":")
+        host, _, port = address[len("tcp://") :].rpartition(":")
         sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     else:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -47,14 +47,19 @@ def alive(pid: int) -> bool:
         return False
 
 
-def start_with_ready_pipe(args: list[str], log_path: Path, timeout: float = 120.0,
-                          env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+def start_with_ready_pipe(
+    args: list[str], log_path: Path, timeout: float = 120.0, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
     """Start ``args + ['--ready-fd', N]`` like the launcher does; return it and its ready line."""
     read_fd, write_fd = os.pipe()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            args + ["--ready-fd", str(write_fd)], pass_fds=(write_fd,), stdin=subprocess.DEVNULL,
-            stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            [*args, "--ready-fd", str(write_fd)],
+            pass_fds=(write_fd,),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             start_new_session=True,
         )
     os.close(write_fd)

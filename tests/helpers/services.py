@@ -21,8 +21,9 @@ from embedshare.service.launcher import EmbeddingService
 START_TIMEOUT = 120.0  # seconds a service may take to say ready: generous, the suite shares 2 cores
 
 
-def start_service(store: str | Path, model: str = "hash:64", registry: str | Path | None = "bundled",
-                  **options: Any) -> EmbeddingService:
+def start_service(
+    store: str | Path, model: str = "hash:64", registry: str | Path | None = "bundled", **options: Any
+) -> EmbeddingService:
     """Start (or join) ``store``'s service with the suite's defaults; the caller stops it.
 
     ``options`` are EmbeddingService's (``export_env``, ``http``, ``limits``...).
@@ -32,8 +33,9 @@ def start_service(store: str | Path, model: str = "hash:64", registry: str | Pat
 
 
 @contextmanager
-def running_service(store: str | Path, model: str = "hash:64", registry: str | Path | None = "bundled",
-                    **options: Any) -> Iterator[EmbeddingService]:
+def running_service(
+    store: str | Path, model: str = "hash:64", registry: str | Path | None = "bundled", **options: Any
+) -> Iterator[EmbeddingService]:
     """``start_service`` for a with-block: the service is stopped when the block ends."""
     service = start_service(store, model, registry, **options)
     try:
@@ -49,8 +51,14 @@ class ServiceFactory:
         self.store = store
         self._started = ExitStack()
 
-    def __call__(self, model: str = "hash:64", registry: str | Path | None = "bundled", *,
-                 store: str | Path | None = None, **options: Any) -> EmbeddingService:
+    def __call__(
+        self,
+        model: str = "hash:64",
+        registry: str | Path | None = "bundled",
+        *,
+        store: str | Path | None = None,
+        **options: Any,
+    ) -> EmbeddingService:
         """A started service on the test's store (or ``store``); see ``start_service``."""
         return self._started.enter_context(running_service(store or self.store, model, registry, **options))
 

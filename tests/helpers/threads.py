@@ -30,7 +30,7 @@ def run_threads(n: int, fn: Callable[[int], T], timeout: float = 60.0) -> list[T
         try:
             barrier.wait(timeout)
             results[i] = fn(i)
-        except BaseException as exc:  # noqa: BLE001 - raised in the test below
+        except BaseException as exc:
             with lock:
                 errors.append(exc)
 

@@ -15,8 +15,12 @@ NOBODY = 65534
 NEEDS_ROOT = "acting as another user (uid 65534) needs root"
 
 
-def as_other_user(fn: Callable[[Callable[[str], None]], None], cwd: Path, ready: Callable[[str], None] | None = None,
-                  uid: int = NOBODY) -> list[str]:
+def as_other_user(
+    fn: Callable[[Callable[[str], None]], None],
+    cwd: Path,
+    ready: Callable[[str], None] | None = None,
+    uid: int = NOBODY,
+) -> list[str]:
     """Run ``fn`` as ``uid`` in a forked child; returns every line it reported.
 
     ``ready(line)`` is called in the parent on the child's first line (the child keeps running),
@@ -36,7 +40,7 @@ def as_other_user(fn: Callable[[Callable[[str], None]], None], cwd: Path, ready:
                 os.write(write_fd, (line + "\n").encode())
 
             fn(report)
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        except BaseException as exc:
             os.write(write_fd, f"child failed: {exc!r}\n".encode())
         finally:
             os._exit(0)

@@ -21,25 +21,25 @@ def concurrent_worker(index, cache_path, universe, barrier, results) -> None:
         rng = random.Random(index)
         mine = universe[index * 40 : index * 40 + 160]
         rng.shuffle(mine)
-        expected = dict(zip(mine, embedder.embed(mine)))
+        expected = dict(zip(mine, embedder.embed(mine), strict=True))
         problems: list[str] = []
         hits = misses = 0
         barrier.wait(timeout=60)
         for start in range(0, len(mine), 8):
             batch = mine[start : start + 8]
             vectors, found = cache.get_many(batch)
-            for text, vec, ok in zip(batch, vectors, found):
+            for text, vec, ok in zip(batch, vectors, found, strict=True):
                 if ok and vec.tobytes() != expected[text].tobytes():
                     problems.append(f"read a wrong vector for {text!r} before writing")
             hits += int(found.sum())
-            missing = [t for t, ok in zip(batch, found) if not ok]
+            missing = [t for t, ok in zip(batch, found, strict=True) if not ok]
             misses += len(missing)
             if missing:
                 cache.put_many(missing, embedder.embed(missing))
             vectors, found = cache.get_many(batch)
             if not found.all():
-                problems.append(f"not found after writing: {[t for t, ok in zip(batch, found) if not ok]}")
-            for text, vec in zip(batch, vectors):
+                problems.append(f"not found after writing: {[t for t, ok in zip(batch, found, strict=True) if not ok]}")
+            for text, vec in zip(batch, vectors, strict=True):
                 if vec.tobytes() != expected[text].tobytes():
                     problems.append(f"read back a wrong vector for {text!r}")
         results.put((index, problems, hits, misses))
@@ -69,12 +69,9 @@ def late_reader(cache_path, model_id, dim, texts, ready, go, results) -> None:
             results.put(("error", "timed out waiting for the writer"))
             return
         vectors, found = cache.get_many(texts)
-        results.put(("ok", before, int(found.sum()), hashlib.sha256(vectors.tobytes()).hexdigest(),
-                     cache.count()))
+        results.put(("ok", before, int(found.sum()), hashlib.sha256(vectors.tobytes()).hexdigest(), cache.count()))
     except BaseException:
         results.put(("error", traceback.format_exc()))
-
-
 
 
 def growing_writer(cache_path, stop) -> None:
@@ -95,6 +92,6 @@ def repeated_opener(cache_path, opens, results) -> None:
     for _ in range(opens):
         try:
             EmbeddingCache(cache_path, embedder.model_id, embedder.dim, map_size=1 << 16).close()
-        except Exception as exc:  # noqa: BLE001 - every failure is reported to the test
+        except Exception as exc:
             failures.append(repr(exc))
     results.put((failures, opens))

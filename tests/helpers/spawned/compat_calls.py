@@ -10,21 +10,36 @@ import json
 import os
 import sys
 
-QUERIES = ["read a file", "send an HTTP POST with a JSON body", "compute statistics of numbers",
-           "schedule a job", "convert units", "parse csv text"]
+QUERIES = [
+    "read a file",
+    "send an HTTP POST with a JSON body",
+    "compute statistics of numbers",
+    "schedule a job",
+    "convert units",
+    "parse csv text",
+]
 TOOLS = ["file_operations_reader", "network_fetcher", "computation_analyzer", "utility_logger"]
 
 
 def run_calls(registry: str, how: str = "env") -> dict:
-    from embedshare.compat import EmbeddingConfig, MCPEmbeddingManager, SearchResult, get_embedding_manager
-    from embedshare.compat import get_embedding_manager_info
+    from embedshare.compat import (
+        EmbeddingConfig,
+        MCPEmbeddingManager,
+        SearchResult,
+        get_embedding_manager,
+        get_embedding_manager_info,
+    )
 
     if how == "config":
         em = MCPEmbeddingManager(EmbeddingConfig(model="hash:64", dimension=64))
     else:
         em = get_embedding_manager()
-    report: dict = {"pid": os.getpid(), "mode": em.manager.mode,
-                    "model": em.config.model, "dimension": em.config.dimension}
+    report: dict = {
+        "pid": os.getpid(),
+        "mode": em.manager.mode,
+        "model": em.config.model,
+        "dimension": em.config.dimension,
+    }
     report["loaded_at_start"] = em.load_index()
     report["index_before_build"] = em.index is not None
     stats = em.build_index(registry, force_rebuild=True)
@@ -44,14 +59,19 @@ def run_calls(registry: str, how: str = "env") -> dict:
     for t in TOOLS:
         similar[t] = [[name, round(score, 6)] for name, score in em.find_similar_tools(t, k=5)]
     report["similar"] = similar
-    report["same_category"] = [name for name, _ in em.find_similar_tools("network_fetcher", k=3,
-                                                                         same_category_only=True)]
+    report["same_category"] = [
+        name for name, _ in em.find_similar_tools("network_fetcher", k=3, same_category_only=True)
+    ]
 
     protocols = em.get_tool_protocols(TOOLS[:2], include_embeddings=True)
     report["protocols"] = {name: [sorted(p), len(p["embedding"])] for name, p in protocols.items()}
     embedding = em.tool_embeddings["network_fetcher"]
-    report["tool_embedding"] = [embedding.tool_name, embedding.category, embedding.metadata["operation"],
-                                round(float(embedding.combined_embedding @ em._get_embedding("fetch a url")), 6)]
+    report["tool_embedding"] = [
+        embedding.tool_name,
+        embedding.category,
+        embedding.metadata["operation"],
+        round(float(embedding.combined_embedding @ em._get_embedding("fetch a url")), 6),
+    ]
     report["info"] = get_embedding_manager_info()
     report["cache_stats_keys"] = sorted(em.get_cache_stats())
     report["shared_address"] = em.manager.stats().get("address")

@@ -16,8 +16,11 @@ QUERIES = [f"read a csv file number {i}" for i in range(60)] + ["send an http po
 
 def failover_texts(index: int) -> tuple[str, str, list[str]]:
     """A text no other task asks for, a repeated one, and three (one new, two shared)."""
-    return (f"failover task {index} new text", f"failover repeated text {index % 25}",
-            [f"failover task {index} batch", f"failover shared {index % 7}", f"failover shared {index % 11} b"])
+    return (
+        f"failover task {index} new text",
+        f"failover repeated text {index % 25}",
+        [f"failover task {index} batch", f"failover shared {index % 7}", f"failover shared {index % 11} b"],
+    )
 
 
 def failover_expected(manager, index: int) -> dict:

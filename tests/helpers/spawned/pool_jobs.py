@@ -53,8 +53,10 @@ def blas_threads(_: object) -> dict[str, object]:
     """The BLAS thread settings a worker runs with, and what its numpy's BLAS really uses."""
     from threadpoolctl import threadpool_info
 
-    return {"env": {name: os.environ.get(name) for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")},
-            "blas": sorted({info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"})}
+    return {
+        "env": {name: os.environ.get(name) for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+        "blas": sorted({info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}),
+    }
 
 
 def loaded_modules(_: object = None) -> list[str]:

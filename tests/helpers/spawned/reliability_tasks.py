@@ -98,7 +98,7 @@ def soak_task(args: tuple[int, float, int, int, str, float]) -> dict:
     deadline = time.monotonic() + seconds
     lock = threading.Lock()
     histograms = {kind: [0] * (len(BOUNDS) + 1) for kind in KINDS}
-    worst = {kind: 0.0 for kind in KINDS}
+    worst = dict.fromkeys(KINDS, 0.0)
     errors: list[str] = []
     error_count = 0
 
@@ -106,7 +106,7 @@ def soak_task(args: tuple[int, float, int, int, str, float]) -> dict:
         nonlocal error_count
         rng = random.Random(seed * 1000 + worker * 100 + thread)
         mine = {kind: [0] * (len(BOUNDS) + 1) for kind in KINDS}
-        my_worst = {kind: 0.0 for kind in KINDS}
+        my_worst = dict.fromkeys(KINDS, 0.0)
         n = 0
         while time.monotonic() < deadline:
             n += 1
@@ -129,7 +129,7 @@ def soak_task(args: tuple[int, float, int, int, str, float]) -> dict:
                 elapsed = time.perf_counter() - started
                 mine[kind][bisect.bisect_left(BOUNDS, elapsed)] += 1
                 my_worst[kind] = max(my_worst[kind], elapsed)
-            except Exception:  # noqa: BLE001 - every error is reported
+            except Exception:
                 with lock:
                     error_count += 1
                     if len(errors) < 5:
@@ -138,7 +138,7 @@ def soak_task(args: tuple[int, float, int, int, str, float]) -> dict:
                 time.sleep(think * rng.random() * 2)  # the task's own work between calls
         with lock:
             for kind in KINDS:
-                histograms[kind] = [a + b for a, b in zip(histograms[kind], mine[kind])]
+                histograms[kind] = [a + b for a, b in zip(histograms[kind], mine[kind], strict=True)]
                 worst[kind] = max(worst[kind], my_worst[kind])
 
     pool = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
@@ -146,5 +146,11 @@ def soak_task(args: tuple[int, float, int, int, str, float]) -> dict:
         t.start()
     for t in pool:
         t.join()
-    return {"worker": worker, "pid": os.getpid(), "histograms": histograms, "max": worst,
-            "errors": errors, "error_count": error_count}
+    return {
+        "worker": worker,
+        "pid": os.getpid(),
+        "histograms": histograms,
+        "max": worst,
+        "errors": errors,
+        "error_count": error_count,
+    }

@@ -25,7 +25,7 @@ def embed_subset(address, texts, seed, results):
     out = {}
     while chosen:
         chunk, chosen = chosen[: rng.randint(1, 20)], chosen[20:]
-        for text, vector in zip(chunk, manager.get_embeddings(chunk)):
+        for text, vector in zip(chunk, manager.get_embeddings(chunk), strict=True):
             out[text] = vector.tobytes()
     results.put(out)
 
