@@ -31,6 +31,7 @@ from .store import EmbeddingCache, ToolIndex, ToolIndexError
 from .store.cache import lookup
 from .store.index import Hits, SearchResult
 from .store.layout import StoreLayout
+from .store.record import registry_name
 from .util.latency import Histogram
 
 __all__ = ["DEFAULT_MODEL", "EmbeddingManager", "NoIndexError", "normalise_query"]
@@ -42,14 +43,6 @@ _CALLS = ("get_embeddings", "search", "find_similar_tools")
 def normalise_query(query: str) -> str:
     """Queries that differ only in case and spacing share one embedding and one result."""
     return " ".join(query.lower().split())
-
-
-def registry_name(registry: str | Path | Registry) -> str:
-    """How the store's record names a registry: ``bundled``, its file's absolute path, or its
-    own ``source`` when it was given as loaded data."""
-    if isinstance(registry, Registry):
-        return registry.source
-    return "bundled" if str(registry) == "bundled" else str(Path(registry).resolve())
 
 
 class EmbeddingManager:

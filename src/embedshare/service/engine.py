@@ -21,7 +21,6 @@ import dataclasses
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,15 +31,10 @@ from ..registry import load_registry
 from ..sources.local import LocalSource
 from ..store import EmbeddingCache, StoreLayout, ToolIndex
 from ..store.cache import lookup
-from ..store.record import recorded_registry, write_record
+from ..store.record import recorded_registry, registry_name, write_record
 from .batcher import Batcher
 from .config import ServiceConfig
 from .metrics import ServiceMetrics
-
-
-def _registry_name(registry: str) -> str:
-    """How the store's record names a registry: ``bundled``, or the file's absolute path."""
-    return registry if registry == "bundled" else str(Path(registry).resolve())
 
 
 class Engine:
@@ -73,7 +67,7 @@ class Engine:
             load()
         if config.registry:
             registry = load_registry(config.registry)
-            self._index = source.index_for(registry, _registry_name(config.registry), self._embed_own)
+            self._index = source.index_for(registry, registry_name(config.registry), self._embed_own)
         else:  # no --registry: the one the store records, if any
             self._index = source.served_index(self._embed_own)
         self._record_served(source)
@@ -94,7 +88,7 @@ class Engine:
         if index is not None:
             recorded = recorded_registry(self.layout) or {}
             registry_hash = index.manifest["registry_hash"]
-            name = _registry_name(self.config.registry) if self.config.registry else None
+            name = registry_name(self.config.registry) if self.config.registry else None
             if not name and recorded.get("hash") == registry_hash:
                 name = recorded.get("source")
             if not self.config.registry and name:  # a restart serves the same

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..registry import Registry
 from .files import write_atomic
 from .layout import StoreLayout
 
@@ -69,6 +70,14 @@ def recorded_model(store: str | Path | StoreLayout) -> str | None:
     """The model spec the store last served or indexed with, or None."""
     model = read_record(store).get("model")
     return model.get("spec") if isinstance(model, dict) else None
+
+
+def registry_name(registry: str | Path | Registry) -> str:
+    """How the store's record names a registry: ``bundled``, its file's absolute path, or its
+    own ``source`` when it was given as loaded data."""
+    if isinstance(registry, Registry):
+        return registry.source
+    return "bundled" if str(registry) == "bundled" else str(Path(registry).resolve())
 
 
 def describe_registry(hash_: str | None, source: str | None) -> str:
