@@ -94,7 +94,7 @@ def test_a_task_past_task_timeout_fails_alone_and_the_run_finishes(store):
             pool.map(pool_jobs.hang_forever_on, [(q, "hang") for q in queries])
         (stuck,) = failed.value.failures
         assert stuck.index == 6 and stuck.error_type == "TaskTimedOut"
-        assert [o.value[0] for o in pool.outcomes if o.ok] == QUERIES[:12]
+        assert [o.value.value for o in pool.outcomes if o.ok] == QUERIES[:12]
         assert pool.map(pool_jobs.search_task, QUERIES[:3])[0]["mode"] == "shared"  # still whole
 
 

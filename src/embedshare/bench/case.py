@@ -247,9 +247,9 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
             raise RuntimeError(
                 f"{len(failed)} of {len(outcomes)} task items failed; first: {failed[0].error}\n{failed[0].traceback}"
             )
-        pairs = [pair for o in outcomes for pair in (o.value if design == "option-c" else [o.value])]
-        results = [value for value, _ in pairs]
-        task_seconds = [seconds for _, seconds in pairs]
+        timed = [t for o in outcomes for t in (o.value if design == "option-c" else [o.value])]
+        results = [t.value for t in timed]
+        task_seconds = [t.seconds for t in timed]
 
         # -- memory and counters, right after the task set --------------------------------
         roles["worker"] = pool.worker_pids()

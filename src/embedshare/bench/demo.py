@@ -117,7 +117,7 @@ def run_demo(
                     time.perf_counter() - began,
                     startup,
                 )
-            naive_results = [o.value[0] if o.ok else None for o in outcomes]
+            naive_results = [o.value.value if o.ok else None for o in outcomes]
         finally:
             shutil.rmtree(naive_root, ignore_errors=True)
         return DemoResult(shared_report, naive_report, _agreement(shared_results, naive_results))

@@ -34,7 +34,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,6 +46,9 @@ from ..store import StoreLayout
 from ..store.cache import cache_key
 from ..store.index import ToolIndex
 from ..util.digests import blake2b
+
+if TYPE_CHECKING:  # pool.workers is imported where it runs: this module loads in every worker
+    from ..pool.workers import Timed
 
 DESIGNS = ("per-process", "option-c", "option-a", "hybrid", "embedshare")
 
@@ -370,7 +373,7 @@ def miss_phase(seconds: float, threads: int, tag: str) -> dict[str, Any]:
 _threads: ThreadPoolExecutor | None = None
 
 
-def run_chunk(args: tuple[list[dict[str, Any]], int]) -> list[tuple[Any, float]]:
+def run_chunk(args: tuple[list[dict[str, Any]], int]) -> list[Timed]:
     """Option C: run a chunk of tasks on this process's threads (one shared manager)."""
     global _threads
     from ..pool.workers import timed_call

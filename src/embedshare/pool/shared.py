@@ -226,7 +226,7 @@ class SharedPool:
         """Run ``fn(item)`` in the workers; results in order. Measures the run for ``report``.
 
         ``on_result(index, outcome)`` is called in this process as each task finishes (after the
-        progress bar advances); ``outcome.value`` is ``(result, seconds)``.
+        progress bar advances); ``outcome.value`` is a ``Timed(value, seconds)``.
         """
         pool = self.worker_pool
         items = list(items)
@@ -250,7 +250,7 @@ class SharedPool:
         failures = [o for o in self.outcomes if not o.ok]
         if failures and raise_on_failure:
             raise TaskFailed(f"{len(failures)} of {len(items)} tasks failed; first: {failures[0].error}", failures)
-        return [o.value[0] if o.ok else None for o in self.outcomes]
+        return [o.value.value if o.ok else None for o in self.outcomes]
 
     def _measure(self, wall: float) -> PoolReport:
         from ..service.launcher import service_state
@@ -317,5 +317,5 @@ def measure_run(
         worker_stats=pool.collect(worker_stats),
         service_stats=service_stats,
         crashes=list(pool.crashes),
-        task_seconds=[o.value[1] for o in outcomes if o.ok],
+        task_seconds=[o.value.seconds for o in outcomes if o.ok],
     )

@@ -44,7 +44,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 from .. import settings
 from .messages import CallItem, ErrorInfo, Initializer, Reply, dumps
@@ -59,7 +59,7 @@ from .supervisor import (
     kill_workers,
 )
 
-__all__ = ["WorkerPool", "blas_thread_env", "timed_call"]
+__all__ = ["Timed", "WorkerPool", "blas_thread_env", "timed_call"]
 
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -319,9 +319,16 @@ class WorkerPool:
             raise PoolError("the worker pool is closed")
 
 
-def timed_call(payload: tuple[Callable[[Any], Any], Any]) -> tuple[Any, float]:
+class Timed(NamedTuple):
+    """A task's result and the seconds it ran in its worker (the pool's task latency)."""
+
+    value: Any
+    seconds: float
+
+
+def timed_call(payload: tuple[Callable[[Any], Any], Any]) -> Timed:
     """Run ``fn(item)`` and time it in the worker (for the pool's task latency report)."""
     fn, item = payload
     started = time.perf_counter()
     value = fn(item)
-    return value, time.perf_counter() - started
+    return Timed(value, time.perf_counter() - started)
