@@ -1,7 +1,7 @@
 """A real local HTTP server speaking the OpenAI embeddings protocol, for tests and benchmarks.
 
-In the package so that ``embedshare bench`` runs from an installed copy; ``tests/openai_server.py``
-re-exports it. :func:`serve_in_process` runs the server in a process of its own (benchmarks).
+In the package so that ``embedshare bench`` runs from an installed copy; the tests use it too.
+:func:`serve_in_process` runs the server in a process of its own (benchmarks).
 
 Why a real server rather than mocking httpx: the embedder's retries, timeouts, headers, URL
 building and JSON handling all go through the genuine network stack this way.
