@@ -8,11 +8,13 @@ Phases, all in this one process and its children:
 
 1. start the design (service, Manager, index build, workers); ``startup`` ends when every
    worker is ready;
-2. the task set (``pool.workload``: the user's searches and find_similar_tools); wall time,
+2. the task set (``bench/workload.py``: the user's searches and find_similar_tools); wall time,
    time to the first result; then the counters (model calls, texts) and PSS of every process;
 3. cache hits: ``get_embedding`` of cached texts, timed call by call in every worker;
 4. misses: every worker sends distinct new texts one ``get_embedding`` at a time for a few
    seconds; throughput = texts answered / time.
+
+The ``model-alone`` case, the model by itself, is ``model_alone.py``.
 
 Top-level imports are the standard library only: spawned workers import this module as
 their ``__main__``.
@@ -80,44 +82,6 @@ def distinct_texts_needed(tasks: list[dict[str, Any]], registry: str, preload: l
     texts.update(preload)
     texts.update(normalise_query(q) for task in tasks for q in task["searches"])
     return len(texts)
-
-
-def run_model_alone(spec: dict[str, Any]) -> dict[str, Any]:
-    """The model's own best batched throughput in one process (distinct texts).
-
-    The local model is measured with its backend's default threads (one per core) and with one
-    thread: on a busy machine one thread can be faster, and "best" takes the better.
-    """
-    from ..embedders import create_embedder
-
-    thread_options: list[int | None] = [None, 1] if spec["model_label"] == "local" else [None]
-    seconds = spec["seconds"]
-    by_batch: dict[str, float] = {}
-    serial = 0
-    for threads in thread_options:
-        embedder = create_embedder(spec["model"], **({"threads": threads} if threads else {}))
-        load = getattr(embedder, "load", None)
-        if load:
-            load()
-        embedder.embed(["warm up the model", "and its tokenizer"])
-        for batch in spec["batch_sizes"]:
-            done, started = 0, time.perf_counter()
-            while time.perf_counter() - started < seconds or done == 0:
-                texts = [f"distinct probe text {serial + i} about parsing files" for i in range(batch)]
-                serial += batch
-                embedder.embed(texts)
-                done += batch
-            key = str(batch) if threads is None else f"{batch} (1 thread)"
-            by_batch[key] = done / (time.perf_counter() - started)
-    best = max(by_batch, key=lambda batch: by_batch[batch])
-    return {
-        "kind": "model-alone",
-        "model": spec["model"],
-        "model_label": spec["model_label"],
-        "texts_per_second_by_batch": by_batch,
-        "best_batch": best,
-        "best_texts_per_second": by_batch[best],
-    }
 
 
 def run_case(spec: dict[str, Any]) -> dict[str, Any]:
@@ -419,7 +383,12 @@ def main(argv: list[str]) -> int:
             os.environ["OPENAI_BASE_URL"] = server.base_url
             os.environ["OPENAI_API_KEY"] = API_KEY
             spec["_api"] = server
-        result = run_model_alone(spec) if spec.get("design") == "model-alone" else run_case(spec)
+        if spec.get("design") == "model-alone":
+            from .model_alone import run_model_alone
+
+            result = run_model_alone(spec)
+        else:
+            result = run_case(spec)
         if server is not None and spec.get("design") == "model-alone":
             result["api"] = server.usage()
     finally:
