@@ -32,7 +32,7 @@ from ray.exceptions import ActorUnschedulableError, RayActorError
 from ..client.connection import ServiceConnection, ServiceUnavailable
 from ..client.protocol import HelloReply
 from ..service.config import ServiceConfig
-from ..service.launcher import ServiceStartError, spawn_service
+from ..service.spawn import ServiceStartError, spawn_service
 from ..store import EmbeddingCache, StoreLayout
 from ..util.singleflight import Promise, SingleFlight
 from .config import COORDINATOR_NAME, node_key, node_store, owner_of
