@@ -181,7 +181,7 @@ class EmbeddingServer:
     async def _start_http(self) -> Any:
         if not self.config.http:
             return None
-        from .http.app import HttpEndpoint
+        from .http.endpoint import HttpEndpoint
 
         return await HttpEndpoint.start(
             self.config.http,

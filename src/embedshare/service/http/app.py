@@ -49,7 +49,6 @@ import base64
 import json
 import logging
 import re
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -57,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 try:
-    import uvicorn
+    import uvicorn  # noqa: F401 - part of the extra this message names; endpoint.py runs it
     from starlette.applications import Starlette
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response
@@ -69,54 +68,23 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ...client.protocol import StatsReply
 from ...embedders import EmbedderError, InvalidTextError
-from .address import http_token, is_loopback, parse_http_address
 from .errors import EXCEPTION_HANDLERS, ApiError, error_response
-from .guard import MAX_HEADER_BYTES, BearerAuth, guarded_protocol
 from .inputs import input_texts, read_json
 from .probes import probe_routes
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import ServiceConfig
     from ..engine import Engine
-    from ..limits import ByteBudget, Listener
+    from ..limits import ByteBudget
     from ..metrics import ServiceMetrics
 
 log = logging.getLogger("embedshare.service.http")
 
-# Connections the kernel queues before accept. asyncio accepts up to this many in one go, so
-# a flood's queue is drained in bursts that keep the loop (and the Unix socket) for ~30 ms at
-# most, not the 0.6 s that uvicorn's default of 2,048 took.
-BACKLOG = 128
 OFFLOAD_VALUES = 200_000  # encode replies with more floats than this in a thread, off the loop
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
 # -- the address ---------------------------------------------------------------------------------
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket, so the port is known (port 0) and taken before we say ready."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise OSError(f"cannot resolve HTTP host {host!r}: {exc.strerror}") from None
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(address)
-        sock.listen(BACKLOG)
-    except OSError as exc:
-        sock.close()
-        raise OSError(f"cannot listen for HTTP on {host}:{port}: {exc.strerror or exc}") from None
-    return sock
-
-
-def _url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 # -- the app ------------------------------------------------------------------------------------
@@ -292,122 +260,3 @@ def _reply(vectors: np.ndarray, texts: list[str], encoding: str, model: str) -> 
 
 
 # -- host check ---------------------------------------------------------------------------------
-
-
-class LoopbackHostOnly:
-    """ASGI middleware: refuse a request whose ``Host`` header is not a loopback name.
-
-    A page on a rebinding DNS name can make a browser talk to 127.0.0.1, but the browser still
-    sends that name as ``Host``; checking it keeps such pages out.
-    """
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            host = ""
-            for name, value in scope.get("headers", []):
-                if name == b"host":
-                    host = value.decode("latin-1")
-                    break
-            if host and not is_loopback(_host_name(host)):
-                response = error_response(
-                    421, f"this endpoint answers loopback names only, not {host!r}", code="misdirected_request"
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-def _host_name(host: str) -> str:
-    if host.startswith("["):
-        return host[1:].partition("]")[0]
-    return host.rpartition(":")[0] if host.count(":") == 1 else host
-
-
-# -- running it inside the service's loop -------------------------------------------------------
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its signal handling: the service owns SIGTERM and SIGINT."""
-
-    def capture_signals(self) -> Any:
-        import contextlib
-
-        return contextlib.nullcontext()
-
-
-class HttpEndpoint:
-    """The endpoint of one service: a bound socket and a uvicorn task in the service's loop."""
-
-    def __init__(self, url: str, server: _EmbeddedServer, task: asyncio.Task[None]) -> None:
-        self.url = url
-        self._server = server
-        self._task = task
-
-    @classmethod
-    async def start(
-        cls,
-        address: str,
-        *,
-        engine: Engine,
-        metrics: ServiceMetrics,
-        config: ServiceConfig,
-        listener: Listener,
-        budget: ByteBudget,
-        stats: Callable[[], StatsReply],
-    ) -> HttpEndpoint:
-        """Bind ``address`` (raising OSError at once if it is taken) and start serving ``engine``.
-
-        ``listener`` caps and times the endpoint's connections, ``budget`` its request bodies.
-        """
-        host, port = parse_http_address(address)
-        token = http_token(config.http_token_file, config.http_no_auth, is_loopback(host), address)
-        sock = _bind(host, port)
-        app: Any = create_app(engine, metrics, config, budget, stats)
-        if token is not None:
-            app = BearerAuth(app, token, on_refused=lambda: metrics.add(auth_failures=1))
-        if is_loopback(host):
-            app = LoopbackHostOnly(app)
-        uvicorn_config = uvicorn.Config(
-            app,
-            lifespan="off",
-            log_config=None,
-            access_log=False,
-            proxy_headers=False,
-            ws="none",
-            timeout_graceful_shutdown=5,
-            server_header=False,
-            http=guarded_protocol(listener, config.first_frame_timeout),
-            # uvicorn annotates it int, but hands it to call_later: fractions of a second hold
-            timeout_keep_alive=config.http_keepalive_timeout,  # type: ignore[arg-type]
-            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-            backlog=BACKLOG,
-        )
-        server = _EmbeddedServer(uvicorn_config)
-        task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]), name="embedshare-http")
-        task.add_done_callback(_report_crash)
-        endpoint = cls(_url(sock), server, task)
-        log.info(
-            "OpenAI-compatible HTTP endpoint on %s/v1 (metrics on %s/metrics; %s)",
-            endpoint.url,
-            endpoint.url,
-            "bearer token required" if token is not None else "no token",
-        )
-        return endpoint
-
-    async def stop(self, timeout: float = 10.0) -> None:
-        """Stop accepting, let running requests finish (up to 5 s), then return. Idempotent."""
-        if self._task.done():
-            return
-        self._server.should_exit = True
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout)
-        except (TimeoutError, Exception):
-            self._task.cancel()
-
-
-def _report_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("the HTTP endpoint stopped: %r", task.exception())

@@ -24,6 +24,8 @@ from typing import Any
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..limits import Listener, Slot
+from .address import is_loopback
+from .errors import error_response
 
 log = logging.getLogger("embedshare.service.http")
 
@@ -137,3 +139,35 @@ def guarded_protocol(listener: Listener, header_timeout: float) -> type[H11Proto
             self.transport.close()
 
     return GuardedH11Protocol
+
+
+class LoopbackHostOnly:
+    """ASGI middleware: refuse a request whose ``Host`` header is not a loopback name.
+
+    A page on a rebinding DNS name can make a browser talk to 127.0.0.1, but the browser still
+    sends that name as ``Host``; checking it keeps such pages out.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            host = ""
+            for name, value in scope.get("headers", []):
+                if name == b"host":
+                    host = value.decode("latin-1")
+                    break
+            if host and not is_loopback(_host_name(host)):
+                response = error_response(
+                    421, f"this endpoint answers loopback names only, not {host!r}", code="misdirected_request"
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _host_name(host: str) -> str:
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
