@@ -18,37 +18,22 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # imported by main(), once the environment is set
     from embedshare.manager import EmbeddingManager
 
-WORDS = (
-    "read",
-    "parse",
-    "csv",
-    "file",
-    "send",
-    "http",
-    "json",
-    "compute",
-    "hash",
-    "merge",
-    "filter",
-    "rows",
-    "upload",
-    "image",
-    "resize",
-    "query",
-    "database",
-    "schedule",
-)
-
 
 def send_misses(manager: EmbeddingManager, seconds: float, per_request: int, tag: str) -> dict[str, float]:
     """Distinct texts of query length (6-8 words), as the workload's searches are."""
+    from .workload import MISS_WORDS
+
     deadline = time.time() + seconds
     sent = i = 0
     pid = os.getpid()
     while time.time() < deadline:
         batch = []
         for _ in range(per_request):
-            a, b, c = WORDS[(i * 7) % len(WORDS)], WORDS[(i * 3 + 5) % len(WORDS)], WORDS[(i * 5 + 2) % len(WORDS)]
+            a, b, c = (
+                MISS_WORDS[(i * 7) % len(MISS_WORDS)],
+                MISS_WORDS[(i * 3 + 5) % len(MISS_WORDS)],
+                MISS_WORDS[(i * 5 + 2) % len(MISS_WORDS)],
+            )
             batch.append(f"{a} {b} the {c} of {tag} {pid} {i}")
             i += 1
         manager.get_embeddings(batch)

@@ -329,35 +329,16 @@ def miss_phase(seconds: float, threads: int, tag: str) -> dict[str, Any]:
     """Send distinct, never-seen texts one ``get_embedding`` at a time, from ``threads``
     threads, for ``seconds``; returns how many were answered and when the last one was."""
     from ..access import get_embedding_manager
+    from .workload import MISS_WORDS
 
     manager = get_embedding_manager()
-    words = (
-        "read",
-        "parse",
-        "csv",
-        "file",
-        "send",
-        "http",
-        "json",
-        "compute",
-        "hash",
-        "merge",
-        "filter",
-        "rows",
-        "upload",
-        "image",
-        "resize",
-        "query",
-        "database",
-        "schedule",
-    )
     deadline = time.time() + seconds
     counts = [0] * threads
 
     def run(t: int) -> None:
         i = 0
         while time.time() < deadline:
-            a, b = words[(i * 7 + t) % len(words)], words[(i * 3 + 5) % len(words)]
+            a, b = MISS_WORDS[(i * 7 + t) % len(MISS_WORDS)], MISS_WORDS[(i * 3 + 5) % len(MISS_WORDS)]
             manager.get_embedding(f"{a} {b} {tag} {os.getpid()} {t} {i}")
             i += 1
         counts[t] = i

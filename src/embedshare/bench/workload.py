@@ -18,6 +18,27 @@ from ..registry import load_registry
 
 TOP10_SHARE = 0.60  # the 10 most common queries' share of all searches (design.md: 63%)
 NEW_SHARE = 0.05  # searches with a string never seen before
+# Words of the benchmarks' miss phases: texts made of them (and a serial number) are new every time.
+MISS_WORDS = (
+    "read",
+    "parse",
+    "csv",
+    "file",
+    "send",
+    "http",
+    "json",
+    "compute",
+    "hash",
+    "merge",
+    "filter",
+    "rows",
+    "upload",
+    "image",
+    "resize",
+    "query",
+    "database",
+    "schedule",
+)
 
 
 def common_queries(registry: str = "bundled") -> list[str]:

@@ -34,6 +34,7 @@ from ..client.protocol import HelloReply
 from ..service.config import ServiceConfig
 from ..service.spawn import ServiceStartError, spawn_service
 from ..store import EmbeddingCache, StoreLayout
+from ..util.counters import Counters
 from ..util.singleflight import Promise, SingleFlight
 from .config import COORDINATOR_NAME, node_key, node_store, owner_of
 
@@ -84,27 +85,21 @@ class NodeService:
         self._cache: EmbeddingCache | None = None
         self._owners: dict[str, Any] = {}
         self._inflight: SingleFlight[Promise] = SingleFlight(Promise)  # keys being fetched from owners
-        self._counters_lock = threading.Lock()
-        self.counters = {
-            "service_starts": 0,
-            "fetch_requests": 0,
-            "fetch_texts": 0,
-            "fetch_cache_hits": 0,
-            "fetch_joined": 0,
-            "asked_owners": 0,
-            "owner_retries": 0,
-            "owner_failovers": 0,
-            "compute_requests": 0,
-            "compute_texts": 0,
-        }
+        self._counters = Counters(
+            "service_starts",
+            "fetch_requests",
+            "fetch_texts",
+            "fetch_cache_hits",
+            "fetch_joined",
+            "asked_owners",
+            "owner_retries",
+            "owner_failovers",
+            "compute_requests",
+            "compute_texts",
+        )
         self._start_service()
 
     # -- the service process --------------------------------------------------------------
-
-    def _count(self, **amounts: int) -> None:
-        with self._counters_lock:
-            for name, amount in amounts.items():
-                self.counters[name] += amount
 
     def _start_service(self) -> None:
         """Start the node's service process and connect to it (with the lock held)."""
@@ -129,7 +124,7 @@ class NodeService:
         self._conn = conn
         if self._cache is None:
             self._cache = EmbeddingCache(hello["cache"], hello["model_id"], int(hello["dim"]))
-        self._count(service_starts=1)
+        self._counters.add(service_starts=1)
         pid = self._process.pid if self._process is not None else None
         log.info("node %s: embedshare service pid %s on %s", self.node_id[:8], pid, layout.socket)
 
@@ -268,7 +263,7 @@ class NodeService:
 
     def compute(self, texts: list[str]) -> np.ndarray:
         """Vectors of texts this node owns, for the coordinator or another node's ``fetch``."""
-        self._count(compute_requests=1, compute_texts=len(texts))
+        self._counters.add(compute_requests=1, compute_texts=len(texts))
         return self._request(list(texts))
 
     # -- texts other nodes own ------------------------------------------------------------
@@ -281,11 +276,11 @@ class NodeService:
         keys = [cache.key(t) for t in texts]
         out = np.empty((len(texts), cache.dim), dtype=np.float32)
         found = cache.get_many_into(keys, out)  # another worker of this node may have fetched them
-        self._count(fetch_requests=1, fetch_texts=len(texts), fetch_cache_hits=int(found.sum()))
+        self._counters.add(fetch_requests=1, fetch_texts=len(texts), fetch_cache_hits=int(found.sum()))
         missing = np.flatnonzero(~found)
         miss_keys = [keys[i] for i in missing]
         claim = self._inflight.claim(miss_keys)  # another worker's fetch of a key is awaited
-        self._count(fetch_joined=claim.joined)
+        self._counters.add(fetch_joined=claim.joined)
         if claim.mine:
             mine = [miss_keys[p] for p in claim.mine]
             try:
@@ -312,7 +307,7 @@ class NodeService:
                 out[rows] = self._request(chunk)
                 continue
             pending[owner] = (rows, chunk, self._owner(owner).compute.remote(chunk))
-        self._count(asked_owners=len(pending))
+        self._counters.add(asked_owners=len(pending))
         for owner, (rows, chunk, ref) in pending.items():
             out[rows] = self._from_owner(owner, chunk, ref)
         return out
@@ -322,7 +317,7 @@ class NodeService:
             try:
                 return np.asarray(ray.get(ref), dtype=np.float32)
             except RETRYABLE as exc:
-                self._count(owner_retries=1)
+                self._counters.add(owner_retries=1)
                 log.warning(
                     "node %s: the service of node %s failed (%s); asking again",
                     self.node_id[:8],
@@ -334,7 +329,7 @@ class NodeService:
                 except NodeGone:
                     break
         # The owner's node is gone (or keeps failing): compute here. Counted, never silent.
-        self._count(owner_failovers=1)
+        self._counters.add(owner_failovers=1)
         log.warning(
             "node %s: node %s cannot compute its texts; computing %d of them here",
             self.node_id[:8],
@@ -360,9 +355,7 @@ class NodeService:
             service = self._conn.request("stats", timeout=30.0)["stats"] if self._conn else None
         except ServiceUnavailable:
             service = None
-        with self._counters_lock:
-            counters = dict(self.counters)
-        return {**self.info(), "actor": counters, "service": service}
+        return {**self.info(), "actor": self._counters.snapshot(), "service": service}
 
     def node_memory(self, roles: dict[int, str] | None = None) -> dict[str, Any]:
         """PSS of every process of this node (the raylet and all it started), by role.

@@ -37,6 +37,7 @@ from ..sources.failover import POLICIES, FailoverSource
 from ..sources.service import ServiceSource
 from ..store import ToolIndex
 from ..store.record import RegistryMismatchError, describe_registry
+from ..util.counters import Counters
 from .config import owner_of
 
 
@@ -73,7 +74,7 @@ class RayNodeSource(ServiceBackedSource):
         self.layout, self.cache = service.layout, service.cache
         self.index = index
         self._actor_lost = False  # a call to the node actor failed: only a revival helps
-        self._counters = {"remote_requests": 0, "remote_texts": 0}
+        self._counters = Counters("remote_requests", "remote_texts")
         self.take(info)
 
     def take(self, info: dict[str, Any]) -> None:
@@ -123,8 +124,7 @@ class RayNodeSource(ServiceBackedSource):
             ) from None
         if vectors.shape != (len(texts), self.dim):
             raise ServiceUnavailable(f"the node's service actor answered {vectors.shape} for {len(texts)} texts")
-        self._counters["remote_requests"] += 1
-        self._counters["remote_texts"] += len(texts)
+        self._counters.add(remote_requests=1, remote_texts=len(texts))
         return vectors
 
     def reconnect(self, failed: Any = None) -> bool:
@@ -149,7 +149,7 @@ class RayNodeSource(ServiceBackedSource):
     def stats(self) -> dict[str, Any]:
         return {
             **self.service.stats(),
-            **self._counters,
+            **self._counters.snapshot(),
             "node_id": self.node_id,
             "incarnation": self.incarnation,
             "index_type": type(self.index).__name__,

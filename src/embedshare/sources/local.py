@@ -20,6 +20,7 @@ from ..embedders import Embedder
 from ..registry import Registry
 from ..store import CacheError, EmbeddingCache, StoreLayout, ToolIndex, open_or_build_index
 from ..store.record import no_registry_advice, recorded_registry, write_record
+from ..util.counters import Counters
 from ..util.lazylog import LazyLogger
 from ..util.singleflight import Promise, SingleFlight
 from .base import EmbedFn, NoIndexError, Progress, VectorSource
@@ -43,8 +44,7 @@ class LocalSource(VectorSource):
         self.dim = int(embedder.dim)
         self.spec = spec  # recorded in store.json, so that a later process can build the same model
         self._flights: SingleFlight[Promise] = SingleFlight(Promise)
-        self._counters = {"model_calls": 0, "texts_embedded": 0, "model_seconds_ms": 0}
-        self._counters_lock = threading.Lock()
+        self._counters = Counters("model_calls", "texts_embedded", "model_seconds_ms")
         self._cache_full_warned = False
         self._recorded_lock = threading.Lock()
         self._recorded_checked = False  # the store's recorded registry is looked up once, lazily
@@ -82,7 +82,7 @@ class LocalSource(VectorSource):
         todo_keys = [keys[i] for i in todo]
         started = time.perf_counter()
         vectors = self.embedder.embed([texts[i] for i in todo])
-        self.count(
+        self._counters.add(
             model_calls=1, texts_embedded=len(todo_keys), model_seconds_ms=int((time.perf_counter() - started) * 1000)
         )
         try:
@@ -147,16 +147,8 @@ class LocalSource(VectorSource):
     def no_index_advice(self) -> str:
         return no_registry_advice(self.layout.root)
 
-    # -- counters -----------------------------------------------------------------------------
-
-    def count(self, **amounts: int) -> None:
-        with self._counters_lock:
-            for name, amount in amounts.items():
-                self._counters[name] += amount
-
     def stats(self) -> dict[str, Any]:
-        with self._counters_lock:
-            return dict(self._counters)
+        return self._counters.snapshot()
 
     def close(self) -> None:
         self.cache.close()

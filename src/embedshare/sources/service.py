@@ -31,6 +31,7 @@ from ..env import ENV_TOKEN
 from ..registry import Registry
 from ..store import EmbeddingCache, StoreLayout, ToolIndex
 from ..store.record import RegistryMismatchError, describe_registry
+from ..util.counters import Counters
 from .base import EmbedFn, NoIndexError, Progress, ServiceBackedSource
 
 MAX_REQUEST_TEXTS = 4096
@@ -62,8 +63,7 @@ class ServiceSource(ServiceBackedSource):
         self._conn_lock = threading.Lock()
         self._conn: ServiceConnection | None = None
         self._connections = 0  # made so far: every one after the first is a reconnect
-        self._counters = {"service_requests": 0, "service_texts": 0, "reconnects": 0}
-        self._counters_lock = threading.Lock()
+        self._counters = Counters("service_requests", "service_texts", "reconnects")
 
         hello = self._connect()
         self.model_id: str = hello["model_id"]
@@ -111,7 +111,7 @@ class ServiceSource(ServiceBackedSource):
         self._conn = conn
         self._connections += 1
         if self._connections > 1:  # counted once connected: an attempt that fails is not one
-            self._count(reconnects=1)
+            self._counters.add(reconnects=1)
         return hello
 
     def _connection(self) -> ServiceConnection:
@@ -169,7 +169,7 @@ class ServiceSource(ServiceBackedSource):
                 if retries > MAX_RETRIES or not self.reconnect(failed=conn):
                     raise  # no service answers: the failure policy decides (failover.py)
                 continue  # the request (in flight when the connection died) is sent again
-            self._count(service_requests=1, service_texts=len(texts))
+            self._counters.add(service_requests=1, service_texts=len(texts))
             vectors = np.frombuffer(reply["vectors"], dtype=np.float32)
             if reply.get("dim") != self.dim or vectors.size != len(texts) * self.dim:
                 raise protocol.RemoteError("bad_reply", f"expected {len(texts)} vectors of {self.dim} dims")
@@ -202,16 +202,8 @@ class ServiceSource(ServiceBackedSource):
         """The service's own counters (every client's requests, batches, latency)."""
         return self._connection().stats(timeout=self.request_timeout)
 
-    def _count(self, **amounts: int) -> None:
-        with self._counters_lock:
-            for name, amount in amounts.items():
-                self._counters[name] += amount
-
     def stats(self) -> dict[str, Any]:
-        with self._counters_lock:
-            counters: dict[str, Any] = dict(self._counters)
-        counters["address"] = self.address
-        return counters
+        return {**self._counters.snapshot(), "address": self.address}
 
     def close(self) -> None:
         with self._conn_lock:
