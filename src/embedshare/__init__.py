@@ -23,11 +23,14 @@ if TYPE_CHECKING:
         reset_embedding_manager,
         set_embedding_manager,
     )
-    from .client.connection import ServiceUnavailable  # noqa: F401
+    from .client.connection import ServiceStopped, ServiceUnavailable  # noqa: F401
     from .embedders import create_embedder  # noqa: F401
-    from .manager import EmbeddingManager  # noqa: F401
+    from .manager import EmbeddingManager, NoIndexError  # noqa: F401
     from .pool.shared import SharedPool  # noqa: F401
-    from .service.launcher import EmbeddingService  # noqa: F401
+    from .service.config import ServiceConfig  # noqa: F401
+    from .service.launcher import EmbeddingService, ServiceStartError  # noqa: F401
+    from .sources.base import VectorSource  # noqa: F401
+    from .store.record import RegistryMismatchError  # noqa: F401
 
 
 __version__ = "0.1.0"
@@ -45,10 +48,14 @@ _EXPORTS = {
     "SharedEmbeddingManager": "embedshare.access",
     "NoServiceWarning": "embedshare.access",
     "ServiceUnavailable": "embedshare.client.connection",
+    "ServiceStopped": "embedshare.client.connection",
     "NoIndexError": "embedshare.manager",
     "RegistryMismatchError": "embedshare.store.record",
     "EmbeddingService": "embedshare.service.launcher",
+    "ServiceStartError": "embedshare.service.launcher",
+    "ServiceConfig": "embedshare.service.config",
     "SharedPool": "embedshare.pool.shared",
+    "VectorSource": "embedshare.sources.base",  # for a source of your own: EmbeddingManager(source=...)
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -91,7 +91,10 @@ def demo(
 @model_option
 @registry_option
 @click.option(
-    "--service-threads", type=click.IntRange(min=1), default=None, help="Torch threads of each node's service."
+    "--service-threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Threads of the local model in each node's service.",
 )
 @click.option("--compare", is_flag=True, help="First run the same tasks on this machine alone (demo --no-naive).")
 @click.option(

@@ -137,7 +137,7 @@ class ServiceConfig:
     max_wait_ms: float = _setting(
         2.0, _duration(allow_zero=True, unit="milliseconds"), "How long to gather requests into a batch."
     )
-    threads: int | None = _setting(None, _optional(_whole(1)), "Torch threads for the local model.")
+    threads: int | None = _setting(None, _optional(_whole(1)), "Threads of the local model (ONNX Runtime or torch).")
     http: str | None = _setting(
         None,
         _optional(_http_address),
