@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,13 +26,15 @@ from .embedders import Embedder, create_embedder, validate_text, validate_texts
 from .env import default_store
 from .registry import Registry, load_registry
 from .sources.base import NoIndexError, VectorSource
-from .sources.local import LocalSource
 from .store import EmbeddingCache, ToolIndex, ToolIndexError
 from .store.cache import lookup
 from .store.index import Hits, SearchResult
 from .store.layout import StoreLayout
 from .store.record import registry_name
 from .util.latency import Histogram
+
+if TYPE_CHECKING:  # imported where a local source is built: a service's worker never builds one
+    from .sources.local import LocalSource
 
 __all__ = ["DEFAULT_MODEL", "EmbeddingManager", "NoIndexError", "normalise_query"]
 
@@ -118,10 +120,10 @@ class EmbeddingManager:
     @property
     def embedder(self) -> Embedder:
         """The model of a manager that embeds in this process (AttributeError otherwise)."""
-        source = self._source
-        if not isinstance(source, LocalSource):
-            raise AttributeError(f"a {type(source).__name__} embeds outside this process: no embedder here")
-        return source.embedder
+        embedder: Embedder | None = getattr(self._source, "embedder", None)
+        if embedder is None:
+            raise AttributeError(f"a {type(self._source).__name__} embeds outside this process: no embedder here")
+        return embedder
 
     # -- embeddings --------------------------------------------------------------------------
 
@@ -299,6 +301,8 @@ def _local_source(
     cache: EmbeddingCache | None,
 ) -> LocalSource:
     """The default source: this process's model on the store's cache."""
+    from .sources.local import LocalSource
+
     layout = StoreLayout(store or default_store())
     layout.make_private_root()  # 0700, or refused if another user could write it
     embedder = create_embedder(model, **(embedder_options or {}))

@@ -94,7 +94,8 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
 
     from ..manager import EmbeddingManager
     from ..pool.shared import SharedPool
-    from ..pool.workers import WorkerPool, blas_thread_env, timed_call
+    from ..pool.worker import timed_call
+    from ..pool.workers import WorkerPool, blas_thread_env
     from ..util.memory import MB, BareInterpreter, measure
     from . import designs
     from .workload import common_queries, make_tasks, run_task

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..pool.shared import PoolReport, SharedPool, measure_run
-from ..pool.workers import WorkerPool, timed_call
+from ..pool.worker import timed_call
+from ..pool.workers import WorkerPool
 from .workload import attach_own_manager, make_tasks, run_task
 
 # One torch/BLAS thread per process: the per-process design's best case. With the default (one

@@ -48,7 +48,7 @@ from ..store.index import ToolIndex
 from ..util.digests import blake2b
 
 if TYPE_CHECKING:  # pool.workers is imported where it runs: this module loads in every worker
-    from ..pool.workers import Timed
+    from ..pool.worker import Timed
 
 DESIGNS = ("per-process", "option-c", "option-a", "hybrid", "embedshare")
 
@@ -357,7 +357,7 @@ _threads: ThreadPoolExecutor | None = None
 def run_chunk(args: tuple[list[dict[str, Any]], int]) -> list[Timed]:
     """Option C: run a chunk of tasks on this process's threads (one shared manager)."""
     global _threads
-    from ..pool.workers import timed_call
+    from ..pool.worker import timed_call
     from .workload import run_task
 
     chunk, threads = args

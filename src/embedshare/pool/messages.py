@@ -1,6 +1,6 @@
 """What a pool's parent and its workers say to each other, and how a failure is described.
 
-Every message is a small frozen dataclass, as loky's ``_CallItem`` / ``_ResultItem`` are: the
+Every message is a small named tuple, typed as loky's ``_CallItem`` / ``_ResultItem`` are: the
 parent sends a :class:`CallItem` or :class:`Stop`; a worker answers :class:`Ready` or
 :class:`InitFailed` once, then one :class:`ResultItem` or :class:`ErrorItem` per call. A worker
 holds one call at a time, so the parent knows which job a reply belongs to without an id.
@@ -22,10 +22,9 @@ Every worker imports this module: standard library only.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
 from traceback import format_exception
-from typing import Any
+from typing import Any, NamedTuple
 
 # The error types of a task that never finished: its worker kept dying (the name of
 # outcomes.WorkerCrashed), or it ran past task_timeout every time.
@@ -33,8 +32,7 @@ CRASHED = "WorkerCrashed"
 TIMED_OUT = "TaskTimedOut"
 
 
-@dataclass(frozen=True)
-class ErrorInfo:
+class ErrorInfo(NamedTuple):
     """A failure as plain text: what a task's outcome reports and the parent may raise."""
 
     type_name: str  # e.g. "ValueError", or CRASHED
@@ -64,8 +62,7 @@ class ErrorInfo:
         return f"{self.type_name}: {self.message}"
 
 
-@dataclass(frozen=True)
-class Initializer:
+class Initializer(NamedTuple):
     """What a new worker runs before its first call (pickled once, when the pool starts)."""
 
     fn: Callable[..., None] | None
@@ -75,8 +72,7 @@ class Initializer:
 # -- parent to worker ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CallItem:
+class CallItem(NamedTuple):
     """Run ``fn(*args)`` and answer with a :class:`ResultItem` or an :class:`ErrorItem`."""
 
     fn: Callable[..., Any]
@@ -86,35 +82,30 @@ class CallItem:
         return self.fn(*self.args)
 
 
-@dataclass(frozen=True)
-class Stop:
+class Stop(NamedTuple):
     """Leave the loop and exit."""
 
 
 # -- worker to parent ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Ready:
+class Ready(NamedTuple):
     """The initializer finished: the worker takes calls."""
 
 
-@dataclass(frozen=True)
-class InitFailed:
+class InitFailed(NamedTuple):
     """The initializer raised; the worker exits next."""
 
     error: ErrorInfo
 
 
-@dataclass(frozen=True)
-class ResultItem:
+class ResultItem(NamedTuple):
     """A call returned ``value``."""
 
     value: Any
 
 
-@dataclass(frozen=True)
-class ErrorItem:
+class ErrorItem(NamedTuple):
     """A call raised (a result, not a crash: never retried), or its result did not pickle."""
 
     error: ErrorInfo

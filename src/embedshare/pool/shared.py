@@ -29,7 +29,8 @@ from ..util.latency import Percentiles, percentiles
 from ..util.memory import BareInterpreter, ProcessMemory, measure
 from .attach import attach_worker, worker_stats
 from .outcomes import TaskFailed, TaskOutcome, WorkerCrash
-from .workers import WorkerPool, blas_thread_env, timed_call
+from .worker import timed_call
+from .workers import WorkerPool, blas_thread_env
 
 
 @dataclass

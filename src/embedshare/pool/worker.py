@@ -1,7 +1,8 @@
-"""The body of a pool's worker process: initialize, then run one call at a time until told to stop.
+"""The body of a pool's worker process: initialize, then run one call at a time until told to stop;
+and ``timed_call``, how a task is run to be timed.
 
 Imports only the messages (standard library): a module a worker imports costs its memory in
-every worker.
+every worker, and its import time in the worker's first task.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
+from typing import Any, NamedTuple
 
 from .messages import (
     ErrorInfo,
@@ -84,3 +88,23 @@ def worker_main(
             conn.send_bytes(payload)
         except OSError:
             return
+
+
+# -- what a pool's task runs as, to be timed (SharedPool, the demo and the benchmarks) ------------
+# Here, with the worker's loop, and not beside WorkerPool: a worker unpickling ``timed_call``
+# imports this module, which it has already, and not the parent's side of the pool.
+
+
+class Timed(NamedTuple):
+    """A task's result and the seconds it ran in its worker (the pool's task latency)."""
+
+    value: Any
+    seconds: float
+
+
+def timed_call(payload: tuple[Callable[[Any], Any], Any]) -> Timed:
+    """Run ``fn(item)`` and time it in the worker (for the pool's task latency report)."""
+    fn, item = payload
+    started = time.perf_counter()
+    value = fn(item)
+    return Timed(value, time.perf_counter() - started)

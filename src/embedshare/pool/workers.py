@@ -40,11 +40,10 @@ import atexit
 import multiprocessing
 import multiprocessing.util  # imported before our atexit hook is registered; see _shutdown_all
 import os
-import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple, Self
+from typing import Any, Self
 
 from .. import settings
 from .messages import CallItem, ErrorInfo, Initializer, Reply, dumps
@@ -59,7 +58,7 @@ from .supervisor import (
     kill_workers,
 )
 
-__all__ = ["Timed", "WorkerPool", "blas_thread_env", "timed_call"]
+__all__ = ["WorkerPool", "blas_thread_env"]
 
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -317,18 +316,3 @@ class WorkerPool:
     def _check_open(self) -> None:
         if self._closed:
             raise PoolError("the worker pool is closed")
-
-
-class Timed(NamedTuple):
-    """A task's result and the seconds it ran in its worker (the pool's task latency)."""
-
-    value: Any
-    seconds: float
-
-
-def timed_call(payload: tuple[Callable[[Any], Any], Any]) -> Timed:
-    """Run ``fn(item)`` and time it in the worker (for the pool's task latency report)."""
-    fn, item = payload
-    started = time.perf_counter()
-    value = fn(item)
-    return Timed(value, time.perf_counter() - started)

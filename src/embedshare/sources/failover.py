@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,7 +31,9 @@ from ..registry import Registry
 from ..store import ToolIndex
 from ..util.lazylog import LazyLogger
 from .base import EmbedFn, Progress, ServiceBackedSource, VectorSource
-from .local import LocalSource
+
+if TYPE_CHECKING:  # imported when a process falls back: a worker that never does loads none of it
+    from .local import LocalSource
 
 log = LazyLogger(__name__)  # logging is imported only if something is logged
 
@@ -118,6 +120,8 @@ class FailoverSource(VectorSource):
                 f"cannot fall back: the local model is {embedder.model_id!r}, the service's was {self.model_id!r}"
             ) from exc
         # The same LMDB handle: py-lmdb allows one per path and process.
+        from .local import LocalSource
+
         return LocalSource(self.layout, embedder, self.cache, spec=spec)
 
     def _say_once(self, message: str) -> None:

@@ -18,7 +18,8 @@ import numpy as np
 
 from ..embedders import Embedder
 from ..registry import Registry
-from ..store import CacheError, EmbeddingCache, StoreLayout, ToolIndex, open_or_build_index
+from ..store import CacheError, EmbeddingCache, StoreLayout, ToolIndex
+from ..store.index_build import open_or_build_index
 from ..store.record import no_registry_advice, recorded_registry, write_record
 from ..util.counters import Counters
 from ..util.lazylog import LazyLogger
