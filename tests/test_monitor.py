@@ -142,8 +142,18 @@ def test_top_once_without_a_service_is_a_one_line_error(tmp_path):
     assert result.stderr.startswith("error: no embedshare service at") and len(result.stderr.splitlines()) == 1
 
 
-def test_top_refreshes_live_and_exits_cleanly_on_ctrl_c(service, other_client):
+# A shell script's `embedshare top &`, or a parent that ignores SIGINT, starts it with SIGINT
+# ignored; exec keeps that, so this launcher is what such a parent hands the view.
+EXEC_WITH_SIGINT_IGNORED = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); os.execv(sys.executable, sys.argv[1:])"
+)
+
+
+@pytest.mark.parametrize("sigint", ["default", "ignored by the parent"])
+def test_top_refreshes_live_and_exits_cleanly_on_ctrl_c(service, other_client, sigint):
     argv = [sys.executable, "-m", "embedshare.cli", "top", "--interval", "0.2", "--store", str(service.layout.root)]
+    if sigint != "default":
+        argv = [sys.executable, "-c", EXEC_WITH_SIGINT_IGNORED, *argv]
     process, master, output = run_in_pty(argv, re.compile(r"rates over the last"))
     try:
         assert "rates averages since start" in output  # the first frame, then a refresh

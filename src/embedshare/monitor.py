@@ -206,7 +206,9 @@ def run_top(address: str | Path, *, once: bool = False, interval: float = 1.0, c
     previous: StatsWithMemory | None = None
     # SIGTERM (kill, a closing terminal multiplexer) must leave through Live's exit, which
     # shows the cursor again; by default it would end the process with the cursor hidden.
-    old_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # SIGINT gets the same handler explicitly: a view started from a script or a job that
+    # ignores SIGINT (which children inherit) must still quit on Ctrl-C.
+    old_handlers = {signum: signal.signal(signum, _raise_interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         with Live(console=console, auto_refresh=False, screen=False) as live:
             while True:
@@ -228,7 +230,8 @@ def run_top(address: str | Path, *, once: bool = False, interval: float = 1.0, c
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, old_handler)
+        for signum, handler in old_handlers.items():
+            signal.signal(signum, handler)
         if conn is not None:
             conn.close()
     return 0
