@@ -249,6 +249,15 @@ def test_a_token_file_in_the_home_folder_is_found(store, monkeypatch, tmp_path):
     assert service.config.token_file == str(tmp_path / ".embedshare-token")
 
 
+def test_a_tcp_port_given_as_a_number_starts_the_listener(make_service, tmp_path):
+    """``tcp=0`` (any free port, as a number) was falsy in the spawn code: no listener, no error."""
+    token_file = tmp_path / "token"
+    token_file.write_text("a" * 32)
+    token_file.chmod(0o600)
+    service = make_service(tcp=0, token_file=token_file, export_env=False)
+    assert service.tcp_address is not None and service.tcp_address.startswith("tcp://127.0.0.1:")
+
+
 # -- the command line and the service's own argv (real processes: on a build without the checks
 #    `serve --max-batch 0` would run, so each is bounded and its process group killed) ---------------
 
