@@ -299,3 +299,68 @@ def test_embedshare_stop_during_a_pool_run_stops_it_and_workers_say_so(store):
     with SharedPool(workers=2, store=store, model="hash:64", registry="bundled", progress=False) as pool:
         assert len(pool.map(failover_tasks.failover_task, range(10))) == 10
     assert "stopped" not in read_state(layout)
+
+
+# -- a service that dies on one request ----------------------------------------------------------
+
+
+class _DiesOnEveryEmbed:
+    """A socket that answers ``hello`` as the real service does and drops the connection on
+    every ``embed``, as a service that crashes on one batch and is restarted would."""
+
+    def __init__(self, path: Path, hello: dict) -> None:
+        import socket
+
+        self.hello, self.embeds = hello, 0
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(str(path))
+        self._server.listen(64)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn) -> None:
+        from helpers.frames import recv_exactly
+
+        from embedshare.client import protocol
+
+        with conn:
+            while True:
+                try:
+                    request = protocol.unpack(recv_exactly(conn, protocol.frame_length(recv_exactly(conn, 4))))
+                except (EOFError, OSError):
+                    return
+                if request["op"] != "hello":
+                    self.embeds += 1
+                    return  # the connection drops with the request unanswered
+                conn.sendall(protocol.pack({**self.hello, "id": request["id"], "ok": True}))
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def test_a_request_that_kills_its_connection_every_time_is_sent_a_bounded_number_of_times(hash_service, tmp_path):
+    """Every attempt of a call counts against one bound: the connection layer's reconnect and
+    the failure policy's retry must not multiply (they once sent such a request 36 times)."""
+    from embedshare.sources.failover import MAX_FAILURES
+
+    conn = ServiceConnection(hash_service.address)
+    try:
+        hello = dict(conn.hello(timeout=30))
+    finally:
+        conn.close()
+    fake = _DiesOnEveryEmbed(tmp_path / "dies.sock", hello)
+    try:
+        manager = SharedEmbeddingManager(tmp_path / "dies.sock", on_failure="error")
+        with pytest.raises(ServiceUnavailable):
+            manager.get_embedding("a text that kills the service")
+        manager.close()
+    finally:
+        fake.close()
+    assert fake.embeds == MAX_FAILURES + 1

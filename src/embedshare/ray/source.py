@@ -127,6 +127,9 @@ class RayNodeSource(ServiceBackedSource):
         self._counters.add(remote_requests=1, remote_texts=len(texts))
         return vectors
 
+    def connected(self) -> bool:
+        return not self._actor_lost and self.service.connected()
+
     def reconnect(self, failed: Any = None) -> bool:
         return not self._actor_lost and self.service.reconnect(failed)
 

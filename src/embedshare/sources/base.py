@@ -84,6 +84,10 @@ class ServiceBackedSource(VectorSource):
     """A source whose vectors come from a service process: it can be asked to connect again."""
 
     @abstractmethod
+    def connected(self) -> bool:
+        """True if a live connection to the service exists now (none is attempted)."""
+
+    @abstractmethod
     def reconnect(self, failed: Any = None) -> bool:
         """True once a live connection to the service exists (replacing ``failed``, the
         connection a request failed on); False if no service answers."""

@@ -11,9 +11,11 @@ says no service answers, applies the policy:
   model the service ran), once, with a warning.
 - ``error``: raise ``ServiceUnavailable``.
 
-One thread at a time applies the policy; a thread that comes after finds the service back (or
-the fallback in place) and simply retries. A call never returns ``None`` or a vector of another
-model: the fallback's model must be the service's.
+A request that fails on a connection that the primary replaced at once (an idle connection
+closed, a service someone restarted) is sent again without the policy. Every retry of a call
+counts against one bound (``MAX_FAILURES``). One thread at a time applies the policy; a thread
+that comes after finds the service back (or the fallback in place) and simply retries. A call
+never returns ``None`` or a vector of another model: the fallback's model must be the service's.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .. import settings
 from ..client.connection import ServiceStopped, ServiceUnavailable
 from ..client.state import read_state
 from ..embedders import create_embedder
@@ -38,7 +41,7 @@ if TYPE_CHECKING:  # imported when a process falls back: a worker that never doe
 log = LazyLogger(__name__)  # logging is imported only if something is logged
 
 POLICIES = ("restart", "local", "error")
-MAX_FAILURES = 5  # times the policy is applied to one call before its error is raised
+MAX_FAILURES = 5  # failed attempts of one call that are retried; the next one's error is raised
 
 
 class FailoverSource(VectorSource):
@@ -46,8 +49,7 @@ class FailoverSource(VectorSource):
     and returns whether this process started it."""
 
     def __init__(self, primary: ServiceBackedSource, policy: str, revive: Callable[[], bool] | None = None) -> None:
-        if policy not in POLICIES:
-            raise ValueError(f"on_failure must be one of {', '.join(POLICIES)}, got {policy!r}")
+        policy = settings.choice("on_failure", policy, POLICIES)
         if policy == "restart" and revive is None:
             raise ValueError("the restart policy needs a way to bring the service back (revive)")
         self.primary = primary
@@ -67,11 +69,6 @@ class FailoverSource(VectorSource):
     def __repr__(self) -> str:
         return f"FailoverSource({self.primary!r}, policy={self.policy!r})"
 
-    @property
-    def fallback(self) -> LocalSource | None:
-        """The local source this process switched to (policy ``local``), or None."""
-        return self._fallback
-
     def compute(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
         failures = 0
         while True:
@@ -89,8 +86,8 @@ class FailoverSource(VectorSource):
     def _recover(self, exc: ServiceUnavailable) -> None:
         """Apply the policy; returns to retry, raises to give up."""
         with self._lock:
-            if self._fallback is not None or self.primary.reconnect():
-                return  # another thread already did, or the service is back
+            if self._fallback is not None or self.primary.connected():
+                return  # the primary replaced the connection, another thread revived it or fell back
             if self.policy == "error":
                 raise exc
             if self.policy == "local":

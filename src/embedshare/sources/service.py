@@ -7,8 +7,10 @@ the misses of one call go in one request (split only past the frame limits).
 When a request fails because the connection died, a new connection is tried at once, whatever
 the failure policy: the service may have closed an idle connection, or someone restarted it.
 Only a thread that failed on the *current* connection replaces it, so one restart costs one
-reconnect per process, however many threads saw it. When no service answers, the error goes
-to the caller: ``FailoverSource`` (``failover.py``) applies the policy.
+reconnect per process, however many threads saw it. The error still goes to the caller:
+``FailoverSource`` (``failover.py``) sends the request again if a connection is live, and
+applies the policy if not. That one loop bounds the attempts of a call, so a service that dies
+on every request is not sent the same texts again and again.
 
 Every (re)connection checks the service's model again: a call never gets another model's vectors.
 """
@@ -36,7 +38,6 @@ from .base import EmbedFn, NoIndexError, Progress, ServiceBackedSource
 
 MAX_REQUEST_TEXTS = 4096
 MAX_REQUEST_CHARS = 8 << 20
-MAX_RETRIES = 5  # a request retried on new connections, each to a service that answered
 
 
 class ServiceSource(ServiceBackedSource):
@@ -134,6 +135,10 @@ class ServiceSource(ServiceBackedSource):
             self._conn = None
         self._connect()
 
+    def connected(self) -> bool:
+        conn = self._conn
+        return conn is not None and conn.alive
+
     def reconnect(self, failed: ServiceConnection | None = None) -> bool:
         """Make sure a live connection exists, replacing ``failed``; False if no service answers.
 
@@ -159,21 +164,17 @@ class ServiceSource(ServiceBackedSource):
         return out
 
     def _request_vectors(self, texts: list[str]) -> np.ndarray:
-        retries = 0
-        while True:
-            conn = self._connection()
-            try:
-                reply = conn.request("embed", timeout=self.request_timeout, texts=texts)
-            except ServiceUnavailable:
-                retries += 1
-                if retries > MAX_RETRIES or not self.reconnect(failed=conn):
-                    raise  # no service answers: the failure policy decides (failover.py)
-                continue  # the request (in flight when the connection died) is sent again
-            self._counters.add(service_requests=1, service_texts=len(texts))
-            vectors = np.frombuffer(reply["vectors"], dtype=np.float32)
-            if reply.get("dim") != self.dim or vectors.size != len(texts) * self.dim:
-                raise protocol.RemoteError("bad_reply", f"expected {len(texts)} vectors of {self.dim} dims")
-            return vectors.reshape(len(texts), self.dim)
+        conn = self._connection()
+        try:
+            reply = conn.request("embed", timeout=self.request_timeout, texts=texts)
+        except ServiceUnavailable:
+            self.reconnect(failed=conn)  # replaced once, for every thread that failed on it
+            raise  # FailoverSource sends it again on the new connection, or applies the policy
+        self._counters.add(service_requests=1, service_texts=len(texts))
+        vectors = np.frombuffer(reply["vectors"], dtype=np.float32)
+        if reply.get("dim") != self.dim or vectors.size != len(texts) * self.dim:
+            raise protocol.RemoteError("bad_reply", f"expected {len(texts)} vectors of {self.dim} dims")
+        return vectors.reshape(len(texts), self.dim)
 
     # -- what the service serves --------------------------------------------------------------
 
