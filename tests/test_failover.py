@@ -28,7 +28,7 @@ from helpers.waiting import wait_for
 
 from embedshare.access import SharedEmbeddingManager
 from embedshare.cli import main as cli
-from embedshare.client.connection import ServiceConnection, ServiceUnavailable
+from embedshare.client.connection import ServiceConnection, ServiceStopped, ServiceUnavailable
 from embedshare.client.state import read_state
 from embedshare.embedders import create_embedder
 from embedshare.manager import EmbeddingManager
@@ -267,6 +267,21 @@ def test_a_restart_policy_process_with_no_service_ever_run_is_an_error_not_a_loc
     monkeypatch.setenv("EMBEDSHARE_ON_FAILURE", "restart")
     with pytest.raises(ServiceUnavailable, match="embedshare serve --store"):
         get_embedding_manager(model="hash:64", store=store)
+
+
+def test_a_restart_policy_process_started_after_embedshare_stop_is_told_it_was_stopped(
+    store, make_service, monkeypatch
+):
+    """The same ``ServiceStopped`` as a process whose service is stopped under it: a caller
+    that tells a deliberate stop from a crash must not see a plain ServiceUnavailable here."""
+    from embedshare import get_embedding_manager
+
+    make_service(export_env=False)
+    assert CliRunner().invoke(cli, ["stop", "--store", str(store)]).exit_code == 0
+    monkeypatch.setenv("EMBEDSHARE_ON_FAILURE", "restart")
+    with pytest.raises(ServiceStopped, match="stopped by `embedshare stop`"):
+        get_embedding_manager(model="hash:64", store=store)
+    assert not service_lock_held(StoreLayout(store))  # and it was not started again
 
 
 # -- embedshare stop during a pool run -------------------------------------------------------------

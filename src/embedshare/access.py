@@ -113,15 +113,12 @@ def revive_store_service(layout: StoreLayout) -> bool:
     """
     from .service.launcher import restart_service
 
-    why = stopped_on_purpose(layout)
-    if why:
-        raise ServiceStopped(why)
     try:
         return restart_service(layout.root).owned
     except ServiceUnavailable as exc:
-        if not isinstance(exc, ServiceStopped) and stopped_on_purpose(layout):
-            raise ServiceStopped(str(exc)) from None
-        raise
+        if isinstance(exc, ServiceStopped) or not stopped_on_purpose(layout):
+            raise
+        raise ServiceStopped(str(exc)) from None  # stopped while this process brought it back
 
 
 _lock = threading.Lock()

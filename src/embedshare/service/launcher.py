@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from .. import settings
-from ..client.connection import ServiceConnection, ServiceUnavailable
+from ..client.connection import ServiceConnection, ServiceStopped, ServiceUnavailable
 from ..client.protocol import StatsReply
 from ..client.state import ServiceState, StateFileError, read_state, service_lock_held, stopped_on_purpose
 from ..env import ENV_ADDRESS, ENV_ON_FAILURE, ENV_STORE
@@ -156,7 +156,7 @@ class EmbeddingService:
         A service that holds the store's lock is joined without starting an interpreter (25
         workers noticing a crash at once would otherwise start 25). ``respect_stop`` (clients
         under the restart policy): a service stopped by ``embedshare stop`` is not started
-        again, :class:`ServiceUnavailable` says so.
+        again, :class:`ServiceStopped` says so.
         """
         self.layout.make_private_run_dir()
         deadline = time.monotonic() + self.start_timeout
@@ -174,7 +174,7 @@ class EmbeddingService:
                 continue  # it went away before answering: look again
             why = stopped_on_purpose(self.layout) if respect_stop else None
             if why:
-                raise ServiceUnavailable(why)
+                raise ServiceStopped(why)
             if self._spawn(deadline):
                 break
         if self.export_env:
@@ -316,7 +316,7 @@ def restart_service(store: str | Path) -> EmbeddingService:
     """For restart-policy clients: join the store's service or start it as it last ran.
 
     The store's lock makes sure only one process starts it; a service stopped on purpose
-    (``embedshare stop``) is not started again (:class:`ServiceUnavailable` says so).
+    (``embedshare stop``) is not started again (:class:`ServiceStopped` says so).
     """
     return EmbeddingService.from_state(store, export_env=False, detach=True).start(respect_stop=True)
 
