@@ -3,7 +3,8 @@
     embedshare ray-demo --nodes 3 --in-flight 25 --tasks 2000 --model local --compare
     embedshare ray-demo --address auto ...      # on a real cluster (ray start ...)
 
-(``python -m embedshare.bench.ray_demo`` is the same command.)
+(``python -m embedshare.cli ray-demo`` is the same command; this module has no entry of its own,
+because bench may not import cli, the layer above it.)
 
 Without ``--address`` it starts a local cluster of ``--nodes`` simulated nodes (processes of
 this machine, on loopback), with the ``--in-flight`` CPUs split between them. It deploys
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from typing import Any
@@ -313,3 +315,7 @@ def run_ray_demo(
             if cluster is not None:
                 cluster.shutdown()
             shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":  # its entry went with the cli/ package: say which command it is now
+    sys.exit("error: run 'python -m embedshare.cli ray-demo' (or 'embedshare ray-demo'); this module is not a command")
