@@ -30,15 +30,6 @@ from .ray_demo_report import MB, RayDemoReport
 log = logging.getLogger(__name__)
 
 
-def _distinct_texts(task_list: list[dict[str, Any]], registry: str) -> int:
-    from ..manager import normalise_query
-    from ..registry import field_texts, load_registry
-
-    texts = {t for tool in load_registry(registry).tools for t in field_texts(tool).values()}
-    texts |= {normalise_query(q) for task in task_list for q in task["searches"]}
-    return len(texts)
-
-
 def _wait_holding_cpu(ref: Any) -> Any:
     """Wait for ``ref`` in a task without lending its CPU (``ray.get`` would): so that the
     ``in_flight`` tasks at a barrier are ``in_flight`` distinct workers, one per CPU."""
@@ -205,7 +196,7 @@ def run_ray_demo(
     compare: bool = False,
 ) -> RayDemoReport:
     """Run the workload on Ray and measure it (see the module doc)."""
-    from .workload import make_tasks
+    from .workload import distinct_texts_needed, make_tasks
 
     task_list = make_tasks(tasks, registry)
     single = None
@@ -296,7 +287,7 @@ def run_ray_demo(
             head=head,
             texts_embedded=texts,
             model_calls=calls,
-            distinct_texts=_distinct_texts(task_list, registry),
+            distinct_texts=distinct_texts_needed(task_list, registry),
             index_builds=stats["index_builds"],
             results=results,
             single_machine=single,
