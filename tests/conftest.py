@@ -21,15 +21,10 @@ from helpers.embedders import RecordingEmbedder
 from helpers.extras import requires
 from helpers.services import ServiceFactory
 
+from embedshare.env import ENV_ADDRESS, ENV_MODEL, ENV_ON_FAILURE, ENV_REGISTRY, ENV_STORE
 from embedshare.service.launcher import EmbeddingService
 
-ENV_VARS = (
-    "EMBEDSHARE_ADDRESS",
-    "EMBEDSHARE_STORE",
-    "EMBEDSHARE_MODEL",
-    "EMBEDSHARE_REGISTRY",
-    "EMBEDSHARE_ON_FAILURE",
-)
+ENV_VARS = (ENV_ADDRESS, ENV_STORE, ENV_MODEL, ENV_REGISTRY, ENV_ON_FAILURE)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -46,7 +41,7 @@ def clean_embedshare_env(monkeypatch, tmp_path):
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     # Anything that falls back to the default store lands in this test's tmp dir.
-    monkeypatch.setenv("EMBEDSHARE_STORE", str(tmp_path / "default-store"))
+    monkeypatch.setenv(ENV_STORE, str(tmp_path / "default-store"))
     from embedshare.access import reset_embedding_manager
 
     reset_embedding_manager()

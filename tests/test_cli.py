@@ -269,3 +269,18 @@ def test_the_command_s_entry_point_loads_nothing_a_spawned_worker_would_repeat()
     # and ``python -m embedshare`` is the same command
     helped = subprocess.run([sys.executable, "-m", "embedshare", "--help"], capture_output=True, text=True, timeout=60)
     assert helped.returncode == 0 and "demo" in helped.stdout and "serve" in helped.stdout
+
+
+def test_the_ray_demo_module_names_the_command_instead_of_doing_nothing():
+    """``python -m embedshare.bench.ray_demo`` lost its entry (bench may not import cli): it
+    says which command it is now and exits non-zero, rather than exit 0 with no output."""
+    import subprocess
+    import sys
+
+    ran = subprocess.run(
+        [sys.executable, "-m", "embedshare.bench.ray_demo", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert ran.returncode == 1 and ran.stdout == ""
+    assert ran.stderr.strip().splitlines() == [
+        "error: run 'python -m embedshare.cli ray-demo' (or 'embedshare ray-demo'); this module is not a command"
+    ]

@@ -4,7 +4,7 @@
   their node's service, with the index read from Ray's object store;
 - the model embeds each distinct text once in the whole cluster;
 - killing a node's service actor mid-run loses no task;
-- the demo hook (python -m embedshare.bench.ray_demo) measures what it says.
+- the demo hook (python -m embedshare.cli ray-demo) measures what it says.
 
 Every wait is on a fact (a gate actor, an actor's death, a process's exit), never a timer.
 One cluster for the module (about 15 s to start); each test runs as its own Ray job with a

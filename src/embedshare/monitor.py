@@ -86,11 +86,13 @@ def _batch_sum(stats: Mapping[str, Any]) -> float:
     return float(summary.get("mean") or 0.0) * summary["count"]
 
 
-def _mb(value: int | None) -> str:
+def format_mb(value: int | None) -> str:
+    """Bytes as megabytes (one decimal), or "-" when not measured; also ``embedshare stats``'s."""
     return f"{value / MB:.1f} MB" if value is not None else "-"
 
 
-def _ms(value: float | None) -> str:
+def format_ms(value: float | None) -> str:
+    """Seconds as milliseconds (two decimals), or "-" when there are none; also ``embedshare stats``'s."""
     return f"{value * 1000:.2f} ms" if value is not None else "-"
 
 
@@ -109,7 +111,7 @@ def render(stats: StatsWithMemory, rates: Rates) -> Any:
 
     head = Text()  # short lines: the frame fits an 80-column terminal
     head.append("embedshare top", style="bold")
-    head.append(f"  service pid {stats['pid']}  up {_duration(stats['uptime_s'])}  PSS {_mb(stats.get('pss'))}\n")
+    head.append(f"  service pid {stats['pid']}  up {_duration(stats['uptime_s'])}  PSS {format_mb(stats.get('pss'))}\n")
     head.append(f"model {stats['model_id']} ({stats['dim']} dims)  tools {stats.get('tools', 0)}\n")
     head.append(f"store {stats['store']}")
     if stats.get("http"):
@@ -131,8 +133,8 @@ def render(stats: StatsWithMemory, rates: Rates) -> Any:
     for column in ("p50", "p99", "queue", "max queue", "errors"):
         waits.add_column(column, justify="right")
     waits.add_row(
-        _ms(latency.get("p50")),
-        _ms(latency.get("p99")),
+        format_ms(latency.get("p50")),
+        format_ms(latency.get("p99")),
         str(stats["queue_depth"]),
         str(stats["max_queue_depth"]),
         str(stats["errors"]),
@@ -154,7 +156,7 @@ def render(stats: StatsWithMemory, rates: Rates) -> Any:
         note = "this command" if client["pid"] == os.getpid() else ""
         clients.add_row(
             str(client["pid"]) if client["pid"] is not None else "tcp",
-            _mb(client.get("pss")),
+            format_mb(client.get("pss")),
             str(client["requests"]),
             _duration(max(0.0, now - client["connected"])),
             note,

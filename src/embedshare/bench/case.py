@@ -68,20 +68,8 @@ def _ms(seconds: list[float], q: float) -> float | None:
 
 
 def _model_seconds(stats: StatsReply) -> float:
-    summary = stats["model_call_seconds"]
-    return (summary.get("mean") or 0.0) * summary.get("count", 0)
-
-
-def distinct_texts_needed(tasks: list[dict[str, Any]], registry: str, preload: list[str]) -> int:
-    """Distinct texts the task set needs embedded: the index's field texts, what is
-    preloaded, and every (normalised) search query."""
-    from ..manager import normalise_query
-    from ..registry import field_texts, load_registry
-
-    texts = {t for tool in load_registry(registry).tools for t in field_texts(tool).values()}
-    texts.update(preload)
-    texts.update(normalise_query(q) for task in tasks for q in task["searches"])
-    return len(texts)
+    """Seconds the service's model has spent in calls since it started."""
+    return stats["model_call_seconds"]["sum"]
 
 
 def run_case(spec: dict[str, Any]) -> dict[str, Any]:
@@ -98,7 +86,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     from ..pool.workers import WorkerPool, blas_thread_env
     from ..util.memory import MB, BareInterpreter, measure
     from . import designs
-    from .workload import common_queries, make_tasks, run_task
+    from .workload import common_queries, distinct_texts_needed, make_tasks, run_task
 
     design, model, workers = spec["design"], spec["model"], int(spec["workers"])
     registry = spec["registry"]

@@ -3,7 +3,8 @@
     embedshare ray-demo --nodes 3 --in-flight 25 --tasks 2000 --model local --compare
     embedshare ray-demo --address auto ...      # on a real cluster (ray start ...)
 
-(``python -m embedshare.bench.ray_demo`` is the same command.)
+(``python -m embedshare.cli ray-demo`` is the same command; this module has no entry of its own,
+because bench may not import cli, the layer above it.)
 
 Without ``--address`` it starts a local cluster of ``--nodes`` simulated nodes (processes of
 this machine, on loopback), with the ``--in-flight`` CPUs split between them. It deploys
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from typing import Any
@@ -26,15 +28,6 @@ from typing import Any
 from .ray_demo_report import MB, RayDemoReport
 
 log = logging.getLogger(__name__)
-
-
-def _distinct_texts(task_list: list[dict[str, Any]], registry: str) -> int:
-    from ..manager import normalise_query
-    from ..registry import field_texts, load_registry
-
-    texts = {t for tool in load_registry(registry).tools for t in field_texts(tool).values()}
-    texts |= {normalise_query(q) for task in task_list for q in task["searches"]}
-    return len(texts)
 
 
 def _wait_holding_cpu(ref: Any) -> Any:
@@ -203,7 +196,7 @@ def run_ray_demo(
     compare: bool = False,
 ) -> RayDemoReport:
     """Run the workload on Ray and measure it (see the module doc)."""
-    from .workload import make_tasks
+    from .workload import distinct_texts_needed, make_tasks
 
     task_list = make_tasks(tasks, registry)
     single = None
@@ -294,7 +287,7 @@ def run_ray_demo(
             head=head,
             texts_embedded=texts,
             model_calls=calls,
-            distinct_texts=_distinct_texts(task_list, registry),
+            distinct_texts=distinct_texts_needed(task_list, registry),
             index_builds=stats["index_builds"],
             results=results,
             single_machine=single,
@@ -313,3 +306,7 @@ def run_ray_demo(
             if cluster is not None:
                 cluster.shutdown()
             shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":  # its entry went with the cli/ package: say which command it is now
+    sys.exit("error: run 'python -m embedshare.cli ray-demo' (or 'embedshare ray-demo'); this module is not a command")

@@ -11,6 +11,7 @@ import os
 import random
 import re
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,18 @@ def make_tasks(count: int, registry: str = "bundled", seed: int = 7) -> list[dic
         similar = rng.choices(tools, tool_weights, k=rng.choice((2, 2, 2, 3, 3, 2, 2, 3, 2, 2)))  # ~2.3
         tasks.append({"id": i, "searches": searches, "similar": similar})
     return tasks
+
+
+def distinct_texts_needed(tasks: list[dict[str, Any]], registry: str, preload: Iterable[str] = ()) -> int:
+    """Distinct texts the task set needs embedded: the index's field texts, what is
+    preloaded, and every (normalised) search query."""
+    from ..manager import normalise_query
+    from ..registry import field_texts
+
+    texts = {t for tool in load_registry(registry).tools for t in field_texts(tool).values()}
+    texts.update(preload)
+    texts.update(normalise_query(q) for task in tasks for q in task["searches"])
+    return len(texts)
 
 
 def run_task(task: dict[str, Any]) -> dict[str, Any]:

@@ -39,27 +39,24 @@ def stats(as_json: bool, store: Path | None) -> None:
         click.echo(_format_stats(data))
 
 
-def _pss_mb(value: int | None) -> str:
-    return f"{value / 2**20:.1f} MB" if value is not None else "-"
-
-
 def _format_stats(s: StatsWithMemory) -> str:
+    from ..monitor import format_mb, format_ms
+
     lat = s["request_latency"]
     batch = s["batch_size"]
-    ms = lambda v: f"{v * 1000:.2f} ms" if v is not None else "-"  # noqa: E731
     lines = [
         f"service pid {s['pid']}  model {s['model_id']} ({s['dim']} dims)  up {s['uptime_s']:.0f} s"
-        + (f"  PSS {s['pss'] / 2**20:.1f} MB" if s["pss"] is not None else ""),
+        + (f"  PSS {format_mb(s['pss'])}" if s["pss"] is not None else ""),
         f"store {s['store']}  tools {s['tools']}",
         f"requests {s['requests']}  errors {s['errors']}  corrupt vectors replaced "
         f"{s.get('corrupt_vectors', 0)}  texts {s['texts']}  "
         f"hits {s['hits']}  misses {s['misses']}  joined in-flight {s['joined_inflight']}",
         f"model calls {s['model_calls']}  texts embedded {s['texts_embedded']}  "
         f"mean batch {batch['mean'] or 0:.1f}  queue {s['queue_depth']} (max {s['max_queue_depth']})",
-        f"latency p50 {ms(lat['p50'])}  p99 {ms(lat['p99'])}",
+        f"latency p50 {format_ms(lat['p50'])}  p99 {format_ms(lat['p99'])}",
         f"clients {len(s['clients'])}:",
         *(
-            f"  pid {c['pid'] if c['pid'] is not None else 'tcp':>7}  PSS {_pss_mb(c['pss'])}"
+            f"  pid {c['pid'] if c['pid'] is not None else 'tcp':>7}  PSS {format_mb(c['pss'])}"
             f"  requests {c['requests']}" + ("  (this command)" if c["pid"] == os.getpid() else "")
             for c in s["clients"]
         ),

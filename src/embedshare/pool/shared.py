@@ -169,13 +169,21 @@ class SharedPool:
             max_batch=max_batch,
             max_wait_ms=max_wait_ms,
         )
-        self.store = Path(self.service.config.store)
-        self.model = self.service.config.model
         self._pool: WorkerPool | None = None
         self._started = 0.0
         self._startup = 0.0
         self.outcomes: list[TaskOutcome] = []
         self.report: PoolReport | None = None
+
+    @property
+    def store(self) -> Path:
+        """The store folder of the pool's service."""
+        return Path(self.service.config.store)
+
+    @property
+    def model(self) -> str:
+        """The embedder spec of the pool's service (``local``, ``hash:<dim>``, ...)."""
+        return self.service.config.model
 
     def __enter__(self) -> Self:
         self._started = time.perf_counter()

@@ -149,7 +149,7 @@ class EmbeddingCache:
         self._max_map_size = max_map_size
         self._max_readers = max_readers
         self._durable = durable
-        self._guard = TxnGuard()
+        self._guard: TxnGuard  # the shared environment's: _env_for_this_process() below sets it
         self._open_lock = threading.Lock()
         self._env: lmdb.Environment | None = None
         self._opened_at_fork = -1  # the value of _forks when this process opened it

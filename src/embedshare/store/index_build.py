@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,11 @@ from .index import DATA_FILES, FORMAT_VERSION, ToolIndex, ToolIndexError, file_s
 
 EmbedFn = Callable[[list[str]], np.ndarray]
 ANN_MIN_TOOLS = 100_000  # from here on an approximate index takes over search_hits (bench/README.md)
+
+
+def _manifest_files(folder: Path, names: Iterable[str]) -> dict[str, dict[str, int | str]]:
+    """The manifest's entry for each of ``names`` in ``folder``: its size and SHA-256."""
+    return {name: {"bytes": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)} for name in names}
 
 
 def build_index(
@@ -100,10 +105,7 @@ def build_index(
             "registry_source": registry.source,
             "fields": list(FIELDS),
             "categories": categories,
-            "files": {
-                fname: {"bytes": (tmp / fname).stat().st_size, "sha256": file_sha256(tmp / fname)}
-                for fname in DATA_FILES
-            },
+            "files": _manifest_files(tmp, DATA_FILES),
         }
         if n >= (ANN_MIN_TOOLS if ann_min_tools is None else ann_min_tools):
             from .ann import ANN_FILES, build_ivf
@@ -111,10 +113,7 @@ def build_index(
             build_ivf(arrays["vectors.npy"], tmp)
             manifest["ann"] = {
                 "kind": "ivf-flat",
-                "files": {
-                    fname: {"bytes": (tmp / fname).stat().st_size, "sha256": file_sha256(tmp / fname)}
-                    for fname in ANN_FILES
-                },
+                "files": _manifest_files(tmp, ANN_FILES),
             }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         for path in tmp.iterdir():
