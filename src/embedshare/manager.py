@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import settings
-from .embedders import Embedder, create_embedder, validate_text, validate_texts
+from .embedders import Embedder, validate_text, validate_texts
 from .env import default_store
 from .registry import Registry, load_registry
 from .sources.base import NoIndexError, VectorSource
@@ -304,8 +304,4 @@ def _local_source(
     from .sources.local import LocalSource
 
     layout = StoreLayout(store or default_store())
-    layout.make_private_root()  # 0700, or refused if another user could write it
-    embedder = create_embedder(model, **(embedder_options or {}))
-    if cache is None:
-        cache = EmbeddingCache(layout.cache, embedder.model_id, int(embedder.dim), **(cache_options or {}))
-    return LocalSource(layout, embedder, cache, spec=model if isinstance(model, str) else None)
+    return LocalSource.open(layout, model, embedder_options=embedder_options, cache_options=cache_options, cache=cache)

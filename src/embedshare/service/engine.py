@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from ..client import protocol
-from ..embedders import create_embedder, validate_text, validate_texts
+from ..embedders import validate_text, validate_texts
 from ..registry import load_registry
 from ..sources.local import LocalSource
-from ..store import EmbeddingCache, StoreLayout, ToolIndex
+from ..store import StoreLayout, ToolIndex
 from ..store.cache import lookup
 from ..store.record import recorded_registry, registry_name, write_record
 from .batcher import Batcher
@@ -58,11 +58,9 @@ class Engine:
         """Load the model, open or build the index, record what is served, preload texts."""
         config = self.config
         threads = config.threads if config.threads and config.model.startswith("local") else None
-        embedder = create_embedder(config.model, **({"threads": threads} if threads else {}))
-        self.layout.make_private_root()  # 0700, or refused if another user could write it
-        cache = EmbeddingCache(self.layout.cache, embedder.model_id, int(embedder.dim))
-        self._source = source = LocalSource(self.layout, embedder, cache, spec=config.model)
-        load = getattr(embedder, "load", None)
+        options = {"threads": threads} if threads else None
+        self._source = source = LocalSource.open(self.layout, config.model, embedder_options=options)
+        load = getattr(source.embedder, "load", None)
         if load:
             load()
         if config.registry:

@@ -9,14 +9,13 @@ given no registry finds it.
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..embedders import Embedder
+from ..embedders import Embedder, create_embedder
 from ..registry import Registry
 from ..store import CacheError, EmbeddingCache, StoreLayout, ToolIndex
 from ..store.index_build import open_or_build_index
@@ -47,9 +46,23 @@ class LocalSource(VectorSource):
         self._flights: SingleFlight[Promise] = SingleFlight(Promise)
         self._counters = Counters("model_calls", "texts_embedded", "model_seconds_ms")
         self._cache_full_warned = False
-        self._recorded_lock = threading.Lock()
-        self._recorded_checked = False  # the store's recorded registry is looked up once, lazily
-        self._recorded: ToolIndex | None = None
+
+    @classmethod
+    def open(
+        cls,
+        layout: StoreLayout,
+        model: str | Embedder,
+        *,
+        embedder_options: dict[str, Any] | None = None,
+        cache_options: dict[str, Any] | None = None,
+        cache: EmbeddingCache | None = None,
+    ) -> LocalSource:
+        """``model`` (a spec or an embedder) on the store's cache (or ``cache``, already open)."""
+        layout.make_private_root()  # 0700, or refused if another user could write it
+        embedder = create_embedder(model, **(embedder_options or {}))
+        if cache is None:
+            cache = EmbeddingCache(layout.cache, embedder.model_id, int(embedder.dim), **(cache_options or {}))
+        return cls(layout, embedder, cache, spec=model if isinstance(model, str) else None)
 
     def __repr__(self) -> str:
         return f"LocalSource(store={str(self.layout.root)!r}, model={self.model_id!r})"
@@ -113,20 +126,13 @@ class LocalSource(VectorSource):
         return index
 
     def served_index(self, embed: EmbedFn) -> ToolIndex | None:
-        """The registry the store records (``store/record.py``), opened once, on first use.
+        """The registry the store records (``store/record.py``); its callers ask once.
 
         Its index folder is opened as is when it was built with this model (it keeps its own
         copy of the tools); with another model it is built again from the recorded source.
         """
-        if self._recorded_checked:
-            return self._recorded
-        with self._recorded_lock:
-            if not self._recorded_checked:
-                recorded = recorded_registry(self.layout)
-                if recorded is not None:
-                    self._recorded = self._open_recorded(recorded, embed)
-                self._recorded_checked = True
-        return self._recorded
+        recorded = recorded_registry(self.layout)
+        return None if recorded is None else self._open_recorded(recorded, embed)
 
     def _open_recorded(self, recorded: dict[str, Any], embed: EmbedFn) -> ToolIndex:
         from ..registry import load_registry
