@@ -482,6 +482,57 @@ def test_a_task_asking_for_a_registry_gets_the_deployment_s_or_a_clear_error(dep
     assert missing["error"] == "RegistryError" and "missing.json" in missing["message"]
 
 
+@ray.remote(num_cpus=0)
+class LongLivedActor:
+    """An actor whose managers outlive the deployment they attached to."""
+
+    def __init__(self) -> None:
+        from embedshare.ray import RayEmbeddingManager
+
+        self.managers = {"asked bundled": RayEmbeddingManager(registry="bundled"), "asked none": RayEmbeddingManager()}
+
+    def use(self, texts: list[str]) -> dict:
+        out = {}
+        for name, manager in self.managers.items():
+            try:
+                manager.get_embeddings(texts)
+                out[name] = {
+                    "store": str(manager.layout.root),
+                    "cache": str(manager.cache.path),
+                    "tools": sorted(r.name for r in manager.search("read a csv file", k=50)),
+                }
+            except Exception as exc:
+                out[name] = {"error": type(exc).__name__, "message": str(exc)}
+        return out
+
+
+def test_a_worker_that_outlives_its_deployment_takes_the_next_one_whole_or_refuses_it(job, tmp_path):
+    """A long-lived actor's managers, after the deployment is shut down and another one (another
+    store root, another registry) started: they move to its store, cache and index together, and
+    one that asked for the old registry says the new one is not it (never its answers)."""
+    first, second = (tempfile.mkdtemp(prefix="esr-", dir="/tmp") for _ in range(2))
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(dict(list(json.loads(bundled_registry_path().read_text()).items())[:3])))
+    other_tools = sorted(tool.name for tool in load_registry(str(other)).tools)
+    try:
+        embedshare_ray.init(model=MODEL, registry="bundled", store_root=first)
+        actor = LongLivedActor.options(**on_node(job[0])).remote()
+        before = ray.get(actor.use.remote([f"first deployment {i}" for i in range(10)]))
+        assert all(got["store"].startswith(first) for got in before.values()), before
+        embedshare_ray.shutdown()
+        embedshare_ray.init(model=MODEL, registry=str(other), store_root=second)
+        after = ray.get(actor.use.remote([f"second deployment {i}" for i in range(10)]))
+    finally:
+        embedshare_ray.shutdown()
+        for root in (first, second):
+            shutil.rmtree(root, ignore_errors=True)
+    moved = after["asked none"]
+    assert "error" not in moved, moved
+    assert moved["store"].startswith(second) and moved["cache"].startswith(moved["store"]), moved
+    assert moved["tools"] == other_tools
+    assert after["asked bundled"]["error"] == "RegistryMismatchError", after["asked bundled"]
+
+
 def test_error_and_local_policies_when_the_node_service_is_gone(deployment, local, job):
     gate = Gate.remote()
     texts = [f"policy text {i}" for i in range(30)]  # owned by every node

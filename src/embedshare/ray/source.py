@@ -200,12 +200,12 @@ class RayEmbeddingManager(EmbeddingManager):
                     raise
                 info = {**self._call_coordinator("node", self.node_id, True), "index": info["index"]}
         self._model = model
+        self._wanted, self._wanted_name = wanted, str(registry)
         self._node = RayNodeSource(self.node_id, info, service, _object_store_index(info["index"]))
         source = FailoverSource(self._node, policy, revive=self._revive)
         try:
             super().__init__(source=source, search_cache_size=search_cache_size)
-            if wanted is not None:
-                check_deployment_registry(str(registry), wanted, deployment_registry(self._node.index))
+            self._check_wanted_registry()
         except BaseException:
             source.close()
             raise
@@ -237,6 +237,11 @@ class RayEmbeddingManager(EmbeddingManager):
             reply = getattr(self._coordinator, method).remote(*args).future().result()
         return reply
 
+    def _check_wanted_registry(self) -> None:
+        """The registry this worker asked for must be the one its deployment serves."""
+        if self._wanted is not None:
+            check_deployment_registry(self._wanted_name, self._wanted, deployment_registry(self._node.index))
+
     def _revive(self) -> bool:
         """The ``restart`` policy on Ray: the coordinator starts this node's actor and service
         again; a new deployment (another store root) is taken over whole."""
@@ -245,9 +250,17 @@ class RayEmbeddingManager(EmbeddingManager):
         if info["address"] != self._node.service.address:
             index = _object_store_index(self._call_coordinator("attach", self.node_id)["index"])
             self._node.rebind(ServiceSource(info["address"], self._model, **self._timeouts), index)
-            self.cache = self._node.cache
+            # Every copy of the store's handles is the new deployment's; the old cache is let go
+            # (released when the last thread reading it is done with it).
+            for holder in (self._source, self):
+                holder.cache, holder.layout = self._node.cache, self._node.layout
+            self._check_wanted_registry()  # never another registry's answers
             if index is not None:
                 self.use_index(index)
+            else:  # it serves none: searches say so, rather than search the old deployment's
+                with self._lock:
+                    self._index, self._index_resolved = None, False
+                    self._search_cache.clear()
         return True
 
 
