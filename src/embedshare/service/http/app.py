@@ -73,10 +73,8 @@ from .inputs import input_texts, read_json
 from .probes import probe_routes
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..config import ServiceConfig
     from ..engine import Engine
     from ..limits import ByteBudget
-    from ..metrics import ServiceMetrics
 
 log = logging.getLogger("embedshare.service.http")
 
@@ -95,15 +93,10 @@ def count_tokens(texts: list[str]) -> int:
     return sum(sum(1 for _ in _TOKEN.finditer(text)) for text in texts)
 
 
-def create_app(
-    engine: Engine,
-    metrics: ServiceMetrics,
-    config: ServiceConfig,
-    budget: ByteBudget,
-    stats: Callable[[], StatsReply],
-) -> Any:
-    """The ASGI app over a service's ``engine``; request bodies share ``budget``, and
-    ``/metrics`` reads ``stats`` (the whole service's)."""
+def create_app(engine: Engine, budget: ByteBudget, stats: Callable[[], StatsReply]) -> Any:
+    """The ASGI app over a service's ``engine`` (and its config and metrics); request bodies
+    share ``budget``, and ``/metrics`` reads ``stats`` (the whole service's)."""
+    config, metrics = engine.config, engine.metrics
 
     async def ready() -> None:
         await engine.ready()  # like a socket request: wait while the model loads
