@@ -327,12 +327,10 @@ class FrameServer:
         return {**await self.engine.hello(message.get("model_id"))}
 
     async def _op_embed(self, message: dict[str, Any]) -> dict[str, Any]:
-        await self.engine.ready()
         vectors, _ = await self.engine.embed(protocol.request_texts(message))
         return {"n": vectors.shape[0], "dim": vectors.shape[1], "vectors": vectors.tobytes()}
 
     async def _op_preload(self, message: dict[str, Any]) -> dict[str, Any]:
-        await self.engine.ready()
         _, computed = await self.engine.embed(protocol.request_texts(message))
         return {"new": computed}
 

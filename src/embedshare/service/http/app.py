@@ -189,7 +189,7 @@ def create_app(engine: Engine, budget: ByteBudget, stats: Callable[[], StatsRepl
                     code="invalid_value",
                 )
         try:
-            vectors, _ = await engine.embed(texts)
+            vectors, _ = await engine.embed_checked(texts)  # input_texts checked them
         except InvalidTextError as exc:
             raise ApiError(400, str(exc), param="input", code="invalid_value") from None
         except EmbedderError as exc:
