@@ -54,17 +54,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-try:
-    import uvicorn  # noqa: F401 - part of the extra this message names; endpoint.py runs it
-    from starlette.applications import Starlette
-    from starlette.requests import ClientDisconnect, Request
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "the HTTP endpoint needs starlette, uvicorn and prometheus-client: pip install 'embedshare[http]'"
-    ) from exc
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from ...client.protocol import StatsReply
 from ...embedders import EmbedderError, InvalidTextError
@@ -80,9 +73,6 @@ log = logging.getLogger("embedshare.service.http")
 
 OFFLOAD_VALUES = 200_000  # encode replies with more floats than this in a thread, off the loop
 _TOKEN = re.compile(r"\w+|[^\w\s]")
-
-
-# -- the address ---------------------------------------------------------------------------------
 
 
 # -- the app ------------------------------------------------------------------------------------
@@ -250,6 +240,3 @@ def _reply(vectors: np.ndarray, texts: list[str], encoding: str, model: str) -> 
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
     return json.dumps(body, separators=(",", ":")).encode()
-
-
-# -- host check ---------------------------------------------------------------------------------

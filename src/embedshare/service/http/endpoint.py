@@ -14,7 +14,14 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import uvicorn
+try:  # the first import of the `http` extra on the service's path: say which extra is missing
+    import prometheus_client  # noqa: F401 - probes.py serves /metrics with it
+    import starlette  # noqa: F401 - app.py, guard.py and probes.py build on it
+    import uvicorn
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "the HTTP endpoint needs starlette, uvicorn and prometheus-client: pip install 'embedshare[http]'"
+    ) from exc
 
 from ...client.protocol import StatsReply
 from .address import http_token, is_loopback, parse_http_address
