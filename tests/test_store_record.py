@@ -174,3 +174,19 @@ def test_a_service_started_with_a_registry_records_it(store, zoo, make_service):
     record = json.loads(StoreLayout(store).record.read_text())
     assert record["registry"]["hash"] == load_registry(zoo).content_hash
     assert Path(record["registry"]["index"], "tools.jsonl").exists()
+
+
+def test_a_service_start_does_not_rewrite_the_record_its_index_build_just_wrote(store, zoo, monkeypatch):
+    from embedshare.service import engine as engine_module
+    from embedshare.service.config import ServiceConfig
+    from embedshare.service.metrics import ServiceMetrics
+
+    writes = []
+    real_write = engine_module.write_record
+    monkeypatch.setattr(engine_module, "write_record", lambda *a, **kw: writes.append(kw) or real_write(*a, **kw))
+    engine = engine_module.Engine(ServiceConfig(store=store, model="hash:64", registry=str(zoo)), ServiceMetrics())
+    engine.load()
+    assert writes == []  # LocalSource.index_for wrote this very record a moment before
+    record = json.loads(StoreLayout(store).record.read_text())
+    assert record["registry"]["hash"] == load_registry(zoo).content_hash and record["registry"]["tools"] == 2
+    assert record["model"]["spec"] == "hash:64"

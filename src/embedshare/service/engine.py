@@ -31,7 +31,7 @@ from ..registry import load_registry
 from ..sources.local import LocalSource
 from ..store import EmbeddingCache, StoreLayout, ToolIndex
 from ..store.cache import lookup
-from ..store.record import recorded_registry, registry_name, write_record
+from ..store.record import RECORD_VERSION, read_record, recorded_registry, registry_name, write_record
 from .batcher import Batcher
 from .config import ServiceConfig
 from .metrics import ServiceMetrics
@@ -95,16 +95,17 @@ class Engine:
                 self.served_config = dataclasses.replace(self.config, registry=name)
             self._registry = {"hash": registry_hash, "source": name, "index": str(index.path)}
         registry = self._registry
-        write_record(
-            self.layout,
-            model=self.config.model,
-            model_id=source.model_id,
-            dim=source.dim,
-            registry_hash=registry["hash"] if registry else None,
-            registry_source=registry["source"] if registry else None,
-            index=registry["index"] if registry else None,
-            tools=len(index) if index is not None else None,
-        )
+        served: dict[str, Any] = {
+            "model": self.config.model,
+            "model_id": source.model_id,
+            "dim": source.dim,
+            "registry_hash": registry["hash"] if registry else None,
+            "registry_source": registry["source"] if registry else None,
+            "index": registry["index"] if registry else None,
+            "tools": len(index) if index is not None else None,
+        }
+        if not _recorded_already(self.layout, **served):  # index_for has often just written it
+            write_record(self.layout, **served)
 
     def start(self) -> None:
         """Start the batcher and answer (in the loop, once :meth:`load` has returned)."""
@@ -215,3 +216,28 @@ class Engine:
         """Let the batches under way finish and be cached."""
         if self._batcher is not None:
             await self._batcher.aclose()
+
+
+def _recorded_already(
+    layout: StoreLayout,
+    *,
+    model: str | None,
+    model_id: str,
+    dim: int,
+    registry_hash: str | None,
+    registry_source: str | None,
+    index: str | None,
+    tools: int | None,
+) -> bool:
+    """Whether ``store.json`` already holds what ``write_record`` would write from these
+    arguments (the same record, whole): then rewriting it is skipped. Any difference, or a
+    record shape this does not know, is False, and the record is written."""
+    registry = (
+        {"hash": registry_hash, "source": registry_source, "index": index, "tools": tools} if registry_hash else None
+    )
+    wanted = {
+        "version": RECORD_VERSION,
+        "model": {"spec": model, "model_id": model_id, "dim": int(dim)},
+        "registry": registry,
+    }
+    return read_record(layout) == wanted
