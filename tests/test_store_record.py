@@ -174,3 +174,23 @@ def test_a_service_started_with_a_registry_records_it(store, zoo, make_service):
     record = json.loads(StoreLayout(store).record.read_text())
     assert record["registry"]["hash"] == load_registry(zoo).content_hash
     assert Path(record["registry"]["index"], "tools.jsonl").exists()
+
+
+def test_a_record_that_already_says_the_same_is_not_written_again(store, zoo):
+    """A service start right after its index build records what the build recorded: one
+    write (an fsync'd rename), not two; anything different is written."""
+    from embedshare.store.record import write_record
+
+    served = {
+        "model": "hash:64",
+        "model_id": "hash-64",
+        "dim": 64,
+        "registry_hash": "ab" * 32,
+        "registry_source": str(zoo),
+    }
+    write_record(store, index="/i", tools=2, **served)
+    first = StoreLayout(store).record.stat()
+    write_record(store, index="/i", tools=2, **served)
+    assert StoreLayout(store).record.stat().st_ino == first.st_ino  # the same file: not rewritten
+    write_record(store, index="/other", tools=2, **served)
+    assert json.loads(StoreLayout(store).record.read_text())["registry"]["index"] == "/other"

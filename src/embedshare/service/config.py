@@ -27,6 +27,7 @@ from ..env import ENV_HTTP_TOKEN, default_store
 from ..settings import SettingError, seconds, whole_number
 
 Check = Callable[[str, Any], Any]  # (field name, value) -> the value to keep, or SettingError
+_T = typing.TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -58,23 +59,23 @@ def _duration(*, allow_zero: bool = False, unit: str = "seconds") -> Check:
     return lambda name, value: seconds(name, value, allow_zero=allow_zero, unit=unit)
 
 
-def _optional(check: Check) -> Check:
+def _optional(check: Callable[[str, Any], _T]) -> Callable[[str, Any], _T | None]:
     return lambda name, value: None if value is None else check(name, value)
 
 
-def _folder(name: str, value: Any) -> str:
-    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
-        raise SettingError(f"{name} must be a folder path, got {value!r}")
-    return str(Path(value).expanduser().resolve())
-
-
-def _file(name: str, value: Any) -> str | None:
+def _path(kind: str) -> Callable[[str, Any], str]:
     """An absolute path: the service process may run in another folder than its caller."""
-    if value is None:
-        return None
-    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
-        raise SettingError(f"{name} must be a file path, got {value!r}")
-    return str(Path(value).expanduser().resolve())
+
+    def check(name: str, value: Any) -> str:
+        if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+            raise SettingError(f"{name} must be a {kind} path, got {value!r}")
+        return str(Path(value).expanduser().resolve())
+
+    return check
+
+
+_folder = _path("folder")
+_file = _optional(_path("file"))
 
 
 def _model_spec(name: str, value: Any) -> str:

@@ -10,7 +10,7 @@ model, the cache or the index, they ask here, through public methods only:
   ready: ``ready()`` returns, ``is_ready`` is true;
 - ``embed(texts)``, ``hello(model_id)`` and ``stats()`` answer requests; ``embed`` and
   ``hello`` wait while the model loads, so a client that comes early is answered late, not
-  refused;
+  refused; ``embed_checked(texts)`` is ``embed`` for texts the listener has checked already;
 - ``aclose()`` lets the batches under way finish and be cached.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..client import protocol
-from ..embedders import validate_text, validate_texts
+from ..embedders import validate_texts
 from ..registry import load_registry
 from ..sources.local import LocalSource
 from ..store import StoreLayout, ToolIndex
@@ -93,7 +93,7 @@ class Engine:
                 self.served_config = dataclasses.replace(self.config, registry=name)
             self._registry = {"hash": registry_hash, "source": name, "index": str(index.path)}
         registry = self._registry
-        write_record(
+        write_record(  # unchanged when index_for has just written the same (record.py)
             self.layout,
             model=self.config.model,
             model_id=source.model_id,
@@ -146,8 +146,13 @@ class Engine:
     async def embed(self, texts: list[Any]) -> tuple[np.ndarray, int]:
         """The vectors of ``texts`` (each checked), and how many of them missed the cache."""
         await self._ready.wait()
+        return await self.embed_checked(validate_texts(texts))
+
+    async def embed_checked(self, clean: list[str]) -> tuple[np.ndarray, int]:
+        """:meth:`embed` for texts a listener has already checked with ``validate_text`` (the
+        HTTP endpoint's ``input``): each is not encoded and checked a second time."""
+        await self._ready.wait()
         assert self._batcher is not None
-        clean = [validate_text(t, f"texts[{i}]") for i, t in enumerate(texts)]
         found = lookup(self.source.cache, clean)
         misses = int(found.missing.size)
         self.metrics.add(embed_requests=1, texts=len(clean), hits=len(clean) - misses, misses=misses)

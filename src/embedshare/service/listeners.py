@@ -33,7 +33,6 @@ from ..store import CacheError
 from .engine import Engine
 from .http.address import is_loopback
 from .limits import ByteBudget, Listener, Slot
-from .metrics import ServiceMetrics
 from .token_file import read_token_file
 
 log = logging.getLogger("embedshare.service")
@@ -63,7 +62,6 @@ class FrameServer:
     def __init__(
         self,
         engine: Engine,
-        metrics: ServiceMetrics,
         *,
         socket_listener: Listener,
         tcp_listener: Listener,
@@ -72,7 +70,7 @@ class FrameServer:
         stop: Callable[[], None],
     ) -> None:
         self.engine = engine
-        self.metrics = metrics
+        self.metrics = engine.metrics
         self.socket_listener = socket_listener
         self.tcp_listener = tcp_listener
         self.frame_budget = frame_budget
@@ -329,12 +327,10 @@ class FrameServer:
         return {**await self.engine.hello(message.get("model_id"))}
 
     async def _op_embed(self, message: dict[str, Any]) -> dict[str, Any]:
-        await self.engine.ready()
         vectors, _ = await self.engine.embed(protocol.request_texts(message))
         return {"n": vectors.shape[0], "dim": vectors.shape[1], "vectors": vectors.tobytes()}
 
     async def _op_preload(self, message: dict[str, Any]) -> dict[str, Any]:
-        await self.engine.ready()
         _, computed = await self.engine.embed(protocol.request_texts(message))
         return {"new": computed}
 

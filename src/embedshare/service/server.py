@@ -72,7 +72,6 @@ class EmbeddingServer:
         self.http_budget = ByteBudget(c.max_http_buffered_mb << 20)  # HTTP bodies
         self.frames = FrameServer(
             self.engine,
-            self.metrics,
             socket_listener=self.socket_listener,
             tcp_listener=self.tcp_listener,
             frame_budget=self.frame_budget,
@@ -184,10 +183,7 @@ class EmbeddingServer:
         from .http.endpoint import HttpEndpoint
 
         return await HttpEndpoint.start(
-            self.config.http,
-            engine=self.engine,
-            metrics=self.metrics,
-            config=self.config,
+            self.engine,
             listener=self.http_listener,
             budget=self.http_budget,
             stats=self.stats,

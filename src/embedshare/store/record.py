@@ -47,7 +47,8 @@ def write_record(
     index: str | None,
     tools: int | None = None,
 ) -> None:
-    """Record what the store serves (owner-only, written whole or not at all)."""
+    """Record what the store serves (owner-only, written whole or not at all); a record that
+    already says the same is left as it is (a service start often follows an index build)."""
     layout = store if isinstance(store, StoreLayout) else StoreLayout(store)
     layout.make_private_root()  # 0700, or refused if another user could write it
     record: dict[str, Any] = {
@@ -57,6 +58,8 @@ def write_record(
     }
     if registry_hash:
         record["registry"] = {"hash": registry_hash, "source": registry_source, "index": index, "tools": tools}
+    if read_record(layout) == record:
+        return
     write_atomic(layout.record, json.dumps(record, indent=2, sort_keys=True))
 
 

@@ -11,11 +11,10 @@ import os
 from importlib.util import find_spec
 
 from ...env import ENV_HTTP_TOKEN
-from ..token_file import read_token_file
+from ..token_file import MIN_TOKEN_CHARS, read_token_file
 
 DEFAULT_HOST = "127.0.0.1"
 NEEDS = ("starlette", "uvicorn", "prometheus_client")  # the `http` extra
-MIN_TOKEN_CHARS = 16
 
 
 def parse_http_address(value: str) -> tuple[str, int]:

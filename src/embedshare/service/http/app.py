@@ -54,17 +54,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-try:
-    import uvicorn  # noqa: F401 - part of the extra this message names; endpoint.py runs it
-    from starlette.applications import Starlette
-    from starlette.requests import ClientDisconnect, Request
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "the HTTP endpoint needs starlette, uvicorn and prometheus-client: pip install 'embedshare[http]'"
-    ) from exc
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from ...client.protocol import StatsReply
 from ...embedders import EmbedderError, InvalidTextError
@@ -73,18 +66,13 @@ from .inputs import input_texts, read_json
 from .probes import probe_routes
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..config import ServiceConfig
     from ..engine import Engine
     from ..limits import ByteBudget
-    from ..metrics import ServiceMetrics
 
 log = logging.getLogger("embedshare.service.http")
 
 OFFLOAD_VALUES = 200_000  # encode replies with more floats than this in a thread, off the loop
 _TOKEN = re.compile(r"\w+|[^\w\s]")
-
-
-# -- the address ---------------------------------------------------------------------------------
 
 
 # -- the app ------------------------------------------------------------------------------------
@@ -95,15 +83,10 @@ def count_tokens(texts: list[str]) -> int:
     return sum(sum(1 for _ in _TOKEN.finditer(text)) for text in texts)
 
 
-def create_app(
-    engine: Engine,
-    metrics: ServiceMetrics,
-    config: ServiceConfig,
-    budget: ByteBudget,
-    stats: Callable[[], StatsReply],
-) -> Any:
-    """The ASGI app over a service's ``engine``; request bodies share ``budget``, and
-    ``/metrics`` reads ``stats`` (the whole service's)."""
+def create_app(engine: Engine, budget: ByteBudget, stats: Callable[[], StatsReply]) -> Any:
+    """The ASGI app over a service's ``engine`` (and its config and metrics); request bodies
+    share ``budget``, and ``/metrics`` reads ``stats`` (the whole service's)."""
+    config, metrics = engine.config, engine.metrics
 
     async def ready() -> None:
         await engine.ready()  # like a socket request: wait while the model loads
@@ -196,7 +179,7 @@ def create_app(
                     code="invalid_value",
                 )
         try:
-            vectors, _ = await engine.embed(texts)
+            vectors, _ = await engine.embed_checked(texts)  # input_texts checked them
         except InvalidTextError as exc:
             raise ApiError(400, str(exc), param="input", code="invalid_value") from None
         except EmbedderError as exc:
@@ -257,6 +240,3 @@ def _reply(vectors: np.ndarray, texts: list[str], encoding: str, model: str) -> 
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
     return json.dumps(body, separators=(",", ":")).encode()
-
-
-# -- host check ---------------------------------------------------------------------------------

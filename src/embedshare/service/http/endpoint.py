@@ -14,7 +14,14 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import uvicorn
+try:  # the first import of the `http` extra on the service's path: say which extra is missing
+    import prometheus_client  # noqa: F401 - probes.py serves /metrics with it
+    import starlette  # noqa: F401 - app.py, guard.py and probes.py build on it
+    import uvicorn
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "the HTTP endpoint needs starlette, uvicorn and prometheus-client: pip install 'embedshare[http]'"
+    ) from exc
 
 from ...client.protocol import StatsReply
 from .address import http_token, is_loopback, parse_http_address
@@ -22,10 +29,8 @@ from .app import create_app
 from .guard import MAX_HEADER_BYTES, BearerAuth, LoopbackHostOnly, guarded_protocol
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..config import ServiceConfig
     from ..engine import Engine
     from ..limits import ByteBudget, Listener
-    from ..metrics import ServiceMetrics
 
 log = logging.getLogger("embedshare.service.http")
 
@@ -80,23 +85,24 @@ class HttpEndpoint:
     @classmethod
     async def start(
         cls,
-        address: str,
-        *,
         engine: Engine,
-        metrics: ServiceMetrics,
-        config: ServiceConfig,
+        *,
         listener: Listener,
         budget: ByteBudget,
         stats: Callable[[], StatsReply],
     ) -> HttpEndpoint:
-        """Bind ``address`` (raising OSError at once if it is taken) and start serving ``engine``.
+        """Bind the engine's ``config.http`` address (raising OSError at once if it is taken) and
+        start serving ``engine``.
 
         ``listener`` caps and times the endpoint's connections, ``budget`` its request bodies.
         """
+        config, metrics = engine.config, engine.metrics
+        address = config.http
+        assert address, "the service starts its endpoint only when config.http is set"
         host, port = parse_http_address(address)
         token = http_token(config.http_token_file, config.http_no_auth, is_loopback(host), address)
         sock = _bind(host, port)
-        app: Any = create_app(engine, metrics, config, budget, stats)
+        app: Any = create_app(engine, budget, stats)
         if token is not None:
             app = BearerAuth(app, token, on_refused=lambda: metrics.add(auth_failures=1))
         if is_loopback(host):

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from typing import Any
 
@@ -61,40 +60,16 @@ class BearerAuth:
                     client[0],
                     "no Authorization header" if not given else "wrong bearer token",
                 )
-                await _send_json(
-                    send,
+                response = error_response(
                     401,
                     "a valid bearer token is required: send "
                     "'Authorization: Bearer <token>' (the openai client's api_key)",
-                    "invalid_api_key",
-                    extra=[(b"www-authenticate", b"Bearer")],
+                    code="invalid_api_key",
+                    headers={"www-authenticate": "Bearer"},
                 )
+                await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
-
-
-async def _send_json(
-    send: Any, status: int, message: str, code: str, extra: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    body = _error_body(message, code)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *(extra or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-def _error_body(message: str, code: str) -> bytes:
-    return json.dumps(
-        {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
-    ).encode()
 
 
 def guarded_protocol(listener: Listener, header_timeout: float) -> type[H11Protocol]:
@@ -130,7 +105,8 @@ def guarded_protocol(listener: Listener, header_timeout: float) -> type[H11Proto
 
         def send_400_response(self, msg: str) -> None:
             """A malformed request (bad request line or headers, too large): OpenAI's error shape."""
-            body = _error_body(f"malformed HTTP request: {msg}", "bad_request")
+            # the transport's own write, not an ASGI response: only the body is borrowed
+            body = error_response(400, f"malformed HTTP request: {msg}", code="bad_request").body
             head = (
                 b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n"
                 b"content-length: " + str(len(body)).encode() + b"\r\n\r\n"
