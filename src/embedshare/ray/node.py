@@ -32,7 +32,8 @@ from ray.exceptions import ActorUnschedulableError, RayActorError
 from ..client.connection import ServiceConnection, ServiceUnavailable
 from ..client.protocol import HelloReply
 from ..service.config import ServiceConfig
-from ..service.spawn import ServiceStartError, spawn_service
+from ..service.spawn import ServiceStartError, read_log_tail, spawn_service
+from ..sources.service import request_chunks
 from ..store import EmbeddingCache, StoreLayout
 from ..util.counters import Counters
 from ..util.singleflight import Promise, SingleFlight
@@ -42,7 +43,6 @@ log = logging.getLogger("embedshare.ray")
 
 # Failures after which asking again (a new or restarted actor) can succeed.
 RETRYABLE = (RayActorError, ActorUnschedulableError)
-CHUNK = 4096  # texts per request to a service (its frame limits)
 
 
 class NodeGone(RuntimeError):
@@ -117,7 +117,7 @@ class NodeService:
                 self._wait_exit(int(detail), deadline)
                 continue
             raise RuntimeError(
-                f"the embedshare service of node {self.node_id} did not start: {detail}\n{self._log_tail()}"
+                f"the embedshare service of node {self.node_id} did not start: {detail}\n{read_log_tail(self.layout)}"
             )
         conn = ServiceConnection(layout.socket, connect_timeout=10.0)
         self._hello = hello = conn.hello(timeout=max(1.0, deadline - time.monotonic()))
@@ -164,12 +164,6 @@ class NodeService:
             pass
         except psutil.TimeoutExpired:
             raise RuntimeError(f"another embedshare service (pid {pid}) keeps the node's store") from None
-
-    def _log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.layout.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
 
     def _close_service(self) -> None:
         if self._conn is not None:
@@ -245,8 +239,8 @@ class NodeService:
     def _request(self, texts: list[str]) -> np.ndarray:
         """Vectors from this node's service (which computes each text once and caches it)."""
         out = np.empty((len(texts), self._dim), dtype=np.float32)
-        for start in range(0, len(texts), CHUNK):
-            chunk = texts[start : start + CHUNK]
+        for start, end in request_chunks(texts):
+            chunk = texts[start:end]
             for attempt in range(4):
                 conn = self._conn
                 try:
@@ -258,7 +252,7 @@ class NodeService:
                     if attempt == 3:
                         raise
                     self.ensure()
-            out[start : start + len(chunk)] = _vectors(reply, len(chunk))
+            out[start:end] = _vectors(reply, len(chunk))
         return out
 
     def compute(self, texts: list[str]) -> np.ndarray:

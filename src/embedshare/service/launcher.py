@@ -26,7 +26,7 @@ from ..settings import SettingError
 from ..store import StoreLayout
 from .config import ServiceConfig, service_config
 from .http.address import http_token, is_loopback, parse_http_address
-from .spawn import ServiceStartError, spawn_service
+from .spawn import ServiceStartError, read_log_tail, spawn_service
 
 __all__ = ["EmbeddingService", "ServiceStartError", "restart_service", "service_state"]
 
@@ -291,10 +291,8 @@ class EmbeddingService:
             conn.close()
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.layout.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        """The last ``lines`` of this store's service log."""
+        return read_log_tail(self.layout, lines)
 
     # -- environment ----------------------------------------------------------------------
 

@@ -34,6 +34,14 @@ class ServiceStartError(RuntimeError):
         self.log_tail = log_tail
 
 
+def read_log_tail(layout: StoreLayout, lines: int = 20) -> str:
+    """The last ``lines`` of the store's service log ("" if there is none)."""
+    try:
+        return "\n".join(layout.log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
 def spawn_service(
     config: ServiceConfig,
     timeout: float,

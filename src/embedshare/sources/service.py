@@ -159,7 +159,7 @@ class ServiceSource(ServiceBackedSource):
 
     def compute(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for start, end in _chunks(texts):
+        for start, end in request_chunks(texts):
             out[start:end] = self._request_vectors(texts[start:end])
         return out
 
@@ -236,8 +236,8 @@ def check_served_registry(asked: Registry, name: str, served: protocol.ServedReg
     )
 
 
-def _chunks(texts: list[str]) -> list[tuple[int, int]]:
-    """Split a long list into requests under the frame limits."""
+def request_chunks(texts: list[str]) -> list[tuple[int, int]]:
+    """``(start, end)`` of each request a long list is split into, under the frame limits."""
     bounds, start, chars = [], 0, 0
     for i, text in enumerate(texts):
         if i > start and (i - start >= MAX_REQUEST_TEXTS or chars + len(text) > MAX_REQUEST_CHARS):
