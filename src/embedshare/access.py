@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 
 from . import settings
+from .client.address import TCP_SCHEME
 from .client.connection import ServiceStopped, ServiceUnavailable
 from .client.protocol import ServedRegistry, StatsReply
 from .client.state import stopped_on_purpose
@@ -205,7 +206,7 @@ def _create(
     store_path = Path(store).expanduser() if store else default_store()
     policy = on_failure or "local"  # EMBEDSHARE_ON_FAILURE is already read into on_failure
     address = os.environ.get(ENV_ADDRESS) or str(StoreLayout(store_path).socket)
-    if address.startswith("tcp://") or Path(address).exists():
+    if address.startswith(TCP_SCHEME) or Path(address).exists():
         try:
             return SharedEmbeddingManager(address, model=model, on_failure=on_failure, registry=registry)
         except ServiceUnavailable as exc:
@@ -257,7 +258,7 @@ def _restarted(
     store's service or starts it as it last ran (the store's lock: only one process does),
     then attaches; ``error`` raises.
     """
-    if policy == "error" or address.startswith("tcp://"):
+    if policy == "error" or address.startswith(TCP_SCHEME):
         raise exc
     from .service.launcher import restart_service
 
