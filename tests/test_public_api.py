@@ -3,6 +3,7 @@ plugs into the one manager class (the manager reads hits; the source only comput
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,3 +69,48 @@ def test_a_source_of_your_own_gets_only_the_misses_each_once(tmp_path):
 def test_a_source_and_a_store_to_build_a_local_one_from_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="not both"):
         EmbeddingManager(tmp_path / "store", source=EchoSource(tmp_path / "other"))
+
+
+def _index_of(folder: Any, tools: int) -> ToolIndex:
+    """An index of the bundled registry's first ``tools`` tools, in the hash:32 model."""
+    import json
+
+    from embedshare.registry import load_registry
+    from embedshare.registry.loader import bundled_registry_path
+    from embedshare.store.index_build import open_or_build_index
+
+    data = dict(list(json.loads(bundled_registry_path().read_text()).items())[:tools])
+    embedder = create_embedder("hash:32")
+    return open_or_build_index(folder, load_registry(data), embedder.embed, embedder.model_id, embedder.dim)
+
+
+class SlowIndexSource(EchoSource):
+    """Its served index takes a while (an index build): ``opening`` is set while it does."""
+
+    index_on_first_use = True  # opened by the first search, not by the constructor
+
+    def __init__(self, store: Any, served: ToolIndex) -> None:
+        super().__init__(store)
+        self.served, self.opening, self.release = served, threading.Event(), threading.Event()
+
+    def served_index(self, embed: Any) -> ToolIndex | None:
+        self.opening.set()
+        assert self.release.wait(30)
+        return self.served
+
+
+def test_an_index_chosen_while_the_default_one_opens_is_the_one_searched(tmp_path):
+    """``use_index`` (or ``load_registry``) in one thread while another's first search opens
+    the source's index: the choice is kept, not overwritten when the opening ends."""
+    served, chosen = (_index_of(tmp_path / name, names) for name, names in (("a", 2), ("b", 3)))
+    source = SlowIndexSource(tmp_path / "store", served)
+    manager = EmbeddingManager(source=source)
+    opened: list[ToolIndex] = []
+    first_search = threading.Thread(target=lambda: opened.append(manager.index))
+    first_search.start()
+    assert source.opening.wait(30)
+    manager.use_index(chosen)
+    source.release.set()
+    first_search.join(30)
+    assert manager.index is chosen
+    assert opened == [chosen]  # the first search too

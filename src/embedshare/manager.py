@@ -183,11 +183,12 @@ class EmbeddingManager:
         return index
 
     def _resolve_index(self) -> ToolIndex | None:
-        with self._index_lock:
+        with self._index_lock:  # one thread opens (or builds) the source's index
             if not self._index_resolved:
-                if self._index is None:
-                    self._index = self._source.served_index(self.get_embeddings)
-                self._index_resolved = True
+                served = self._source.served_index(self.get_embeddings)
+                with self._lock:  # an index chosen meanwhile (use_index) is kept
+                    if not self._index_resolved:
+                        self._index, self._index_resolved = served, True
         return self._index
 
     @property
