@@ -23,7 +23,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
-from helpers.frames import connect_raw, exchange
+from helpers.frames import closed_by_peer, connect_raw, exchange
 from helpers.services import kill_service
 from helpers.users import NEEDS_ROOT, as_other_user
 
@@ -259,3 +259,28 @@ def test_a_listener_that_never_answers_the_handshake_is_a_timeout_not_a_hang():
         ServiceConnection(f"tcp://127.0.0.1:{server.getsockname()[1]}", connect_timeout=0.5, token="t" * 32)
     assert time.monotonic() - started < 30
     server.close()
+
+
+def test_a_replayed_or_reflected_proof_is_refused(make_service, token_file):
+    """A proof is bound to both nonces and to its direction: one recorded from an earlier
+    session, or the service's own proof sent back, opens nothing."""
+    import hashlib
+    import hmac
+
+    token = token_file.read_text().strip().encode()
+    service = make_service(registry=None, tcp="127.0.0.1:0", token_file=token_file, export_env=False)
+    context = b"embedshare TCP handshake 1\x00"
+    client_nonce = os.urandom(32)
+    with connect_raw(service.tcp_address, timeout=30) as sock:  # a session someone recorded
+        first = exchange(sock, {"v": 1, "id": 0, "op": "auth", "handshake": 1, "nonce": client_nonce})
+        recorded = hmac.new(token, context + b"client" + client_nonce + first["nonce"], hashlib.sha256).digest()
+        assert exchange(sock, {"v": 1, "id": 0, "op": "auth", "proof": recorded})["ok"] is True
+    for replay in ("recorded", "reflected"):
+        with connect_raw(service.tcp_address, timeout=30) as sock:
+            challenge = exchange(sock, {"v": 1, "id": 0, "op": "auth", "handshake": 1, "nonce": client_nonce})
+            assert challenge["nonce"] != first["nonce"]
+            proof = recorded if replay == "recorded" else challenge["proof"]
+            reply = exchange(sock, {"v": 1, "id": 0, "op": "auth", "proof": proof})
+            assert reply["error"]["code"] == "unauthorized", replay
+            assert closed_by_peer(sock)
+    assert service.stats()["auth_failures"] == 2
