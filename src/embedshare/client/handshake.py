@@ -31,6 +31,8 @@ import secrets
 from collections.abc import Callable
 from typing import Any, TypeGuard
 
+from .protocol import VERSION
+
 HANDSHAKE_VERSION = 1
 AUTH_OP = "auth"
 NONCE_BYTES = 32
@@ -71,7 +73,7 @@ def client_handshake(
     connection or a timeout, pass through).
     """
     client_nonce = new_nonce()
-    send({"v": 1, "id": 0, "op": AUTH_OP, "handshake": HANDSHAKE_VERSION, "nonce": client_nonce})
+    send({"v": VERSION, "id": 0, "op": AUTH_OP, "handshake": HANDSHAKE_VERSION, "nonce": client_nonce})
     challenge = receive()
     _check_answer(challenge)
     service_nonce = challenge.get("nonce")
@@ -82,7 +84,7 @@ def client_handshake(
             "it did not prove it holds the token (it is not the embedshare service, or the token "
             "given here is not the one in the service's --token-file); nothing was sent to it"
         )
-    send({"v": 1, "id": 0, "op": AUTH_OP, "proof": proof(token, CLIENT, client_nonce, service_nonce)})
+    send({"v": VERSION, "id": 0, "op": AUTH_OP, "proof": proof(token, CLIENT, client_nonce, service_nonce)})
     accepted = receive()
     if accepted.get("ok") is not True:
         raise HandshakeError("the service proved itself but refused this client's proof")
