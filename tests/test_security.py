@@ -5,9 +5,10 @@
 - Nothing a peer sends is unpickled or evaluated: pickles sent every way get a clean error.
 - API keys never appear in the service's log (at debug level), its stats, its state file, the
   CLI's output or the errors a client sees.
-- The optional TCP listener: off by default, needs a private token file, checks the token in
-  hello with hmac.compare_digest, refuses every other op before that hello, bounds the first
-  frame and the time to send it.
+- The optional TCP listener: off by default, needs a private token file, answers only a peer that
+  completed the handshake (both ends prove they hold the token, which is never sent; the
+  impostor cases are in test_tcp_auth.py), refuses every op before it, bounds its frames and
+  the time to complete it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import psutil
 import pytest
 from helpers.extras import requires
 from helpers.figures import record
-from helpers.frames import closed_by_peer, connect_raw, exchange, frame, read_reply, request_frame
+from helpers.frames import closed_by_peer, connect_raw, exchange, frame, handshake_by_hand, read_reply, request_frame
 from helpers.users import NEEDS_ROOT, NOBODY, as_other_user
 
 from embedshare.access import SharedEmbeddingManager
@@ -242,7 +243,8 @@ def test_tcp_without_a_usable_token_file_does_not_start(tmp_path, tcp, token, wo
 
 
 def test_tcp_with_a_token_serves_only_clients_that_present_it(make_service, token_file, monkeypatch):
-    from embedshare.service.listeners import TCP_HELLO_MAX_FRAME, TCP_HELLO_TIMEOUT
+    from embedshare.client.handshake import MAX_FRAME
+    from embedshare.service.listeners import TCP_HANDSHAKE_TIMEOUT
 
     token = token_file.read_text().strip()
     monkeypatch.delenv("EMBEDSHARE_TOKEN", raising=False)
@@ -251,7 +253,7 @@ def test_tcp_with_a_token_serves_only_clients_that_present_it(make_service, toke
     assert address.startswith("tcp://127.0.0.1:")  # loopback unless another host is asked for
     port = int(address.rsplit(":", 1)[1])
     assert [(a.ip, a.port) for a in _listening(service.pid)] == [("127.0.0.1", port)]
-    idle = connect_raw(address)  # says nothing: must be cut off after TCP_HELLO_TIMEOUT
+    idle = connect_raw(address)  # says nothing: must be cut off after TCP_HANDSHAKE_TIMEOUT
     idle_since = time.monotonic()
 
     # a client with the token gets exactly what a Unix-socket client gets
@@ -267,20 +269,17 @@ def test_tcp_with_a_token_serves_only_clients_that_present_it(make_service, toke
     assert SharedEmbeddingManager(address, on_failure="error").get_embedding("env token").shape == (64,)
     monkeypatch.delenv("EMBEDSHARE_TOKEN")
 
-    # wrong or missing token: refused, counted, and said so
-    with pytest.raises(PermissionError, match="refused this client"):
+    # wrong or missing token: the service's proof does not check out, or nothing is tried
+    with pytest.raises(PermissionError, match=f"the peer at {address} failed authentication"):
         SharedEmbeddingManager(address, token="0" * len(token), on_failure="error")
-    with pytest.raises(PermissionError, match="no token given"):
+    with pytest.raises(PermissionError, match="needs its token: pass token= or set EMBEDSHARE_TOKEN"):
         SharedEmbeddingManager(address, on_failure="error")
 
-    # nothing but a hello with the token is read before that hello; the connection is closed
+    # no request is read before the handshake; the connection is closed
     refused_ops = []
-    for op in ("ping", "stats", "embed", "preload", "shutdown", "hello"):
+    for op in ("ping", "stats", "embed", "preload", "shutdown"):
         with connect_raw(address) as sock:
-            message = {"v": 1, "id": 5, "op": op, "texts": ["x"]}
-            if op == "hello":
-                message["token"] = 12345  # not even a string
-            reply = exchange(sock, message)
+            reply = exchange(sock, {"v": 1, "id": 5, "op": op, "texts": ["x"]})
             assert reply == {
                 "id": 5,
                 "ok": False,
@@ -289,23 +288,30 @@ def test_tcp_with_a_token_serves_only_clients_that_present_it(make_service, toke
             assert "token" in reply["error"]["message"]
             assert closed_by_peer(sock)
             refused_ops.append(op)
+    with connect_raw(address) as sock:  # an older client's hello, its token in the clear: told why
+        reply = exchange(sock, {"v": 1, "id": 5, "op": "hello", "token": token})
+        assert reply["id"] == 5 and reply["error"]["code"] == "handshake" and reply["handshake"] == 1
+        assert "same embedshare version on both ends" in reply["error"]["message"]
+        assert closed_by_peer(sock)
+        refused_ops.append("hello")
     with connect_raw(address) as sock:  # garbage first
         reply = exchange(sock, frame(b"\xc1 not msgpack"))
         assert reply["error"]["code"] == "bad_request" and closed_by_peer(sock)
     with connect_raw(address) as sock:  # a big first frame is refused before it is read
-        sock.sendall((TCP_HELLO_MAX_FRAME + 1).to_bytes(4, "big"))
+        sock.sendall((MAX_FRAME + 1).to_bytes(4, "big"))
         reply = read_reply(sock)
         assert reply["error"]["code"] == "too_large" and closed_by_peer(sock)
-    with connect_raw(address) as sock:  # the right hello, then anything
-        hello = exchange(sock, {"v": 1, "id": 1, "op": "hello", "token": token})
+    with connect_raw(address) as sock:  # the handshake by hand, then anything
+        handshake_by_hand(sock, token.encode())
+        hello = exchange(sock, {"v": 1, "id": 1, "op": "hello"})
         assert hello["ok"] and hello["model_id"] == EMBEDDER.model_id
         assert exchange(sock, {"v": 1, "id": 2, "op": "ping"}) == {"id": 2, "ok": True}
 
-    assert closed_by_peer(idle, timeout=TCP_HELLO_TIMEOUT + 30)
+    assert closed_by_peer(idle, timeout=TCP_HANDSHAKE_TIMEOUT + 30)
     idle_seconds = time.monotonic() - idle_since
     stats = service.stats()
     assert stats["pid"] == service.pid  # the refused shutdown did nothing
-    assert stats["auth_failures"] == 2 + len(refused_ops)  # the two clients, the raw attempts
+    assert stats["auth_failures"] == len(refused_ops)  # a client that left mid-handshake is not one
     state = service.layout.state.read_text()
     log = service.log_tail(500)
     tcp_client.close()
@@ -318,8 +324,8 @@ def test_tcp_with_a_token_serves_only_clients_that_present_it(make_service, toke
         refused_before_hello=refused_ops,
         auth_failures=stats["auth_failures"],
         idle_connection_closed_after_s=round(idle_seconds, 1),
-        hello_timeout_s=TCP_HELLO_TIMEOUT,
-        first_frame_limit_bytes=TCP_HELLO_MAX_FRAME,
+        handshake_timeout_s=TCP_HANDSHAKE_TIMEOUT,
+        first_frame_limit_bytes=MAX_FRAME,
     )
 
 

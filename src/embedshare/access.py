@@ -17,6 +17,7 @@ import os
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from . import settings
@@ -66,7 +67,7 @@ class SharedEmbeddingManager(EmbeddingManager):
         service = ServiceSource(
             address, model, token=token, request_timeout=request_timeout, connect_timeout=connect_timeout
         )
-        source = FailoverSource(service, policy, revive=lambda: revive_store_service(service.layout))
+        source = FailoverSource(service, policy, revive=_revive_for(service))
         try:
             super().__init__(source=source, registry=registry, search_cache_size=search_cache_size)
         except BaseException:
@@ -104,6 +105,14 @@ class SharedEmbeddingManager(EmbeddingManager):
     def service_stats(self) -> StatsReply:
         """The service's own counters (every client's requests, batches, latency)."""
         return self._service.service_stats()
+
+
+def _revive_for(service: ServiceSource) -> Callable[[], bool]:
+    """The ``restart`` policy's way back. A ``tcp://`` service is its owner's to start (it may
+    run as another user): its clients only reconnect, within the policy's bound of tries."""
+    if service.address.startswith(TCP_SCHEME):
+        return lambda: False
+    return lambda: revive_store_service(service.layout)
 
 
 def revive_store_service(layout: StoreLayout) -> bool:

@@ -70,3 +70,19 @@ def closed_by_peer(sock: socket.socket, timeout: float = 30.0) -> bool:
         return True
     except TimeoutError:
         return False
+
+
+def handshake_by_hand(sock: socket.socket, token: bytes) -> None:
+    """The TCP handshake (embedshare/client/handshake.py) written out, checking the service's proof."""
+    import hashlib
+    import hmac
+    import secrets
+
+    context = b"embedshare TCP handshake 1\x00"
+    client_nonce = secrets.token_bytes(32)
+    challenge = exchange(sock, {"v": 1, "id": 0, "op": "auth", "handshake": 1, "nonce": client_nonce})
+    service_nonce = challenge["nonce"]
+    expected = hmac.new(token, context + b"service" + client_nonce + service_nonce, hashlib.sha256).digest()
+    assert challenge["ok"] and hmac.compare_digest(challenge["proof"], expected), challenge
+    mine = hmac.new(token, context + b"client" + client_nonce + service_nonce, hashlib.sha256).digest()
+    assert exchange(sock, {"v": 1, "id": 0, "op": "auth", "proof": mine}) == {"id": 0, "ok": True}

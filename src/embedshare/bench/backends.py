@@ -24,13 +24,14 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
+
+from ..util.children import python_child
 
 MB = 1 << 20
 VARIANTS = [  # (label, spec, intra-op threads; None = the backend's default)
@@ -70,10 +71,9 @@ def _env(**extra: str) -> dict[str, str]:
 
 def measure_load(spec: str, threads: int | None) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-c", LOAD_SCRIPT, spec, str(threads) if threads else "-"],
+        **python_child("-c", LOAD_SCRIPT, spec, str(threads) if threads else "-", env=_env()),
         capture_output=True,
         text=True,
-        env=_env(),
         timeout=600,
         check=True,
     )
@@ -124,8 +124,7 @@ def run_variant(spec: str, threads: int | None, workers: int, seconds: float, ta
             env = _env(EMBEDSHARE_ADDRESS=service.address, EMBEDSHARE_MODEL=spec)
             procs = [
                 subprocess.Popen(
-                    [sys.executable, "-m", "embedshare.bench.backend_worker"],
-                    env=env,
+                    **python_child("-m", "embedshare.bench.backend_worker", cwd=tmp, env=env),
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     text=True,
@@ -142,7 +141,9 @@ def run_variant(spec: str, threads: int | None, workers: int, seconds: float, ta
                 peak = 0
                 for name, per_request, hog in PHASES:
                     hog_proc = (
-                        subprocess.Popen([sys.executable, "-c", HOG_SCRIPT, str(seconds * 3 + 30)]) if hog else None
+                        subprocess.Popen(**python_child("-c", HOG_SCRIPT, str(seconds * 3 + 30), cwd=tmp))
+                        if hog
+                        else None
                     )
                     try:
                         before, calls_before = service_proc.cpu_times(), service.stats()
@@ -202,10 +203,9 @@ print(json.dumps({"queries": len(cases), "top1": top1 / len(cases), "top3": top3
 def search_quality(spec: str, cases: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="embedshare-quality-") as tmp:
         out = subprocess.run(
-            [sys.executable, "-c", QUALITY_SCRIPT, spec, str(cases), str(Path(tmp) / "store")],
+            **python_child("-c", QUALITY_SCRIPT, spec, str(cases), str(Path(tmp) / "store"), cwd=tmp, env=_env()),
             capture_output=True,
             text=True,
-            env=_env(),
             timeout=900,
             check=True,
         )
@@ -222,10 +222,11 @@ def install_size(project: Path, log: Callable[[str], None]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="embedshare-venv-") as tmp:
         for name, steps in recipes.items():
             venv = Path(tmp) / name.split()[0]
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            subprocess.run(**python_child("-m", "venv", str(venv), cwd=tmp), check=True)
             for step in steps:
                 subprocess.run(
-                    [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *step],
+                    [str(venv / "bin" / "python"), "-P", "-m", "pip", "install", "--quiet", *step],
+                    cwd=tmp,
                     check=True,
                     capture_output=True,
                 )

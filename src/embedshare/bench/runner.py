@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..env import ENV_ADDRESS, ENV_MODEL, ENV_REGISTRY, ENV_STORE
+from ..util.children import python_child
 from .designs import DESIGNS
 
 MODEL_SPECS = {"hash": "hash:384", "local": "local", "api": "openai:text-embedding-3-small"}
@@ -128,10 +128,9 @@ def _run_case(spec: dict[str, Any], workdir: Path, timeout: float) -> dict[str, 
     with open(log_path, "wb") as log:
         try:
             proc = subprocess.run(
-                [sys.executable, "-m", "embedshare.bench.case", str(spec_path), str(out_path)],
+                **python_child("-m", "embedshare.bench.case", str(spec_path), str(out_path), cwd=workdir, env=env),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=env,
                 timeout=timeout,
             )
             code: int | str = proc.returncode

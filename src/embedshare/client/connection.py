@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, cast
 
 from .. import settings
-from . import protocol
+from ..env import ENV_TOKEN
+from . import handshake, protocol
 from .address import TCP_SCHEME, parse_tcp_address
 from .peercred import peer_credentials
 
@@ -30,6 +31,11 @@ class ServiceStopped(ServiceUnavailable):
 
 class ForeignServiceError(PermissionError):
     """The socket is served by another user's process: never talked to, never fallen back from."""
+
+
+class ServiceAuthenticationError(ServiceUnavailable, PermissionError):
+    """A TCP peer did not prove it holds the token: it got no token, no text, and nothing it
+    said is used. Under the failure policies it is a service that is not there."""
 
 
 class _Reply:
@@ -68,14 +74,24 @@ class _Reply:
 
 
 class ServiceConnection:
-    def __init__(self, address: str | Path, connect_timeout: float = 5.0) -> None:
+    """A connection to the service at ``address``: its Unix socket, or ``tcp://HOST:PORT`` with
+    ``token`` (default ``EMBEDSHARE_TOKEN``), proven by the handshake before anything else."""
+
+    def __init__(self, address: str | Path, connect_timeout: float = 5.0, *, token: str | None = None) -> None:
         self.address = str(address)
         self.pid = os.getpid()
         connect_timeout = settings.seconds("connect_timeout", connect_timeout)
+        tcp = self.address.startswith(TCP_SCHEME)
+        secret = _tcp_token(self.address, token) if tcp else b""
         try:
-            if self.address.startswith(TCP_SCHEME):  # the optional TCP listener (a token in hello)
+            if tcp:  # the optional TCP listener: the handshake first
                 sock = socket.create_connection(parse_tcp_address(self.address), timeout=connect_timeout)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    _authenticate(sock, self.address, secret, connect_timeout)
+                except BaseException:
+                    sock.close()
+                    raise
             else:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 try:
@@ -84,7 +100,7 @@ class ServiceConnection:
                 except OSError:
                     sock.close()
                     raise
-        except ForeignServiceError:
+        except (ForeignServiceError, ServiceUnavailable):
             raise
         except OSError as exc:
             raise ServiceUnavailable(f"no embedshare service at {self.address}: {exc.strerror or exc}") from None
@@ -201,6 +217,42 @@ def _check_served_by_us(sock: socket.socket, address: str) -> None:
             "another user controls it, so embedshare will not use it. Check who can write its folder, "
             "or use a store of your own (--store or EMBEDSHARE_STORE)."
         )
+
+
+def _tcp_token(address: str, token: str | None) -> bytes:
+    token = token if token is not None else os.environ.get(ENV_TOKEN)
+    if not token:
+        raise PermissionError(
+            f"the embedshare service at {address} needs its token: pass token= or set {ENV_TOKEN} "
+            "(the content of the service's --token-file)"
+        )
+    return token.strip().encode("utf-8")
+
+
+def _authenticate(sock: socket.socket, address: str, token: bytes, timeout: float) -> None:
+    """The handshake (``handshake.py``) on a new TCP connection; each read waits ``timeout`` at most."""
+
+    def send(message: dict[str, object]) -> None:
+        sock.sendall(protocol.pack(message))
+
+    def receive() -> dict[str, object]:
+        length = protocol.frame_length(_recv_exactly(sock, protocol.HEADER.size))
+        if length > handshake.MAX_FRAME:
+            raise handshake.HandshakeError(
+                f"it sent a first frame of {length} bytes; a handshake fits in {handshake.MAX_FRAME}"
+            )
+        return protocol.unpack(_recv_exactly(sock, length))
+
+    try:
+        handshake.client_handshake(token, send, receive)
+    except (handshake.HandshakeError, protocol.ProtocolError) as exc:
+        raise ServiceAuthenticationError(f"the peer at {address} failed authentication: {exc}") from None
+    except TimeoutError:
+        raise ServiceUnavailable(
+            f"the peer at {address} did not complete the TCP handshake within {timeout} s"
+        ) from None
+    except EOFError:
+        raise ServiceUnavailable(f"the peer at {address} closed the connection during the TCP handshake") from None
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:

@@ -233,8 +233,8 @@ def reply_id(message: dict[str, Any]) -> int:
     return request_id if isinstance(request_id, int) and not isinstance(request_id, bool) else 0
 
 
-def check_request(message: dict[str, Any]) -> tuple[int, str]:
-    """Validate the envelope of a request: returns ``(id, op)``."""
+def check_request(message: dict[str, Any], ops: tuple[str, ...] = OPS) -> tuple[int, str]:
+    """Validate the envelope of a request: returns ``(id, op)``, ``op`` one of ``ops``."""
     request_id = message.get("id", 0)
     if not isinstance(request_id, int) or isinstance(request_id, bool):
         raise ProtocolError("bad_request", "field 'id' must be an integer")
@@ -242,8 +242,8 @@ def check_request(message: dict[str, Any]) -> tuple[int, str]:
     if version != VERSION:
         raise ProtocolError("version", f"protocol version {version!r} is not supported; this service speaks {VERSION}")
     op = message.get("op")
-    if op not in OPS:
-        raise ProtocolError("unknown_op", f"unknown op {op!r}; expected one of {', '.join(OPS)}")
+    if op not in ops:
+        raise ProtocolError("unknown_op", f"unknown op {op!r}; expected one of {', '.join(ops)}")
     return request_id, op
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -25,6 +24,7 @@ from types import ModuleType
 
 import numpy as np
 
+from ..util.children import python_child
 from .base import EmbedderError, check_vectors
 
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
@@ -160,8 +160,8 @@ class OnnxLocalEmbedder:
 
 def _build_graph(folder: Path, out: Path, int8: bool) -> None:
     """Run ``bert_graph`` in a child interpreter; its error, if any, becomes an EmbedderError."""
-    args = [sys.executable, "-m", "embedshare.embedders.bert_graph", str(folder), str(out)]
-    proc = subprocess.run(args + (["--int8"] if int8 else []), capture_output=True, text=True)
+    args = ["-m", "embedshare.embedders.bert_graph", str(folder), str(out), *(["--int8"] if int8 else [])]
+    proc = subprocess.run(**python_child(*args, cwd=out.parent), capture_output=True, text=True)
     if proc.returncode != 0 or not out.exists():
         lines = (proc.stderr or "").strip().splitlines()
         raise EmbedderError(f"building the ONNX graph of {folder} failed: {lines[-1] if lines else proc.returncode}")

@@ -6,7 +6,7 @@ Both read ``client/protocol.py`` frames and answer each by calling the engine's 
 - The Unix socket (``run/service.sock``, 0600) answers only peers of the service's own uid
   (``SO_PEERCRED``).
 - The TCP listener (``--tcp HOST:PORT --token-file FILE``; off by default) answers a peer only
-  after its first frame, a hello carrying the service's token.
+  once both ends proved they hold the token (``client/handshake.py``; the token is never sent).
 
 Each keeps within its own connection cap and deadlines (``limits.Listener``). A frame's bytes
 are taken from one budget, shared by both, before its body is read, and a connection with
@@ -16,7 +16,6 @@ too many requests in flight is not read until one is answered (backpressure).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 import time
@@ -24,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..client import protocol
+from ..client import handshake, protocol
 from ..client.address import parse_tcp_address
 from ..client.peercred import peer_credentials
 from ..client.state import mark_stopped
@@ -40,10 +39,9 @@ log = logging.getLogger("embedshare.service")
 # Requests of one connection answered concurrently; past this the connection is not read until
 # one finishes. A worker process has one connection, so this is its threads' requests in flight.
 MAX_PENDING_PER_CONNECTION = 256
-# A TCP peer must send its hello (with the token) within this many seconds, in a frame of at
-# most this many bytes; nothing else is read from it before.
-TCP_HELLO_TIMEOUT = 10.0
-TCP_HELLO_MAX_FRAME = 64 << 10
+# A TCP peer must complete the handshake within this many seconds, in frames of at most
+# handshake.MAX_FRAME bytes; nothing else is read from it before.
+TCP_HANDSHAKE_TIMEOUT = 10.0
 # What a connection may hold unread beyond its frames' budget before its transport pauses.
 READ_BUFFER = 64 << 10
 # Connections the kernel queues before we accept them. asyncio accepts up to this many per
@@ -134,11 +132,11 @@ class FrameServer:
         self.tcp_address = f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"
         if not is_loopback(host):
             log.warning(
-                "the TCP listener is on %s, reachable from other machines; the token is "
-                "its only protection and travels unencrypted",
+                "the TCP listener is on %s, reachable from other machines: the token is never "
+                "sent, but texts and vectors travel unencrypted (docs/reliability.md, TLS off the host)",
                 self.tcp_address,
             )
-        log.info("TCP listener on %s (token required)", self.tcp_address)
+        log.info("TCP listener on %s (token handshake required)", self.tcp_address)
 
     def stop_tcp(self) -> None:
         if self.tcp_server is not None:
@@ -146,7 +144,7 @@ class FrameServer:
             self.tcp_server = None
 
     async def _handle_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """A TCP peer: its first frame must be a hello with the token, or it is cut off."""
+        """A TCP peer: the handshake first (``client/handshake.py``), or it is cut off."""
         peer = writer.get_extra_info("peername")
         where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         slot = self.tcp_listener.admit(writer.transport.abort)
@@ -155,7 +153,7 @@ class FrameServer:
             return
         try:
             try:
-                accepted = await self._hello_tcp(reader, writer, where)
+                accepted = await asyncio.wait_for(self._authenticate_tcp(reader, writer, where), TCP_HANDSHAKE_TIMEOUT)
             except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                 accepted = False
             if not accepted:
@@ -166,51 +164,77 @@ class FrameServer:
         finally:
             self.tcp_listener.release(slot)
 
-    async def _hello_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str) -> bool:
-        header = await asyncio.wait_for(reader.readexactly(protocol.HEADER.size), TCP_HELLO_TIMEOUT)
-        (length,) = protocol.HEADER.unpack(header)
-        self.metrics.add(requests=1)
+    async def _authenticate_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str) -> bool:
+        """The service's side of the handshake: True once the peer proved it holds the token.
+
+        Nothing else is read before: its two frames are small, and any other first frame (a
+        request, or an older client's hello carrying its token) is answered with an error.
+        """
+        assert self._token is not None
         request_id = 0
         try:
-            if length > TCP_HELLO_MAX_FRAME:
-                raise protocol.ProtocolError(
-                    "too_large", f"a first frame of {length} bytes; a hello fits in {TCP_HELLO_MAX_FRAME}"
-                )
-            body = await asyncio.wait_for(reader.readexactly(length), TCP_HELLO_TIMEOUT)
-            message = protocol.unpack(body)
+            message = await _handshake_frame(reader)
             request_id = protocol.reply_id(message)
-            request_id, op = protocol.check_request(message)
-            token = message.get("token")
-            assert self._token is not None
-            if (
-                op != "hello"
-                or not isinstance(token, str)
-                or not hmac.compare_digest(token.encode("utf-8"), self._token)
-            ):
-                self.metrics.add(auth_failures=1)
-                log.warning(
-                    "refused a TCP connection from %s: %s",
-                    where,
-                    "no token"
-                    if op == "hello" and token is None
-                    else "wrong token"
-                    if op == "hello"
-                    else f"{op!r} before hello",
+            request_id, op = protocol.check_request(message, ops=(handshake.AUTH_OP, *protocol.OPS))
+            if op != handshake.AUTH_OP:
+                raise self._refused(where, op)
+            if message.get("handshake") != handshake.HANDSHAKE_VERSION:
+                raise _version_error(f"handshake version {message.get('handshake')!r}")
+            client_nonce = message.get("nonce")
+            if not handshake.is_nonce(client_nonce):
+                raise protocol.ProtocolError("bad_request", f"field 'nonce' must be {handshake.NONCE_BYTES} bytes")
+            service_nonce = handshake.new_nonce()
+            writer.write(
+                protocol.pack(
+                    {
+                        "id": request_id,
+                        "ok": True,
+                        "handshake": handshake.HANDSHAKE_VERSION,
+                        "nonce": service_nonce,
+                        "proof": handshake.proof(self._token, handshake.SERVICE, client_nonce, service_nonce),
+                    }
                 )
-                raise protocol.ProtocolError(
-                    "unauthorized",
-                    "a TCP connection must start with a hello carrying the service's "
-                    "token (missing or wrong); connection closed",
-                )
-            reply = await self._op_hello(message)
+            )
+            await writer.drain()
+            message = await _handshake_frame(reader)
+            request_id = protocol.reply_id(message)
+            request_id, op = protocol.check_request(message, ops=(handshake.AUTH_OP,))
+            given = message.get("proof")
+            if not handshake.proof_matches(self._token, handshake.CLIENT, client_nonce, service_nonce, given):
+                raise self._refused(where, "wrong token")
         except protocol.ProtocolError as exc:
-            self.metrics.add(errors=1)
-            writer.write(protocol.pack(protocol.error_reply(request_id, exc.code, str(exc))))
+            self.metrics.add(requests=1, errors=1)
+            reply = protocol.error_reply(request_id, exc.code, str(exc))
+            if exc.code == "handshake":
+                reply["handshake"] = handshake.HANDSHAKE_VERSION
+            writer.write(protocol.pack(reply))
             await writer.drain()
             return False
-        writer.write(protocol.pack({**reply, "id": request_id, "ok": True}))
+        self.metrics.add(requests=1)
+        writer.write(protocol.pack({"id": request_id, "ok": True}))
         await writer.drain()
         return True
+
+    def _refused(self, where: str, what: str) -> protocol.ProtocolError:
+        """Count and log a peer that failed the handshake; the error to answer it with."""
+        self.metrics.add(auth_failures=1)
+        if what == "hello":  # a client of before the handshake: it sent the token in the clear
+            log.warning(
+                "refused a TCP connection from %s: an older embedshare client sent the token in a "
+                "hello, unencrypted; upgrade it, and change the token if the network is not trusted",
+                where,
+            )
+            return _version_error("a hello carrying the token")
+        log.warning(
+            "refused a TCP connection from %s: %s",
+            where,
+            what if what == "wrong token" else f"{what!r} before the handshake",
+        )
+        return protocol.ProtocolError(
+            "unauthorized",
+            "a TCP connection must start with the handshake that proves both ends hold the "
+            "service's token (missing or wrong); connection closed",
+        )
 
     # -- one connection, either listener -----------------------------------------------------------
 
@@ -351,6 +375,24 @@ class FrameServer:
             mark_stopped(self.engine.layout, str(message["by"]), others)  # before any client sees it go
         asyncio.get_running_loop().call_soon(self._stop)
         return {"pid": os.getpid(), "clients": others}
+
+
+async def _handshake_frame(reader: asyncio.StreamReader) -> dict[str, Any]:
+    """One frame of a TCP peer that has not proved itself yet: small, or refused unread."""
+    (length,) = protocol.HEADER.unpack(await reader.readexactly(protocol.HEADER.size))
+    if length > handshake.MAX_FRAME:
+        raise protocol.ProtocolError(
+            "too_large", f"a handshake frame of {length} bytes; the handshake fits in {handshake.MAX_FRAME}"
+        )
+    return protocol.unpack(await reader.readexactly(length))
+
+
+def _version_error(what: str) -> protocol.ProtocolError:
+    return protocol.ProtocolError(
+        "handshake",
+        f"{what} is not this service's TCP handshake (version {handshake.HANDSHAKE_VERSION}: a challenge "
+        "and response that never sends the token): use the same embedshare version on both ends",
+    )
 
 
 def log_request(message: Any, reply: dict[str, Any], seconds: float, peer: protocol.Peer) -> None:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import select
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 
 from ..env import ENV_ADDRESS
 from ..store import StoreLayout
 from ..store.files import open_private, write_atomic
+from ..util.children import python_child
 from .config import ServiceConfig
 
 
@@ -59,7 +59,7 @@ def spawn_service(
     a line it is killed and :class:`ServiceStartError` says so.
     """
     layout = StoreLayout(config.store)
-    args = [sys.executable, "-m", *entry, *config.argv()]
+    args = ["-m", *entry, *config.argv()]
     preload_file = None
     if config.preload:
         preload_file = layout.run / f"preload-{os.getpid()}.txt"
@@ -73,12 +73,11 @@ def spawn_service(
     try:
         with os.fdopen(open_private(layout.log), "ab") as log_file:
             process = subprocess.Popen(
-                [*args, "--ready-fd", str(write_fd)],
+                **python_child(*args, "--ready-fd", str(write_fd), cwd=layout.run, env=env),
                 pass_fds=(*pass_fds, write_fd),
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
-                env=env,
                 start_new_session=True,  # a Ctrl-C in the terminal goes to the pool, not here
             )
         os.close(write_fd)

@@ -27,7 +27,7 @@ import numpy as np
 from .. import settings
 from ..client import protocol
 from ..client.address import TCP_SCHEME
-from ..client.connection import ServiceConnection, ServiceUnavailable
+from ..client.connection import ServiceAuthenticationError, ServiceConnection, ServiceUnavailable
 from ..embedders import model_id_of
 from ..env import ENV_TOKEN
 from ..registry import Registry
@@ -87,18 +87,13 @@ class ServiceSource(ServiceBackedSource):
     # -- the connection -----------------------------------------------------------------------
 
     def _connect(self) -> protocol.HelloReply:
-        """Open a connection and say hello (model, token); it becomes the current one."""
-        conn = ServiceConnection(self.address, connect_timeout=self.connect_timeout)
-        auth = {"token": self._token} if self.address.startswith(TCP_SCHEME) and self._token else {}
+        """Open a connection and say hello (model); it becomes the current one. Over TCP the
+        connection is made only once the service proved it holds the token (``handshake.py``)."""
+        conn = ServiceConnection(self.address, connect_timeout=self.connect_timeout, token=self._token)
         try:
-            hello = conn.hello(timeout=self.request_timeout, model_id=self._wanted_model_id, **auth)
+            hello = conn.hello(timeout=self.request_timeout, model_id=self._wanted_model_id)
         except protocol.RemoteError as exc:
             conn.close()
-            if exc.code == "unauthorized":
-                raise PermissionError(
-                    f"the embedshare service at {self.address} refused this client: {exc.remote_message}"
-                    + ("" if auth else f" (no token given: pass token= or set {ENV_TOKEN})")
-                ) from None
             raise ValueError(exc.remote_message) from None
         except BaseException:
             conn.close()
@@ -143,7 +138,9 @@ class ServiceSource(ServiceBackedSource):
         """Make sure a live connection exists, replacing ``failed``; False if no service answers.
 
         A thread that finds a newer live connection than the one it failed on uses it and never
-        closes it: one restart costs one reconnect per process.
+        closes it: one restart costs one reconnect per process. A TCP peer that fails the
+        handshake raises :class:`ServiceAuthenticationError`: the failure policy sees an
+        impostor on the port for what it is, not a lost connection.
         """
         with self._conn_lock:
             current = self._conn
@@ -151,6 +148,8 @@ class ServiceSource(ServiceBackedSource):
                 return True
             try:
                 self._replace(current)
+            except ServiceAuthenticationError:
+                raise
             except ServiceUnavailable:
                 return False
             return True
