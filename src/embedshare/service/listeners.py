@@ -223,6 +223,12 @@ class FrameServer:
         ``frame_budget`` before its body is read and given back once it is answered.
         """
         budget = self.frame_budget
+        # a share of the budget for this connection, and one for its process (or TCP host)
+        peer_key = (
+            ("pid", peer["pid"]) if peer.get("pid") is not None else ("tcp", peer.get("tcp", "").rpartition(":")[0])
+        )
+        peer_holder = budget.peer(peer_key)
+        holders = (budget.connection(), peer_holder)
         self._next_client += 1
         client_id = self._next_client
         self.clients[client_id] = {**peer, "connected": time.time(), "requests": 0}
@@ -249,11 +255,11 @@ class FrameServer:
                     writer.write(protocol.pack(protocol.error_reply(0, exc.code, str(exc))))
                     await writer.drain()
                     return
-                await budget.acquire(length)  # waits while other frames hold the budget
+                await budget.acquire(length, holders=holders)  # waits while others (or its own share) hold it
                 try:
                     body = await reader.readexactly(length)
                 except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-                    budget.release(length)
+                    budget.release(length, holders)
                     return
                 slot.frame_done()
                 self.clients[client_id]["requests"] += 1
@@ -267,13 +273,14 @@ class FrameServer:
                 task.add_done_callback(tasks.discard)
 
                 def answered(_: asyncio.Task[None], n: int = length) -> None:
-                    budget.release(n)
+                    budget.release(n, holders)
                     slot.request_done()
 
                 task.add_done_callback(answered)
         finally:
             for task in tasks:
                 task.cancel()
+            budget.leave(peer_key, peer_holder)
             self.clients.pop(client_id, None)
             writer.close()
 
