@@ -223,10 +223,7 @@ class FrameServer:
         ``frame_budget`` before its body is read and given back once it is answered.
         """
         budget = self.frame_budget
-        # a share of the budget for this connection, and one for its process (or TCP host)
-        peer_key = (
-            ("pid", peer["pid"]) if peer.get("pid") is not None else ("tcp", peer.get("tcp", "").rpartition(":")[0])
-        )
+        peer_key = budget_peer(peer)  # a share of the budget for its process, one for this connection
         peer_holder = budget.peer(peer_key)
         holders = (budget.connection(), peer_holder)
         self._next_client += 1
@@ -358,6 +355,14 @@ class FrameServer:
             mark_stopped(self.engine.layout, str(message["by"]), others)  # before any client sees it go
         asyncio.get_running_loop().call_soon(self._stop)
         return {"pid": os.getpid(), "clients": others}
+
+
+def budget_peer(peer: protocol.Peer) -> tuple[str, object]:
+    """Whose share of the frame budget a connection's frames take: its process (a Unix peer's
+    pid, by SO_PEERCRED) or its host (a TCP peer, which has no pid we can see)."""
+    if peer.get("pid") is not None:
+        return ("pid", peer["pid"])
+    return ("tcp", peer.get("tcp", "").rpartition(":")[0])
 
 
 def log_request(message: Any, reply: dict[str, Any], seconds: float, peer: protocol.Peer) -> None:
