@@ -5,7 +5,8 @@ HTTP (``service/http/admission.py``, ``inputs.py``, ``guard.py``):
 - connections that declare large bodies and send nothing reserve nothing: another client's
   large POST is answered at once (it waited 59 s behind ten of them);
 - connections that send headers and no body are evicted for new clients at the cap (300 of
-  them got every other client reset);
+  them got every other client reset), and a body that stops arriving is cut after
+  ``http_read_timeout``;
 - a body's JSON values are counted and charged before it is parsed, and token arrays are
   bounded before they are decoded (six 30 MiB token bodies took the service to 1.2 GB);
 - TEI's limits: ``max_client_batch_size`` (413 naming it) and ``max_concurrent_requests``
@@ -125,6 +126,22 @@ def test_connections_that_send_headers_and_no_body_are_evicted_for_new_clients(m
     finally:
         for sock in stalled:
             sock.close()
+
+
+@requires("http")
+def test_a_body_that_stops_arriving_is_cut_by_the_read_timeout(make_service):
+    """Headers and part of a body, then nothing: a 408 after ``http_read_timeout`` without a
+    byte, long before the whole body's deadline, and the connection is closed."""
+    limits = {"frame_timeout": 600.0, "http_read_timeout": 0.5}
+    service = make_service(MODEL, registry=None, http="127.0.0.1:0", export_env=False, limits=limits)
+    with socket.create_connection(_address(service), timeout=60) as sock:
+        sock.sendall(_head(100) + b'{"model":')
+        raw = b""
+        while chunk := sock.recv(1 << 16):  # the service closes it after its answer
+            raw += chunk
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(payload)["error"]["message"] == "no byte of the body arrived for 0.5 s"
 
 
 @requires("http")
