@@ -333,3 +333,13 @@ def test_an_http_body_is_classed_by_its_size_so_far():
     assert not budget.try_acquire(64 << 10, size=2 << 20)  # the next chunk of a large body: refused
     assert budget.try_acquire(64 << 10, size=64 << 10)  # a small body's chunk still fits
     assert budget.stats()["refused"] == 1
+
+
+def test_the_largest_taker_a_budget_announces_fits_in_it():
+    """A frame of ``largest()`` bytes is read, whatever the budget (else it would wait until its
+    deadline): each size class's reserve is allowed for, down to a 1 MiB budget."""
+    from embedshare.service.limits import ByteBudget
+
+    for capacity in (1000, 1 << 20, 2 << 20, 24 << 20, 256 << 20):
+        budget = ByteBudget(capacity)
+        assert budget.fits(budget.largest()) and not budget.fits(budget.largest() + 1), capacity

@@ -247,8 +247,11 @@ class ByteBudget:
         return self.capacity - (self.capacity // 32 if size <= self.SMALL else self.reserve)
 
     def largest(self) -> int:
-        """The largest single taker that can ever fit."""
-        return max(self.SMALL, self.capacity - self.reserve) if self.capacity >= self.SMALL else self.capacity
+        """The largest single taker that can ever fit (the largest of each size class's)."""
+        large = self.capacity - self.reserve
+        return max(
+            large if large > self.SMALL else 0, min(self.SMALL, self._limit(self.SMALL)), min(self.TINY, self.capacity)
+        )
 
     def connection(self) -> Holder:
         """A new connection's holder: an eighth of the budget."""
