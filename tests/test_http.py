@@ -212,7 +212,7 @@ def test_dimensions_may_only_name_the_native_size(url):
         ({"model": MODEL, "input": {"text": "x"}}, 400, "input", "string or a list"),
         ({"model": MODEL, "input": ["fine", ""]}, 400, "input", "input[1] is empty"),
         ({"model": MODEL, "input": ["fine", None]}, 400, "input", "input[1]"),
-        ({"model": MODEL, "input": ["x"] * 2049}, 400, "input", "2048"),
+        ({"model": MODEL, "input": ["x"] * 2049}, 413, "input", "--max-client-batch-size"),
         ({"model": MODEL, "input": "x", "encoding_format": "int8"}, 400, "encoding_format", "base64"),
     ],
 )

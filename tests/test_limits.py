@@ -6,7 +6,8 @@
 - Connections that never send a frame are closed after ``first_frame_timeout``; with
   ``idle_timeout`` set, idle ones too, and the client reconnects by itself.
 - Buffered request bytes are capped across connections: six connections each holding most of
-  a large frame no longer grow the service by the sum of them.
+  a large frame no longer grow the service by the sum of them, and one process holds at most
+  its share of them.
 """
 
 from __future__ import annotations
@@ -169,9 +170,10 @@ def test_connections_that_say_nothing_are_closed_and_idle_ones_too_if_asked(make
 
 
 def test_buffered_request_bytes_are_capped_across_connections(make_service):
-    """Six connections each send most of an 8 MiB frame; the budget is 24 MiB, of which large
-    frames may take 21: two are read, four wait unread (their bytes stay in the kernel and in
-    their senders), and small requests still pass (the budget keeps an eighth for them)."""
+    """Six connections of this process each send most of an 8 MiB frame; the budget is 24 MiB,
+    of which one process may hold a quarter: its first frame is read, five wait unread (their
+    bytes stay in the kernel and in their senders), and small requests still pass (a new
+    connection's first tiny frame passes its process's share)."""
     frame, sent_each, connections = 8 << 20, 7 << 20, 6
     service = make_service(registry=None, export_env=False, limits={"max_buffered_mb": 24})
     before = memory_of(service.pid)["rss_anon"]
@@ -183,18 +185,18 @@ def test_buffered_request_bytes_are_capped_across_connections(make_service):
         sender.start()
         senders.append(sender)
     budget = wait_for(
-        lambda: (b := service.stats()["limits"]["frame_bytes"])["waiting"] == 4 and b,
+        lambda: (b := service.stats()["limits"]["frame_bytes"])["waiting"] == 5 and b,
         30,
-        "four frames to wait for the budget",
+        "five frames to wait for the budget",
     )
     wait_for(
-        lambda: memory_of(service.pid)["rss_anon"] - before > 2 * sent_each * 0.9,
+        lambda: memory_of(service.pid)["rss_anon"] - before > sent_each * 0.9,
         30,
-        "the two admitted frames to be read",
+        "the admitted frame to be read",
     )
     grown = memory_of(service.pid)["rss_anon"] - before
-    assert 0 <= budget["used"] - 2 * frame < 1024 and budget["capacity"] == 24 << 20  # + the stats frame
-    assert grown < 2 * sent_each + (6 << 20), f"the service grew by {grown >> 20} MiB"
+    assert 0 <= budget["used"] - frame < 1024 and budget["capacity"] == 24 << 20  # + the stats frame
+    assert grown < sent_each + (6 << 20), f"the service grew by {grown >> 20} MiB"
     for sock in socks:
         sock.close()
     for sender in senders:
@@ -289,3 +291,55 @@ def test_the_byte_budget_lets_small_takers_pass_a_stalled_large_one():
         return events
 
     assert asyncio.run(scenario()) == ["small passed, large waiting=True", f"large got it, used={(8 << 20) + 1000}"]
+
+
+def test_a_connection_and_a_process_hold_at_most_their_share_of_the_byte_budget():
+    """One process's stalled frames take its quarter; another process's frames, and a new
+    connection's hello from the first process itself, still pass; a connection past its
+    eighth waits, alone."""
+    import asyncio
+
+    from embedshare.service.limits import ByteBudget
+
+    async def scenario() -> None:
+        budget = ByteBudget(64 << 20)  # a process may hold 16 MiB, a connection 8 MiB
+        greedy = budget.peer(("pid", 1))
+        stalled = [
+            asyncio.create_task(budget.acquire(1 << 20, holders=(budget.connection(), greedy))) for _ in range(30)
+        ]
+        await asyncio.sleep(0)
+        assert sum(task.done() for task in stalled) == 16 and budget.used == 16 << 20
+        other = (budget.connection(), budget.peer(("pid", 2)))
+        await asyncio.wait_for(budget.acquire(4 << 20, holders=other), 1)  # another process: at once
+        hello = (budget.connection(), greedy)
+        await asyncio.wait_for(budget.acquire(100, holders=hello), 1)  # a new connection's hello
+        assert not budget.fits(100, holders=hello)  # ...only its first tiny frame passes the share
+        assert budget.fits(4 << 20, holders=other) and not budget.fits(5 << 20, holders=other)  # 8 MiB each
+        budget.release(100, hello)
+        budget.release(1 << 20, (budget.connection(), greedy))  # one of the greedy frames is answered
+        await asyncio.sleep(0)
+        assert sum(task.done() for task in stalled) == 17
+        for task in stalled:
+            task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_an_http_body_is_classed_by_its_size_so_far():
+    from embedshare.service.limits import ByteBudget
+
+    budget = ByteBudget(64 << 20)  # a large body may fill 56 MiB; the last 8 are for small ones
+    assert budget.try_acquire(56 << 20, size=56 << 20)
+    assert not budget.try_acquire(64 << 10, size=2 << 20)  # the next chunk of a large body: refused
+    assert budget.try_acquire(64 << 10, size=64 << 10)  # a small body's chunk still fits
+    assert budget.stats()["refused"] == 1
+
+
+def test_the_largest_taker_a_budget_announces_fits_in_it():
+    """A frame of ``largest()`` bytes is read, whatever the budget (else it would wait until its
+    deadline): each size class's reserve is allowed for, down to a 1 MiB budget."""
+    from embedshare.service.limits import ByteBudget
+
+    for capacity in (1000, 1 << 20, 2 << 20, 24 << 20, 256 << 20):
+        budget = ByteBudget(capacity)
+        assert budget.fits(budget.largest()) and not budget.fits(budget.largest() + 1), capacity

@@ -95,6 +95,7 @@ class BudgetStats(TypedDict):
     peak: int
     capacity: int
     waiting: int
+    refused: int  # HTTP: bodies answered 429 because the budget was full
 
 
 class LimitStats(TypedDict):

@@ -51,8 +51,8 @@ def _setting(default: Any, check: Check, help: str, **option: Any) -> Any:
 # -- the checks: each returns the value to keep, or raises SettingError naming the field ----------
 
 
-def _whole(minimum: int) -> Check:
-    return lambda name, value: whole_number(name, value, minimum)
+def _whole(minimum: int, maximum: int | None = None) -> Check:
+    return lambda name, value: whole_number(name, value, minimum, maximum)
 
 
 def _duration(*, allow_zero: bool = False, unit: str = "seconds") -> Check:
@@ -180,6 +180,21 @@ class ServiceConfig:
     )
     max_http_buffered_mb: int = _setting(
         64, _whole(1), "Request body bytes held at once across HTTP connections.", limit=True
+    )
+    http_read_timeout: float = _setting(
+        5.0, _duration(), "Seconds an HTTP body may go without a byte arriving (then 408).", limit=True
+    )
+    max_client_batch_size: int = _setting(
+        2048,
+        _whole(1, 100_000),
+        "Most texts (or token arrays) in one HTTP request, as TEI's option (over it: 413).",
+        limit=True,
+    )
+    max_concurrent_requests: int = _setting(
+        128,
+        _whole(1, 100_000),
+        "HTTP requests in progress at once, as TEI's option (one more: 429 with Retry-After).",
+        limit=True,
     )
     log_interval: float = _setting(
         10.0,

@@ -4,10 +4,12 @@ Each listener (the Unix socket, the TCP listener, the HTTP port) has its own
 :class:`Listener`, so a flood on one cannot take the connections of another: the owner's
 socket keeps answering while the HTTP port is flooded. Within a listener:
 
-- at most ``cap`` connections are open. A new one past the cap closes the oldest connection
-  that has not yet sent a complete first frame (or request): idle floods only ever evict each
-  other, while a client that sends its hello at once (every embedshare client does) stays.
-  When every connection is in use, the newcomer is closed at once;
+- at most ``cap`` connections are open. A new one past the cap closes the connection that has
+  waited longest for its client: one that has not yet sent a complete first frame (or, on
+  HTTP, a request's headers), and on HTTP also one that has sent headers but not its whole
+  body, or waits between requests. Idle and stalled floods only ever evict each other, while a
+  client that sends its request at once (every embedshare client does) stays while it is
+  answered. When every connection is being answered, the newcomer is closed at once;
 - a connection must send its first frame within ``first_frame_timeout``, finish a frame it
   began within ``frame_timeout``, and, unless ``idle_timeout`` is 0, is closed after that long
   with nothing received and nothing in flight (a client reconnects by itself on its next call).
@@ -44,6 +46,9 @@ class Slot:
 
     __slots__ = ("close", "deadline", "fresh", "listener", "pending", "reading")
 
+    # ``listener.waiting`` holds the slots that wait for their client (and may be evicted at
+    # the cap), the one that has waited longest first.
+
     def __init__(self, listener: Listener, close: Callable[[], None]) -> None:
         self.listener = listener
         self.close = close
@@ -61,8 +66,18 @@ class Slot:
         self.reading = False
         if self.fresh:
             self.fresh = False
-            self.listener.fresh.pop(self, None)
+            self.listener.waiting.pop(self, None)
         self._idle_from_now()
+
+    def waiting_for_client(self) -> None:
+        """HTTP: the connection waits for its client's bytes (the rest of a body, or the next
+        request): it may be evicted at the cap, the one that has waited longest first."""
+        self.listener.waiting.pop(self, None)
+        self.listener.waiting[self] = None
+
+    def serving(self) -> None:
+        """HTTP: the request is all in and being answered: never evicted for a newcomer."""
+        self.listener.waiting.pop(self, None)
 
     def request_started(self) -> None:
         self.pending += 1
@@ -98,34 +113,36 @@ class Listener:
         self.frame_timeout = frame_timeout
         self.idle_timeout = idle_timeout
         self.open: dict[Slot, None] = {}
-        self.fresh: dict[Slot, None] = {}  # in arrival order: the oldest is evicted first
+        self.waiting: dict[Slot, None] = {}  # waiting for their client, longest first: evicted first
         self.counts = {"refused": 0, "evicted": 0, "timed_out": 0}
 
     def admit(self, close: Callable[[], None]) -> Slot | None:
         """A slot for a new connection, or None: then close it, it is refused."""
         if len(self.open) >= self.cap:
-            if not self.fresh:
+            if not self.waiting:
                 self.counts["refused"] += 1
                 log.warning(
                     "%s: %d connections, every one in use (the limit); refused a new one", self.name, len(self.open)
                 )
                 return None
-            oldest = next(iter(self.fresh))
+            oldest = next(iter(self.waiting))
             self.release(oldest)
             oldest.close()
             self.counts["evicted"] += 1
             log.warning(
-                "%s: %d connections (the limit); closed the oldest that had sent nothing yet", self.name, self.cap
+                "%s: %d connections (the limit); closed the one that had waited longest for its client",
+                self.name,
+                self.cap,
             )
         slot = Slot(self, close)
         self.open[slot] = None
-        self.fresh[slot] = None
+        self.waiting[slot] = None
         return slot
 
     def release(self, slot: Slot) -> None:
         """The connection is gone (idempotent)."""
         self.open.pop(slot, None)
-        self.fresh.pop(slot, None)
+        self.waiting.pop(slot, None)
 
     def sweep(self, now: float) -> None:
         for slot in [s for s in self.open if s.expired(now)]:
@@ -174,16 +191,45 @@ def sweep_tick(listeners: list[Listener]) -> float:
     return max(0.01, min(1.0, shortest / 4))
 
 
-class ByteBudget:
-    """At most ``capacity`` bytes taken at once; a taker that does not fit waits for room.
+class Holder:
+    """Who holds bytes of a :class:`ByteBudget`: one connection, or one peer process.
 
-    Large takers (over ``SMALL`` bytes) may use all but an eighth of the budget: frames that
-    stall half-sent (up to ``frame_timeout``) can hold the large share, never the last eighth,
-    so small requests (a hello, a typical embed) always get through. A waiter is served as
-    soon as it fits, not in arrival order, so a large frame waiting for room does not hold up
-    the small ones behind it either.
+    ``share`` is the most it may hold at once, unless it holds nothing: then it may always take
+    one taker, so a frame larger than a share is still read (alone).
     """
 
+    __slots__ = ("held", "share", "users")
+
+    def __init__(self, share: int) -> None:
+        self.share = share
+        self.held = 0
+        self.users = 0  # connections of a peer that use this holder
+
+    def fits(self, n: int) -> bool:
+        return not self.held or self.held + n <= self.share
+
+
+class ByteBudget:
+    """At most ``capacity`` bytes taken at once; a taker that does not fit waits for room
+    (:meth:`acquire`), or is told so at once (:meth:`try_acquire`: HTTP answers 429).
+
+    Two rules keep room for the small requests (a hello, a ping, a typical embed), so that
+    one client's stalled frames cannot lock out the others:
+
+    - **By size.** A taker of ``size`` over ``SMALL`` bytes may fill all but an eighth of the
+      budget, one over ``TINY`` all but a thirty-second, and a tiny one all of it.
+    - **By holder.** A taker names its holders: its connection (at most an eighth of the
+      budget) and its peer process (its pid, by ``SO_PEERCRED``: at most a quarter). A holder
+      past its share waits, alone; the others go on. So one process's 300 stalled frames hold a
+      quarter, never the budget. A tiny frame on a connection that holds nothing (a new
+      connection's hello) passes its peer's share: a process can still open a connection and be
+      answered, and that costs at most its connections times ``TINY`` more.
+
+    A waiter is served as soon as it fits, not in arrival order, so a large frame waiting for
+    room does not hold up the small ones behind it either.
+    """
+
+    TINY = 64 << 10
     SMALL = 1 << 20
 
     def __init__(self, capacity: int) -> None:
@@ -191,54 +237,108 @@ class ByteBudget:
         self.reserve = capacity // 8
         self.used = 0
         self.peak = 0
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.refused = 0
+        self._peers: dict[object, Holder] = {}
+        self._waiters: list[tuple[int, int, tuple[Holder, ...], asyncio.Future[None]]] = []
 
-    def _limit(self, n: int) -> int:
-        return self.capacity if n <= self.SMALL else self.capacity - self.reserve
+    def _limit(self, size: int) -> int:
+        if size <= self.TINY:
+            return self.capacity
+        return self.capacity - (self.capacity // 32 if size <= self.SMALL else self.reserve)
 
     def largest(self) -> int:
-        """The largest single taker that can ever fit."""
-        return max(self.SMALL, self.capacity - self.reserve) if self.capacity >= self.SMALL else self.capacity
+        """The largest single taker that can ever fit (the largest of each size class's)."""
+        large = self.capacity - self.reserve
+        return max(
+            large if large > self.SMALL else 0, min(self.SMALL, self._limit(self.SMALL)), min(self.TINY, self.capacity)
+        )
 
-    async def acquire(self, n: int) -> None:
-        if n > self.largest():
-            raise ValueError(f"{n} bytes can never fit in a budget of {self.capacity}")
-        if self.used + n <= self._limit(n):
-            self._take(n)
+    def connection(self) -> Holder:
+        """A new connection's holder: an eighth of the budget."""
+        return Holder(self.capacity // 8)
+
+    def peer(self, key: object) -> Holder:
+        """The holder of peer ``key`` (a pid), shared by its connections until each has called
+        :meth:`leave`: a quarter of the budget."""
+        holder = self._peers.get(key)
+        if holder is None:
+            holder = self._peers[key] = Holder(self.capacity // 4)
+        holder.users += 1
+        return holder
+
+    def leave(self, key: object, holder: Holder) -> None:
+        holder.users -= 1
+        if not holder.users and self._peers.get(key) is holder:
+            del self._peers[key]
+
+    def fits(self, n: int, size: int | None = None, holders: tuple[Holder, ...] = ()) -> bool:
+        """Whether ``n`` bytes may be taken now, for a taker of ``size`` bytes (default ``n``)
+        held by ``holders`` (its connection first, then its peer)."""
+        size = n if size is None else size
+        if self.used + n > self._limit(size):
+            return False
+        if size <= self.TINY and holders and not holders[0].held:
+            return True  # a connection's one tiny frame (a hello, a ping) is never held up by its peer's share
+        return all(h.fits(n) for h in holders)
+
+    def try_acquire(self, n: int, size: int | None = None, holders: tuple[Holder, ...] = ()) -> bool:
+        """Take ``n`` bytes if they fit now; False (and counted as refused) if not."""
+        if not self.fits(n, size, holders):
+            self.refused += 1
+            return False
+        self._take(n, holders)
+        return True
+
+    async def acquire(self, n: int, size: int | None = None, holders: tuple[Holder, ...] = ()) -> None:
+        size = n if size is None else size
+        if size > self.largest():
+            raise ValueError(f"{size} bytes can never fit in a budget of {self.capacity}")
+        if self.fits(n, size, holders):
+            self._take(n, holders)
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (n, waiter)
+        entry = (n, size, holders, waiter)
         self._waiters.append(entry)
         try:
             await waiter
         except BaseException:
             if waiter.done() and not waiter.cancelled():
-                self.release(n)  # granted as we were cancelled: give it back
+                self.release(n, holders)  # granted as we were cancelled: give it back
             else:
                 self._waiters.remove(entry)
             raise
 
-    def release(self, n: int) -> None:
+    def release(self, n: int, holders: tuple[Holder, ...] = ()) -> None:
         self.used -= n
+        for holder in holders:
+            holder.held -= n
         if self._waiters:
             self._wake()
 
-    def _take(self, n: int) -> None:
+    def _take(self, n: int, holders: tuple[Holder, ...]) -> None:
         self.used += n
+        for holder in holders:
+            holder.held += n
         self.peak = max(self.peak, self.used)
 
     def _wake(self) -> None:
         for entry in list(self._waiters):
-            n, waiter = entry
+            n, size, holders, waiter = entry
             if waiter.done():
                 self._waiters.remove(entry)
-            elif self.used + n <= self._limit(n):
+            elif self.fits(n, size, holders):
                 self._waiters.remove(entry)
-                self._take(n)
+                self._take(n, holders)
                 waiter.set_result(None)
 
     def stats(self) -> BudgetStats:
-        return {"used": self.used, "peak": self.peak, "capacity": self.capacity, "waiting": len(self._waiters)}
+        return {
+            "used": self.used,
+            "peak": self.peak,
+            "capacity": self.capacity,
+            "waiting": len(self._waiters),
+            "refused": self.refused,
+        }
 
 
 def raise_fd_limit() -> int:

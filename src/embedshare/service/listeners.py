@@ -247,6 +247,9 @@ class FrameServer:
         ``frame_budget`` before its body is read and given back once it is answered.
         """
         budget = self.frame_budget
+        peer_key = budget_peer(peer)  # a share of the budget for its process, one for this connection
+        peer_holder = budget.peer(peer_key)
+        holders = (budget.connection(), peer_holder)
         self._next_client += 1
         client_id = self._next_client
         self.clients[client_id] = {**peer, "connected": time.time(), "requests": 0}
@@ -273,11 +276,11 @@ class FrameServer:
                     writer.write(protocol.pack(protocol.error_reply(0, exc.code, str(exc))))
                     await writer.drain()
                     return
-                await budget.acquire(length)  # waits while other frames hold the budget
+                await budget.acquire(length, holders=holders)  # waits while others (or its own share) hold it
                 try:
                     body = await reader.readexactly(length)
                 except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-                    budget.release(length)
+                    budget.release(length, holders)
                     return
                 slot.frame_done()
                 self.clients[client_id]["requests"] += 1
@@ -291,13 +294,14 @@ class FrameServer:
                 task.add_done_callback(tasks.discard)
 
                 def answered(_: asyncio.Task[None], n: int = length) -> None:
-                    budget.release(n)
+                    budget.release(n, holders)
                     slot.request_done()
 
                 task.add_done_callback(answered)
         finally:
             for task in tasks:
                 task.cancel()
+            budget.leave(peer_key, peer_holder)
             self.clients.pop(client_id, None)
             writer.close()
 
@@ -393,6 +397,14 @@ def _version_error(what: str) -> protocol.ProtocolError:
         f"{what} is not this service's TCP handshake (version {handshake.HANDSHAKE_VERSION}: a challenge "
         "and response that never sends the token): use the same embedshare version on both ends",
     )
+
+
+def budget_peer(peer: protocol.Peer) -> tuple[str, object]:
+    """Whose share of the frame budget a connection's frames take: its process (a Unix peer's
+    pid, by SO_PEERCRED) or its host (a TCP peer, which has no pid we can see)."""
+    if peer.get("pid") is not None:
+        return ("pid", peer["pid"])
+    return ("tcp", peer.get("tcp", "").rpartition(":")[0])
 
 
 def log_request(message: Any, reply: dict[str, Any], seconds: float, peer: protocol.Peer) -> None:

@@ -62,12 +62,12 @@ from starlette.routing import Route
 from ...client.protocol import StatsReply
 from ...embedders import EmbedderError, InvalidTextError
 from .errors import EXCEPTION_HANDLERS, ApiError, error_response
-from .inputs import input_texts, read_json
+from .inputs import input_texts
 from .probes import probe_routes
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..engine import Engine
-    from ..limits import ByteBudget
+    from .admission import RequestAdmission
 
 log = logging.getLogger("embedshare.service.http")
 
@@ -83,9 +83,9 @@ def count_tokens(texts: list[str]) -> int:
     return sum(sum(1 for _ in _TOKEN.finditer(text)) for text in texts)
 
 
-def create_app(engine: Engine, budget: ByteBudget, stats: Callable[[], StatsReply]) -> Any:
-    """The ASGI app over a service's ``engine`` (and its config and metrics); request bodies
-    share ``budget``, and ``/metrics`` reads ``stats`` (the whole service's)."""
+def create_app(engine: Engine, admission: RequestAdmission, stats: Callable[[], StatsReply]) -> Any:
+    """The ASGI app over a service's ``engine`` (and its config and metrics); requests are
+    admitted by ``admission`` (its budget and limits), and ``/metrics`` reads ``stats``."""
     config, metrics = engine.config, engine.metrics
 
     async def ready() -> None:
@@ -134,7 +134,7 @@ def create_app(engine: Engine, budget: ByteBudget, stats: Callable[[], StatsRepl
         return await counted(_embeddings, request)
 
     async def _embeddings(request: Request) -> Response:
-        body = await read_json(request, budget, config.frame_timeout)
+        body = await admission.admit(request)
         await ready()
         canonical, accepted = model_ids()
         dim = engine.dim
@@ -153,7 +153,7 @@ def create_app(engine: Engine, budget: ByteBudget, stats: Callable[[], StatsRepl
                 param="model",
                 code="model_not_found",
             )
-        texts = await input_texts(body.get("input"))
+        texts = await input_texts(body.get("input"), config.max_client_batch_size)
         encoding = body.get("encoding_format", "float")
         if encoding is None:
             encoding = "float"

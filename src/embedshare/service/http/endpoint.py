@@ -25,8 +25,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ...client.protocol import StatsReply
 from .address import http_token, is_loopback, parse_http_address
+from .admission import RequestAdmission
 from .app import create_app
 from .guard import MAX_HEADER_BYTES, BearerAuth, LoopbackHostOnly, guarded_protocol
+from .inputs import MAX_BODY_BYTES, BodyLimits
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..engine import Engine
@@ -102,7 +104,14 @@ class HttpEndpoint:
         host, port = parse_http_address(address)
         token = http_token(config.http_token_file, config.http_no_auth, is_loopback(host), address)
         sock = _bind(host, port)
-        app: Any = create_app(engine, budget, stats)
+        limits = BodyLimits(
+            max_bytes=min(MAX_BODY_BYTES, budget.largest()),
+            timeout=config.frame_timeout,
+            read_timeout=config.http_read_timeout,
+            max_inputs=config.max_client_batch_size,
+        )
+        admission = RequestAdmission(budget, config.max_concurrent_requests, limits)
+        app: Any = admission.middleware(create_app(engine, admission, stats))
         if token is not None:
             app = BearerAuth(app, token, on_refused=lambda: metrics.add(auth_failures=1))
         if is_loopback(host):

@@ -20,13 +20,15 @@ class ApiError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers  # Retry-After on a 429; Connection: close when the body was not all read
 
-    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+    def response(self) -> JSONResponse:
         return error_response(
-            self.status, self.message, type=self.type, param=self.param, code=self.code, headers=headers
+            self.status, self.message, type=self.type, param=self.param, code=self.code, headers=self.headers
         )
 
 

@@ -10,7 +10,13 @@
   admitted by the endpoint's :class:`~embedshare.service.limits.Listener` (its own cap, so an
   HTTP flood leaves the Unix socket alone), a deadline for the request's headers, and the
   plain-text 400 that uvicorn sends for a malformed request replaced by OpenAI's error shape.
-  uvicorn's own options do the rest: ``timeout_keep_alive`` closes idle keep-alive
+  A connection that waits for its client (headers not all sent, a body not all sent, or
+  between requests) may be evicted at the cap, the one that has waited longest first: 300
+  connections that send headers and no body no longer lock new clients out. This is done
+  here, in the protocol, because only the protocol sees a connection that sends nothing (the
+  ASGI app is not called until headers are in, and uvicorn has no read timeout of its own).
+  The body's own deadlines (one per read, one for the whole) are ``inputs.py``'s, which can
+  answer 408. uvicorn's options do the rest: ``timeout_keep_alive`` closes idle keep-alive
   connections, ``h11_max_incomplete_event_size`` caps the headers.
 """
 
@@ -20,6 +26,7 @@ import hmac
 import logging
 from typing import Any
 
+import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..limits import Listener, Slot
@@ -93,15 +100,24 @@ def guarded_protocol(listener: Listener, header_timeout: float) -> type[H11Proto
         def handle_events(self) -> None:
             super().handle_events()
             slot = self._slot
-            if slot is not None and self.cycle is not None and self.cycle is not self._cycle_seen:
+            if slot is None or self.cycle is None:
+                return
+            if self.cycle is not self._cycle_seen:
                 self._cycle_seen = self.cycle  # a request's headers are in: the app has it now
                 slot.frame_done()
                 slot.request_started()
+            if self.cycle.response_complete:
+                return
+            if self.conn.their_state is h11.SEND_BODY:
+                slot.waiting_for_client()  # the rest of the body: evictable, last in line again
+            else:
+                slot.serving()
 
         def on_response_complete(self) -> None:
-            super().on_response_complete()
             if self._slot is not None:  # the next request's headers must come in time
                 self._slot.waiting_for_next(header_timeout)
+                self._slot.waiting_for_client()
+            super().on_response_complete()  # last: it starts a pipelined request, if one waits
 
         def send_400_response(self, msg: str) -> None:
             """A malformed request (bad request line or headers, too large): OpenAI's error shape."""

