@@ -11,7 +11,11 @@ each of them, as the model embeds it, and the rest of the batch is untouched.
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +72,98 @@ def assert_same(vectors, expected: np.ndarray, exact: bool = True) -> None:
         assert got.tobytes() == expected.tobytes()
     else:  # the client averaged and renormalised in float64
         np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+# -- each client with its own default model name, after --served-model-name ------------------------
+
+# What each client sends when given no model: LlamaIndex's and langchain-openai's default, and
+# Haystack's; the openai SDK has no default, and most of its examples use text-embedding-3-small.
+DEFAULT_NAMES = ("text-embedding-ada-002", "text-embedding-3-small")
+
+
+def cli(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "embedshare.cli", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def named_store(tmp_path_factory):
+    """`embedshare serve --served-model-name ...`, as a user starts it; stopped at the end."""
+    store = tmp_path_factory.mktemp("named") / "store"
+    flags = [arg for name in DEFAULT_NAMES for arg in ("--served-model-name", name)]
+    started = cli("serve", "--store", str(store), "--model", "hash:64", "--http", "127.0.0.1:0", *flags, "--detach")
+    url = re.search(r"http (http://\S+/v1)", started)
+    assert url, started
+    try:
+        yield store, url.group(1)
+    finally:
+        cli("stop", "--store", str(store))
+
+
+def cli_vectors(store: Path, texts: list[str]) -> np.ndarray:
+    """What `embedshare embed --json` gives for ``texts``: the reference of these tests."""
+    reply = json.loads(cli("embed", "--json", "--store", str(store), *texts))
+    return np.asarray(reply["vectors"], dtype=np.float32)
+
+
+@requires("openai")
+def test_openai_with_a_served_name(named_store):
+    import openai
+
+    store, url = named_store
+    reply = openai.OpenAI(base_url=url, api_key="unused").embeddings.create(model="text-embedding-3-small", input=TEXTS)
+    assert_same([d.embedding for d in reply.data], cli_vectors(store, TEXTS))
+
+
+@requires("dev", "llama_index", "openai")
+def test_llamaindex_with_its_default_model(named_store):
+    from llama_index.embeddings.openai import OpenAIEmbedding
+
+    store, url = named_store
+    embed = OpenAIEmbedding(api_base=url, api_key="unused")  # model: its default, text-embedding-ada-002
+    assert_same(embed.get_text_embedding_batch(TEXTS), cli_vectors(store, TEXTS))
+
+
+@requires("dev", "haystack", "openai")
+def test_haystack_with_its_default_model(named_store, monkeypatch):
+    monkeypatch.setenv("HAYSTACK_TELEMETRY_ENABLED", "False")
+    from haystack import Document
+    from haystack.components.embedders import OpenAIDocumentEmbedder, OpenAITextEmbedder
+    from haystack.utils import Secret
+
+    store, url = named_store
+    key = Secret.from_token("unused")
+    text = OpenAITextEmbedder(api_base_url=url, api_key=key).run(text=TEXTS[1])["embedding"]  # text-embedding-3-small
+    assert_same([text], cli_vectors(store, TEXTS[1:2]))
+    documents = OpenAIDocumentEmbedder(api_base_url=url, api_key=key, progress_bar=False)
+    embedded = documents.run(documents=[Document(content=t) for t in TEXTS])["documents"]
+    assert_same([d.embedding for d in embedded], cli_vectors(store, TEXTS))
+
+
+@requires("dev", "langchain_openai", "openai")
+def test_langchain_openai_with_its_default_model(named_store):
+    from langchain_openai import OpenAIEmbeddings
+
+    store, url = named_store
+    embeddings = OpenAIEmbeddings(base_url=url, api_key="unused", check_embedding_ctx_length=False)  # ada-002
+    assert_same(embeddings.embed_documents(TEXTS), cli_vectors(store, TEXTS))
+
+
+@requires("openai")
+def test_a_name_not_served_is_still_an_error_naming_the_fix(named_store):
+    import openai
+
+    _, url = named_store
+    with pytest.raises(openai.NotFoundError) as refused:
+        openai.OpenAI(base_url=url, api_key="unused", max_retries=0).embeddings.create(
+            model="text-embedding-3-large", input="a"
+        )
+    message = refused.value.body["message"]
+    assert "'hash:64:v1'" in message and "'text-embedding-ada-002'" in message and "'text-embedding-3-small'" in message
+    assert "--served-model-name 'text-embedding-3-large'" in message
 
 
 @requires("openai")
