@@ -204,13 +204,14 @@ def test_top_fits_an_80x24_terminal_with_25_clients(service, tmp_path, wait_for)
     """In a real 80x24 terminal (tmux), 25 clients: the clients that do not fit are summarised,
     and the totals, the foot and this command's own row stay on the screen."""
     tmux = shutil.which("tmux") or pytest.skip("tmux is not installed (apt-get install tmux)")
+    assert tmux is not None
     clients = [
         subprocess.Popen(
             [sys.executable, "-c", RAW_CLIENT, service.address], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         for _ in range(25)
     ]
-    server = ["tmux", "-L", f"embedshare-test-{os.getpid()}", "-f", "/dev/null"]
+    server = [tmux, "-L", f"embedshare-test-{os.getpid()}", "-f", "/dev/null"]
     try:
         for client in clients:
             assert client.stdout.readline().strip() == b"connected"
