@@ -16,7 +16,6 @@ import importlib
 import os
 import sys
 import threading
-import warnings
 from pathlib import Path
 
 from . import settings
@@ -30,6 +29,7 @@ from .sources.failover import POLICIES, FailoverSource
 from .sources.service import ServiceSource
 from .store import StoreLayout
 from .store.record import recorded_model, recorded_registry
+from .util.user_warning import warn_user
 
 # The manager of a Ray task or actor. Named, not imported: the Ray integration is optional and
 # sits above this module; it is loaded only in a process that has imported Ray.
@@ -239,7 +239,7 @@ def _create(
     )
     # One channel only: a logging record as well would print it twice (logging's last-resort
     # handler writes warnings to stderr when nothing is configured).
-    warnings.warn(message, NoServiceWarning, stacklevel=3)
+    warn_user(message, NoServiceWarning)
     return EmbeddingManager(store_path, model=model, registry=registry)
 
 

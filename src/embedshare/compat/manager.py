@@ -14,7 +14,6 @@ import shutil
 import tempfile
 import threading
 import time
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
@@ -29,6 +28,7 @@ from ..registry import load_registry
 from ..store import ToolIndex, ToolIndexError
 from ..store.index import index_folder_name
 from ..store.index_build import open_or_build_index
+from ..util.user_warning import warn_user
 from . import config as cfg
 from .config import EmbeddingConfig
 from .types import SearchResult, ToolEmbeddings
@@ -225,12 +225,11 @@ class MCPEmbeddingManager:
         """Forget this process's search results. The embedding cache is the store's, never cleared."""
         self.manager.clear_search_cache()
         if not keep_embeddings:
-            warnings.warn(
+            warn_user(
                 "clear_cache(keep_embeddings=False): the embedding cache is shared by every process "
                 f"of the store ({self.manager.layout.root}) and is kept; stop the service and delete "
                 "its cache/ folder to empty it",
                 UserWarning,
-                stacklevel=2,
             )
 
     def get_cache_stats(self) -> dict[str, Any]:
