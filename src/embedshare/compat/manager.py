@@ -25,6 +25,7 @@ import numpy as np
 from .. import access
 from ..manager import EmbeddingManager, NoIndexError
 from ..registry import load_registry
+from ..sources.base import ModelMismatchError
 from ..store import ToolIndex, ToolIndexError
 from ..store.index import index_folder_name
 from ..store.index_build import open_or_build_index
@@ -57,7 +58,7 @@ class MCPEmbeddingManager:
         if self._asked is not None:
             wanted = cfg.expected_dimension(self._asked)
             if not _same_model(self._asked, manager.model_id) or (wanted and wanted != manager.dim):
-                raise ValueError(
+                raise ModelMismatchError(
                     f"this process's embedding manager embeds with {manager.model_id!r}, not "
                     f"{self._asked!r}: one process has one model (reset_embedding_manager() first)"
                 )

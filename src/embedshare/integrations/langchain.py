@@ -31,6 +31,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("the LangChain adapter needs langchain-core: pip install 'embedshare[langchain]'") from exc
 
 from ..manager import EmbeddingManager
+from ..sources.base import ModelMismatchError
 
 __all__ = ["EmbedshareEmbeddings"]
 
@@ -98,7 +99,7 @@ def _check_model(manager: Any, model: str) -> None:
 
     wanted = create_embedder(model).model_id
     if manager.model_id != wanted:
-        raise ValueError(
+        raise ModelMismatchError(
             f"this process's embedding manager embeds with {manager.model_id!r}, not {wanted!r}; "
             "pass manager= to use another one"
         )
