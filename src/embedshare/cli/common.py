@@ -141,7 +141,14 @@ def open_manager(store: Path | None, model: str | None, registry: str | None) ->
             return SharedEmbeddingManager(layout.socket, model=model, on_failure="error", registry=registry)
         except ServiceUnavailable:
             pass
+    created = not layout.root.exists()
     manager = EmbeddingManager(layout.root, model=resolve_model(model, store))
+    if created:  # a mistyped --store would otherwise compute alone, silently, in a new store
+        click.echo(
+            f"note: no store at {layout.root}: created a new, empty one, and this command computes "
+            f"in-process, sharing nothing (check --store or ${ENV_STORE} if you meant an existing store)",
+            err=True,
+        )
     if registry:
         manager.load_registry(registry, progress=progress_callback("embedding tools"))
     return manager
