@@ -47,6 +47,20 @@ def test_the_cli_says_in_one_line_that_it_created_a_store(tmp_path, command):
     assert again.returncode == 0 and again.stderr == ""  # it exists now: nothing to say
 
 
+def test_a_command_that_fails_on_a_store_it_created_says_both_in_one_line(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"tool_a": {"name": "tool_a"}}')
+    done = cli("search", "x", "--registry", str(bad), "--store", str(tmp_path / "stroe"), "--model", "hash:64")
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "'description' is missing" in line
+    assert line.endswith(
+        f"(note: no store at {tmp_path / 'stroe'}: created a new, empty one, and this command "
+        "computes in-process, sharing nothing (check --store or $EMBEDSHARE_STORE if you meant an "
+        "existing store))"
+    )
+
+
 def test_the_python_api_warns_that_it_created_a_store(tmp_path):
     with pytest.warns(NoServiceWarning, match=f"The store folder {tmp_path / 'stroe'} did not exist"):
         get_embedding_manager(model="hash:64", store=tmp_path / "stroe")
@@ -79,7 +93,8 @@ def test_a_pool_without_the_main_guard_is_named_in_one_line(tmp_path, start_meth
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last == (
-        f'embedshare.pool.main_guard.MainGuardError: {script}:9 starts a SharedPool outside `if __name__ == "__main__":`; '
+        "embedshare.pool.main_guard.MainGuardError: "
+        f'{script}:9 starts a SharedPool outside `if __name__ == "__main__":`; '
         f"each worker imports {script} and would start one too: put the code that starts the pool under that guard"
     ), done.stderr
     assert len(done.stderr.splitlines()) < 15, done.stderr  # one traceback, not one a worker
@@ -105,7 +120,7 @@ def test_a_worker_importing_an_unguarded_script_exits_with_one_line(tmp_path):
             sys.executable,
             "-c",
             "import runpy, sys; script = sys.argv[2]; sys.argv[1:] = [sys.argv[1], 'spawn']; "
-                "runpy.run_path(script, run_name='__mp_main__')",
+            "runpy.run_path(script, run_name='__mp_main__')",
             str(tmp_path / "store"),
             str(script),
         ]

@@ -14,8 +14,6 @@ from importlib.machinery import ModuleSpec
 from types import ModuleType
 from typing import Any
 
-from .util.user_warning import warn_user
-
 # old module -> the modules that hold its names now, searched in this order
 MOVED: dict[str, tuple[str, ...]] = {
     "embedshare.digests": ("embedshare.util.digests",),
@@ -65,6 +63,8 @@ class MovedModules:
 
     def exec_module(self, module: ModuleType) -> None:
         old, homes = module.__name__, MOVED[module.__name__]
+        from .util.user_warning import warn_user  # here: importing embedshare stays this module only
+
         warn_user(f"{old} moved in embedshare 0.2: import from {' or '.join(homes)}", DeprecationWarning)
 
         def __getattr__(name: str) -> Any:
