@@ -110,6 +110,17 @@ def test_the_same_pool_under_the_guard_runs(tmp_path):
     assert done.stdout.strip() == "[2, 4, 6]"
 
 
+@pytest.mark.slow
+def test_a_package_s_main_needs_no_guard(tmp_path):
+    """multiprocessing never re-imports a package's __main__ (`python -m embedshare.cli demo`)."""
+    (tmp_path / "job").mkdir()
+    unguarded = UNGUARDED.replace("task, [1, 2, 3]", "abs, [-1, -2, -3]")  # __main__'s own functions do not pickle
+    (tmp_path / "job" / "__main__.py").write_text(POOL_SCRIPT.format(start=unguarded))
+    done = run([sys.executable, "-m", "job", str(tmp_path / "store"), "spawn"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[1, 2, 3]"
+
+
 def test_a_worker_importing_an_unguarded_script_exits_with_one_line(tmp_path):
     """The worker's side (when the parent could not read its script): what spawn and forkserver
     run in each worker, the script imported as __mp_main__."""

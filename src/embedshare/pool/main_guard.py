@@ -45,6 +45,9 @@ def refuse_unguarded_main(start_method: str | None) -> None:
     if reimport is not None:  # in a worker, while it imports the parent's script
         raise SystemExit("embedshare: " + _guard_advice(reimport.f_code.co_filename, reimport.f_lineno))
     main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name.endswith(".__main__"):
+        return  # a package's __main__ (python -m embedshare.cli): multiprocessing never re-imports it
     script = getattr(main, "__file__", None)
     running = _module_frame(lambda frame: main is not None and frame.f_globals is vars(main))
     if script and running is not None and not _guarded(Path(script), running.f_lineno):
