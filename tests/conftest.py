@@ -21,10 +21,10 @@ from helpers.embedders import RecordingEmbedder
 from helpers.extras import requires
 from helpers.services import ServiceFactory
 
-from embedshare.env import ENV_ADDRESS, ENV_MODEL, ENV_ON_FAILURE, ENV_REGISTRY, ENV_STORE
+from embedshare.env import ENV_ADDRESS, ENV_MODEL, ENV_NO_SERVICE_SAID, ENV_ON_FAILURE, ENV_REGISTRY, ENV_STORE
 from embedshare.service.launcher import EmbeddingService
 
-ENV_VARS = (ENV_ADDRESS, ENV_STORE, ENV_MODEL, ENV_REGISTRY, ENV_ON_FAILURE)
+ENV_VARS = (ENV_ADDRESS, ENV_STORE, ENV_MODEL, ENV_REGISTRY, ENV_ON_FAILURE, ENV_NO_SERVICE_SAID)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

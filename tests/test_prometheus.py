@@ -177,6 +177,23 @@ def test_openmetrics_and_gzip_are_negotiated(service):
     assert httpx.post(url, timeout=30).status_code == 405
 
 
+@pytest.mark.parametrize(
+    ("name", "other"),
+    [
+        ("process_open_fds", "embedshare_requests_total"),
+        ("embedshare_requests_total", "process_open_fds"),
+        ("embedshare_request_latency_seconds_bucket", "embedshare_clients"),
+    ],
+)
+def test_metrics_filtered_by_name_return_that_metric_only(service, name, other):
+    """prometheus-client filters by the names a collector describes: each must be known."""
+    response = httpx.get(f"{service.http_url}/metrics", params={"name[]": name}, timeout=30)
+    assert response.status_code == 200
+    names = {s.name for family in text_string_to_metric_families(response.text) for s in family.samples}
+    assert name in names
+    assert other not in names
+
+
 def test_health_and_ready_of_a_running_service(service):
     health = httpx.get(f"{service.http_url}/health", timeout=30)
     assert health.status_code == 200 and health.json() == {"status": "ok", "pid": service.pid}

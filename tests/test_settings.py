@@ -218,6 +218,7 @@ def test_a_service_config_is_frozen_and_its_argv_reads_back_as_the_same_config(t
         http="127.0.0.1:0",
         http_token_file=str(tmp_path / "h"),
         http_no_auth=True,
+        served_model_names=("text-embedding-ada-002", "text-embedding-3-small"),
         tcp="127.0.0.1:0",
         token_file=str(tmp_path / "t"),
         **limits,

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .pool.shared import SharedPool  # noqa: F401
     from .service.config import ServiceConfig  # noqa: F401
     from .service.launcher import EmbeddingService, ServiceStartError  # noqa: F401
-    from .sources.base import VectorSource  # noqa: F401
+    from .sources.base import ModelMismatchError, VectorSource  # noqa: F401
     from .store.record import RegistryMismatchError  # noqa: F401
 
 
@@ -50,6 +50,7 @@ _EXPORTS = {
     "ServiceUnavailable": "embedshare.client.connection",
     "ServiceStopped": "embedshare.client.connection",
     "NoIndexError": "embedshare.manager",
+    "ModelMismatchError": "embedshare.sources.base",
     "RegistryMismatchError": "embedshare.store.record",
     "EmbeddingService": "embedshare.service.launcher",
     "ServiceStartError": "embedshare.service.launcher",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-import warnings
 from importlib.machinery import ModuleSpec
 from types import ModuleType
 from typing import Any
@@ -64,9 +63,9 @@ class MovedModules:
 
     def exec_module(self, module: ModuleType) -> None:
         old, homes = module.__name__, MOVED[module.__name__]
-        warnings.warn(
-            f"{old} moved in embedshare 0.2: import from {' or '.join(homes)}", DeprecationWarning, stacklevel=2
-        )
+        from .util.user_warning import warn_user  # here: importing embedshare stays this module only
+
+        warn_user(f"{old} moved in embedshare 0.2: import from {' or '.join(homes)}", DeprecationWarning)
 
         def __getattr__(name: str) -> Any:
             for home in homes:

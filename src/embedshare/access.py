@@ -16,7 +16,6 @@ import importlib
 import os
 import sys
 import threading
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,12 +24,22 @@ from .client.address import TCP_SCHEME
 from .client.connection import ServiceStopped, ServiceUnavailable
 from .client.protocol import ServedRegistry, StatsReply
 from .client.state import stopped_on_purpose
-from .env import ENV_ADDRESS, ENV_MODEL, ENV_ON_FAILURE, ENV_RAY, ENV_REGISTRY, default_store
+from .env import (
+    ENV_ADDRESS,
+    ENV_MODEL,
+    ENV_NO_SERVICE_SAID,
+    ENV_ON_FAILURE,
+    ENV_RAY,
+    ENV_REGISTRY,
+    ENV_STORE,
+    default_store,
+)
 from .manager import DEFAULT_MODEL, EmbeddingManager
 from .sources.failover import POLICIES, FailoverSource
 from .sources.service import ServiceSource
 from .store import StoreLayout
 from .store.record import recorded_model, recorded_registry
+from .util.user_warning import warn_user
 
 # The manager of a Ray task or actor. Named, not imported: the Ray integration is optional and
 # sits above this module; it is loaded only in a process that has imported Ray.
@@ -198,6 +207,8 @@ def reset_embedding_manager() -> None:
             if close:
                 close()
         _instance, _instance_pid = None, None
+        if os.environ.get(ENV_NO_SERVICE_SAID) == str(os.getpid()):  # ours, not a parent's: say it again
+            del os.environ[ENV_NO_SERVICE_SAID]
 
 
 def _create(
@@ -237,19 +248,74 @@ def _create(
     layout = StoreLayout(store_path)
     model = model or recorded_model(layout) or default_model
     has_registry = registry or recorded_registry(layout)
+    created = not layout.root.exists()
+    manager = EmbeddingManager(store_path, model=model, registry=registry)
     hint = (
         f"embedshare serve --store {layout.root} --model {model}"
         + ("" if has_registry else " --registry FILE (or bundled)")
         + " --detach"
     )
-    message = (
-        f"no embedshare service is running ({reason}); this process (pid {os.getpid()}) builds "
-        f"its own local embedding manager. Start one with `{hint}` to share it."
+    if _first_to_say_it(layout):
+        # One channel only: a logging record as well would print it twice (logging's last-resort
+        # handler writes warnings to stderr when nothing is configured).
+        warn_user(_no_service_message(reason, layout, hint, created), NoServiceWarning)
+    return manager
+
+
+def _no_service_message(reason: str, layout: StoreLayout, hint: str, created: bool) -> str:
+    """What happened, and what to change; said once a run (see ``_first_to_say_it``)."""
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    who = (
+        f"this worker (pid {os.getpid()}) and every other worker of pid {parent.pid} each load a model of "
+        "their own (said once for all of them)"
+        if parent is not None
+        else f"this process (pid {os.getpid()}) builds its own local embedding manager, and so will every "
+        "process it starts that calls get_embedding_manager() (each pool worker loads a model of its own)"
     )
-    # One channel only: a logging record as well would print it twice (logging's last-resort
-    # handler writes warnings to stderr when nothing is configured).
-    warnings.warn(message, NoServiceWarning, stacklevel=3)
-    return EmbeddingManager(store_path, model=model, registry=registry)
+    new_store = (
+        f" The store folder {layout.root} did not exist: it was created, empty (a mistyped store= or ${ENV_STORE}?)."
+        if created
+        else ""
+    )
+    return (
+        f"no embedshare service is running ({reason}); {who}.{new_store} To share one model, start the "
+        f"service first with `{hint}` (or `with EmbeddingService(...)` around the workers), or run the "
+        "tasks with embedshare.SharedPool, which starts it."
+    )
+
+
+def _first_to_say_it(layout: StoreLayout) -> bool:
+    """True in one process of a run: not in a child of a process that said it (it inherits
+    ``EMBEDSHARE_NO_SERVICE_SAID``), and in the first only of a pool's workers (their parent's
+    pid and start time, kept in the store's ``run/no-service-said``)."""
+    import multiprocessing
+
+    if os.environ.get(ENV_NO_SERVICE_SAID):
+        return False
+    os.environ[ENV_NO_SERVICE_SAID] = str(os.getpid())  # for the processes this one starts
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.pid is None:
+        return True
+    import fcntl
+
+    import psutil
+
+    try:
+        run = f"{parent.pid} {psutil.Process(parent.pid).create_time()}".encode()
+        fd = os.open(layout.make_private_run_dir() / "no-service-said", os.O_RDWR | os.O_CREAT, 0o600)
+    except (OSError, psutil.Error):
+        return True  # cannot tell: better said twice than never
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.read(fd, 256) == run:
+            return False
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, run, 0)
+        return True
+    finally:
+        os.close(fd)
 
 
 def _restarted(

@@ -18,6 +18,8 @@ ENV_REGISTRY = "EMBEDSHARE_REGISTRY"  # the tool registry a process asks for (a 
 ENV_ON_FAILURE = "EMBEDSHARE_ON_FAILURE"  # restart | local | error: what a client does if the service dies
 ENV_TOKEN = "EMBEDSHARE_TOKEN"  # the token a client presents on a tcp:// address
 ENV_HTTP_TOKEN = "EMBEDSHARE_HTTP_TOKEN"  # the HTTP endpoint's bearer token, if no --http-token-file
+# Set by a process that said it builds its own model (no service): its children do not say it again.
+ENV_NO_SERVICE_SAID = "EMBEDSHARE_NO_SERVICE_SAID"
 
 # embedshare on Ray (ray/).
 ENV_RAY = "EMBEDSHARE_RAY"  # "0": get_embedding_manager() ignores Ray in this process

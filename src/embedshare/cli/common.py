@@ -18,6 +18,7 @@ import click
 from ..env import ENV_MODEL, ENV_STORE
 
 DEFAULT_MODEL = "local"
+CREATED_STORE = "embedshare.created_store"  # click context meta: the note open_manager leaves
 
 
 def store_layout(store: Path | None) -> Any:
@@ -59,10 +60,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 @contextmanager
 def errors_as_messages() -> Iterator[None]:
-    """A user's mistake is one ``error:`` line and exit code 1; ``-v`` adds the traceback."""
+    """A user's mistake is one ``error:`` line and exit code 1; ``-v`` adds the traceback.
+
+    A store this command created (``open_manager``) is said once: a ``note:`` line after a
+    success, or at the end of the error line.
+    """
     try:
         yield
     except user_errors() as exc:
+        note = _created_store_note()
         context = click.get_current_context(silent=True)
         if context is not None and context.find_root().params.get("verbose"):
             import traceback
@@ -72,8 +78,16 @@ def errors_as_messages() -> Iterator[None]:
             if log_tail:
                 click.echo(f"the end of the service's log:\n{log_tail}", err=True)
         message = " ".join(str(exc).split()) or type(exc).__name__
-        click.echo(f"error: {message}", err=True)
+        click.echo(f"error: {message}" + (f" (note: {note})" if note else ""), err=True)
         sys.exit(1)
+    note = _created_store_note()
+    if note:
+        click.echo(f"note: {note}", err=True)
+
+
+def _created_store_note() -> str | None:
+    context = click.get_current_context(silent=True)
+    return context.meta.pop(CREATED_STORE, None) if context is not None else None
 
 
 store_option = click.option(
@@ -141,7 +155,15 @@ def open_manager(store: Path | None, model: str | None, registry: str | None) ->
             return SharedEmbeddingManager(layout.socket, model=model, on_failure="error", registry=registry)
         except ServiceUnavailable:
             pass
+    created = not layout.root.exists()
     manager = EmbeddingManager(layout.root, model=resolve_model(model, store))
+    if created:  # a mistyped --store would otherwise compute alone, silently, in a new store
+        context = click.get_current_context(silent=True)
+        if context is not None:  # said by errors_as_messages: a line of its own, or in the error's
+            context.meta[CREATED_STORE] = (
+                f"no store at {layout.root}: created a new, empty one, and this command computes in-process, "
+                f"sharing nothing (check --store or ${ENV_STORE} if you meant an existing store)"
+            )
     if registry:
         manager.load_registry(registry, progress=progress_callback("embedding tools"))
     return manager

@@ -121,7 +121,9 @@ def ray_demo(
         try:
             import ray  # noqa: F401  (only to say clearly that it is missing)
         except ImportError:
-            raise ValueError("ray-demo needs Ray: pip install 'embedshare[ray]'") from None
+            from ..util.install import pip_install
+
+            raise ValueError(f"ray-demo needs Ray: {pip_install('ray')}") from None
         from ..bench.ray_demo import run_ray_demo
 
         report = run_ray_demo(

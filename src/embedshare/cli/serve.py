@@ -26,6 +26,8 @@ def _click_option(option: CommandOption) -> Callable[[F], F]:
     """A field of ``ServiceConfig`` as a click option: its flag, type, default and help."""
     if option.kind is bool:
         return click.option(option.flag, option.name, is_flag=True, help=option.help)
+    if option.repeat:
+        return click.option(option.flag, option.name, multiple=True, metavar=option.metavar, help=option.help)
     kind: Any = click.Path(dir_okay=False, path_type=Path) if option.path else option.kind
     return click.option(
         option.flag,

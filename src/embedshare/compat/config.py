@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 import threading
-import warnings
 from dataclasses import dataclass
 
 from ..env import ENV_MODEL
+from ..util.user_warning import warn_user
 
 ORIGINAL_MODEL = "text-embedding-3-large"
 API_KEY_ENV = "OPENAI_API_KEY"
@@ -119,12 +119,11 @@ def warn_local_default() -> None:
         if _warned:
             return
         _warned = True
-    warnings.warn(
+    warn_user(
         f"{API_KEY_ENV} is not set, so embedshare.compat embeds with the local model "
         f"(all-MiniLM-L6-v2, 384 dims), not the original's {ORIGINAL_MODEL} (3,072 dims). "
         f"Set {API_KEY_ENV}, or choose a model with EMBEDSHARE_MODEL or EmbeddingConfig(model=...).",
         LocalModelWarning,
-        stacklevel=4,
     )
 
 

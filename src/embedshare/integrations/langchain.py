@@ -17,20 +17,23 @@ reads cache hits from the memory map without a round trip.
 The manager's rules hold: texts must be non-empty strings (an empty document is an
 ``InvalidTextError`` naming it; a whitespace-only one is embedded as the model embeds it),
 and a service with another model than the one asked for is an error, never silently used.
-Needs ``pip install 'embedshare[langchain]'``.
+Needs the ``langchain`` extra (``pip install -e '.[langchain]'`` from a checkout).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..util.install import pip_install
+
 try:
     from langchain_core.embeddings import Embeddings
     from langchain_core.runnables.config import run_in_executor
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("the LangChain adapter needs langchain-core: pip install 'embedshare[langchain]'") from exc
+    raise ImportError(f"the LangChain adapter needs langchain-core: {pip_install('langchain')}") from exc
 
 from ..manager import EmbeddingManager
+from ..sources.base import ModelMismatchError
 
 __all__ = ["EmbedshareEmbeddings"]
 
@@ -98,7 +101,7 @@ def _check_model(manager: Any, model: str) -> None:
 
     wanted = create_embedder(model).model_id
     if manager.model_id != wanted:
-        raise ValueError(
+        raise ModelMismatchError(
             f"this process's embedding manager embeds with {manager.model_id!r}, not {wanted!r}; "
             "pass manager= to use another one"
         )

@@ -28,6 +28,7 @@ from ..service.launcher import EmbeddingService
 from ..util.latency import Percentiles, percentiles
 from ..util.memory import BareInterpreter, ProcessMemory, measure
 from .attach import attach_worker, worker_stats
+from .main_guard import refuse_unguarded_main
 from .outcomes import TaskFailed, TaskOutcome, WorkerCrash
 from .worker import timed_call
 from .workers import WorkerPool, blas_thread_env
@@ -153,6 +154,7 @@ class SharedPool:
         ``EmbeddingService``). A pool serves the bundled registry unless given another one or
         None; with ``config``, the config's."""
         # Checked now, before a service is started for a pool that could not run.
+        refuse_unguarded_main(start_method)
         self.workers = settings.whole_number("workers", workers, 1)
         self.start_method = start_method
         self.max_retries = settings.whole_number("max_retries", max_retries, 0)

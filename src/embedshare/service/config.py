@@ -41,6 +41,7 @@ class Option:
     limit: bool = False  # a limit at the edge (service/limits.py), in ``limits={...}``
     serve: bool = True  # an option of `embedshare serve` generated from this field
     argv: bool = True  # an option of the service process (False: it gets the value another way)
+    flag: str | None = None  # the option's name when not the field's (a repeatable option's singular)
 
 
 def _setting(default: Any, check: Check, help: str, **option: Any) -> Any:
@@ -102,6 +103,23 @@ def _texts(name: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+_SPEC_KINDS = ("hash", "local", "openai")  # the kinds of spec create_embedder knows (embedders/__init__.py)
+
+
+def _served_names(name: str, value: Any) -> tuple[str, ...]:
+    """Aliases of the model for HTTP clients: their own default names, never another model's spec."""
+    names = _texts(name, value)
+    for served in names:
+        if not served or served != served.strip() or len(served) > 256 or not served.isprintable():
+            raise SettingError(f"{name}: {served!r} is not a model name (printable, no surrounding spaces)")
+        if served.partition(":")[0].partition("@")[0].lower() in _SPEC_KINDS:
+            raise SettingError(
+                f"{name}: {served!r} names an embedshare model; a served name is another name for the "
+                "service's own model, such as a client's default (text-embedding-3-small)"
+            )
+    return tuple(dict.fromkeys(names))
+
+
 def _tcp_address(name: str, value: Any) -> str:
     from ..client.address import parse_tcp_address
 
@@ -146,6 +164,14 @@ class ServiceConfig:
         "(off by default; a bare PORT listens on 127.0.0.1).",
         metavar="HOST:PORT",
     )
+    served_model_names: tuple[str, ...] = _setting(
+        (),
+        _served_names,
+        "Another name HTTP clients may ask for the model by (repeatable), such as their default "
+        "text-embedding-ada-002; any other name stays a 404.",
+        metavar="NAME",
+        flag="--served-model-name",
+    )
     http_token_file: str | None = _setting(
         None,
         _file,
@@ -159,7 +185,12 @@ class ServiceConfig:
     max_http_connections: int = _setting(
         256, _whole(1), "Connections open at once on the HTTP port (apart from the socket's).", limit=True
     )
-    max_tcp_connections: int = _setting(64, _whole(1), "Connections open at once on the --tcp listener.", limit=True)
+    max_tcp_connections: int = _setting(
+        64,
+        _whole(1),
+        "Connections open at once on the TCP listener (EmbeddingService(tcp=...); not a serve option).",
+        limit=True,
+    )
     first_frame_timeout: float = _setting(
         10.0, _duration(), "Seconds a new connection has to send its first request (HTTP: its headers).", limit=True
     )
@@ -234,7 +265,10 @@ class ServiceConfig:
             value = getattr(self, option.name)
             if not option.argv or (value == option.default and not option.required):
                 continue
-            args += [option.flag] if option.kind is bool else [option.flag, str(value)]
+            if option.repeat:
+                args += [arg for item in value for arg in (option.flag, str(item))]
+            else:
+                args += [option.flag] if option.kind is bool else [option.flag, str(value)]
         return args
 
 
@@ -245,6 +279,7 @@ class CommandOption:
     name: str
     flag: str  # --max-batch
     kind: type  # int, float, str or bool (a bool is a flag, off by default)
+    repeat: bool  # given once per value (a tuple field: --served-model-name A --served-model-name B)
     default: Any  # the field's default (None when required)
     required: bool
     help: str
@@ -261,14 +296,16 @@ def command_options() -> tuple[CommandOption, ...]:
     options = []
     for f in fields(ServiceConfig):
         option: Option = f.metadata["option"]
+        repeat = typing.get_origin(hints[f.name]) is tuple  # tuple[str, ...]: one flag a value
         kinds = [k for k in typing.get_args(hints[f.name]) if k is not type(None)] or [hints[f.name]]
         kind = typing.get_origin(kinds[0]) or kinds[0]
         required = f.default is MISSING
         options.append(
             CommandOption(
                 name=f.name,
-                flag="--" + f.name.replace("_", "-"),
-                kind=kind,
+                flag=option.flag or "--" + f.name.replace("_", "-"),
+                kind=str if repeat else kind,
+                repeat=repeat,
                 default=None if required else f.default,
                 required=required,
                 help=option.help,
@@ -326,9 +363,13 @@ def service_parser() -> argparse.ArgumentParser:
     for option in command_options():
         if not option.argv:
             continue
-        if option.kind is bool:
+        if option.kind is bool or option.repeat:
             parser.add_argument(
-                option.flag, dest=option.name, action="store_true", default=argparse.SUPPRESS, help=option.help
+                option.flag,
+                dest=option.name,
+                action="append" if option.repeat else "store_true",
+                default=argparse.SUPPRESS,
+                help=option.help,
             )
         else:
             parser.add_argument(

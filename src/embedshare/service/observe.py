@@ -171,7 +171,10 @@ def metrics_registry(stats: StatsReply | StatsWithMemory) -> Any:
     plus the standard ``process_*`` metrics."""
     from prometheus_client import CollectorRegistry, ProcessCollector
 
-    registry = CollectorRegistry(auto_describe=False)
+    # auto_describe: registering collects once to learn each collector's names, which is what
+    # /metrics?name[]=... filters by (without it every filtered scrape was empty). A collect is
+    # a read of this snapshot and of /proc/self: cheap, once a scrape.
+    registry = CollectorRegistry(auto_describe=True)
     registry.register(ServiceCollector(lambda: stats, memory=False))
     ProcessCollector(registry=registry)
     return registry

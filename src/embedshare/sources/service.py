@@ -29,12 +29,12 @@ from ..client import protocol
 from ..client.address import TCP_SCHEME
 from ..client.connection import ServiceAuthenticationError, ServiceConnection, ServiceUnavailable
 from ..embedders import model_id_of
-from ..env import ENV_TOKEN
+from ..env import ENV_MODEL, ENV_TOKEN
 from ..registry import Registry
 from ..store import EmbeddingCache, StoreLayout, ToolIndex
 from ..store.record import RegistryMismatchError, describe_registry
 from ..util.counters import Counters
-from .base import EmbedFn, NoIndexError, Progress, ServiceBackedSource
+from .base import EmbedFn, ModelMismatchError, NoIndexError, Progress, ServiceBackedSource
 
 MAX_REQUEST_TEXTS = 4096
 MAX_REQUEST_CHARS = 8 << 20
@@ -61,6 +61,7 @@ class ServiceSource(ServiceBackedSource):
         self.request_timeout = settings.seconds("request_timeout", request_timeout)
         self.connect_timeout = settings.seconds("connect_timeout", connect_timeout)
         self._wanted_model_id = model_id_of(model) if model else None  # no API client built
+        self._wanted_spec = model
         self._conn_lock = threading.Lock()
         self._conn: ServiceConnection | None = None
         self._connections = 0  # made so far: every one after the first is a reconnect
@@ -94,6 +95,8 @@ class ServiceSource(ServiceBackedSource):
             hello = conn.hello(timeout=self.request_timeout, model_id=self._wanted_model_id)
         except protocol.RemoteError as exc:
             conn.close()
+            if exc.code == "model_mismatch":
+                raise ModelMismatchError(self._mismatch_fix(exc.remote_message)) from None
             raise ValueError(exc.remote_message) from None
         except BaseException:
             conn.close()
@@ -109,6 +112,18 @@ class ServiceSource(ServiceBackedSource):
         if self._connections > 1:  # counted once connected: an attempt that fails is not one
             self._counters.add(reconnects=1)
         return hello
+
+    def _mismatch_fix(self, refusal: str) -> str:
+        """The service's refusal, and the two ways out: its model, or a store for ours."""
+        socket_path = Path(self.address)
+        store = str(socket_path.parent.parent) if socket_path.name == "service.sock" else "STORE"
+        spec = self._wanted_spec
+        return (
+            f"{refusal}. One store's service has one model: ask for its model (give no model and leave "
+            f"{ENV_MODEL} unset), or serve {spec} on a store of its own (`embedshare serve --store "
+            f"OTHER-STORE --model {spec} --detach`), or restart this one with it (`embedshare stop --store "
+            f"{store}`, then `embedshare serve --store {store} --model {spec} --detach`)"
+        )
 
     def _connection(self) -> ServiceConnection:
         """The current connection, or a new one if it died (or was inherited through fork)."""

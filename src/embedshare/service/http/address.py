@@ -11,6 +11,7 @@ import os
 from importlib.util import find_spec
 
 from ...env import ENV_HTTP_TOKEN
+from ...util.install import pip_install
 from ..token_file import MIN_TOKEN_CHARS, read_token_file
 
 DEFAULT_HOST = "127.0.0.1"
@@ -59,7 +60,7 @@ def normalise_http_address(address: str | None) -> str | None:
     host, port = parse_http_address(address)
     missing = [name for name in NEEDS if find_spec(name) is None]
     if missing:
-        raise ValueError(f"the HTTP endpoint needs {', '.join(missing)}: pip install 'embedshare[http]'")
+        raise ValueError(f"the HTTP endpoint needs {', '.join(missing)}: {pip_install('http')}")
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

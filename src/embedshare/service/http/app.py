@@ -16,8 +16,13 @@ Routes:
   shorten their vectors, and a silently different size is worse than a clear 400.
 - ``GET /v1/models`` and ``GET /v1/models/{id}``: the one model this service embeds with. Its
   id is the model id of the cache (``hash:64:v1``, ``local:all-MiniLM-L6-v2:v1``); requests
-  may also name the service's model spec (``hash:64``, ``local``). Any other model is a 404
-  ``model_not_found``: vectors of another model are never returned under its name.
+  may also name the service's model spec (``hash:64``, ``local``) or one of its
+  ``served_model_names`` (``--served-model-name``: clients' own defaults, listed here too).
+  Any other model is a 404 ``model_not_found`` naming the names served and that flag:
+  vectors are never returned under a name nobody gave the model.
+- ``POST /embeddings``, ``GET /models`` and ``GET /models/{id}``: the same, without ``/v1``
+  (TEI and Infinity serve them there). ``GET /info`` and ``POST /tokenize``: TEI's (see
+  ``tokenize.py``); docs/http.md compares the routes.
 - ``GET /health``, ``GET /ready`` and ``GET /metrics`` (Prometheus, OpenMetrics): answered
   from the first second, while the model loads (see ``probes.py``).
 
@@ -61,9 +66,11 @@ from starlette.routing import Route
 
 from ...client.protocol import StatsReply
 from ...embedders import EmbedderError, InvalidTextError
+from ...embedders.base import MAX_TEXT_CHARS
 from .errors import EXCEPTION_HANDLERS, ApiError, error_response
 from .inputs import input_texts
 from .probes import probe_routes
+from .tokenize import ModelTokenizer, max_input_length, tokenize_request
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..engine import Engine
@@ -91,13 +98,18 @@ def create_app(engine: Engine, admission: RequestAdmission, stats: Callable[[], 
     async def ready() -> None:
         await engine.ready()  # like a socket request: wait while the model loads
 
-    def model_ids() -> tuple[str, set[str]]:
-        canonical = engine.model_id
-        return canonical, {canonical, config.model}
+    def model_names() -> tuple[str, ...]:
+        """The names a request may give: the model id, its spec, then ``--served-model-name``'s."""
+        return tuple(dict.fromkeys((engine.model_id, config.model, *config.served_model_names)))
 
-    def model_object() -> dict[str, Any]:
-        canonical, _ = model_ids()
-        return {"id": canonical, "object": "model", "created": int(metrics.started), "owned_by": "embedshare"}
+    def checked_model(model: str) -> str:
+        """``model`` if the service answers to it; else a 404 naming the fix (never another model)."""
+        if model in model_names():
+            return model
+        raise unknown_model(model, engine.model_id, model_names())
+
+    def model_object(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": int(metrics.started), "owned_by": "embedshare"}
 
     async def counted(handler: Callable[[Request], Awaitable[Response]], request: Request) -> Response:
         """Count an API request like a socket request: requests, errors, latency."""
@@ -136,8 +148,7 @@ def create_app(engine: Engine, admission: RequestAdmission, stats: Callable[[], 
     async def _embeddings(request: Request) -> Response:
         body = await admission.admit(request)
         await ready()
-        canonical, accepted = model_ids()
-        dim = engine.dim
+        canonical, dim = engine.model_id, engine.dim
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise ApiError(
@@ -146,13 +157,7 @@ def create_app(engine: Engine, admission: RequestAdmission, stats: Callable[[], 
                 param="model",
                 code="missing_required_parameter" if model is None else "invalid_type",
             )
-        if model not in accepted:
-            raise ApiError(
-                404,
-                f"The model '{model}' does not exist: this service embeds with '{canonical}' only",
-                param="model",
-                code="model_not_found",
-            )
+        checked_model(model)
         texts = await input_texts(body.get("input"), config.max_client_batch_size)
         encoding = body.get("encoding_format", "float")
         if encoding is None:
@@ -194,36 +199,90 @@ def create_app(engine: Engine, admission: RequestAdmission, stats: Callable[[], 
     async def list_models(request: Request) -> Response:
         async def handler(request: Request) -> Response:
             await ready()
-            return JSONResponse({"object": "list", "data": [model_object()]})
+            names = (engine.model_id, *config.served_model_names)  # the spec is the id's other spelling
+            return JSONResponse({"object": "list", "data": [model_object(name) for name in dict.fromkeys(names)]})
 
         return await counted(handler, request)
 
     async def get_model(request: Request) -> Response:
         async def handler(request: Request) -> Response:
             await ready()
-            wanted = request.path_params["model"]
-            canonical, accepted = model_ids()
-            if wanted not in accepted:
-                raise ApiError(
-                    404,
-                    f"The model '{wanted}' does not exist: this service embeds with '{canonical}' only",
-                    param="model",
-                    code="model_not_found",
-                )
-            return JSONResponse(model_object())
+            wanted = checked_model(request.path_params["model"])
+            return JSONResponse(model_object(engine.model_id if wanted == config.model else wanted))
+
+        return await counted(handler, request)
+
+    tokenizer = ModelTokenizer()
+
+    async def tokenize(request: Request) -> Response:
+        async def handler(request: Request) -> Response:
+            body = await admission.admit(request)
+            await ready()
+            texts, special = tokenize_request(body, engine.model_id, config.max_client_batch_size)
+            return JSONResponse(await asyncio.to_thread(tokenizer.tokenize, texts, special))
+
+        return await counted(handler, request)
+
+    async def info(request: Request) -> Response:
+        async def handler(request: Request) -> Response:
+            await ready()
+            return JSONResponse(service_info(engine))
 
         return await counted(handler, request)
 
     app = Starlette(
         routes=[
-            Route("/v1/embeddings", embeddings, methods=["POST"]),
-            Route("/v1/models", list_models, methods=["GET"]),
-            Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+            # Each OpenAI route also without /v1, as TEI and Infinity serve them: a client whose
+            # base URL is the bare host (Infinity's default) finds them too.
+            *(
+                route
+                for prefix in ("/v1", "")
+                for route in (
+                    Route(f"{prefix}/embeddings", embeddings, methods=["POST"]),
+                    Route(f"{prefix}/models", list_models, methods=["GET"]),
+                    Route(f"{prefix}/models/{{model:path}}", get_model, methods=["GET"]),
+                )
+            ),
+            Route("/info", info, methods=["GET"]),
+            Route("/tokenize", tokenize, methods=["POST"]),
             *probe_routes(engine, stats),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
     )
     return app
+
+
+def unknown_model(model: str, canonical: str, names: tuple[str, ...]) -> ApiError:
+    """The 404 of a name the service does not answer to: what it serves, and how to add a name."""
+    return ApiError(
+        404,
+        f"The model '{model}' does not exist: this service embeds with '{canonical}' and answers to "
+        f"{', '.join(repr(n) for n in names)}. If '{model}' is only your client's default name, start the "
+        f"service with --served-model-name '{model}' (ServiceConfig(served_model_names=...)) to accept it "
+        f"for '{canonical}'s vectors, or send one of those names",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def service_info(engine: Engine) -> dict[str, Any]:
+    """``GET /info``, after TEI's: what a client needs to know before sending texts."""
+    from importlib.metadata import version
+
+    config = engine.config
+    return {
+        "model_id": engine.model_id,
+        "model": config.model,
+        "served_model_names": list(config.served_model_names),
+        "dim": engine.dim,
+        "model_dtype": "float32",
+        "max_input_chars": MAX_TEXT_CHARS,  # longer texts are cut to this before they are embedded
+        "max_input_length": max_input_length(engine.model_id),  # tokens the model reads (None: no window)
+        "max_client_batch_size": config.max_client_batch_size,
+        "encoding_formats": ["float", "base64"],
+        "token_inputs": "cl100k_base",
+        "version": version("embedshare"),
+    }
 
 
 def _reply(vectors: np.ndarray, texts: list[str], encoding: str, model: str) -> bytes:

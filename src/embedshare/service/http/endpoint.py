@@ -14,13 +14,15 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ...util.install import pip_install
+
 try:  # the first import of the `http` extra on the service's path: say which extra is missing
     import prometheus_client  # noqa: F401 - probes.py serves /metrics with it
     import starlette  # noqa: F401 - app.py, guard.py and probes.py build on it
     import uvicorn
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "the HTTP endpoint needs starlette, uvicorn and prometheus-client: pip install 'embedshare[http]'"
+        f"the HTTP endpoint needs starlette, uvicorn and prometheus-client: {pip_install('http')}"
     ) from exc
 
 from ...client.protocol import StatsReply

