@@ -118,9 +118,9 @@ def test_ports_out_of_range_are_refused(store, spec):
 @pytest.mark.parametrize(
     "name, value",
     _cases(
-        workers=[0, -1, 2.5, True],
-        max_retries=[-1, 0.5],
-        task_timeout=[0, -1, math.nan, "10"],
+        workers=[0, -1, 2.5, True, 100_000],
+        max_retries=[-1, 0.5, 10_000],
+        task_timeout=[0, -1, math.nan, "10", 1e308],
         max_batch=[0, -1],
         max_wait_ms=[-1, math.nan],
     ),

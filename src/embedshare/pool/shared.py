@@ -30,7 +30,7 @@ from ..util.memory import BareInterpreter, ProcessMemory, measure
 from .attach import attach_worker, worker_stats
 from .outcomes import TaskFailed, TaskOutcome, WorkerCrash
 from .worker import timed_call
-from .workers import WorkerPool, blas_thread_env
+from .workers import MAX_RETRIES, MAX_WORKERS, WorkerPool, blas_thread_env
 
 
 @dataclass
@@ -153,9 +153,9 @@ class SharedPool:
         ``EmbeddingService``). A pool serves the bundled registry unless given another one or
         None; with ``config``, the config's."""
         # Checked now, before a service is started for a pool that could not run.
-        self.workers = settings.whole_number("workers", workers, 1)
+        self.workers = settings.whole_number("workers", workers, 1, MAX_WORKERS)
         self.start_method = start_method
-        self.max_retries = settings.whole_number("max_retries", max_retries, 0)
+        self.max_retries = settings.whole_number("max_retries", max_retries, 0, MAX_RETRIES)
         # seconds a task may run before its worker is killed
         self.task_timeout = settings.optional_seconds("task_timeout", task_timeout)
         self.progress = progress

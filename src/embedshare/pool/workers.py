@@ -58,8 +58,11 @@ from .supervisor import (
     kill_workers,
 )
 
-__all__ = ["WorkerPool", "blas_thread_env"]
+__all__ = ["MAX_RETRIES", "MAX_WORKERS", "WorkerPool", "blas_thread_env"]
 
+# Upper bounds of a pool's sizes (every setting has one, docs/reliability.md "Limits of settings").
+MAX_WORKERS = 4096
+MAX_RETRIES = 1000
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -106,8 +109,8 @@ class WorkerPool:
         env: dict[str, str] | None = None,
         task_timeout: float | None = None,
     ) -> None:
-        workers = settings.whole_number("workers", workers, 1, 4096)
-        max_retries = settings.whole_number("max_retries", max_retries, 0, 1000)
+        workers = settings.whole_number("workers", workers, 1, MAX_WORKERS)
+        max_retries = settings.whole_number("max_retries", max_retries, 0, MAX_RETRIES)
         self.task_timeout = settings.optional_seconds("task_timeout", task_timeout)
         self.size = workers
         self.max_retries = max_retries
