@@ -289,3 +289,30 @@ def test_a_garbled_state_file_is_a_clear_restart_error_and_does_not_block_a_new_
     assert "no service has run" not in str(error.value)
     service = make_service(registry=None, export_env=False)
     assert json.loads(layout.state.read_text())["pid"] == service.pid  # rewritten
+
+
+def test_data_mdb_cut_short_under_a_live_service_is_a_sigbus_that_its_log_and_the_next_start_explain(
+    store, make_service, wait_for
+):
+    """Issue 21: truncated while open, the file kills the process that reads it (SIGBUS): that
+    cannot be caught, so what the user sees is documented (docs/reliability.md, "Damaged
+    files") and checked here: the service's log ends with faulthandler's line and stack (it
+    said nothing), and the next start names the fix."""
+    from helpers.processes import alive
+
+    service = make_service(export_env=False)
+    texts = [f"{t} cut short under a live service" * 4 for t in TEXTS * 4]
+    sock = connect_raw(service.address)
+    try:
+        assert exchange(sock, {"v": 1, "id": 1, "op": "embed", "texts": texts})["ok"]
+        data = StoreLayout(store).cache / "data.mdb"
+        os.truncate(data, 8192)  # the two meta pages are left; every other page is gone
+        with pytest.raises((EOFError, ConnectionError)):  # the service reads a page that is gone
+            exchange(sock, {"v": 1, "id": 2, "op": "embed", "texts": [f"new {t}" for t in texts[:50]]})
+    finally:
+        sock.close()
+    wait_for(lambda: not alive(service.pid), 30, "the service to die of SIGBUS")
+    log = StoreLayout(store).log.read_text()
+    assert "Fatal Python error: Bus error" in log, log[-2000:]
+    with pytest.raises(ServiceStartError, match="was cut short.*embedshare cache reset"):
+        EmbeddingService(store, model="hash:64", export_env=False, start_timeout=120).start()

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from embedshare.manager import EmbeddingManager
 from embedshare.pool.shared import SharedPool
 from embedshare.pool.workers import WorkerPool
 from embedshare.service.batcher import Batcher
-from embedshare.service.config import LIMIT_FIELDS, ServiceConfig
+from embedshare.service.config import LIMIT_FIELDS, ServiceConfig, command_options
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
 from embedshare.service.metrics import ServiceMetrics
 from embedshare.settings import SettingError
@@ -52,6 +53,38 @@ def test_service_config_refuses_a_bad_setting_naming_it(store, name, value):
         SettingError, match=rf"^{name} must be .*got {value!r}" if not isinstance(value, str) else rf"^{name} must be"
     ):
         ServiceConfig(store=str(store), model="hash:64", **{name: value})
+
+
+def _numeric_fields() -> list[str]:
+    return [o.name for o in command_options() if o.kind in (int, float)]
+
+
+@pytest.mark.parametrize("name", _numeric_fields())
+@pytest.mark.parametrize("value", [1e308, 2**70], ids=["1e308", "2**70"])
+def test_every_number_of_a_service_config_has_an_upper_bound_named_in_its_error(store, name, value):
+    """Issue 21: `--max-wait-ms 1e308` was accepted and a miss then waited for ever; every time
+    and size setting (new ones included: this reads the fields) refuses a value past its bound,
+    naming the setting, the value and the range."""
+    with pytest.raises(SettingError, match=rf"^{name} must be .*(\.\.|up to )\d+.*, got {re.escape(repr(value))}"):
+        ServiceConfig(store=str(store), model="hash:64", **{name: value})
+
+
+@pytest.mark.parametrize(
+    "make, name",
+    [
+        (lambda store: SharedEmbeddingManager(store / "no.sock", request_timeout=1e308), "request_timeout"),
+        (lambda store: SharedEmbeddingManager(store / "no.sock", connect_timeout=1e308), "connect_timeout"),
+        (lambda store: ServiceConnection(store / "no.sock", connect_timeout=1e308), "connect_timeout"),
+        (lambda store: EmbeddingService(store, model="hash:64", start_timeout=1e308), "start_timeout"),
+        (lambda store: WorkerPool(1, task_timeout=1e308), "task_timeout"),
+        (lambda store: WorkerPool(100_000), "workers"),
+        (lambda store: EmbeddingManager(store, model="hash:64", search_cache_size=2**70), "search_cache_size"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_the_pool_s_and_the_client_s_timeouts_and_sizes_have_an_upper_bound(store, make, name):
+    with pytest.raises(SettingError, match=rf"^{name} must be .*(\.\.|up to )\d+"):
+        make(store)
 
 
 def test_service_config_accepts_the_edges(store):
@@ -85,9 +118,9 @@ def test_ports_out_of_range_are_refused(store, spec):
 @pytest.mark.parametrize(
     "name, value",
     _cases(
-        workers=[0, -1, 2.5, True],
-        max_retries=[-1, 0.5],
-        task_timeout=[0, -1, math.nan, "10"],
+        workers=[0, -1, 2.5, True, 100_000],
+        max_retries=[-1, 0.5, 10_000],
+        task_timeout=[0, -1, math.nan, "10", 1e308],
         max_batch=[0, -1],
         max_wait_ms=[-1, math.nan],
     ),
@@ -122,7 +155,7 @@ def test_a_connection_timeout_must_be_positive(store):
 
 
 def test_local_manager_search_cache_size(store):
-    with pytest.raises(SettingError, match="^search_cache_size must be >= 0, got -1"):
+    with pytest.raises(SettingError, match="^search_cache_size must be in 0..2147483647, got -1"):
         EmbeddingManager(store, model="hash:64", search_cache_size=-1)
 
 
@@ -170,7 +203,7 @@ def test_a_restart_from_a_state_file_with_a_bad_setting_names_the_file_and_the_s
     layout.make_private_run_dir()
     layout.state.write_text(json.dumps({"pid": 1, "config": {"model": "hash:64", "max_batch": 0}}))
     with pytest.raises(
-        ServiceStartError, match=r"service\.json holds an invalid config \(max_batch must be >= 1, got 0\)"
+        ServiceStartError, match=r"service\.json holds an invalid config \(max_batch must be in 1..100000, got 0\)"
     ):
         EmbeddingService.from_state(store)
 
@@ -290,11 +323,18 @@ def _assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str)
 
 
 SERVE_CASES = [
-    (["--max-batch", "0"], "max_batch must be >= 1, got 0"),
-    (["--max-batch", "-1"], "max_batch must be >= 1, got -1"),
-    (["--max-wait-ms", "-1"], "max_wait_ms must be a finite number of milliseconds >= 0, got -1.0"),
-    (["--max-wait-ms", "nan"], "max_wait_ms must be a finite number"),
-    (["--threads", "0"], "threads must be >= 1, got 0"),
+    (["--max-batch", "0"], "max_batch must be in 1..100000, got 0"),
+    (["--max-batch", "-1"], "max_batch must be in 1..100000, got -1"),
+    (["--max-wait-ms", "-1"], "max_wait_ms must be a number of milliseconds from 0 up to 10000, got -1.0"),
+    (["--max-wait-ms", "nan"], "max_wait_ms must be a number of milliseconds from 0 up to 10000, got nan"),
+    (["--threads", "0"], "threads must be in 1..1024, got 0"),
+    # Upper bounds (issue 21): 1e308 ms was accepted, and a miss then waited for ever.
+    (["--max-wait-ms", "1e308"], "max_wait_ms must be a number of milliseconds from 0 up to 10000, got 1e+308"),
+    (["--max-batch", "100001"], "max_batch must be in 1..100000, got 100001"),
+    (
+        ["--frame-timeout", "1e9"],
+        "frame_timeout must be a number of seconds from more than 0 up to 3600, got 1000000000.0",
+    ),
     (["--http", "127.0.0.1:70000"], "port 70000 is not in 0..65535"),
 ]
 
@@ -322,14 +362,17 @@ def test_the_service_module_refuses_a_bad_setting(store, option, message):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["search", "read a csv", "-k", "0"], "-k must be >= 1, got 0"),
-        (["top", "--once", "--interval", "0"], "--interval must be a finite number of seconds > 0"),
-        (["top", "--interval", "-1"], "--interval must be a finite number of seconds > 0"),
-        (["demo", "--workers", "0", "--model", "hash:64"], "--workers must be >= 1, got 0"),
-        (["demo", "--tasks", "0", "--workers", "1", "--no-naive", "--model", "hash:64"], "--tasks must be >= 1, got 0"),
+        (["search", "read a csv", "-k", "0"], "-k must be in 1..2147483647, got 0"),
+        (["top", "--once", "--interval", "0"], "--interval must be a number of seconds from more than 0 up to 604800"),
+        (["top", "--interval", "-1"], "--interval must be a number of seconds from more than 0 up to 604800"),
+        (["demo", "--workers", "0", "--model", "hash:64"], "--workers must be in 1..2147483647, got 0"),
+        (
+            ["demo", "--tasks", "0", "--workers", "1", "--no-naive", "--model", "hash:64"],
+            "--tasks must be in 1..2147483647, got 0",
+        ),
         (
             ["demo", "--naive-workers", "0", "--workers", "1", "--tasks", "1", "--model", "hash:64"],
-            "--naive-workers must be >= 1, got 0",
+            "--naive-workers must be in 1..2147483647, got 0",
         ),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else None,

@@ -31,6 +31,7 @@ from .store.cache import lookup
 from .store.index import Hits, SearchResult
 from .store.layout import StoreLayout
 from .store.record import registry_name
+from .util import arguments
 from .util.latency import Histogram
 
 if TYPE_CHECKING:  # imported where a local source is built: a service's worker never builds one
@@ -216,11 +217,11 @@ class EmbeddingManager:
         """The ``k`` tools that best match ``query``, with score, category, protocol, reason."""
         started = time.perf_counter()
         query = validate_text(query, "query")
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        k, category = arguments.result_count(k), arguments.category_filter(category)
+        threshold = arguments.score_threshold(threshold)
         index = self.index
         norm = normalise_query(query)
-        key = (norm, k, category, float(threshold), index.path)
+        key = (norm, k, category, threshold, index.path)
         self._count(searches=1)
         with self._lock:
             hits = self._search_cache.get(key)
@@ -239,8 +240,8 @@ class EmbeddingManager:
 
     def find_similar_tools(self, name: str, k: int = 5, same_category_only: bool = False) -> list[SearchResult]:
         """The ``k`` tools closest to tool ``name`` (itself excluded)."""
-        if not isinstance(name, str):
-            raise TypeError(f"tool name must be a str, got {type(name).__name__}")
+        name, k = arguments.tool_name(name), arguments.result_count(k)
+        same_category_only = arguments.flag("same_category_only", same_category_only)
         started = time.perf_counter()
         self._count(similar_calls=1)
         results = self.index.similar(name, k=k, same_category_only=same_category_only)
@@ -249,9 +250,7 @@ class EmbeddingManager:
 
     def get_tool_protocols(self, names: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The MCP protocols of the named tools, keyed by name."""
-        if isinstance(names, str):
-            names = [names]
-        return self.index.protocols(list(names))
+        return self.index.protocols(arguments.tool_names(names))
 
     # -- counters ----------------------------------------------------------------------------
 

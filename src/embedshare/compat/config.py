@@ -14,12 +14,14 @@ import threading
 from dataclasses import dataclass
 
 from ..env import ENV_MODEL
+from ..util.arguments import ArgumentError
 from ..util.user_warning import warn_user
 
 ORIGINAL_MODEL = "text-embedding-3-large"
 API_KEY_ENV = "OPENAI_API_KEY"
 LOCAL_SPEC = "local"
 
+MAX_DIMENSION = 65_536  # far beyond any embedding model's (OpenAI's largest: 3,072)
 LOCAL_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 
 
@@ -60,6 +62,20 @@ class EmbeddingConfig:
     functionality_weight: float = 0.3
     batch_size: int = 100
     cache_dir: str = ".mcp_embedding_cache"
+
+    def __post_init__(self) -> None:
+        """``model=123`` or ``dimension='abc'`` is one line naming the field, here, not an
+        ``AttributeError`` from deep inside the manager later."""
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ArgumentError(
+                f"EmbeddingConfig: model must be a model name such as {ORIGINAL_MODEL!r} or an embedshare "
+                f"spec such as 'local', got {self.model!r}"
+            )
+        dimension = self.dimension
+        if isinstance(dimension, bool) or not isinstance(dimension, int) or not 1 <= dimension <= MAX_DIMENSION:
+            raise ArgumentError(
+                f"EmbeddingConfig: dimension must be a whole number in 1..{MAX_DIMENSION}, got {dimension!r}"
+            )
 
     @property
     def model_given(self) -> bool:

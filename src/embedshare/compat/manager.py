@@ -130,8 +130,7 @@ class MCPEmbeddingManager:
         self, tool_names: Sequence[str], include_embeddings: bool = False
     ) -> dict[str, dict[str, Any]]:
         """MCP protocols by name; ``include_embeddings`` adds each tool's combined vector."""
-        names = [tool_names] if isinstance(tool_names, str) else list(tool_names)
-        protocols = {name: dict(p) for name, p in self.manager.get_tool_protocols(names).items()}
+        protocols = {name: dict(p) for name, p in self.manager.get_tool_protocols(tool_names).items()}
         if include_embeddings:
             embeddings = self.tool_embeddings
             for name, protocol in protocols.items():

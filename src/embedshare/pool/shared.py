@@ -31,7 +31,7 @@ from .attach import attach_worker, worker_stats
 from .main_guard import refuse_unguarded_main
 from .outcomes import TaskFailed, TaskOutcome, WorkerCrash
 from .worker import timed_call
-from .workers import WorkerPool, blas_thread_env
+from .workers import MAX_RETRIES, MAX_WORKERS, WorkerPool, blas_thread_env
 
 
 @dataclass
@@ -155,9 +155,9 @@ class SharedPool:
         None; with ``config``, the config's."""
         # Checked now, before a service is started for a pool that could not run.
         refuse_unguarded_main(start_method)
-        self.workers = settings.whole_number("workers", workers, 1)
+        self.workers = settings.whole_number("workers", workers, 1, MAX_WORKERS)
         self.start_method = start_method
-        self.max_retries = settings.whole_number("max_retries", max_retries, 0)
+        self.max_retries = settings.whole_number("max_retries", max_retries, 0, MAX_RETRIES)
         # seconds a task may run before its worker is killed
         self.task_timeout = settings.optional_seconds("task_timeout", task_timeout)
         self.progress = progress

@@ -145,6 +145,7 @@ class WorkerSupervisor:
         self.workers: list[WorkerHandle] = []
         self.crashes: list[WorkerCrash] = []
         self._startup_failures = 0  # workers in a row that died before becoming ready
+        self._stepping = 0  # step() calls under way: >0 while a callback of one runs
 
     def start_worker(self) -> WorkerHandle:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
@@ -179,6 +180,12 @@ class WorkerSupervisor:
         w.job = job
         return True
 
+    @property
+    def in_step(self) -> bool:
+        """True inside :meth:`step`, i.e. in a callback of one (``map``'s ``on_result``): jobs
+        may be in flight, and another step would hand their replies to the wrong callbacks."""
+        return self._stepping > 0
+
     def wait_until_ready(self) -> None:
         def unexpected(*_: object) -> None:
             raise AssertionError("no job should be in flight while waiting for workers")
@@ -188,6 +195,13 @@ class WorkerSupervisor:
 
     def step(self, on_reply: OnReply, on_lost: OnLost) -> None:
         """Block until some worker sends something or dies, and handle all of that."""
+        self._stepping += 1
+        try:
+            self._step(on_reply, on_lost)
+        finally:
+            self._stepping -= 1
+
+    def _step(self, on_reply: OnReply, on_lost: OnLost) -> None:
         waitables: list[Connection | int] = []
         for w in self.workers:
             if not w.eof:

@@ -58,8 +58,11 @@ from .supervisor import (
     kill_workers,
 )
 
-__all__ = ["WorkerPool", "blas_thread_env"]
+__all__ = ["MAX_RETRIES", "MAX_WORKERS", "WorkerPool", "blas_thread_env"]
 
+# Upper bounds of a pool's sizes (every setting has one, docs/reliability.md "Limits of settings").
+MAX_WORKERS = 4096
+MAX_RETRIES = 1000
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -106,8 +109,8 @@ class WorkerPool:
         env: dict[str, str] | None = None,
         task_timeout: float | None = None,
     ) -> None:
-        workers = settings.whole_number("workers", workers, 1)
-        max_retries = settings.whole_number("max_retries", max_retries, 0)
+        workers = settings.whole_number("workers", workers, 1, MAX_WORKERS)
+        max_retries = settings.whole_number("max_retries", max_retries, 0, MAX_RETRIES)
         self.task_timeout = settings.optional_seconds("task_timeout", task_timeout)
         self.size = workers
         self.max_retries = max_retries
@@ -248,6 +251,8 @@ class WorkerPool:
         """
         self._check_open()
         supervisor = self._supervisor
+        if supervisor.in_step:  # the workers are busy with map()'s tasks: no reply could be told apart
+            raise PoolError("collect() cannot run inside a callback of map(); call it after map() returns")
         try:
             supervisor.wait_until_ready()
             targets = list(supervisor.workers)
@@ -284,8 +289,15 @@ class WorkerPool:
         return [o.value for o in ordered]
 
     def worker_pids(self) -> list[int]:
-        """Pids of the live workers, after any replacement has finished its initializer."""
+        """Pids of the live workers, after any replacement has finished its initializer.
+
+        From a callback of :meth:`map` (``on_result``), while tasks are in flight, it answers
+        the pids known now, a replacement still starting included: waiting for it there would
+        take the in-flight tasks' replies away from ``map``.
+        """
         self._check_open()
+        if self._supervisor.in_step:
+            return [w.pid for w in self._supervisor.workers]
         try:
             self._supervisor.wait_until_ready()
         except BaseException:

@@ -7,6 +7,7 @@ invalid JSON names its line and column. Fields we do not know are kept as they a
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,11 +102,32 @@ def load_registry(source: str | Path | list[Any] | dict[str, Any]) -> Registry:
         raise RegistryError(f"registry file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RegistryError(f"cannot read registry {path}: {exc}") from None
+    repeated: list[tuple[str, dict[str, Any]]] = []  # (key, the object that repeats it)
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=functools.partial(_note_repeated_keys, repeated))
     except json.JSONDecodeError as exc:
         raise RegistryError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise RegistryError(f"{path}: invalid JSON: nested too deeply (a registry is a few levels deep)") from None
+    if repeated:
+        key, holder = repeated[0]
+        what = "tool" if holder is data else "field"
+        raise RegistryError(f"{path}: {what} {key!r} is given twice in one object (JSON would keep the last)")
     return parse_registry(data, origin=str(path))
+
+
+def _note_repeated_keys(repeated: list[tuple[str, dict[str, Any]]], pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json``'s ``object_pairs_hook``: note each key given twice in one object.
+
+    A plain ``json.loads`` keeps the last of them silently: an object-form registry that
+    named a tool twice lost a tool, and a tool that repeated a field lost its first value.
+    """
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            repeated.append((key, out))
+        out[key] = value
+    return out
 
 
 def parse_registry(data: Any, origin: str = "<data>") -> Registry:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..env import ENV_HTTP_TOKEN, default_store
-from ..settings import SettingError, seconds, whole_number
+from ..settings import MAX_COUNT, MAX_DURATION, SettingError, seconds, whole_number
 
 Check = Callable[[str, Any], Any]  # (field name, value) -> the value to keep, or SettingError
 _T = typing.TypeVar("_T")
@@ -52,12 +52,16 @@ def _setting(default: Any, check: Check, help: str, **option: Any) -> Any:
 # -- the checks: each returns the value to keep, or raises SettingError naming the field ----------
 
 
-def _whole(minimum: int, maximum: int | None = None) -> Check:
+# Every number has an upper bound as well as a lower one (the defaults of settings.py where a
+# field names none): a --max-wait-ms of 1e308 made every miss wait forever.
+
+
+def _whole(minimum: int, maximum: int = MAX_COUNT) -> Check:
     return lambda name, value: whole_number(name, value, minimum, maximum)
 
 
-def _duration(*, allow_zero: bool = False, unit: str = "seconds") -> Check:
-    return lambda name, value: seconds(name, value, allow_zero=allow_zero, unit=unit)
+def _duration(*, allow_zero: bool = False, unit: str = "seconds", maximum: float = MAX_DURATION) -> Check:
+    return lambda name, value: seconds(name, value, allow_zero=allow_zero, unit=unit, maximum=maximum)
 
 
 def _optional(check: Callable[[str, Any], _T]) -> Callable[[str, Any], _T | None]:
@@ -152,11 +156,15 @@ class ServiceConfig:
         "Tool registry to index and serve: a JSON file, or 'bundled'. Default: the one the store records, if any.",
         serve=False,
     )  # serve: its own --registry (its help says more)
-    max_batch: int = _setting(64, _whole(1), "Most texts per model call.")
+    max_batch: int = _setting(64, _whole(1, 100_000), "Most texts per model call.")
     max_wait_ms: float = _setting(
-        2.0, _duration(allow_zero=True, unit="milliseconds"), "How long to gather requests into a batch."
+        2.0,
+        _duration(allow_zero=True, unit="milliseconds", maximum=10_000),
+        "How long to gather requests into a batch.",
     )
-    threads: int | None = _setting(None, _optional(_whole(1)), "Threads of the local model (ONNX Runtime or torch).")
+    threads: int | None = _setting(
+        None, _optional(_whole(1, 1024)), "Threads of the local model (ONNX Runtime or torch)."
+    )
     http: str | None = _setting(
         None,
         _optional(_http_address),
@@ -181,21 +189,26 @@ class ServiceConfig:
     )
     http_no_auth: bool = _setting(False, _flag, "Serve a non-loopback --http without a token (warned).")
     # Limits at the edge (service/limits.py; docs/reliability.md, "Security", has the reasons).
-    max_connections: int = _setting(1024, _whole(1), "Connections open at once on the Unix socket.", limit=True)
+    max_connections: int = _setting(
+        1024, _whole(1, 1 << 20), "Connections open at once on the Unix socket.", limit=True
+    )
     max_http_connections: int = _setting(
-        256, _whole(1), "Connections open at once on the HTTP port (apart from the socket's).", limit=True
+        256, _whole(1, 1 << 20), "Connections open at once on the HTTP port (apart from the socket's).", limit=True
     )
     max_tcp_connections: int = _setting(
         64,
-        _whole(1),
+        _whole(1, 1 << 20),
         "Connections open at once on the TCP listener (EmbeddingService(tcp=...); not a serve option).",
         limit=True,
     )
     first_frame_timeout: float = _setting(
-        10.0, _duration(), "Seconds a new connection has to send its first request (HTTP: its headers).", limit=True
+        10.0,
+        _duration(maximum=3600),
+        "Seconds a new connection has to send its first request (HTTP: its headers).",
+        limit=True,
     )
     frame_timeout: float = _setting(
-        60.0, _duration(), "Seconds to finish sending a request once begun (HTTP: its body).", limit=True
+        60.0, _duration(maximum=3600), "Seconds to finish sending a request once begun (HTTP: its body).", limit=True
     )
     idle_timeout: float = _setting(
         0.0,
@@ -204,16 +217,16 @@ class ServiceConfig:
         limit=True,
     )
     http_keepalive_timeout: float = _setting(
-        5.0, _duration(), "Seconds an HTTP connection may wait between requests.", limit=True
+        5.0, _duration(maximum=3600), "Seconds an HTTP connection may wait between requests.", limit=True
     )
     max_buffered_mb: int = _setting(
-        256, _whole(1), "Request bytes held at once across socket and TCP connections.", limit=True
+        256, _whole(1, 1 << 20), "Request bytes held at once across socket and TCP connections.", limit=True
     )
     max_http_buffered_mb: int = _setting(
-        64, _whole(1), "Request body bytes held at once across HTTP connections.", limit=True
+        64, _whole(1, 1 << 20), "Request body bytes held at once across HTTP connections.", limit=True
     )
     http_read_timeout: float = _setting(
-        5.0, _duration(), "Seconds an HTTP body may go without a byte arriving (then 408).", limit=True
+        5.0, _duration(maximum=3600), "Seconds an HTTP body may go without a byte arriving (then 408).", limit=True
     )
     max_client_batch_size: int = _setting(
         2048,

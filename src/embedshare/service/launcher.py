@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import fields
@@ -190,6 +191,7 @@ class EmbeddingService:
         status, _, detail = line.partition(" ")
         if status == "ready":
             self.pid, self.owned = int(detail), True
+            _reap_when_it_exits(self._process)
             return True
         if status == "already":
             self._process.wait(timeout=30)
@@ -308,6 +310,14 @@ class EmbeddingService:
             else:
                 os.environ[key] = value
         self._saved_env.clear()
+
+
+def _reap_when_it_exits(process: subprocess.Popen[bytes]) -> None:
+    """Wait for the service process in a thread, so that one killed (or stopped by another
+    process) does not stay a zombie for as long as this process lives: a pool's parent and
+    its workers (which restart the service) live as long as the pool. ``Popen.wait`` may run in
+    two threads at once: ``stop`` still waits for it, and sees its exit code."""
+    threading.Thread(target=process.wait, name=f"embedshare-reap-{process.pid}", daemon=True).start()
 
 
 def restart_service(store: str | Path) -> EmbeddingService:

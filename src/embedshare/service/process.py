@@ -8,6 +8,7 @@ launcher's pipe whether it started. ``main`` turns the service's command line in
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import os
 import sys
@@ -78,4 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
         format=LOG_FORMAT,
     )
-    return run_service(config, ready_fd=ready_fd)
+    faulthandler.enable()  # a SIGBUS (data.mdb cut short under us) leaves its stack in the log
+    try:
+        return run_service(config, ready_fd=ready_fd)
+    except (OSError, ValueError, RecursionError) as exc:  # what a user can fix: one line (-v: all)
+        if verbose:
+            raise
+        print(f"error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
+        return 1

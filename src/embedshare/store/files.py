@@ -12,6 +12,7 @@ whoever can write a store's folder can swap the cache file or bind a fake servic
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -94,6 +95,29 @@ def private_file(path: str | os.PathLike[str]) -> None:
     check_private(path, st, "file")
     if stat.S_IMODE(st.st_mode) != PRIVATE_FILE_MODE:
         os.chmod(path, PRIVATE_FILE_MODE)
+
+
+def check_owned(path: str | os.PathLike[str], kind: str) -> None:
+    """Raise :class:`UnsafeStoreError` unless ``path`` itself (a link is not followed) is a
+    ``kind`` of ours that only we may write; changes nothing (a reader's check)."""
+    check_private(path, os.lstat(path), kind)
+
+
+def read_private_text(path: str | os.PathLike[str]) -> str:
+    """The text of a small file of ours, read without following a link or blocking.
+
+    A FIFO (or socket, or device) in a file's place would make a plain ``read`` hang for
+    ever: it is opened non-blocking and refused unless ``fstat`` says it is a regular file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW on a symbolic link
+            check_owned(path, "file")  # raises, saying why a link is refused
+        raise
+    with os.fdopen(fd, "rb") as f:
+        check_private(path, os.fstat(fd), "file")
+        return f.read().decode("utf-8")
 
 
 def check_private(path: str | os.PathLike[str], st: os.stat_result, kind: str) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import mmap
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ import numpy as np
 from ..registry import FIELDS
 from ..registry.loader import tool_protocol
 from ..util.digests import blake2b, sha256
+from .files import check_owned
 
 if TYPE_CHECKING:  # imported when an index has one (large indexes): see _open_ann
     from .ann import IVFIndex
@@ -98,11 +100,28 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def check_index_owned(path: Path) -> None:
+    """Refuse an index folder, or a file in it, that is not ours alone (``UnsafeStoreError``).
+
+    Whoever owns or may write an index decides what a search answers (its tools, their
+    protocols); a folder of another user is refused however it is reached: named in
+    ``store.json``, through a link inside ``indexes/``, or given as a path.
+    """
+    try:
+        check_owned(path, "folder")
+        names = os.listdir(path)
+    except FileNotFoundError:
+        raise ToolIndexError(f"no tool index at {path} (manifest.json missing)") from None
+    for name in names:
+        check_owned(path / name, "file")
+
+
 class ToolIndex:
     """A read-only, memory-mapped tool index. Thread-safe (nothing in it changes)."""
 
     def __init__(self, path: str | Path, *, verify: bool = False) -> None:
         self.path = Path(path)
+        check_index_owned(self.path)
         manifest_path = self.path / "manifest.json"
         try:
             self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())

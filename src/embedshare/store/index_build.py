@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -18,6 +19,38 @@ from .index import DATA_FILES, FORMAT_VERSION, ToolIndex, ToolIndexError, file_s
 
 EmbedFn = Callable[[list[str]], np.ndarray]
 ANN_MIN_TOOLS = 100_000  # from here on an approximate index takes over search_hits (bench/README.md)
+TMP_PREFIX = ".tmp-"  # a folder being built: .tmp-<builder's pid>-<random>
+_TMP_NAME = re.compile(rf"{re.escape(TMP_PREFIX)}(\d+)-.+")
+
+
+def remove_stale_builds(folder: Path) -> list[Path]:
+    """Remove the temporary folders in ``folder`` whose builder process is gone.
+
+    A builder killed mid-build (SIGKILL, OOM, power loss) cannot clean up after itself; its
+    folder, named ``.tmp-<pid>-...``, would take room for ever. Only folders whose pid is no
+    longer running are removed: a live builder's (or one whose pid was reused) is left alone,
+    and so is a ``.tmp-`` folder without a pid (an older version's: its builder is unknown).
+    """
+    import shutil
+
+    removed = []
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        match = _TMP_NAME.fullmatch(entry.name)
+        if match is None or _process_exists(int(match[1])):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)  # a link is not followed (rmtree refuses it)
+        removed.append(entry)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def _manifest_files(folder: Path, names: Iterable[str]) -> dict[str, dict[str, int | str]]:
@@ -77,7 +110,8 @@ def build_index(
     order = np.argsort(names, kind="stable")
 
     destination.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=destination.parent))
+    remove_stale_builds(destination.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=destination.parent))
     try:
         offsets = [0]
         with open(tmp / "tools.jsonl", "wb") as f:

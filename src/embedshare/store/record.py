@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..registry import Registry
-from .files import write_atomic
+from .files import UnsafeStoreError, read_private_text, write_atomic
 from .layout import StoreLayout
 
 RECORD_VERSION = 1
@@ -26,12 +26,22 @@ class RegistryMismatchError(ValueError):
     """A registry was asked for that is not the one the store's service serves."""
 
 
+class StoreRecordError(ValueError):
+    """``store.json`` holds a value of the wrong kind (edited by hand, or by another tool)."""
+
+
 def read_record(store: str | Path | StoreLayout) -> dict[str, Any]:
-    """The store's record, or ``{}`` when it has none (or it cannot be read as JSON)."""
+    """The store's record, or ``{}`` when it has none (or it cannot be read as JSON).
+
+    A ``store.json`` that is not a regular file of ours (a FIFO would block the read for
+    ever, a link could point anywhere) is refused with ``UnsafeStoreError``.
+    """
     layout = store if isinstance(store, StoreLayout) else StoreLayout(store)
     try:
-        record = json.loads(layout.record.read_text())
-    except (OSError, ValueError):
+        record = json.loads(read_private_text(layout.record))
+    except UnsafeStoreError:
+        raise
+    except (OSError, ValueError, RecursionError):
         return {}
     return record if isinstance(record, dict) else {}
 
@@ -66,13 +76,29 @@ def write_record(
 def recorded_registry(store: str | Path | StoreLayout) -> dict[str, Any] | None:
     """The registry part of the record (hash, source, index), or None."""
     registry = read_record(store).get("registry")
-    return registry if isinstance(registry, dict) and registry.get("hash") else None
+    if not (isinstance(registry, dict) and registry.get("hash")):
+        return None
+    for key in ("hash", "source", "index"):
+        _check_text(store, f"registry.{key}", registry.get(key))
+    return registry
 
 
 def recorded_model(store: str | Path | StoreLayout) -> str | None:
     """The model spec the store last served or indexed with, or None."""
     model = read_record(store).get("model")
-    return model.get("spec") if isinstance(model, dict) else None
+    spec = model.get("spec") if isinstance(model, dict) else None
+    _check_text(store, "model.spec", spec)
+    return spec
+
+
+def _check_text(store: str | Path | StoreLayout, key: str, value: Any) -> None:
+    """A recorded name or path must be a string (or absent): 123 is not a folder."""
+    if value is not None and not isinstance(value, str):
+        path = (store if isinstance(store, StoreLayout) else StoreLayout(store)).record
+        raise StoreRecordError(
+            f"{path}: {key} must be a string, got {value!r}; remove the file and build the "
+            f"store's index again (embedshare index build FILE --store {path.parent})"
+        )
 
 
 def registry_name(registry: str | Path | Registry) -> str:
