@@ -159,7 +159,7 @@ class ServiceConfig:
     max_batch: int = _setting(64, _whole(1, 100_000), "Most texts per model call.")
     max_wait_ms: float = _setting(
         2.0,
-        _duration(allow_zero=True, unit="milliseconds", maximum=10_000),
+        _duration(allow_zero=True, unit="milliseconds", maximum=60_000),
         "How long to gather requests into a batch.",
     )
     threads: int | None = _setting(
