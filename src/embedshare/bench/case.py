@@ -81,9 +81,10 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     import psutil
 
     from ..manager import EmbeddingManager
+    from ..pool.blas import blas_thread_env
     from ..pool.shared import SharedPool
     from ..pool.worker import timed_call
-    from ..pool.workers import WorkerPool, blas_thread_env
+    from ..pool.workers import WorkerPool
     from ..util.memory import MB, BareInterpreter, measure
     from . import designs
     from .workload import common_queries, distinct_texts_needed, make_tasks, run_task
