@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from multiprocessing import spawn
 from pathlib import Path
@@ -23,6 +24,7 @@ from helpers.spawned import pool_jobs
 from embedshare.manager import EmbeddingManager
 from embedshare.pool.outcomes import PoolError
 from embedshare.pool.shared import SharedPool
+from embedshare.service.launcher import service_state
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -154,13 +156,18 @@ def test_nothing_from_the_working_folder_is_added_to_sys_path(store, tmp_path, m
 def test_a_program_whose_default_start_method_is_forkserver(store):
     """Python 3.14's default on Linux, set here by the program: its own ProcessPoolExecutor, a
     WorkerPool and a SharedPool all have workers that attach to the service (none loads a model)."""
-    out = subprocess.run(
-        [PYTHON, str(SPAWNED / "forkserver_default.py"), str(store)],
-        env=with_tests_on_path(),
-        capture_output=True,
-        text=True,
-        timeout=150,
-    )
+    try:
+        out = subprocess.run(
+            [PYTHON, str(SPAWNED / "forkserver_default.py"), str(store)],
+            env=with_tests_on_path(),
+            capture_output=True,
+            text=True,
+            timeout=150,
+        )
+    finally:  # a program killed at the timeout leaves its service behind
+        pid = service_state(store).get("pid")
+        if pid and alive(pid):
+            os.kill(pid, signal.SIGTERM)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     reference = EmbeddingManager(store.parent / "reference", model="hash:64", registry="bundled")
