@@ -115,12 +115,19 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         if design == "embedshare":
             shared_pool = SharedPool(
-                workers, workdir / "store", model=model, registry=registry, preload=preload, progress=False
+                workers,
+                workdir / "store",
+                model=model,
+                registry=registry,
+                preload=preload,
+                progress=False,
+                preload_modules=[run_task.__module__, designs.__name__],  # what the workers run
             )
             shared_pool.__enter__()
             pool = shared_pool.worker_pool
             service = shared_pool.service
             roles["service"] = [service.pid] if service.pid is not None else []
+            roles["forkserver"] = [pool.forkserver_pid] if pool.forkserver_pid is not None else []
         elif design in ("per-process", "option-c"):
             if design == "option-c":
                 processes, threads = option_c_shape(workers)
