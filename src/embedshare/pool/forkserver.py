@@ -71,7 +71,7 @@ class PreloadedForkServer(BaseContext):
     _name = "forkserver"
 
     def __init__(self, modules: Sequence[str] = ()) -> None:
-        self.modules = (FORKSERVER_IMPORTS, *check_preload(modules))
+        self.modules = (FORKSERVER_IMPORTS, *modules)  # the user's, checked by the pool
         self._server = forkserver.ForkServer()
         self._server.set_forkserver_preload(list(self.modules))
 
@@ -97,7 +97,10 @@ class PreloadedForkServer(BaseContext):
             pass
         stop = getattr(self._server, "_stop", None)  # reaps it and removes its socket file
         if stop is not None:
-            stop()
+            try:
+                stop()
+            except ChildProcessError:  # reaped already
+                pass
 
 
 class ServerForkedProcess(ForkServerProcess):
