@@ -196,7 +196,7 @@ def test_quick_bench_writes_consistent_outputs(tmp_path):
     by = {(c["design"], c["workers"]): c for c in cases}
     top = max(config["workers"])
     assert by[("per-process", top)]["model_calls"] > by[("embedshare", top)]["model_calls"]
-    assert set(by[("embedshare", top)]["pss_mb"]) == {"main", "service", "worker"}
+    assert set(by[("embedshare", top)]["pss_mb"]) == {"main", "service", "forkserver", "worker"}
     assert set(by[("option-a", top)]["pss_mb"]) == {"main", "manager-server", "worker"}
 
     targets = results["targets"]

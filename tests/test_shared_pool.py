@@ -35,7 +35,7 @@ def test_results_in_order_and_equal_to_a_local_manager(store, reference):
     report = pool.report
     assert report.failed == 0 and report.tasks == len(QUERIES)
     roles = {m.role for m in report.memory}
-    assert roles == {"service", "worker", "parent"}
+    assert roles == {"service", "forkserver", "worker", "parent"}
     assert all(m.pss for m in report.memory)
     assert len(report.worker_stats) == 4
     # every distinct text embedded exactly once over the run: the index's field texts, then

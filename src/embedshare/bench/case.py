@@ -81,9 +81,10 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     import psutil
 
     from ..manager import EmbeddingManager
+    from ..pool.blas import blas_thread_env
     from ..pool.shared import SharedPool
     from ..pool.worker import timed_call
-    from ..pool.workers import WorkerPool, blas_thread_env
+    from ..pool.workers import WorkerPool
     from ..util.memory import MB, BareInterpreter, measure
     from . import designs
     from .workload import common_queries, distinct_texts_needed, make_tasks, run_task
@@ -114,12 +115,19 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         if design == "embedshare":
             shared_pool = SharedPool(
-                workers, workdir / "store", model=model, registry=registry, preload=preload, progress=False
+                workers,
+                workdir / "store",
+                model=model,
+                registry=registry,
+                preload=preload,
+                progress=False,
+                preload_modules=[run_task.__module__, designs.__name__],  # what the workers run
             )
             shared_pool.__enter__()
             pool = shared_pool.worker_pool
             service = shared_pool.service
             roles["service"] = [service.pid] if service.pid is not None else []
+            roles["forkserver"] = [pool.forkserver_pid] if pool.forkserver_pid is not None else []
         elif design in ("per-process", "option-c"):
             if design == "option-c":
                 processes, threads = option_c_shape(workers)

@@ -26,6 +26,8 @@ from .workload import attach_own_manager, make_tasks, run_task
 # One torch/BLAS thread per process: the per-process design's best case. With the default (one
 # thread per core in each of 25 processes) the workers spin against each other on 2 cores.
 NAIVE_WORKER_ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# The per-process design as it runs today: spawned workers, each importing all it uses.
+NAIVE_START_METHOD = "spawn"
 
 
 @dataclass
@@ -70,7 +72,7 @@ def run_demo(
     naive: bool = True,
     naive_workers: int | None = None,
     progress: bool = True,
-    start_method: str = "spawn",
+    start_method: str | None = None,
 ) -> DemoResult:
     """Run the workload with embedshare, then with per-process managers; report both."""
     task_list = make_tasks(tasks, registry)
@@ -78,7 +80,13 @@ def run_demo(
     store_path = Path(store) if store else Path(tempfile.mkdtemp(prefix="embedshare-demo-"))
     try:
         with SharedPool(
-            workers, store_path, model=model, registry=registry, progress=progress, start_method=start_method
+            workers,
+            store_path,
+            model=model,
+            registry=registry,
+            progress=progress,
+            start_method=start_method,
+            preload_modules=[run_task.__module__],  # the task's module, imported once for all workers
         ) as pool:
             shared_results = pool.map(run_task, task_list)
             shared_report = pool.report
@@ -93,7 +101,7 @@ def run_demo(
                 naive_workers or workers,
                 initializer=attach_own_manager,
                 initargs=(str(naive_root), model, registry),
-                start_method=start_method,
+                start_method=NAIVE_START_METHOD,
                 env=NAIVE_WORKER_ENV,
             ) as worker_pool:
                 startup = time.perf_counter() - started

@@ -12,6 +12,7 @@ process, cache hits and misses, model calls, batch sizes and latencies.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -28,10 +29,12 @@ from ..service.launcher import EmbeddingService
 from ..util.latency import Percentiles, percentiles
 from ..util.memory import BareInterpreter, ProcessMemory, measure
 from .attach import attach_worker, worker_stats
+from .blas import blas_thread_env
+from .forkserver import check_preload, preferred_start_method
 from .main_guard import refuse_unguarded_main
 from .outcomes import TaskFailed, TaskOutcome, WorkerCrash
 from .worker import timed_call
-from .workers import MAX_RETRIES, MAX_WORKERS, WorkerPool, blas_thread_env
+from .workers import MAX_RETRIES, MAX_WORKERS, WorkerPool
 
 
 @dataclass
@@ -50,6 +53,7 @@ class PoolReport:
     service_stats: StatsReply | None
     crashes: list[WorkerCrash] = field(default_factory=list)
     task_seconds: list[float] = field(default_factory=list)
+    workers_ready_seconds: float | None = None  # of start-up: from the service ready to every worker ready
 
     def pss_total(self, role: str | None = None) -> int:
         return sum(m.pss or 0 for m in self.memory if role is None or m.role == role)
@@ -80,6 +84,7 @@ class PoolReport:
             "failed": self.failed,
             "wall_seconds": self.wall_seconds,
             "startup_seconds": self.startup_seconds,
+            "workers_ready_seconds": self.workers_ready_seconds,
             "pss_total_mb": self.pss_total() / 2**20,
             "pss_by_role_mb": {r: self.pss_total(r) / 2**20 for r in sorted({m.role for m in self.memory})},
             "pss_per_worker_mb": (sum(workers_pss) / len(workers_pss) / 2**20) if workers_pss else None,
@@ -102,7 +107,12 @@ class PoolReport:
         ms = lambda v: f"{v * 1e3:.3f} ms" if v is not None else "-"  # noqa: E731
         lines = [
             f"== {self.label}: {self.workers} workers, {self.tasks} tasks "
-            f"({self.failed} failed), wall {self.wall_seconds:.1f} s, start-up {self.startup_seconds:.1f} s",
+            f"({self.failed} failed), wall {self.wall_seconds:.1f} s, start-up {self.startup_seconds:.1f} s"
+            + (
+                f" (workers ready {self.workers_ready_seconds:.1f} s after the service)"
+                if self.workers_ready_seconds is not None
+                else ""
+            ),
             f"   memory (PSS, summed over every process): {d['pss_total_mb']:.0f} MB  "
             + "  ".join(f"{role} {mb:.0f} MB" for role, mb in d["pss_by_role_mb"].items()),
         ]
@@ -111,7 +121,7 @@ class PoolReport:
             lines.append(
                 f"   per worker: {d['pss_per_worker_mb']:.1f} MB"
                 + (
-                    f" (a bare spawned worker with numpy: {bare:.1f} MB, so +{d['pss_per_worker_mb'] - bare:.1f} MB)"
+                    f" (a bare spawned worker with numpy: {bare:.1f} MB, so {d['pss_per_worker_mb'] - bare:+.1f} MB)"
                     if bare
                     else ""
                 )
@@ -141,7 +151,8 @@ class SharedPool:
         *,
         config: ServiceConfig | None = None,
         preload: Sequence[str] = (),
-        start_method: str | None = "spawn",
+        start_method: str | None = None,
+        preload_modules: Sequence[str] = (),
         max_retries: int = 2,
         task_timeout: float | None = None,
         progress: bool = True,
@@ -152,11 +163,22 @@ class SharedPool:
         """The service's settings are ``config`` or the keywords ``store``, ``model``,
         ``registry``, ``preload``, ``max_batch`` and ``max_wait_ms``, not both (as for
         ``EmbeddingService``). A pool serves the bundled registry unless given another one or
-        None; with ``config``, the config's."""
+        None; with ``config``, the config's.
+
+        Workers start from a forkserver of the pool's own (``start_method`` None: where the
+        platform has one, else spawned), which has imported numpy, embedshare's client and
+        ``preload_modules`` (module names: the task's own, say) once for all of them. Any
+        multiprocessing start method can be named instead."""
         # Checked now, before a service is started for a pool that could not run.
-        refuse_unguarded_main(start_method)
         self.workers = settings.whole_number("workers", workers, 1, MAX_WORKERS)
-        self.start_method = start_method
+        self.start_method = start_method or preferred_start_method()
+        if self.start_method not in multiprocessing.get_all_start_methods():
+            raise ValueError(
+                f"start_method must be one of {', '.join(multiprocessing.get_all_start_methods())}, "
+                f"not {start_method!r}"
+            )
+        refuse_unguarded_main(self.start_method)
+        self.preload_modules = check_preload(preload_modules)
         self.max_retries = settings.whole_number("max_retries", max_retries, 0, MAX_RETRIES)
         # seconds a task may run before its worker is killed
         self.task_timeout = settings.optional_seconds("task_timeout", task_timeout)
@@ -174,6 +196,7 @@ class SharedPool:
         self._pool: WorkerPool | None = None
         self._started = 0.0
         self._startup = 0.0
+        self._workers_ready = 0.0
         self.outcomes: list[TaskOutcome] = []
         self.report: PoolReport | None = None
 
@@ -190,6 +213,7 @@ class SharedPool:
     def __enter__(self) -> Self:
         self._started = time.perf_counter()
         self.service.start()
+        service_ready = time.perf_counter()
         env = {
             ENV_ADDRESS: self.service.address,
             ENV_STORE: str(self.service.layout.root),
@@ -206,11 +230,13 @@ class SharedPool:
                 max_retries=self.max_retries,
                 env=env,
                 task_timeout=self.task_timeout,
+                preload_modules=self.preload_modules,
             )
         except BaseException:
             self.service.stop()
             raise
         self._startup = time.perf_counter() - self._started
+        self._workers_ready = time.perf_counter() - service_ready
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -279,6 +305,7 @@ class SharedPool:
             self._startup,
             service_pid=service_pid,
             service_stats=service_stats,
+            workers_ready=self._workers_ready,
         )
 
 
@@ -305,12 +332,14 @@ def measure_run(
     startup: float,
     service_pid: int | None = None,
     service_stats: StatsReply | None = None,
+    workers_ready: float | None = None,
 ) -> PoolReport:
     """Measure a finished run while its workers are still alive (they hold their memory)."""
     with BareInterpreter(env=pool.env) as bare:
         memory = measure(
             {
                 "service": [service_pid] if service_pid else [],
+                "forkserver": [pool.forkserver_pid] if pool.forkserver_pid else [],
                 "worker": pool.worker_pids(),
                 "parent": [os.getpid()],
             }
@@ -329,4 +358,5 @@ def measure_run(
         service_stats=service_stats,
         crashes=list(pool.crashes),
         task_seconds=[o.value.seconds for o in outcomes if o.ok],
+        workers_ready_seconds=workers_ready,
     )

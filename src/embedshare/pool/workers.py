@@ -39,13 +39,13 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import multiprocessing.util  # imported before our atexit hook is registered; see _shutdown_all
-import os
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Self
 
 from .. import settings
+from .forkserver import PreloadedForkServer, check_preload
 from .messages import CallItem, ErrorInfo, Initializer, Reply, dumps
 from .outcomes import PoolError, TaskFailed, TaskOutcome, WorkerCrash
 from .supervisor import (
@@ -58,24 +58,11 @@ from .supervisor import (
     kill_workers,
 )
 
-__all__ = ["MAX_RETRIES", "MAX_WORKERS", "WorkerPool", "blas_thread_env"]
+__all__ = ["MAX_RETRIES", "MAX_WORKERS", "WorkerPool"]
 
 # Upper bounds of a pool's sizes (every setting has one, docs/reliability.md "Limits of settings").
 MAX_WORKERS = 4096
 MAX_RETRIES = 1000
-BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def blas_thread_env(workers: int) -> dict[str, str]:
-    """BLAS threads for each of ``workers`` processes that share this machine's cores.
-
-    numpy's BLAS starts a thread per core in every process; 25 workers on 2 cores would run
-    50 threads that wait for each other in every large matrix product (a search on a big
-    index). Variables the user set are left as they are.
-    """
-    threads = str(max(1, (os.cpu_count() or 1) // max(1, workers)))
-    return {name: threads for name in BLAS_THREAD_VARIABLES if name not in os.environ}
-
 
 _live_pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
 
@@ -91,12 +78,25 @@ def _shutdown_all() -> None:
 atexit.register(_shutdown_all)
 
 
+def _kill_all(workers: list[WorkerHandle], forkserver: PreloadedForkServer | None) -> None:
+    """Last-resort cleanup of a pool nobody closed: its workers, then its forkserver."""
+    kill_workers(workers)
+    if forkserver is not None:
+        forkserver.stop()
+
+
 class WorkerPool:
     """A fixed number of worker processes that run top-level functions on items.
 
     Use as a context manager. The constructor returns once every worker has run the
     initializer (so :meth:`worker_pids` reports initialized workers), or raises
     :class:`WorkerInitError`.
+
+    ``start_method``: multiprocessing's name (None: its default). ``forkserver`` means a
+    forkserver of this pool's own that has imported numpy, embedshare's client and the
+    ``preload_modules`` (names) before forking any worker: its workers share those pages instead
+    of importing them each (see :mod:`embedshare.pool.forkserver`). Other start methods import
+    nothing ahead; the names are checked all the same.
     """
 
     def __init__(
@@ -108,6 +108,7 @@ class WorkerPool:
         max_retries: int = 2,
         env: dict[str, str] | None = None,
         task_timeout: float | None = None,
+        preload_modules: Sequence[str] = (),
     ) -> None:
         workers = settings.whole_number("workers", workers, 1, MAX_WORKERS)
         max_retries = settings.whole_number("max_retries", max_retries, 0, MAX_RETRIES)
@@ -118,8 +119,12 @@ class WorkerPool:
         # Pickled once here: a non-importable initializer fails now, in the caller's frame.
         init_blob = bytes(dumps(Initializer(initializer, tuple(initargs))))
         init_name = "(none)" if initializer is None else getattr(initializer, "__qualname__", repr(initializer))
+        preload_modules = check_preload(preload_modules)
+        context = multiprocessing.get_context(start_method)
+        # forkserver: this pool's own, which imports what workers need once (forkserver.py)
+        self._forkserver = PreloadedForkServer(preload_modules) if context.get_start_method() == "forkserver" else None
         self._supervisor = WorkerSupervisor(
-            multiprocessing.get_context(start_method),
+            self._forkserver or context,
             init_blob,
             init_name,
             self.env,
@@ -127,7 +132,7 @@ class WorkerPool:
             task_timeout=self.task_timeout,
         )
         self._closed = False
-        self._finalizer = weakref.finalize(self, kill_workers, self._supervisor.workers)
+        self._finalizer = weakref.finalize(self, _kill_all, self._supervisor.workers, self._forkserver)
         self._finalizer.atexit = False  # _shutdown_all handles exit, in the right order
         _live_pools.add(self)
         try:
@@ -311,6 +316,7 @@ class WorkerPool:
             return
         self._closed = True
         self._supervisor.stop(timeout)
+        self._stop_forkserver()
         self._finalizer.detach()
         _live_pools.discard(self)
 
@@ -318,8 +324,18 @@ class WorkerPool:
         """Stop every worker now (SIGTERM, then SIGKILL), without waiting for running tasks."""
         self._closed = True
         self._supervisor.terminate()
+        self._stop_forkserver()
         self._finalizer.detach()
         _live_pools.discard(self)
+
+    @property
+    def forkserver_pid(self) -> int | None:
+        """The pid of the forkserver this pool's workers are forked from (None: no forkserver)."""
+        return self._forkserver.pid if self._forkserver is not None else None
+
+    def _stop_forkserver(self) -> None:
+        if self._forkserver is not None:
+            self._forkserver.stop()
 
     @property
     def closed(self) -> bool:

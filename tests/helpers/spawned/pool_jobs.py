@@ -72,3 +72,23 @@ def hang_forever_on(args: tuple[str, str]) -> str:
         while True:
             signal.pause()
     return search_task(query)["query"]
+
+
+def manager_report(query: str) -> dict[str, object]:
+    """How this worker's manager answers: the service's client (mode "shared") or not."""
+    from embedshare import get_embedding_manager
+
+    manager = get_embedding_manager()
+    return {
+        "query": query,
+        "mode": manager.stats()["mode"],
+        "vector": manager.get_embedding(query).tobytes().hex(),
+        "pid": os.getpid(),
+    }
+
+
+def sys_path_report(_: object = None) -> dict[str, object]:
+    """This worker's sys.path and working folder."""
+    import sys
+
+    return {"sys_path": list(sys.path), "cwd": os.getcwd()}
