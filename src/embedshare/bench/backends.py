@@ -12,7 +12,7 @@ in fresh processes:
   service's ceiling);
 - a service on a fresh store (``backend_variant.py``): its PSS when ready (idle), then 25
   workers (``backend_worker.py``) send never-seen texts, 1, 16 and 64 per request, short
-  (6-8 words) and long (about 250 tokens); then (not with ``--quick``) 1 per request while a
+  (6-8 words) and long (about 250 tokens; --quick: not 64); then (not with ``--quick``) 1 per request while a
   CPU hog takes one core; then the fairness phase: one more client sends requests of 2,048
   texts of 8,192 characters while the workers send one-text misses (their p99, in seconds and
   in the service's mean forward time). Each phase also records the service's own counters
@@ -46,7 +46,6 @@ VARIANTS = {  # key: (label, spec, intra-op threads; None = the backend's defaul
     "int8": ("onnx int8, 2 threads", "local@int8", 2),
 }
 PER_REQUEST = (1, 16, 64)
-KINDS = ("short", "long")  # 6-8 words; about 250 tokens (backend_worker.make_text)
 FAIR_CHARS = 8192  # the fairness phase's huge client sends texts this long (the longest accepted)
 LOAD_SCRIPT = """
 import json, sys, time
@@ -67,10 +66,14 @@ print(json.dumps({"load_s": load_s, "torch_imported": "torch" in sys.modules, "a
 """
 
 
-def phases(fair_texts: int, with_hog: bool) -> list[list[Any]]:
+def phases(fair_texts: int, with_hog: bool, long_per_request: Sequence[int] = PER_REQUEST) -> list[list[Any]]:
     """What ``backend_variant.py`` runs: misses at each request size and text kind, then (with
-    ``with_hog``) one text a request with a CPU hog on one core, then the fairness phase."""
-    out: list[list[Any]] = [["misses", n, kind, False] for kind in KINDS for n in PER_REQUEST]
+    ``with_hog``) one text a request with a CPU hog on one core, then the fairness phase.
+
+    ``long_per_request``: --quick leaves out 64 long texts a request, whose phase lasts at least
+    25 x 64 texts of 250 tokens (a minute and more on 2 busy cores), however short it is set."""
+    out: list[list[Any]] = [["misses", n, "short", False] for n in PER_REQUEST]
+    out += [["misses", n, "long", False] for n in long_per_request]
     if with_hog:
         out.append(["misses", 1, "short", True])
     if fair_texts:
@@ -189,11 +192,12 @@ def run_backends(
     fair_texts: int = 2048,
     with_hog: bool = True,
     with_quality: bool = True,
+    long_per_request: Sequence[int] = PER_REQUEST,
 ) -> dict[str, Any]:
     """Every variant on every side (this checkout; a baseline's interpreter) in every round,
     interleaved; then medians per variant and side, and the after/before ratios."""
     sides = {"after": sys.executable, **({"before": baseline_python} if baseline_python else {})}
-    plan = {"workers": workers, "seconds": seconds, "phases": phases(fair_texts, with_hog)}
+    plan = {"workers": workers, "seconds": seconds, "phases": phases(fair_texts, with_hog, long_per_request)}
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {key: {side: [] for side in sides} for key in variants}
     loads: list[list[float]] = []
     for r in range(rounds):

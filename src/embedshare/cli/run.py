@@ -271,7 +271,7 @@ def bench(
     if backends_only:
         from ..bench.backends import format_table, run_backends, write_backends
 
-        results = run_backends(  # --quick: a few minutes (no CPU hog, quality or venv sizes)
+        results = run_backends(  # --quick: minutes (no CPU hog, 64 long texts, quality, venv sizes)
             rounds=rounds,
             workers=max(workers or [25]),
             seconds=miss_seconds or (3.0 if quick else 6.0),
@@ -282,6 +282,7 @@ def bench(
             fair_texts=(256 if quick else 2048) if fair_texts is None else fair_texts,
             with_hog=not quick,
             with_quality=not quick,
+            long_per_request=(1, 16) if quick else (1, 16, 64),
         )
         click.echo(format_table(results))
         click.echo(f"wrote {write_backends(results, out)}")
