@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from test_batcher import _run as run_batcher  # start the batcher, run the body, close it
 
 from embedshare.embedders import create_embedder
 from embedshare.service.batcher import CHARS_PER_TOKEN, FORWARDS_PER_BATCH, Batcher
@@ -105,14 +106,7 @@ def test_a_one_text_miss_goes_in_the_next_forward_while_another_client_sends_204
         forwards.allow(10**6)
         return await big, await little
 
-    async def main():
-        batcher.start()
-        try:
-            return await body()
-        finally:
-            await batcher.aclose()
-
-    big, little = asyncio.run(main())
+    big, little = run_batcher(batcher, body)
     assert small[0] in embedder.calls[1], "the small request waited for more than one forward"
     assert np.array_equal(little, _of_the_first_16_characters(small))
     assert np.array_equal(big, _of_the_first_16_characters(long_texts))
@@ -128,20 +122,16 @@ def test_a_text_joined_while_it_waits_in_another_clients_backlog_is_not_stuck_be
     batcher = _batcher(embedder, Cache(), max_batch=4)
     backlog = [f"backlog text {i}" for i in range(100)]
 
-    async def main():
-        batcher.start()
-        try:
-            first = asyncio.ensure_future(batcher.embed(_keys(backlog), backlog, client=("pid", 1)))
-            await _in_thread(forwards.wait_started, 1)
-            # another client wants the backlog's last text: it joins, and it is next in line
-            joined = asyncio.ensure_future(batcher.embed(_keys(backlog[-1:]), backlog[-1:], client=("pid", 2)))
-            await asyncio.sleep(0)
-            forwards.allow(10**6)
-            return await first, await joined
-        finally:
-            await batcher.aclose()
+    async def body():
+        first = asyncio.ensure_future(batcher.embed(_keys(backlog), backlog, client=("pid", 1)))
+        await _in_thread(forwards.wait_started, 1)
+        # another client wants the backlog's last text: it joins, and it is next in line
+        joined = asyncio.ensure_future(batcher.embed(_keys(backlog[-1:]), backlog[-1:], client=("pid", 2)))
+        await asyncio.sleep(0)
+        forwards.allow(10**6)
+        return await first, await joined
 
-    first, joined = asyncio.run(main())
+    first, joined = run_batcher(batcher, body)
     assert backlog[-1] in embedder.calls[1]
     assert embedder.embedded[backlog[-1]] == 1, "the joined text was computed twice"
     assert np.array_equal(joined[0], first[-1])
@@ -166,14 +156,10 @@ def test_nothing_is_lost_or_computed_twice_when_many_clients_interleave(recordin
                 assert np.array_equal(got, HASH.embed(texts))
             await asyncio.sleep(0)
 
-    async def main():
-        batcher.start()
-        try:
-            await asyncio.gather(*(client(n) for n in range(12)))
-        finally:
-            await batcher.aclose()
+    async def body():
+        await asyncio.gather(*(client(n) for n in range(12)))
 
-    asyncio.run(main())
+    run_batcher(batcher, body)
     embedded = embedder.embedded
     assert max(embedded.values()) == 1, "a text was computed twice"
     assert Counter(cache.committed) == Counter(t.encode() for t in embedded)
