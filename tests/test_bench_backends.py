@@ -22,7 +22,8 @@ def test_a_variant_runs_every_phase_and_the_table_gives_after_before_ratios():
     assert fair["small_requests"] > 0 and fair["forwards"] > 0
     assert fair["small_p99_s"] >= fair["small_p50_s"] > 0
     long = one["phases"]['["misses", 4, "long", false]']
-    assert long["texts_per_s"] > 0 and long["mean_batch"] >= 1 and long["workers_cpu_cores"] > 0
+    assert long["texts_per_s"] > 0 and long["mean_batch"] >= 1
+    assert long["workers_cpu_cores"] >= 0  # os.times() counts in 10 ms ticks: a short phase may show 0
 
     titled = {phase_title(p): one["phases"][key] for p, key in zip(phases, one["phases"], strict=True)}
     summary = {
