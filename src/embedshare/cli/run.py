@@ -223,6 +223,26 @@ def _name_list(ctx: click.Context, param: click.Parameter, value: str | None) ->
     help="With --backends: interleaved rounds (medians are reported).",
 )
 @click.option("--no-install-size", is_flag=True, help="With --backends: skip the fresh-virtualenv sizes.")
+@click.option(
+    "--baseline-python",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="With --backends: also run every case with this interpreter (a baseline checkout's "
+    "venv, e.g. /work/main/.venv/bin/python) and report after/before ratios.",
+)
+@click.option(
+    "--variants",
+    type=click.Choice(["torch", "onnx1", "onnx2", "int8"]),
+    multiple=True,
+    help="With --backends: only these backends (repeat the option); default all four (--quick: torch, onnx2, int8).",
+)
+@click.option(
+    "--fair-texts",
+    type=click.IntRange(min=0),
+    default=None,
+    help="With --backends: texts (of 8,192 characters) in each request of the fairness phase's "
+    "huge client; 0 skips the phase (default 2048, --quick 256).",
+)
 def bench(
     quick: bool,
     out: Path,
@@ -239,6 +259,9 @@ def bench(
     backends_only: bool,
     rounds: int,
     no_install_size: bool,
+    baseline_python: str | None,
+    variants: tuple[str, ...],
+    fair_texts: int | None,
 ) -> None:
     """Compare ways of sharing an embedding manager between processes, on the same tasks.
 
@@ -250,12 +273,18 @@ def bench(
     if backends_only:
         from ..bench.backends import format_table, run_backends, write_backends
 
-        results = run_backends(
+        results = run_backends(  # --quick: minutes (no CPU hog, 64 long texts, quality, venv sizes)
             rounds=rounds,
             workers=max(workers or [25]),
-            seconds=miss_seconds or 6.0,
-            with_install_size=not no_install_size,
+            seconds=miss_seconds or (3.0 if quick else 6.0),
+            with_install_size=not (no_install_size or quick),
             log=lambda line: click.echo(line, err=True),
+            variants=variants or (("torch", "onnx2", "int8") if quick else ("torch", "onnx1", "onnx2", "int8")),
+            baseline_python=baseline_python,
+            fair_texts=(256 if quick else 2048) if fair_texts is None else fair_texts,
+            with_hog=not quick,
+            with_quality=not quick,
+            long_per_request=(1, 16) if quick else (1, 16, 64),
         )
         click.echo(format_table(results))
         click.echo(f"wrote {write_backends(results, out)}")

@@ -11,16 +11,19 @@ model, the cache or the index, they ask here, through public methods only:
 - ``embed(texts)``, ``hello(model_id)`` and ``stats()`` answer requests; ``embed`` and
   ``hello`` wait while the model loads, so a client that comes early is answered late, not
   refused; ``embed_checked(texts)`` is ``embed`` for texts the listener has checked already;
+- ``serve_client(pid, connection)``: the listener says who asks (the batcher is fair between
+  clients);
 - ``aclose()`` lets the batches under way finish and be cached.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +38,11 @@ from ..store.record import recorded_registry, registry_name, write_record
 from .batcher import Batcher
 from .config import ServiceConfig
 from .metrics import ServiceMetrics
+
+# Who the running request is from: the batcher queues its misses as that client's and takes
+# from every client in turn. A listener sets it once per connection (the tasks that answer
+# its requests inherit it); a request with none shares one queue with every other such.
+_client: contextvars.ContextVar[Hashable] = contextvars.ContextVar("embedshare_client", default=None)
 
 
 class Engine:
@@ -143,6 +151,16 @@ class Engine:
 
     # -- answering ------------------------------------------------------------------------------
 
+    @staticmethod
+    def serve_client(peer_pid: int | None, connection: str | None = None) -> None:
+        """Say who the requests of the current task (and the tasks it starts) come from.
+
+        A local peer is its process (``SO_PEERCRED``'s pid): the client library shares one
+        connection per process, and a process that opens more still gets one share, not one per
+        connection. A TCP or HTTP peer, whose process we cannot know, is its connection.
+        """
+        _client.set(("pid", peer_pid) if peer_pid is not None else ("connection", connection))
+
     async def embed(self, texts: list[Any]) -> tuple[np.ndarray, int]:
         """The vectors of ``texts`` (each checked), and how many of them missed the cache."""
         await self._ready.wait()
@@ -157,7 +175,7 @@ class Engine:
         misses = int(found.missing.size)
         self.metrics.add(embed_requests=1, texts=len(clean), hits=len(clean) - misses, misses=misses)
         if misses:
-            found.fill(await self._batcher.embed(found.miss_keys, found.miss_texts))
+            found.fill(await self._batcher.embed(found.miss_keys, found.miss_texts, _client.get()))
         return found.vectors, misses
 
     async def hello(self, wanted_model_id: Any) -> protocol.HelloReply:

@@ -253,6 +253,7 @@ class FrameServer:
         self._next_client += 1
         client_id = self._next_client
         self.clients[client_id] = {**peer, "connected": time.time(), "requests": 0}
+        self.engine.serve_client(peer["pid"], peer.get("tcp"))  # the batcher's fairness: who asks
         self.metrics.add(connections_total=1)
         tasks: set[asyncio.Task[None]] = set()
         try:

@@ -37,17 +37,21 @@ class PythonChild(TypedDict):
 
 
 def python_child(
-    *args: str, cwd: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+    *args: str,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    python: str | None = None,
 ) -> PythonChild:
     """``python -P ARGS`` to run in ``cwd`` if it is private to us (else :func:`private_cwd`),
     with ``env`` (default ``os.environ``) minus the ``PYTHONPATH`` entries that mean "here".
+    ``python`` is this interpreter unless another is named (the bench's baseline checkout).
 
     Use as ``subprocess.run(**python_child("-m", "module", ...), ...)``.
     """
     child_env = dict(os.environ if env is None else env)
     if "PYTHONPATH" in child_env:
         child_env["PYTHONPATH"] = safe_python_path(child_env["PYTHONPATH"])
-    return {"args": [sys.executable, "-P", *args], "cwd": private_cwd(cwd), "env": child_env}
+    return {"args": [python or sys.executable, "-P", *args], "cwd": private_cwd(cwd), "env": child_env}
 
 
 def safe_python_path(value: str) -> str:

@@ -183,6 +183,8 @@ def create_app(engine: Engine, admission: RequestAdmission, stats: Callable[[], 
                     param="dimensions",
                     code="invalid_value",
                 )
+        peer = request.client  # an HTTP client is its connection, for the batcher's fairness
+        engine.serve_client(None, f"http {peer.host}:{peer.port}" if peer else None)
         try:
             vectors, _ = await engine.embed_checked(texts)  # input_texts checked them
         except InvalidTextError as exc:
