@@ -55,6 +55,12 @@ def _whole(minimum: int) -> Check:
     return lambda name, value: whole_number(name, value, minimum)
 
 
+def _batch_tokens(name: str, value: Any) -> int:
+    from ..embedders.onnx_local import BATCH_TOKENS_RANGE  # numpy: not for every client's import
+
+    return whole_number(name, value, *BATCH_TOKENS_RANGE)
+
+
 def _duration(*, allow_zero: bool = False, unit: str = "seconds") -> Check:
     return lambda name, value: seconds(name, value, allow_zero=allow_zero, unit=unit)
 
@@ -139,6 +145,12 @@ class ServiceConfig:
         2.0, _duration(allow_zero=True, unit="milliseconds"), "How long to gather requests into a batch."
     )
     threads: int | None = _setting(None, _optional(_whole(1)), "Threads of the local model (ONNX Runtime or torch).")
+    max_batch_tokens: int | None = _setting(
+        None,
+        _optional(_batch_tokens),
+        "Padded tokens per forward of the local ONNX model at most (TEI's --max-batch-tokens; "
+        "default: the budget measured in bench/README.md).",
+    )
     http: str | None = _setting(
         None,
         _optional(_http_address),
