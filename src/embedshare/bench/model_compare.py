@@ -45,19 +45,55 @@ for kind in ("short", "long"):
         peak = max(peak, me.memory_full_info().pss)
 after = resource.getrusage(resource.RUSAGE_SELF)
 time.sleep(2.0)  # idle: what the service holds between bursts
-out.update(minor_faults=after.ru_minflt - before.ru_minflt, system_s=after.ru_stime - before.ru_stime,
-           user_s=after.ru_utime - before.ru_utime, peak_pss_mb=peak / 2**20,
-           idle_pss_mb=me.memory_full_info().pss / 2**20)
+per_k = 1000 / (serial or 1)  # per 1,000 texts: variants that ran faster did more texts
+out.update({"minor page faults per 1,000 texts": (after.ru_minflt - before.ru_minflt) * per_k,
+            "system CPU s per 1,000 texts": (after.ru_stime - before.ru_stime) * per_k,
+            "user CPU s per 1,000 texts": (after.ru_utime - before.ru_utime) * per_k,
+            "peak PSS after a batch, MB": peak / 2**20, "PSS idle 2 s after, MB": me.memory_full_info().pss / 2**20})
 print(json.dumps(out))
 """
 
 
-def measure(python: str, cwd: str | None, spec: str, options: dict[str, Any], seconds: float) -> dict[str, float]:
+# A service on a fresh store; 4 client threads send bursts of 64 long (~250-token) distinct texts
+# a request for `seconds`; the service's PSS is sampled every 0.1 s (peak: during the burst), and
+# read again once it has been idle for 3 s. Only the launcher and manager API: older checkouts too.
+SERVICE_WORKER = """
+import json, sys, tempfile, threading, time
+import psutil
+from embedshare.manager import EmbeddingManager
+from embedshare.service.launcher import EmbeddingService
+seconds = float(sys.argv[2])
+words = "parse the json file from the socket and write each record to the table with its schema".split()
+store = tempfile.TemporaryDirectory()
+with EmbeddingService(store.name + "/store", model=sys.argv[1], start_timeout=600) as service:
+    service_process, peak, stop = psutil.Process(service.pid), 0, time.monotonic() + seconds
+    ready_mb = service_process.memory_full_info().pss / 2**20
+    def client(n):
+        manager, i = EmbeddingManager(), 0
+        while time.monotonic() < stop:
+            text = lambda j: " ".join(f"{words[(i + j + k) % 16]}{n}x{i}y{j}z{k}" for k in range(100))
+            manager.get_embeddings([text(j) for j in range(64)])
+            i += 1
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads: t.start()
+    while any(t.is_alive() for t in threads):
+        peak = max(peak, service_process.memory_full_info().pss)
+        time.sleep(0.1)
+    time.sleep(3.0)  # idle
+    print(json.dumps({"service PSS ready, MB": ready_mb, "service PSS peak during the burst, MB": peak / 2**20,
+                      "service PSS idle 3 s after the burst, MB": service_process.memory_full_info().pss / 2**20}))
+store.cleanup()
+"""
+
+
+def measure(
+    python: str, cwd: str | None, spec: str, options: dict[str, Any], seconds: float, script: str = WORKER
+) -> dict[str, float]:
     """One variant in a fresh interpreter; its figures."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("PYTHONPATH", None)  # each interpreter runs its own checkout's code
     proc = subprocess.run(
-        [python, "-c", WORKER, spec, str(seconds), json.dumps(options)],
+        [python, "-c", script, spec, str(seconds), json.dumps(options)],
         capture_output=True,
         text=True,
         env=env,
@@ -72,15 +108,19 @@ def measure(python: str, cwd: str | None, spec: str, options: dict[str, Any], se
 
 
 def run(
-    variants: list[tuple[str, str, str | None, str, dict[str, Any]]], rounds: int, seconds: float
+    variants: list[tuple[str, str, str | None, str, dict[str, Any]]], rounds: int, seconds: float, script: str
 ) -> dict[str, Any]:
     """``variants``: (label, python, cwd, spec, options); the medians by label."""
     runs: dict[str, list[dict[str, float]]] = {label: [] for label, *_ in variants}
     for round_no in range(rounds):
         for label, python, cwd, spec, options in variants:
-            runs[label].append(measure(python, cwd, spec, options, seconds))
+            runs[label].append(measure(python, cwd, spec, options, seconds, script))
             print(f"[model-compare] round {round_no + 1} {label}: {json.dumps(runs[label][-1])}", file=sys.stderr)
     return {label: {k: statistics.median(r[k] for r in results) for k in results[0]} for label, results in runs.items()}
+
+
+def _figure(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}" if value >= 1 else f"{value:.3f}"
 
 
 def format_table(medians: dict[str, dict[str, float]]) -> str:
@@ -88,12 +128,9 @@ def format_table(medians: dict[str, dict[str, float]]) -> str:
     rows = list(next(iter(medians.values())))
     lines = ["| | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
     for row in rows:
-        cells = [
-            f"{medians[label][row]:,.0f}" if medians[label][row] >= 100 else f"{medians[label][row]:.1f}"
-            for label in labels
-        ]
-        unit = "texts/s" if "batch" in row else ""
-        lines.append(f"| {row} {unit} | " + " | ".join(cells) + " |")
+        cells = [_figure(medians[label][row]) for label in labels]
+        unit = ", texts/s" if row.startswith(("short", "long")) else ""
+        lines.append(f"| {row}{unit} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -106,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--int8", action="store_true", help="also local@int8 (this checkout)")
     parser.add_argument("--budgets", default="", help="comma-separated max_batch_tokens to compare (fp32)")
+    parser.add_argument("--service", action="store_true", help="the service's PSS around a burst, not the model alone")
     parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
     args = parser.parse_args(argv)
     me = sys.executable
@@ -119,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         variants.append(("after (int8)", me, None, "local@int8", {}))
     if not args.no_torch:
         variants.append(("torch", me, None, "local@torch", {}))
-    table = format_table(run(variants, args.rounds, args.seconds))
+    table = format_table(run(variants, args.rounds, args.seconds, SERVICE_WORKER if args.service else WORKER))
     print(table)
     if args.out:
         args.out.write_text(table + "\n", encoding="utf-8")
