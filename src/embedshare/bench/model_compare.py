@@ -86,6 +86,33 @@ store.cleanup()
 """
 
 
+# Where the seconds go at each batch size: the process's CPU time (getrusage, user + system) and
+# the wall time per text, min of 3 interleaved repetitions; CPU time does not wait for a core.
+CPU_WORKER = """
+import json, resource, sys, time
+from embedshare.embedders import create_embedder
+embedder = create_embedder(sys.argv[1], **json.loads(sys.argv[3]))
+getattr(embedder, "load", lambda: None)()
+words = "parse the json file from the socket and write each record to the table with its schema".split()
+make = {"short": lambda i: f"distinct probe text {i} about parsing files",
+        "long": lambda i: " ".join(f"{words[(i + k) % 16]}{(i * 7 + k) % 97}" for k in range(100))}
+figures, serial = {}, 0
+for repetition in range(3):
+    for kind, count in (("short", 256), ("long", 32)):
+        for batch in (1, 16, 64):
+            before, began, done = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter(), 0
+            while done < count:
+                embedder.embed([make[kind](serial + i) for i in range(batch)])
+                serial, done = serial + batch, done + batch
+            after, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - began
+            cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+            for what, seconds in (("CPU", cpu), ("wall", wall)):
+                key = f"{kind}, batch {batch}: {what} ms per text"
+                figures[key] = min(figures.get(key, 1e9), seconds / done * 1000)
+print(json.dumps(figures))
+"""
+
+
 def measure(
     python: str, cwd: str | None, spec: str, options: dict[str, Any], seconds: float, script: str = WORKER
 ) -> dict[str, float]:
@@ -129,7 +156,7 @@ def format_table(medians: dict[str, dict[str, float]]) -> str:
     lines = ["| | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
     for row in rows:
         cells = [_figure(medians[label][row]) for label in labels]
-        unit = ", texts/s" if row.startswith(("short", "long")) else ""
+        unit = ", texts/s" if row.startswith(("short", "long")) and ":" not in row else ""
         lines.append(f"| {row}{unit} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -144,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8", action="store_true", help="also local@int8 (this checkout)")
     parser.add_argument("--budgets", default="", help="comma-separated max_batch_tokens to compare (fp32)")
     parser.add_argument("--service", action="store_true", help="the service's PSS around a burst, not the model alone")
+    parser.add_argument("--cpu", action="store_true", help="CPU and wall time per text at each batch size")
     parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
     args = parser.parse_args(argv)
     me = sys.executable
@@ -157,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         variants.append(("after (int8)", me, None, "local@int8", {}))
     if not args.no_torch:
         variants.append(("torch", me, None, "local@torch", {}))
-    table = format_table(run(variants, args.rounds, args.seconds, SERVICE_WORKER if args.service else WORKER))
+    script = SERVICE_WORKER if args.service else CPU_WORKER if args.cpu else WORKER
+    table = format_table(run(variants, args.rounds, args.seconds, script))
     print(table)
     if args.out:
         args.out.write_text(table + "\n", encoding="utf-8")
