@@ -43,6 +43,13 @@ def _kept(store: Path) -> list[Path]:
     return sorted((store / "graphs").glob("*.onnx"))
 
 
+def _keeping(spec: str, store: Path):
+    """An embedder that keeps its graph in ``store``'s graphs folder, as a service's does."""
+    embedder = create_embedder(spec)
+    embedder.keep_graphs_in(store / "graphs")
+    return embedder
+
+
 @pytest.mark.model
 def test_the_built_graph_is_onnx_runtimes_fused_form():
     from embedshare.embedders.bert_graph import build_from_folder
@@ -62,16 +69,14 @@ def test_the_built_graph_is_onnx_runtimes_fused_form():
 @pytest.mark.model
 def test_the_graph_is_kept_in_the_store_and_loaded_from_it(tmp_path, monkeypatch):
     built = _builds(monkeypatch)
-    first = create_embedder("local@int8")
-    first.keep_graphs_in(tmp_path / "graphs")
+    first = _keeping("local@int8", tmp_path)
     vectors = first.embed(TEXTS)
     assert len(built) == 1
     (kept,) = _kept(tmp_path)
     assert kept.name.startswith("int8-")
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "graphs").stat().st_mode) == 0o700
-    second = create_embedder("local@int8")
-    second.keep_graphs_in(tmp_path / "graphs")
+    second = _keeping("local@int8", tmp_path)
     assert np.array_equal(second.embed(TEXTS), vectors)
     assert len(built) == 1  # loaded, not built (nor quantised) again
 
@@ -81,13 +86,11 @@ def test_a_graph_of_an_older_form_is_never_loaded(tmp_path, monkeypatch):
     from embedshare.embedders import graph_files
 
     built = _builds(monkeypatch)
-    old = create_embedder("local")
-    old.keep_graphs_in(tmp_path / "graphs")
+    old = _keeping("local", tmp_path)
     old.load()
     (old_file,) = _kept(tmp_path)
     monkeypatch.setattr(graph_files, "GRAPH_FORM", "fused-next")  # the builder's form changed
-    new = create_embedder("local")
-    new.keep_graphs_in(tmp_path / "graphs")
+    new = _keeping("local", tmp_path)
     new.load()
     assert len(built) == 2
     (new_file,) = _kept(tmp_path)  # the old form's file is removed
@@ -97,13 +100,11 @@ def test_a_graph_of_an_older_form_is_never_loaded(tmp_path, monkeypatch):
 @pytest.mark.model
 def test_a_damaged_kept_graph_is_built_again(tmp_path, monkeypatch):
     built = _builds(monkeypatch)
-    first = create_embedder("local")
-    first.keep_graphs_in(tmp_path / "graphs")
+    first = _keeping("local", tmp_path)
     expected = first.embed(TEXTS)
     (kept,) = _kept(tmp_path)
     kept.write_bytes(kept.read_bytes()[: kept.stat().st_size // 3])  # truncated
-    second = create_embedder("local")
-    second.keep_graphs_in(tmp_path / "graphs")
+    second = _keeping("local", tmp_path)
     assert np.abs(second.embed(TEXTS) - expected).max() <= 1e-6
     assert len(built) == 2  # the damaged file was replaced by a whole one
 

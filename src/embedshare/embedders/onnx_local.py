@@ -36,8 +36,8 @@ from .graph_files import discard, graph_file
 
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
 # At most this many padded tokens in one forward, by default: chosen by measurement on a
-# 2-core machine (bench/README.md, "Token budget"). Attention scores grow with rows x width^2,
-# so the budget also bounds a forward's memory.
+# 2-core machine (bench/README.md, "The model alone, before and after issue 20"). Attention
+# scores grow with rows x width^2, so the budget also bounds a forward's memory.
 MAX_BATCH_TOKENS = 2048
 BATCH_TOKENS_RANGE = (MAX_TOKENS, 65536)  # at least one whole text; at most ~1 GB of scores
 WARMUP_TEXTS = ["warm up the model", "a second, somewhat longer text to warm up every kernel shape"]
