@@ -248,6 +248,7 @@ def test_a_service_config_is_frozen_and_its_argv_reads_back_as_the_same_config(t
         max_batch=8,
         max_wait_ms=0.5,
         threads=2,
+        max_batch_tokens=4096,
         http="127.0.0.1:0",
         http_token_file=str(tmp_path / "h"),
         http_no_auth=True,

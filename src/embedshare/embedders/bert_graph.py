@@ -3,26 +3,28 @@
 Why build it by hand instead of ``torch.onnx.export`` or optimum: an export needs torch, and
 the point of the ONNX backend is a service (and an install) without torch's 754 MB. A BERT
 encoder is a short, fixed recipe (embeddings, N x [self-attention, feed-forward], layer norms),
-so the graph is a few dozen standard ONNX ops made with onnx's helper API from the packaged
-weights, in well under a second; nothing is downloaded.
+so the graph is about 50 ops made with onnx's helper API from the packaged weights, in well
+under a second; nothing is downloaded. The ops are ONNX Runtime's fused ones (``com.microsoft``
+Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization), the form its
+``onnxruntime.transformers`` optimizer gives an exported BERT; ``tests/test_onnx_graph.py``
+checks the census.
 
 ``python -m embedshare.embedders.bert_graph FOLDER OUT.onnx [--int8]`` writes it: the service
 runs that in a child process, so that neither onnx (16 MB PSS) nor the build's transient
 copies of the weights (and ORT's hold on a model given as bytes) stay in the service.
-ONNX Runtime's own optimiser then fuses the layer norms, GELUs and attention as it does for an
-exported graph. ``tests/test_onnx_embedder.py`` proves the vectors equal to the torch path's.
+``tests/test_onnx_embedder.py`` proves the vectors equal to the torch path's.
 
 The graph takes ``input_ids`` and ``attention_mask`` (int64, ``[batch, seq]``) and returns the
 mask-aware mean of the last hidden states (``[batch, hidden]``), i.e. sentence-transformers'
 Transformer + mean Pooling modules; the caller L2-normalises (the Normalize module).
 Token type ids are always 0 for single texts, so type embedding 0 is folded into the position
-table.
+table. Attention masks padded positions with -10000 (the op's default) where transformers adds
+float32's minimum: either way their softmax weight is exactly 0 in float32.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +35,11 @@ import numpy as np
 if TYPE_CHECKING:  # onnx is imported by the build, in its own process (see the module doc)
     from onnx import ModelProto, NodeProto, TensorProto
 
-OPSET = 17  # LayerNormalization is a standard op from 17 on
-_MIN_FLOAT = float(np.finfo(np.float32).min)  # what transformers adds for a masked position
+OPSET = 17
+CONTRIB_DOMAIN = "com.microsoft"  # ONNX Runtime's own (fused) ops
+# The graph's form: part of the name of the file kept in the store, so a graph of an older form
+# is never loaded after an upgrade (the vectors, hence the model_id, stay the same).
+GRAPH_FORM = "fused-1"
 
 
 class UnsupportedModelError(ValueError):
@@ -99,91 +104,92 @@ class _GraphBuilder:
             self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], **attrs: Any) -> str:
+    def op(self, op_type: str, inputs: list[str], extra_outputs: int = 0, **attrs: Any) -> str:
+        """A node; its first output's name (``extra_outputs`` more, unused, if the op needs them)."""
         from onnx import helper
 
         self._count += 1
         out = f"{op_type.lower()}_{self._count}"
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        outputs = [out] + [f"{out}_unused_{n}" for n in range(extra_outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=out, **attrs))
         return out
 
-    def linear(self, x: str, weights: dict[str, np.ndarray], prefix: str) -> str:
+    def matmul(self, x: str, weights: dict[str, np.ndarray], prefix: str) -> str:
         # torch Linear stores [out, in]; MatMul wants [in, out]
-        w = self.weight(f"{prefix}.weight_t", weights[f"{prefix}.weight"].T)
-        b = self.weight(f"{prefix}.bias", weights[f"{prefix}.bias"])
-        return self.op("Add", [self.op("MatMul", [x, w]), b])
+        return self.op("MatMul", [x, self.weight(f"{prefix}.weight_t", weights[f"{prefix}.weight"].T)])
 
-    def layer_norm(self, x: str, weights: dict[str, np.ndarray], prefix: str, eps: float) -> str:
-        scale = self.weight(f"{prefix}.weight", weights[f"{prefix}.weight"])
-        bias = self.weight(f"{prefix}.bias", weights[f"{prefix}.bias"])
-        return self.op("LayerNormalization", [x, scale, bias], axis=-1, epsilon=eps)
+    def bias(self, weights: dict[str, np.ndarray], prefix: str) -> str:
+        return self.weight(f"{prefix}.bias", weights[f"{prefix}.bias"])
+
+    def skip_layer_norm(self, x: str, skip: str, weights: dict[str, np.ndarray], prefix: str, eps: float) -> str:
+        """LayerNorm(x @ W + b + skip): the dense layer's bias and the residual fused in."""
+        return self.op(
+            "SkipLayerNormalization",
+            [
+                self.matmul(x, weights, f"{prefix}.dense"),
+                skip,
+                self.weight(f"{prefix}.LayerNorm.weight", weights[f"{prefix}.LayerNorm.weight"]),
+                self.weight(f"{prefix}.LayerNorm.bias", weights[f"{prefix}.LayerNorm.bias"]),
+                self.bias(weights, f"{prefix}.dense"),
+            ],
+            epsilon=eps,
+            domain=CONTRIB_DOMAIN,
+        )
 
 
 def build_bert_mean_pooling(weights: dict[str, np.ndarray], shape: BertShape) -> ModelProto:
-    """The ``onnx.ModelProto`` of encoder + mean pooling for these weights (see the module doc)."""
+    """The ``onnx.ModelProto`` of encoder + mean pooling for these weights (see the module doc).
+
+    Emitted in ONNX Runtime's fused form (its ``com.microsoft`` ops, as its transformer optimizer
+    leaves an exported BERT): EmbedLayerNormalization, then per layer one Attention (Q, K and V
+    packed in one MatMul, softmax inside), SkipLayerNormalization for each residual + LayerNorm,
+    BiasGelu for the feed-forward. Unfused, the same model was 6 attention blocks of MatMul,
+    Reshape, Transpose and Softmax that the session's optimizer did not fuse.
+    """
     from onnx import TensorProto, helper
 
     g = _GraphBuilder()
-    head_dim = shape.hidden // shape.heads
     const = lambda name, value, dtype=np.int64: g.weight(name, np.asarray(value, dtype=dtype))  # noqa: E731
+    ms: dict[str, Any] = {"domain": CONTRIB_DOMAIN}
 
-    # embeddings: word + position (+ type 0, folded in) -> LayerNorm
-    word = g.weight("word_embeddings", weights["embeddings.word_embeddings.weight"])
-    positions = g.weight(
-        "position_and_type0_embeddings",
-        weights["embeddings.position_embeddings.weight"] + weights["embeddings.token_type_embeddings.weight"][0],
+    # embeddings: word + position (+ type 0, folded in) -> LayerNorm, in one op
+    ids32 = g.op("Cast", ["input_ids"], to=TensorProto.INT32)
+    mask32 = g.op("Cast", ["attention_mask"], to=TensorProto.INT32)
+    x = g.op(
+        "EmbedLayerNormalization",
+        [
+            ids32,
+            "",  # no segment ids: type embedding 0 is in the position table
+            g.weight("word_embeddings", weights["embeddings.word_embeddings.weight"]),
+            g.weight(
+                "position_and_type0_embeddings",
+                weights["embeddings.position_embeddings.weight"]
+                + weights["embeddings.token_type_embeddings.weight"][0],
+            ),
+            "",
+            g.weight("embeddings.LayerNorm.weight", weights["embeddings.LayerNorm.weight"]),
+            g.weight("embeddings.LayerNorm.bias", weights["embeddings.LayerNorm.bias"]),
+        ],
+        extra_outputs=1,  # its mask index: Attention takes the 2-D mask instead
+        epsilon=shape.eps,
+        **ms,
     )
-    seq_len = g.op("Gather", [g.op("Shape", ["input_ids"]), const("one_index", [1])], axis=0)
-    pos = g.op("Slice", [positions, const("zero_index", [0]), seq_len, const("zero_index", [0])])
-    x = g.op("Add", [g.op("Gather", [word, "input_ids"], axis=0), pos])
-    x = g.layer_norm(x, weights, "embeddings.LayerNorm", shape.eps)
-
-    # additive attention bias [B, 1, 1, S]: 0 where attended, float32 min where padded
-    mask = g.op("Cast", ["attention_mask"], to=TensorProto.FLOAT)
-    masked = g.op("Sub", [const("one_float", 1.0, np.float32), mask])
-    bias = g.op(
-        "Unsqueeze", [g.op("Mul", [masked, const("min_float", _MIN_FLOAT, np.float32)]), const("bias_axes", [1, 2])]
-    )
-    heads_shape = const("heads_shape", [0, 0, shape.heads, head_dim])
-    hidden_shape = const("hidden_shape", [0, 0, shape.hidden])
-    scale = const("attention_scale", 1.0 / math.sqrt(head_dim), np.float32)
-    sqrt2 = const("sqrt2", math.sqrt(2.0), np.float32)
-    half = const("half", 0.5, np.float32)
-
     for i in range(shape.layers):
         p = f"encoder.layer.{i}"
-        q = g.op(
-            "Transpose",
-            [g.op("Reshape", [g.linear(x, weights, f"{p}.attention.self.query"), heads_shape])],
-            perm=[0, 2, 1, 3],
+        parts = [f"{p}.attention.self.{name}" for name in ("query", "key", "value")]
+        qkv_w = g.weight(f"{p}.qkv.weight_t", np.concatenate([weights[f"{n}.weight"].T for n in parts], axis=1))
+        qkv_b = g.weight(f"{p}.qkv.bias", np.concatenate([weights[f"{n}.bias"] for n in parts]))
+        context = g.op("Attention", [x, qkv_w, qkv_b, mask32], num_heads=shape.heads, **ms)
+        x = g.skip_layer_norm(context, x, weights, f"{p}.attention.output", shape.eps)
+        inner = g.op(
+            "BiasGelu",
+            [g.matmul(x, weights, f"{p}.intermediate.dense"), g.bias(weights, f"{p}.intermediate.dense")],
+            **ms,
         )
-        k = g.op(
-            "Transpose",
-            [g.op("Reshape", [g.linear(x, weights, f"{p}.attention.self.key"), heads_shape])],
-            perm=[0, 2, 3, 1],
-        )
-        v = g.op(
-            "Transpose",
-            [g.op("Reshape", [g.linear(x, weights, f"{p}.attention.self.value"), heads_shape])],
-            perm=[0, 2, 1, 3],
-        )
-        scores = g.op("Add", [g.op("Mul", [g.op("MatMul", [q, k]), scale]), bias])
-        context = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v])
-        context = g.op("Reshape", [g.op("Transpose", [context], perm=[0, 2, 1, 3]), hidden_shape])
-        attended = g.linear(context, weights, f"{p}.attention.output.dense")
-        x = g.layer_norm(g.op("Add", [attended, x]), weights, f"{p}.attention.output.LayerNorm", shape.eps)
-        inner = g.linear(x, weights, f"{p}.intermediate.dense")
-        gelu = g.op(
-            "Mul",
-            [
-                g.op("Mul", [inner, half]),
-                g.op("Add", [g.op("Erf", [g.op("Div", [inner, sqrt2])]), const(f"one_{i}", 1.0, np.float32)]),
-            ],
-        )
-        out = g.linear(gelu, weights, f"{p}.output.dense")
-        x = g.layer_norm(g.op("Add", [out, x]), weights, f"{p}.output.LayerNorm", shape.eps)
+        x = g.skip_layer_norm(inner, x, weights, f"{p}.output", shape.eps)
 
     # mean pooling over attended tokens, as sentence-transformers' Pooling (clamped at 1e-9)
+    mask = g.op("Cast", ["attention_mask"], to=TensorProto.FLOAT)
     mask3 = g.op("Unsqueeze", [mask, const("pool_axis", [2])])
     axis1 = const("sum_axis", [1])
     summed = g.op("ReduceSum", [g.op("Mul", [x, mask3]), axis1], keepdims=0)
@@ -201,7 +207,11 @@ def build_bert_mean_pooling(weights: dict[str, np.ndarray], shape: BertShape) ->
         initializer=g.initializers,
     )
     return helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="embedshare.bert_graph", ir_version=8
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(CONTRIB_DOMAIN, 1)],
+        producer_name="embedshare.bert_graph",
+        producer_version=GRAPH_FORM,
+        ir_version=8,
     )
 
 
@@ -226,7 +236,16 @@ def quantize_int8(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.disable(logging.WARNING)  # its "consider pre-processing" advice, on the root logger
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True)
+    from onnx import TensorProto
+
+    quantize_dynamic(
+        str(source),
+        str(target),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        # ONNX's shape inference gives no types for the com.microsoft ops' outputs: all are float
+        extra_options={"DefaultTensorType": TensorProto.FLOAT},
+    )
 
 
 def main(argv: list[str]) -> int:

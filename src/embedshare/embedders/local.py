@@ -57,8 +57,13 @@ class LocalEmbedder:
         threads: int | None = None,
         batch_size: int = 64,
         model_path: str | Path | None = None,
+        max_batch_tokens: int | None = None,
     ) -> None:
         check_bundled_name(model_name, model_path)
+        if max_batch_tokens is not None:  # a setting silently ignored would mislead
+            raise EmbedderError(
+                "local@torch cuts batches by count (batch_size); max_batch_tokens is for local and local@int8"
+            )
         self.model_name = model_name
         self.threads = threads
         self.batch_size = batch_size

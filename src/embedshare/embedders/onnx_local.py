@@ -1,7 +1,7 @@
 """all-MiniLM-L6-v2 on ONNX Runtime: the default ``local`` backend, without torch.
 
-The graph is built from the packaged safetensors (``bert_graph``, in a child process into a
-private temporary folder that is removed once the session holds it), the tokenizer is
+The graph is built from the packaged safetensors (``bert_graph``, in ONNX Runtime's fused form,
+in a child process) and kept in the store when there is one (``graph_files``); the tokenizer is
 the package's own ``tokenizer.json`` read by Hugging Face ``tokenizers``, so the process never
 imports torch or transformers. The vectors equal the sentence-transformers path's (max abs
 difference below 1e-5, proved in ``tests/test_onnx_embedder.py``), so fp32 shares its
@@ -11,27 +11,36 @@ quantisation: other vectors, so another ``model_id``.
 Threads (measured by ``embedshare bench``, see bench/README.md): ONNX Runtime's intra-op pool
 with spinning off. A spinning pool burns the core the service's event loop and writer thread
 need, and on a machine where another process takes a core every spin-wait is a lost time slice.
+
+Forwards are cut by a token budget (TEI's ``--max-batch-tokens``): texts sorted by length, each
+forward at most ``max_batch_tokens`` padded tokens, so a long text pads only its neighbours in
+length and a forward's activations (hence the heap's peak) stay bounded. Freed activations stay
+in malloc's heap for the next forward and go back to the OS once the model is idle
+(``util/heap.py``).
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import tempfile
 import threading
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
-from ..util.children import python_child
+from .. import settings
+from ..util.heap import IdleTrim
 from ..util.install import pip_install
 from .base import EmbedderError, check_vectors
+from .graph_files import discard, graph_file
 
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
-# At most this many (padded) tokens in one forward: attention scores grow with rows x width^2,
-# and 64 texts of 256 tokens need 200 MB for one score tensor; 2,048 tokens keep it at 25 MB.
-TOKEN_BUDGET = 2048
+# At most this many padded tokens in one forward, by default: chosen by measurement on a
+# 2-core machine (bench/README.md, "The model alone, before and after issue 20"). Attention
+# scores grow with rows x width^2, so the budget also bounds a forward's memory.
+MAX_BATCH_TOKENS = 2048
+BATCH_TOKENS_RANGE = (MAX_TOKENS, 65536)  # at least one whole text; at most ~1 GB of scores
 WARMUP_TEXTS = ["warm up the model", "a second, somewhat longer text to warm up every kernel shape"]
 
 
@@ -71,9 +80,10 @@ class OnnxLocalEmbedder:
         self,
         model_name: str = "all-MiniLM-L6-v2",
         threads: int | None = None,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         model_path: str | Path | None = None,
         quantize: str | None = None,
+        max_batch_tokens: int = MAX_BATCH_TOKENS,
     ) -> None:
         from .local import DEFAULT_MODEL, check_bundled_name
 
@@ -82,8 +92,11 @@ class OnnxLocalEmbedder:
             raise EmbedderError(f"quantize must be None or 'int8', got {quantize!r}")
         self.model_name = model_name
         self.threads = threads or default_threads()
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # texts per forward at most; None: the token budget alone
+        self.max_batch_tokens = settings.whole_number("max_batch_tokens", max_batch_tokens, *BATCH_TOKENS_RANGE)
+        self.max_tokens = MAX_TOKENS  # what the model reads of a text: the service batcher's estimate caps a text at it
         self.quantize = quantize
+        self.graphs_dir: Path | None = None  # where graphs are kept (keep_graphs_in)
         self._model_path = Path(model_path) if model_path else None
         self.dim = 384
         base = f"local:{DEFAULT_MODEL}" if model_path is None else f"local:{model_path}"
@@ -92,12 +105,17 @@ class OnnxLocalEmbedder:
         self._session = None
         self._tokenizer = None
         self._lock = threading.Lock()
+        self._idle_trim = IdleTrim(self._lock)
 
     def __repr__(self) -> str:
         return f"OnnxLocalEmbedder({self.model_name!r}, threads={self.threads}, quantize={self.quantize})"
 
+    def keep_graphs_in(self, folder: Path) -> None:
+        """Keep the built graph in ``folder`` (the store's) and load it from there next time."""
+        self.graphs_dir = Path(folder)
+
     def load(self) -> None:
-        """Build the graph, start the session and run one warm-up forward (else the first call does)."""
+        """Build (or find) the graph, start the session, run one warm-up forward."""
         with self._lock:
             if self._session is not None:
                 return
@@ -107,21 +125,7 @@ class OnnxLocalEmbedder:
             tokenizers = _require("tokenizers")
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             folder = self._model_path or bundled_model_path()
-            _return_large_buffers_to_the_os()
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
-            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            # no arena: it keeps the peak of the largest batch forever (600 MB after one batch
-            # of 64 x 256 tokens, measured); freed buffers go back to the allocator instead
-            options.enable_cpu_mem_arena = False
-            with tempfile.TemporaryDirectory(prefix="embedshare-onnx-") as tmp:
-                graph = Path(tmp) / "model.onnx"
-                _build_graph(folder, graph, self.quantize == "int8")
-                session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+            session = self._open_session(ort, folder)
             hidden = session.get_outputs()[0].shape[1]
             tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
             tokenizer.no_padding()  # we pad per length-sorted batch, as sentence-transformers does
@@ -131,14 +135,38 @@ class OnnxLocalEmbedder:
             self._session = session
             self._run(WARMUP_TEXTS)  # first-call allocations and kernel choices happen now
 
+    def _open_session(self, ort: Any, folder: Path) -> Any:
+        """The session on the kept graph; a kept graph ONNX Runtime refuses is built again, once."""
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # no arena: it keeps the peak of the largest batch forever (600 MB after one batch
+        # of 64 x 256 tokens, measured); freed buffers go back to malloc, trimmed when idle
+        options.enable_cpu_mem_arena = False
+        int8 = self.quantize == "int8"
+        with graph_file(folder, int8, ort.__version__, self.graphs_dir) as (graph, was_kept):
+            try:
+                return _session_on(ort, graph, options)
+            except EmbedderError:
+                if not was_kept:
+                    raise
+                discard(graph)  # damaged or truncated in the store: built again below
+        with graph_file(folder, int8, ort.__version__, self.graphs_dir) as (graph, _):
+            return _session_on(ort, graph, options)
+
     def embed(self, texts: list[str]) -> np.ndarray:
         self.load()
         with self._lock:  # one forward at a time: the session's threads already use every core
             vectors = self._run(list(texts))
+        self._idle_trim.busy()
         return check_vectors(vectors, len(texts), self.dim, "local model (onnx)")
 
     def _run(self, texts: list[str]) -> np.ndarray:
-        """Tokenise, sort by length, run padded batches (within the token budget), keep the order."""
+        """Tokenise, sort by length, run padded forwards within the token budget, keep the order."""
         assert self._session is not None and self._tokenizer is not None
         encodings = self._tokenizer.encode_batch(texts)
         order = np.argsort([-len(e.ids) for e in encodings], kind="stable")
@@ -146,7 +174,8 @@ class OnnxLocalEmbedder:
         start = 0
         while start < len(texts):
             width = len(encodings[order[start]].ids)  # the longest of this chunk: sorted
-            chunk = order[start : start + max(1, min(self.batch_size, TOKEN_BUDGET // width))]
+            rows = max(1, self.max_batch_tokens // width)
+            chunk = order[start : start + min(rows, self.batch_size or rows)]
             start += len(chunk)
             ids = np.zeros((len(chunk), width), dtype=np.int64)
             mask = np.zeros((len(chunk), width), dtype=np.int64)
@@ -159,29 +188,8 @@ class OnnxLocalEmbedder:
         return out
 
 
-def _build_graph(folder: Path, out: Path, int8: bool) -> None:
-    """Run ``bert_graph`` in a child interpreter; its error, if any, becomes an EmbedderError."""
-    args = ["-m", "embedshare.embedders.bert_graph", str(folder), str(out), *(["--int8"] if int8 else [])]
-    proc = subprocess.run(**python_child(*args, cwd=out.parent), capture_output=True, text=True)
-    if proc.returncode != 0 or not out.exists():
-        lines = (proc.stderr or "").strip().splitlines()
-        raise EmbedderError(f"building the ONNX graph of {folder} failed: {lines[-1] if lines else proc.returncode}")
-
-
-def _return_large_buffers_to_the_os() -> None:
-    """Make glibc serve every allocation of 1 MB or more with its own mapping, freed at once.
-
-    Without it glibc's threshold adapts upwards (to 32 MB) as ONNX Runtime frees its large
-    activation buffers, later ones come from the heap, and the service keeps the peak of its
-    longest batch: +77 MB after one batch of 64 texts of 256 tokens, none with this (PSS, measured
-    in bench/README.md). Python has no binding for mallopt, hence ctypes; elsewhere it is a no-op.
-    """
-    import ctypes
-    import ctypes.util
-
-    m_mmap_threshold = -3  # from glibc's malloc.h
+def _session_on(ort: Any, graph: Path, options: Any) -> Any:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(m_mmap_threshold, 1 << 20)
-    except (OSError, AttributeError):  # not glibc: its allocator has its own policy
-        pass
+        return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own Fail / InvalidProtobuf / ... types
+        raise EmbedderError(f"ONNX Runtime refused the graph {graph}: {exc}") from None

@@ -64,6 +64,12 @@ def _duration(*, allow_zero: bool = False, unit: str = "seconds", maximum: float
     return lambda name, value: seconds(name, value, allow_zero=allow_zero, unit=unit, maximum=maximum)
 
 
+def _batch_tokens(name: str, value: Any) -> int:
+    from ..embedders.onnx_local import BATCH_TOKENS_RANGE  # numpy: not for every client's import
+
+    return whole_number(name, value, *BATCH_TOKENS_RANGE)
+
+
 def _optional(check: Callable[[str, Any], _T]) -> Callable[[str, Any], _T | None]:
     return lambda name, value: None if value is None else check(name, value)
 
@@ -164,6 +170,12 @@ class ServiceConfig:
     )
     threads: int | None = _setting(
         None, _optional(_whole(1, 1024)), "Threads of the local model (ONNX Runtime or torch)."
+    )
+    max_batch_tokens: int | None = _setting(
+        None,
+        _optional(_batch_tokens),
+        "Padded tokens per forward of the local ONNX model at most (TEI's --max-batch-tokens; "
+        "default: the budget measured in bench/README.md).",
     )
     http: str | None = _setting(
         None,

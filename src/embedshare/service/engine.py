@@ -65,8 +65,9 @@ class Engine:
     def load(self) -> None:
         """Load the model, open or build the index, record what is served, preload texts."""
         config = self.config
-        threads = config.threads if config.threads and config.model.startswith("local") else None
-        options = {"threads": threads} if threads else None
+        local = config.model.startswith("local")
+        given = {"threads": config.threads, "max_batch_tokens": config.max_batch_tokens}
+        options = {name: value for name, value in given.items() if value and local} or None
         self._source = source = LocalSource.open(self.layout, config.model, embedder_options=options)
         load = getattr(source.embedder, "load", None)
         if load:
