@@ -91,13 +91,13 @@ def test_serve_detach_from_a_shared_folder_runs_nothing_planted_there(shared_fol
 def test_the_graph_build_from_a_shared_folder_runs_nothing_planted_there(
     shared_folder, tmp_path, monkeypatch, empty_entry_in_pythonpath
 ):
+    from embedshare.embedders.graph_files import build_graph
     from embedshare.embedders.local import bundled_model_path
-    from embedshare.embedders.onnx_local import _build_graph
 
     out = tmp_path / "graph"
     out.mkdir(mode=0o700)
     monkeypatch.chdir(shared_folder)
-    _build_graph(bundled_model_path(), out / "model.onnx", int8=False)
+    build_graph(bundled_model_path(), out / "model.onnx", int8=False)
     assert imported_from(shared_folder) == []
     assert (out / "model.onnx").stat().st_size > 1 << 20
 
@@ -116,6 +116,53 @@ def test_a_bench_child_from_a_shared_folder_runs_nothing_planted_there(
     assert imported_from(shared_folder) == []
     assert "error" not in result, json.dumps(result)
     assert result["model"] == "hash:8"
+
+
+POOL_JOB = """
+import sys
+from embedshare import SharedPool
+
+def embed(text):
+    import os
+    from embedshare import get_embedding_manager
+    return get_embedding_manager().get_embedding(text).shape[0], os.environ.get("PYTHONSAFEPATH")
+
+if __name__ == "__main__":
+    with SharedPool(workers=2, store=sys.argv[1], model="hash:8", progress=False, start_method=sys.argv[2]) as pool:
+        print(pool.map(embed, ["one", "two", "three"]))
+"""
+# What multiprocessing's own children import before they apply the parent's sys.path: they
+# start as ``python -c``, whose first sys.path entry is the working folder.
+PLANTED_FOR_POOLS = ("selectors", "socket", "struct", "runpy", "signal", "embedshare")
+
+
+@needs_root
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_pool_workers_started_from_a_shared_folder_run_nothing_planted_there(shared_folder, tmp_path, start_method):
+    """A user's script (in a folder of its own) run from a shared working folder: the pool's
+    forkserver and its workers, or its spawned workers (and the bare interpreter the pool's
+    report measures), import nothing planted there."""
+    marker = shared_folder / "IMPORTED"
+
+    def plant(report):
+        for name in PLANTED_FOR_POOLS:
+            Path(f"{name}.py").write_text(f"open({str(marker)!r}, 'a').write({name!r} + '\\n')\n")
+        report("planted")
+
+    assert as_other_user(plant, shared_folder) == ["planted"]
+    private = tmp_path / "job"
+    private.mkdir(mode=0o700)
+    (private / "job.py").write_text(POOL_JOB)
+    run = subprocess.run(
+        [sys.executable, str(private / "job.py"), str(tmp_path / "store"), start_method],
+        cwd=shared_folder,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert imported_from(shared_folder) == []
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "[(8, None), (8, None), (8, None)]"  # the tasks see the user's environment
 
 
 # -- the helper itself ----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ..util.children import forget_safe_path
 from .blas import BLAS_THREAD_VARIABLES
 
 
@@ -41,6 +42,7 @@ def _parents_sys_path() -> list[str] | None:
 # First, before anything is imported from it: the parent's sys.path, else at least not the
 # working folder that ``-c`` put first.
 sys.path[:] = _parents_sys_path() or [p for p in sys.path if p != ""]
+forget_safe_path()  # the workers forked from here get the environment the user had
 
 # The BLAS thread count numpy is loaded with here; what a forked worker starts from.
 LOADED_BLAS_THREADS = 1

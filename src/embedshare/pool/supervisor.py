@@ -15,6 +15,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 
+from ..util.children import safe_path_while_starting
 from .messages import (
     ErrorInfo,
     ErrorItem,
@@ -158,7 +159,8 @@ class WorkerSupervisor:
             name="embedshare-pool-worker",
         )
         try:
-            proc.start()
+            with safe_path_while_starting():  # multiprocessing's `python -c` would put the working folder first
+                proc.start()
         finally:
             child_conn.close()  # the child has its own copy; keep none in the parent
         assert proc.pid is not None

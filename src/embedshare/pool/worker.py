@@ -16,6 +16,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
+from ..util.children import forget_safe_path
 from .blas import use_blas_threads
 from .messages import (
     ErrorInfo,
@@ -56,6 +57,7 @@ def worker_main(
     # The environment is applied before the initializer (and, under spawn/forkserver, before
     # its module) is even unpickled, so variables like OMP_NUM_THREADS take effect on import.
     os.environ.update(env)
+    forget_safe_path()  # set only while the pool started this process (util/children.py)
     # Forked from the pool's forkserver: numpy's BLAS was loaded there with one thread.
     preloaded = sys.modules.get(FORKSERVER_IMPORTS)
     try:

@@ -13,6 +13,13 @@ children) is started through :func:`python_child`, which closes each way in:
   absolute against the caller's working folder, the one it was written for.
 - The child runs in a folder the user owns that no one else may write (:func:`private_cwd`).
 
+multiprocessing starts its own children (a pool's spawned workers, its forkserver) as
+``python -c``, which also puts the working folder first, and they import stdlib modules
+(``socket``, ``selectors``, ``runpy``) and the forkserver's preloads before they apply the
+parent's ``sys.path``. The pool starts each one inside :func:`safe_path_while_starting`
+(``PYTHONSAFEPATH=1``, which is ``-P``), and the child takes the variable out of its own
+environment again (:func:`forget_safe_path`), so the user's tasks run in the environment they had.
+
 Not ``-I`` (isolated mode): it also ignores ``PYTHONPATH`` and the user's site-packages, where
 users keep their own modules (preload helpers, a ``pip install --user`` embedshare); both are
 the user's own choice, so they are kept.
@@ -20,10 +27,12 @@ the user's own choice, so they are kept.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TypedDict
 
@@ -75,3 +84,34 @@ def _owned_and_closed(folder: Path) -> bool:
     except OSError:
         return False
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+SAFE_PATH = "PYTHONSAFEPATH"
+SAFE_PATH_SET_BY_US = "EMBEDSHARE_SAFE_PATH_SET"  # the child knows the variable was ours, not the user's
+_environ_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def safe_path_while_starting() -> Iterator[None]:
+    """``PYTHONSAFEPATH=1`` in this process's environment while multiprocessing starts a child.
+
+    multiprocessing takes neither arguments nor an environment for the interpreters it starts;
+    they inherit this process's. Another thread that starts a process meanwhile gets the
+    variable too, which only keeps its working folder off its ``sys.path``.
+    """
+    if os.environ.get(SAFE_PATH):
+        yield  # the user's own: children inherit it anyway
+        return
+    with _environ_lock:
+        os.environ[SAFE_PATH] = os.environ[SAFE_PATH_SET_BY_US] = "1"
+        try:
+            yield
+        finally:
+            del os.environ[SAFE_PATH], os.environ[SAFE_PATH_SET_BY_US]
+
+
+def forget_safe_path() -> None:
+    """In a child started under :func:`safe_path_while_starting`: the environment as the user had
+    it, so that what the child starts in turn (a task's own ``python -m``) behaves as it would."""
+    if os.environ.pop(SAFE_PATH_SET_BY_US, None):
+        os.environ.pop(SAFE_PATH, None)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Self
 
 from .bare import bare_worker
+from .children import safe_path_while_starting
 from .pss import pss_bytes
 
 MB = 1024 * 1024
@@ -48,7 +49,8 @@ class BareInterpreter:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self.process = ctx.Process(target=bare_worker, args=(child, self.env), daemon=True)
-        self.process.start()
+        with safe_path_while_starting():  # spawn's `python -c` would put the working folder first
+            self.process.start()
         child.close()
         self._conn.recv()  # it has imported numpy
         return self
