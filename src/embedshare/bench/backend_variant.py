@@ -224,6 +224,11 @@ def _stop(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds the with-blocks: the service and workers stop
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """Run by its file path (bench/backends.py): one JSON line, the variant's figures."""
     signal.signal(signal.SIGTERM, _stop)
     print(json.dumps(run(json.loads(sys.argv[1]))), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -17,6 +17,7 @@ import os
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,14 +136,19 @@ def measure(
 
 
 def run(
-    variants: list[tuple[str, str, str | None, str, dict[str, Any]]], rounds: int, seconds: float, script: str
+    variants: list[tuple[str, str, str | None, str, dict[str, Any]]],
+    rounds: int,
+    seconds: float,
+    script: str,
+    log: Callable[[str], None],
 ) -> dict[str, Any]:
-    """``variants``: (label, python, cwd, spec, options); the medians by label."""
+    """``variants``: (label, python, cwd, spec, options); the medians by label. ``log`` gets a
+    line a measurement."""
     runs: dict[str, list[dict[str, float]]] = {label: [] for label, *_ in variants}
     for round_no in range(rounds):
         for label, python, cwd, spec, options in variants:
             runs[label].append(measure(python, cwd, spec, options, seconds, script))
-            print(f"[model-compare] round {round_no + 1} {label}: {json.dumps(runs[label][-1])}", file=sys.stderr)
+            log(f"[model-compare] round {round_no + 1} {label}: {json.dumps(runs[label][-1])}")
     return {label: {k: statistics.median(r[k] for r in results) for k in results[0]} for label, results in runs.items()}
 
 
@@ -186,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_torch:
         variants.append(("torch", me, None, "local@torch", {}))
     script = SERVICE_WORKER if args.service else CPU_WORKER if args.cpu else WORKER
-    table = format_table(run(variants, args.rounds, args.seconds, script))
+    table = format_table(run(variants, args.rounds, args.seconds, script, lambda line: print(line, file=sys.stderr)))
     print(table)
     if args.out:
         args.out.write_text(table + "\n", encoding="utf-8")
