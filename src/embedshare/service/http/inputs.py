@@ -160,13 +160,7 @@ def _inputs(value: Any, max_inputs: int) -> list[str]:
         )
     if not items:
         raise ApiError(400, "'input' must not be an empty list", param="input", code="invalid_value")
-    if len(items) > max_inputs:
-        raise ApiError(
-            413,
-            f"'input' has {len(items)} items; the limit is {max_inputs} per request (--max-client-batch-size)",
-            param="input",
-            code="too_many_inputs",
-        )
+    check_input_count(len(items), max_inputs, "input")
     texts = []
     for i, item in enumerate(items):
         if isinstance(item, (int, list)) and not isinstance(item, bool):
@@ -182,3 +176,14 @@ def _inputs(value: Any, max_inputs: int) -> list[str]:
         except InvalidTextError as exc:
             raise ApiError(400, str(exc), param="input", code="invalid_value") from None
     return texts
+
+
+def check_input_count(count: int, max_inputs: int, param: str) -> None:
+    """413 ``too_many_inputs`` past ``--max-client-batch-size`` (TEI's name), naming the option."""
+    if count > max_inputs:
+        raise ApiError(
+            413,
+            f"'{param}' has {count} items; the limit is {max_inputs} per request (--max-client-batch-size)",
+            param=param,
+            code="too_many_inputs",
+        )

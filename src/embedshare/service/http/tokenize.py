@@ -22,6 +22,7 @@ from typing import Any
 
 from ...embedders.base import MAX_TEXT_CHARS
 from .errors import ApiError
+from .inputs import check_input_count
 
 
 def _is_bundled_local(model_id: str) -> bool:
@@ -94,13 +95,7 @@ def tokenize_request(body: dict[str, Any], model_id: str, max_inputs: int) -> tu
             text.encode()
         except UnicodeEncodeError:
             raise ApiError(400, f"'inputs[{index}]' is not valid Unicode (a lone surrogate)", param="inputs") from None
-    if len(texts) > max_inputs:
-        raise ApiError(
-            413,
-            f"'inputs' holds {len(texts)} texts; at most {max_inputs} (serve --max-client-batch-size)",
-            param="inputs",
-            code="too_many_inputs",
-        )
+    check_input_count(len(texts), max_inputs, "inputs")
     special = body.get("add_special_tokens", True)
     if not isinstance(special, bool):
         raise ApiError(400, "'add_special_tokens' must be true or false", param="add_special_tokens")
