@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..client import handshake, protocol
+from ..client import protocol
 from ..client.address import parse_tcp_address
 from ..client.peercred import peer_credentials
 from ..client.state import mark_stopped
@@ -32,6 +32,7 @@ from ..store import CacheError
 from .engine import Engine
 from .http.address import is_loopback
 from .limits import ByteBudget, Listener, Slot
+from .tcp_auth import TcpAuthenticator
 from .token_file import read_token_file
 
 log = logging.getLogger("embedshare.service")
@@ -78,7 +79,7 @@ class FrameServer:
         self._next_client = 0
         self.tcp_server: asyncio.Server | None = None
         self.tcp_address: str | None = None  # HOST:PORT it is bound to, once started
-        self._token: bytes | None = None
+        self._tcp_auth: TcpAuthenticator | None = None  # once the TCP listener has its token
 
     # -- the Unix socket ------------------------------------------------------------------------
 
@@ -125,7 +126,7 @@ class FrameServer:
             return
         if not token_file:
             raise ValueError("--tcp needs --token-file: a TCP listener without a token is refused")
-        self._token = read_token_file(token_file)
+        self._tcp_auth = TcpAuthenticator(read_token_file(token_file), self.metrics)
         host, port = parse_tcp_address(address)
         self.tcp_server = await asyncio.start_server(self._handle_tcp, host, port, limit=READ_BUFFER)
         bound = self.tcp_server.sockets[0].getsockname()
@@ -153,7 +154,10 @@ class FrameServer:
             return
         try:
             try:
-                accepted = await asyncio.wait_for(self._authenticate_tcp(reader, writer, where), TCP_HANDSHAKE_TIMEOUT)
+                assert self._tcp_auth is not None  # set before the listener starts
+                accepted = await asyncio.wait_for(
+                    self._tcp_auth.authenticate(reader, writer, where), TCP_HANDSHAKE_TIMEOUT
+                )
             except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                 accepted = False
             if not accepted:
@@ -163,78 +167,6 @@ class FrameServer:
             await self._serve_connection(reader, writer, {"pid": None, "tcp": where}, slot)
         finally:
             self.tcp_listener.release(slot)
-
-    async def _authenticate_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str) -> bool:
-        """The service's side of the handshake: True once the peer proved it holds the token.
-
-        Nothing else is read before: its two frames are small, and any other first frame (a
-        request, or an older client's hello carrying its token) is answered with an error.
-        """
-        assert self._token is not None
-        request_id = 0
-        try:
-            message = await _handshake_frame(reader)
-            request_id = protocol.reply_id(message)
-            request_id, op = protocol.check_request(message, ops=(handshake.AUTH_OP, *protocol.OPS))
-            if op != handshake.AUTH_OP:
-                raise self._refused(where, op)
-            if message.get("handshake") != handshake.HANDSHAKE_VERSION:
-                raise _version_error(f"handshake version {message.get('handshake')!r}")
-            client_nonce = message.get("nonce")
-            if not handshake.is_nonce(client_nonce):
-                raise protocol.ProtocolError("bad_request", f"field 'nonce' must be {handshake.NONCE_BYTES} bytes")
-            service_nonce = handshake.new_nonce()
-            writer.write(
-                protocol.pack(
-                    {
-                        "id": request_id,
-                        "ok": True,
-                        "handshake": handshake.HANDSHAKE_VERSION,
-                        "nonce": service_nonce,
-                        "proof": handshake.proof(self._token, handshake.SERVICE, client_nonce, service_nonce),
-                    }
-                )
-            )
-            await writer.drain()
-            message = await _handshake_frame(reader)
-            request_id = protocol.reply_id(message)
-            request_id, op = protocol.check_request(message, ops=(handshake.AUTH_OP,))
-            given = message.get("proof")
-            if not handshake.proof_matches(self._token, handshake.CLIENT, client_nonce, service_nonce, given):
-                raise self._refused(where, "wrong token")
-        except protocol.ProtocolError as exc:
-            self.metrics.add(requests=1, errors=1)
-            reply = protocol.error_reply(request_id, exc.code, str(exc))
-            if exc.code == "handshake":
-                reply["handshake"] = handshake.HANDSHAKE_VERSION
-            writer.write(protocol.pack(reply))
-            await writer.drain()
-            return False
-        self.metrics.add(requests=1)
-        writer.write(protocol.pack({"id": request_id, "ok": True}))
-        await writer.drain()
-        return True
-
-    def _refused(self, where: str, what: str) -> protocol.ProtocolError:
-        """Count and log a peer that failed the handshake; the error to answer it with."""
-        self.metrics.add(auth_failures=1)
-        if what == "hello":  # a client of before the handshake: it sent the token in the clear
-            log.warning(
-                "refused a TCP connection from %s: an older embedshare client sent the token in a "
-                "hello, unencrypted; upgrade it, and change the token if the network is not trusted",
-                where,
-            )
-            return _version_error("a hello carrying the token")
-        log.warning(
-            "refused a TCP connection from %s: %s",
-            where,
-            what if what == "wrong token" else f"{what!r} before the handshake",
-        )
-        return protocol.ProtocolError(
-            "unauthorized",
-            "a TCP connection must start with the handshake that proves both ends hold the "
-            "service's token (missing or wrong); connection closed",
-        )
 
     # -- one connection, either listener -----------------------------------------------------------
 
@@ -380,24 +312,6 @@ class FrameServer:
             mark_stopped(self.engine.layout, str(message["by"]), others)  # before any client sees it go
         asyncio.get_running_loop().call_soon(self._stop)
         return {"pid": os.getpid(), "clients": others}
-
-
-async def _handshake_frame(reader: asyncio.StreamReader) -> dict[str, Any]:
-    """One frame of a TCP peer that has not proved itself yet: small, or refused unread."""
-    (length,) = protocol.HEADER.unpack(await reader.readexactly(protocol.HEADER.size))
-    if length > handshake.MAX_FRAME:
-        raise protocol.ProtocolError(
-            "too_large", f"a handshake frame of {length} bytes; the handshake fits in {handshake.MAX_FRAME}"
-        )
-    return protocol.unpack(await reader.readexactly(length))
-
-
-def _version_error(what: str) -> protocol.ProtocolError:
-    return protocol.ProtocolError(
-        "handshake",
-        f"{what} is not this service's TCP handshake (version {handshake.HANDSHAKE_VERSION}: a challenge "
-        "and response that never sends the token): use the same embedshare version on both ends",
-    )
 
 
 def budget_peer(peer: protocol.Peer) -> tuple[str, object]:
