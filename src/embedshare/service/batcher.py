@@ -133,7 +133,6 @@ class Batcher:
         self.max_batch_cost = batch_token_budget(embedder)
         # waiting to be computed, per client
         self._queue = FairQueue(token_estimate(max_tokens if isinstance(max_tokens, int) else DEFAULT_MAX_TOKENS))
-        self._at_model = 0  # batches taken and not yet computed
         # queued, being computed or committed: each key's future, settled once its commit lands
         self._flights: SingleFlight[asyncio.Future[Any]] = SingleFlight(_loop_future)
         self._to_write: list[tuple[list[bytes], np.ndarray]] = []  # computed, not yet committed
@@ -189,7 +188,6 @@ class Batcher:
             if not keys:
                 self._slots.release()
                 continue
-            self._at_model += 1
             batch = asyncio.get_running_loop().create_task(self._compute_batch(keys, texts))
             self._batches.add(batch)
             batch.add_done_callback(self._batches.discard)
@@ -203,19 +201,9 @@ class Batcher:
             return
         finally:
             self._slots.release()
-            self._at_model -= 1
-            if not self._at_model and not self._queue:
-                self._on_idle()
         self._to_write.append((keys, vectors))
         if self._writing is None:
             self._writing = asyncio.get_running_loop().create_task(self._write_and_answer())
-
-    def _on_idle(self) -> None:
-        """The model has nothing to compute: every batch is done and no text waits.
-
-        The one place the batcher goes idle (in the loop, after a batch, before its commit): what
-        should happen only between bursts, not after every forward, is called from here.
-        """
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         """In a model thread: embed one batch."""
