@@ -35,6 +35,7 @@ from ..sources.local import LocalSource
 from ..store import StoreLayout, ToolIndex
 from ..store.cache import lookup
 from ..store.record import recorded_registry, registry_name, write_record
+from ..util.heap import return_free_heap_to_the_os
 from .batcher import Batcher
 from .config import ServiceConfig
 from .metrics import ServiceMetrics
@@ -80,6 +81,9 @@ class Engine:
         self._record_served(source)
         if config.preload:
             self._embed_own(config.preload)
+        # The load's burst (graph, index texts, preloads) is over and no client is answered yet:
+        # its freed heap goes back now, not after the service's first idle second (util/heap.py).
+        return_free_heap_to_the_os()
 
     def _embed_own(self, texts: Sequence[str]) -> np.ndarray:
         """Texts the service embeds for itself (the index build, preloads): cache, then model."""
