@@ -152,11 +152,12 @@ class Batcher:
     async def embed(self, keys: list[bytes], texts: list[str], client: Hashable = None) -> np.ndarray:
         """Vectors for (unique) keys that missed the cache, queued as ``client``'s (fairness)."""
         claim = self._flights.claim(keys)
-        self._queue.add(client, [keys[p] for p in claim.mine], [texts[p] for p in claim.mine])
+        if claim.mine:
+            self._queue.add(client, [keys[p] for p in claim.mine], [texts[p] for p in claim.mine])
         if claim.joined:
             self.metrics.add(joined_inflight=claim.joined)
-            if len(claim.mine) < len(keys):
-                self._queue.also_wanted(client, keys)
+            mine = set(claim.mine)
+            self._queue.also_wanted(client, [key for p, key in enumerate(keys) if p not in mine])
         self.metrics.set_queue_depth(len(self._queue))
         if self._queue:
             self._wakeup.set()

@@ -29,27 +29,25 @@ class FairQueue:
 
     def __init__(self, cost: Callable[[str], int]) -> None:
         self._cost = cost  # a text's estimated share of a forward (tokens)
-        self._texts: dict[bytes, str] = {}  # every key waiting, once, whoever queued it
-        self._costs: dict[bytes, int] = {}
+        self._waiting: dict[bytes, tuple[str, int]] = {}  # every key waiting, once: its text and cost
         self._clients: OrderedDict[Hashable, deque[bytes]] = OrderedDict()  # in turn order
         self.queued_cost = 0  # estimated tokens of every text waiting
 
     def __len__(self) -> int:
-        return len(self._texts)
+        return len(self._waiting)
 
     def add(self, client: Hashable, keys: Sequence[bytes], texts: Sequence[str]) -> None:
         """Queue keys nobody has queued yet (the caller's single-flight claim), in order."""
         queue = self._queue_of(client)
         for key, text in zip(keys, texts, strict=True):
             cost = self._cost(text)
-            self._texts[key] = text
-            self._costs[key] = cost
+            self._waiting[key] = (text, cost)
             self.queued_cost += cost
             queue.append(key)
 
     def also_wanted(self, client: Hashable, keys: Sequence[bytes]) -> None:
         """``client`` waits for these keys too: those still waiting join its queue as well."""
-        waiting = [key for key in keys if key in self._texts]
+        waiting = [key for key in keys if key in self._waiting]
         if waiting:
             self._queue_of(client).extend(waiting)
 
@@ -69,18 +67,18 @@ class FairQueue:
             given = given_cost = 0
             while queue:
                 key = queue[0]
-                text = self._texts.get(key)
-                if text is None:  # taken already, from another client's queue
+                found = self._waiting.get(key)
+                if found is None:  # taken already, from another client's queue
                     queue.popleft()
                     continue
-                one = self._costs[key]
+                text, one = found
                 if len(keys) >= max_texts or (keys and cost + one > max_cost):
                     full = True
                     break
                 if given and (given >= turn_texts or given_cost + one > turn_cost):
                     break  # this client's turn is over
                 queue.popleft()
-                del self._texts[key], self._costs[key]
+                del self._waiting[key]
                 keys.append(key)
                 texts.append(text)
                 cost += one
