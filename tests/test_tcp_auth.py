@@ -284,3 +284,16 @@ def test_a_replayed_or_reflected_proof_is_refused(make_service, token_file):
             assert reply["error"]["code"] == "unauthorized", replay
             assert closed_by_peer(sock)
     assert service.stats()["auth_failures"] == 2
+
+
+def test_a_request_instead_of_the_proof_is_refused_and_counted(make_service, token_file):
+    """A peer that takes the challenge and then sends a request, not its proof, is refused like
+    one that sends a request first: counted in auth_failures, connection closed."""
+    service = make_service(registry=None, tcp="127.0.0.1:0", token_file=token_file, export_env=False)
+    with connect_raw(service.tcp_address, timeout=30) as sock:
+        challenge = exchange(sock, {"v": 1, "id": 0, "op": "auth", "handshake": 1, "nonce": os.urandom(32)})
+        assert challenge["ok"] is True
+        reply = exchange(sock, {"v": 1, "id": 1, "op": "embed", "texts": ["a text"]})
+        assert reply["error"]["code"] == "unauthorized"
+        assert closed_by_peer(sock)
+    assert service.stats()["auth_failures"] == 1

@@ -56,7 +56,9 @@ class TcpAuthenticator:
             await writer.drain()
             message = await read_handshake_frame(reader)
             request_id = protocol.reply_id(message)
-            request_id, op = protocol.check_request(message, ops=(handshake.AUTH_OP,))
+            request_id, op = protocol.check_request(message, ops=(handshake.AUTH_OP, *protocol.OPS))
+            if op != handshake.AUTH_OP:  # a request before its proof: refused and counted, as a first one is
+                raise self._refused(where, op)
             given = message.get("proof")
             if not handshake.proof_matches(self.token, handshake.CLIENT, client_nonce, service_nonce, given):
                 raise self._refused(where, "wrong token")
