@@ -71,9 +71,8 @@ class PreloadedForkServer(BaseContext):
     _name = "forkserver"
 
     def __init__(self, modules: Sequence[str] = ()) -> None:
-        self.modules = (FORKSERVER_IMPORTS, *modules)  # the user's, checked by the pool
         self._server = forkserver.ForkServer()
-        self._server.set_forkserver_preload(list(self.modules))
+        self._server.set_forkserver_preload([FORKSERVER_IMPORTS, *modules])  # the user's, checked by the pool
 
     def Process(self, target: Callable[..., object], args: tuple[Any, ...], name: str) -> ServerForkedProcess:
         process = ServerForkedProcess(target=target, args=args, name=name)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from ..registry import FIELDS, Registry, field_texts, field_weights
 from .files import PRIVATE_FILE_MODE, private_dir
@@ -36,21 +37,11 @@ def remove_stale_builds(folder: Path) -> list[Path]:
     removed = []
     for entry in folder.iterdir() if folder.is_dir() else ():
         match = _TMP_NAME.fullmatch(entry.name)
-        if match is None or _process_exists(int(match[1])):
+        if match is None or psutil.pid_exists(int(match[1])):
             continue
         shutil.rmtree(entry, ignore_errors=True)  # a link is not followed (rmtree refuses it)
         removed.append(entry)
     return removed
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
 
 
 def _manifest_files(folder: Path, names: Iterable[str]) -> dict[str, dict[str, int | str]]:

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import re
@@ -267,10 +268,16 @@ def unknown_model(model: str, canonical: str, names: tuple[str, ...]) -> ApiErro
     )
 
 
-def service_info(engine: Engine) -> dict[str, Any]:
-    """``GET /info``, after TEI's: what a client needs to know before sending texts."""
+@functools.cache
+def _installed_version() -> str:
+    """embedshare's version, read from its metadata once (not on every ``/info``)."""
     from importlib.metadata import version
 
+    return version("embedshare")
+
+
+def service_info(engine: Engine) -> dict[str, Any]:
+    """``GET /info``, after TEI's: what a client needs to know before sending texts."""
     config = engine.config
     return {
         "model_id": engine.model_id,
@@ -283,7 +290,7 @@ def service_info(engine: Engine) -> dict[str, Any]:
         "max_client_batch_size": config.max_client_batch_size,
         "encoding_formats": ["float", "base64"],
         "token_inputs": "cl100k_base",
-        "version": version("embedshare"),
+        "version": _installed_version(),
     }
 
 
