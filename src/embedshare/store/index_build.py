@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 from ..registry import FIELDS, Registry, field_texts, field_weights
 from .files import PRIVATE_FILE_MODE, private_dir
@@ -33,6 +32,8 @@ def remove_stale_builds(folder: Path) -> list[Path]:
     and so is a ``.tmp-`` folder without a pid (an older version's: its builder is unknown).
     """
     import shutil
+
+    import psutil  # here: workers import this module, and psutil costs them memory
 
     removed = []
     for entry in folder.iterdir() if folder.is_dir() else ():
