@@ -26,8 +26,8 @@ from .embedders import Embedder, validate_text, validate_texts
 from .env import default_store
 from .registry import Registry, load_registry
 from .sources.base import NoIndexError, VectorSource
+from .sources.misspath import read_through
 from .store import EmbeddingCache, ToolIndex, ToolIndexError
-from .store.cache import lookup
 from .store.index import Hits, SearchResult
 from .store.layout import StoreLayout
 from .store.record import registry_name
@@ -149,11 +149,9 @@ class EmbeddingManager:
         """Vectors of many texts, ``(n, dim)`` float32; cache misses are computed once."""
         started = time.perf_counter()
         clean = validate_texts(list(texts) if not isinstance(texts, (str, bytes)) else texts)
-        found = lookup(self.cache, clean)
+        found = read_through(self.cache, clean, self._source.compute)
         misses = found.missing.size
         self._count(embed_calls=1, texts=len(clean), hits=len(clean) - misses, misses=misses)
-        if misses:
-            found.fill(self._source.compute(found.miss_keys, found.miss_texts))
         self._observe("get_embeddings", started)
         return found.vectors
 

@@ -33,6 +33,7 @@ from ..client.connection import ServiceConnection, ServiceUnavailable
 from ..client.protocol import HelloReply
 from ..service.config import ServiceConfig
 from ..service.spawn import ServiceStartError, read_log_tail, spawn_service
+from ..sources.misspath import MissPath
 from ..sources.service import request_chunks
 from ..store import EmbeddingCache, StoreLayout
 from ..util.counters import Counters
@@ -83,6 +84,7 @@ class NodeService:
         self._conn: ServiceConnection | None = None
         self._hello: HelloReply | None = None  # the service's, once started
         self._cache: EmbeddingCache | None = None
+        self._misses: MissPath | None = None  # asks the owners, writes this node's cache
         self._owners: dict[str, Any] = {}
         self._inflight: SingleFlight[Promise] = SingleFlight(Promise)  # keys being fetched from owners
         self._counters = Counters(
@@ -96,6 +98,7 @@ class NodeService:
             "owner_failovers",
             "compute_requests",
             "compute_texts",
+            "cache_write_failures",
         )
         self._start_service()
 
@@ -124,6 +127,7 @@ class NodeService:
         self._conn = conn
         if self._cache is None:
             self._cache = EmbeddingCache(hello["cache"], hello["model_id"], int(hello["dim"]))
+            self._misses = MissPath(self._cache, self._ask_owners, self._counters.add)
         self._counters.add(service_starts=1)
         pid = self._process.pid if self._process is not None else None
         log.info("node %s: embedshare service pid %s on %s", self.node_id[:8], pid, layout.socket)
@@ -225,7 +229,7 @@ class NodeService:
             self._close_service()
             if self._cache is not None:
                 self._cache.close()
-                self._cache = None
+                self._cache, self._misses = None, None
 
     # -- texts this node owns -------------------------------------------------------------
 
@@ -264,7 +268,7 @@ class NodeService:
 
     def fetch(self, texts: list[str]) -> np.ndarray:
         """Vectors of this node's workers' misses that other nodes own; cached here after."""
-        assert self._cache is not None
+        assert self._cache is not None and self._misses is not None
         cache = self._cache
         texts = list(texts)
         keys = [cache.key(t) for t in texts]
@@ -272,20 +276,11 @@ class NodeService:
         found = cache.get_many_into(keys, out)  # another worker of this node may have fetched them
         self._counters.add(fetch_requests=1, fetch_texts=len(texts), fetch_cache_hits=int(found.sum()))
         missing = np.flatnonzero(~found)
-        miss_keys = [keys[i] for i in missing]
-        claim = self._inflight.claim(miss_keys)  # another worker's fetch of a key is awaited
-        self._counters.add(fetch_joined=claim.joined)
-        if claim.mine:
-            mine = [miss_keys[p] for p in claim.mine]
-            try:
-                vectors = self._ask_owners(mine, [texts[missing[p]] for p in claim.mine])
-                cache.put_many_keys(mine, vectors)
-            except BaseException as exc:
-                self._inflight.fail(mine, exc)
-                raise
-            self._inflight.settle(mine, vectors)
-        for row, future in zip(missing, claim.futures, strict=True):
-            out[row] = future.result()
+        if missing.size:
+            # another worker's fetch of a key is awaited; a failed write still answers (misspath.py)
+            out[missing] = self._misses.compute_and_store(
+                self._inflight, [keys[i] for i in missing], [texts[i] for i in missing], joined="fetch_joined"
+            )
         return out
 
     def _ask_owners(self, keys: list[bytes], texts: list[str]) -> np.ndarray:

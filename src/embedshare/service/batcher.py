@@ -25,7 +25,8 @@ import numpy as np
 
 from .. import settings
 from ..embedders import Embedder
-from ..store import CacheError, EmbeddingCache
+from ..sources.misspath import MissPath
+from ..store.vector_cache import VectorCache
 from ..util.singleflight import SingleFlight
 from .fair_queue import FairQueue
 from .metrics import ServiceMetrics
@@ -68,7 +69,9 @@ class ModelAndCache(Protocol):
     """What the batcher computes with and commits to (the engine's ``LocalSource``)."""
 
     embedder: Embedder
-    cache: EmbeddingCache
+
+    @property
+    def cache(self) -> VectorCache: ...
 
 
 def _loop_future() -> asyncio.Future[Any]:
@@ -143,6 +146,9 @@ class Batcher:
         self._batches: set[asyncio.Task[None]] = set()
         self._model_threads = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="embedshare-model")
         self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedshare-cache-writer")
+        # The miss path's steps, run here on three threads: _embed in a model thread, store in
+        # the writer thread, settling on the loop (so a commit overlaps the next forward).
+        self._misses = MissPath(source.cache, self._embed, metrics.add)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -195,7 +201,7 @@ class Batcher:
 
     async def _compute_batch(self, keys: list[bytes], texts: list[str]) -> None:
         try:
-            vectors = await asyncio.get_running_loop().run_in_executor(self._model_threads, self._embed, texts)
+            vectors = await asyncio.get_running_loop().run_in_executor(self._model_threads, self._embed, keys, texts)
         except Exception as exc:  # the model failed: every waiter gets the error, we go on
             log.error("embedding batch of %d failed: %s", len(keys), exc)
             self._flights.fail(keys, exc)  # logged once above, not again for a waiter that left
@@ -206,7 +212,7 @@ class Batcher:
         if self._writing is None:
             self._writing = asyncio.get_running_loop().create_task(self._write_and_answer())
 
-    def _embed(self, texts: list[str]) -> np.ndarray:
+    def _embed(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
         """In a model thread: embed one batch."""
         started = time.perf_counter()
         vectors = self.source.embedder.embed(texts)
@@ -229,12 +235,9 @@ class Batcher:
             self._writing = None
 
     def _write(self, keys: list[bytes], vectors: np.ndarray) -> None:
-        """In the writer thread: one transaction for every batch computed since the last."""
-        try:
-            self.source.cache.put_many_keys(keys, vectors)
-        except CacheError as exc:  # full disk, size limit, I/O error: the vectors are still good
-            self.metrics.add(cache_write_failures=1)
-            log.warning("cache write failed, serving uncached vectors: %s", exc)
+        """In the writer thread: one transaction for every batch computed since the last (a
+        failed one is counted and the vectors still answered: ``MissPath.store``)."""
+        self._misses.store(keys, vectors)
 
     async def aclose(self) -> None:
         """Stop taking batches, let those under way finish and commit what they computed."""

@@ -32,6 +32,7 @@ from ..client import protocol
 from ..embedders import validate_texts
 from ..registry import load_registry
 from ..sources.local import LocalSource
+from ..sources.misspath import read_through
 from ..store import StoreLayout, ToolIndex
 from ..store.cache import lookup
 from ..store.record import recorded_registry, registry_name, write_record
@@ -88,10 +89,7 @@ class Engine:
     def _embed_own(self, texts: Sequence[str]) -> np.ndarray:
         """Texts the service embeds for itself (the index build, preloads): cache, then model."""
         assert self._source is not None
-        found = lookup(self._source.cache, validate_texts(list(texts)))
-        if found.missing.size:
-            found.fill(self._source.compute(found.miss_keys, found.miss_texts))
-        return found.vectors
+        return read_through(self._source.cache, validate_texts(list(texts)), self._source.compute).vectors
 
     def _record_served(self, source: LocalSource) -> None:
         """Write the store's record (store/record.py): this service's model and registry."""
@@ -211,6 +209,7 @@ class Engine:
         own = source.stats() if source is not None else {"model_calls": 0, "texts_embedded": 0}
         snapshot["model_calls"] += own["model_calls"]
         snapshot["texts_embedded"] += own["texts_embedded"]
+        snapshot["cache_write_failures"] += own.get("cache_write_failures", 0)
         return {
             **snapshot,
             "startup_model_calls": own["model_calls"],

@@ -17,15 +17,13 @@ import numpy as np
 
 from ..embedders import Embedder, create_embedder
 from ..registry import Registry
-from ..store import CacheError, EmbeddingCache, StoreLayout, ToolIndex
+from ..store import EmbeddingCache, StoreLayout, ToolIndex
 from ..store.index_build import open_or_build_index
 from ..store.record import no_registry_advice, recorded_registry, write_record
 from ..util.counters import Counters
-from ..util.lazylog import LazyLogger
 from ..util.singleflight import Promise, SingleFlight
 from .base import EmbedFn, NoIndexError, Progress, VectorSource
-
-log = LazyLogger(__name__)  # logging is imported only if something is logged
+from .misspath import MissPath
 
 
 class LocalSource(VectorSource):
@@ -44,8 +42,8 @@ class LocalSource(VectorSource):
         self.dim = int(embedder.dim)
         self.spec = spec  # recorded in store.json, so that a later process can build the same model
         self._flights: SingleFlight[Promise] = SingleFlight(Promise)
-        self._counters = Counters("model_calls", "texts_embedded", "model_seconds_ms")
-        self._cache_full_warned = False
+        self._counters = Counters("model_calls", "texts_embedded", "model_seconds_ms", "cache_write_failures")
+        self._misses = MissPath(cache, self._embed, self._counters.add)
 
     @classmethod
     def open(
@@ -74,41 +72,16 @@ class LocalSource(VectorSource):
 
     def compute(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
         """Embed the texts no other thread of this process is computing; await the others."""
-        claim = self._flights.claim(keys)
-        if claim.mine:
-            mine_keys = [keys[i] for i in claim.mine]
-            try:
-                self._embed_and_store(mine_keys, [texts[i] for i in claim.mine])
-            except BaseException as exc:
-                self._flights.fail(mine_keys, exc)
-                raise
-        out = np.empty((len(keys), self.dim), dtype=np.float32)
-        for row, future in enumerate(claim.futures):
-            out[row] = future.result()
-        return out
+        return self._misses.compute_and_store(self._flights, keys, texts)
 
-    def _embed_and_store(self, keys: list[bytes], texts: list[str]) -> None:
-        """Embed and cache claimed texts, settling each; those cached meanwhile are read."""
-        # Another process may have stored some of these between our lookup and our claim.
-        cached = np.empty((len(keys), self.dim), dtype=np.float32)
-        found = self.cache.get_many_into(keys, cached)
-        self._flights.settle([k for k, f in zip(keys, found, strict=True) if f], cached[found])
-        todo = np.flatnonzero(~found)
-        if not todo.size:
-            return
-        todo_keys = [keys[i] for i in todo]
+    def _embed(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
+        """The model's vectors of claimed texts, counted."""
         started = time.perf_counter()
-        vectors = self.embedder.embed([texts[i] for i in todo])
+        vectors = self.embedder.embed(texts)
         self._counters.add(
-            model_calls=1, texts_embedded=len(todo_keys), model_seconds_ms=int((time.perf_counter() - started) * 1000)
+            model_calls=1, texts_embedded=len(texts), model_seconds_ms=int((time.perf_counter() - started) * 1000)
         )
-        try:
-            self.cache.put_many_keys(todo_keys, vectors)
-        except CacheError as exc:  # full disk, size limit, I/O error: the vectors are still good
-            if not self._cache_full_warned:
-                log.warning("embedding cache write failed; serving vectors without caching them: %s", exc)
-                self._cache_full_warned = True
-        self._flights.settle(todo_keys, vectors)
+        return vectors
 
     # -- what the store serves ----------------------------------------------------------------
 

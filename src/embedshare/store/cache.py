@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import lmdb
 import numpy as np
@@ -41,6 +41,9 @@ from ..util.lazylog import LazyLogger
 from . import cache_format
 from .cache_env import EnvKey, TxnGuard, acquire_shared_env, open_environment, release_shared_env
 from .cache_errors import CacheError, CacheFullError, damaged, disk_full, read_error, readers_full
+
+if TYPE_CHECKING:
+    from .vector_cache import VectorCache
 
 log = LazyLogger(__name__)  # logging is imported only if something is logged
 
@@ -96,11 +99,10 @@ class Lookup:
         return self.vectors
 
 
-def lookup(cache: EmbeddingCache, texts: Sequence[str]) -> Lookup:
+def lookup(cache: VectorCache, texts: Sequence[str]) -> Lookup:
     """Read the cached vectors of ``texts`` and list their misses, de-duplicated.
 
-    Uses only ``cache.key``, ``cache.dim`` and ``cache.get_many_into``, so any cache of that
-    shape (the benchmarks' Manager-dict cache too) can be looked up the same way.
+    Any ``VectorCache`` (``vector_cache.py``): the benchmarks' Manager-dict cache too.
     """
     keys = [cache.key(t) for t in texts]
     out = np.empty((len(keys), cache.dim), dtype=np.float32)
