@@ -147,3 +147,38 @@ def test_a_ray_node_on_a_full_cache_answers_its_workers_and_counts(tmp_path, nod
     texts = _texts("owned elsewhere", 400)
     assert node.fetch(texts).tobytes() == HASH.embed(texts).tobytes()
     assert node._counters.snapshot()["cache_write_failures"] == 1
+
+
+def test_a_source_of_your_own_needs_only_compute_and_gets_registries_indexed(tmp_path):
+    """The narrowed VectorSource: compute (and model_id, dim, layout, cache); no index policy
+    of its own, so a registry is indexed in its store's folder. On main it had to write
+    served_index, index_for and no_index_advice too (a TypeError without them)."""
+    from embedshare.sources.base import VectorSource
+    from embedshare.store import StoreLayout
+
+    class MinimalSource(VectorSource):
+        def __init__(self, store) -> None:
+            self.model_id, self.dim = HASH.model_id, HASH.dim
+            self.layout = StoreLayout(store)
+            self.layout.make_private_root()
+            self.cache = EmbeddingCache(self.layout.cache, self.model_id, self.dim)
+            self.asked: list[str] = []
+
+        def compute(self, keys, texts):
+            self.asked += texts
+            vectors = HASH.embed(texts)
+            self.cache.put_many_keys(keys, vectors)
+            return vectors
+
+    source = MinimalSource(tmp_path / "store")
+    manager = EmbeddingManager(source=source)
+    assert manager.stats()["mode"] == "custom"
+    with pytest.raises(Exception, match="load_registry"):
+        manager.search("read a file")
+    manager.load_registry("bundled")
+    assert manager.search("read a csv file", k=3)  # indexed with the source's vectors
+    assert manager.index.model_id == HASH.model_id
+    asked = len(source.asked)
+    manager.get_embeddings(source.asked[:5])  # every text embedded once is a hit now
+    assert len(source.asked) == asked
+    source.cache.close()

@@ -25,7 +25,8 @@ from . import settings
 from .embedders import Embedder, validate_text, validate_texts
 from .env import default_store
 from .registry import Registry, load_registry
-from .sources.base import NoIndexError, VectorSource
+from .sources.base import IndexProvider, NoIndexError, VectorSource
+from .sources.indexes import StoreIndexes
 from .sources.misspath import read_through
 from .store import EmbeddingCache, ToolIndex, ToolIndexError
 from .store.index import Hits, SearchResult
@@ -76,6 +77,10 @@ class EmbeddingManager:
         elif store is not None or cache is not None or embedder_options or cache_options:
             raise ValueError("give EmbeddingManager a source, or a store and model to build a local one from, not both")
         self._source = source
+        # What the store serves: the source's say if it has one, else the store's index folder.
+        self._indexes: IndexProvider = (
+            source if isinstance(source, IndexProvider) else StoreIndexes(source.layout, source.model_id, source.dim)
+        )
         self.cache = source.cache
         self.model_id = source.model_id
         self.dim = int(source.dim)
@@ -102,7 +107,7 @@ class EmbeddingManager:
         self._single_hits = 0  # get_embedding calls answered from the cache (see get_embedding)
         if registry is not None:
             self.load_registry(registry)
-        elif not source.index_on_first_use:
+        elif not self._indexes.index_on_first_use:
             self._resolve_index()
 
     def __repr__(self) -> str:
@@ -169,7 +174,7 @@ class EmbeddingManager:
         manager indexes it (embedding through this manager) and records it as the store's; a
         service's client checks that it is the registry the service serves."""
         loaded = registry if isinstance(registry, Registry) else load_registry(registry)
-        index = self._source.index_for(loaded, registry_name(registry), self.get_embeddings, progress)
+        index = self._indexes.index_for(loaded, registry_name(registry), self.get_embeddings, progress)
         self.use_index(index)
         return index
 
@@ -178,13 +183,13 @@ class EmbeddingManager:
         """The tool index searched: the one loaded, else the source's (NoIndexError if none)."""
         index = self._index if self._index_resolved else self._resolve_index()
         if index is None:
-            raise NoIndexError(f"no tool registry is loaded: {self._source.no_index_advice()}")
+            raise NoIndexError(f"no tool registry is loaded: {self._indexes.no_index_advice()}")
         return index
 
     def _resolve_index(self) -> ToolIndex | None:
         with self._index_lock:  # one thread opens (or builds) the source's index
             if not self._index_resolved:
-                served = self._source.served_index(self.get_embeddings)
+                served = self._indexes.served_index(self.get_embeddings)
                 with self._lock:  # an index chosen meanwhile (use_index) is kept
                     if not self._index_resolved:
                         self._index, self._index_resolved = served, True

@@ -153,6 +153,9 @@ class DictCache:
             {k: np.ascontiguousarray(v, dtype=np.float32).tobytes() for k, v in zip(keys, vectors, strict=True)}
         )
 
+    def count(self) -> int:
+        return len(self.proxy)
+
     def close(self) -> None:
         pass
 
@@ -165,7 +168,7 @@ class DictSource(VectorSource):
         self.model_id = model_id
         self.dim = dim
         # what the hit path calls of an EmbeddingCache, over a Manager dict
-        self.cache = DictCache(proxy, model_id, dim)  # type: ignore[assignment]
+        self.cache = DictCache(proxy, model_id, dim)
         self.index = ToolIndex(index_path)
         self.layout = StoreLayout(Path(index_path).parent.parent)  # <store>/indexes/<index>
 
@@ -317,7 +320,7 @@ def hit_latencies(texts: list[str], calls: int) -> dict[str, list[int]]:
             get_one(key)
             last = clock()
             # every key was just written: get never misses here, and a check would be timed
-            np.frombuffer(txn.get(key), dtype=np.float32)  # type: ignore[arg-type]
+            np.frombuffer(txn.get(key), dtype=np.float32)
             ended = clock()
             out["get_embedding"].append(between - started)
             out["get_one"].append(last - between)

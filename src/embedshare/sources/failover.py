@@ -119,7 +119,7 @@ class FailoverSource(VectorSource):
         # The same LMDB handle: py-lmdb allows one per path and process.
         from .local import LocalSource
 
-        return LocalSource(self.layout, embedder, self.cache, spec=spec)
+        return LocalSource(self.layout, embedder, self.primary.cache, spec=spec)
 
     def _say_once(self, message: str) -> None:
         if not self._warned:

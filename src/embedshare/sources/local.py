@@ -31,6 +31,7 @@ class LocalSource(VectorSource):
 
     mode = "local"
     index_on_first_use = True
+    cache: EmbeddingCache  # the store's LMDB cache, which this source writes and closes
 
     def __init__(self, layout: StoreLayout, embedder: Embedder, cache: EmbeddingCache, spec: str | None = None) -> None:
         if (cache.model_id, cache.dim) != (embedder.model_id, int(embedder.dim)):
