@@ -130,6 +130,9 @@ def node_service_class(monkeypatch):
     module = importlib.import_module("embedshare.ray.node")
     yield module.NodeService
     sys.modules.pop("embedshare.ray.node", None)
+    package = sys.modules["embedshare.ray"]
+    if getattr(package, "node", None) is module:  # or a later `from embedshare.ray import node` gets it
+        delattr(package, "node")
 
 
 def test_a_ray_node_on_a_full_cache_answers_its_workers_and_counts(tmp_path, node_service_class):
