@@ -243,7 +243,6 @@ def test_importing_the_cli_loads_click_the_standard_library_and_its_settings_onl
     ours = {m for m in modules if m.startswith("embedshare") and not m.startswith("embedshare.cli")}
     assert ours == {
         "embedshare",
-        "embedshare._moved",
         "embedshare.env",
         "embedshare.service",
         "embedshare.service.config",

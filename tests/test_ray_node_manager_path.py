@@ -1,10 +1,10 @@
-"""embedshare.ray.get_node_manager builds its manager from the module that defines it now,
-not through a 0.1 path (embedshare/_moved.py), which would warn on every call of a user's."""
+"""embedshare.ray.get_node_manager builds its manager from the module that defines it, with the
+options it was given, and without a warning (it runs on every call of a user's)."""
 
 import warnings
 
 
-def test_get_node_manager_imports_no_moved_module(monkeypatch):
+def test_get_node_manager_builds_the_ray_manager_without_a_warning(monkeypatch):
     import embedshare.ray
     import embedshare.ray.source as source
 

@@ -28,6 +28,7 @@ from helpers.services import kill_service
 from helpers.users import NEEDS_ROOT, as_other_user
 
 from embedshare.access import NoServiceWarning, SharedEmbeddingManager, get_embedding_manager
+from embedshare.client.config import ClientConfig
 from embedshare.client.connection import ServiceAuthenticationError, ServiceConnection
 from embedshare.client.protocol import RemoteError
 from embedshare.embedders import create_embedder
@@ -245,7 +246,7 @@ def test_a_new_client_says_an_old_service_does_not_know_the_handshake(tmp_path):
     thread = threading.Thread(target=old_service)
     thread.start()
     with pytest.raises(ServiceAuthenticationError, match="does not know the authenticated handshake"):
-        ServiceSource(f"tcp://127.0.0.1:{port}", token="t" * 32, connect_timeout=10)
+        ServiceSource(f"tcp://127.0.0.1:{port}", token="t" * 32, config=ClientConfig(connect_timeout=10))
     thread.join(30)
     server.close()
     assert seen[0]["op"] == "auth" and "token" not in seen[0]

@@ -1,10 +1,8 @@
 """Every warning embedshare gives points at the user's line (this file), not at embedshare's own,
-whichever layer the call went through: the native API, the compat layer, LangChain's adapter,
-a moved module path."""
+whichever layer the call went through: the native API, the compat layer, LangChain's adapter."""
 
 from __future__ import annotations
 
-import sys
 import warnings
 
 import pytest
@@ -52,15 +50,6 @@ def test_no_service_warning_through_langchain_s_adapter(tmp_path):
     from embedshare.integrations.langchain import EmbedshareEmbeddings
 
     assert_points_here(caught_in(lambda: EmbedshareEmbeddings(model="hash:64", store=str(tmp_path)), NoServiceWarning))
-
-
-def test_a_moved_module_s_warning(monkeypatch):
-    monkeypatch.delitem(sys.modules, "embedshare.pss", raising=False)
-
-    def old_import() -> None:
-        import embedshare.pss  # noqa: F401  # the 0.1 path
-
-    assert_points_here(caught_in(old_import, DeprecationWarning))
 
 
 pytestmark = pytest.mark.filterwarnings("always")

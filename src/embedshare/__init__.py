@@ -35,10 +35,6 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-from ._moved import install as _install_moved_paths
-
-_install_moved_paths()  # the module paths of 0.1 still import (embedshare/_moved.py)
-
 _EXPORTS = {
     "get_embedding_manager": "embedshare.access",
     "set_embedding_manager": "embedshare.access",

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import settings
 from .client.address import TCP_SCHEME
+from .client.config import CLIENT_DEFAULTS, ClientConfig
 from .client.connection import ServiceStopped, ServiceUnavailable
 from .client.protocol import ServedRegistry, StatsReply
 from .client.state import stopped_on_purpose
@@ -62,8 +63,8 @@ class SharedEmbeddingManager(EmbeddingManager):
         model: str | None = None,
         *,
         on_failure: str | None = None,
-        request_timeout: float = 600.0,
-        connect_timeout: float = 5.0,
+        request_timeout: float = CLIENT_DEFAULTS.request_timeout,
+        connect_timeout: float = CLIENT_DEFAULTS.connect_timeout,
         search_cache_size: int = 1024,
         token: str | None = None,
         registry: str | Path | None = None,
@@ -73,9 +74,8 @@ class SharedEmbeddingManager(EmbeddingManager):
         if on_failure is None:
             on_failure = settings.env_choice(ENV_ON_FAILURE, POLICIES, default="local")
         policy = settings.choice("on_failure", on_failure, POLICIES)
-        service = ServiceSource(
-            address, model, token=token, request_timeout=request_timeout, connect_timeout=connect_timeout
-        )
+        client = ClientConfig(request_timeout=request_timeout, connect_timeout=connect_timeout)
+        service = ServiceSource(address, model, token=token, config=client)
         source = FailoverSource(service, policy, revive=_revive_for(service))
         try:
             super().__init__(source=source, registry=registry, search_cache_size=search_cache_size)

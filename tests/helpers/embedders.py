@@ -13,10 +13,11 @@ from collections.abc import Callable
 
 import numpy as np
 
+from embedshare.embedders.base import EmbedderDefaults
 from embedshare.embedders.hashing import HashingEmbedder
 
 
-class RecordingEmbedder:
+class RecordingEmbedder(EmbedderDefaults):
     """An ``Embedder`` (embedshare/embedders/base.py) around ``HashingEmbedder(dim)``.
 
     - ``calls``: every batch it was asked to embed, in order, recorded as it is asked.
@@ -25,7 +26,8 @@ class RecordingEmbedder:
     - ``failure``: while set, raised instead of computing (set it to None to heal the model).
     - ``salt``: prefixed to every text, so that the vectors are another model's; ``model_id``
       defaults to the hashing model's. ``concurrency`` is what the service's batcher reads
-      (above 1 for a network-bound embedder).
+      (above 1 for a network-bound embedder); ``max_tokens`` and ``max_batch_tokens`` are the
+      neutral ones of ``EmbedderDefaults`` until a test sets them.
     """
 
     def __init__(

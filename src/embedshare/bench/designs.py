@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..embedders.base import EmbedderDefaults
 from ..manager import EmbeddingManager
 from ..pool import attach
 from ..registry import Registry
@@ -58,7 +59,7 @@ def text_tag(text: str) -> bytes:
     return blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
 
 
-class CountingEmbedder:
+class CountingEmbedder(EmbedderDefaults):
     """Wraps an embedder: counts model (or API) calls, texts, and which texts."""
 
     def __init__(self, inner: Any) -> None:

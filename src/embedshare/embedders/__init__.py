@@ -11,14 +11,17 @@ default, no torch), ``local@torch`` is sentence-transformers on torch (same vect
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from .base import (
+    EMBEDDER_MEMBERS,
     MAX_TEXT_CHARS,
     Embedder,
+    EmbedderDefaults,
     EmbedderError,
     InvalidTextError,
     check_vectors,
+    missing_members,
     validate_text,
     validate_texts,
 )
@@ -26,6 +29,7 @@ from .base import (
 __all__ = [
     "MAX_TEXT_CHARS",
     "Embedder",
+    "EmbedderDefaults",
     "EmbedderError",
     "InvalidTextError",
     "UnknownModelError",
@@ -51,9 +55,7 @@ def create_embedder(spec: str | Embedder, **options: Any) -> Embedder:
     ``base_url=`` for ``openai``).
     """
     if not isinstance(spec, str):
-        if isinstance(spec, Embedder):
-            return spec
-        raise UnknownModelError(f"model must be a spec string ({SPEC_HELP}), got {spec!r}")
+        return _as_embedder(spec)
     kind, _, arg = spec.strip().partition(":")
     kind = kind.lower()
     if kind.startswith("local@"):  # "local@torch" is "local:@torch": the bundled model
@@ -75,6 +77,19 @@ def create_embedder(spec: str | Embedder, **options: Any) -> Embedder:
             raise UnknownModelError(f"bad model spec {spec!r}: openai:<model> needs a model name")
         return OpenAIEmbedder(model=arg, **options)
     raise UnknownModelError(f"unknown model spec {spec!r}; expected {SPEC_HELP}")
+
+
+def _as_embedder(candidate: object) -> Embedder:
+    """An object given as the model, if it is an :class:`Embedder`; a one-line error otherwise."""
+    missing = missing_members(candidate)
+    if len(missing) == len(EMBEDDER_MEMBERS) or "embed" in missing:
+        raise UnknownModelError(f"model must be a spec string ({SPEC_HELP}) or an Embedder, got {candidate!r}")
+    if missing:
+        raise UnknownModelError(
+            f"{candidate!r} is not a whole Embedder: it lacks {', '.join(missing)} "
+            "(inherit embedshare.embedders.EmbedderDefaults for their neutral values)"
+        )
+    return cast(Embedder, candidate)  # every member is there
 
 
 def _create_local(spec: str, arg: str, options: dict[str, Any]) -> Embedder:

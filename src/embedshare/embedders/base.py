@@ -7,6 +7,7 @@ backend is one small class.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -28,10 +29,13 @@ MAX_TEXT_CHARS = 8192
 
 @runtime_checkable
 class Embedder(Protocol):
-    """What every backend provides.
+    """What every backend provides, and all that the rest of embedshare reads of one.
 
     ``model_id`` names the model *and* every setting that changes its vectors; it is part of
     every cache key, so two embedders with different ``model_id`` never share cached vectors.
+    The members after ``embed`` are what the store and the service's batcher use to size and
+    prepare the work; :class:`EmbedderDefaults` gives a backend that needs none of them the
+    neutral values, so a new backend writes only ``model_id``, ``dim`` and ``embed``.
     """
 
     model_id: str
@@ -44,6 +48,61 @@ class Embedder(Protocol):
     def embed(self, texts: list[str]) -> np.ndarray:
         """Return an ``(len(texts), dim)`` float32 array, each row L2-normalised."""
         ...
+
+    @property
+    def concurrency(self) -> int:
+        """Batches the service may run on it at once: 1 for a model that already uses every
+        core, more for a network API whose time is spent waiting."""
+        ...
+
+    @property
+    def max_tokens(self) -> int | None:
+        """Tokens the model reads of one text (the rest is cut); None when it does not say.
+        The batcher caps a text's estimated cost at it."""
+        ...
+
+    @property
+    def max_batch_tokens(self) -> int | None:
+        """Padded tokens one forward takes at most; None when batches are not cut by tokens.
+        The batcher gathers a few forwards' worth per batch."""
+        ...
+
+    def load(self) -> None:
+        """Do now what the first ``embed`` would (weights, graph, session), so that a service
+        is ready before it answers and no client's first request pays for it."""
+        ...
+
+    def keep_graphs_in(self, folder: Path) -> None:
+        """Where to keep what it builds to run (a local model's ONNX graph), so the next load
+        reuses it; the store's folder. A backend that builds nothing ignores it."""
+        ...
+
+
+class EmbedderDefaults:
+    """The neutral members of :class:`Embedder`, for a backend to inherit: one batch at a time,
+    no token limits it knows of, nothing to load ahead or to keep."""
+
+    concurrency: int = 1
+    max_tokens: int | None = None
+    max_batch_tokens: int | None = None
+
+    def load(self) -> None:
+        """Nothing to do ahead of the first ``embed``."""
+
+    def keep_graphs_in(self, folder: Path) -> None:
+        """Nothing built to keep."""
+
+
+# What an object must define to be an Embedder, in the order the Protocol lists them.
+EMBEDDER_MEMBERS = tuple(name for name in dict.fromkeys([*Embedder.__annotations__, *vars(Embedder)]) if name[0] != "_")
+
+
+def missing_members(candidate: object) -> list[str]:
+    """The :class:`Embedder` members ``candidate`` lacks (empty for an embedder).
+
+    Unlike ``isinstance(candidate, Embedder)``, this names them, for a one-line error.
+    """
+    return [name for name in EMBEDDER_MEMBERS if not hasattr(candidate, name)]
 
 
 def validate_texts(texts: object) -> list[str]:

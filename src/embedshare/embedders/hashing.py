@@ -14,12 +14,12 @@ import re
 import numpy as np
 
 from ..util.digests import blake2b
-from .base import check_vectors
+from .base import EmbedderDefaults, check_vectors
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
-class HashingEmbedder:
+class HashingEmbedder(EmbedderDefaults):
     """Feature hashing of word and character n-grams into ``dim`` dimensions."""
 
     def __init__(self, dim: int = 384) -> None:

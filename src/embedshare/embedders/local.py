@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..util.install import pip_install
-from .base import EmbedderError, check_vectors
+from .base import EmbedderDefaults, EmbedderError, check_vectors
 
 if TYPE_CHECKING:  # imported by load(): torch costs ~1 s and ~300 MB
     from sentence_transformers import SentenceTransformer
@@ -48,7 +48,7 @@ def check_bundled_name(model_name: str, model_path: str | Path | None) -> None:
         )
 
 
-class LocalEmbedder:
+class LocalEmbedder(EmbedderDefaults):
     """Sentence-transformers all-MiniLM-L6-v2, 384 dimensions, normalised, on CPU."""
 
     def __init__(

@@ -32,7 +32,7 @@ import numpy as np
 from .. import settings
 from ..util.heap import IdleTrim
 from ..util.install import pip_install
-from .base import EmbedderError, check_vectors
+from .base import EmbedderDefaults, EmbedderError, check_vectors
 from .graph_files import discard, graph_file
 
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
@@ -73,7 +73,7 @@ def _require(what: str) -> ModuleType:
         ) from None
 
 
-class OnnxLocalEmbedder:
+class OnnxLocalEmbedder(EmbedderDefaults):
     """A sentence-transformers BERT folder served by ONNX Runtime, 384 dimensions, normalised."""
 
     def __init__(

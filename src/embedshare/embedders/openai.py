@@ -44,7 +44,7 @@ from typing import Any, NoReturn, Self
 import numpy as np
 
 from ..util.install import pip_install
-from .base import EmbedderError, check_vectors, validate_texts
+from .base import EmbedderDefaults, EmbedderError, check_vectors, validate_texts
 
 __all__ = ["DEFAULT_BASE_URL", "KNOWN_DIMS", "OpenAIEmbedder"]
 
@@ -65,7 +65,7 @@ _PROBE_TEXT = "dimension probe"
 _MAX_ERROR_CHARS = 500  # server error text quoted in exceptions is cut to this length
 
 
-class OpenAIEmbedder:
+class OpenAIEmbedder(EmbedderDefaults):
     """An :class:`~embedshare.embedders.base.Embedder` backed by an OpenAI-style HTTP API.
 
     Thread-safe: one instance (and its SDK client's connection pool) serves many threads.

@@ -23,11 +23,12 @@ from __future__ import annotations
 import sys
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import numpy as np
 
 from .. import settings
+from ..client.config import CLIENT_DEFAULTS, ClientConfig
 from ..client.connection import ServiceUnavailable
 from ..env import ENV_ON_FAILURE
 from ..manager import EmbeddingManager
@@ -39,13 +40,6 @@ from ..store import ToolIndex
 from ..store.record import RegistryMismatchError, describe_registry
 from ..util.counters import Counters
 from .config import owner_of
-
-
-class _Timeouts(TypedDict):
-    """A node service's connection settings, kept for the reconnections after a restart."""
-
-    request_timeout: float
-    connect_timeout: float
 
 
 def in_ray_worker() -> bool:
@@ -171,8 +165,8 @@ class RayEmbeddingManager(EmbeddingManager):
         *,
         on_failure: str | None = None,
         namespace: str | None = None,
-        request_timeout: float = 600.0,
-        connect_timeout: float = 5.0,
+        request_timeout: float = CLIENT_DEFAULTS.request_timeout,
+        connect_timeout: float = CLIENT_DEFAULTS.connect_timeout,
         search_cache_size: int = 1024,
         registry: str | Path | None = None,
     ) -> None:
@@ -189,11 +183,12 @@ class RayEmbeddingManager(EmbeddingManager):
         self._namespace = namespace or api.current_namespace()
         self._coordinator = api.coordinator(self._namespace, create=True)
         self.node_id: str = ray.get_runtime_context().get_node_id()
-        self._timeouts: _Timeouts = {"request_timeout": request_timeout, "connect_timeout": connect_timeout}
+        # kept for the reconnections after a restart
+        self._client = ClientConfig(request_timeout=request_timeout, connect_timeout=connect_timeout)
         info = self._call_coordinator("attach", self.node_id)
         for attempt in range(3):
             try:
-                service = ServiceSource(info["address"], model, **self._timeouts)
+                service = ServiceSource(info["address"], model, config=self._client)
                 break
             except ServiceUnavailable:
                 if attempt == 2 or policy != "restart":
@@ -249,7 +244,7 @@ class RayEmbeddingManager(EmbeddingManager):
         self._node.take(info)
         if info["address"] != self._node.service.address:
             index = _object_store_index(self._call_coordinator("attach", self.node_id)["index"])
-            self._node.rebind(ServiceSource(info["address"], self._model, **self._timeouts), index)
+            self._node.rebind(ServiceSource(info["address"], self._model, config=self._client), index)
             # Every copy of the store's handles is the new deployment's; the old cache is let go
             # (released when the last thread reading it is done with it).
             for holder in (self._source, self):

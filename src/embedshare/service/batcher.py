@@ -57,9 +57,9 @@ def token_estimate(max_tokens: int) -> Callable[[str], int]:
     return cost
 
 
-def batch_token_budget(embedder: object) -> int:
+def batch_token_budget(embedder: Embedder) -> int:
     """Estimated tokens a batch may carry: a few of the embedder's forwards, when it says."""
-    per_forward = getattr(embedder, "max_batch_tokens", None)
+    per_forward = embedder.max_batch_tokens
     if isinstance(per_forward, int) and per_forward > 0:
         return per_forward * FORWARDS_PER_BATCH
     return DEFAULT_BATCH_TOKENS
@@ -130,9 +130,9 @@ class Batcher:
         # takes no text and the loop spins, deaf to stop and SIGTERM.
         self.max_batch = settings.whole_number("max_batch", max_batch, 1)
         self.max_wait = settings.seconds("max_wait_ms", max_wait_ms, allow_zero=True, unit="milliseconds") / 1000.0
-        self.concurrency = max(1, int(getattr(source.embedder, "concurrency", 1)))
+        self.concurrency = max(1, int(source.embedder.concurrency))
         embedder = source.embedder
-        max_tokens = getattr(embedder, "max_tokens", None)
+        max_tokens = embedder.max_tokens
         self.max_batch_cost = batch_token_budget(embedder)
         # waiting to be computed, per client
         self._queue = FairQueue(token_estimate(max_tokens if isinstance(max_tokens, int) else DEFAULT_MAX_TOKENS))

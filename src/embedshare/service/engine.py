@@ -71,9 +71,7 @@ class Engine:
         given = {"threads": config.threads, "max_batch_tokens": config.max_batch_tokens}
         options = {name: value for name, value in given.items() if value and local} or None
         self._source = source = LocalSource.open(self.layout, config.model, embedder_options=options)
-        load = getattr(source.embedder, "load", None)
-        if load:
-            load()
+        source.embedder.load()
         if config.registry:
             registry = load_registry(config.registry)
             self._index = source.index_for(registry, registry_name(config.registry), self._embed_own)

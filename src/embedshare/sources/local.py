@@ -59,9 +59,7 @@ class LocalSource(VectorSource):
         """``model`` (a spec or an embedder) on the store's cache (or ``cache``, already open)."""
         layout.make_private_root()  # 0700, or refused if another user could write it
         embedder = create_embedder(model, **(embedder_options or {}))
-        keep_graphs_in = getattr(embedder, "keep_graphs_in", None)
-        if keep_graphs_in is not None:  # the local model's built ONNX graph, for the next load
-            keep_graphs_in(layout.root / "graphs")
+        embedder.keep_graphs_in(layout.root / "graphs")  # a local model's built graph, for the next load
         if cache is None:
             cache = EmbeddingCache(layout.cache, embedder.model_id, int(embedder.dim), **(cache_options or {}))
         return cls(layout, embedder, cache, spec=model if isinstance(model, str) else None)

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import settings
 from ..client import protocol
 from ..client.address import TCP_SCHEME
+from ..client.config import CLIENT_DEFAULTS, ClientConfig
 from ..client.connection import ServiceAuthenticationError, ServiceConnection, ServiceUnavailable
 from ..embedders import model_id_of
 from ..env import ENV_MODEL, ENV_TOKEN
@@ -51,15 +51,14 @@ class ServiceSource(ServiceBackedSource):
         model: str | None = None,
         *,
         token: str | None = None,
-        request_timeout: float = 600.0,
-        connect_timeout: float = 5.0,
+        config: ClientConfig = CLIENT_DEFAULTS,
     ) -> None:
         self.address = str(address)
         # A tcp://HOST:PORT address needs the service's token (token= or EMBEDSHARE_TOKEN);
         # on the Unix socket the kernel vouches for the peer's uid instead.
         self._token = token if token is not None else os.environ.get(ENV_TOKEN)
-        self.request_timeout = settings.seconds("request_timeout", request_timeout)
-        self.connect_timeout = settings.seconds("connect_timeout", connect_timeout)
+        self.request_timeout = config.request_timeout
+        self.connect_timeout = config.connect_timeout
         self._wanted_model_id = model_id_of(model) if model else None  # no API client built
         self._wanted_spec = model
         self._conn_lock = threading.Lock()
