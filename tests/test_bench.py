@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from helpers.extras import requires
+from helpers.processes import alive
+from helpers.waiting import wait_for
 
-from embedshare.bench import designs, dict_sources
+from embedshare.bench import designs, dict_sources, probes
 from embedshare.bench.counting import counting_embedder
 from embedshare.bench.designs import option_c_shape
 from embedshare.bench.report import DESIGN_NAMES
@@ -113,6 +115,28 @@ def test_model_id_of_matches_the_embedder_without_building_an_api_client(spec):
     from embedshare.embedders import create_embedder, model_id_of
 
     assert model_id_of(spec) == create_embedder(spec).model_id
+
+
+@pytest.mark.parametrize("name", designs.DESIGNS)
+def test_a_design_stops_every_process_it_started(name, tmp_path):
+    """What a case measures is what it must end: workers, Manager server, service, forkserver."""
+    design = designs.design_class(name)("hash:16", "bundled", 2, tmp_path, ["csv parser", "http post"])
+    try:
+        pool = design.start()
+        started = {role: pids for role, pids in design.processes_to_measure().items() if role != "main"}
+        assert len(started["worker"]) == design.processes
+        reports = pool.collect(probes.worker_report)  # every worker has its manager installed
+        assert sorted(r["pid"] for r in reports) == sorted(started["worker"])
+        assert {r["dim"] for r in reports} == {16}
+    finally:
+        design.stop()
+    pids = [pid for group in started.values() for pid in group]
+    wait_for(lambda: not [pid for pid in pids if alive(pid)], 30, f"{name}'s processes {started} to end")
+
+
+def test_an_unknown_design_is_named_in_the_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown design 'option-b'"):
+        designs.design_class("option-b")
 
 
 def test_option_c_shape_runs_every_worker_as_a_thread():

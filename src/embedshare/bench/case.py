@@ -94,7 +94,6 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     finally:
         design.stop()
 
-    api_after = misses.pop("api")
     Path(spec["results_path"]).write_text(json.dumps(results))
     return {
         "kind": "design",
@@ -108,15 +107,18 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         "tasks_label": spec.get("tasks_label"),
         "startup_s": startup,
         **task_figures,
+        **counters["attach"],
         **_memory_figures(memory, bare_pss, growth, counters["dim"]),
         **hits,
         **_search_figures(counters["reports"]),
         **counters["model"],
         "distinct_texts_needed": distinct_texts_needed(tasks, registry, design.preload),
         "mean_batch": counters["mean_batch"],
-        "api": {"tasks": counters["api"], "after_miss_phase": api_after} if counters["api"] else None,
-        **misses,
+        "api": {"tasks": counters["api"], "after_miss_phase": misses["api"]} if counters["api"] else None,
+        "miss_texts": misses["miss_texts"],
+        "miss_texts_per_s": misses["miss_texts_per_s"],
         "miss_senders": senders * design.processes,
+        "miss_service": misses["miss_service"],
     }
 
 
@@ -180,9 +182,8 @@ def _counters(design: Design, pool: WorkerPool, spec: dict[str, Any]) -> dict[st
         "dim": reports[0]["dim"],
         "api": spec["_api"].usage() if spec.get("_api") else None,
         "mean_batch": model.pop("mean_batch"),
+        "attach": {"attach_p50_ms": _ms(attach_s, 50), "attach_p99_ms": _ms(attach_s, 99)},
         "model": {
-            "attach_p50_ms": _ms(attach_s, 50),
-            "attach_p99_ms": _ms(attach_s, 99),
             "cache_hits": sum(r["hits"] for r in reports),
             "cache_misses": sum(r["misses"] for r in reports),
             **model,
