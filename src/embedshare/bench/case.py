@@ -36,10 +36,6 @@ if TYPE_CHECKING:  # a case imports what its design needs, in its own process
     from ..util.memory import ProcessMemory
     from .designs import Design
 
-# Workers that run a model of their own get one BLAS/torch thread: the per-process designs'
-# best case on a machine with fewer cores than workers (as in pool/demo.py).
-OWN_MODEL_ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-LEAN_ENV = {"HF_HUB_OFFLINE": "1"}
 API_KEY = "sk-embedshare-bench-dummy"
 QUANTILES = 101  # latency distributions are kept as their 0..100th percentiles
 
@@ -331,6 +327,8 @@ def _worker_pss(memory: list[ProcessMemory]) -> list[int]:
 def main(argv: list[str]) -> int:
     spec_path, out_path = argv
     spec = json.loads(Path(spec_path).read_text())
+    from .designs import LEAN_ENV
+
     os.environ.update(LEAN_ENV)
     server = None
     try:

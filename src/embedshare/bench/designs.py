@@ -49,10 +49,26 @@ if TYPE_CHECKING:  # what the main process of a case runs; workers never import 
     from ..service.launcher import EmbeddingService
 
 
+# Workers that run a model of their own get one BLAS/torch thread: the per-process designs'
+# best case on a machine with fewer cores than workers (as in pool/demo.py).
+OWN_MODEL_ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+LEAN_ENV = {"HF_HUB_OFFLINE": "1"}
+
+
 def option_c_shape(workers: int) -> tuple[int, int]:
     """Option C runs ``workers`` threads in all: ceil(sqrt(W)) processes of ceil(W/P) threads."""
     processes = max(1, math.ceil(math.sqrt(workers)))
     return processes, math.ceil(workers / processes)
+
+
+def _install_timed(build: Callable[[], EmbeddingManager]) -> None:
+    """Install the manager ``build`` makes as this worker's ``get_embedding_manager()``; the
+    time that took is the worker's attach time (``pool.attach`` records embedshare's)."""
+    from ..access import set_embedding_manager
+
+    started = time.perf_counter()
+    set_embedding_manager(build())
+    attach._attach_seconds = time.perf_counter() - started
 
 
 class Design:
@@ -138,18 +154,15 @@ class PerProcess(Design):
 
     @staticmethod
     def worker_manager(store_root: str, spec: str, registry: str) -> None:
-        from ..access import set_embedding_manager
+        def build() -> EmbeddingManager:
+            embedder = count_this_worker(spec)
+            manager = EmbeddingManager(Path(store_root) / str(os.getpid()), model=embedder, registry=registry)
+            embedder.load()  # the seed's manager is ready once built
+            return manager
 
-        started = time.perf_counter()
-        embedder = count_this_worker(spec)
-        manager = EmbeddingManager(Path(store_root) / str(os.getpid()), model=embedder, registry=registry)
-        embedder.load()  # the seed's manager is ready once built
-        set_embedding_manager(manager)
-        attach._attach_seconds = time.perf_counter() - started
+        _install_timed(build)
 
     def _start(self) -> WorkerPool:
-        from .case import OWN_MODEL_ENV
-
         return self._worker_pool((str(self.workdir / "stores"), self.model, self.registry), OWN_MODEL_ENV)
 
 
@@ -205,18 +218,16 @@ class OptionA(_ManagerDictDesign):
 
     @staticmethod
     def worker_manager(proxy: Any, index_path: str, spec: str) -> None:
-        from ..access import set_embedding_manager
-        from .dict_sources import OptionASource
+        from .dict_sources import OptionASource  # not timed: loading a module is not building a manager
 
-        started = time.perf_counter()
-        embedder = count_this_worker(spec)
-        embedder.load()
-        set_embedding_manager(EmbeddingManager(source=OptionASource(proxy, index_path, embedder)))
-        attach._attach_seconds = time.perf_counter() - started
+        def build() -> EmbeddingManager:
+            embedder = count_this_worker(spec)
+            embedder.load()
+            return EmbeddingManager(source=OptionASource(proxy, index_path, embedder))
+
+        _install_timed(build)
 
     def _start(self) -> WorkerPool:
-        from .case import OWN_MODEL_ENV
-
         main_manager, proxy = self._start_main()
         return self._worker_pool((proxy, main_manager.index_path, self.model), OWN_MODEL_ENV)
 
@@ -237,22 +248,21 @@ class Hybrid(_ManagerDictDesign):
     def worker_manager(
         proxy: Any, requests: Any, responses: list[Any], slots: Any, index_path: str, model_id: str, dim: int
     ) -> None:
-        from ..access import set_embedding_manager
-        from .dict_sources import HybridSource
+        from .dict_sources import HybridSource  # not timed: loading a module is not building a manager
 
-        started = time.perf_counter()
-        slot = slots.get()  # which response queue is this worker's
-        set_embedding_manager(
-            EmbeddingManager(source=HybridSource(proxy, requests, responses[slot], slot, index_path, model_id, dim))
-        )
-        attach._attach_seconds = time.perf_counter() - started
+        def build() -> EmbeddingManager:
+            slot = slots.get()  # which response queue is this worker's
+            return EmbeddingManager(
+                source=HybridSource(proxy, requests, responses[slot], slot, index_path, model_id, dim)
+            )
+
+        _install_timed(build)
 
     def _start(self) -> WorkerPool:
         import threading
 
         from ..pool.blas import blas_thread_env
         from ..store.cache import cache_key
-        from .case import LEAN_ENV
         from .dict_sources import serve_hybrid_misses
 
         main_manager, proxy = self._start_main()
