@@ -25,7 +25,11 @@ What a case asks of a design (:class:`Design`): ``start`` it (its processes and 
 ``processes_to_measure`` by role, what its model computed (``model_counts``), and ``stop``.
 Everything else a case does (the task set, hits, misses, memory) is the same for all.
 
-Light on top-level imports on purpose: workers load this module to run ``worker_manager``.
+Workers load this module to run ``worker_manager``: its top-level imports are what every
+worker loads before its attach clock starts (the manager, the Manager-dict sources, the
+counters, the probes it runs after the tasks), as they did when all of it was this one
+module, so that a worker's memory counts the same code as in ``bench/results``; nothing of
+the main process's side (pools, the service, Manager servers) is imported at the top.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..manager import EmbeddingManager
 from ..pool import attach
 from .counting import CountingEmbedder, count_this_worker, counting_embedder
+from .dict_sources import HybridSource, OptionASource, serve_hybrid_misses
+from .probes import run_chunk  # loaded with the design: every worker runs the probes after its tasks
 
 if TYPE_CHECKING:  # what the main process of a case runs; workers never import these
     from ..pool.outcomes import TaskOutcome
@@ -177,8 +183,6 @@ class OptionC(PerProcess):
 
     def task_items(self, tasks: list[dict[str, Any]]) -> tuple[Callable[..., Any], list[Any]]:
         """Chunks of tasks, each run on a process's threads (four chunks a process)."""
-        from .probes import run_chunk
-
         per_chunk = max(1, math.ceil(len(tasks) / (self.processes * 4)))
         return run_chunk, [(tasks[i : i + per_chunk], self.threads) for i in range(0, len(tasks), per_chunk)]
 
@@ -218,8 +222,6 @@ class OptionA(_ManagerDictDesign):
 
     @staticmethod
     def worker_manager(proxy: Any, index_path: str, spec: str) -> None:
-        from .dict_sources import OptionASource  # not timed: loading a module is not building a manager
-
         def build() -> EmbeddingManager:
             embedder = count_this_worker(spec)
             embedder.load()
@@ -248,8 +250,6 @@ class Hybrid(_ManagerDictDesign):
     def worker_manager(
         proxy: Any, requests: Any, responses: list[Any], slots: Any, index_path: str, model_id: str, dim: int
     ) -> None:
-        from .dict_sources import HybridSource  # not timed: loading a module is not building a manager
-
         def build() -> EmbeddingManager:
             slot = slots.get()  # which response queue is this worker's
             return EmbeddingManager(
@@ -263,7 +263,6 @@ class Hybrid(_ManagerDictDesign):
 
         from ..pool.blas import blas_thread_env
         from ..store.cache import cache_key
-        from .dict_sources import serve_hybrid_misses
 
         main_manager, proxy = self._start_main()
         vectors = main_manager.get_embeddings(self.preload)  # pre-fill with the common texts
@@ -306,7 +305,6 @@ class Embedshare(Design):
 
     def _start(self) -> WorkerPool:
         from ..pool.shared import SharedPool
-        from . import probes
         from .workload import run_task
 
         self._shared = SharedPool(
@@ -316,7 +314,7 @@ class Embedshare(Design):
             registry=self.registry,
             preload=self.preload,
             progress=False,
-            preload_modules=[run_task.__module__, probes.__name__],  # what the workers run
+            preload_modules=[run_task.__module__, __name__],  # what the workers run (the probes with it)
         )
         self._shared.__enter__()
         pool, self.service = self._shared.worker_pool, self._shared.service
