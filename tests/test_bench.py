@@ -14,9 +14,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from helpers.extras import requires
+from helpers.processes import alive
+from helpers.waiting import wait_for
 
-from embedshare.bench import designs
-from embedshare.bench.case import option_c_shape
+from embedshare.bench import designs, dict_sources, probes
+from embedshare.bench.counting import counting_embedder
+from embedshare.bench.designs import option_c_shape
 from embedshare.bench.report import DESIGN_NAMES
 from embedshare.bench.runner import BenchConfig, agreement
 from embedshare.cli import main
@@ -38,7 +41,7 @@ def reference(tmp_path) -> EmbeddingManager:
 
 
 def test_counting_embedder_counts_calls_texts_and_distinct_texts():
-    embedder = designs.counting_embedder("hash:32")
+    embedder = counting_embedder("hash:32")
     embedder.embed(["a b", "c"])
     embedder.embed(["a b"])
     counts = embedder.counts()
@@ -47,14 +50,14 @@ def test_counting_embedder_counts_calls_texts_and_distinct_texts():
 
 def test_option_a_computes_misses_in_the_worker_and_shares_them_through_the_dict(mp_manager, reference):
     proxy = mp_manager.dict()
-    embedder = designs.counting_embedder("hash:64")
-    a = EmbeddingManager(source=designs.OptionASource(proxy, reference.index_path, embedder))
+    embedder = counting_embedder("hash:64")
+    a = EmbeddingManager(source=dict_sources.OptionASource(proxy, reference.index_path, embedder))
     vector = a.get_embedding("read a csv file")
     np.testing.assert_array_equal(vector, reference.get_embedding("read a csv file"))
     assert cache_key(a.model_id, "read a csv file") in proxy  # put in the shared dict
     # another worker (a second manager on the same dict) hits it without computing
-    other_embedder = designs.counting_embedder("hash:64")
-    other = EmbeddingManager(source=designs.OptionASource(proxy, reference.index_path, other_embedder))
+    other_embedder = counting_embedder("hash:64")
+    other = EmbeddingManager(source=dict_sources.OptionASource(proxy, reference.index_path, other_embedder))
     np.testing.assert_array_equal(other.get_embedding("read a csv file"), vector)
     assert other_embedder.counts()["calls"] == 0
     assert [r.name for r in other.search("parse json", k=5)] == [r.name for r in reference.search("parse json", k=5)]
@@ -62,20 +65,20 @@ def test_option_a_computes_misses_in_the_worker_and_shares_them_through_the_dict
 
 def test_hybrid_asks_the_main_process_for_misses_and_never_returns_none(mp_manager, reference):
     proxy = mp_manager.dict()
-    main_embedder = designs.counting_embedder("hash:64")
+    main_embedder = counting_embedder("hash:64")
     common = ["csv parser", "http post"]
     vectors = main_embedder.embed(common)
     proxy.update({cache_key(main_embedder.model_id, t): v.tobytes() for t, v in zip(common, vectors, strict=True)})
     requests = mp_manager.Queue()
     responses = [mp_manager.Queue(), mp_manager.Queue()]
     server = threading.Thread(
-        target=designs.serve_hybrid_misses, args=(requests, responses, proxy, main_embedder), daemon=True
+        target=dict_sources.serve_hybrid_misses, args=(requests, responses, proxy, main_embedder), daemon=True
     )
     server.start()
     try:
         workers = [
             EmbeddingManager(
-                source=designs.HybridSource(
+                source=dict_sources.HybridSource(
                     proxy, requests, responses[i], i, reference.index_path, main_embedder.model_id, main_embedder.dim
                 )
             )
@@ -112,6 +115,28 @@ def test_model_id_of_matches_the_embedder_without_building_an_api_client(spec):
     from embedshare.embedders import create_embedder, model_id_of
 
     assert model_id_of(spec) == create_embedder(spec).model_id
+
+
+@pytest.mark.parametrize("name", designs.DESIGNS)
+def test_a_design_stops_every_process_it_started(name, tmp_path):
+    """What a case measures is what it must end: workers, Manager server, service, forkserver."""
+    design = designs.design_class(name)("hash:16", "bundled", 2, tmp_path, ["csv parser", "http post"])
+    try:
+        pool = design.start()
+        started = {role: pids for role, pids in design.processes_to_measure().items() if role != "main"}
+        assert len(started["worker"]) == design.processes
+        reports = pool.collect(probes.worker_report)  # every worker has its manager installed
+        assert sorted(r["pid"] for r in reports) == sorted(started["worker"])
+        assert {r["dim"] for r in reports} == {16}
+    finally:
+        design.stop()
+    pids = [pid for group in started.values() for pid in group]
+    wait_for(lambda: not [pid for pid in pids if alive(pid)], 30, f"{name}'s processes {started} to end")
+
+
+def test_an_unknown_design_is_named_in_the_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown design 'option-b'"):
+        designs.design_class("option-b")
 
 
 def test_option_c_shape_runs_every_worker_as_a_thread():

@@ -408,7 +408,7 @@ def test_a_second_service_embeds_through_the_first_s_endpoint(url, make_service,
 
 @requires("openai")
 def test_a_failing_model_is_a_502_in_openai_s_shape_and_the_endpoint_goes_on(make_service, monkeypatch):
-    from embedshare.bench.fake_openai import FakeOpenAIServer
+    from helpers.fake_openai import FakeOpenAIServer
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with FakeOpenAIServer(dim=16) as upstream:

@@ -1,4 +1,4 @@
-"""OpenAIEmbedder against a real local HTTP server (embedshare.bench.fake_openai); nothing is mocked."""
+"""OpenAIEmbedder against a real local HTTP server (helpers.fake_openai); nothing is mocked."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 from helpers.extras import requires
+from helpers.fake_openai import FakeOpenAIServer
 
-from embedshare.bench.fake_openai import FakeOpenAIServer
 from embedshare.embedders import EmbedderError, InvalidTextError, create_embedder
 from embedshare.embedders.openai import OpenAIEmbedder
 

@@ -17,12 +17,12 @@ import msgpack
 import numpy as np
 import pytest
 from helpers.extras import requires
+from helpers.fake_openai import FakeOpenAIServer
 from helpers.figures import record
 from helpers.frames import connect_raw, exchange, frame, read_reply, request_frame
 from helpers.services import running_service
 
 from embedshare.access import SharedEmbeddingManager
-from embedshare.bench.fake_openai import FakeOpenAIServer
 from embedshare.client import protocol
 from embedshare.embedders import MAX_TEXT_CHARS, InvalidTextError, create_embedder
 from embedshare.manager import EmbeddingManager

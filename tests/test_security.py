@@ -29,12 +29,12 @@ import msgpack
 import psutil
 import pytest
 from helpers.extras import requires
+from helpers.fake_openai import FakeOpenAIServer
 from helpers.figures import record
 from helpers.frames import closed_by_peer, connect_raw, exchange, frame, handshake_by_hand, read_reply, request_frame
 from helpers.users import NEEDS_ROOT, NOBODY, as_other_user
 
 from embedshare.access import SharedEmbeddingManager
-from embedshare.bench.fake_openai import FakeOpenAIServer
 from embedshare.client.protocol import RemoteError
 from embedshare.client.state import read_state
 from embedshare.embedders import create_embedder

@@ -23,7 +23,6 @@ their ``__main__``.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -32,19 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # a case imports what its design needs, in its own process
     from ..client.protocol import StatsReply
+    from ..pool.workers import WorkerPool
+    from ..service.launcher import EmbeddingService
+    from ..util.memory import ProcessMemory
+    from .designs import Design
 
-# Workers that run a model of their own get one BLAS/torch thread: the per-process designs'
-# best case on a machine with fewer cores than workers (as in pool/demo.py).
-OWN_MODEL_ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-LEAN_ENV = {"HF_HUB_OFFLINE": "1"}
 API_KEY = "sk-embedshare-bench-dummy"
 QUANTILES = 101  # latency distributions are kept as their 0..100th percentiles
-
-
-def option_c_shape(workers: int) -> tuple[int, int]:
-    """Option C runs ``workers`` threads in all: ceil(sqrt(W)) processes of ceil(W/P) threads."""
-    processes = max(1, math.ceil(math.sqrt(workers)))
-    return processes, math.ceil(workers / processes)
 
 
 def _quantiles(samples: list[float]) -> list[float] | None:
@@ -74,258 +67,231 @@ def _model_seconds(stats: StatsReply) -> float:
 
 def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one design on the task set; see the module docstring."""
-    import multiprocessing
-    import threading
-    from functools import partial
+    from .designs import design_class
+    from .workload import common_queries, distinct_texts_needed, make_tasks
 
-    import psutil
+    registry, workers = spec["registry"], int(spec["workers"])
+    workdir = _fresh_workdir(Path(spec["workdir"]))
+    tasks = make_tasks(int(spec["tasks"]), registry)
+    common = common_queries(registry)
+    design = design_class(spec["design"])(spec["model"], registry, workers, workdir, common)
+    t0 = time.perf_counter()
+    try:
+        pool = design.start()
+        startup = time.perf_counter() - t0
+        results, task_figures = _task_phase(design, pool, tasks, t0)
+        roles = design.processes_to_measure()
+        memory, bare_pss = _measure_memory(roles, pool)
+        counters = _counters(design, pool, spec)
+        hits = _hit_phase(pool, common[:50], spec["hit_calls"])
+        senders = design.threads * spec["miss_threads"]  # each worker sends from this many threads
+        misses = _miss_phase(design, pool, spec, senders)
+        growth = _growth_phase(pool, roles, spec, senders, design.name)
+    finally:
+        design.stop()
 
-    from ..manager import EmbeddingManager
-    from ..pool.blas import blas_thread_env
-    from ..pool.shared import SharedPool
-    from ..pool.worker import timed_call
-    from ..pool.workers import WorkerPool
-    from ..util.memory import MB, BareInterpreter, measure
-    from . import designs
-    from .workload import common_queries, distinct_texts_needed, make_tasks, run_task
+    Path(spec["results_path"]).write_text(json.dumps(results))
+    return {
+        "kind": "design",
+        "design": design.name,
+        "model": spec["model"],
+        "model_label": spec["model_label"],
+        "workers": workers,
+        "processes": design.processes,
+        "threads_per_process": design.threads,
+        "tasks": len(tasks),
+        "tasks_label": spec.get("tasks_label"),
+        "startup_s": startup,
+        **task_figures,
+        **counters["attach"],
+        **_memory_figures(memory, bare_pss, growth, counters["dim"]),
+        **hits,
+        **_search_figures(counters["reports"]),
+        **counters["model"],
+        "distinct_texts_needed": distinct_texts_needed(tasks, registry, design.preload),
+        "mean_batch": counters["mean_batch"],
+        "api": {"tasks": counters["api"], "after_miss_phase": misses["api"]} if counters["api"] else None,
+        "miss_texts": misses["miss_texts"],
+        "miss_texts_per_s": misses["miss_texts_per_s"],
+        "miss_senders": senders * design.processes,
+        "miss_service": misses["miss_service"],
+    }
 
-    design, model, workers = spec["design"], spec["model"], int(spec["workers"])
-    registry = spec["registry"]
-    workdir = Path(spec["workdir"])
-    if workdir.exists():  # every case starts from nothing: no cache, no index
+
+def _fresh_workdir(workdir: Path) -> Path:
+    """Every case starts from nothing: no cache, no index."""
+    if workdir.exists():
         import shutil
 
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    tasks = make_tasks(int(spec["tasks"]), registry)
-    common = common_queries(registry)
-    preload = common if design in ("hybrid", "embedshare") else []
+    return workdir
 
-    roles: dict[str, list[int]] = {"main": [os.getpid()]}
-    main_embedder = None
-    service = None
-    manager_server = None
-    shared_pool = None
-    hybrid_thread = None
-    processes, threads = workers, 1
-    items: list[Any]
-    fn: Any = timed_call
 
-    t0 = time.perf_counter()
-    try:
-        if design == "embedshare":
-            shared_pool = SharedPool(
-                workers,
-                workdir / "store",
-                model=model,
-                registry=registry,
-                preload=preload,
-                progress=False,
-                preload_modules=[run_task.__module__, designs.__name__],  # what the workers run
-            )
-            shared_pool.__enter__()
-            pool = shared_pool.worker_pool
-            service = shared_pool.service
-            roles["service"] = [service.pid] if service.pid is not None else []
-            roles["forkserver"] = [pool.forkserver_pid] if pool.forkserver_pid is not None else []
-        elif design in ("per-process", "option-c"):
-            if design == "option-c":
-                processes, threads = option_c_shape(workers)
-            pool = WorkerPool(
-                processes,
-                initializer=designs.init_own_manager,
-                initargs=(str(workdir / "stores"), model, registry),
-                start_method="spawn",
-                env=OWN_MODEL_ENV,
-            )
-        elif design in ("option-a", "hybrid"):
-            # The main process holds the real manager (the note's Option A and hybrid both do):
-            # it builds the index once, which the workers then open.
-            main_embedder = designs.counting_embedder(model)
-            main_embedder.load()
-            main_manager = EmbeddingManager(workdir / "main", model=main_embedder, registry=registry)
-            index_path = main_manager.index_path
-            manager_server = multiprocessing.get_context("spawn").Manager()
-            # SyncManager keeps its server process private
-            roles["manager-server"] = [manager_server._process.pid]  # type: ignore[attr-defined]
-            proxy = manager_server.dict()
-            if design == "option-a":
-                pool = WorkerPool(
-                    workers,
-                    initializer=designs.init_option_a,
-                    initargs=(proxy, index_path, model),
-                    start_method="spawn",
-                    env=OWN_MODEL_ENV,
-                )
-            else:
-                from ..store.cache import cache_key
+def _task_phase(
+    design: Design, pool: WorkerPool, tasks: list[dict[str, Any]], t0: float
+) -> tuple[list[Any], dict[str, Any]]:
+    """Run the task set on the workers: the results, and the figures of the run."""
+    fn, items = design.task_items(tasks)
+    first: list[float] = []
 
-                vectors = main_manager.get_embeddings(preload)  # pre-fill with the common texts
-                proxy.update(
-                    {cache_key(main_manager.model_id, t): v.tobytes() for t, v in zip(preload, vectors, strict=True)}
-                )
-                requests = manager_server.Queue()
-                responses = [manager_server.Queue() for _ in range(workers + 4)]
-                slots = manager_server.Queue()
-                for slot in range(workers + 4):  # a few spare, for a replaced worker
-                    slots.put(slot)
-                hybrid_thread = threading.Thread(
-                    target=designs.serve_hybrid_misses,
-                    args=(requests, responses, proxy, main_embedder),
-                    daemon=True,
-                    name="hybrid-main",
-                )
-                hybrid_thread.start()
-                pool = WorkerPool(
-                    workers,
-                    initializer=designs.init_hybrid,
-                    initargs=(proxy, requests, responses, slots, index_path, main_manager.model_id, main_manager.dim),
-                    start_method="spawn",
-                    env={**LEAN_ENV, **blas_thread_env(workers)},
-                )
-        else:
-            raise ValueError(f"unknown design {design!r}")
-        startup = time.perf_counter() - t0
+    def on_result(_index: int, _outcome: Any) -> None:
+        if not first:
+            first.append(time.perf_counter())
 
-        if design == "option-c":
-            per_chunk = max(1, math.ceil(len(tasks) / (processes * 4)))
-            items = [(tasks[i : i + per_chunk], threads) for i in range(0, len(tasks), per_chunk)]
-            fn = designs.run_chunk
-        else:
-            items = [(run_task, t) for t in tasks]
-
-        first: list[float] = []
-
-        def on_result(_index: int, _outcome: Any) -> None:
-            if not first:
-                first.append(time.perf_counter())
-
-        began = time.perf_counter()
-        outcomes = pool.map(fn, items, on_result=on_result)
-        wall = time.perf_counter() - began
-        failed = [o for o in outcomes if not o.ok]
-        if failed:
-            raise RuntimeError(
-                f"{len(failed)} of {len(outcomes)} task items failed; first: {failed[0].error}\n{failed[0].traceback}"
-            )
-        timed = [t for o in outcomes for t in (o.value if design == "option-c" else [o.value])]
-        results = [t.value for t in timed]
-        task_seconds = [t.seconds for t in timed]
-
-        # -- memory and counters, right after the task set --------------------------------
-        roles["worker"] = pool.worker_pids()
-        with BareInterpreter(env=pool.env) as bare:
-            memory = measure(roles)
-            bare_pss = bare.pss() or 0
-        reports = pool.collect(designs.worker_report)
-        api_usage = spec["_api"].usage() if spec.get("_api") else None
-        counted = [r["embedder"] for r in reports if r["embedder"]]
-        if main_embedder is not None:
-            counted.append(main_embedder.counts())
-        if design == "embedshare":
-            from ..store import EmbeddingCache
-
-            assert service is not None  # the embedshare design has one
-            stats = service.stats()
-            model_calls, texts_embedded = int(stats["model_calls"]), int(stats["texts_embedded"])
-            assert stats["dim"] is not None  # the service is ready
-            cache = EmbeddingCache(service.layout.cache, stats["model_id"], stats["dim"], readonly=True)
-            distinct_embedded = cache.count()  # every text the service embedded, once each
-            cache.close()
-            mean_batch = stats["batch_size"]["mean"]
-        else:
-            model_calls = sum(c["calls"] for c in counted)
-            texts_embedded = sum(c["texts"] for c in counted)
-            distinct_embedded = len({tag for c in counted for tag in c["tags"]})
-            mean_batch = texts_embedded / model_calls if model_calls else None
-
-        # -- cache hits, then misses ------------------------------------------------------
-        hits = pool.collect(partial(designs.hit_latencies, common[:50], spec["hit_calls"]))
-        hit_ns = [x for r in hits for x in r["get_embedding"]]
-        hit_parts = {
-            part: _p([x / 1000 for r in hits for x in r.get(part, [])], 50) for part in ("get_one", "lmdb_floor")
-        }
-        before = service.stats() if service is not None else None
-        # CPU seconds of the service and of the whole machine: with a model that costs nothing
-        # (hash), what bounds the misses is whether the service's loop or the cores are busy.
-        service_cpu = psutil.Process(service.pid).cpu_times() if service is not None else None
-        machine_cpu = psutil.cpu_times()
-        miss_started = time.time()
-        senders = threads * spec["miss_threads"]  # per process: each worker sends from this many threads
-        misses = pool.collect(partial(designs.miss_phase, spec["miss_seconds"], senders, f"{design}-{workers}"))
-        miss_texts = sum(m["texts"] for m in misses)
-        miss_wall = max(m["ended"] for m in misses) - miss_started
-        miss_throughput = miss_texts / miss_wall
-        miss_service = None
-        if service is not None and before is not None and service_cpu is not None:  # where its time went
-            after_stats = service.stats()
-            model_s = _model_seconds(after_stats) - _model_seconds(before)
-            texts_done = after_stats["texts_embedded"] - before["texts_embedded"]
-            service_cpu_after, machine_cpu_after = psutil.Process(service.pid).cpu_times(), psutil.cpu_times()
-            idle = (machine_cpu_after.idle - machine_cpu.idle) / (miss_wall * (os.cpu_count() or 1))
-            miss_service = {
-                "model_busy_share": model_s / miss_wall,
-                "service_cpu_share": (
-                    service_cpu_after.user + service_cpu_after.system - service_cpu.user - service_cpu.system
-                )
-                / miss_wall,
-                "machine_idle_share": idle,
-                "model_texts_per_s_while_busy": texts_done / model_s if model_s else None,
-                "batches": after_stats["model_calls"] - before["model_calls"],
-                "mean_batch": texts_done / max(1, after_stats["model_calls"] - before["model_calls"]),
-            }
-        api_after = spec["_api"].usage() if spec.get("_api") else None
-        dim = reports[0]["dim"]
-        # Does anything per process grow with the data? Measure every process, send more new
-        # texts the same way, and measure again: what the first round paid once (threads,
-        # allocator arenas, latency windows) is not counted; what grows with the data is.
-        memory_before_more = measure(roles)
-        more = pool.collect(partial(designs.miss_phase, spec["miss_seconds"] / 2, senders, f"more-{design}"))
-        more_texts = sum(m["texts"] for m in more)
-        memory_after = measure(roles)
-    finally:
-        if shared_pool is not None:
-            shared_pool.__exit__(None, None, None)
-        else:
-            if "pool" in locals():
-                pool.close()
-            if hybrid_thread is not None:
-                requests.put(None)
-                hybrid_thread.join(timeout=30)
-            if manager_server is not None:
-                manager_server.shutdown()
-
-    Path(spec["results_path"]).write_text(json.dumps(results))
-    pss = {m.role: 0 for m in memory}
-    for m in memory:
-        pss[m.role] += m.pss or 0
-    worker_pss = [m.pss for m in memory if m.role == "worker" and m.pss]
-    total = sum(pss.values())
-    after = {m.role: 0 for m in memory_after}
-    for m in memory_after:
-        after[m.role] += m.pss or 0
-    worker_after = [m.pss for m in memory_after if m.role == "worker" and m.pss]
-    worker_before_more = [m.pss for m in memory_before_more if m.role == "worker" and m.pss]
-    search = [x for r in reports for x in r["search_samples"]]
-    attach_s = [r["attach_seconds"] for r in reports if r["attach_seconds"] is not None]
-    hit_us = [x / 1000 for x in hit_ns]
-    return {
-        "kind": "design",
-        "design": design,
-        "model": model,
-        "model_label": spec["model_label"],
-        "workers": workers,
-        "processes": processes,
-        "threads_per_process": threads,
-        "tasks": len(tasks),
-        "tasks_label": spec.get("tasks_label"),
-        "startup_s": startup,
+    began = time.perf_counter()
+    outcomes = pool.map(fn, items, on_result=on_result)
+    wall = time.perf_counter() - began
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        raise RuntimeError(
+            f"{len(failed)} of {len(outcomes)} task items failed; first: {failed[0].error}\n{failed[0].traceback}"
+        )
+    timed = design.timed(outcomes)
+    seconds = [t.seconds for t in timed]
+    return [t.value for t in timed], {
         "first_result_s": first[0] - t0 if first else None,
         "wall_s": wall,
-        "task_p50_ms": _ms(task_seconds, 50),
-        "task_p99_ms": _ms(task_seconds, 99),
-        "attach_p50_ms": _ms(attach_s, 50),
-        "attach_p99_ms": _ms(attach_s, 99),
+        "task_p50_ms": _ms(seconds, 50),
+        "task_p99_ms": _ms(seconds, 99),
+    }
+
+
+def _measure_memory(roles: dict[str, list[int]], pool: WorkerPool) -> tuple[list[ProcessMemory], int]:
+    """PSS of every process of the design, and of a bare interpreter started as the workers are."""
+    from ..util.memory import BareInterpreter, measure
+
+    with BareInterpreter(env=pool.env) as bare:
+        memory = measure(roles)
+        return memory, bare.pss() or 0
+
+
+def _counters(design: Design, pool: WorkerPool, spec: dict[str, Any]) -> dict[str, Any]:
+    """The workers' reports, what the model computed and what the simulated API served."""
+    from . import probes
+
+    reports = pool.collect(probes.worker_report)
+    model = design.model_counts(reports)
+    attach_s = [r["attach_seconds"] for r in reports if r["attach_seconds"] is not None]
+    return {
+        "reports": reports,
+        "dim": reports[0]["dim"],
+        "api": spec["_api"].usage() if spec.get("_api") else None,
+        "mean_batch": model.pop("mean_batch"),
+        "attach": {"attach_p50_ms": _ms(attach_s, 50), "attach_p99_ms": _ms(attach_s, 99)},
+        "model": {
+            "cache_hits": sum(r["hits"] for r in reports),
+            "cache_misses": sum(r["misses"] for r in reports),
+            **model,
+        },
+    }
+
+
+def _hit_phase(pool: WorkerPool, texts: list[str], calls: int) -> dict[str, Any]:
+    """``get_embedding`` of cached texts, timed call by call in every worker."""
+    from functools import partial
+
+    from . import probes
+
+    hits = pool.collect(partial(probes.hit_latencies, texts, calls))
+    hit_us = [x / 1000 for r in hits for x in r["get_embedding"]]
+    parts = {part: _p([x / 1000 for r in hits for x in r.get(part, [])], 50) for part in ("get_one", "lmdb_floor")}
+    return {
+        "hit_p50_us": _p(hit_us, 50),
+        "hit_p99_us": _p(hit_us, 99),
+        "hit_quantiles_us": _quantiles(hit_us),
+        "hit_get_one_p50_us": parts["get_one"],
+        "hit_lmdb_floor_p50_us": parts["lmdb_floor"],
+    }
+
+
+def _search_figures(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    search = [x for r in reports for x in r["search_samples"]]
+    return {
+        "search_p50_ms": _ms(search, 50),
+        "search_p99_ms": _ms(search, 99),
+        "search_quantiles_ms": _quantiles([x * 1e3 for x in search]),
+    }
+
+
+def _miss_phase(design: Design, pool: WorkerPool, spec: dict[str, Any], senders: int) -> dict[str, Any]:
+    """Every worker sends distinct new texts for a while: how many were answered, and (for
+    embedshare) where the service's time went."""
+    from functools import partial
+
+    import psutil
+
+    from . import probes
+
+    service = design.service
+    before = service.stats() if service is not None else None
+    # CPU seconds of the service and of the whole machine: with a model that costs nothing
+    # (hash), what bounds the misses is whether the service's loop or the cores are busy.
+    service_cpu = psutil.Process(service.pid).cpu_times() if service is not None else None
+    machine_cpu = psutil.cpu_times()
+    started = time.time()
+    misses = pool.collect(partial(probes.miss_phase, spec["miss_seconds"], senders, f"{design.name}-{design.workers}"))
+    texts = sum(m["texts"] for m in misses)
+    wall = max(m["ended"] for m in misses) - started
+    busy = None
+    if service is not None and before is not None and service_cpu is not None:
+        busy = _service_busy(service, before, service_cpu, machine_cpu, wall)
+    return {
+        "api": spec["_api"].usage() if spec.get("_api") else None,
+        "miss_texts": texts,
+        "miss_texts_per_s": texts / wall,
+        "miss_service": busy,
+    }
+
+
+def _service_busy(
+    service: EmbeddingService, before: StatsReply, service_cpu: Any, machine_cpu: Any, wall: float
+) -> dict[str, Any]:
+    """Where the service's time went during the miss phase."""
+    import psutil
+
+    after = service.stats()
+    model_s = _model_seconds(after) - _model_seconds(before)
+    texts_done = after["texts_embedded"] - before["texts_embedded"]
+    service_after, machine_after = psutil.Process(service.pid).cpu_times(), psutil.cpu_times()
+    idle = (machine_after.idle - machine_cpu.idle) / (wall * (os.cpu_count() or 1))
+    used = service_after.user + service_after.system - service_cpu.user - service_cpu.system
+    return {
+        "model_busy_share": model_s / wall,
+        "service_cpu_share": used / wall,
+        "machine_idle_share": idle,
+        "model_texts_per_s_while_busy": texts_done / model_s if model_s else None,
+        "batches": after["model_calls"] - before["model_calls"],
+        "mean_batch": texts_done / max(1, after["model_calls"] - before["model_calls"]),
+    }
+
+
+def _growth_phase(
+    pool: WorkerPool, roles: dict[str, list[int]], spec: dict[str, Any], senders: int, name: str
+) -> dict[str, Any]:
+    """Does anything per process grow with the data? Measure every process, send more new
+    texts the same way, and measure again: what the first round paid once (threads, allocator
+    arenas, latency windows) is not counted; what grows with the data is."""
+    from functools import partial
+
+    from ..util.memory import measure
+    from . import probes
+
+    before = measure(roles)
+    more = pool.collect(partial(probes.miss_phase, spec["miss_seconds"] / 2, senders, f"more-{name}"))
+    return {"before": before, "texts": sum(m["texts"] for m in more), "after": measure(roles)}
+
+
+def _memory_figures(memory: list[ProcessMemory], bare_pss: int, growth: dict[str, Any], dim: int) -> dict[str, Any]:
+    """PSS by role after the task set and after the misses, and a worker's growth with the data."""
+    from ..util.memory import MB
+
+    pss, after = _pss_by_role(memory), _pss_by_role(growth["after"])
+    worker_pss = _worker_pss(memory)
+    worker_before, worker_after = _worker_pss(growth["before"]), _worker_pss(growth["after"])
+    total = sum(pss.values())
+    more_texts = growth["texts"]
+    return {
         "pss_mb": {role: v / MB for role, v in pss.items()},
         "pss_total_mb": total / MB,
         "bare_mb": bare_pss / MB,
@@ -337,39 +303,32 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         "vector_kb": dim * 4 / 1024,
         "growth_texts": more_texts,
         "worker_growth_per_1k_texts_kb": (
-            (sum(worker_after) / len(worker_after) - sum(worker_before_more) / len(worker_before_more))
+            (sum(worker_after) / len(worker_after) - sum(worker_before) / len(worker_before))
             / 1024
             / max(more_texts, 1)
             * 1000
-            if worker_before_more and worker_after
+            if worker_before and worker_after
             else None
         ),
-        "hit_p50_us": _p(hit_us, 50),
-        "hit_p99_us": _p(hit_us, 99),
-        "hit_quantiles_us": _quantiles(hit_us),
-        "hit_get_one_p50_us": hit_parts["get_one"],
-        "hit_lmdb_floor_p50_us": hit_parts["lmdb_floor"],
-        "search_p50_ms": _ms(search, 50),
-        "search_p99_ms": _ms(search, 99),
-        "search_quantiles_ms": _quantiles([x * 1e3 for x in search]),
-        "cache_hits": sum(r["hits"] for r in reports),
-        "cache_misses": sum(r["misses"] for r in reports),
-        "model_calls": model_calls,
-        "texts_embedded": texts_embedded,
-        "distinct_texts_embedded": distinct_embedded,
-        "distinct_texts_needed": distinct_texts_needed(tasks, registry, preload),
-        "mean_batch": mean_batch,
-        "api": {"tasks": api_usage, "after_miss_phase": api_after} if api_usage else None,
-        "miss_texts": miss_texts,
-        "miss_texts_per_s": miss_throughput,
-        "miss_senders": senders * processes,
-        "miss_service": miss_service,
     }
+
+
+def _pss_by_role(memory: list[ProcessMemory]) -> dict[str, int]:
+    pss = {m.role: 0 for m in memory}
+    for m in memory:
+        pss[m.role] += m.pss or 0
+    return pss
+
+
+def _worker_pss(memory: list[ProcessMemory]) -> list[int]:
+    return [m.pss for m in memory if m.role == "worker" and m.pss]
 
 
 def main(argv: list[str]) -> int:
     spec_path, out_path = argv
     spec = json.loads(Path(spec_path).read_text())
+    from .designs import LEAN_ENV
+
     os.environ.update(LEAN_ENV)
     server = None
     try:

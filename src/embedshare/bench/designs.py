@@ -1,4 +1,4 @@
-"""The designs the benchmark compares, as they run inside a worker process.
+"""The designs the benchmark compares: one class each, on a common base.
 
 Every design gives the worker an ``EmbeddingManager`` (the one API: get_embedding, search,
 find_similar_tools, ...), installed as the process's ``get_embedding_manager()``, so the same
@@ -20,351 +20,336 @@ task code (``bench.workload.run_task``) runs on all of them; what differs is the
 Designs 3 and 4 open the tool index the main process built (a memory-mapped folder), which
 costs them nothing per worker; designs 1 and 2 build their own, as the seed's managers do.
 
-Every embedder a baseline builds is wrapped in :class:`CountingEmbedder`, which counts the
-calls and texts and remembers a short hash of every text, so that the benchmark can tell how
-many *distinct* texts the model computed over the whole run.
+What a case asks of a design (:class:`Design`): ``start`` it (its processes and workers),
+``worker_manager`` (the initializer that installs a worker's manager), the
+``processes_to_measure`` by role, what its model computed (``model_counts``), and ``stop``.
+Everything else a case does (the task set, hits, misses, memory) is the same for all.
 
-Light on imports on purpose: this module is loaded in every worker.
+Workers load this module to run ``worker_manager``: its top-level imports are what every
+worker loads before its attach clock starts (the manager, the Manager-dict sources, the
+counters, the probes it runs after the tasks), as they did when all of it was this one
+module, so that a worker's memory counts the same code as in ``bench/results``; nothing of
+the main process's side (pools, the service, Manager servers) is imported at the top.
 """
 
 from __future__ import annotations
 
+import math
 import os
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-
-from ..embedders.base import EmbedderDefaults
 from ..manager import EmbeddingManager
 from ..pool import attach
-from ..registry import Registry
-from ..sources.base import EmbedFn, Progress, VectorSource
-from ..store import StoreLayout
-from ..store.cache import cache_key
-from ..store.index import ToolIndex
-from ..util.digests import blake2b
+from .counting import CountingEmbedder, count_this_worker, counting_embedder
+from .dict_sources import HybridSource, OptionASource, serve_hybrid_misses
+from .probes import run_chunk  # loaded with the design: every worker runs the probes after its tasks
 
-if TYPE_CHECKING:  # pool.workers is imported where it runs: this module loads in every worker
+if TYPE_CHECKING:  # what the main process of a case runs; workers never import these
+    from ..pool.outcomes import TaskOutcome
+    from ..pool.shared import SharedPool
     from ..pool.worker import Timed
-
-DESIGNS = ("per-process", "option-c", "option-a", "hybrid", "embedshare")
-
-
-def text_tag(text: str) -> bytes:
-    """An 8-byte hash of a text, to count distinct texts across processes."""
-    return blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    from ..pool.workers import WorkerPool
+    from ..service.launcher import EmbeddingService
 
 
-class CountingEmbedder(EmbedderDefaults):
-    """Wraps an embedder: counts model (or API) calls, texts, and which texts."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.model_id = inner.model_id
-        self.dim = int(inner.dim)
-        self.calls = 0
-        self.texts = 0
-        self.tags: set[bytes] = set()
-        self._lock = threading.Lock()
-
-    def load(self) -> None:
-        load = getattr(self.inner, "load", None)
-        if load:
-            load()
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        vectors = self.inner.embed(texts)
-        with self._lock:
-            self.calls += 1
-            self.texts += len(texts)
-            self.tags.update(text_tag(t) for t in texts)
-        return vectors
-
-    def counts(self) -> dict[str, Any]:
-        with self._lock:
-            return {"calls": self.calls, "texts": self.texts, "tags": sorted(self.tags)}
+# Workers that run a model of their own get one BLAS/torch thread: the per-process designs'
+# best case on a machine with fewer cores than workers (as in pool/demo.py).
+OWN_MODEL_ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+LEAN_ENV = {"HF_HUB_OFFLINE": "1"}
 
 
-_counting: CountingEmbedder | None = None  # this worker's embedder, when it has one
+def option_c_shape(workers: int) -> tuple[int, int]:
+    """Option C runs ``workers`` threads in all: ceil(sqrt(W)) processes of ceil(W/P) threads."""
+    processes = max(1, math.ceil(math.sqrt(workers)))
+    return processes, math.ceil(workers / processes)
 
 
-def counting_embedder(spec: str) -> CountingEmbedder:
-    from ..embedders import create_embedder
-
-    return CountingEmbedder(create_embedder(spec))
-
-
-# -- 1 and 2: a manager of its own in each process -------------------------------------------
-
-
-def init_own_manager(store_root: str, spec: str, registry: str) -> None:
-    """Initializer of designs 1 and 2: this process builds its own manager, model loaded."""
-    global _counting
+def _install_timed(build: Callable[[], EmbeddingManager]) -> None:
+    """Install the manager ``build`` makes as this worker's ``get_embedding_manager()``; the
+    time that took is the worker's attach time (``pool.attach`` records embedshare's)."""
     from ..access import set_embedding_manager
 
     started = time.perf_counter()
-    _counting = counting_embedder(spec)
-    manager = EmbeddingManager(Path(store_root) / str(os.getpid()), model=_counting, registry=registry)
-    _counting.load()  # the seed's manager is ready once built
-    set_embedding_manager(manager)
+    set_embedding_manager(build())
     attach._attach_seconds = time.perf_counter() - started
 
 
-# -- 3 and 4: a multiprocessing.Manager dict as the shared cache -----------------------------
+class Design:
+    """One design as a benchmark case runs it, in the case's main process.
 
-
-class DictCache:
-    """The part of ``EmbeddingCache`` a manager uses, on a ``Manager().dict()`` proxy.
-
-    Values are the raw float32 bytes of a vector (cheaper through a proxy than an ndarray).
-    Every lookup is one round trip to the Manager's server process.
+    ``start`` builds what the design needs and its workers (returning their pool); ``stop``
+    ends all of it, whatever ``start`` got through. ``roles`` names the design's own
+    processes (the case measures them with the workers).
     """
 
-    def __init__(self, proxy: Any, model_id: str, dim: int) -> None:
-        self.proxy = proxy
-        self.model_id = model_id
-        self.dim = dim
+    name: ClassVar[str]
+    preloads_common: ClassVar[bool] = False  # the common texts are cached before the tasks
 
-    def key(self, text: str) -> bytes:
-        return cache_key(self.model_id, text)
+    def __init__(self, model: str, registry: str, workers: int, workdir: Path, common: list[str]) -> None:
+        self.model, self.registry, self.workers, self.workdir = model, registry, workers, workdir
+        self.preload = common if self.preloads_common else []
+        self.processes, self.threads = workers, 1  # worker processes, threads in each
+        self.roles: dict[str, list[int]] = {"main": [os.getpid()]}
+        self.main_embedder: CountingEmbedder | None = None  # a model in the main process, if any
+        self.service: EmbeddingService | None = None  # embedshare's service, if any
+        self._pool: WorkerPool | None = None
 
-    def get_one(self, key: bytes) -> np.ndarray | None:
-        value = self.proxy.get(key)
-        return None if value is None else np.frombuffer(value, dtype=np.float32).copy()
+    @staticmethod
+    def worker_manager(*args: Any) -> None:
+        """The workers' initializer: install this process's ``get_embedding_manager()``."""
+        raise NotImplementedError
 
-    def get_many_into(self, keys: list[bytes], out: np.ndarray) -> np.ndarray:
-        found = np.zeros(len(keys), dtype=bool)
-        for i, key in enumerate(keys):
-            value = self.proxy.get(key)
-            if value is not None:
-                out[i] = np.frombuffer(value, dtype=np.float32)
-                found[i] = True
-        return found
+    def start(self) -> WorkerPool:
+        self._pool = self._start()
+        return self._pool
 
-    def get_many(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        return out, self.get_many_into([self.key(t) for t in texts], out)
+    def _start(self) -> WorkerPool:
+        raise NotImplementedError
 
-    def put_many_keys(self, keys: list[bytes], vectors: np.ndarray) -> None:
-        self.proxy.update(
-            {k: np.ascontiguousarray(v, dtype=np.float32).tobytes() for k, v in zip(keys, vectors, strict=True)}
+    def _worker_pool(self, initargs: tuple[Any, ...], env: dict[str, str]) -> WorkerPool:
+        from ..pool.workers import WorkerPool
+
+        return WorkerPool(
+            self.processes, initializer=type(self).worker_manager, initargs=initargs, start_method="spawn", env=env
         )
 
-    def count(self) -> int:
-        return len(self.proxy)
+    def stop(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+        self._stop_main()
 
-    def close(self) -> None:
-        pass
+    def _stop_main(self) -> None:
+        """End what the main process runs besides the workers (after the workers)."""
 
+    def processes_to_measure(self) -> dict[str, list[int]]:
+        assert self._pool is not None, "the design was not started"
+        return {**self.roles, "worker": self._pool.worker_pids()}
 
-class DictSource(VectorSource):
-    """Designs 3 and 4: hits from a Manager dict (``DictCache``), the main process's index."""
+    def task_items(self, tasks: list[dict[str, Any]]) -> tuple[Callable[..., Any], list[Any]]:
+        """What the workers' pool maps to run the task set: one task an item."""
+        from ..pool.worker import timed_call
+        from .workload import run_task
 
-    def __init__(self, mode: str, proxy: Any, index_path: str, model_id: str, dim: int) -> None:
-        self.mode = mode
-        self.model_id = model_id
-        self.dim = dim
-        # what the hit path calls of an EmbeddingCache, over a Manager dict
-        self.cache = DictCache(proxy, model_id, dim)
-        self.index = ToolIndex(index_path)
-        self.layout = StoreLayout(Path(index_path).parent.parent)  # <store>/indexes/<index>
+        return timed_call, [(run_task, t) for t in tasks]
 
-    def served_index(self, embed: EmbedFn) -> ToolIndex | None:
-        return self.index
+    def timed(self, outcomes: list[TaskOutcome]) -> list[Timed]:
+        """Each task's result and seconds, from the outcomes of ``task_items``."""
+        return [o.value for o in outcomes]
 
-    def index_for(self, registry: Registry, name: str, embed: EmbedFn, progress: Progress | None = None) -> ToolIndex:
-        raise ValueError(f"the {self.mode} design searches the index the main process built, no other")
-
-    def no_index_advice(self) -> str:
-        return "the main process builds the index"
-
-
-class OptionASource(DictSource):
-    """Option A: the cache is a Manager dict; a miss is computed here and put in the dict."""
-
-    def __init__(self, proxy: Any, index_path: str, embedder: CountingEmbedder) -> None:
-        super().__init__("option-a", proxy, index_path, embedder.model_id, embedder.dim)
-        self.embedder = embedder
-
-    def compute(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
-        vectors = self.embedder.embed(texts)
-        self.cache.put_many_keys(keys, vectors)
-        return vectors
+    def model_counts(self, reports: list[dict[str, Any]]) -> dict[str, Any]:
+        """Model calls, texts and distinct texts of the task set, from the workers' reports."""
+        counted = [r["embedder"] for r in reports if r["embedder"]]
+        if self.main_embedder is not None:
+            counted.append(self.main_embedder.counts())
+        calls, texts = sum(c["calls"] for c in counted), sum(c["texts"] for c in counted)
+        return {
+            "model_calls": calls,
+            "texts_embedded": texts,
+            "distinct_texts_embedded": len({tag for c in counted for tag in c["tags"]}),
+            "mean_batch": texts / calls if calls else None,
+        }
 
 
-def init_option_a(proxy: Any, index_path: str, spec: str) -> None:
-    global _counting
-    from ..access import set_embedding_manager
+class PerProcess(Design):
+    """1. Each worker builds its own manager: model, cache and index."""
 
-    started = time.perf_counter()
-    _counting = counting_embedder(spec)
-    _counting.load()
-    set_embedding_manager(EmbeddingManager(source=OptionASource(proxy, index_path, _counting)))
-    attach._attach_seconds = time.perf_counter() - started
+    name = "per-process"
+
+    @staticmethod
+    def worker_manager(store_root: str, spec: str, registry: str) -> None:
+        def build() -> EmbeddingManager:
+            embedder = count_this_worker(spec)
+            manager = EmbeddingManager(Path(store_root) / str(os.getpid()), model=embedder, registry=registry)
+            embedder.load()  # the seed's manager is ready once built
+            return manager
+
+        _install_timed(build)
+
+    def _start(self) -> WorkerPool:
+        return self._worker_pool((str(self.workdir / "stores"), self.model, self.registry), OWN_MODEL_ENV)
 
 
-class HybridSource(DictSource):
-    """The hybrid: hits from the pre-filled Manager dict; a miss is asked of the main process."""
+class OptionC(PerProcess):
+    """2. A few processes with a manager each (as in design 1), shared by many threads."""
 
-    def __init__(
-        self, proxy: Any, requests: Any, responses: Any, slot: int, index_path: str, model_id: str, dim: int
+    name = "option-c"
+
+    def __init__(self, model: str, registry: str, workers: int, workdir: Path, common: list[str]) -> None:
+        super().__init__(model, registry, workers, workdir, common)
+        self.processes, self.threads = option_c_shape(workers)
+
+    def task_items(self, tasks: list[dict[str, Any]]) -> tuple[Callable[..., Any], list[Any]]:
+        """Chunks of tasks, each run on a process's threads (four chunks a process)."""
+        per_chunk = max(1, math.ceil(len(tasks) / (self.processes * 4)))
+        return run_chunk, [(tasks[i : i + per_chunk], self.threads) for i in range(0, len(tasks), per_chunk)]
+
+    def timed(self, outcomes: list[TaskOutcome]) -> list[Timed]:
+        return [t for o in outcomes for t in o.value]
+
+
+class _ManagerDictDesign(Design):
+    """3 and 4: the main process holds a real manager (it builds the index once, which the
+    workers then open) and a ``multiprocessing.Manager()`` whose dict is the shared cache."""
+
+    def __init__(self, model: str, registry: str, workers: int, workdir: Path, common: list[str]) -> None:
+        super().__init__(model, registry, workers, workdir, common)
+        self._manager_server: Any = None
+
+    def _start_main(self) -> tuple[EmbeddingManager, Any]:
+        """The main process's manager and the Manager dict's proxy."""
+        import multiprocessing
+
+        self.main_embedder = counting_embedder(self.model)
+        self.main_embedder.load()
+        main_manager = EmbeddingManager(self.workdir / "main", model=self.main_embedder, registry=self.registry)
+        self._manager_server = multiprocessing.get_context("spawn").Manager()
+        # SyncManager keeps its server process private
+        self.roles["manager-server"] = [self._manager_server._process.pid]
+        return main_manager, self._manager_server.dict()
+
+    def _stop_main(self) -> None:
+        if self._manager_server is not None:
+            self._manager_server.shutdown()
+
+
+class OptionA(_ManagerDictDesign):
+    """3. A miss is computed in the worker, by its own model, and put in the dict."""
+
+    name = "option-a"
+
+    @staticmethod
+    def worker_manager(proxy: Any, index_path: str, spec: str) -> None:
+        def build() -> EmbeddingManager:
+            embedder = count_this_worker(spec)
+            embedder.load()
+            return EmbeddingManager(source=OptionASource(proxy, index_path, embedder))
+
+        _install_timed(build)
+
+    def _start(self) -> WorkerPool:
+        main_manager, proxy = self._start_main()
+        return self._worker_pool((proxy, main_manager.index_path, self.model), OWN_MODEL_ENV)
+
+
+class Hybrid(_ManagerDictDesign):
+    """4. The dict is pre-filled with the common texts; a miss is asked of the main process."""
+
+    name = "hybrid"
+    preloads_common = True
+    SPARE_SLOTS = 4  # response queues for replaced workers
+
+    def __init__(self, model: str, registry: str, workers: int, workdir: Path, common: list[str]) -> None:
+        super().__init__(model, registry, workers, workdir, common)
+        self._requests: Any = None
+        self._answering: Any = None  # the main process's thread answering misses
+
+    @staticmethod
+    def worker_manager(
+        proxy: Any, requests: Any, responses: list[Any], slots: Any, index_path: str, model_id: str, dim: int
     ) -> None:
-        super().__init__("hybrid", proxy, index_path, model_id, dim)
-        self._requests, self._responses, self._slot = requests, responses, slot
-        self._ask_lock = threading.Lock()  # one question at a time on this worker's queue
-        self._next_id = 0
+        def build() -> EmbeddingManager:
+            slot = slots.get()  # which response queue is this worker's
+            return EmbeddingManager(
+                source=HybridSource(proxy, requests, responses[slot], slot, index_path, model_id, dim)
+            )
 
-    def compute(self, keys: list[bytes], texts: list[str]) -> np.ndarray:
-        with self._ask_lock:
-            self._next_id += 1
-            asked = self._next_id
-            self._requests.put((self._slot, asked, list(texts)))
-            request_id, values = self._responses.get()
-        if request_id != asked:
-            raise RuntimeError(f"hybrid: answer {request_id} to question {asked}")
-        return np.stack([np.frombuffer(v, dtype=np.float32) for v in values])
+        _install_timed(build)
 
+    def _start(self) -> WorkerPool:
+        import threading
 
-def init_hybrid(
-    proxy: Any, requests: Any, responses: list[Any], slots: Any, index_path: str, model_id: str, dim: int
-) -> None:
-    from ..access import set_embedding_manager
+        from ..pool.blas import blas_thread_env
+        from ..store.cache import cache_key
 
-    started = time.perf_counter()
-    slot = slots.get()  # which response queue is this worker's
-    set_embedding_manager(
-        EmbeddingManager(source=HybridSource(proxy, requests, responses[slot], slot, index_path, model_id, dim))
-    )
-    attach._attach_seconds = time.perf_counter() - started
+        main_manager, proxy = self._start_main()
+        vectors = main_manager.get_embeddings(self.preload)  # pre-fill with the common texts
+        proxy.update(
+            {cache_key(main_manager.model_id, t): v.tobytes() for t, v in zip(self.preload, vectors, strict=True)}
+        )
+        server = self._manager_server
+        self._requests = requests = server.Queue()
+        responses = [server.Queue() for _ in range(self.workers + self.SPARE_SLOTS)]
+        slots = server.Queue()
+        for slot in range(len(responses)):
+            slots.put(slot)
+        self._answering = threading.Thread(
+            target=serve_hybrid_misses,
+            args=(requests, responses, proxy, self.main_embedder),
+            daemon=True,
+            name="hybrid-main",
+        )
+        self._answering.start()
+        initargs = (proxy, requests, responses, slots, main_manager.index_path, main_manager.model_id, main_manager.dim)
+        return self._worker_pool(initargs, {**LEAN_ENV, **blas_thread_env(self.workers)})
 
-
-def serve_hybrid_misses(requests: Any, responses: list[Any], proxy: Any, embedder: CountingEmbedder) -> None:
-    """The main process's side of the hybrid: answer one question at a time until ``None``.
-
-    The main process remembers what it computed, so a text two workers ask for is computed
-    once; it writes every answer to the shared dict too, so other workers then hit it.
-    """
-    computed: dict[bytes, bytes] = {}
-    while True:
-        message = requests.get()
-        if message is None:
-            return
-        slot, request_id, texts = message
-        keys = [cache_key(embedder.model_id, t) for t in texts]
-        todo = {k: t for k, t in zip(keys, texts, strict=True) if k not in computed}
-        if todo:
-            vectors = embedder.embed(list(todo.values()))
-            fresh = {k: v.tobytes() for k, v in zip(todo, vectors, strict=True)}
-            computed.update(fresh)
-            proxy.update(fresh)
-        responses[slot].put((request_id, [computed[k] for k in keys]))
+    def _stop_main(self) -> None:
+        if self._answering is not None:
+            self._requests.put(None)
+            self._answering.join(timeout=30)
+        super()._stop_main()
 
 
-# -- what every worker runs, whatever the design ---------------------------------------------
+class Embedshare(Design):
+    """5. ``SharedPool``: the service, and workers attached to it (``pool.attach``)."""
+
+    name = "embedshare"
+    preloads_common = True
+    worker_manager = staticmethod(attach.attach_worker)  # what SharedPool's workers run
+
+    def __init__(self, model: str, registry: str, workers: int, workdir: Path, common: list[str]) -> None:
+        super().__init__(model, registry, workers, workdir, common)
+        self._shared: SharedPool | None = None
+
+    def _start(self) -> WorkerPool:
+        from ..pool.shared import SharedPool
+        from .workload import run_task
+
+        self._shared = SharedPool(
+            self.workers,
+            self.workdir / "store",
+            model=self.model,
+            registry=self.registry,
+            preload=self.preload,
+            progress=False,
+            preload_modules=[run_task.__module__, __name__],  # what the workers run (the probes with it)
+        )
+        self._shared.__enter__()
+        pool, self.service = self._shared.worker_pool, self._shared.service
+        self.roles["service"] = [self.service.pid] if self.service.pid is not None else []
+        self.roles["forkserver"] = [pool.forkserver_pid] if pool.forkserver_pid is not None else []
+        return pool
+
+    def stop(self) -> None:
+        if self._shared is not None:
+            self._shared.__exit__(None, None, None)
+
+    def model_counts(self, reports: list[dict[str, Any]]) -> dict[str, Any]:
+        """The service's own counters; distinct texts are the entries of its cache."""
+        from ..store import EmbeddingCache
+
+        assert self.service is not None, "the design was not started"
+        stats = self.service.stats()
+        assert stats["dim"] is not None  # the service is ready
+        cache = EmbeddingCache(self.service.layout.cache, stats["model_id"], stats["dim"], readonly=True)
+        distinct = cache.count()  # every text the service embedded, once each
+        cache.close()
+        return {
+            "model_calls": int(stats["model_calls"]),
+            "texts_embedded": int(stats["texts_embedded"]),
+            "distinct_texts_embedded": distinct,
+            "mean_batch": stats["batch_size"]["mean"],
+        }
 
 
-def worker_report() -> dict[str, Any]:
-    """Counters, latencies and attach time of this worker (after the task phase)."""
-    from ..access import get_embedding_manager
-
-    manager = get_embedding_manager()
-    stats = manager.stats(latency_samples=True)
-    return {
-        "pid": os.getpid(),
-        "dim": manager.dim,
-        "attach_seconds": attach._attach_seconds,
-        "hits": stats["hits"],
-        "misses": stats["misses"],
-        "search_samples": stats["latency"]["search"].get("samples", []),
-        "similar_samples": stats["latency"]["find_similar_tools"].get("samples", []),
-        "embedder": _counting.counts() if _counting is not None else None,
-    }
+DESIGN_CLASSES: dict[str, type[Design]] = {d.name: d for d in (PerProcess, OptionC, OptionA, Hybrid, Embedshare)}
+DESIGNS = tuple(DESIGN_CLASSES)
 
 
-def hit_latencies(texts: list[str], calls: int) -> dict[str, list[int]]:
-    """``get_embedding`` of texts that are cached, timed one call at a time (ns).
-
-    Where the cache is LMDB, also the parts of a hit: ``get_one`` (a read transaction, the
-    lookup, a copy into a fresh array) and the floor design.md quotes, a lookup in a long-lived
-    read transaction, zero-copy. The three are timed in turn in one loop, so they meet the same
-    load from the other workers (which run this phase at the same moment).
-    """
-    from ..access import get_embedding_manager
-
-    manager = get_embedding_manager()
-    manager.get_embeddings(texts)  # make sure they are cached, in every design
-    get = manager.get_embedding
-    clock = time.perf_counter_ns
-    n = len(texts)
-    out: dict[str, list[int]] = {"get_embedding": []}
-    cache = manager.cache
-    if not (hasattr(cache, "get_one") and hasattr(cache, "_env_for_this_process")):
-        for i in range(calls):
-            text = texts[i % n]
-            started = clock()
-            get(text)
-            out["get_embedding"].append(clock() - started)
-        return out
-    keys = [cache.key(t) for t in texts]
-    out["get_one"], out["lmdb_floor"] = [], []
-    get_one = cache.get_one
-    with cache._env_for_this_process().begin(buffers=True) as txn:
-        for i in range(calls):
-            text, key = texts[i % n], keys[i % n]
-            started = clock()
-            get(text)
-            between = clock()
-            get_one(key)
-            last = clock()
-            # every key was just written: get never misses here, and a check would be timed
-            np.frombuffer(txn.get(key), dtype=np.float32)
-            ended = clock()
-            out["get_embedding"].append(between - started)
-            out["get_one"].append(last - between)
-            out["lmdb_floor"].append(ended - last)
-    return out
-
-
-def miss_phase(seconds: float, threads: int, tag: str) -> dict[str, Any]:
-    """Send distinct, never-seen texts one ``get_embedding`` at a time, from ``threads``
-    threads, for ``seconds``; returns how many were answered and when the last one was."""
-    from ..access import get_embedding_manager
-    from .workload import MISS_WORDS
-
-    manager = get_embedding_manager()
-    deadline = time.time() + seconds
-    counts = [0] * threads
-
-    def run(t: int) -> None:
-        i = 0
-        while time.time() < deadline:
-            a, b = MISS_WORDS[(i * 7 + t) % len(MISS_WORDS)], MISS_WORDS[(i * 3 + 5) % len(MISS_WORDS)]
-            manager.get_embedding(f"{a} {b} {tag} {os.getpid()} {t} {i}")
-            i += 1
-        counts[t] = i
-
-    if threads == 1:
-        run(0)
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(run, range(threads)))
-    return {"texts": sum(counts), "ended": time.time()}
-
-
-_threads: ThreadPoolExecutor | None = None
-
-
-def run_chunk(args: tuple[list[dict[str, Any]], int]) -> list[Timed]:
-    """Option C: run a chunk of tasks on this process's threads (one shared manager)."""
-    global _threads
-    from ..pool.worker import timed_call
-    from .workload import run_task
-
-    chunk, threads = args
-    if _threads is None:
-        _threads = ThreadPoolExecutor(threads, thread_name_prefix="option-c")
-    return list(_threads.map(timed_call, [(run_task, t) for t in chunk]))
+def design_class(name: str) -> type[Design]:
+    try:
+        return DESIGN_CLASSES[name]
+    except KeyError:
+        raise ValueError(f"unknown design {name!r}") from None

@@ -1,23 +1,24 @@
-"""A real local HTTP server speaking the OpenAI embeddings protocol, for tests and benchmarks.
+"""A real local HTTP server speaking the OpenAI embeddings protocol: the bench's simulated API.
 
-In the package so that ``embedshare bench`` runs from an installed copy; the tests use it too.
-:func:`serve_in_process` runs the server in a process of its own (benchmarks).
+In the package so that ``embedshare bench`` runs from an installed copy (:func:`serve_in_process`
+runs it in a process of its own, with added latency). It is the one copy: the tests' double
+(``tests/helpers/fake_openai.py``, ``FakeOpenAIServer``) is this server plus scripted faults,
+which the bench never needs.
 
 Why a real server rather than mocking httpx: the embedder's retries, timeouts, headers, URL
 building and JSON handling all go through the genuine network stack this way.
 
-    with FakeOpenAIServer(dim=64, api_key="sk-test") as server:
+    with LocalOpenAIServer(dim=64, api_key="sk-test", latency=0.15) as server:
         embedder = OpenAIEmbedder("m", base_url=server.base_url, dim=64)
-        server.fail_next(429, retry_after=0.1)      # the next request is rate limited
         embedder.embed(["hello"])
         server.requests                              # everything it received, in order
 
-Vectors are deterministic: :meth:`FakeOpenAIServer.vector` (a seeded hash of the text, cut to
+Vectors are deterministic: :meth:`LocalOpenAIServer.vector` (a seeded hash of the text, cut to
 ``dimensions`` and renormalised, as OpenAI's v3 models do). The server binds to loopback only,
 caps request bodies, and runs in a daemon thread. Paths served: ``{anything}/embeddings``
 (OpenAI style, e.g. ``/v1/embeddings``) and ``/openai/deployments/{name}/embeddings`` with an
 ``api-version`` query (Azure style). What it answers to a request is ``fake_openai_answers``;
-this module scripts the server, speaks HTTP and records what it received.
+this module speaks HTTP and records what it received.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import ipaddress
 import json
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
@@ -35,28 +35,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from .fake_openai_answers import answer, corrupt, error_body, fake_vector, request_inputs
+from .fake_openai_answers import answer, error_body, fake_vector, request_inputs
 
-__all__ = ["FAULTS", "FakeOpenAIServer", "RecordedRequest", "ServerProcess", "serve_in_process"]
+__all__ = ["LocalOpenAIServer", "RecordedRequest", "ServerProcess", "serve_in_process"]
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
-
-# Scripted misbehaviours besides plain HTTP status codes (see FakeOpenAIServer.fail_next).
-FAULTS = frozenset(
-    {
-        "malformed_json",  # 200 with a truncated JSON body
-        "no_data",  # 200 with a JSON object lacking "data"
-        "wrong_count",  # one embedding fewer than inputs
-        "wrong_dim",  # every vector one element short
-        "nan",  # a NaN in the first vector
-        "inf",  # an infinity in the last vector
-        "non_numeric",  # a string in the first vector
-        "missing_index",  # the first item has no "index"
-        "duplicate_index",  # every item claims index 0
-        "disconnect",  # close the connection without answering
-        "delay",  # sleep `delay` seconds, then answer normally (for client timeouts)
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -74,21 +57,16 @@ class RecordedRequest:
 
 
 @dataclass
-class _Fault:
-    kind: int | str
-    retry_after: float | str | None = None
-    message: str | None = None
-    delay: float = 0.0
-
-
-@dataclass
 class _State:
     requests: list[RecordedRequest] = field(default_factory=list)
-    faults: deque[_Fault] = field(default_factory=deque)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class FakeOpenAIServer:
+# What the server answers: status, a JSON payload (or raw bytes), extra headers.
+Answer = tuple[int, Any, dict[str, str]]
+
+
+class LocalOpenAIServer:
     """OpenAI-compatible embeddings server on ``127.0.0.1`` with an ephemeral port.
 
     ``dim`` is the native output size (``dimensions`` in a request may shrink it);
@@ -110,7 +88,7 @@ class FakeOpenAIServer:
         host: str = "127.0.0.1",
     ) -> None:
         if not ipaddress.ip_address(host).is_loopback:
-            raise ValueError(f"FakeOpenAIServer only serves loopback, not {host!r}")
+            raise ValueError(f"{type(self).__name__} only serves loopback, not {host!r}")
         self.dim = dim
         self.api_key = api_key
         self.latency = latency
@@ -168,50 +146,22 @@ class FakeOpenAIServer:
         """``http://127.0.0.1:PORT/v1`` — the OpenAI-style ``base_url``."""
         return f"{self.root_url}/v1"
 
-    # ---------------------------------------------------------------- scripting
-
-    def fail_next(
-        self,
-        kind: int | str,
-        times: int = 1,
-        *,
-        retry_after: float | str | None = None,
-        message: str | None = None,
-        delay: float = 0.0,
-    ) -> None:
-        """Misbehave on the next ``times`` requests (queued after any earlier faults).
-
-        ``kind`` is an HTTP status (answered with an OpenAI-shaped error, plus a
-        ``Retry-After`` header when ``retry_after`` is given, as seconds or an HTTP date) or
-        one of :data:`FAULTS`. ``message`` overrides the error message; ``delay`` is for
-        ``"delay"``. Faults are consumed only by requests the server would otherwise answer
-        with 200, so a request rejected for a bad key or path leaves the queue alone.
-        """
-        if isinstance(kind, str) and kind not in FAULTS:
-            raise ValueError(f"unknown fault {kind!r}; expected a status code or one of {sorted(FAULTS)}")
-        with self._state.lock:
-            for _ in range(times):
-                self._state.faults.append(_Fault(kind, retry_after, message, delay))
-
-    def clear_faults(self) -> None:
-        with self._state.lock:
-            self._state.faults.clear()
+    # ---------------------------------------------------------------- what it received
 
     @property
     def requests(self) -> list[RecordedRequest]:
         """A snapshot of every request answered so far, sorted by arrival time.
 
         A request is recorded when its answer is sent, so one held up by ``latency`` or a
-        ``"delay"`` fault appears only once that wait is over.
+        scripted delay appears only once that wait is over.
         """
         with self._state.lock:
             return sorted(self._state.requests, key=lambda r: r.time)
 
     def reset(self) -> None:
-        """Forget recorded requests and pending faults."""
+        """Forget recorded requests."""
         with self._state.lock:
             self._state.requests.clear()
-            self._state.faults.clear()
 
     # ---------------------------------------------------------------- vectors
 
@@ -221,9 +171,10 @@ class FakeOpenAIServer:
 
     # ---------------------------------------------------------------- internals
 
-    def _take_fault(self) -> _Fault | None:
-        with self._state.lock:
-            return self._state.faults.popleft() if self._state.faults else None
+    def _script(self, good: Answer) -> Answer | None:
+        """What to send instead of a good (200) answer; None drops the connection unanswered.
+        The bench's server sends it as it is; the tests' double scripts faults here."""
+        return good
 
     def _record(self, request: RecordedRequest) -> None:
         with self._state.lock:
@@ -231,7 +182,7 @@ class FakeOpenAIServer:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    fake: FakeOpenAIServer  # set on the per-server subclass
+    fake: LocalOpenAIServer  # set on the per-server subclass
     protocol_version = "HTTP/1.1"  # keep-alive, like the real API
     timeout = 10  # idle keep-alive connections end on their own
     disable_nagle_algorithm = True  # headers and body go out in two writes; avoid 40 ms stalls
@@ -273,21 +224,13 @@ class _Handler(BaseHTTPRequestHandler):
             floats_only=fake.floats_only,
             reverse_order=fake.reverse_order,
         )
-        fault = fake._take_fault() if status == 200 else None
-        if fault is not None:
-            if fault.kind == "disconnect":
+        if status == 200:
+            scripted = fake._script((status, payload, extra))
+            if scripted is None:
                 fake._record(RecordedRequest(arrived, "POST", split.path, query, headers, body, inputs, 0))
                 self.close_connection = True
                 return
-            if fault.kind == "delay":
-                time.sleep(fault.delay)
-            elif isinstance(fault.kind, int):
-                status = fault.kind
-                payload = error_body(status, fault.message or f"Scripted HTTP {status}")
-                if fault.retry_after is not None:
-                    extra = {"Retry-After": str(fault.retry_after)}
-            else:
-                payload = corrupt(fault.kind, payload)
+            status, payload, extra = scripted
         self._finish(arrived, split.path, query, headers, body, inputs, status, payload, extra)
 
     def _answer_error(self, status: int, message: str) -> None:
@@ -337,7 +280,7 @@ def _usage(requests: list[RecordedRequest]) -> dict[str, int]:
 
 def _server_process(conn: Any, dim: int, api_key: str | None, latency: float) -> None:
     """Body of :class:`ServerProcess`: serve until told to stop; answer usage questions."""
-    with FakeOpenAIServer(dim=dim, api_key=api_key, latency=latency) as server:
+    with LocalOpenAIServer(dim=dim, api_key=api_key, latency=latency) as server:
         conn.send(server.base_url)
         while True:
             try:
@@ -352,7 +295,7 @@ def _server_process(conn: Any, dim: int, api_key: str | None, latency: float) ->
 
 
 class ServerProcess:
-    """A :class:`FakeOpenAIServer` in a process of its own (spawned), so that its threads do
+    """A :class:`LocalOpenAIServer` in a process of its own (spawned), so that its threads do
     not compete with the GIL of the process that measures. ``usage()`` asks what it served."""
 
     def __init__(self, dim: int, api_key: str | None = None, latency: float = 0.0) -> None:

@@ -1,4 +1,4 @@
-"""What the fake OpenAI server answers: routes, keys, vectors, error bodies, scripted faults.
+"""What the local OpenAI server answers: routes, keys, vectors, error bodies.
 
 Plain functions of a request's parts, so :mod:`embedshare.bench.fake_openai`'s HTTP handler
 only reads requests and writes answers.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import re
 from typing import Any
 
@@ -110,38 +109,3 @@ def error_body(status: int, message: str) -> dict[str, Any]:
             "code": None,
         }
     }
-
-
-def corrupt(kind: str, payload: Any) -> Any:
-    """Apply a body-level fault (one of ``fake_openai.FAULTS``) to a good payload."""
-    if kind == "malformed_json":
-        return json.dumps(payload).encode("utf-8")[:40]
-    if kind == "no_data":
-        return {"object": "list", "model": payload.get("model")}
-    data = payload["data"]
-    packed = bool(data) and isinstance(data[0]["embedding"], str)
-    if packed:  # base64: corrupt the floats it holds, then pack them again
-        for item in data:
-            item["embedding"] = np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4").tolist()
-    if kind == "wrong_count":
-        payload["data"] = data[:-1]
-    elif kind == "wrong_dim":
-        for item in data:
-            item["embedding"] = item["embedding"][:-1]
-    elif kind == "nan":
-        data[0]["embedding"][0] = float("nan")
-    elif kind == "inf":
-        data[-1]["embedding"][3] = float("inf")
-    elif kind == "non_numeric":
-        data[0]["embedding"][0] = "0.5"
-    elif kind == "missing_index":
-        del data[0]["index"]
-    elif kind == "duplicate_index":
-        for item in data:
-            item["index"] = 0
-    if packed:
-        for item in payload["data"]:
-            item["embedding"] = base64.b64encode(np.asarray(item["embedding"], dtype="<f4").tobytes()).decode()
-        if kind == "non_numeric":
-            payload["data"][0]["embedding"] = "not base64!"
-    return payload

@@ -199,21 +199,9 @@ def run_ray_demo(
     from .workload import distinct_texts_needed, make_tasks
 
     task_list = make_tasks(tasks, registry)
-    single = None
-    single_results = None
+    single, single_results = None, None
     if compare:  # first, with nothing of Ray running: the single-machine design, same tasks
-        from ..pool.shared import SharedPool
-        from .workload import run_task
-
-        store = tempfile.mkdtemp(prefix="embedshare-demo-")
-        try:
-            with SharedPool(in_flight, store, model=model, registry=registry, progress=progress) as pool:
-                single_results = pool.map(run_task, task_list)
-                pool_report = pool.report
-                assert pool_report is not None  # map() made it
-                single = pool_report.as_dict()
-        finally:
-            shutil.rmtree(store, ignore_errors=True)
+        single, single_results = _single_machine(task_list, in_flight, model, registry, progress)
 
     if address is None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -227,75 +215,24 @@ def run_ray_demo(
     root = tempfile.mkdtemp(prefix="esr-demo-", dir="/tmp")
     deployment = None
     try:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        Barrier, attach, timed, noop, hold, Bare = _define_remotes(ray)
+        remotes = _define_remotes(ray)
         started = time.perf_counter()
         deployment = api.init(model=model, registry=registry, store_root=root, threads=service_threads)
         deploy_seconds = time.perf_counter() - started
-
-        barrier = Barrier.remote()
-        attached = [attach.remote(barrier) for _ in range(in_flight)]
-        _barrier_wait(ray, barrier, in_flight)
-        ray.get(barrier.open.remote())
-        attach_info = ray.get(attached)
-
-        # Ray's own cost of as many tasks, same window, same warm workers: empty tasks.
-        noop_wall, _, _, _ = _windowed(ray, noop, task_list, in_flight, None)
-        bar = None
-        if progress:
-            from ..util.progress import task_progress
-
-            bar = task_progress(len(task_list), "tasks on Ray")
-        wall, results, seconds, failed = _windowed(ray, timed, task_list, in_flight, bar)
-        if bar:
-            bar.close()
-
-        # Hold `in_flight` workers (attached) while every node measures its processes.
-        holder = Barrier.remote()
-        held = [hold.remote(holder) for _ in range(in_flight)]
-        arrivals = _barrier_wait(ray, holder, in_flight)
-        stats = deployment.stats()
-        bare = [
-            Bare.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nid, soft=False)).remote()
-            for nid in stats["nodes"]
-        ]
-        roles: dict[int, str] = {stats["coordinator_pid"]: "embedshare coordinator"}
-        roles.update(dict.fromkeys(ray.get([b.pid.remote() for b in bare]), "bare ray worker"))
-        roles.update({a["pid"]: "workers" for a in arrivals})
-        memory = deployment.node_memory(roles)
-        ray.get(holder.open.remote())
-        ray.get(held)
-        for b in bare:
-            ray.kill(b)
-
-        head = _head_processes(memory)
-        nodes_out = {nid: {"processes": memory[nid]["processes"], "stats": stats["nodes"][nid]} for nid in memory}
-        texts = deployment.texts_embedded(stats)
-        calls = deployment.model_calls(stats)
+        measured = _run_on_ray(ray, remotes, deployment, task_list, in_flight, progress)
         report = RayDemoReport(
             tasks=len(task_list),
-            failed=failed,
             in_flight=in_flight,
             model=model,
-            wall_seconds=wall,
-            noop_wall_seconds=noop_wall,
             deploy_seconds=deploy_seconds,
-            attach_seconds=[a["seconds"] for a in attach_info],
-            task_seconds=seconds,
-            nodes=nodes_out,
-            head=head,
-            texts_embedded=texts,
-            model_calls=calls,
             distinct_texts=distinct_texts_needed(task_list, registry),
-            index_builds=stats["index_builds"],
-            results=results,
             single_machine=single,
+            **measured,
         )
         if single_results is not None:
             from .demo import _agreement
 
-            report.agreement = _agreement(results, single_results)
+            report.agreement = _agreement(report.results, single_results)
         return report
     finally:
         try:
@@ -306,6 +243,88 @@ def run_ray_demo(
             if cluster is not None:
                 cluster.shutdown()
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _single_machine(
+    task_list: list[dict[str, Any]], in_flight: int, model: str, registry: str, progress: bool
+) -> tuple[dict[str, Any], list[Any]]:
+    """The same tasks on this machine alone (``demo --no-naive``): its report and results."""
+    from ..pool.shared import SharedPool
+    from .workload import run_task
+
+    store = tempfile.mkdtemp(prefix="embedshare-demo-")
+    try:
+        with SharedPool(in_flight, store, model=model, registry=registry, progress=progress) as pool:
+            results = pool.map(run_task, task_list)
+            pool_report = pool.report
+            assert pool_report is not None  # map() made it
+            return pool_report.as_dict(), results
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+
+
+def _run_on_ray(
+    ray: Any, remotes: tuple[Any, ...], deployment: Any, task_list: list[dict[str, Any]], in_flight: int, progress: bool
+) -> dict[str, Any]:
+    """Attach ``in_flight`` workers at once, run the tasks, then measure every node's processes."""
+    barrier_class, attach, timed, noop, hold, bare_class = remotes
+    barrier = barrier_class.remote()
+    attached = [attach.remote(barrier) for _ in range(in_flight)]
+    _barrier_wait(ray, barrier, in_flight)
+    ray.get(barrier.open.remote())
+    attach_info = ray.get(attached)
+
+    # Ray's own cost of as many tasks, same window, same warm workers: empty tasks.
+    noop_wall, _, _, _ = _windowed(ray, noop, task_list, in_flight, None)
+    bar = None
+    if progress:
+        from ..util.progress import task_progress
+
+        bar = task_progress(len(task_list), "tasks on Ray")
+    wall, results, seconds, failed = _windowed(ray, timed, task_list, in_flight, bar)
+    if bar:
+        bar.close()
+
+    stats, memory = _measure_held(ray, barrier_class, hold, bare_class, deployment, in_flight)
+    return {
+        "failed": failed,
+        "wall_seconds": wall,
+        "noop_wall_seconds": noop_wall,
+        "attach_seconds": [a["seconds"] for a in attach_info],
+        "task_seconds": seconds,
+        "nodes": {nid: {"processes": memory[nid]["processes"], "stats": stats["nodes"][nid]} for nid in memory},
+        "head": _head_processes(memory),
+        "texts_embedded": deployment.texts_embedded(stats),
+        "model_calls": deployment.model_calls(stats),
+        "index_builds": stats["index_builds"],
+        "results": results,
+    }
+
+
+def _measure_held(
+    ray: Any, barrier_class: Any, hold: Any, bare_class: Any, deployment: Any, in_flight: int
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Hold ``in_flight`` workers (attached) while every node measures its processes, with a
+    bare Ray worker on each node for the baseline: the deployment's stats, and the memory."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    holder = barrier_class.remote()
+    held = [hold.remote(holder) for _ in range(in_flight)]
+    arrivals = _barrier_wait(ray, holder, in_flight)
+    stats = deployment.stats()
+    bare = [
+        bare_class.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nid, soft=False)).remote()
+        for nid in stats["nodes"]
+    ]
+    roles: dict[int, str] = {stats["coordinator_pid"]: "embedshare coordinator"}
+    roles.update(dict.fromkeys(ray.get([b.pid.remote() for b in bare]), "bare ray worker"))
+    roles.update({a["pid"]: "workers" for a in arrivals})
+    memory = deployment.node_memory(roles)
+    ray.get(holder.open.remote())
+    ray.get(held)
+    for b in bare:
+        ray.kill(b)
+    return stats, memory
 
 
 if __name__ == "__main__":  # its entry went with the cli/ package: say which command it is now

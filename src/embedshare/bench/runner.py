@@ -22,6 +22,7 @@ from typing import Any
 from ..env import ENV_ADDRESS, ENV_MODEL, ENV_REGISTRY, ENV_STORE
 from ..util.children import python_child
 from .designs import DESIGNS
+from .targets import evaluate_targets
 
 MODEL_SPECS = {"hash": "hash:384", "local": "local", "api": "openai:text-embedding-3-small"}
 API_DIM = 1536  # text-embedding-3-small's size, served by the fake API
@@ -173,59 +174,8 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
     }
     with tempfile.TemporaryDirectory(prefix="embedshare-bench-") as tmp:
         work = Path(tmp)
-
-        def model_alone(label: str, alone_spec: dict[str, Any], when: str) -> None:
-            alone = _run_case(alone_spec, work, config.case_timeout)
-            alone["when"] = when
-            results["model_alone"].append(alone)
-            log(
-                f"[{label}] the model alone ({when}): best {alone.get('best_texts_per_second', 0):.0f} "
-                f"texts/s (batch {alone.get('best_batch')})"
-                if "error" not in alone
-                else f"[{label}] the model alone FAILED: {alone['error']}"
-            )
-
         for label in config.models:
-            spec_base: dict[str, Any] = {"model": MODEL_SPECS[label], "model_label": label, "registry": config.registry}
-            if label == "api":
-                spec_base["api"] = {"dim": API_DIM, "latency": config.api_latency_ms / 1000}
-            alone_spec = {
-                **spec_base,
-                "design": "model-alone",
-                "batch_sizes": MODEL_BATCHES[label],
-                "seconds": config.model_seconds,
-            }
-
-            # Measured twice: before this model's cases, and right after embedshare with the most
-            # workers, so that the throughput target compares figures measured minutes apart at most.
-            model_alone(label, alone_spec, "before the designs")
-            for workers in config.workers:
-                for design in config.designs:
-                    spec = {
-                        **spec_base,
-                        "design": design,
-                        "workers": workers,
-                        "tasks": config.tasks,
-                        "workdir": str(work / f"{label}-{design}-{workers}"),
-                        "results_path": str(work / f"{label}-{design}-{workers}.results.json"),
-                        "hit_calls": config.hit_calls,
-                        "miss_seconds": config.miss_seconds,
-                        "miss_threads": config.miss_threads,
-                    }
-                    case = _run_case(spec, work, config.case_timeout)
-                    case["_results_path"] = spec["results_path"]
-                    results["cases"].append(case)
-                    log(_case_line(case))
-            model_alone(label, alone_spec, f"right after the designs at {max(config.workers)} workers")
-            # A case that failed (a crash, a timeout) is run once more, labelled as such.
-            for i, case in enumerate(results["cases"]):
-                if case["model_label"] == label and "error" in case:
-                    spec = json.loads((work / f"{label}-{case['design']}-{case['workers']}.spec.json").read_text())
-                    again = _run_case(spec, work, config.case_timeout)
-                    again["_results_path"] = spec["results_path"]
-                    again["retried_after"] = case["error"]
-                    results["cases"][i] = again
-                    log("retried: " + _case_line(again))
+            _run_model(label, config, work, results, log)
         _add_agreement(results["cases"])
         if config.sweep_sizes:
             from .sweep import run_sweep
@@ -243,6 +193,74 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
     results["machine"]["load_average_at_end"] = list(os.getloadavg())
     results["bench_seconds"] = time.perf_counter() - began
     return results
+
+
+def _run_model(
+    label: str, config: BenchConfig, work: Path, results: dict[str, Any], log: Callable[[str], None]
+) -> None:
+    """One model: the model alone, every design at every worker count, the model alone again;
+    then each case that failed once more."""
+    spec_base: dict[str, Any] = {"model": MODEL_SPECS[label], "model_label": label, "registry": config.registry}
+    if label == "api":
+        spec_base["api"] = {"dim": API_DIM, "latency": config.api_latency_ms / 1000}
+    alone_spec = {
+        **spec_base,
+        "design": "model-alone",
+        "batch_sizes": MODEL_BATCHES[label],
+        "seconds": config.model_seconds,
+    }
+
+    # Measured twice: before this model's cases, and right after embedshare with the most
+    # workers, so that the throughput target compares figures measured minutes apart at most.
+    _model_alone(alone_spec, "before the designs", config, work, results, log)
+    for workers in config.workers:
+        for design in config.designs:
+            spec = {
+                **spec_base,
+                "design": design,
+                "workers": workers,
+                "tasks": config.tasks,
+                "workdir": str(work / f"{label}-{design}-{workers}"),
+                "results_path": str(work / f"{label}-{design}-{workers}.results.json"),
+                "hit_calls": config.hit_calls,
+                "miss_seconds": config.miss_seconds,
+                "miss_threads": config.miss_threads,
+            }
+            case = _run_case(spec, work, config.case_timeout)
+            case["_results_path"] = spec["results_path"]
+            results["cases"].append(case)
+            log(_case_line(case))
+    when = f"right after the designs at {max(config.workers)} workers"
+    _model_alone(alone_spec, when, config, work, results, log)
+    # A case that failed (a crash, a timeout) is run once more, labelled as such.
+    for i, case in enumerate(results["cases"]):
+        if case["model_label"] == label and "error" in case:
+            spec = json.loads((work / f"{label}-{case['design']}-{case['workers']}.spec.json").read_text())
+            again = _run_case(spec, work, config.case_timeout)
+            again["_results_path"] = spec["results_path"]
+            again["retried_after"] = case["error"]
+            results["cases"][i] = again
+            log("retried: " + _case_line(again))
+
+
+def _model_alone(
+    spec: dict[str, Any],
+    when: str,
+    config: BenchConfig,
+    work: Path,
+    results: dict[str, Any],
+    log: Callable[[str], None],
+) -> None:
+    label = spec["model_label"]
+    alone = _run_case(spec, work, config.case_timeout)
+    alone["when"] = when
+    results["model_alone"].append(alone)
+    log(
+        f"[{label}] the model alone ({when}): best {alone.get('best_texts_per_second', 0):.0f} "
+        f"texts/s (batch {alone.get('best_batch')})"
+        if "error" not in alone
+        else f"[{label}] the model alone FAILED: {alone['error']}"
+    )
 
 
 def _case_line(case: dict[str, Any]) -> str:
@@ -274,112 +292,3 @@ def _add_agreement(cases: list[dict[str, Any]]) -> None:
             mine = json.loads(Path(path).read_text())
             case["agreement"] = agreement(mine, reference)
             case["agreement_reference"] = f"{ref['design']} {ref['workers']} workers"
-
-
-def _find(results: dict[str, Any], label: str, design: str, workers: int) -> dict[str, Any] | None:
-    for case in results["cases"]:
-        if (case["model_label"], case["design"], case.get("workers")) == (
-            label,
-            design,
-            workers,
-        ) and "error" not in case:
-            return case
-    return None
-
-
-def _num(value: Any, fmt: str = ".2f") -> str:
-    return "-" if value is None else format(value, fmt)
-
-
-def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """design.md's targets, each with the figure of this run that decides it."""
-    config = results["config"]
-    top = max(config["workers"])
-    out: list[dict[str, Any]] = []
-
-    def add(target: str, label: str, measured: str, ok: bool | None) -> None:
-        out.append({"target": target, "model": label, "measured": measured, "ok": ok})
-
-    for label in config["models"]:
-        es = _find(results, label, "embedshare", top)
-        if es is None:
-            add("embedshare ran", label, "no successful embedshare case", False)
-            continue
-        forkserver = es["pss_mb"].get("forkserver", 0)  # the workers' forkserver is theirs to pay
-        extra = es["worker_over_bare_mb"] + forkserver / top
-        add(
-            f"memory: {top} workers + service <= service + {top} bare interpreters + 3 MB a worker",
-            label,
-            f"{es['pss_mb'].get('worker', 0) + forkserver + es['pss_mb'].get('service', 0):.0f} MB vs "
-            f"{es['pss_mb'].get('service', 0) + top * (es['bare_mb'] + 3):.0f} MB "
-            f"({extra:+.1f} MB a worker over a bare one of {es['bare_mb']:.1f} MB)",
-            extra <= 3.0,
-        )
-        add(
-            "a worker attaches in < 50 ms",
-            label,
-            f"p50 {es['attach_p50_ms']:.1f} ms, p99 {es['attach_p99_ms']:.1f} ms ({top} attaching at once)",
-            es["attach_p50_ms"] < 50,
-        )
-        add(
-            "cache hit p50 <= 3 us",
-            label,
-            f"p50 {es['hit_p50_us']:.2f} us, p99 {es['hit_p99_us']:.1f} us (same workers: get_one "
-            f"{_num(es.get('hit_get_one_p50_us'))} us, an LMDB get in a long-lived transaction "
-            f"{_num(es.get('hit_lmdb_floor_p50_us'))} us)",
-            es["hit_p50_us"] <= 3.0,
-        )
-        a = _find(results, label, "option-a", top)
-        if a is not None:
-            ratio = a["hit_p50_us"] / es["hit_p50_us"]
-            add(
-                ">= 20x faster than a Manager dict proxy (Option A, same run)",
-                label,
-                f"{ratio:.0f}x ({a['hit_p50_us']:.0f} us vs {es['hit_p50_us']:.1f} us)",
-                ratio >= 20,
-            )
-        growth = es.get("worker_growth_per_1k_texts_kb")
-        # decidable only when enough texts were added to rise above the noise of PSS readings
-        if growth is not None and es.get("growth_texts", 0) >= 1000:
-            # A per-process copy of the vectors (a dict, a private cache) would grow by at least
-            # their own size: 1,000 x dim x 4 bytes.
-            own = es["vector_kb"] * 1000
-            add(
-                "no per-process structure growing with the data",
-                label,
-                f"a worker's PSS {growth:+.0f} KB per 1,000 new cached texts ({es['growth_texts']} added); "
-                f"a private copy of those vectors alone: {own:.0f} KB",
-                growth <= 0.1 * own,
-            )
-        calls_ok = all(
-            c["texts_embedded"] == c["distinct_texts_needed"] == c["distinct_texts_embedded"]
-            for c in results["cases"]
-            if c["model_label"] == label and c["design"] == "embedshare" and "error" not in c
-        )
-        add(
-            "model calls == distinct texts, whatever the workers",
-            label,
-            ", ".join(
-                f"{c['workers']}w: {c['texts_embedded']} texts for {c['distinct_texts_needed']} distinct"
-                for c in results["cases"]
-                if c["model_label"] == label and c["design"] == "embedshare" and "error" not in c
-            ),
-            calls_ok,
-        )
-        measured = [m for m in results["model_alone"] if m.get("model_label") == label and "error" not in m]
-        alone = measured[-1] if measured else None  # the one closest in time to embedshare's
-        if alone is not None:
-            share = es["miss_texts_per_s"] / alone["best_texts_per_second"]
-            ms = es.get("miss_service") or {}
-            add(
-                f"service throughput, {top} workers sending distinct texts >= 80% of the model's best",
-                label,
-                f"{es['miss_texts_per_s']:.0f} texts/s = {share:.0%} of {alone['best_texts_per_second']:.0f} "
-                f"(batch {alone['best_batch']}, one process); in the service the model was busy "
-                f"{_num(ms.get('model_busy_share'), '.0%')} of the time, at "
-                f"{_num(ms.get('model_texts_per_s_while_busy'), '.0f')} texts/s while busy, mean batch "
-                f"{_num(ms.get('mean_batch'), '.1f')}; the service used {_num(ms.get('service_cpu_share'), '.0%')} "
-                f"of a core, and the machine's cores were {_num(ms.get('machine_idle_share'), '.0%')} idle",
-                share >= 0.8,
-            )
-    return out

@@ -128,74 +128,14 @@ def run_sweep(
 ) -> dict[str, Any]:
     """Measure every size; usearch only up to ``usearch_max`` tools (its build time grows
     fastest: it is reported for the sizes it ran at)."""
-    from ..store.ann import IVFIndex, build_ivf
-
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="embedshare-sweep-"))
     rows: list[dict[str, Any]] = []
     try:
         for n in sizes:
             folder = root / str(n)
             folder.mkdir(parents=True, exist_ok=True)
-            started = time.perf_counter()
-            vectors = synthetic_vectors(n, folder / "vectors.npy")
-            generate_s = time.perf_counter() - started
-            count = min(queries, n)
-            qs = queries_near(vectors, count)
-            truth = exact_truth(vectors, qs)
-            # exact: a matrix-vector product per query over the memory map; at 1M each one
-            # reads 1.5 GB, so fewer queries are timed there
-            timed = qs[: max(20, count // max(1, n // 100_000))]
-
-            def exact(q: np.ndarray, v: np.ndarray = vectors) -> np.ndarray:
-                return exact_top(v, q)
-
-            _, exact_s = _timed(exact, timed)
-            row: dict[str, Any] = {
-                "tools": n,
-                "dim": DIM,
-                "queries": count,
-                "generate_s": generate_s,
-                "exact": {**_latency(exact_s), "queries_timed": len(timed), "bytes": _bytes([folder / "vectors.npy"])},
-            }
-
-            started = time.perf_counter()
-            build_ivf(vectors, folder / "ivf")
-            ivf_build = time.perf_counter() - started
-            ivf = IVFIndex(folder / "ivf")
-
-            def ivf_top(q: np.ndarray, index: IVFIndex = ivf) -> np.ndarray:
-                return index.search(q, K)[0]
-
-            found, ivf_s = _timed(ivf_top, qs)
-            row["ivf"] = {
-                **_latency(ivf_s),
-                "recall_at_5": _recall(found, truth),
-                "build_s": ivf_build,
-                "nlist": ivf.nlist,
-                "nprobe": ivf.nprobe,
-                "bytes": _bytes(
-                    [
-                        folder / "ivf" / f
-                        for f in ("ann_centroids.npy", "ann_offsets.npy", "ann_rows.npy", "ann_vectors.npy")
-                    ]
-                ),
-            }
-            del ivf
-            if n <= usearch_max:
-                row["usearch"] = _usearch(vectors, qs, truth, folder / "hnsw.usearch")
-            else:
-                row["usearch"] = {"skipped": f"built only up to {usearch_max:,} tools (see build_s there)"}
-            rows.append(row)
-            log(
-                f"sweep {n:>9,} tools: exact p50 {row['exact']['p50_ms']:.3f} ms, "
-                f"ivf p50 {row['ivf']['p50_ms']:.3f} ms recall {row['ivf']['recall_at_5']:.3f}"
-                + (
-                    f", usearch p50 {row['usearch']['p50_ms']:.3f} ms recall {row['usearch']['recall_at_5']:.3f}"
-                    if "p50_ms" in row["usearch"]
-                    else ""
-                )
-            )
-            del vectors
+            rows.append(_measure_size(n, queries, usearch_max, folder))
+            log(_sweep_line(rows[-1]))
             shutil.rmtree(folder, ignore_errors=True)
     finally:
         if workdir is None:
@@ -208,6 +148,70 @@ def run_sweep(
         "data": f"random unit vectors in topics of {TOOLS_PER_TOPIC} tools and groups of "
         f"{TOOLS_PER_GROUP}; queries: a tool's vector plus noise (cosine ~0.65)",
     }
+
+
+def _measure_size(n: int, queries: int, usearch_max: int, folder: Path) -> dict[str, Any]:
+    """One size: generate the vectors, time exact search, IVF and (up to ``usearch_max``) HNSW."""
+    started = time.perf_counter()
+    vectors = synthetic_vectors(n, folder / "vectors.npy")
+    generate_s = time.perf_counter() - started
+    count = min(queries, n)
+    qs = queries_near(vectors, count)
+    truth = exact_truth(vectors, qs)
+    # exact: a matrix-vector product per query over the memory map; at 1M each one
+    # reads 1.5 GB, so fewer queries are timed there
+    timed = qs[: max(20, count // max(1, n // 100_000))]
+
+    def exact(q: np.ndarray, v: np.ndarray = vectors) -> np.ndarray:
+        return exact_top(v, q)
+
+    _, exact_s = _timed(exact, timed)
+    row: dict[str, Any] = {
+        "tools": n,
+        "dim": DIM,
+        "queries": count,
+        "generate_s": generate_s,
+        "exact": {**_latency(exact_s), "queries_timed": len(timed), "bytes": _bytes([folder / "vectors.npy"])},
+        "ivf": _ivf(vectors, qs, truth, folder / "ivf"),
+    }
+    if n <= usearch_max:
+        row["usearch"] = _usearch(vectors, qs, truth, folder / "hnsw.usearch")
+    else:
+        row["usearch"] = {"skipped": f"built only up to {usearch_max:,} tools (see build_s there)"}
+    return row
+
+
+def _ivf(vectors: np.ndarray, qs: np.ndarray, truth: np.ndarray, folder: Path) -> dict[str, Any]:
+    from ..store.ann import IVFIndex, build_ivf
+
+    started = time.perf_counter()
+    build_ivf(vectors, folder)
+    build = time.perf_counter() - started
+    ivf = IVFIndex(folder)
+
+    def ivf_top(q: np.ndarray, index: IVFIndex = ivf) -> np.ndarray:
+        return index.search(q, K)[0]
+
+    found, seconds = _timed(ivf_top, qs)
+    files = ("ann_centroids.npy", "ann_offsets.npy", "ann_rows.npy", "ann_vectors.npy")
+    return {
+        **_latency(seconds),
+        "recall_at_5": _recall(found, truth),
+        "build_s": build,
+        "nlist": ivf.nlist,
+        "nprobe": ivf.nprobe,
+        "bytes": _bytes([folder / f for f in files]),
+    }
+
+
+def _sweep_line(row: dict[str, Any]) -> str:
+    line = (
+        f"sweep {row['tools']:>9,} tools: exact p50 {row['exact']['p50_ms']:.3f} ms, "
+        f"ivf p50 {row['ivf']['p50_ms']:.3f} ms recall {row['ivf']['recall_at_5']:.3f}"
+    )
+    if "p50_ms" in row["usearch"]:
+        line += f", usearch p50 {row['usearch']['p50_ms']:.3f} ms recall {row['usearch']['recall_at_5']:.3f}"
+    return line
 
 
 def _usearch(vectors: np.ndarray, qs: np.ndarray, truth: np.ndarray, path: Path) -> dict[str, Any]:
