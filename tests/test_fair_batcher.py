@@ -178,16 +178,16 @@ def _fair_queue_of(backlogs: dict[str, int]) -> FairQueue:
 
 def test_the_batch_carrying_a_small_request_holds_one_turn_of_the_huge_backlog_not_a_full_batch():
     queue = _fair_queue_of({"huge": 2048, "small": 1})
-    keys, texts = queue.take(64, 4096)  # a turn: 16 texts or 1,024 tokens, so 4 long texts
+    _, texts = queue.take(64, 4096)  # a turn: 16 texts or 1,024 tokens, so 4 long texts
     assert "small 0" in texts
     assert len(texts) == 1 + 4, "the huge client filled the small request's batch with more turns"
-    keys, texts = queue.take(64, 4096)  # the huge client alone again: whole batches
+    _, texts = queue.take(64, 4096)  # the huge client alone again: whole batches
     assert len(texts) == 16
 
 
 def test_bulk_clients_alone_still_get_whole_batches():
     queue = _fair_queue_of({"bulk a": 500, "bulk b": 500})
     for _ in range(10):
-        keys, texts = queue.take(64, 4096)
+        _, texts = queue.take(64, 4096)
         assert len(texts) == 16  # 4 turns of 4 long texts: the whole token budget
         assert {t.split()[1] for t in texts} == {"a", "b"}  # both, in turn
