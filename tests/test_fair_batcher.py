@@ -20,6 +20,7 @@ from test_batcher import _run as run_batcher  # start the batcher, run the body,
 
 from embedshare.embedders import create_embedder
 from embedshare.service.batcher import CHARS_PER_TOKEN, FORWARDS_PER_BATCH, Batcher
+from embedshare.service.fair_queue import FairQueue
 from embedshare.service.metrics import ServiceMetrics
 
 pytestmark = pytest.mark.timeout(120)
@@ -165,3 +166,28 @@ def test_nothing_is_lost_or_computed_twice_when_many_clients_interleave(recordin
     assert Counter(cache.committed) == Counter(t.encode() for t in embedded)
     assert batcher.metrics.snapshot()["joined_inflight"] > 0  # joins happened, and were answered
     assert len(batcher._queue) == 0 and batcher._queue.queued_cost == 0
+
+
+def _fair_queue_of(backlogs: dict[str, int]) -> FairQueue:
+    queue = FairQueue(lambda text: 256)  # every text a long one: 256 tokens
+    for client, count in backlogs.items():
+        texts = [f"{client} {i}" for i in range(count)]
+        queue.add(client, _keys(texts), texts)
+    return queue
+
+
+def test_the_batch_carrying_a_small_request_holds_one_turn_of_the_huge_backlog_not_a_full_batch():
+    queue = _fair_queue_of({"huge": 2048, "small": 1})
+    _, texts = queue.take(64, 4096)  # a turn: 16 texts or 1,024 tokens, so 4 long texts
+    assert "small 0" in texts
+    assert len(texts) == 1 + 4, "the huge client filled the small request's batch with more turns"
+    _, texts = queue.take(64, 4096)  # the huge client alone again: whole batches
+    assert len(texts) == 16
+
+
+def test_bulk_clients_alone_still_get_whole_batches():
+    queue = _fair_queue_of({"bulk a": 500, "bulk b": 500})
+    for _ in range(10):
+        _, texts = queue.take(64, 4096)
+        assert len(texts) == 16  # 4 turns of 4 long texts: the whole token budget
+        assert {t.split()[1] for t in texts} == {"a", "b"}  # both, in turn

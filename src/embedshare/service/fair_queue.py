@@ -11,6 +11,13 @@ in the next batch the model takes, so it waits about one forward.
 A turn is a quarter of a batch rather than one text so that a request of 16 texts (at a
 ``max_batch`` of 64) is still answered by one batch, not trickled through several.
 
+A batch goes round again only while every client served has more waiting (backlogs only: a
+client alone, or two bulk clients, still get whole batches). Once a round has answered someone
+whole, the batch ends: the huge client does not fill what the small requests left with more
+turns of its own, so the forward that carries a small request is short, and that request waits
+about the forward under way plus a short one of its own. Filling it made that forward a whole
+batch: a one-text miss waited 2.2 mean forwards at p99 (bench/README.md, issue 20).
+
 A text another client asks for while it waits (single-flight: it joins, it does not queue a
 second computation) is also put in that client's queue, so it cannot wait behind the first
 asker's backlog. Whichever queue reaches it first takes it; the other finds it gone and skips.
@@ -52,7 +59,7 @@ class FairQueue:
             self._queue_of(client).extend(waiting)
 
     def take(self, max_texts: int, max_cost: int) -> tuple[list[bytes], list[str]]:
-        """One batch: turns of each client in order, until ``max_texts`` or ``max_cost``.
+        """One batch: a turn of each client in order, until ``max_texts`` or ``max_cost``.
 
         The first text is always taken, even when it alone costs more than ``max_cost``.
         """
@@ -62,7 +69,14 @@ class FairQueue:
         texts: list[str] = []
         cost = 0
         full = False
+        round_left = len(self._clients)  # turns left in this round
+        someone_answered = False  # a client's queue emptied in this round: no next round
         while self._clients and not full:
+            if not round_left:
+                if someone_answered:
+                    break
+                round_left = len(self._clients)
+            round_left -= 1
             client, queue = next(iter(self._clients.items()))
             given = given_cost = 0
             while queue:
@@ -86,6 +100,7 @@ class FairQueue:
                 given_cost += one
             if not queue:
                 del self._clients[client]
+                someone_answered = True
             elif given:
                 self._clients.move_to_end(client)  # the next client's turn
         self.queued_cost -= cost
