@@ -32,7 +32,9 @@ class CountingEmbedder(EmbedderDefaults):
         self.model_id = inner.model_id
         self.dim = int(inner.dim)
         # what sizes the service's work is the wrapped backend's (embedders/base.py)
-        self.concurrency, self.max_tokens, self.max_batch_tokens = inner.concurrency, inner.max_tokens, inner.max_batch_tokens
+        self.concurrency = inner.concurrency
+        self.max_tokens = inner.max_tokens
+        self.max_batch_tokens = inner.max_batch_tokens
         self.calls = 0
         self.texts = 0
         self.tags: set[bytes] = set()
