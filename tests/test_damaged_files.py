@@ -7,7 +7,7 @@
   unit length). Now every value carries a checksum: the vector is recomputed, rewritten and
   counted. A value of the old format (no checksum) is never returned unverified either.
 - Garbled LMDB pages: a ``CacheDamagedError`` (a ``CacheError``), not a raw ``lmdb`` error; the
-  service answers ``cache_error`` and lives on.
+  service answers ``cache_damaged`` and lives on.
 - A full disk when the service writes ``run/service.json`` (a real 4 MiB tmpfs), and a garbled
   ``service.json``: a clear error, nothing half-written, and the next start works.
 """
@@ -225,7 +225,7 @@ def test_the_service_answers_a_request_on_garbled_pages_with_an_error_and_lives_
         assert exchange(sock, {"v": 1, "id": 1, "op": "embed", "texts": TEXTS[:100]})["ok"]
         _garble_pages_after_the_meta_pages(store)
         reply = exchange(sock, {"v": 1, "id": 2, "op": "embed", "texts": TEXTS[:3]})
-        assert not reply["ok"] and reply["error"]["code"] == "cache_error", reply
+        assert not reply["ok"] and reply["error"]["code"] == "cache_damaged", reply
         assert "embedshare cache reset" in reply["error"]["message"]
         assert exchange(sock, {"v": 1, "id": 3, "op": "ping"})["ok"]  # alive, same connection
     finally:

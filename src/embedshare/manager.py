@@ -24,9 +24,10 @@ import numpy as np
 from . import settings
 from .embedders import Embedder, validate_text, validate_texts
 from .env import default_store
+from .errors import NoIndexError, ToolIndexError
 from .registry import Registry, load_registry
-from .sources.base import NoIndexError, VectorSource
-from .store import EmbeddingCache, ToolIndex, ToolIndexError
+from .sources.base import VectorSource
+from .store import EmbeddingCache, ToolIndex
 from .store.cache import lookup
 from .store.index import Hits, SearchResult
 from .store.layout import StoreLayout

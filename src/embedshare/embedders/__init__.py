@@ -13,15 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import (
-    MAX_TEXT_CHARS,
-    Embedder,
-    EmbedderError,
-    InvalidTextError,
-    check_vectors,
-    validate_text,
-    validate_texts,
-)
+from ..errors import EmbedderError, InvalidTextError, UnknownModelError
+from .base import MAX_TEXT_CHARS, Embedder, check_vectors, validate_text, validate_texts
 
 __all__ = [
     "MAX_TEXT_CHARS",
@@ -38,10 +31,6 @@ __all__ = [
 
 SPEC_HELP = "'hash:<dim>' (e.g. hash:384), 'local' (or local@torch, local@int8), or 'openai:<model>'"
 LOCAL_BACKENDS = ("onnx", "torch", "int8")
-
-
-class UnknownModelError(ValueError):
-    """A model spec string names no known embedder."""
 
 
 def create_embedder(spec: str | Embedder, **options: Any) -> Embedder:

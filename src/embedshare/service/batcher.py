@@ -25,7 +25,8 @@ import numpy as np
 
 from .. import settings
 from ..embedders import Embedder
-from ..store import CacheError, EmbeddingCache
+from ..errors import CacheError
+from ..store import EmbeddingCache
 from ..util.singleflight import SingleFlight
 from .fair_queue import FairQueue
 from .metrics import ServiceMetrics
