@@ -25,7 +25,7 @@ OLD_NAMES = {
     "embedshare.service.connection": "ServiceUnavailable ForeignServiceError ServiceConnection",
     "embedshare.service.peercred": "peer_credentials",
     "embedshare.service.protocol": "VERSION HEADER MAX_FRAME MAX_TEXTS_PER_REQUEST OPS ProtocolError "
-    "RemoteError pack frame_length unpack reply_id check_request "
+    "pack frame_length unpack reply_id check_request "
     "request_texts error_reply",
     "embedshare.service.state": "ENV_ADDRESS ENV_STORE ENV_ON_FAILURE ENV_TOKEN TCP_SCHEME MIN_TOKEN_CHARS "
     "ServiceConfig AlreadyRunning acquire_service_lock service_lock_held "

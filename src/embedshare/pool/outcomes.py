@@ -1,5 +1,5 @@
 """What a :class:`~embedshare.pool.workers.WorkerPool` reports: each item's outcome, each
-worker death, and the errors it raises."""
+worker death; the errors it raises are defined in ``errors.py``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The cache's errors, and what each LMDB failure means: one clear line naming the cache."""
+"""What each LMDB failure means, as one of the cache's errors (``errors.py``): one clear line naming the cache."""
 
 from __future__ import annotations
 
