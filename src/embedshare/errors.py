@@ -30,7 +30,7 @@ Our exception hierarchy (each class's stdlib base in brackets)::
     │   ├── StateFileError              [ValueError]   run/service.json cannot be read back
     │   ├── RemoteError                 [RuntimeError] the service answered a code without a class
     │   ├── ProtocolError               [ValueError]   a malformed frame or request
-    │   ├── HandshakeError              [-]            a TCP peer did not authenticate
+    │   ├── HandshakeError              [Exception]    a TCP peer did not authenticate
     │   ├── ServiceArgvError            [ValueError]   the service process's argv holds a bad setting
     │   ├── TokenInputError             [ValueError]   HTTP token arrays that cannot be decoded
     │   └── ApiError (service/http/errors.py)          an HTTP error reply in OpenAI's shape
@@ -60,7 +60,9 @@ service. A code it does not hold (a protocol's own, ``internal``) comes back as 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 class EmbedshareError(Exception):
@@ -229,7 +231,12 @@ class WorkerInitError(PoolError):
 
 
 class TaskFailed(PoolError):
-    """Raised by the convenience calls when at least one task failed; carries the failures."""
+    """Raised by the convenience calls when at least one task failed; carries the failures
+    (``failures``: the ``pool.outcomes.TaskOutcome`` of each failed task)."""
+
+    def __init__(self, message: str, failures: Sequence[Any]) -> None:
+        super().__init__(message)
+        self.failures = list(failures)
 
 
 class MainGuardError(EmbedshareError, RuntimeError):
