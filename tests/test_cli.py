@@ -244,6 +244,7 @@ def test_importing_the_cli_loads_click_the_standard_library_and_its_settings_onl
     assert ours == {
         "embedshare",
         "embedshare.env",
+        "embedshare.errors",  # the settings' SettingError (standard library only)
         "embedshare.service",
         "embedshare.service.config",
         "embedshare.settings",

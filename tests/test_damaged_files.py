@@ -7,7 +7,7 @@
   unit length). Now every value carries a checksum: the vector is recomputed, rewritten and
   counted. A value of the old format (no checksum) is never returned unverified either.
 - Garbled LMDB pages: a ``CacheDamagedError`` (a ``CacheError``), not a raw ``lmdb`` error; the
-  service answers ``cache_error`` and lives on.
+  service answers ``cache_damaged`` and lives on.
 - A full disk when the service writes ``run/service.json`` (a real 4 MiB tmpfs), and a garbled
   ``service.json``: a clear error, nothing half-written, and the next start works.
 """
@@ -24,9 +24,11 @@ import lmdb
 import numpy as np
 import pytest
 from helpers.disks import fill
+from helpers.extras import requires
 from helpers.frames import connect_raw, exchange
 
 from embedshare.access import SharedEmbeddingManager
+from embedshare.client.connection import ServiceConnection
 from embedshare.embedders import create_embedder
 from embedshare.manager import EmbeddingManager
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
@@ -225,12 +227,42 @@ def test_the_service_answers_a_request_on_garbled_pages_with_an_error_and_lives_
         assert exchange(sock, {"v": 1, "id": 1, "op": "embed", "texts": TEXTS[:100]})["ok"]
         _garble_pages_after_the_meta_pages(store)
         reply = exchange(sock, {"v": 1, "id": 2, "op": "embed", "texts": TEXTS[:3]})
-        assert not reply["ok"] and reply["error"]["code"] == "cache_error", reply
+        assert not reply["ok"] and reply["error"]["code"] == "cache_damaged", reply
         assert "embedshare cache reset" in reply["error"]["message"]
         assert exchange(sock, {"v": 1, "id": 3, "op": "ping"})["ok"]  # alive, same connection
     finally:
         sock.close()
     assert service.stats()["pid"] == service.pid
+
+
+@requires("http")
+def test_garbled_pages_are_cache_damaged_error_through_the_socket_and_a_503_over_http(store, make_service):
+    """The same failure, the same class: in-process, the socket's client raises
+    CacheDamagedError (not RemoteError), and HTTP answers the table's 503, not a 500."""
+    import httpx
+
+    service = make_service(export_env=False, http="127.0.0.1:0")
+    conn = ServiceConnection(service.address)
+    try:
+        conn.request("embed", timeout=60, texts=TEXTS[:100])
+        _garble_pages_after_the_meta_pages(store)
+        with pytest.raises(CacheDamagedError, match="embedshare cache reset"):
+            conn.request("embed", timeout=60, texts=TEXTS[:3])
+        body = {"model": "hash:64", "input": TEXTS[:3]}
+        reply = httpx.post(f"{service.http_url}/v1/embeddings", json=body, timeout=60)
+        assert reply.status_code == 503, reply.text
+        error = reply.json()["error"]
+        assert error["code"] == "cache_damaged" and error["type"] == "server_error"
+        assert "embedshare cache reset" in error["message"]
+        assert conn.request("ping", timeout=60)["ok"]  # alive, same connection
+    finally:
+        conn.close()
+    manager = EmbeddingManager(store, model="hash:64")  # and in-process, the same class
+    try:
+        with pytest.raises(CacheDamagedError):
+            manager.get_embeddings(TEXTS[:3])
+    finally:
+        manager.close()
 
 
 # -- run/service.json: a full disk, a garbled file -----------------------------------------------------

@@ -28,9 +28,10 @@ from helpers.waiting import wait_for
 
 from embedshare.access import SharedEmbeddingManager
 from embedshare.cli import main as cli
-from embedshare.client.connection import ServiceConnection, ServiceStopped, ServiceUnavailable
+from embedshare.client.connection import ServiceConnection
 from embedshare.client.state import read_state
 from embedshare.embedders import create_embedder
+from embedshare.errors import ServiceStopped, ServiceUnavailable
 from embedshare.manager import EmbeddingManager
 from embedshare.pool.shared import SharedPool
 from embedshare.store import StoreLayout

@@ -220,10 +220,10 @@ def test_the_service_entry_point_needs_its_lifeline():
 
 
 def test_the_ray_registry_check_accepts_the_served_content_and_names_both_otherwise(built, tmp_path):
+    from embedshare.errors import RegistryMismatchError
     from embedshare.ray.source import check_deployment_registry, deployment_registry
     from embedshare.registry import load_registry
     from embedshare.registry.loader import bundled_registry_path
-    from embedshare.store.record import RegistryMismatchError
 
     served = deployment_registry(ObjectStoreToolIndex(index_payload(built.index.path)))
     bundled = load_registry("bundled")

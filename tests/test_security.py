@@ -35,9 +35,9 @@ from helpers.frames import closed_by_peer, connect_raw, exchange, frame, handsha
 from helpers.users import NEEDS_ROOT, NOBODY, as_other_user
 
 from embedshare.access import SharedEmbeddingManager
-from embedshare.client.protocol import RemoteError
 from embedshare.client.state import read_state
 from embedshare.embedders import create_embedder
+from embedshare.errors import EmbedderError
 from embedshare.service.launcher import EmbeddingService, ServiceStartError
 
 EMBEDDER = create_embedder("hash:64")
@@ -165,7 +165,7 @@ def test_the_api_key_never_appears_in_logs_stats_state_cli_or_errors(store, make
         server.fail_next(429, retry_after=0)  # retried: logged at debug level
         client.get_embedding("after a rate limit")
         server.fail_next(400, message=f"Incorrect API key provided: {secret}")  # a server that echoes it
-        with pytest.raises(RemoteError) as info:
+        with pytest.raises(EmbedderError) as info:
             client.get_embedding("the server echoes the key")
         error = str(info.value)
         stats = json.dumps(service.stats())

@@ -93,7 +93,7 @@ def test_a_pool_without_the_main_guard_is_named_in_one_line(tmp_path, start_meth
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last == (
-        "embedshare.pool.main_guard.MainGuardError: "
+        "embedshare.errors.MainGuardError: "
         f'{script}:9 starts a SharedPool outside `if __name__ == "__main__":`; '
         f"each worker imports {script} and would start one too: put the code that starts the pool under that guard"
     ), done.stderr

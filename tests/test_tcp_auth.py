@@ -30,8 +30,8 @@ from helpers.users import NEEDS_ROOT, as_other_user
 from embedshare.access import NoServiceWarning, SharedEmbeddingManager, get_embedding_manager
 from embedshare.client.config import ClientConfig
 from embedshare.client.connection import ServiceAuthenticationError, ServiceConnection
-from embedshare.client.protocol import RemoteError
 from embedshare.embedders import create_embedder
+from embedshare.errors import RemoteError
 from embedshare.sources.service import ServiceSource
 
 EMBEDDER = create_embedder("hash:64")

@@ -23,14 +23,47 @@ if TYPE_CHECKING:
         reset_embedding_manager,
         set_embedding_manager,
     )
-    from .client.connection import ServiceStopped, ServiceUnavailable  # noqa: F401
     from .embedders import create_embedder  # noqa: F401
-    from .manager import EmbeddingManager, NoIndexError  # noqa: F401
+    from .errors import (  # noqa: F401
+        AlreadyRunning,
+        ArgumentError,
+        CacheDamagedError,
+        CacheError,
+        CacheFullError,
+        EmbedderError,
+        EmbedshareError,
+        ForeignServiceError,
+        InvalidTextError,
+        MainGuardError,
+        ModelMismatchError,
+        NodeGone,
+        NoIndexError,
+        PoolError,
+        ProtocolError,
+        RegistryError,
+        RegistryMismatchError,
+        RemoteError,
+        ServiceAuthenticationError,
+        ServiceStartError,
+        ServiceStopped,
+        ServiceUnavailable,
+        SettingError,
+        StateFileError,
+        StoreRecordError,
+        TaskFailed,
+        ToolIndexError,
+        UnknownModelError,
+        UnknownToolError,
+        UnsafeStoreError,
+        UnsupportedModelError,
+        WorkerCrashed,
+        WorkerInitError,
+    )
+    from .manager import EmbeddingManager  # noqa: F401
     from .pool.shared import SharedPool  # noqa: F401
     from .service.config import ServiceConfig  # noqa: F401
-    from .service.launcher import EmbeddingService, ServiceStartError  # noqa: F401
-    from .sources.base import ModelMismatchError, VectorSource  # noqa: F401
-    from .store.record import RegistryMismatchError  # noqa: F401
+    from .service.launcher import EmbeddingService  # noqa: F401
+    from .sources.base import VectorSource  # noqa: F401
 
 
 __version__ = "0.1.0"
@@ -43,16 +76,44 @@ _EXPORTS = {
     "create_embedder": "embedshare.embedders",
     "SharedEmbeddingManager": "embedshare.access",
     "NoServiceWarning": "embedshare.access",
-    "ServiceUnavailable": "embedshare.client.connection",
-    "ServiceStopped": "embedshare.client.connection",
-    "NoIndexError": "embedshare.manager",
-    "ModelMismatchError": "embedshare.sources.base",
-    "RegistryMismatchError": "embedshare.store.record",
     "EmbeddingService": "embedshare.service.launcher",
-    "ServiceStartError": "embedshare.service.launcher",
     "ServiceConfig": "embedshare.service.config",
     "SharedPool": "embedshare.pool.shared",
     "VectorSource": "embedshare.sources.base",  # for a source of your own: EmbeddingManager(source=...)
+    # Every exception a user can meet, from the one module that defines them (errors.py).
+    "AlreadyRunning": "embedshare.errors",
+    "ArgumentError": "embedshare.errors",
+    "CacheDamagedError": "embedshare.errors",
+    "CacheError": "embedshare.errors",
+    "CacheFullError": "embedshare.errors",
+    "EmbedderError": "embedshare.errors",
+    "EmbedshareError": "embedshare.errors",
+    "ForeignServiceError": "embedshare.errors",
+    "InvalidTextError": "embedshare.errors",
+    "MainGuardError": "embedshare.errors",
+    "ModelMismatchError": "embedshare.errors",
+    "NoIndexError": "embedshare.errors",
+    "NodeGone": "embedshare.errors",
+    "PoolError": "embedshare.errors",
+    "ProtocolError": "embedshare.errors",
+    "RegistryError": "embedshare.errors",
+    "RegistryMismatchError": "embedshare.errors",
+    "RemoteError": "embedshare.errors",
+    "ServiceAuthenticationError": "embedshare.errors",
+    "ServiceStartError": "embedshare.errors",
+    "ServiceStopped": "embedshare.errors",
+    "ServiceUnavailable": "embedshare.errors",
+    "SettingError": "embedshare.errors",
+    "StateFileError": "embedshare.errors",
+    "StoreRecordError": "embedshare.errors",
+    "TaskFailed": "embedshare.errors",
+    "ToolIndexError": "embedshare.errors",
+    "UnknownModelError": "embedshare.errors",
+    "UnknownToolError": "embedshare.errors",
+    "UnsafeStoreError": "embedshare.errors",
+    "UnsupportedModelError": "embedshare.errors",
+    "WorkerCrashed": "embedshare.errors",
+    "WorkerInitError": "embedshare.errors",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -22,7 +22,6 @@ from pathlib import Path
 from . import settings
 from .client.address import TCP_SCHEME
 from .client.config import CLIENT_DEFAULTS, ClientConfig
-from .client.connection import ServiceStopped, ServiceUnavailable
 from .client.protocol import ServedRegistry, StatsReply
 from .client.state import stopped_on_purpose
 from .env import (
@@ -35,6 +34,7 @@ from .env import (
     ENV_STORE,
     default_store,
 )
+from .errors import ServiceStopped, ServiceUnavailable
 from .manager import DEFAULT_MODEL, EmbeddingManager
 from .sources.failover import POLICIES, FailoverSource
 from .sources.service import ServiceSource

@@ -24,11 +24,12 @@ import numpy as np
 from . import settings
 from .embedders import Embedder, validate_text, validate_texts
 from .env import default_store
+from .errors import NoIndexError, ToolIndexError
 from .registry import Registry, load_registry
-from .sources.base import IndexProvider, NoIndexError, VectorSource
+from .sources.base import IndexProvider, VectorSource
 from .sources.indexes import StoreIndexes
 from .sources.misspath import read_through
-from .store import EmbeddingCache, ToolIndex, ToolIndexError
+from .store import EmbeddingCache, ToolIndex
 from .store.index import Hits, SearchResult
 from .store.layout import StoreLayout
 from .store.record import registry_name

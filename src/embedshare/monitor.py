@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .client.connection import ServiceConnection, ServiceUnavailable
-from .client.protocol import ClientMemory, RemoteError, StatsWithMemory
+from .client.connection import ServiceConnection
+from .client.protocol import ClientMemory, StatsWithMemory
+from .errors import RemoteError, ServiceUnavailable
 from .service.observe import with_memory
 
 MB = 1024 * 1024

@@ -13,15 +13,13 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from .errors import SettingError as SettingError  # the settings' error: `settings.SettingError`
+
 # Upper bounds for settings that do not name a tighter one. Every setting has one: a wait of
 # 1e308 ms is accepted by a lower bound alone, and a miss then waits forever; a count of 2**70
 # overflows the C ints it is handed to.
 MAX_COUNT = 2**31 - 1
 MAX_DURATION = 7 * 24 * 3600  # in the setting's own unit: a week, for a timeout in seconds
-
-
-class SettingError(ValueError):
-    """A setting has a value outside what it accepts; the message names both."""
 
 
 def whole_number(name: str, value: Any, minimum: int, maximum: int = MAX_COUNT) -> int:

@@ -31,13 +31,19 @@ def store_layout(store: Path | None) -> Any:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """What a user can get wrong: shown as one line, never as a traceback."""
-    from ..client.connection import ServiceUnavailable
-    from ..client.protocol import RemoteError
-    from ..embedders import EmbedderError, InvalidTextError, UnknownModelError
-    from ..manager import NoIndexError
-    from ..registry import RegistryError
-    from ..service.launcher import ServiceStartError
-    from ..store import CacheError, ToolIndexError, UnknownToolError
+    from ..errors import (
+        CacheError,
+        EmbedderError,
+        InvalidTextError,
+        NoIndexError,
+        RegistryError,
+        RemoteError,
+        ServiceStartError,
+        ServiceUnavailable,
+        ToolIndexError,
+        UnknownModelError,
+        UnknownToolError,
+    )
 
     # OSError covers what the machine refuses: a port in use, a read-only or full disk, a
     # permission (PermissionError), a missing file (FileNotFoundError).
@@ -146,7 +152,7 @@ def open_manager(store: Path | None, model: str | None, registry: str | None) ->
     service's is an error, never silently the service's.
     """
     from ..access import SharedEmbeddingManager
-    from ..client.connection import ServiceUnavailable
+    from ..errors import ServiceUnavailable
     from ..manager import EmbeddingManager
 
     layout = store_layout(store)

@@ -148,7 +148,8 @@ def cache_reset(store: Path | None) -> None:
     For a damaged cache file. Nothing is deleted. Refused while a service runs on the store;
     stop it first (embedshare stop). Vectors are recomputed as texts are asked for again.
     """
-    from ..client.state import AlreadyRunning, acquire_service_lock
+    from ..client.state import acquire_service_lock
+    from ..errors import AlreadyRunning
     from ..store.cache_format import move_aside
 
     layout = store_layout(store)

@@ -16,26 +16,10 @@ from typing import Any, cast
 
 from .. import settings
 from ..env import ENV_TOKEN
+from ..errors import ForeignServiceError, ServiceAuthenticationError, ServiceUnavailable
 from . import handshake, protocol
 from .address import TCP_SCHEME, parse_tcp_address
 from .peercred import peer_credentials
-
-
-class ServiceUnavailable(ConnectionError):
-    """The service cannot be reached, went away, or did not answer in time."""
-
-
-class ServiceStopped(ServiceUnavailable):
-    """The service was stopped on purpose (``embedshare stop``): it is not restarted."""
-
-
-class ForeignServiceError(PermissionError):
-    """The socket is served by another user's process: never talked to, never fallen back from."""
-
-
-class ServiceAuthenticationError(ServiceUnavailable, PermissionError):
-    """A TCP peer did not prove it holds the token: it got no token, no text, and nothing it
-    said is used. Under the failure policies it is a service that is not there."""
 
 
 class _Reply:
@@ -118,7 +102,7 @@ class ServiceConnection:
         return self._closed is None and self.pid == os.getpid()
 
     def request(self, op: str, timeout: float | None = None, **fields: Any) -> dict[str, Any]:
-        """Send one request and wait for its reply; a service error raises RemoteError."""
+        """Send one request and wait for its reply; a service error raises its class (errors.py)."""
         future = _Reply()
         with self._lock:
             if self._closed is not None:
@@ -140,8 +124,7 @@ class ServiceConnection:
                 f"the embedshare service at {self.address} did not answer {op!r} within {timeout} s"
             ) from None
         if not reply.get("ok"):
-            error = reply.get("error") or {}
-            raise protocol.RemoteError(str(error.get("code")), str(error.get("message")))
+            raise protocol.reply_exception(reply)
         return reply
 
     def hello(self, timeout: float | None = None, **fields: Any) -> protocol.HelloReply:

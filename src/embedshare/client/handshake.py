@@ -31,6 +31,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any, TypeGuard
 
+from ..errors import HandshakeError as HandshakeError  # `handshake.HandshakeError`
 from .protocol import VERSION
 
 HANDSHAKE_VERSION = 1
@@ -39,10 +40,6 @@ NONCE_BYTES = 32
 MAX_FRAME = 4096  # the largest frame either end reads before the other proved itself (~150 used)
 CONTEXT = b"embedshare TCP handshake 1\x00"
 SERVICE, CLIENT = "service", "client"  # whose proof
-
-
-class HandshakeError(Exception):
-    """The peer did not authenticate; the message says why, in one line, without a secret."""
 
 
 def new_nonce() -> bytes:

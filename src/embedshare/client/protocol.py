@@ -24,6 +24,9 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import msgpack
 
+from ..errors import EmbedshareError, from_code
+from ..errors import ProtocolError as ProtocolError  # the protocol's error: `protocol.ProtocolError`
+
 if TYPE_CHECKING:  # util.latency imports numpy, which `embedshare stop` and `stats` need not load
     from ..util.latency import Summary
 
@@ -170,23 +173,6 @@ class StatsWithMemory(EngineStats):
     pss: int | None  # the service's, in bytes
 
 
-class ProtocolError(ValueError):
-    """A frame or request is malformed; ``code`` is the error code sent back."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class RemoteError(RuntimeError):
-    """The service answered a request with an error."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"service error ({code}): {message}")
-        self.code = code
-        self.remote_message = message
-
-
 def pack(message: dict[str, Any]) -> bytes:
     """One frame: header and msgpack body."""
     body = msgpack.packb(message, use_bin_type=True)
@@ -260,3 +246,12 @@ def request_texts(message: dict[str, Any]) -> list[str]:
 
 def error_reply(request_id: int, code: str, message: str) -> dict[str, Any]:
     return {"id": request_id, "ok": False, "error": {"code": code, "message": message}}
+
+
+def reply_exception(reply: dict[str, Any]) -> EmbedshareError:
+    """The exception an error reply stands for, for the client to raise: the class of the
+    service's failure when its code is in ``errors.WIRE_ERRORS``, else ``RemoteError``."""
+    error = reply.get("error")
+    if not isinstance(error, dict):
+        error = {}
+    return from_code(str(error.get("code")), str(error.get("message")))

@@ -12,6 +12,7 @@ import os
 import time
 from typing import Any, TypedDict, cast
 
+from ..errors import AlreadyRunning, StateFileError
 from ..store.files import open_private
 from ..store.layout import StoreLayout
 
@@ -41,12 +42,6 @@ class ServiceState(TypedDict, total=False):
     http: str | None  # the HTTP endpoint's URL
     tcp: str | None  # the TCP listener's tcp://HOST:PORT
     stopped: StopMark
-
-
-class AlreadyRunning(RuntimeError):
-    def __init__(self, pid: int | None) -> None:
-        super().__init__(f"a service already runs on this store (pid {pid})")
-        self.pid = pid
 
 
 def acquire_service_lock(layout: StoreLayout) -> int:
@@ -80,10 +75,6 @@ def service_lock_held(layout: StoreLayout) -> bool:
         return False
     finally:
         os.close(fd)
-
-
-class StateFileError(ValueError):
-    """``run/service.json`` exists but cannot be read back (garbled, cut short, not an object)."""
 
 
 def read_state(layout: StoreLayout, *, strict: bool = False) -> ServiceState:

@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 
 from ..env import ENV_MODEL
-from ..util.arguments import ArgumentError
+from ..errors import ArgumentError
 from ..util.user_warning import warn_user
 
 ORIGINAL_MODEL = "text-embedding-3-large"
@@ -104,7 +104,8 @@ def expected_dimension(spec: str) -> int | None:
         from ..embedders.openai import KNOWN_DIMS
 
         return KNOWN_DIMS.get(arg)
-    from ..embedders import EmbedderError, UnknownModelError, create_embedder
+    from ..embedders import create_embedder
+    from ..errors import EmbedderError, UnknownModelError
 
     try:  # hash and local embedders know their size without loading anything
         return int(create_embedder(spec).dim)

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from .. import access
-from ..manager import EmbeddingManager, NoIndexError
+from ..errors import ModelMismatchError, NoIndexError, ToolIndexError
+from ..manager import EmbeddingManager
 from ..registry import load_registry
-from ..sources.base import ModelMismatchError
-from ..store import ToolIndex, ToolIndexError
+from ..store import ToolIndex
 from ..store.index import index_folder_name
 from ..store.index_build import open_or_build_index
 from ..util.user_warning import warn_user

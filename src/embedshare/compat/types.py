@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UnknownToolError
 from ..registry import FIELDS
-from ..store import ToolIndex, UnknownToolError
+from ..store import ToolIndex
 
 _DESCRIPTION, _PARAMETERS, _FUNCTIONALITY = (FIELDS.index(f) for f in ("description", "parameters", "functionality"))
 _EMBEDDINGS = ("description_embedding", "parameter_embedding", "functionality_embedding", "combined_embedding")

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+from ..errors import EmbedderError, InvalidTextError, UnknownModelError
 from .base import (
     EMBEDDER_MEMBERS,
     MAX_TEXT_CHARS,
     Embedder,
     EmbedderDefaults,
-    EmbedderError,
-    InvalidTextError,
     check_vectors,
     missing_members,
     validate_text,
@@ -42,10 +41,6 @@ __all__ = [
 
 SPEC_HELP = "'hash:<dim>' (e.g. hash:384), 'local' (or local@torch, local@int8), or 'openai:<model>'"
 LOCAL_BACKENDS = ("onnx", "torch", "int8")
-
-
-class UnknownModelError(ValueError):
-    """A model spec string names no known embedder."""
 
 
 def create_embedder(spec: str | Embedder, **options: Any) -> Embedder:

@@ -12,14 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-
-class EmbedderError(RuntimeError):
-    """An embedder could not produce valid vectors (backend failure or bad output)."""
-
-
-class InvalidTextError(ValueError):
-    """A text given to embed is not a usable string; the message names which and why."""
-
+from ..errors import EmbedderError, InvalidTextError
 
 # The longest text we accept, in characters. Longer texts are truncated to this before they
 # reach a model (all-MiniLM-L6-v2 reads at most 256 word pieces, ~1-2k characters, anyway), so

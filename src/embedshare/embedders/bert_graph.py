@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import UnsupportedModelError
+
 if TYPE_CHECKING:  # onnx is imported by the build, in its own process (see the module doc)
     from onnx import ModelProto, NodeProto, TensorProto
 
@@ -40,10 +42,6 @@ CONTRIB_DOMAIN = "com.microsoft"  # ONNX Runtime's own (fused) ops
 # The graph's form: part of the name of the file kept in the store, so a graph of an older form
 # is never loaded after an upgrade (the vectors, hence the model_id, stay the same).
 GRAPH_FORM = "fused-1"
-
-
-class UnsupportedModelError(ValueError):
-    """The model folder is not a BERT encoder with mean pooling that this builder knows."""
 
 
 @dataclass(frozen=True)

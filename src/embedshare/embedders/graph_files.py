@@ -20,8 +20,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import EmbedderError
 from ..util.children import python_child
-from .base import EmbedderError
 from .bert_graph import GRAPH_FORM
 
 

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import EmbedderError
 from ..util.install import pip_install
-from .base import EmbedderDefaults, EmbedderError, check_vectors
+from .base import EmbedderDefaults, check_vectors
 
 if TYPE_CHECKING:  # imported by load(): torch costs ~1 s and ~300 MB
     from sentence_transformers import SentenceTransformer

@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 
 from .. import settings
+from ..errors import EmbedderError
 from ..util.heap import IdleTrim
 from ..util.install import pip_install
-from .base import EmbedderDefaults, EmbedderError, check_vectors
+from .base import EmbedderDefaults, check_vectors
 from .graph_files import discard, graph_file
 
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2

@@ -43,8 +43,9 @@ from typing import Any, NoReturn, Self
 
 import numpy as np
 
+from ..errors import EmbedderError
 from ..util.install import pip_install
-from .base import EmbedderDefaults, EmbedderError, check_vectors, validate_texts
+from .base import EmbedderDefaults, check_vectors, validate_texts
 
 __all__ = ["DEFAULT_BASE_URL", "KNOWN_DIMS", "OpenAIEmbedder"]
 

@@ -32,8 +32,8 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(f"the LangChain adapter needs langchain-core: {pip_install('langchain')}") from exc
 
+from ..errors import ModelMismatchError
 from ..manager import EmbeddingManager
-from ..sources.base import ModelMismatchError
 
 __all__ = ["EmbedshareEmbeddings"]
 

@@ -35,7 +35,7 @@ from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
 from multiprocessing.context import BaseContext, ForkServerProcess, set_spawning_popen
 from typing import Any
 
-from .outcomes import PoolError
+from ..errors import PoolError
 from .worker import FORKSERVER_IMPORTS
 
 

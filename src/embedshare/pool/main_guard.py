@@ -18,11 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from ..errors import MainGuardError
+
 _FrameTest = Callable[[FrameType], bool]
-
-
-class MainGuardError(RuntimeError):
-    """A pool was started where spawned workers would start it again."""
 
 
 def _guard_advice(script: str, line: int | None) -> str:

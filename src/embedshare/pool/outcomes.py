@@ -1,35 +1,15 @@
 """What a :class:`~embedshare.pool.workers.WorkerPool` reports: each item's outcome, each
-worker death, and the errors it raises."""
+worker death; the errors it raises are defined in ``errors.py``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import PoolError, TaskFailed, WorkerCrashed, WorkerInitError
 from .messages import ErrorInfo, Reply, ResultItem
 
 __all__ = ["PoolError", "TaskFailed", "TaskOutcome", "WorkerCrash", "WorkerCrashed", "WorkerInitError"]
-
-
-class PoolError(RuntimeError):
-    """Base class for errors raised by :class:`WorkerPool`."""
-
-
-class WorkerCrashed(PoolError):
-    """A task's worker process died on every allowed attempt (the name used in outcomes)."""
-
-
-class WorkerInitError(PoolError):
-    """A worker's initializer failed; retrying would only fail again, so the pool gives up."""
-
-
-class TaskFailed(PoolError):
-    """Raised by the convenience calls when at least one task failed; carries the failures."""
-
-    def __init__(self, message: str, failures: Sequence[TaskOutcome]):
-        super().__init__(message)
-        self.failures = list(failures)
 
 
 @dataclass

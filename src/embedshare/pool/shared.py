@@ -23,6 +23,7 @@ from typing import Any, Self
 from .. import settings
 from ..client.protocol import StatsReply
 from ..env import ENV_ADDRESS, ENV_MODEL, ENV_ON_FAILURE, ENV_STORE
+from ..errors import TaskFailed
 from ..registry.loader import BUNDLED_REGISTRY
 from ..service.config import ServiceConfig
 from ..service.launcher import EmbeddingService
@@ -32,7 +33,7 @@ from .attach import attach_worker, worker_stats
 from .blas import blas_thread_env
 from .forkserver import check_preload, preferred_start_method
 from .main_guard import refuse_unguarded_main
-from .outcomes import TaskFailed, TaskOutcome, WorkerCrash
+from .outcomes import TaskOutcome, WorkerCrash
 from .worker import timed_call
 from .workers import MAX_RETRIES, MAX_WORKERS, WorkerPool
 

@@ -15,6 +15,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 
+from ..errors import WorkerInitError
 from ..util.children import safe_path_while_starting
 from .messages import (
     ErrorInfo,
@@ -28,7 +29,7 @@ from .messages import (
     dumps,
     loads,
 )
-from .outcomes import WorkerCrash, WorkerInitError
+from .outcomes import WorkerCrash
 from .worker import worker_main
 
 # Seconds a worker gets to leave after a stop message, and after SIGTERM, before escalation.

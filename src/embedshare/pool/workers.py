@@ -45,9 +45,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Self
 
 from .. import settings
+from ..errors import PoolError, TaskFailed
 from .forkserver import PreloadedForkServer, check_preload
 from .messages import CallItem, ErrorInfo, Initializer, Reply, dumps
-from .outcomes import PoolError, TaskFailed, TaskOutcome, WorkerCrash
+from .outcomes import TaskOutcome, WorkerCrash
 from .supervisor import (
     STOP_TIMEOUT,
     Call,

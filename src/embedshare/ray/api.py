@@ -23,8 +23,8 @@ from typing import Any
 import ray
 
 from ..env import ENV_MODEL, ENV_REGISTRY
+from ..errors import SettingError
 from ..service.config import ServiceConfig, service_config
-from ..settings import SettingError
 from .config import default_store_root
 from .config import namespace as env_namespace
 from .coordinator import create_coordinator, get_coordinator, make_settings

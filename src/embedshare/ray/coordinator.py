@@ -25,9 +25,10 @@ from ray.exceptions import GetTimeoutError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .. import settings
+from ..errors import NodeGone
 from ..service.config import ServiceConfig
 from .config import COORDINATOR_NAME, owner_of, registry_copy, service_name
-from .node import RETRYABLE, NodeGone, NodeService, alive_nodes
+from .node import RETRYABLE, NodeService, alive_nodes
 
 log = logging.getLogger("embedshare.ray")
 

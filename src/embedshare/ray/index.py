@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ToolIndexError
 from ..registry import FIELDS
-from ..store.index import ARRAY_FILES, FORMAT_VERSION, ToolIndex, ToolIndexError
+from ..store.index import ARRAY_FILES, FORMAT_VERSION, ToolIndex
 
 PAYLOAD_FORMAT = 1
 ANN_ARRAYS = ("centroids", "offsets", "rows", "vectors")  # store/ann.py's files, ann_<name>.npy

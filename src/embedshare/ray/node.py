@@ -29,10 +29,11 @@ import numpy as np
 import ray
 from ray.exceptions import ActorUnschedulableError, RayActorError
 
-from ..client.connection import ServiceConnection, ServiceUnavailable
+from ..client.connection import ServiceConnection
 from ..client.protocol import HelloReply
+from ..errors import NodeGone, ServiceStartError, ServiceUnavailable
 from ..service.config import ServiceConfig
-from ..service.spawn import ServiceStartError, read_log_tail, spawn_service
+from ..service.spawn import read_log_tail, spawn_service
 from ..sources.misspath import MissPath
 from ..sources.service import request_chunks
 from ..store import EmbeddingCache, StoreLayout
@@ -44,10 +45,6 @@ log = logging.getLogger("embedshare.ray")
 
 # Failures after which asking again (a new or restarted actor) can succeed.
 RETRYABLE = (RayActorError, ActorUnschedulableError)
-
-
-class NodeGone(RuntimeError):
-    """The node is not alive in the cluster: its service cannot be (re)started."""
 
 
 def alive_nodes() -> dict[str, dict[str, Any]]:

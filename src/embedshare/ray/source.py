@@ -29,15 +29,15 @@ import numpy as np
 
 from .. import settings
 from ..client.config import CLIENT_DEFAULTS, ClientConfig
-from ..client.connection import ServiceUnavailable
 from ..env import ENV_ON_FAILURE
+from ..errors import RegistryMismatchError, ServiceUnavailable
 from ..manager import EmbeddingManager
 from ..registry import Registry, load_registry
 from ..sources.base import EmbedFn, Progress, ServiceBackedSource
 from ..sources.failover import POLICIES, FailoverSource
 from ..sources.service import ServiceSource
 from ..store import ToolIndex
-from ..store.record import RegistryMismatchError, describe_registry
+from ..store.record import describe_registry
 from ..util.counters import Counters
 from .config import owner_of
 

@@ -13,11 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import RegistryError
 from ..util.digests import sha256
-
-
-class RegistryError(ValueError):
-    """A registry is not valid; the message names the tool and the field."""
 
 
 @dataclass(frozen=True)

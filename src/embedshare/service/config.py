@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ..env import ENV_HTTP_TOKEN, default_store
-from ..settings import MAX_COUNT, MAX_DURATION, SettingError, seconds, whole_number
+from ..errors import ServiceArgvError, SettingError
+from ..settings import MAX_COUNT, MAX_DURATION, seconds, whole_number
 
 Check = Callable[[str, Any], Any]  # (field name, value) -> the value to keep, or SettingError
 _T = typing.TypeVar("_T")
@@ -412,11 +413,6 @@ def service_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0)
     return parser
-
-
-class ServiceArgvError(ValueError):
-    """The service process's argv holds a bad setting; the message is one line, and the
-    launcher has it already, on the ready pipe."""
 
 
 def service_main_args(argv: list[str] | None = None) -> tuple[ServiceConfig, int | None, int]:

@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import Any, Self
 
 from .. import settings
-from ..client.connection import ServiceConnection, ServiceStopped, ServiceUnavailable
+from ..client.connection import ServiceConnection
 from ..client.protocol import StatsReply
-from ..client.state import ServiceState, StateFileError, read_state, service_lock_held, stopped_on_purpose
+from ..client.state import ServiceState, read_state, service_lock_held, stopped_on_purpose
 from ..env import ENV_ADDRESS, ENV_ON_FAILURE, ENV_STORE
-from ..settings import SettingError
+from ..errors import ServiceStartError, ServiceStopped, ServiceUnavailable, SettingError, StateFileError
 from ..store import StoreLayout
 from .config import ServiceConfig, service_config
 from .http.address import http_token, is_loopback, parse_http_address
-from .spawn import ServiceStartError, read_log_tail, spawn_service
+from .spawn import read_log_tail, spawn_service
 
 __all__ = ["EmbeddingService", "ServiceStartError", "restart_service", "service_state"]
 

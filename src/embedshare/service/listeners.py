@@ -27,8 +27,7 @@ from ..client import protocol
 from ..client.address import parse_tcp_address
 from ..client.peercred import peer_credentials
 from ..client.state import mark_stopped
-from ..embedders import EmbedderError, InvalidTextError
-from ..store import CacheError
+from ..errors import EmbedderError, wire_error
 from .engine import Engine
 from .http.address import is_loopback
 from .limits import ByteBudget, Listener, Slot
@@ -250,23 +249,9 @@ class FrameServer:
             reply = await getattr(self, f"_op_{op}")(message)
             reply["id"] = request_id
             reply["ok"] = True
-        except protocol.ProtocolError as exc:
-            self.metrics.add(errors=1)
-            reply = protocol.error_reply(request_id, exc.code, str(exc))
-        except InvalidTextError as exc:
-            self.metrics.add(errors=1)
-            reply = protocol.error_reply(request_id, "invalid_text", str(exc))
-        except EmbedderError as exc:  # the model or API gave no valid vectors (logged by the batcher)
-            self.metrics.add(errors=1)
-            reply = protocol.error_reply(request_id, "model_error", str(exc))
-        except CacheError as exc:  # a damaged cache file: an error reply, the service lives on
-            self.metrics.add(errors=1)
-            log.error("request failed on the cache: %s", exc)
-            reply = protocol.error_reply(request_id, "cache_error", str(exc))
         except Exception as exc:  # a failing model or cache must not take the service down
             self.metrics.add(errors=1)
-            log.exception("request failed")
-            reply = protocol.error_reply(request_id, "internal", f"{type(exc).__name__}: {exc}")
+            reply = failure_reply(request_id, exc)
         try:
             frame = protocol.pack(reply)
         except protocol.ProtocolError as exc:
@@ -320,6 +305,20 @@ def budget_peer(peer: protocol.Peer) -> tuple[str, object]:
     if peer.get("pid") is not None:
         return ("pid", peer["pid"])
     return ("tcp", peer.get("tcp", "").rpartition(":")[0])
+
+
+def failure_reply(request_id: int, exc: Exception) -> dict[str, Any]:
+    """The error reply to a request that raised ``exc``: a malformed request's own code, the
+    code of ``errors.WIRE_ERRORS`` (the client raises the same class again), or ``internal``."""
+    if isinstance(exc, protocol.ProtocolError):
+        return protocol.error_reply(request_id, exc.code, str(exc))
+    wire = wire_error(exc)
+    if wire is None:
+        log.exception("request failed")
+        return protocol.error_reply(request_id, "internal", f"{type(exc).__name__}: {exc}")
+    if wire.status >= 500 and not isinstance(exc, EmbedderError):  # the batcher logs the model's
+        log.error("request failed (%s): %s", wire.code, exc)
+    return protocol.error_reply(request_id, wire.code, str(exc))
 
 
 def log_request(message: Any, reply: dict[str, Any], seconds: float, peer: protocol.Peer) -> None:

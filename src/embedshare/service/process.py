@@ -14,10 +14,11 @@ import os
 import sys
 from collections.abc import Callable
 
-from ..client.state import AlreadyRunning, acquire_service_lock
+from ..client.state import acquire_service_lock
+from ..errors import AlreadyRunning, ServiceArgvError
 from ..store import StoreLayout
 from . import ratelog
-from .config import ServiceArgvError, ServiceConfig, service_main_args
+from .config import ServiceConfig, service_main_args
 from .server import EmbeddingServer
 
 log = logging.getLogger("embedshare.service")

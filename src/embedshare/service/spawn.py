@@ -16,22 +16,11 @@ import time
 from collections.abc import Sequence
 
 from ..env import ENV_ADDRESS
+from ..errors import ServiceStartError
 from ..store import StoreLayout
 from ..store.files import open_private, write_atomic
 from ..util.children import python_child
 from .config import ServiceConfig
-
-
-class ServiceStartError(RuntimeError):
-    """The service process exited or failed before it answered.
-
-    The message is one line (what went wrong, and where the log is); ``log_tail`` holds the
-    end of the service's log, traceback included, for ``-v`` and for debugging.
-    """
-
-    def __init__(self, message: str, log_tail: str = "") -> None:
-        super().__init__(message)
-        self.log_tail = log_tail
 
 
 def read_log_tail(layout: StoreLayout, lines: int = 20) -> str:

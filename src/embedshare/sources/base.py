@@ -39,17 +39,6 @@ EmbedFn = Callable[[Sequence[str]], np.ndarray]  # texts -> vectors, through the
 Progress = Callable[[int, int], None]
 
 
-class NoIndexError(RuntimeError):
-    """A search was asked of a manager that has no tool registry loaded."""
-
-
-class ModelMismatchError(ValueError):
-    """A service (or this process's manager) embeds with another model than the one asked for.
-
-    Never answered with the other model's vectors: the message names both models and the fix.
-    """
-
-
 @runtime_checkable
 class IndexProvider(Protocol):
     """What a store serves: its tool index, and what asking for a registry means."""

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import settings
-from ..client.connection import ServiceStopped, ServiceUnavailable
 from ..client.state import read_state
 from ..embedders import create_embedder
+from ..errors import ServiceStopped, ServiceUnavailable
 from ..registry import Registry
 from ..store import ToolIndex
 from ..util.lazylog import LazyLogger

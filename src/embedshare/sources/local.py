@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 
 from ..embedders import Embedder, create_embedder
+from ..errors import CacheError, NoIndexError
 from ..registry import Registry
 from ..store import EmbeddingCache, StoreLayout, ToolIndex
 from ..store.index_build import open_or_build_index
 from ..store.record import no_registry_advice, recorded_registry, write_record
 from ..util.counters import Counters
 from ..util.singleflight import Promise, SingleFlight
-from .base import EmbedFn, NoIndexError, Progress, VectorSource
+from .base import EmbedFn, Progress, VectorSource
 from .misspath import MissPath
 
 

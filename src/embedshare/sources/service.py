@@ -13,6 +13,10 @@ applies the policy if not. That one loop bounds the attempts of a call, so a ser
 on every request is not sent the same texts again and again.
 
 Every (re)connection checks the service's model again: a call never gets another model's vectors.
+
+A service's error reply raises the class its failure had there (the codes of ``errors.WIRE_ERRORS``,
+mapped by the client's ``protocol.reply_exception``): a model failure is an ``EmbedderError``, a
+damaged cache a ``CacheDamagedError``, as with a local source.
 """
 
 from __future__ import annotations
@@ -27,14 +31,23 @@ import numpy as np
 from ..client import protocol
 from ..client.address import TCP_SCHEME
 from ..client.config import CLIENT_DEFAULTS, ClientConfig
-from ..client.connection import ServiceAuthenticationError, ServiceConnection, ServiceUnavailable
+from ..client.connection import ServiceConnection
 from ..embedders import model_id_of
 from ..env import ENV_MODEL, ENV_TOKEN
+from ..errors import (
+    ModelMismatchError,
+    NoIndexError,
+    ProtocolError,
+    RegistryMismatchError,
+    RemoteError,
+    ServiceAuthenticationError,
+    ServiceUnavailable,
+)
 from ..registry import Registry
 from ..store import EmbeddingCache, StoreLayout, ToolIndex
-from ..store.record import RegistryMismatchError, describe_registry
+from ..store.record import describe_registry
 from ..util.counters import Counters
-from .base import EmbedFn, ModelMismatchError, NoIndexError, Progress, ServiceBackedSource
+from .base import EmbedFn, Progress, ServiceBackedSource
 
 MAX_REQUEST_TEXTS = 4096
 MAX_REQUEST_CHARS = 8 << 20
@@ -92,11 +105,12 @@ class ServiceSource(ServiceBackedSource):
         conn = ServiceConnection(self.address, connect_timeout=self.connect_timeout, token=self._token)
         try:
             hello = conn.hello(timeout=self.request_timeout, model_id=self._wanted_model_id)
-        except protocol.RemoteError as exc:
+        except ModelMismatchError as exc:  # the service's refusal, with the ways out
             conn.close()
-            if exc.code == "model_mismatch":
-                raise ModelMismatchError(self._mismatch_fix(exc.remote_message)) from None
-            raise ValueError(exc.remote_message) from None
+            raise ModelMismatchError(self._mismatch_fix(str(exc))) from None
+        except RemoteError as exc:  # a hello it cannot answer (another protocol version)
+            conn.close()
+            raise ProtocolError(exc.code, exc.remote_message) from None
         except BaseException:
             conn.close()
             raise
@@ -186,7 +200,7 @@ class ServiceSource(ServiceBackedSource):
         self._counters.add(service_requests=1, service_texts=len(texts))
         vectors = np.frombuffer(reply["vectors"], dtype=np.float32)
         if reply.get("dim") != self.dim or vectors.size != len(texts) * self.dim:
-            raise protocol.RemoteError("bad_reply", f"expected {len(texts)} vectors of {self.dim} dims")
+            raise RemoteError("bad_reply", f"expected {len(texts)} vectors of {self.dim} dims")
         return vectors.reshape(len(texts), self.dim)
 
     # -- what the service serves --------------------------------------------------------------

@@ -6,9 +6,9 @@ a worker reads indexes and never builds one.
 
 from typing import TYPE_CHECKING, Any
 
+from ..errors import CacheDamagedError, CacheError, CacheFullError, ToolIndexError, UnknownToolError
 from .cache import EmbeddingCache, cache_key
-from .cache_errors import CacheDamagedError, CacheError, CacheFullError
-from .index import SearchResult, ToolIndex, ToolIndexError, UnknownToolError
+from .index import SearchResult, ToolIndex
 from .layout import StoreLayout
 
 if TYPE_CHECKING:

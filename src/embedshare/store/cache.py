@@ -36,11 +36,12 @@ from typing import TYPE_CHECKING, Self
 import lmdb
 import numpy as np
 
+from ..errors import CacheError, CacheFullError
 from ..util.digests import blake2b
 from ..util.lazylog import LazyLogger
 from . import cache_format
 from .cache_env import EnvKey, TxnGuard, acquire_shared_env, open_environment, release_shared_env
-from .cache_errors import CacheError, CacheFullError, damaged, disk_full, read_error, readers_full
+from .cache_errors import damaged, disk_full, read_error, readers_full
 
 if TYPE_CHECKING:
     from .vector_cache import VectorCache

@@ -25,9 +25,10 @@ from typing import NamedTuple
 
 import lmdb
 
+from ..errors import CacheError, CacheFullError, UnsafeStoreError
 from . import cache_format
-from .cache_errors import CacheError, CacheFullError, damaged
-from .files import PRIVATE_FILE_MODE, UnsafeStoreError, private_dir, private_file
+from .cache_errors import damaged
+from .files import PRIVATE_FILE_MODE, private_dir, private_file
 
 _OPEN_ATTEMPTS = 100  # opens that lose the race against a growing map (see open_environment)
 _READER_SLOT_BYTES = 64  # LMDB's reader table: one cache line per reader slot

@@ -1,4 +1,4 @@
-"""The cache's errors, and what each LMDB failure means: one clear line naming the cache."""
+"""What each LMDB failure means, as one of the cache's errors (``errors.py``): one clear line naming the cache."""
 
 from __future__ import annotations
 
@@ -7,19 +7,8 @@ from pathlib import Path
 
 import lmdb
 
+from ..errors import CacheDamagedError, CacheError
 from . import cache_format
-
-
-class CacheError(RuntimeError):
-    """The cache could not be opened or written; the message says why."""
-
-
-class CacheFullError(CacheError):
-    """The cache reached its size limit or the disk is full. Nothing was corrupted."""
-
-
-class CacheDamagedError(CacheError):
-    """The cache file is damaged (cut short, garbled pages); the message names it and the fix."""
 
 
 def damaged(path: Path, problem: str) -> CacheDamagedError:

@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .index import ToolIndex, ToolIndexError
+from ..errors import ToolIndexError
+from .index import ToolIndex
 
 
 def list_indexes(indexes: Path) -> list[dict[str, Any]]:

@@ -17,12 +17,10 @@ import os
 import stat
 from pathlib import Path
 
+from ..errors import UnsafeStoreError
+
 PRIVATE_FILE_MODE = 0o600
 PRIVATE_DIR_MODE = 0o700
-
-
-class UnsafeStoreError(PermissionError):
-    """A store folder or file that another user could read, replace or redirect."""
 
 
 def write_atomic(path: str | os.PathLike[str], data: str | bytes, mode: int = PRIVATE_FILE_MODE) -> None:

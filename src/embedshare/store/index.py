@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import ToolIndexError, UnknownToolError
 from ..registry import FIELDS
 from ..registry.loader import tool_protocol
 from ..util.digests import blake2b, sha256
@@ -48,17 +49,6 @@ ARRAY_FILES = (
     "tool_offsets.npy",
 )
 DATA_FILES = (*ARRAY_FILES, "tools.jsonl")
-
-
-class ToolIndexError(ValueError):
-    """An index folder is missing, corrupt, or does not match what was asked for."""
-
-
-class UnknownToolError(KeyError):
-    """A tool name is not in the index."""
-
-    def __str__(self) -> str:  # KeyError would show the repr of the message
-        return str(self.args[0])
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ToolIndexError
 from ..registry import FIELDS, Registry, field_texts, field_weights
 from .files import PRIVATE_FILE_MODE, private_dir
-from .index import DATA_FILES, FORMAT_VERSION, ToolIndex, ToolIndexError, file_sha256, index_folder_name
+from .index import DATA_FILES, FORMAT_VERSION, ToolIndex, file_sha256, index_folder_name
 
 EmbedFn = Callable[[list[str]], np.ndarray]
 ANN_MIN_TOOLS = 100_000  # from here on an approximate index takes over search_hits (bench/README.md)

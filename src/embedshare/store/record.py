@@ -15,19 +15,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..errors import StoreRecordError, UnsafeStoreError
 from ..registry import Registry
-from .files import UnsafeStoreError, read_private_text, write_atomic
+from .files import read_private_text, write_atomic
 from .layout import StoreLayout
 
 RECORD_VERSION = 1
-
-
-class RegistryMismatchError(ValueError):
-    """A registry was asked for that is not the one the store's service serves."""
-
-
-class StoreRecordError(ValueError):
-    """``store.json`` holds a value of the wrong kind (edited by hand, or by another tool)."""
 
 
 def read_record(store: str | Path | StoreLayout) -> dict[str, Any]:

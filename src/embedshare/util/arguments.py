@@ -12,12 +12,9 @@ import operator
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import ArgumentError
+
 MAX_K = 1_000_000  # more results than any index this project builds holds
-
-
-class ArgumentError(TypeError, ValueError):
-    """An argument of the wrong kind or out of range; both a ``TypeError`` and a ``ValueError``,
-    so code written against either (the original raised both, by accident) still catches it."""
 
 
 def result_count(k: Any) -> int:

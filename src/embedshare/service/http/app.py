@@ -66,15 +66,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ...client.protocol import StatsReply
-from ...embedders import EmbedderError, InvalidTextError
 from ...embedders.base import MAX_TEXT_CHARS
-from .errors import EXCEPTION_HANDLERS, ApiError, error_response
+from ...errors import wire_error
+from .errors import EXCEPTION_HANDLERS, ApiError, error_response, wire_api_error
 from .inputs import input_texts
 from .probes import probe_routes
 from .tokenize import ModelTokenizer, max_input_length, tokenize_request
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..engine import Engine
+    from ..metrics import ServiceMetrics
     from .admission import RequestAdmission
 
 log = logging.getLogger("embedshare.service.http")
@@ -94,146 +95,8 @@ def count_tokens(texts: list[str]) -> int:
 def create_app(engine: Engine, admission: RequestAdmission, stats: Callable[[], StatsReply]) -> Any:
     """The ASGI app over a service's ``engine`` (and its config and metrics); requests are
     admitted by ``admission`` (its budget and limits), and ``/metrics`` reads ``stats``."""
-    config, metrics = engine.config, engine.metrics
-
-    async def ready() -> None:
-        await engine.ready()  # like a socket request: wait while the model loads
-
-    def model_names() -> tuple[str, ...]:
-        """The names a request may give: the model id, its spec, then ``--served-model-name``'s."""
-        return tuple(dict.fromkeys((engine.model_id, config.model, *config.served_model_names)))
-
-    def checked_model(model: str) -> str:
-        """``model`` if the service answers to it; else a 404 naming the fix (never another model)."""
-        if model in model_names():
-            return model
-        raise unknown_model(model, engine.model_id, model_names())
-
-    def model_object(name: str) -> dict[str, Any]:
-        return {"id": name, "object": "model", "created": int(metrics.started), "owned_by": "embedshare"}
-
-    async def counted(handler: Callable[[Request], Awaitable[Response]], request: Request) -> Response:
-        """Count an API request like a socket request: requests, errors, latency."""
-        started = time.perf_counter()
-        metrics.add(requests=1, http_requests=1)
-        try:
-            return await handler(request)
-        except ApiError as exc:
-            metrics.add(errors=1)
-            return exc.response()
-        except ClientDisconnect:  # it left mid-body: nobody to answer
-            metrics.add(errors=1)
-            return Response(status_code=400)
-        except Exception:  # a failing model or cache must not take the endpoint down
-            metrics.add(errors=1)
-            log.exception("HTTP request %s %s failed", request.method, request.url.path)
-            return error_response(
-                500, "internal error; see the service log", type="server_error", code="internal_error"
-            )
-        finally:
-            seconds = time.perf_counter() - started
-            metrics.observe_request(seconds)
-            if log.isEnabledFor(logging.DEBUG):  # -vv: one line a request, never its texts
-                peer = request.client
-                log.debug(
-                    "request http %s %s %.2f ms from %s",
-                    request.method,
-                    request.url.path,
-                    seconds * 1000,
-                    f"{peer.host}:{peer.port}" if peer else "?",
-                )
-
-    async def embeddings(request: Request) -> Response:
-        return await counted(_embeddings, request)
-
-    async def _embeddings(request: Request) -> Response:
-        body = await admission.admit(request)
-        await ready()
-        canonical, dim = engine.model_id, engine.dim
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise ApiError(
-                400,
-                "you must give 'model', a string; GET /v1/models lists it",
-                param="model",
-                code="missing_required_parameter" if model is None else "invalid_type",
-            )
-        checked_model(model)
-        texts = await input_texts(body.get("input"), config.max_client_batch_size)
-        encoding = body.get("encoding_format", "float")
-        if encoding is None:
-            encoding = "float"
-        if encoding not in ("float", "base64"):
-            raise ApiError(
-                400,
-                f"'encoding_format' must be 'float' or 'base64', got {encoding!r}",
-                param="encoding_format",
-                code="invalid_value",
-            )
-        dimensions = body.get("dimensions")
-        if dimensions is not None:
-            if isinstance(dimensions, bool) or not isinstance(dimensions, int):
-                raise ApiError(
-                    400, f"'dimensions' must be an integer, got {dimensions!r}", param="dimensions", code="invalid_type"
-                )
-            if dimensions != dim:
-                raise ApiError(
-                    400,
-                    f"model '{canonical}' cannot change its output size: 'dimensions' "
-                    f"must be {dim} (its own) or left out, got {dimensions}",
-                    param="dimensions",
-                    code="invalid_value",
-                )
-        peer = request.client  # an HTTP client is its connection, for the batcher's fairness
-        engine.serve_client(None, f"http {peer.host}:{peer.port}" if peer else None)
-        try:
-            vectors, _ = await engine.embed_checked(texts)  # input_texts checked them
-        except InvalidTextError as exc:
-            raise ApiError(400, str(exc), param="input", code="invalid_value") from None
-        except EmbedderError as exc:
-            log.error("embedding failed: %s", exc)
-            raise ApiError(502, f"the model failed: {exc}", type="server_error", code="model_error") from None
-        if vectors.size > OFFLOAD_VALUES:
-            payload = await asyncio.to_thread(_reply, vectors, texts, encoding, canonical)
-        else:
-            payload = _reply(vectors, texts, encoding, canonical)
-        return Response(payload, media_type="application/json")
-
-    async def list_models(request: Request) -> Response:
-        async def handler(request: Request) -> Response:
-            await ready()
-            names = (engine.model_id, *config.served_model_names)  # the spec is the id's other spelling
-            return JSONResponse({"object": "list", "data": [model_object(name) for name in dict.fromkeys(names)]})
-
-        return await counted(handler, request)
-
-    async def get_model(request: Request) -> Response:
-        async def handler(request: Request) -> Response:
-            await ready()
-            wanted = checked_model(request.path_params["model"])
-            return JSONResponse(model_object(engine.model_id if wanted == config.model else wanted))
-
-        return await counted(handler, request)
-
-    tokenizer = ModelTokenizer()
-
-    async def tokenize(request: Request) -> Response:
-        async def handler(request: Request) -> Response:
-            body = await admission.admit(request)
-            await ready()
-            texts, special = tokenize_request(body, engine.model_id, config.max_client_batch_size)
-            return JSONResponse(await asyncio.to_thread(tokenizer.tokenize, texts, special))
-
-        return await counted(handler, request)
-
-    async def info(request: Request) -> Response:
-        async def handler(request: Request) -> Response:
-            await ready()
-            return JSONResponse(service_info(engine))
-
-        return await counted(handler, request)
-
-    app = Starlette(
+    api = OpenAIRoutes(engine, admission)
+    return Starlette(
         routes=[
             # Each OpenAI route also without /v1, as TEI and Infinity serve them: a client whose
             # base URL is the bare host (Infinity's default) finds them too.
@@ -241,18 +104,177 @@ def create_app(engine: Engine, admission: RequestAdmission, stats: Callable[[], 
                 route
                 for prefix in ("/v1", "")
                 for route in (
-                    Route(f"{prefix}/embeddings", embeddings, methods=["POST"]),
-                    Route(f"{prefix}/models", list_models, methods=["GET"]),
-                    Route(f"{prefix}/models/{{model:path}}", get_model, methods=["GET"]),
+                    Route(f"{prefix}/embeddings", api.counted(api.embeddings), methods=["POST"]),
+                    Route(f"{prefix}/models", api.counted(api.list_models), methods=["GET"]),
+                    Route(f"{prefix}/models/{{model:path}}", api.counted(api.get_model), methods=["GET"]),
                 )
             ),
-            Route("/info", info, methods=["GET"]),
-            Route("/tokenize", tokenize, methods=["POST"]),
+            Route("/info", api.counted(api.info), methods=["GET"]),
+            Route("/tokenize", api.counted(api.tokenize), methods=["POST"]),
             *probe_routes(engine, stats),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
     )
-    return app
+
+
+class OpenAIRoutes:
+    """The handlers of the API routes, over one service's ``engine``; each is wrapped by
+    :meth:`counted`, which counts it and turns what it raises into an error reply."""
+
+    def __init__(self, engine: Engine, admission: RequestAdmission) -> None:
+        self.engine, self.admission = engine, admission
+        self.config, self.metrics = engine.config, engine.metrics
+        self.tokenizer = ModelTokenizer()
+
+    def counted(self, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        """``handler`` counted like a socket request (requests, errors, latency); what it
+        raises is an error reply: an embedshare error by its code (``errors.WIRE_ERRORS``)."""
+        metrics = self.metrics
+
+        async def endpoint(request: Request) -> Response:
+            started = time.perf_counter()
+            metrics.add(requests=1, http_requests=1)
+            try:
+                return await handler(request)
+            except ApiError as exc:
+                metrics.add(errors=1)
+                return exc.response()
+            except ClientDisconnect:  # it left mid-body: nobody to answer
+                metrics.add(errors=1)
+                return Response(status_code=400)
+            except Exception as exc:  # a failing model or cache must not take the endpoint down
+                metrics.add(errors=1)
+                return failure_response(exc, request)
+            finally:
+                log_request(request, time.perf_counter() - started, metrics)
+
+        return endpoint
+
+    async def ready(self) -> None:
+        await self.engine.ready()  # like a socket request: wait while the model loads
+
+    def model_names(self) -> tuple[str, ...]:
+        """The names a request may give: the model id, its spec, then ``--served-model-name``'s."""
+        config = self.config
+        return tuple(dict.fromkeys((self.engine.model_id, config.model, *config.served_model_names)))
+
+    def checked_model(self, model: str) -> str:
+        """``model`` if the service answers to it; else a 404 naming the fix (never another model)."""
+        if model in self.model_names():
+            return model
+        raise unknown_model(model, self.engine.model_id, self.model_names())
+
+    def model_object(self, name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": int(self.metrics.started), "owned_by": "embedshare"}
+
+    async def embeddings(self, request: Request) -> Response:
+        body = await self.admission.admit(request)
+        await self.ready()
+        engine = self.engine
+        self.checked_model(requested_model(body))
+        texts = await input_texts(body.get("input"), self.config.max_client_batch_size)
+        encoding = requested_encoding(body)
+        check_dimensions(body.get("dimensions"), engine.model_id, engine.dim)
+        peer = request.client  # an HTTP client is its connection, for the batcher's fairness
+        engine.serve_client(None, f"http {peer.host}:{peer.port}" if peer else None)
+        vectors, _ = await engine.embed_checked(texts)  # input_texts checked them
+        if vectors.size > OFFLOAD_VALUES:
+            payload = await asyncio.to_thread(_reply, vectors, texts, encoding, engine.model_id)
+        else:
+            payload = _reply(vectors, texts, encoding, engine.model_id)
+        return Response(payload, media_type="application/json")
+
+    async def list_models(self, request: Request) -> Response:
+        await self.ready()
+        names = (self.engine.model_id, *self.config.served_model_names)  # the spec is the id's other spelling
+        return JSONResponse({"object": "list", "data": [self.model_object(name) for name in dict.fromkeys(names)]})
+
+    async def get_model(self, request: Request) -> Response:
+        await self.ready()
+        wanted = self.checked_model(request.path_params["model"])
+        return JSONResponse(self.model_object(self.engine.model_id if wanted == self.config.model else wanted))
+
+    async def tokenize(self, request: Request) -> Response:
+        body = await self.admission.admit(request)
+        await self.ready()
+        texts, special = tokenize_request(body, self.engine.model_id, self.config.max_client_batch_size)
+        return JSONResponse(await asyncio.to_thread(self.tokenizer.tokenize, texts, special))
+
+    async def info(self, request: Request) -> Response:
+        await self.ready()
+        return JSONResponse(service_info(self.engine))
+
+
+def failure_response(exc: Exception, request: Request) -> Response:
+    """The reply to a request that raised ``exc``: its status and code in ``errors.WIRE_ERRORS``
+    (a damaged cache is a 503 ``cache_damaged``, a model failure a 502), else a 500."""
+    wire = wire_error(exc)
+    if wire is None:
+        log.exception("HTTP request %s %s failed", request.method, request.url.path)
+        return error_response(500, "internal error; see the service log", type="server_error", code="internal_error")
+    if wire.status >= 500:
+        log.error("HTTP request %s %s failed (%s): %s", request.method, request.url.path, wire.code, exc)
+    return wire_api_error(exc, wire).response()
+
+
+def log_request(request: Request, seconds: float, metrics: ServiceMetrics) -> None:
+    """Observe an API request's latency, and at -vv log one line for it (never its texts)."""
+    metrics.observe_request(seconds)
+    if log.isEnabledFor(logging.DEBUG):
+        peer = request.client
+        log.debug(
+            "request http %s %s %.2f ms from %s",
+            request.method,
+            request.url.path,
+            seconds * 1000,
+            f"{peer.host}:{peer.port}" if peer else "?",
+        )
+
+
+def requested_model(body: dict[str, Any]) -> str:
+    """The body's ``model``, which OpenAI's API requires."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(
+            400,
+            "you must give 'model', a string; GET /v1/models lists it",
+            param="model",
+            code="missing_required_parameter" if model is None else "invalid_type",
+        )
+    return model
+
+
+def requested_encoding(body: dict[str, Any]) -> str:
+    """The body's ``encoding_format``: ``float`` (also when null or left out) or ``base64``."""
+    encoding = body.get("encoding_format", "float")
+    if encoding is None:
+        return "float"
+    if encoding not in ("float", "base64"):
+        raise ApiError(
+            400,
+            f"'encoding_format' must be 'float' or 'base64', got {encoding!r}",
+            param="encoding_format",
+            code="invalid_value",
+        )
+    return str(encoding)
+
+
+def check_dimensions(dimensions: Any, model_id: str, dim: int) -> None:
+    """``dimensions`` may only be left out or name the model's own size: ours cannot shorten."""
+    if dimensions is None:
+        return
+    if isinstance(dimensions, bool) or not isinstance(dimensions, int):
+        raise ApiError(
+            400, f"'dimensions' must be an integer, got {dimensions!r}", param="dimensions", code="invalid_type"
+        )
+    if dimensions != dim:
+        raise ApiError(
+            400,
+            f"model '{model_id}' cannot change its output size: 'dimensions' "
+            f"must be {dim} (its own) or left out, got {dimensions}",
+            param="dimensions",
+            code="invalid_value",
+        )
 
 
 def unknown_model(model: str, canonical: str, names: tuple[str, ...]) -> ApiError:

