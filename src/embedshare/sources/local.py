@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..embedders import Embedder, create_embedder
-from ..errors import CacheError, NoIndexError
+from ..errors import NoIndexError
 from ..registry import Registry
 from ..store import EmbeddingCache, StoreLayout, ToolIndex
 from ..store.index_build import open_or_build_index
