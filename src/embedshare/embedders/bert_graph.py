@@ -6,13 +6,13 @@ encoder is a short, fixed recipe (embeddings, N x [self-attention, feed-forward]
 so the graph is about 50 ops made with onnx's helper API from the packaged weights, in well
 under a second; nothing is downloaded. The ops are ONNX Runtime's fused ones (``com.microsoft``
 Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization), the form its
-``onnxruntime.transformers`` optimizer gives an exported BERT; ``tests/test_onnx_graph.py``
+``onnxruntime.transformers`` optimizer gives an exported BERT; ``tests/embedders/test_onnx_graph.py``
 checks the census.
 
 ``python -m embedshare.embedders.bert_graph FOLDER OUT.onnx [--int8]`` writes it: the service
 runs that in a child process, so that neither onnx (16 MB PSS) nor the build's transient
 copies of the weights (and ORT's hold on a model given as bytes) stay in the service.
-``tests/test_onnx_embedder.py`` proves the vectors equal to the torch path's.
+``tests/embedders/test_onnx_embedder.py`` proves the vectors equal to the torch path's.
 
 The graph takes ``input_ids`` and ``attention_mask`` (int64, ``[batch, seq]``) and returns the
 mask-aware mean of the last hidden states (``[batch, hidden]``), i.e. sentence-transformers'

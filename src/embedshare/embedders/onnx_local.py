@@ -4,7 +4,7 @@ The graph is built from the packaged safetensors (``bert_graph``, in ONNX Runtim
 in a child process) and kept in the store when there is one (``graph_files``); the tokenizer is
 the package's own ``tokenizer.json`` read by Hugging Face ``tokenizers``, so the process never
 imports torch or transformers. The vectors equal the sentence-transformers path's (max abs
-difference below 1e-5, proved in ``tests/test_onnx_embedder.py``), so fp32 shares its
+difference below 1e-5, proved in ``tests/embedders/test_onnx_embedder.py``), so fp32 shares its
 ``model_id`` and every cached vector. ``quantize="int8"`` applies ONNX Runtime's dynamic int8
 quantisation: other vectors, so another ``model_id``.
 

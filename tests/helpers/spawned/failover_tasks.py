@@ -1,4 +1,4 @@
-"""Tasks run in pool workers and Popen'd interpreters by tests/test_failover.py.
+"""Tasks run in pool workers and Popen'd interpreters by tests/manager/test_failover.py.
 
 Each uses only ``get_embedding_manager()``, as user task code does, and returns what it got in
 a form the test compares with a fault-free local manager's (``failover_expected``).

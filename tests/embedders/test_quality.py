@@ -15,7 +15,7 @@ from embedshare.registry import load_registry
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(600)]
 
-QUALITY_FILE = Path(__file__).parent / "data" / "search_quality.json"
+QUALITY_FILE = Path(__file__).parents[1] / "data" / "search_quality.json"
 MIN_QUERIES = 25
 MIN_TOP1 = 0.85
 

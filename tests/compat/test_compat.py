@@ -41,7 +41,7 @@ from embedshare.store import ToolIndexError
 
 pytestmark = pytest.mark.timeout(300)
 
-REGISTRY = Path(__file__).parent / "data" / "mcp_tools_original.json"
+REGISTRY = Path(__file__).parents[1] / "data" / "mcp_tools_original.json"
 CATEGORIES = ["computation", "data_processing", "file_operations", "integration", "network", "utility"]
 
 

@@ -21,7 +21,7 @@ from embedshare.cli import main
 
 pytestmark = pytest.mark.timeout(180)
 
-README = Path(__file__).parent.parent / "README.md"
+README = Path(__file__).parents[2] / "README.md"
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 90) -> subprocess.CompletedProcess:

@@ -19,7 +19,7 @@ from helpers.extras import skip_module_unless
 skip_module_unless("dev", "mypy")
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 USER_CODE = """
 from embedshare import EmbeddingManager, get_embedding_manager

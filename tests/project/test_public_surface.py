@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers.extras import requires
 
-API_DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
+API_DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 NEEDS = {"embedshare.ray": "ray", "embedshare.integrations.langchain": "langchain"}
 
 

