@@ -191,3 +191,9 @@ def test_bulk_clients_alone_still_get_whole_batches():
         _, texts = queue.take(64, 4096)
         assert len(texts) == 16  # 4 turns of 4 long texts: the whole token budget
         assert {t.split()[1] for t in texts} == {"a", "b"}  # both, in turn
+
+
+def test_what_is_left_after_a_round_is_taken_when_all_of_it_fits_in_the_batch():
+    queue = _fair_queue_of({"first": 2, "second": 1, "third": 1})  # turns of 1 text at max_batch 4
+    _, texts = queue.take(4, 4096)
+    assert len(texts) == 4, "a batch that could hold every waiting text left one for another forward"

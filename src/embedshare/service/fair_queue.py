@@ -12,8 +12,8 @@ A turn is a quarter of a batch rather than one text so that a request of 16 text
 ``max_batch`` of 64) is still answered by one batch, not trickled through several.
 
 A batch goes round again only while every client served has more waiting (backlogs only: a
-client alone, or two bulk clients, still get whole batches). Once a round has answered someone
-whole, the batch ends: the huge client does not fill what the small requests left with more
+client alone, or two bulk clients, still get whole batches), or when all that waits fits in it.
+Once a round has answered someone whole and a backlog would be left, the batch ends: the huge client does not fill what the small requests left with more
 turns of its own, so the forward that carries a small request is short, and that request waits
 about the forward under way plus a short one of its own. Filling it made that forward a whole
 batch: a one-text miss waited 2.2 mean forwards at p99 (bench/README.md, issue 20).
@@ -70,10 +70,11 @@ class FairQueue:
         cost = 0
         full = False
         round_left = len(self._clients)  # turns left in this round
-        someone_answered = False  # a client's queue emptied in this round: no next round
+        someone_answered = False  # a client's queue emptied in this round: no next round for a backlog
         while self._clients and not full:
             if not round_left:
-                if someone_answered:
+                everything_fits = len(keys) + len(self._waiting) <= max_texts and self.queued_cost <= max_cost
+                if someone_answered and not everything_fits:
                     break
                 round_left = len(self._clients)
             round_left -= 1
