@@ -25,10 +25,8 @@ from typing import Any
 
 from ..env import ENV_HTTP_TOKEN, default_store
 from ..errors import ServiceArgvError, SettingError
-from ..settings import MAX_COUNT, MAX_DURATION, seconds, whole_number
-
-Check = Callable[[str, Any], Any]  # (field name, value) -> the value to keep, or SettingError
-_T = typing.TypeVar("_T")
+from . import setting_checks as checks
+from .setting_checks import Check
 
 
 @dataclass(frozen=True)
@@ -50,100 +48,6 @@ def _setting(default: Any, check: Check, help: str, **option: Any) -> Any:
     return field(metadata=metadata) if default is MISSING else field(default=default, metadata=metadata)
 
 
-# -- the checks: each returns the value to keep, or raises SettingError naming the field ----------
-
-
-# Every number has an upper bound as well as a lower one (the defaults of settings.py where a
-# field names none): a --max-wait-ms of 1e308 made every miss wait forever.
-
-
-def _whole(minimum: int, maximum: int = MAX_COUNT) -> Check:
-    return lambda name, value: whole_number(name, value, minimum, maximum)
-
-
-def _duration(*, allow_zero: bool = False, unit: str = "seconds", maximum: float = MAX_DURATION) -> Check:
-    return lambda name, value: seconds(name, value, allow_zero=allow_zero, unit=unit, maximum=maximum)
-
-
-def _batch_tokens(name: str, value: Any) -> int:
-    from ..embedders.onnx_local import BATCH_TOKENS_RANGE  # numpy: not for every client's import
-
-    return whole_number(name, value, *BATCH_TOKENS_RANGE)
-
-
-def _optional(check: Callable[[str, Any], _T]) -> Callable[[str, Any], _T | None]:
-    return lambda name, value: None if value is None else check(name, value)
-
-
-def _path(kind: str) -> Callable[[str, Any], str]:
-    """An absolute path: the service process may run in another folder than its caller."""
-
-    def check(name: str, value: Any) -> str:
-        if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
-            raise SettingError(f"{name} must be a {kind} path, got {value!r}")
-        return str(Path(value).expanduser().resolve())
-
-    return check
-
-
-_folder = _path("folder")
-_file = _optional(_path("file"))
-
-
-def _model_spec(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise SettingError(f"{name} must be a model spec such as 'local', got {value!r}")
-    return value
-
-
-def _registry(name: str, value: Any) -> str | None:
-    from ..registry.loader import BUNDLED_REGISTRY
-
-    return value if value is None or value == BUNDLED_REGISTRY else _file(name, value)
-
-
-def _flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise SettingError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
-def _texts(name: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(t, str) for t in value):
-        raise SettingError(f"{name} must be a list of texts")
-    return tuple(value)
-
-
-_SPEC_KINDS = ("hash", "local", "openai")  # the kinds of spec create_embedder knows (embedders/__init__.py)
-
-
-def _served_names(name: str, value: Any) -> tuple[str, ...]:
-    """Aliases of the model for HTTP clients: their own default names, never another model's spec."""
-    names = _texts(name, value)
-    for served in names:
-        if not served or served != served.strip() or len(served) > 256 or not served.isprintable():
-            raise SettingError(f"{name}: {served!r} is not a model name (printable, no surrounding spaces)")
-        if served.partition(":")[0].partition("@")[0].lower() in _SPEC_KINDS:
-            raise SettingError(
-                f"{name}: {served!r} names an embedshare model; a served name is another name for the "
-                "service's own model, such as a client's default (text-embedding-3-small)"
-            )
-    return tuple(dict.fromkeys(names))
-
-
-def _tcp_address(name: str, value: Any) -> str:
-    from ..client.address import parse_tcp_address
-
-    parse_tcp_address(value)
-    return str(value)
-
-
-def _http_address(name: str, value: Any) -> str | None:
-    from .http.address import normalise_http_address  # also checks the `http` extra is installed
-
-    return normalise_http_address(value)
-
-
 @dataclass(frozen=True)
 class ServiceConfig:
     """How to run a service; also written to ``run/service.json`` so a client can restart it.
@@ -152,42 +56,42 @@ class ServiceConfig:
     """
 
     store: str = _setting(
-        MISSING, _folder, "Store folder (cache, indexes, service socket).", metavar="DIR", serve=False
+        MISSING, checks.folder, "Store folder (cache, indexes, service socket).", metavar="DIR", serve=False
     )  # serve: every command's --store
     model: str = _setting(
-        "local", _model_spec, "Embedder spec: local, hash:<dim>, openai:<model>.", serve=False
+        "local", checks.model_spec, "Embedder spec: local, hash:<dim>, openai:<model>.", serve=False
     )  # serve: every command's --model, with its defaults
     registry: str | None = _setting(
         None,
-        _registry,
+        checks.registry,
         "Tool registry to index and serve: a JSON file, or 'bundled'. Default: the one the store records, if any.",
         serve=False,
     )  # serve: its own --registry (its help says more)
-    max_batch: int = _setting(64, _whole(1, 100_000), "Most texts per model call.")
+    max_batch: int = _setting(64, checks.whole(1, 100_000), "Most texts per model call.")
     max_wait_ms: float = _setting(
         2.0,
-        _duration(allow_zero=True, unit="milliseconds", maximum=60_000),
+        checks.duration(allow_zero=True, unit="milliseconds", maximum=60_000),
         "How long to gather requests into a batch.",
     )
     threads: int | None = _setting(
-        None, _optional(_whole(1, 1024)), "Threads of the local model (ONNX Runtime or torch)."
+        None, checks.optional(checks.whole(1, 1024)), "Threads of the local model (ONNX Runtime or torch)."
     )
     max_batch_tokens: int | None = _setting(
         None,
-        _optional(_batch_tokens),
+        checks.optional(checks.batch_tokens),
         "Padded tokens per forward of the local ONNX model at most (TEI's --max-batch-tokens; "
         "default: the budget measured in bench/README.md).",
     )
     http: str | None = _setting(
         None,
-        _optional(_http_address),
+        checks.optional(checks.http_address),
         "Also serve an OpenAI-compatible /v1/embeddings and /metrics "
         "(off by default; a bare PORT listens on 127.0.0.1).",
         metavar="HOST:PORT",
     )
     served_model_names: tuple[str, ...] = _setting(
         (),
-        _served_names,
+        checks.served_names,
         "Another name HTTP clients may ask for the model by (repeatable), such as their default "
         "text-embedding-ada-002; any other name stays a 404.",
         metavar="NAME",
@@ -195,67 +99,76 @@ class ServiceConfig:
     )
     http_token_file: str | None = _setting(
         None,
-        _file,
+        checks.file,
         f"A file (mode 0600) holding the bearer token HTTP clients must send; or set "
         f"{ENV_HTTP_TOKEN}. Optional on loopback, required on other hosts.",
         path=True,
     )
-    http_no_auth: bool = _setting(False, _flag, "Serve a non-loopback --http without a token (warned).")
+    http_no_auth: bool = _setting(False, checks.flag, "Serve a non-loopback --http without a token (warned).")
     # Limits at the edge (service/limits.py; docs/reliability.md, "Security", has the reasons).
     max_connections: int = _setting(
-        1024, _whole(1, 1 << 20), "Connections open at once on the Unix socket.", limit=True
+        1024, checks.whole(1, 1 << 20), "Connections open at once on the Unix socket.", limit=True
     )
     max_http_connections: int = _setting(
-        256, _whole(1, 1 << 20), "Connections open at once on the HTTP port (apart from the socket's).", limit=True
+        256,
+        checks.whole(1, 1 << 20),
+        "Connections open at once on the HTTP port (apart from the socket's).",
+        limit=True,
     )
     max_tcp_connections: int = _setting(
         64,
-        _whole(1, 1 << 20),
+        checks.whole(1, 1 << 20),
         "Connections open at once on the TCP listener (EmbeddingService(tcp=...); not a serve option).",
         limit=True,
     )
     first_frame_timeout: float = _setting(
         10.0,
-        _duration(maximum=3600),
+        checks.duration(maximum=3600),
         "Seconds a new connection has to send its first request (HTTP: its headers).",
         limit=True,
     )
     frame_timeout: float = _setting(
-        60.0, _duration(maximum=3600), "Seconds to finish sending a request once begun (HTTP: its body).", limit=True
+        60.0,
+        checks.duration(maximum=3600),
+        "Seconds to finish sending a request once begun (HTTP: its body).",
+        limit=True,
     )
     idle_timeout: float = _setting(
         0.0,
-        _duration(allow_zero=True),
+        checks.duration(allow_zero=True),
         "Close socket/TCP connections idle this long (0: never; clients reconnect).",
         limit=True,
     )
     http_keepalive_timeout: float = _setting(
-        5.0, _duration(maximum=3600), "Seconds an HTTP connection may wait between requests.", limit=True
+        5.0, checks.duration(maximum=3600), "Seconds an HTTP connection may wait between requests.", limit=True
     )
     max_buffered_mb: int = _setting(
-        256, _whole(1, 1 << 20), "Request bytes held at once across socket and TCP connections.", limit=True
+        256, checks.whole(1, 1 << 20), "Request bytes held at once across socket and TCP connections.", limit=True
     )
     max_http_buffered_mb: int = _setting(
-        64, _whole(1, 1 << 20), "Request body bytes held at once across HTTP connections.", limit=True
+        64, checks.whole(1, 1 << 20), "Request body bytes held at once across HTTP connections.", limit=True
     )
     http_read_timeout: float = _setting(
-        5.0, _duration(maximum=3600), "Seconds an HTTP body may go without a byte arriving (then 408).", limit=True
+        5.0,
+        checks.duration(maximum=3600),
+        "Seconds an HTTP body may go without a byte arriving (then 408).",
+        limit=True,
     )
     max_client_batch_size: int = _setting(
         2048,
-        _whole(1, 100_000),
+        checks.whole(1, 100_000),
         "Most texts (or token arrays) in one HTTP request, as TEI's option (over it: 413).",
         limit=True,
     )
     max_concurrent_requests: int = _setting(
         128,
-        _whole(1, 100_000),
+        checks.whole(1, 100_000),
         "HTTP requests in progress at once, as TEI's option (one more: 429 with Retry-After).",
         limit=True,
     )
     log_interval: float = _setting(
         10.0,
-        _duration(allow_zero=True),
+        checks.duration(allow_zero=True),
         "Seconds between two warnings or errors of the same kind in the log (0: no limit).",
         limit=True,
     )
@@ -263,20 +176,20 @@ class ServiceConfig:
     # with `python -m embedshare.service` or EmbeddingService, not an option of `embedshare serve`.
     tcp: str | None = _setting(
         None,
-        _optional(_tcp_address),
+        checks.optional(checks.tcp_address),
         "HOST:PORT (or PORT, on loopback) for a token-checked TCP listener (default: off).",
         metavar="HOST:PORT",
         serve=False,
     )
     token_file: str | None = _setting(
         None,
-        _file,
+        checks.file,
         "A file (mode 0600) holding the token TCP clients must present; required with --tcp.",
         path=True,
         serve=False,
     )
     # Texts to embed at start: the launcher hands them over in a file (--preload-file), not argv.
-    preload: tuple[str, ...] = _setting((), _texts, "Texts to embed at start.", serve=False, argv=False)
+    preload: tuple[str, ...] = _setting((), checks.texts, "Texts to embed at start.", serve=False, argv=False)
 
     def __post_init__(self) -> None:
         """Every way of making a config (the Python API, the CLI, the service's argv, a state

@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,13 +70,31 @@ def build_index(
     Written into a temporary folder beside it and renamed into place, so a reader never sees
     half an index; when another process finished the same index first, its copy is kept.
     """
-    import shutil
-    import tempfile
+    per_tool = [field_texts(t) for t in registry.tools]
+    vectors_of = _embed_unique_texts(per_tool, embed, dim, batch_size, progress)
+    arrays, categories = _index_arrays(registry, per_tool, vectors_of, dim)
+    manifest = {
+        "format": FORMAT_VERSION,
+        "model_id": model_id,
+        "dim": dim,
+        "count": len(registry.tools),
+        "registry_hash": registry.content_hash,
+        "registry_source": registry.source,
+        "fields": list(FIELDS),
+        "categories": categories,
+    }
+    with_ann = len(registry.tools) >= (ANN_MIN_TOOLS if ann_min_tools is None else ann_min_tools)
+    return _write_index_folder(Path(destination), registry, arrays, manifest, with_ann)
 
-    destination = Path(destination)
-    tools = registry.tools
-    n = len(tools)
-    per_tool = [field_texts(t) for t in tools]
+
+def _embed_unique_texts(
+    per_tool: list[dict[str, str]],
+    embed: EmbedFn,
+    dim: int,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None,
+) -> dict[str, np.ndarray]:
+    """Each distinct field text's vector, embedded ``batch_size`` texts at a time."""
     unique = sorted({text for texts in per_tool for text in texts.values()})
     vectors_of: dict[str, np.ndarray] = {}
     for start in range(0, len(unique), batch_size):
@@ -86,9 +105,16 @@ def build_index(
         vectors_of.update(zip(chunk, vecs, strict=True))
         if progress:
             progress(min(start + batch_size, len(unique)), len(unique))
+    return vectors_of
 
-    fields = np.zeros((n, len(FIELDS), dim), dtype=np.float32)
-    weights = np.zeros((n, len(FIELDS)), dtype=np.float32)
+
+def _index_arrays(
+    registry: Registry, per_tool: list[dict[str, str]], vectors_of: dict[str, np.ndarray], dim: int
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The index's arrays (``DATA_FILES`` but ``tools.jsonl``'s offsets), and its categories."""
+    tools = registry.tools
+    fields = np.zeros((len(tools), len(FIELDS), dim), dtype=np.float32)
+    weights = np.zeros((len(tools), len(FIELDS)), dtype=np.float32)
     for row, texts in enumerate(per_tool):
         for name, weight in field_weights(texts).items():
             col = FIELDS.index(name)
@@ -96,11 +122,26 @@ def build_index(
             weights[row, col] = weight
     combined = np.einsum("nf,nfd->nd", weights, fields)
     combined /= np.linalg.norm(combined, axis=1, keepdims=True)
-
     categories = sorted({t.category for t in tools})
-    category_codes = np.array([categories.index(t.category) for t in tools], dtype=np.int32)
     names = np.array([t.name.encode("utf-8") for t in tools])
     order = np.argsort(names, kind="stable")
+    arrays = {
+        "vectors.npy": combined.astype(np.float32),
+        "fields.npy": fields,
+        "weights.npy": weights,
+        "categories.npy": np.array([categories.index(t.category) for t in tools], dtype=np.int32),
+        "names_sorted.npy": names[order],
+        "rows_by_name.npy": order.astype(np.int64),
+    }
+    return arrays, categories
+
+
+def _write_index_folder(
+    destination: Path, registry: Registry, arrays: dict[str, np.ndarray], manifest: dict[str, Any], with_ann: bool
+) -> Path:
+    """Write the folder beside ``destination``, private and synced, then rename it into place."""
+    import shutil
+    import tempfile
 
     destination.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_builds(destination.parent)
@@ -108,40 +149,19 @@ def build_index(
     try:
         offsets = [0]
         with open(tmp / "tools.jsonl", "wb") as f:
-            for tool in tools:
+            for tool in registry.tools:
                 line = json.dumps(tool.raw, ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n"
                 f.write(line)
                 offsets.append(offsets[-1] + len(line))
-        arrays = {
-            "vectors.npy": combined.astype(np.float32),
-            "fields.npy": fields,
-            "weights.npy": weights,
-            "categories.npy": category_codes,
-            "names_sorted.npy": names[order],
-            "rows_by_name.npy": order.astype(np.int64),
-            "tool_offsets.npy": np.array(offsets, dtype=np.int64),
-        }
+        arrays = {**arrays, "tool_offsets.npy": np.array(offsets, dtype=np.int64)}
         for fname, array in arrays.items():
             np.save(tmp / fname, array)
-        manifest = {
-            "format": FORMAT_VERSION,
-            "model_id": model_id,
-            "dim": dim,
-            "count": n,
-            "registry_hash": registry.content_hash,
-            "registry_source": registry.source,
-            "fields": list(FIELDS),
-            "categories": categories,
-            "files": _manifest_files(tmp, DATA_FILES),
-        }
-        if n >= (ANN_MIN_TOOLS if ann_min_tools is None else ann_min_tools):
+        manifest = {**manifest, "files": _manifest_files(tmp, DATA_FILES)}
+        if with_ann:
             from .ann import ANN_FILES, build_ivf
 
             build_ivf(arrays["vectors.npy"], tmp)
-            manifest["ann"] = {
-                "kind": "ivf-flat",
-                "files": _manifest_files(tmp, ANN_FILES),
-            }
+            manifest["ann"] = {"kind": "ivf-flat", "files": _manifest_files(tmp, ANN_FILES)}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         for path in tmp.iterdir():
             with open(path, "rb") as f:
