@@ -12,11 +12,12 @@ A turn is a quarter of a batch rather than one text so that a request of 16 text
 ``max_batch`` of 64) is still answered by one batch, not trickled through several.
 
 A batch goes round again only while every client served has more waiting (backlogs only: a
-client alone, or two bulk clients, still get whole batches), or when all that waits fits in it.
-Once a round has answered someone whole and a backlog would be left, the batch ends: the huge client does not fill what the small requests left with more
-turns of its own, so the forward that carries a small request is short, and that request waits
-about the forward under way plus a short one of its own. Filling it made that forward a whole
-batch: a one-text miss waited 2.2 mean forwards at p99 (bench/README.md, issue 20).
+client alone, or two bulk clients, still get whole batches), or when all that waits fits in
+it. Once a round has answered someone whole and a backlog would be left, the batch ends: the
+huge client does not fill what the small requests left with more turns of its own, so the
+forward that carries a small request is short, and that request waits about the forward
+under way plus a short one of its own. Filling it made that forward a whole batch: a one-text
+miss waited 2.2 mean forwards at p99 (bench/README.md, issue 20).
 
 A text another client asks for while it waits (single-flight: it joins, it does not queue a
 second computation) is also put in that client's queue, so it cannot wait behind the first
