@@ -247,6 +247,7 @@ def test_importing_the_cli_loads_click_the_standard_library_and_its_settings_onl
         "embedshare.errors",  # the settings' SettingError (standard library only)
         "embedshare.service",
         "embedshare.service.config",
+        "embedshare.service.setting_checks",  # the config's field checks (standard library only)
         "embedshare.settings",
     }
 
