@@ -31,6 +31,9 @@ MB = 1 << 20
 HERE = Path(__file__).resolve().parent
 HOG_SCRIPT = "import time, sys\nend = time.time() + float(sys.argv[1])\nwhile time.time() < end:\n    pass\n"
 POLL = 0.02  # seconds between looks at the service's counters while a phase starts
+# Idle seconds watched after the run: a service gives its heap back once its model has been
+# idle for a second (util/heap.py); the lowest PSS over these is what it holds when idle.
+IDLE_WATCH = 3.0
 
 
 class Workers:
@@ -174,6 +177,18 @@ def fairness_phase(
     return result
 
 
+def lowest_pss(pid: int, seconds: float) -> int:
+    """The lowest PSS of ``pid`` over ``seconds`` (sampled every 0.25 s)."""
+    from embedshare.util.pss import pss_bytes
+
+    lowest = pss_bytes(pid) or 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        lowest = min(lowest, pss_bytes(pid) or lowest)
+    return lowest
+
+
 def _minor_faults(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as stat:
         return int(stat.read().rsplit(")", 1)[1].split()[7])  # minflt, field 10
@@ -217,6 +232,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                     big.close()
             result["pss_load_mb"] = sampler.peak / MB
             result["pss_after_mb"] = (pss_bytes(pid) or 0) / MB
+            result["pss_idle_after_mb"] = lowest_pss(pid, IDLE_WATCH) / MB
     return result
 
 

@@ -263,6 +263,7 @@ def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "pss_idle_mb": med([r["pss_idle_mb"] for r in runs]),
         "pss_load_mb": med([r["pss_load_mb"] for r in runs]),
         "pss_after_mb": med([r.get("pss_after_mb") for r in runs]),
+        "pss_idle_after_mb": med([r.get("pss_idle_after_mb") for r in runs]),
     }
     for name in runs[0]["phases"]:
         title = phase_title(json.loads(name))
@@ -283,6 +284,7 @@ def format_table(results: dict[str, Any]) -> str:
         ("service PSS idle, MB", "pss_idle_mb", ".0f"),
         ("service PSS under load (peak), MB", "pss_load_mb", ".0f"),
         ("service PSS after the run, MB", "pss_after_mb", ".0f"),
+        ("service PSS idle after the run (lowest of its first 3 idle seconds), MB", "pss_idle_after_mb", ".0f"),
     ]
     titles = [phase_title(phase) for phase in results["phases"]]
     for phase, title in zip(results["phases"], titles, strict=True):
