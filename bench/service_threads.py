@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -58,9 +56,7 @@ def model_alone(model: str, batch: int) -> None:
 
 
 def service_under_load(model: str, per_request: int, seconds: float) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src" / "embedshare" / "bench"))
-    from backend_variant import Workers, model_counters
-
+    from embedshare.bench.backend_variant import Workers, model_counters
     from embedshare.service.launcher import EmbeddingService
 
     with (
@@ -78,18 +74,19 @@ def service_under_load(model: str, per_request: int, seconds: float) -> None:
         finally:
             workers.close()
     texts = sum(r["texts"] for r in replies)
-    calls0, model0, texts0 = model_counters(stats_before)
-    calls1, model1, texts1 = model_counters(stats_after)
+    calls0, model0, texts0 = model_counters(dict(stats_before))
+    calls1, model1, texts1 = model_counters(dict(stats_after))
     forwards = max(1, calls1 - calls0)
     print(
         f"{model} service, {per_request} texts a request: {texts / wall:.0f} texts/s, {calls1 - calls0} forwards, "
         f"mean batch {(texts1 - texts0) / forwards:.1f}, mean forward {1e3 * (model1 - model0) / forwards:.0f} ms"
     )
-    cpu, faults = Counter[str](), Counter[str]()
+    cpu: dict[str, float] = {}
+    faults: dict[str, int] = {}
     for name, (ticks, minflt) in after.items():
         ticks0, minflt0 = before.get(name, (0, 0))
         cpu[name], faults[name] = (ticks - ticks0) / TICK, minflt - minflt0
-    for name, seconds_used in cpu.most_common(5):
+    for name, seconds_used in sorted(cpu.items(), key=lambda item: -item[1])[:5]:
         print(
             f"  {name:20} {seconds_used / wall:.2f} cores, {1e3 * seconds_used / texts:.3f} ms CPU a text, "
             f"{faults[name] / wall:,.0f} faults/s"
