@@ -133,6 +133,29 @@ def test_forwards_stay_within_the_token_budget_and_keep_the_order(budget):
     assert np.abs(together[::9] - alone).max() <= 1e-5  # each vector back in its text's place
 
 
+@pytest.mark.model
+def test_a_batch_of_two_lengths_runs_without_padding_and_a_long_text_alone():
+    embedder = create_embedder("local")
+    embedder.load()
+    feeds: list[np.ndarray] = []
+    real_run = embedder._session.run
+
+    class Recording:
+        def run(self, names, inputs):
+            feeds.append(inputs["attention_mask"])
+            return real_run(names, inputs)
+
+    embedder._session = Recording()
+    texts = ["read the file " + "and parse it " * 5 + str(i) for i in range(32)]
+    texts += ["send mail " + str(i) for i in range(32)] + ["a document " * 120]
+    vectors = embedder.embed(texts)
+    padded = sum(mask.size for mask in feeds)
+    assert padded == sum(int(mask.sum()) for mask in feeds)  # one forward per length: no padding
+    assert any(mask.shape[0] == 1 for mask in feeds)  # the long text went alone
+    alone = embedder.embed([texts[0], texts[40]])
+    assert np.abs(vectors[[0, 40]] - alone).max() <= 1e-5
+
+
 @pytest.mark.parametrize("budget", [0, 255, 65537, 2.5, "2048", True])
 def test_max_batch_tokens_out_of_range_is_a_clear_error(budget):
     from embedshare.service.config import ServiceConfig

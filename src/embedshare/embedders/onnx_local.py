@@ -12,9 +12,10 @@ Threads (measured by ``embedshare bench``, see bench/README.md): ONNX Runtime's 
 with spinning off. A spinning pool burns the core the service's event loop and writer thread
 need, and on a machine where another process takes a core every spin-wait is a lost time slice.
 
-Forwards are cut by a token budget (TEI's ``--max-batch-tokens``): texts sorted by length, each
-forward at most ``max_batch_tokens`` padded tokens, so a long text pads only its neighbours in
-length and a forward's activations (hence the heap's peak) stay bounded. Freed activations stay
+Forwards are cut by a token budget (TEI's ``--max-batch-tokens``) and by padding: texts sorted
+by length, each forward at most ``max_batch_tokens`` padded tokens (so a forward's activations,
+hence the heap's peak, stay bounded), and the cuts chosen by ``forward_plan`` so that a text pads
+only neighbours of about its length. Freed activations stay
 in malloc's heap for the next forward and go back to the OS once the model is idle
 (``util/heap.py``).
 """
@@ -34,6 +35,7 @@ from ..errors import EmbedderError
 from ..util.heap import IdleTrim
 from ..util.install import pip_install
 from .base import EmbedderDefaults, check_vectors
+from .forward_plan import plan_forwards
 from .graph_files import discard, graph_file
 
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
@@ -167,17 +169,14 @@ class OnnxLocalEmbedder(EmbedderDefaults):
         return check_vectors(vectors, len(texts), self.dim, "local model (onnx)")
 
     def _run(self, texts: list[str]) -> np.ndarray:
-        """Tokenise, sort by length, run padded forwards within the token budget, keep the order."""
+        """Tokenise, sort by length, run the planned forwards (``forward_plan``), keep the order."""
         assert self._session is not None and self._tokenizer is not None
         encodings = self._tokenizer.encode_batch(texts)
         order = np.argsort([-len(e.ids) for e in encodings], kind="stable")
+        lengths = [len(encodings[i].ids) for i in order]
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        start = 0
-        while start < len(texts):
-            width = len(encodings[order[start]].ids)  # the longest of this chunk: sorted
-            rows = max(1, self.max_batch_tokens // width)
-            chunk = order[start : start + min(rows, self.batch_size or rows)]
-            start += len(chunk)
+        for start, end in plan_forwards(lengths, self.max_batch_tokens, self.batch_size):
+            chunk, width = order[start:end], lengths[start]  # the longest of this forward: sorted
             ids = np.zeros((len(chunk), width), dtype=np.int64)
             mask = np.zeros((len(chunk), width), dtype=np.int64)
             for row, index in enumerate(chunk):
