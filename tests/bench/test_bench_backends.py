@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from embedshare.bench.backends import format_table, phase_title, run_variant
+from embedshare.bench.backends import format_table, measure_load, phase_title, run_variant
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -46,3 +46,10 @@ def test_a_variant_runs_every_phase_and_the_table_gives_after_before_ratios():
     row = next(line for line in table.splitlines() if line.startswith("| misses, 1 short text/request, texts/s"))
     assert row.endswith("| 2.00x |")
     assert "one-text p99, in forwards" in table
+
+
+def test_the_model_alone_runs_on_the_workers_texts():
+    one = measure_load(sys.executable, "hash:64", None)
+    assert set(one["alone"]) == {"1", "16", "64", "16 long"}
+    assert all(rate > 0 for rate in one["alone"].values())
+    assert one["load_s"] > 0 and one["torch_imported"] is False

@@ -8,8 +8,9 @@ checkout's, which runs its own client and service) and each of ``rounds`` interl
 in fresh processes:
 
 - model load: a fresh interpreter imports the backend, loads and warms the model, then embeds
-  batches of 1, 16 and 64 short texts and 16 long ones for 1.5 s each (the model alone: the
-  service's ceiling);
+  batches of 1, 16 and 64 short texts and 16 long ones for 1.5 s each, the texts the workers
+  send (``backend_worker.make_text``: the model alone, the service's ceiling, on the same token
+  counts);
 - a service on a fresh store (``backend_variant.py``): its PSS when ready (idle), then 25
   workers (``backend_worker.py``) send never-seen texts, 1, 16 and 64 per request, short
   (6-8 words) and long (about 250 tokens; --quick: not 64); then (not with ``--quick``) 1 per request while a
@@ -50,19 +51,19 @@ VARIANTS = {  # key: (label, spec, intra-op threads; None = the backend's defaul
 PER_REQUEST = (1, 16, 64)
 FAIR_CHARS = 8192  # the fairness phase's huge client sends texts this long (the longest accepted)
 LOAD_SCRIPT = """
-import json, sys, time
+import json, runpy, sys, time
 started = time.perf_counter()
 from embedshare.embedders import create_embedder
 embedder = create_embedder(sys.argv[1], **({"threads": int(sys.argv[2])} if sys.argv[2] != "-" else {}))
 embedder.load()
 load_s = time.perf_counter() - started
+make_text = runpy.run_path(sys.argv[3])["make_text"]  # the workers' texts: the same token counts
 alone = {}
-filler = " ".join(["read parse csv file send http json compute hash merge"] * 18)  # ~250 tokens
-for name, batch, long in (("1", 1, False), ("16", 16, False), ("64", 64, False), ("16 long", 16, True)):
+for name, batch, kind in (("1", 1, "short"), ("16", 16, "short"), ("64", 64, "short"), ("16 long", 16, "long")):
     done, began, i = 0, time.perf_counter(), 0
     while time.perf_counter() - began < 1.5:  # the model alone: what the service could reach at most
-        embedder.embed([f"parse the csv rows of file {batch} {i} {j}" + (filler if long else "") for j in range(batch)])
-        done, i = done + batch, i + 1
+        embedder.embed([make_text(i + j, "alone", kind) for j in range(batch)])
+        done, i = done + batch, i + batch
     alone[name] = done / (time.perf_counter() - began)
 print(json.dumps({"load_s": load_s, "torch_imported": "torch" in sys.modules, "alone": alone}))
 """
@@ -119,7 +120,8 @@ def _last_json(python: str, args: list[str], timeout: float) -> dict[str, Any]:
 
 
 def measure_load(python: str, spec: str, threads: int | None) -> dict[str, Any]:
-    return _last_json(python, ["-c", LOAD_SCRIPT, spec, str(threads) if threads else "-"], 600)
+    worker = Path(__file__).with_name("backend_worker.py")
+    return _last_json(python, ["-c", LOAD_SCRIPT, spec, str(threads) if threads else "-", str(worker)], 600)
 
 
 def run_variant(python: str, spec: str, threads: int | None, plan: dict[str, Any]) -> dict[str, Any]:
