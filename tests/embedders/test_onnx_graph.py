@@ -75,12 +75,18 @@ def test_the_built_graph_is_onnx_runtimes_fused_form():
 
 @pytest.mark.model
 def test_the_graph_is_kept_in_the_store_and_loaded_from_it(tmp_path, monkeypatch):
+    import onnx
+
     built = _builds(monkeypatch)
     first = _keeping("local@int8", tmp_path)
     vectors = first.embed(TEXTS)
     assert len(built) == 1
     (kept,) = _kept(tmp_path)
     assert kept.name.startswith("int8-")
+    # int8 quantises the word embeddings: the table stays inside its graph (word_rows is fp32's)
+    int8_graph = onnx.load(str(kept)).graph
+    assert "word_embeddings_quantized" in {init.name for init in int8_graph.initializer}
+    assert [feed.name for feed in int8_graph.input] == ["input_ids", "attention_mask"]
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "graphs").stat().st_mode) == 0o700
     second = _keeping("local@int8", tmp_path)
