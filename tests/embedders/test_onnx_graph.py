@@ -55,7 +55,8 @@ def test_the_built_graph_is_onnx_runtimes_fused_form():
     from embedshare.embedders.bert_graph import build_from_folder
     from embedshare.embedders.local import bundled_model_path
 
-    ops = Counter(node.op_type for node in build_from_folder(bundled_model_path()).graph.node)
+    fp32 = build_from_folder(bundled_model_path(), word_embeddings_input=True).graph
+    ops = Counter(node.op_type for node in fp32.node)
     assert ops["EmbedLayerNormalization"] == 1
     assert ops["Attention"] == 6  # one per layer: Q, K, V in one packed MatMul, softmax inside
     assert ops["SkipLayerNormalization"] == 12  # residual + bias + LayerNorm, twice per layer
@@ -64,16 +65,28 @@ def test_the_built_graph_is_onnx_runtimes_fused_form():
     for unfused in ("Softmax", "Transpose", "Reshape", "LayerNormalization", "Erf", "Gather"):
         assert ops[unfused] == 0, (unfused, ops)
     assert sum(ops.values()) <= 60, ops
+    # fp32 reads the word-embedding rows it is fed (word_rows.py); int8 quantises the initializer
+    assert [feed.name for feed in fp32.input] == ["input_ids", "attention_mask", "word_embeddings"]
+    assert "word_embeddings" not in {init.name for init in fp32.initializer}
+    for_int8 = build_from_folder(bundled_model_path()).graph
+    assert [feed.name for feed in for_int8.input] == ["input_ids", "attention_mask"]
+    assert "word_embeddings" in {init.name for init in for_int8.initializer}
 
 
 @pytest.mark.model
 def test_the_graph_is_kept_in_the_store_and_loaded_from_it(tmp_path, monkeypatch):
+    import onnx
+
     built = _builds(monkeypatch)
     first = _keeping("local@int8", tmp_path)
     vectors = first.embed(TEXTS)
     assert len(built) == 1
     (kept,) = _kept(tmp_path)
     assert kept.name.startswith("int8-")
+    # int8 quantises the word embeddings: the table stays inside its graph (word_rows is fp32's)
+    int8_graph = onnx.load(str(kept)).graph
+    assert "word_embeddings_quantized" in {init.name for init in int8_graph.initializer}
+    assert [feed.name for feed in int8_graph.input] == ["input_ids", "attention_mask"]
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "graphs").stat().st_mode) == 0o700
     second = _keeping("local@int8", tmp_path)
@@ -95,6 +108,33 @@ def test_a_graph_of_an_older_form_is_never_loaded(tmp_path, monkeypatch):
     assert len(built) == 2
     (new_file,) = _kept(tmp_path)  # the old form's file is removed
     assert new_file != old_file and "fused-next" in new_file.name
+
+
+@pytest.mark.model
+def test_a_kept_fp32_graph_of_the_form_before_word_rows_is_built_again(tmp_path, monkeypatch):
+    import onnx
+
+    from embedshare.embedders import graph_files
+    from embedshare.embedders.bert_graph import build_from_folder
+    from embedshare.embedders.local import bundled_model_path
+
+    folder, runtime = bundled_model_path(), _runtime_version()
+    monkeypatch.setattr(graph_files, "GRAPH_FORM", "fused-1")  # the form with the table inside
+    old = tmp_path / "graphs" / graph_files.graph_name(folder, False, runtime)
+    monkeypatch.undo()
+    old.parent.mkdir(mode=0o700)
+    onnx.save_model(build_from_folder(folder), str(old))
+    built = _builds(monkeypatch)
+    embedder = _keeping("local", tmp_path)
+    embedder.load()
+    assert len(built) == 1 and not old.exists()
+    assert "word_embeddings" in {feed.name for feed in embedder._session.get_inputs()}
+
+
+def _runtime_version() -> str:
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
 
 
 @pytest.mark.model

@@ -16,7 +16,10 @@ copies of the weights (and ORT's hold on a model given as bytes) stay in the ser
 
 The graph takes ``input_ids`` and ``attention_mask`` (int64, ``[batch, seq]``) and returns the
 mask-aware mean of the last hidden states (``[batch, hidden]``), i.e. sentence-transformers'
-Transformer + mean Pooling modules; the caller L2-normalises (the Normalize module).
+Transformer + mean Pooling modules; the caller L2-normalises (the Normalize module). The fp32
+graph also takes the word-embedding table as its input ``word_embeddings``, so the service
+holds only the rows its texts use (``word_rows``); the int8 graph keeps it as an initializer,
+quantised.
 Token type ids are always 0 for single texts, so type embedding 0 is folded into the position
 table. Attention masks padded positions with -10000 (the op's default) where transformers adds
 float32's minimum: either way their softmax weight is exactly 0 in float32.
@@ -41,7 +44,7 @@ OPSET = 17
 CONTRIB_DOMAIN = "com.microsoft"  # ONNX Runtime's own (fused) ops
 # The graph's form: part of the name of the file kept in the store, so a graph of an older form
 # is never loaded after an upgrade (the vectors, hence the model_id, stay the same).
-GRAPH_FORM = "fused-1"
+GRAPH_FORM = "fused-2"  # 2: fp32 takes word_embeddings as an input (word_rows.py)
 
 
 @dataclass(frozen=True)
@@ -135,8 +138,15 @@ class _GraphBuilder:
         )
 
 
-def build_bert_mean_pooling(weights: dict[str, np.ndarray], shape: BertShape) -> ModelProto:
+def build_bert_mean_pooling(
+    weights: dict[str, np.ndarray], shape: BertShape, word_embeddings_input: bool = False
+) -> ModelProto:
     """The ``onnx.ModelProto`` of encoder + mean pooling for these weights (see the module doc).
+
+    With ``word_embeddings_input`` the word-embedding table is the graph input
+    ``word_embeddings`` (float ``[vocab, hidden]``) instead of an initializer: the fp32 service
+    feeds it a table holding only the rows its texts used (``word_rows``). int8 keeps the
+    initializer: ONNX Runtime's quantiser quantises EmbedLayerNormalization's table only then.
 
     Emitted in ONNX Runtime's fused form (its ``com.microsoft`` ops, as its transformer optimizer
     leaves an exported BERT): EmbedLayerNormalization, then per layer one Attention (Q, K and V
@@ -147,6 +157,7 @@ def build_bert_mean_pooling(weights: dict[str, np.ndarray], shape: BertShape) ->
     from onnx import TensorProto, helper
 
     g = _GraphBuilder()
+    word_table = weights["embeddings.word_embeddings.weight"]
     const = lambda name, value, dtype=np.int64: g.weight(name, np.asarray(value, dtype=dtype))  # noqa: E731
     ms: dict[str, Any] = {"domain": CONTRIB_DOMAIN}
 
@@ -158,7 +169,7 @@ def build_bert_mean_pooling(weights: dict[str, np.ndarray], shape: BertShape) ->
         [
             ids32,
             "",  # no segment ids: type embedding 0 is in the position table
-            g.weight("word_embeddings", weights["embeddings.word_embeddings.weight"]),
+            "word_embeddings" if word_embeddings_input else g.weight("word_embeddings", word_table),
             g.weight(
                 "position_and_type0_embeddings",
                 weights["embeddings.position_embeddings.weight"]
@@ -194,13 +205,16 @@ def build_bert_mean_pooling(weights: dict[str, np.ndarray], shape: BertShape) ->
     counts = g.op("Clip", [g.op("ReduceSum", [mask3, axis1], keepdims=0), const("min_count", 1e-9, np.float32)])
     g.nodes.append(helper.make_node("Div", [summed, counts], ["mean_pooled"], name="mean_pooled"))
 
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
+    ]
+    if word_embeddings_input:
+        inputs.append(helper.make_tensor_value_info("word_embeddings", TensorProto.FLOAT, list(word_table.shape)))
     graph = helper.make_graph(
         g.nodes,
         "bert_mean_pooling",
-        [
-            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
-            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
-        ],
+        inputs,
         [helper.make_tensor_value_info("mean_pooled", TensorProto.FLOAT, ["batch", shape.hidden])],
         initializer=g.initializers,
     )
@@ -213,14 +227,14 @@ def build_bert_mean_pooling(weights: dict[str, np.ndarray], shape: BertShape) ->
     )
 
 
-def build_from_folder(folder: Path) -> ModelProto:
+def build_from_folder(folder: Path, word_embeddings_input: bool = False) -> ModelProto:
     """Read ``model.safetensors`` and config from a sentence-transformers folder; build the graph."""
     from safetensors.numpy import load_file
 
     shape = BertShape.from_folder(folder)
     check_mean_pooling(folder)
     weights = load_file(str(folder / "model.safetensors"))
-    return build_bert_mean_pooling(weights, shape)
+    return build_bert_mean_pooling(weights, shape, word_embeddings_input)
 
 
 def quantize_int8(source: Path, target: Path) -> None:
@@ -254,12 +268,13 @@ def main(argv: list[str]) -> int:
         print("usage: python -m embedshare.embedders.bert_graph FOLDER OUT.onnx [--int8]", file=sys.stderr)
         return 2
     folder, out = Path(argv[0]), Path(argv[1])
+    int8 = len(argv) == 3
     try:
-        model = build_from_folder(folder)
+        model = build_from_folder(folder, word_embeddings_input=not int8)
     except (UnsupportedModelError, OSError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if len(argv) == 3:
+    if int8:
         fp32 = out.with_name(out.name + ".fp32")
         onnx.save_model(model, str(fp32))
         quantize_int8(fp32, out)
