@@ -15,9 +15,8 @@ need, and on a machine where another process takes a core every spin-wait is a l
 Forwards are cut by a token budget (TEI's ``--max-batch-tokens``) and by padding: texts sorted
 by length, each forward at most ``max_batch_tokens`` padded tokens (so a forward's activations,
 hence the heap's peak, stay bounded), and the cuts chosen by ``forward_plan`` so that a text pads
-only neighbours of about its length. Freed activations stay
-in malloc's heap for the next forward and go back to the OS once the model is idle
-(``util/heap.py``).
+only neighbours of about its length. Freed activations stay in malloc's heap for the next
+forward and go back to the OS once the model is idle (``util/heap.py``).
 
 Weights: the word-embedding table is 47 MB of the fp32 model's 91 MB, but a workload reads only
 the rows of the tokens it sees. So the fp32 graph takes the table as an input, fed on each
