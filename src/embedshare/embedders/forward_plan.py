@@ -19,6 +19,7 @@ texts; typically a few dozen.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 # What a forward costs besides its tokens, in token-times: measured as time(rows, width)
@@ -35,7 +36,7 @@ def plan_forwards(
     budget goes alone) and at most ``max_rows`` texts; within that, the cuts minimise
     ``forwards x overhead + sum(rows x width)``.
     """
-    if any(a < b for a, b in zip(lengths, lengths[1:])):
+    if any(a < b for a, b in itertools.pairwise(lengths)):
         raise ValueError("plan_forwards needs the lengths sorted longest first")
     groups = _group_starts(lengths)  # where each run of equal lengths starts, and len(lengths)
     best = [0.0] + [float("inf")] * (len(groups) - 1)  # best[g]: cost of texts before groups[g]
