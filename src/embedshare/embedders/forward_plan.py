@@ -3,8 +3,8 @@
 A forward pads every text to its longest one, so a batch of texts of 15 to 18 tokens cut as
 one forward computes 18 tokens for each; and every forward also costs a fixed amount (ONNX
 Runtime's per-node dispatch and thread wake-ups). Measured on the 2-core machine
-(bench/README.md, "Forwards cut by padding"): a forward's time is close to
-``overhead + rows x width`` token-times, the overhead about 16 tokens' worth. So, with the
+(bench/README.md, "Issue 20, the close"): a forward's time is close to
+``overhead + rows x width`` token-times, the overhead about 20 tokens' worth. So, with the
 texts sorted by length (longest first), the best cut is a shortest path over the groups of
 equal length: each forward runs from one group to a later one, costs the overhead plus its
 rows times its first (longest) text's length, and holds at most the token budget. TEI and
@@ -22,9 +22,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
-# What a forward costs besides its tokens, in token-times: measured as time(rows, width)
-# against rows x width on all-MiniLM-L6-v2 fp32, 2 intra-op threads (bench/README.md).
-FORWARD_OVERHEAD_TOKENS = 16
+# What a forward costs besides its tokens, in token-times: the fit of time(rows, width) against
+# rows x width on all-MiniLM-L6-v2 fp32, 2 intra-op threads, gives 17 to 20; small forwards are
+# also less efficient a token than the fit says, and 24 is where batches of 4 and 12 short
+# texts stopped losing while batches of 64 kept their gain (bench/forward_cuts.py, bench/README.md).
+FORWARD_OVERHEAD_TOKENS = 24
 
 
 def plan_forwards(
