@@ -8,7 +8,8 @@ and that a damaged weights file is a one-line error naming it.
 
 from __future__ import annotations
 
-import re
+import ctypes
+import mmap
 import shutil
 from pathlib import Path
 
@@ -24,17 +25,22 @@ TEXTS = ["read a csv file", "send an email to the team", "Ωmega naïve résumé
 TABLE_BYTES = 30522 * 384 * 4
 
 
-def _resident_kb(array: np.ndarray) -> int:
-    """Rss of the mapping that holds ``array``, from /proc/self/smaps."""
-    address = array.ctypes.data
-    inside = False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        span = re.match(r"([0-9a-f]+)-([0-9a-f]+) ", line)
-        if span:
-            inside = int(span[1], 16) <= address < int(span[2], 16)
-        elif inside and line.startswith("Rss:"):
-            return int(line.split()[1])
-    raise AssertionError("no mapping holds the table")
+def _resident_bytes(array: np.ndarray) -> int:
+    """Bytes of the pages under ``array`` that are resident, from mincore(2).
+
+    Counted over the array's own pages, not its mapping's Rss in /proc/self/smaps: the kernel
+    merges neighbouring anonymous mappings of equal flags (another embedder's table), and then
+    smaps reports their Rss together.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    page = mmap.PAGESIZE
+    start = array.ctypes.data - array.ctypes.data % page
+    length = array.ctypes.data + array.nbytes - start
+    pages = (length + page - 1) // page
+    vector = (ctypes.c_ubyte * pages)()
+    if libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(length), vector) != 0:
+        raise OSError(ctypes.get_errno(), "mincore")
+    return sum(flag & 1 for flag in vector) * page
 
 
 def _small_safetensors(path: Path, dtype: type = np.float32) -> np.ndarray:
@@ -114,7 +120,7 @@ def test_only_the_rows_of_the_tokens_seen_are_read_and_resident():
     rows = embedder._word_rows
     seen = {token for text in WARMUP_TEXTS + TEXTS for token in embedder._tokenizer.encode(text).ids}
     assert set(np.flatnonzero(rows.loaded).tolist()) - {0} == seen - {0}  # 0: [PAD], read if a forward pads
-    resident = _resident_kb(rows.table) * 1024
+    resident = _resident_bytes(rows.table)
     print(f"\n{rows.loaded_rows} rows read, {resident / 1e6:.2f} MB of the table's {TABLE_BYTES / 1e6:.0f} MB resident")
     assert resident <= rows.loaded_rows * 2 * 4096  # a row (1.5 KB) spans at most 2 pages
     assert resident < TABLE_BYTES / 50
