@@ -45,6 +45,11 @@ Our exception hierarchy (each class's stdlib base in brackets)::
         ├── SettingError                [ValueError]   a setting outside what it accepts
         └── ArgumentError               [TypeError, ValueError] an argument of the wrong kind
 
+Every class pickles back to itself with its message and attributes (a class whose
+``__init__`` takes other arguments than the message has a ``__reduce__``): an exception raised
+in a ``multiprocessing`` or ``concurrent.futures`` worker is pickled to its parent, and one
+that cannot be rebuilt there reaches the caller as a ``TypeError`` from the unpickling.
+
 Why the stdlib bases stay: code written before this base existed catches them (``except
 ValueError`` around a bad text or setting, ``except ConnectionError`` around a lost service,
 ``except KeyError`` around a tool lookup, ``except PermissionError`` around a store), and a
@@ -118,7 +123,7 @@ class UnknownToolError(EmbedshareError, KeyError):
     """A tool name is not in the index."""
 
     def __str__(self) -> str:  # KeyError would show the repr of the message
-        return str(self.args[0])
+        return str(self.args[0]) if self.args else ""
 
 
 class NoIndexError(EmbedshareError, RuntimeError):
@@ -180,6 +185,9 @@ class AlreadyRunning(EmbedshareError, RuntimeError):
         super().__init__(f"a service already runs on this store (pid {pid})")
         self.pid = pid
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.pid,), self.__dict__
+
 
 class StateFileError(EmbedshareError, ValueError):
     """``run/service.json`` exists but cannot be read back (garbled, cut short, not an object)."""
@@ -193,6 +201,9 @@ class RemoteError(EmbedshareError, RuntimeError):
         self.code = code
         self.remote_message = message
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.code, self.remote_message), self.__dict__
+
 
 class ProtocolError(EmbedshareError, ValueError):
     """A frame or request is malformed; ``code`` is the error code sent back."""
@@ -200,6 +211,9 @@ class ProtocolError(EmbedshareError, ValueError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.code, *self.args), self.__dict__
 
 
 class HandshakeError(EmbedshareError):
@@ -237,6 +251,9 @@ class TaskFailed(PoolError):
     def __init__(self, message: str, failures: Sequence[Any]) -> None:
         super().__init__(message)
         self.failures = list(failures)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (*self.args, self.failures), self.__dict__
 
 
 class MainGuardError(EmbedshareError, RuntimeError):

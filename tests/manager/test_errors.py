@@ -4,9 +4,12 @@ the service, and HTTP answers it with the table's status (a cache failure is not
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib
 import inspect
 import json
+import multiprocessing
+import pickle
 import pkgutil
 import threading
 from collections.abc import Iterator
@@ -192,3 +195,52 @@ def test_a_text_the_model_cannot_take_is_invalid_text_error_through_the_socket_a
     error = reply.json()["error"]
     assert (error["code"], error["param"], error["type"]) == ("invalid_text", "input", "invalid_request_error")
     assert "empty" in error["message"]
+
+
+def _samples() -> list[EmbedshareError]:
+    """One instance of every public exception class, built as embedshare builds it."""
+    special: dict[str, EmbedshareError] = {
+        "AlreadyRunning": errors.AlreadyRunning(4242),
+        "RemoteError": RemoteError("internal", "the model thread died"),
+        "ProtocolError": errors.ProtocolError("bad_frame", "a frame of 3 bytes"),
+        "ServiceStartError": errors.ServiceStartError("exited with 1", log_tail="Traceback ..."),
+        "TaskFailed": errors.TaskFailed("2 of 5 tasks failed", ["task 1: ValueError", "task 3: KeyError"]),
+    }
+    samples = []
+    for name, cls in sorted(vars(errors).items()):
+        if inspect.isclass(cls) and issubclass(cls, EmbedshareError) and cls.__module__ == errors.__name__:
+            samples.append(special.get(name) or cls(f"what went wrong in {name}"))
+    return samples
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+def _same(got: BaseException, sent: BaseException) -> None:
+    assert type(got) is type(sent)
+    assert str(got) == str(sent)
+    assert got.args == sent.args
+    assert vars(got) == vars(sent)
+
+
+@pytest.mark.parametrize("exc", _samples(), ids=lambda exc: type(exc).__name__)
+def test_every_exception_pickles_back_to_itself(exc):
+    """multiprocessing and concurrent.futures pickle a worker's exception to the parent."""
+    _same(pickle.loads(pickle.dumps(exc)), exc)
+
+
+def test_an_exception_raised_in_a_process_pool_worker_reaches_the_caller():
+    """Before, a RemoteError raised in a ProcessPoolExecutor worker could not be rebuilt in
+    the parent (its __init__ takes a code and a message): the caller got a TypeError."""
+    sent = [
+        RemoteError("internal", "the model thread died"),
+        errors.AlreadyRunning(7),
+        errors.TaskFailed("1 of 3 tasks failed", ["task 2: ValueError"]),
+    ]
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        for exc in sent:
+            with pytest.raises(type(exc)) as caught:
+                pool.submit(_raise, exc).result(timeout=120)
+            _same(caught.value, exc)
