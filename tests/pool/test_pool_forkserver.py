@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import warnings
 from multiprocessing import spawn
 from pathlib import Path
 
@@ -113,6 +114,18 @@ def test_preload_modules_are_checked_before_the_service_starts(store):
         SharedPool(workers=1, store=store, model="hash:64", preload_modules="numpy")
     with pytest.raises(ValueError, match="start_method must be one of"):
         SharedPool(workers=1, store=store, model="hash:64", start_method="thread")
+    assert not (store / "run").exists()  # no service was started
+
+
+def test_module_names_given_as_preload_texts_are_warned_about(store):
+    """``preload`` is texts to embed at the service's start; the issue's wording and a module's
+    name invite ``preload=["numpy", "my_tasks"]``, which would embed two words in silence."""
+    with pytest.warns(UserWarning, match=r"pass preload_modules=\[\.\.\.\]"):
+        SharedPool(workers=1, store=store, model="hash:64", preload=["numpy", "helpers.spawned.pool_jobs"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # texts, even one naming a module among them: no warning
+        SharedPool(workers=1, store=store, model="hash:64", preload=["numpy", "read a csv file"])
+        SharedPool(workers=1, store=store, model="hash:64", preload=["file_operations_reader"])
     assert not (store / "run").exists()  # no service was started
 
 

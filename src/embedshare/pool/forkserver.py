@@ -30,6 +30,7 @@ import io
 import multiprocessing
 import os
 import signal
+import warnings
 from collections.abc import Callable, Sequence
 from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
 from multiprocessing.context import BaseContext, ForkServerProcess, set_spawning_popen
@@ -59,6 +60,28 @@ def check_preload(modules: Sequence[str]) -> tuple[str, ...]:
         if not found:
             raise ValueError(f"preload_modules: no module named {name!r} on this sys.path")
     return names
+
+
+def warn_if_texts_name_modules(texts: Sequence[str]) -> None:
+    """Warn when a pool's ``preload`` (texts to embed at the service's start) holds only names of
+    importable modules: almost surely meant as ``preload_modules``, which would otherwise be a
+    silent mistake (the names embedded as texts, the workers' forkserver without the modules)."""
+    if isinstance(texts, str) or not 0 < len(texts) <= 32:
+        return
+    for text in texts:
+        if not isinstance(text, str) or not all(part.isidentifier() for part in text.split(".")):
+            return
+        try:  # the top-level name only: finding a dotted name imports its parents
+            if importlib.util.find_spec(text.split(".")[0]) is None:
+                return
+        except (ImportError, ValueError):
+            return
+    warnings.warn(
+        f"SharedPool(preload={list(texts)!r}) embeds these as texts when the service starts; "
+        "to import modules in the workers' forkserver, pass preload_modules=[...]",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 class PreloadedForkServer(BaseContext):

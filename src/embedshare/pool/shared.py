@@ -31,7 +31,7 @@ from ..util.latency import Percentiles, percentiles
 from ..util.memory import BareInterpreter, ProcessMemory, measure
 from .attach import attach_worker, worker_stats
 from .blas import blas_thread_env
-from .forkserver import check_preload, preferred_start_method
+from .forkserver import check_preload, preferred_start_method, warn_if_texts_name_modules
 from .main_guard import refuse_unguarded_main
 from .outcomes import TaskOutcome, WorkerCrash
 from .worker import timed_call
@@ -180,6 +180,7 @@ class SharedPool:
             )
         refuse_unguarded_main(self.start_method)
         self.preload_modules = check_preload(preload_modules)
+        warn_if_texts_name_modules(preload)
         self.max_retries = settings.whole_number("max_retries", max_retries, 0, MAX_RETRIES)
         # seconds a task may run before its worker is killed
         self.task_timeout = settings.optional_seconds("task_timeout", task_timeout)
