@@ -243,7 +243,7 @@ def test_a_service_config_is_frozen_and_its_argv_reads_back_as_the_same_config(t
     limits = {o.name: o.default + (1 if o.kind is int else 1.5) for o in command_options() if o.name in LIMIT_FIELDS}
     config = ServiceConfig(
         store=str(tmp_path / "s"),
-        model="hash:64",
+        model="local@int8",
         registry="bundled",
         max_batch=8,
         max_wait_ms=0.5,

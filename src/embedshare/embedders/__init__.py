@@ -51,10 +51,7 @@ def create_embedder(spec: str | Embedder, **options: Any) -> Embedder:
     """
     if not isinstance(spec, str):
         return _as_embedder(spec)
-    kind, _, arg = spec.strip().partition(":")
-    kind = kind.lower()
-    if kind.startswith("local@"):  # "local@torch" is "local:@torch": the bundled model
-        kind, arg = "local", f"{arg}{kind[len('local') :]}"
+    kind, arg = _split_spec(spec)
     if kind == "hash":
         from .hashing import HashingEmbedder
 
@@ -72,6 +69,22 @@ def create_embedder(spec: str | Embedder, **options: Any) -> Embedder:
             raise UnknownModelError(f"bad model spec {spec!r}: openai:<model> needs a model name")
         return OpenAIEmbedder(model=arg, **options)
     raise UnknownModelError(f"unknown model spec {spec!r}; expected {SPEC_HELP}")
+
+
+def _split_spec(spec: str) -> tuple[str, str]:
+    """``(kind, arg)`` of a spec: ``hash:64`` is ``("hash", "64")``, ``local@int8`` ``("local", "@int8")``."""
+    kind, _, arg = spec.strip().partition(":")
+    kind = kind.lower()
+    if kind.startswith("local@"):  # "local@torch" is "local:@torch": the bundled model
+        kind, arg = "local", f"{arg}{kind[len('local') :]}"
+    return kind, arg
+
+
+def takes_token_budget(spec: str) -> bool:
+    """Whether the spec's embedder cuts its forwards by ``max_batch_tokens`` (the local ONNX
+    model, fp32 or int8); for any other, a budget given would be silently ignored."""
+    kind, arg = _split_spec(spec)
+    return kind == "local" and (arg.partition("@")[2].strip().lower() or "onnx") != "torch"
 
 
 def _as_embedder(candidate: object) -> Embedder:

@@ -196,6 +196,14 @@ class ServiceConfig:
         file read back for a restart) is checked here, once: ``SettingError`` names the field."""
         for f in fields(self):
             object.__setattr__(self, f.name, f.metadata["option"].check(f.name, getattr(self, f.name)))
+        if self.max_batch_tokens is not None:
+            from ..embedders import takes_token_budget  # numpy: only when a budget is given
+
+            if not takes_token_budget(self.model):
+                raise SettingError(
+                    f"max_batch_tokens is for the local ONNX model (local, local@int8); "
+                    f"model {self.model!r} has no token budget"
+                )
 
     def argv(self) -> list[str]:
         """The service process's options for this config (:func:`service_main_args` reads them)."""
