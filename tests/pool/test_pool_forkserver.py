@@ -22,6 +22,7 @@ from helpers.extras import requires
 from helpers.processes import PYTHON, SPAWNED, alive, with_tests_on_path
 from helpers.spawned import pool_jobs
 
+from embedshare.errors import SettingError
 from embedshare.manager import EmbeddingManager
 from embedshare.pool.outcomes import PoolError
 from embedshare.pool.shared import SharedPool
@@ -126,6 +127,8 @@ def test_module_names_given_as_preload_texts_are_warned_about(store):
         warnings.simplefilter("error")  # texts, even one naming a module among them: no warning
         SharedPool(workers=1, store=store, model="hash:64", preload=["numpy", "read a csv file"])
         SharedPool(workers=1, store=store, model="hash:64", preload=["file_operations_reader"])
+    with pytest.raises(SettingError, match="preload must be a list of texts"):  # the setting's own error
+        SharedPool(workers=1, store=store, model="hash:64", preload=(text for text in ["numpy", "json"]))
     assert not (store / "run").exists()  # no service was started
 
 

@@ -66,7 +66,7 @@ def warn_if_texts_name_modules(texts: Sequence[str]) -> None:
     """Warn when a pool's ``preload`` (texts to embed at the service's start) holds only names of
     importable modules: almost surely meant as ``preload_modules``, which would otherwise be a
     silent mistake (the names embedded as texts, the workers' forkserver without the modules)."""
-    if isinstance(texts, str) or not 0 < len(texts) <= 32:
+    if not isinstance(texts, list | tuple) or not 0 < len(texts) <= 32:  # a generator is not read here
         return
     for text in texts:
         if not isinstance(text, str) or not all(part.isidentifier() for part in text.split(".")):
