@@ -7,8 +7,9 @@ For one backend (``--model local`` or ``local@torch``) it measures, in one run:
 - the model alone in this process: texts/s at ``--batch`` texts a forward, and the CPU it took
   per text (``time.process_time``);
 - a service on a fresh store with 25 workers (``bench/backend_worker.py``'s, by path) sending
-  ``--per-request`` never-seen short texts a request for ``--seconds``: texts/s, the service's
-  forwards and mean batch, and every thread's CPU per text and page faults per second
+  ``--per-request`` never-seen short texts a request (several, ``1,16,64``: a phase each on one
+  service, as bench --backends runs them) for ``--seconds``: texts/s, the service's forwards and
+  mean batch, and every thread's CPU per text and page faults per second
   (``/proc/PID/task/TID/stat``; threads by id: the model's and ONNX Runtime's or torch's pool
   threads are the two busiest, the event loop is the process's main thread).
 
@@ -23,6 +24,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -55,8 +57,10 @@ def model_alone(model: str, batch: int) -> None:
     print(f"{model} alone, batch {batch}: {len(texts) / wall:.0f} texts/s, {1e3 * cpu / len(texts):.2f} ms CPU a text")
 
 
-def service_under_load(model: str, per_request: int, seconds: float) -> None:
-    from embedshare.bench.backend_variant import Workers, model_counters
+def service_under_load(model: str, sizes: list[int], seconds: float) -> None:
+    """One service, a phase per request size in ``sizes``, in that order (bench --backends runs
+    1, 16 and 64 on one service: a phase can carry the state of the phases before it)."""
+    from embedshare.bench.backend_variant import Workers
     from embedshare.service.launcher import EmbeddingService
 
     with (
@@ -66,16 +70,29 @@ def service_under_load(model: str, per_request: int, seconds: float) -> None:
         pid = service.stats()["pid"]
         workers = Workers(25, {**os.environ, "EMBEDSHARE_ADDRESS": service.address, "EMBEDSHARE_MODEL": model})
         try:
-            before, stats_before, started = thread_times(pid), service.stats(), time.time()
-            workers.send(f"run {seconds} {per_request} profile short")
-            replies = workers.replies()
-            wall = max(r["ended"] for r in replies) - started
-            after, stats_after = thread_times(pid), service.stats()
+            for phase, per_request in enumerate(sizes):
+                before, stats_before, started = thread_times(pid), dict(service.stats()), time.time()
+                workers.send(f"run {seconds} {per_request} profile{phase} short")
+                replies = workers.replies()
+                wall = max(r["ended"] for r in replies) - started
+                after = (thread_times(pid), dict(service.stats()))
+                report(model, per_request, replies, wall, (before, stats_before), after)
         finally:
             workers.close()
+
+
+Snapshot = tuple[dict[str, tuple[int, int]], dict[str, Any]]  # each thread's (ticks, faults); the service's stats
+
+
+def report(
+    model: str, per_request: int, replies: list[dict[str, Any]], wall: float, before: Snapshot, after: Snapshot
+) -> None:
+    """One phase's texts/s, forwards and the five busiest threads' CPU and faults."""
+    from embedshare.bench.backend_variant import model_counters
+
     texts = sum(r["texts"] for r in replies)
-    calls0, model0, texts0 = model_counters(dict(stats_before))
-    calls1, model1, texts1 = model_counters(dict(stats_after))
+    calls0, model0, texts0 = model_counters(dict(before[1]))
+    calls1, model1, texts1 = model_counters(dict(after[1]))
     forwards = max(1, calls1 - calls0)
     print(
         f"{model} service, {per_request} texts a request: {texts / wall:.0f} texts/s, {calls1 - calls0} forwards, "
@@ -83,8 +100,8 @@ def service_under_load(model: str, per_request: int, seconds: float) -> None:
     )
     cpu: dict[str, float] = {}
     faults: dict[str, int] = {}
-    for name, (ticks, minflt) in after.items():
-        ticks0, minflt0 = before.get(name, (0, 0))
+    for name, (ticks, minflt) in after[0].items():
+        ticks0, minflt0 = before[0].get(name, (0, 0))
         cpu[name], faults[name] = (ticks - ticks0) / TICK, minflt - minflt0
     for name, seconds_used in sorted(cpu.items(), key=lambda item: -item[1])[:5]:
         print(
@@ -96,9 +113,9 @@ def service_under_load(model: str, per_request: int, seconds: float) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="local")
-    parser.add_argument("--per-request", type=int, default=16)
+    parser.add_argument("--per-request", default="16", help="texts a request; several (1,16,64): phases on one service")
     parser.add_argument("--batch", type=int, default=64, help="texts a forward of the model alone")
     parser.add_argument("--seconds", type=float, default=4.0)
     args = parser.parse_args()
     model_alone(args.model, args.batch)
-    service_under_load(args.model, args.per_request, args.seconds)
+    service_under_load(args.model, [int(n) for n in args.per_request.split(",")], args.seconds)
