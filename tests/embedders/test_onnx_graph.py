@@ -223,21 +223,19 @@ def test_max_batch_tokens_is_a_serve_option_and_refused_by_torch():
 @pytest.mark.parametrize(
     "model", ["hash:64", "openai:text-embedding-3-small", "local@torch", "local:all-MiniLM-L6-v2@torch"]
 )
-def test_a_token_budget_for_a_model_without_one_is_refused_not_ignored(model):
-    """Before, the service dropped max_batch_tokens for every model but local: a user who set
-    it for hash or openai believed it bounded their forwards."""
-    from click.testing import CliRunner
+def test_a_token_budget_for_a_model_without_one_is_warned_about_not_ignored(model):
+    """Before, the service dropped max_batch_tokens for every model but local in silence: a user
+    who set it for hash or openai believed it bounded their forwards. Every way of making a
+    config (the API, ``serve``, the service's argv) goes through ServiceConfig's check.
+    (local@torch also refuses it when it loads, as before.)"""
+    import warnings
 
-    from embedshare.cli.serve import serve
     from embedshare.service.config import ServiceConfig
 
-    with pytest.raises(SettingError, match=f"max_batch_tokens is for the local ONNX model .* {re.escape(repr(model))}"):
-        ServiceConfig(store="/tmp/embedshare-test-store", model=model, max_batch_tokens=4096)
-    result = CliRunner().invoke(
-        serve, ["--store", "/tmp/embedshare-test-store", "--model", model, "--max-batch-tokens", "512"]
-    )
-    assert result.exit_code != 0 and "max_batch_tokens is for the local ONNX model" in result.output
-    for local in ("local", "local@int8", "LOCAL@ONNX", "local:all-MiniLM-L6-v2"):
-        assert (
-            ServiceConfig(store="/tmp/embedshare-test-store", model=local, max_batch_tokens=512).max_batch_tokens == 512
-        )
+    with pytest.warns(UserWarning, match=f"max_batch_tokens has no effect with model {re.escape(repr(model))}"):
+        config = ServiceConfig(store="/tmp/embedshare-test-store", model=model, max_batch_tokens=4096)
+    assert config.max_batch_tokens == 4096  # a config that ran before still runs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for local in ("local", "local@int8", "LOCAL@ONNX", "local:all-MiniLM-L6-v2"):
+            assert ServiceConfig(store="/tmp/embedshare-test-store", model=local, max_batch_tokens=512)

@@ -18,6 +18,7 @@ import argparse
 import functools
 import os
 import typing
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -199,10 +200,12 @@ class ServiceConfig:
         if self.max_batch_tokens is not None:
             from ..embedders import takes_token_budget  # numpy: only when a budget is given
 
-            if not takes_token_budget(self.model):
-                raise SettingError(
-                    f"max_batch_tokens is for the local ONNX model (local, local@int8); "
-                    f"model {self.model!r} has no token budget"
+            if not takes_token_budget(self.model):  # warned, not refused: a config that ran before still runs
+                warnings.warn(
+                    f"max_batch_tokens has no effect with model {self.model!r}: only the local ONNX model "
+                    "(local, local@int8) cuts its forwards by tokens",
+                    UserWarning,
+                    stacklevel=3,
                 )
 
     def argv(self) -> list[str]:
