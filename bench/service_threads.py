@@ -91,8 +91,8 @@ def report(
     from embedshare.bench.backend_variant import model_counters
 
     texts = sum(r["texts"] for r in replies)
-    calls0, model0, texts0 = model_counters(dict(before[1]))
-    calls1, model1, texts1 = model_counters(dict(after[1]))
+    calls0, model0, texts0 = model_counters(before[1])
+    calls1, model1, texts1 = model_counters(after[1])
     forwards = max(1, calls1 - calls0)
     print(
         f"{model} service, {per_request} texts a request: {texts / wall:.0f} texts/s, {calls1 - calls0} forwards, "
