@@ -84,7 +84,12 @@ def takes_token_budget(spec: str) -> bool:
     """Whether the spec's embedder cuts its forwards by ``max_batch_tokens`` (the local ONNX
     model, fp32 or int8); for any other, a budget given would be silently ignored."""
     kind, arg = _split_spec(spec)
-    return kind == "local" and (arg.partition("@")[2].strip().lower() or "onnx") != "torch"
+    return kind == "local" and _local_backend(arg) != "torch"
+
+
+def _local_backend(arg: str) -> str:
+    """The backend of a local spec's argument: ``all-MiniLM-L6-v2@int8`` is ``int8``; none is ``onnx``."""
+    return arg.partition("@")[2].strip().lower() or "onnx"
 
 
 def _as_embedder(candidate: object) -> Embedder:
@@ -102,8 +107,7 @@ def _as_embedder(candidate: object) -> Embedder:
 
 def _create_local(spec: str, arg: str, options: dict[str, Any]) -> Embedder:
     """``local[:<model>][@<backend>]``: ONNX Runtime unless the backend says torch."""
-    name, _, backend = arg.partition("@")
-    backend = backend.strip().lower() or "onnx"
+    name, backend = arg.partition("@")[0], _local_backend(arg)
     if backend not in LOCAL_BACKENDS:
         raise UnknownModelError(
             f"bad model spec {spec!r}: unknown local backend {backend!r}; expected one of "
